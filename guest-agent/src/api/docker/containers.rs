@@ -1,0 +1,438 @@
+//! `/containers/...`: create, list, inspect, start, stop, kill, restart, wait, attach, logs,
+//! resize, rename, remove, prune, and exec creation.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query as Q, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_runtime::container::logs::{LogQuery, Stream};
+use berth_runtime::container::{ContainerRecord, Status};
+use berth_runtime::engine::{CreateRequest, ExecConfig, Output, WaitCondition};
+use berth_runtime::model::{ContainerConfig, HostConfig, parse_time};
+use berth_runtime::Engine;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::error::parse_json;
+use super::stream::{frame, upgrade};
+use super::{ApiError, Query, qbool};
+
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// Values of one filter key, in either of Docker's encodings (`{"k":["v"]}` or `{"k":{"v":true}}`).
+pub fn filter_values(filters: &Value, key: &str) -> Vec<String> {
+    match filters.get(key) {
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(Value::Object(o)) => o.keys().cloned().collect(),
+        _ => vec![],
+    }
+}
+
+/// `POST /containers/create?name=`.
+pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, body: Bytes) -> Result<Response, ApiError> {
+    let mut v: Value = parse_json(&body)?;
+    let obj = v.as_object_mut().ok_or_else(|| ApiError::invalid("invalid JSON: the body must be an object"))?;
+    let host: HostConfig = match obj.remove("HostConfig") {
+        Some(Value::Null) | None => HostConfig::default(),
+        Some(h) => serde_json::from_value(h).map_err(|e| ApiError::invalid(format!("invalid HostConfig: {e}")))?,
+    };
+    obj.remove("NetworkingConfig");
+    let config: ContainerConfig = serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))?;
+    if config.image.is_empty() {
+        return Err(ApiError::invalid("config cannot be empty in order to create a container"));
+    }
+    let (id, warnings) = engine.create(CreateRequest { name: q.get("name").cloned(), config, host_config: host }).await?;
+    Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warnings": warnings}))).into_response())
+}
+
+fn ports_json(rec: &ContainerRecord) -> Value {
+    let mut ports = serde_json::Map::new();
+    for p in rec.config.exposed_ports.keys() {
+        ports.insert(p.clone(), Value::Null);
+    }
+    for (p, b) in &rec.net.ports {
+        ports.insert(p.clone(), json!(b));
+    }
+    Value::Object(ports)
+}
+
+fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
+    rec.mounts
+        .iter()
+        .map(|m| {
+            let mut v = json!({"Type": m.kind, "Source": m.source, "Destination": m.destination, "Mode": "", "RW": m.rw, "Propagation": if m.kind == "bind" { "rprivate" } else { "" }});
+            if m.kind == "volume" {
+                v["Name"] = json!(m.name);
+                v["Driver"] = json!("local");
+                v["Mode"] = json!("z");
+            }
+            v
+        })
+        .collect()
+}
+
+fn network_settings(rec: &ContainerRecord) -> Value {
+    let mode = if rec.host_config.network_mode.is_empty() || rec.host_config.network_mode == "default" { "bridge".to_owned() } else { rec.host_config.network_mode.clone() };
+    json!({
+        "Bridge": "",
+        "SandboxID": "",
+        "Ports": ports_json(rec),
+        "IPAddress": rec.net.ip,
+        "Gateway": rec.net.gateway,
+        "IPPrefixLen": rec.net.prefix,
+        "MacAddress": rec.net.mac,
+        "Networks": { mode: {"IPAddress": rec.net.ip, "Gateway": rec.net.gateway, "IPPrefixLen": rec.net.prefix, "MacAddress": rec.net.mac, "NetworkID": rec.host_config.network_mode} },
+    })
+}
+
+fn inspect_json(rec: &ContainerRecord, root: &std::path::Path) -> Value {
+    let st = &rec.state;
+    let dir = root.join("containers").join(&rec.id);
+    let mut host = serde_json::to_value(&rec.host_config).unwrap_or(Value::Null);
+    if host["NetworkMode"] == "" {
+        host["NetworkMode"] = json!("bridge");
+    }
+    if host["RestartPolicy"]["Name"] == "" {
+        host["RestartPolicy"]["Name"] = json!("no");
+    }
+    json!({
+        "Id": rec.id,
+        "Created": rec.created,
+        "Path": rec.path,
+        "Args": rec.args,
+        "State": {
+            "Status": st.status.as_str(),
+            "Running": rec.running(),
+            "Paused": false,
+            "Restarting": st.status == Status::Restarting,
+            "OOMKilled": st.oom_killed,
+            "Dead": st.status == Status::Dead,
+            "Pid": st.pid,
+            "ExitCode": st.exit_code,
+            "Error": st.error,
+            "StartedAt": if st.started_at.is_empty() { ZERO_TIME } else { &st.started_at },
+            "FinishedAt": if st.finished_at.is_empty() { ZERO_TIME } else { &st.finished_at },
+        },
+        "Image": rec.image_id,
+        "ResolvConfPath": dir.join("resolv.conf"),
+        "HostnamePath": dir.join("hostname"),
+        "HostsPath": dir.join("hosts"),
+        "LogPath": dir.join(format!("{}-json.log", rec.id)),
+        "Name": format!("/{}", rec.name),
+        "RestartCount": rec.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": host,
+        "GraphDriver": {"Name": "overlay2", "Data": null},
+        "Mounts": mounts_json(rec),
+        "Config": rec.config,
+        "NetworkSettings": network_settings(rec),
+    })
+}
+
+fn ago(t: &str) -> String {
+    let Some(t) = parse_time(t) else { return "Less than a second".into() };
+    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".into(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".into(),
+        s if s < 172800 => format!("{} hours", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
+}
+
+fn status_text(rec: &ContainerRecord) -> String {
+    match rec.state.status {
+        Status::Running => format!("Up {}", ago(&rec.state.started_at)),
+        Status::Restarting => format!("Restarting ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at)),
+        Status::Exited if !rec.state.finished_at.is_empty() => format!("Exited ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at)),
+        Status::Exited => "Exited".into(),
+        Status::Created => "Created".into(),
+        Status::Removing => "Removal In Progress".into(),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
+    let names = filter_values(filters, "name");
+    if !names.is_empty() && !names.iter().any(|n| rec.name.contains(n.trim_start_matches('/'))) {
+        return false;
+    }
+    let ids = filter_values(filters, "id");
+    if !ids.is_empty() && !ids.iter().any(|i| rec.id.starts_with(i)) {
+        return false;
+    }
+    let statuses = filter_values(filters, "status");
+    if !statuses.is_empty() && !statuses.iter().any(|s| s == rec.state.status.as_str()) {
+        return false;
+    }
+    let exited = filter_values(filters, "exited");
+    if !exited.is_empty() && (rec.state.status != Status::Exited || !exited.iter().any(|e| e.parse::<i64>().ok() == Some(rec.state.exit_code))) {
+        return false;
+    }
+    for l in filter_values(filters, "label") {
+        let ok = match l.split_once('=') {
+            Some((k, v)) => rec.config.labels.get(k).is_some_and(|x| x == v),
+            None => rec.config.labels.contains_key(&l),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// `GET /containers/json`.
+pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
+    let filters: Value = q.get("filters").map(|f| serde_json::from_str(f)).transpose().map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?.unwrap_or(Value::Null);
+    let all = qbool(&q, "all") || !filter_values(&filters, "status").is_empty() || !filter_values(&filters, "exited").is_empty();
+    let limit = q.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|l| *l > 0);
+    let images = engine.images();
+    let mut out = Vec::new();
+    for rec in engine.containers() {
+        if (!all && !rec.running()) || !matches_filters(&rec, &filters) {
+            continue;
+        }
+        let image_name = if rec.config.image.starts_with("sha256:") {
+            rec.config.image.clone()
+        } else {
+            images.iter().find(|i| i.id == rec.image_id).map(|_| rec.config.image.clone()).unwrap_or_else(|| rec.image_id.clone())
+        };
+        let mut cmd = vec![rec.path.clone()];
+        cmd.extend(rec.args.iter().cloned());
+        let ports: Vec<Value> = rec
+            .net
+            .ports
+            .iter()
+            .flat_map(|(p, bs)| {
+                let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                let private: u16 = port.parse().unwrap_or(0);
+                bs.iter().map(move |b| json!({"IP": b.host_ip, "PrivatePort": private, "PublicPort": b.host_port.parse::<u16>().unwrap_or(0), "Type": proto}))
+            })
+            .collect();
+        out.push(json!({
+            "Id": rec.id,
+            "Names": [format!("/{}", rec.name)],
+            "Image": image_name,
+            "ImageID": rec.image_id,
+            "Command": cmd.join(" "),
+            "Created": parse_time(&rec.created).map(|t| t.unix_timestamp()).unwrap_or(0),
+            "Ports": ports,
+            "Labels": rec.config.labels,
+            "State": rec.state.status.as_str(),
+            "Status": status_text(&rec),
+            "HostConfig": {"NetworkMode": if rec.host_config.network_mode.is_empty() { "bridge" } else { &rec.host_config.network_mode }},
+            "NetworkSettings": {"Networks": network_settings(&rec)["Networks"].clone()},
+            "Mounts": mounts_json(&rec),
+        }));
+        if limit.is_some_and(|l| out.len() as i64 >= l) {
+            break;
+        }
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// `DELETE /containers/{id}?force=&v=` (and `GET /containers/{id}` is not a route dockerd has).
+pub async fn delete(State(engine): State<Engine>, Path(id): Path<String>, Q(q): Q<Query>, req: Request) -> Result<Response, ApiError> {
+    if req.method() != Method::DELETE {
+        return Err(ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {} /containers/{id}", req.method())));
+    }
+    engine.remove(&id, qbool(&q, "force"), qbool(&q, "v")).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /containers/prune`.
+pub async fn prune(State(engine): State<Engine>) -> Result<Json<Value>, ApiError> {
+    let mut deleted = Vec::new();
+    for rec in engine.containers() {
+        if !rec.running() && engine.remove(&rec.id, false, false).await.is_ok() {
+            deleted.push(rec.id);
+        }
+    }
+    Ok(Json(json!({"ContainersDeleted": deleted, "SpaceReclaimed": 0})))
+}
+
+/// `/containers/{id}/{action}`.
+pub async fn dispatch(State(engine): State<Engine>, Path((id, action)): Path<(String, String)>, Q(q): Q<Query>, req: Request) -> Result<Response, ApiError> {
+    let method = req.method().clone();
+    let timeout = q.get("t").or(q.get("timeout")).and_then(|t| t.parse::<i64>().ok());
+    match (method.clone(), action.as_str()) {
+        (Method::GET, "json") => Ok(Json(inspect_json(&engine.container(&id)?, engine.root())).into_response()),
+        (Method::POST, "start") => {
+            engine.start(&id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Method::POST, "stop") => {
+            engine.stop(&id, timeout, q.get("signal").map(String::as_str)).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Method::POST, "restart") => {
+            engine.restart(&id, timeout).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Method::POST, "kill") => {
+            engine.kill(&id, q.get("signal").map(String::as_str).unwrap_or("SIGKILL")).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Method::POST, "rename") => {
+            engine.rename(&id, q.get("name").map(String::as_str).unwrap_or(""))?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Method::POST, "wait") => wait(engine, &id, &q),
+        (Method::POST, "resize") => {
+            let (h, w) = dims(&q)?;
+            engine.resize(&id, h, w)?;
+            Ok(StatusCode::OK.into_response())
+        }
+        (Method::POST, "attach") => attach(engine, &id, &q, req).await,
+        (Method::GET, "logs") => logs(engine, &id, &q),
+        (Method::POST, "exec") => exec_create(engine, &id, req).await,
+        (Method::GET, "top") => Err(ApiError::status(StatusCode::NOT_IMPLEMENTED, "top is not implemented yet")),
+        _ => Err(ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {method} /containers/{id}/{action}"))),
+    }
+}
+
+pub fn dims(q: &Query) -> Result<(u16, u16), ApiError> {
+    let h = q.get("h").and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
+    let w = q.get("w").and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
+    Ok((h, w))
+}
+
+fn wait(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let cond = match q.get("condition").map(String::as_str).unwrap_or("") {
+        "" | "not-running" => WaitCondition::NotRunning,
+        "next-exit" => WaitCondition::NextExit,
+        "removed" => WaitCondition::Removed,
+        other => return Err(ApiError::invalid(format!("invalid condition: {other:?}"))),
+    };
+    let fut = engine.wait(id, cond)?;
+    // Headers go out now; the body when the condition is met.
+    let body = futures_util::stream::once(async move {
+        let code = fut.await;
+        Ok::<_, std::io::Error>(Bytes::from(format!("{{\"StatusCode\":{code},\"Error\":null}}\n")))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
+}
+
+async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result<Response, ApiError> {
+    let rec = engine.container(id)?;
+    if rec.state.status == Status::Exited && !qbool(q, "logs") {
+        return Err(ApiError::status(StatusCode::CONFLICT, "You cannot attach to a stopped container, start it first"));
+    }
+    let io = engine.attach(id)?;
+    let tty = io.tty;
+    let (on_upgrade, resp) = upgrade(&mut req, tty)?;
+    let (want_in, want_out, want_err) = (qbool(q, "stdin"), qbool(q, "stdout"), qbool(q, "stderr"));
+    let stdin_once = rec.config.stdin_once;
+    let id = rec.id.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let conn = hyper_util::rt::TokioIo::new(upgraded);
+        let (mut rd, mut wr) = tokio::io::split(conn);
+        if want_in {
+            let engine = engine.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let _ = engine.write_stdin(&id, Some(Bytes::copy_from_slice(&buf[..n]))).await;
+                        }
+                    }
+                }
+                if stdin_once {
+                    let _ = engine.write_stdin(&id, None).await;
+                }
+            });
+        }
+        let mut output = io.output;
+        loop {
+            match output.recv().await {
+                Ok(Output::Data(stream, data)) => {
+                    let wanted = match stream {
+                        Stream::Stdout => want_out,
+                        Stream::Stderr => want_err,
+                    };
+                    if !wanted {
+                        continue;
+                    }
+                    let bytes = if tty { data } else { frame(stream as u8, &data) };
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Output::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(lost = n, "attach client fell behind"),
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    Ok(resp)
+}
+
+fn logs(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let since = q.get("since").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s > 0.0);
+    let until = q.get("until").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s > 0.0);
+    let tail = q.get("tail").and_then(|t| t.parse::<usize>().ok());
+    let lq = LogQuery { stdout: qbool(q, "stdout"), stderr: qbool(q, "stderr"), tail, since, until };
+    if !lq.stdout && !lq.stderr {
+        return Err(ApiError::invalid("Bad parameters: you must choose at least one stream"));
+    }
+    let timestamps = qbool(q, "timestamps");
+    let ls = engine.logs(id, lq, qbool(q, "follow"))?;
+    let tty = ls.tty;
+    let stream = futures_util::stream::unfold(ls.rx, move |mut rx| async move {
+        let line = rx.recv().await?;
+        let mut text = Vec::new();
+        if timestamps {
+            text.extend_from_slice(line.time.as_bytes());
+            text.push(b' ');
+        }
+        text.extend_from_slice(line.log.as_bytes());
+        let bytes = if tty { Bytes::from(text) } else { frame(line.stream as u8, &text) };
+        Some((Ok::<_, std::io::Error>(bytes), rx))
+    });
+    Ok(([(header::CONTENT_TYPE, super::stream::content_type(tty))], Body::from_stream(stream)).into_response())
+}
+
+async fn exec_create(engine: Engine, id: &str, req: Request) -> Result<Response, ApiError> {
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.map_err(|e| ApiError::invalid(e.to_string()))?;
+    let v: Value = parse_json(&body)?;
+    let strings = |k: &str| -> Vec<String> {
+        match v.get(k) {
+            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => vec![],
+        }
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let b = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+    let config = ExecConfig {
+        cmd: strings("Cmd"),
+        env: strings("Env"),
+        user: s("User"),
+        working_dir: s("WorkingDir"),
+        tty: b("Tty"),
+        attach_stdin: b("AttachStdin"),
+        attach_stdout: b("AttachStdout"),
+        attach_stderr: b("AttachStderr"),
+    };
+    let exec_id = engine.exec_create(id, config)?;
+    Ok((StatusCode::CREATED, Json(json!({"Id": exec_id}))).into_response())
+}
+
+/// `POST /commit`: not yet.
+pub async fn commit() -> ApiError {
+    ApiError::status(StatusCode::NOT_IMPLEMENTED, "commit is not implemented yet")
+}

@@ -1,0 +1,117 @@
+//! `/exec/{id}/start|resize|json`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query as Q, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use berth_runtime::container::launch::BoxRead;
+use berth_runtime::Engine;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::containers::dims;
+use super::stream::{frame, upgrade};
+use super::{ApiError, Query};
+
+/// `POST /exec/{id}/start` with `{"Detach": bool, "Tty": bool}`.
+pub async fn start(State(engine): State<Engine>, Path(id): Path<String>, mut req: Request) -> Result<Response, ApiError> {
+    let info = engine.exec_inspect(&id)?;
+    let detach = {
+        let body = axum::body::to_bytes(std::mem::take(req.body_mut()), 1 << 20).await.unwrap_or_default();
+        serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("Detach").and_then(|d| d.as_bool())).unwrap_or(false)
+    };
+    let tty = info.config.tty;
+    let hijack = if detach { None } else { Some(upgrade(&mut req, tty)?) };
+    let run = engine.exec_start(&id).await?;
+    let Some((on_upgrade, resp)) = hijack else {
+        // Detached: drain the output so the process never blocks on a full pipe.
+        for r in [Some(run.io.stdout), run.io.stderr].into_iter().flatten() {
+            tokio::spawn(drain(r));
+        }
+        return Ok(StatusCode::OK.into_response());
+    };
+    let io = run.io;
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        if let Some(mut stdin) = io.stdin {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stdin.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let (tx, mut rx) = mpsc::channel::<(u8, Bytes)>(64);
+        tokio::spawn(forward(io.stdout, 1, tx.clone()));
+        if let Some(err) = io.stderr {
+            tokio::spawn(forward(err, 2, tx.clone()));
+        }
+        drop(tx);
+        while let Some((stream, data)) = rx.recv().await {
+            let bytes = if tty { data } else { frame(stream, &data) };
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = run.exit.await;
+        let _ = wr.shutdown().await;
+    });
+    Ok(resp)
+}
+
+async fn forward(mut r: BoxRead, stream: u8, tx: mpsc::Sender<(u8, Bytes)>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send((stream, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn drain(mut r: BoxRead) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+pub async fn resize(State(engine): State<Engine>, Path(id): Path<String>, Q(q): Q<Query>) -> Result<StatusCode, ApiError> {
+    let (h, w) = dims(&q)?;
+    engine.exec_resize(&id, h, w)?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let i = engine.exec_inspect(&id)?;
+    Ok(Json(json!({
+        "ID": i.id,
+        "ContainerID": i.container_id,
+        "Running": i.running,
+        "ExitCode": i.exit_code,
+        "Pid": i.pid,
+        "OpenStdin": i.config.attach_stdin,
+        "OpenStdout": i.config.attach_stdout,
+        "OpenStderr": i.config.attach_stderr,
+        "ProcessConfig": {"tty": i.config.tty, "entrypoint": i.config.cmd.first(), "arguments": i.config.cmd.iter().skip(1).collect::<Vec<_>>(), "user": i.config.user, "privileged": false},
+        "CanRemove": false,
+        "DetachKeys": "",
+    })))
+}

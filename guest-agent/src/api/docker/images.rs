@@ -1,0 +1,294 @@
+//! `/images/...`: pull (`create`), list, inspect, tag, remove, prune, history.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query as Q, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use berth_runtime::engine::RemovedImage;
+use berth_runtime::image::pull::{Credentials, Progress};
+use berth_runtime::image::{ImageRecord, familiar};
+use berth_runtime::model::{ImageConfig, parse_time};
+use berth_runtime::Engine;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{ApiError, Query, qbool};
+
+/// Decodes `X-Registry-Auth` (base64url JSON, as the docker CLI sends it).
+fn credentials(headers: &HeaderMap) -> Credentials {
+    let Some(raw) = headers.get("X-Registry-Auth").and_then(|v| v.to_str().ok()) else {
+        return Credentials::default();
+    };
+    let raw = raw.trim();
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(raw)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.trim_end_matches('=')))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(raw))
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let (mut username, mut password) = (s("username"), s("password"));
+    if username.is_empty() {
+        if let Some((u, p)) = base64::engine::general_purpose::STANDARD
+            .decode(s("auth"))
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+        {
+            username = u;
+            password = p;
+        }
+    }
+    let token = if !s("registrytoken").is_empty() { s("registrytoken") } else { s("identitytoken") };
+    Credentials { username, password, token }
+}
+
+fn human(n: u64) -> String {
+    let f = n as f64;
+    if f >= 1e9 {
+        format!("{:.2}GB", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.2}MB", f / 1e6)
+    } else if f >= 1e3 {
+        format!("{:.2}kB", f / 1e3)
+    } else {
+        format!("{n}B")
+    }
+}
+
+/// A progress line as dockerd's JSON message.
+fn progress_json(p: &Progress) -> Value {
+    let mut v = json!({"status": p.status});
+    if let Some(id) = &p.id {
+        v["id"] = json!(id);
+    }
+    if let Some(cur) = p.current {
+        v["progressDetail"] = json!({"current": cur, "total": p.total});
+        if let Some(total) = p.total.filter(|t| *t > 0) {
+            let width = 50;
+            let done = ((cur as f64 / total as f64) * width as f64) as usize;
+            let bar = format!("[{}>{}]", "=".repeat(done.min(width).saturating_sub(1)), " ".repeat(width - done.min(width)));
+            v["progress"] = json!(format!("{bar} {}/{}", human(cur), human(total)));
+        }
+    } else if p.id.is_some() {
+        v["progressDetail"] = json!({});
+    }
+    v
+}
+
+fn line(v: &Value) -> bytes::Bytes {
+    let mut b = serde_json::to_vec(v).expect("json");
+    b.extend_from_slice(b"\r\n");
+    b.into()
+}
+
+/// `POST /images/create?fromImage=&tag=` (pull), streaming progress.
+pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let from = q.get("fromImage").cloned().unwrap_or_default();
+    if from.is_empty() {
+        if q.contains_key("fromSrc") {
+            return Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "import is not implemented yet"));
+        }
+        return Err(ApiError::invalid("fromImage or fromSrc is required"));
+    }
+    let tag = q.get("tag").cloned().unwrap_or_default();
+    let name = if tag.is_empty() {
+        from
+    } else if tag.starts_with("sha256:") {
+        format!("{from}@{tag}")
+    } else {
+        format!("{from}:{tag}")
+    };
+    let creds = credentials(&headers);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+    let task = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.pull(&name, &creds, &tx).await })
+    };
+    // Until the first progress line, an error is an HTTP error (dockerd does the same).
+    let mut task = Some(task);
+    let first = tokio::select! {
+        p = rx.recv() => p,
+        r = task.as_mut().expect("set") => {
+            task = None;
+            match r {
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+                Ok(Ok(_)) => rx.recv().await,
+            }
+        }
+    };
+    if first.is_none() {
+        // The sender is gone before any line: the pull ended; report its result as a status.
+        if let Some(t) = task.take() {
+            match t.await {
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+    let stream = async_stream(first, rx, task);
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+}
+
+type PullTask = tokio::task::JoinHandle<Result<ImageRecord, berth_runtime::EngineError>>;
+
+fn async_stream(
+    first: Option<Progress>,
+    rx: mpsc::UnboundedReceiver<Progress>,
+    task: Option<PullTask>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::unfold((first, rx, task), |(pending, mut rx, task)| async move {
+        if let Some(p) = pending {
+            return Some((Ok(line(&progress_json(&p))), (None, rx, task)));
+        }
+        if let Some(p) = rx.recv().await {
+            return Some((Ok(line(&progress_json(&p))), (None, rx, task)));
+        }
+        let task = task?;
+        match task.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                let msg = ApiError::from(e).message;
+                Some((Ok(line(&json!({"errorDetail": {"message": msg}, "error": msg}))), (None, rx, None)))
+            }
+            Err(e) => Some((Ok(line(&json!({"error": e.to_string()}))), (None, rx, None))),
+        }
+    })
+}
+
+fn unix(t: &str) -> i64 {
+    parse_time(t).map(|t| t.unix_timestamp()).unwrap_or(0)
+}
+
+fn summary(i: &ImageRecord, labels: Value) -> Value {
+    json!({
+        "Id": i.id,
+        "ParentId": i.parent,
+        "RepoTags": i.repo_tags.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+        "RepoDigests": i.repo_digests.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+        "Created": unix(&i.created),
+        "Size": i.size(),
+        "VirtualSize": i.size(),
+        "SharedSize": -1,
+        "Labels": labels,
+        "Containers": -1,
+    })
+}
+
+/// `GET /images/json`.
+pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
+    let filters: Value = q.get("filters").map(|f| serde_json::from_str(f)).transpose().map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?.unwrap_or(Value::Null);
+    let dangling = filters.get("dangling").map(|d| d.to_string().contains("true"));
+    let reference: Vec<String> = super::containers::filter_values(&filters, "reference");
+    let mut out = Vec::new();
+    for img in engine.images() {
+        if let Some(d) = dangling {
+            if d != img.repo_tags.is_empty() {
+                continue;
+            }
+        }
+        if !reference.is_empty() && !img.repo_tags.iter().any(|t| reference.iter().any(|r| familiar(t).starts_with(r.as_str()))) {
+            continue;
+        }
+        let labels = engine.image_config(&img.id).map(|c| json!(c.config.labels)).unwrap_or(json!({}));
+        out.push(summary(&img, labels));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+fn inspect_json(i: &ImageRecord, c: &ImageConfig) -> Value {
+    json!({
+        "Id": i.id,
+        "RepoTags": i.repo_tags.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+        "RepoDigests": i.repo_digests.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+        "Parent": i.parent,
+        "Comment": i.comment,
+        "Created": c.created.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+        "DockerVersion": "",
+        "Author": c.author.clone().unwrap_or_default(),
+        "Config": c.config,
+        "Architecture": c.architecture,
+        "Variant": c.variant,
+        "Os": c.os,
+        "Size": i.size(),
+        "VirtualSize": i.size(),
+        "GraphDriver": {"Name": "overlay2", "Data": null},
+        "RootFS": {"Type": "layers", "Layers": c.rootfs.diff_ids},
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+    })
+}
+
+/// `/images/{name}/json|tag|history|get|push` and `DELETE /images/{name}`.
+pub async fn dispatch(State(engine): State<Engine>, Path(rest): Path<String>, Q(q): Q<Query>, req: Request) -> Result<Response, ApiError> {
+    let method = req.method().clone();
+    let split = rest.rsplit_once('/');
+    match (&method, split) {
+        (&Method::GET, Some((name, "json"))) => {
+            let (rec, config) = engine.image(name)?;
+            Ok(Json(inspect_json(&rec, &config)).into_response())
+        }
+        (&Method::GET, Some((name, "history"))) => {
+            let (rec, config) = engine.image(name)?;
+            let mut out = Vec::new();
+            for h in config.history.iter().rev() {
+                out.push(json!({"Id": "<missing>", "Created": h.created.as_deref().map(unix).unwrap_or(0), "CreatedBy": h.created_by.clone().unwrap_or_default(), "Tags": null, "Size": 0, "Comment": h.comment.clone().unwrap_or_default()}));
+            }
+            if let Some(first) = out.first_mut() {
+                first["Id"] = json!(rec.id);
+                first["Tags"] = json!(rec.repo_tags.iter().map(|t| familiar(t)).collect::<Vec<_>>());
+            }
+            Ok(Json(Value::Array(out)).into_response())
+        }
+        (&Method::POST, Some((name, "tag"))) => {
+            let repo = q.get("repo").cloned().unwrap_or_default();
+            engine.tag(name, &repo, q.get("tag").map(String::as_str).unwrap_or(""))?;
+            Ok(axum::http::StatusCode::CREATED.into_response())
+        }
+        (&Method::GET, Some((name, "get"))) => super::images::save_one(engine, name).await,
+        (&Method::DELETE, _) => {
+            let removed = engine.remove_image(&rest, qbool(&q, "force"))?;
+            let out: Vec<Value> = removed
+                .into_iter()
+                .map(|r| match r {
+                    RemovedImage::Untagged(t) => json!({"Untagged": t}),
+                    RemovedImage::Deleted(id) => json!({"Deleted": id}),
+                })
+                .collect();
+            Ok(Json(Value::Array(out)).into_response())
+        }
+        _ => Err(ApiError::status(axum::http::StatusCode::NOT_FOUND, format!("page not found: {method} /images/{rest}"))),
+    }
+}
+
+/// `POST /images/prune`.
+pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
+    let filters: Value = q.get("filters").and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
+    let all = filters.get("dangling").is_some_and(|d| d.to_string().contains("false"));
+    let (removed, freed) = engine.prune_images(all)?;
+    let list: Vec<Value> = removed
+        .into_iter()
+        .map(|r| match r {
+            RemovedImage::Untagged(t) => json!({"Untagged": t}),
+            RemovedImage::Deleted(id) => json!({"Deleted": id}),
+        })
+        .collect();
+    Ok(Json(json!({"ImagesDeleted": list, "SpaceReclaimed": freed})))
+}
+
+async fn save_one(_engine: Engine, _name: &str) -> Result<Response, ApiError> {
+    Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "image save is not implemented yet"))
+}
+
+/// `GET /images/get?names=`.
+pub async fn save_many(State(_engine): State<Engine>) -> Result<Response, ApiError> {
+    Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "image save is not implemented yet"))
+}
+
+/// `POST /images/load`.
+pub async fn load(State(_engine): State<Engine>) -> Result<Response, ApiError> {
+    Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "image load is not implemented yet"))
+}

@@ -1,0 +1,72 @@
+//! Listeners the agent serves on: `unix:///path` (mode 0600) and `vsock://:PORT`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+/// A parsed `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Vsock(u32),
+}
+
+pub fn parse(s: &str) -> anyhow::Result<ListenAddr> {
+    if let Some(path) = s.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            bail!("--listen {s}: a unix socket path must be absolute (unix:///path)");
+        }
+        Ok(ListenAddr::Unix(PathBuf::from(path)))
+    } else if let Some(rest) = s.strip_prefix("vsock://") {
+        let port = rest.trim_start_matches(':').parse::<u32>().with_context(|| format!("--listen {s}: expected vsock://:PORT"))?;
+        Ok(ListenAddr::Vsock(port))
+    } else {
+        bail!("--listen {s}: expected unix:///PATH or vsock://:PORT")
+    }
+}
+
+/// Serves `app` on `addr` until `stop` is cancelled.
+pub async fn serve(addr: ListenAddr, app: Router, stop: CancellationToken) -> anyhow::Result<()> {
+    let stopped = async move { stop.cancelled().await };
+    match addr {
+        ListenAddr::Unix(path) => {
+            if path.exists() {
+                // A socket nobody answers on is stale; one that answers is in use.
+                if tokio::net::UnixStream::connect(&path).await.is_ok() {
+                    bail!("{} is in use by another server", path.display());
+                }
+                std::fs::remove_file(&path).with_context(|| format!("removing stale socket {}", path.display()))?;
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // Created under a tight umask-equivalent: chmod right after bind, before serving.
+            let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
+            let _ = std::fs::remove_file(&path);
+        }
+        ListenAddr::Vsock(port) => {
+            let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port))
+                .with_context(|| format!("binding vsock port {port}"))?;
+            axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listen_urls() {
+        assert_eq!(parse("unix:///tmp/x.sock").unwrap(), ListenAddr::Unix("/tmp/x.sock".into()));
+        assert_eq!(parse("vsock://:2375").unwrap(), ListenAddr::Vsock(2375));
+        assert!(parse("tcp://0.0.0.0:1").is_err());
+        assert!(parse("unix://rel.sock").is_err());
+    }
+}

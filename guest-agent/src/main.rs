@@ -1,0 +1,90 @@
+//! `berth-agent`: serves the Docker Engine API over Berth's engine.
+#![recursion_limit = "256"]
+//!
+//! `berth-agent serve --listen unix:///PATH --data-root DIR` runs the whole engine on any Linux
+//! machine; in the VM the same binary is PID 1. `berth-agent shim ...` is the single-threaded
+//! helper the engine re-executes to create container processes (see runtime's `shim`).
+
+mod api;
+mod listen;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_runtime::container::launch::HelperCommand;
+use berth_runtime::{Engine, EngineConfig};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth-agent", version, about = "Berth's engine: the Docker Engine API over namespaces, cgroups and overlayfs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Docker Engine API.
+    Serve {
+        /// Where to listen: unix:///path/to.sock or vsock://:PORT. May repeat.
+        #[arg(long, required = true)]
+        listen: Vec<String>,
+        /// Directory that holds all engine state.
+        #[arg(long)]
+        data_root: PathBuf,
+        /// A registry (host:port) to reach over plain HTTP. Loopback registries always are.
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+    },
+    /// Internal: the single-threaded helper that creates a container process.
+    #[command(hide = true)]
+    Shim { mode: String, spec: PathBuf },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        // Before any runtime or thread exists: the helper forks.
+        Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
+        Command::Serve { listen, data_root, insecure_registry } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(serve(listen, data_root, insecure_registry))
+        }
+    }
+}
+
+async fn serve(listen: Vec<String>, data_root: PathBuf, insecure: Vec<String>) -> anyhow::Result<()> {
+    let program = std::env::current_exe().context("finding this program's path")?;
+    let engine = Engine::open(EngineConfig {
+        root: data_root.clone(),
+        helper: HelperCommand { program, args: vec!["shim".into()] },
+        insecure_registries: insecure,
+    })
+    .with_context(|| format!("opening the engine on {}", data_root.display()))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut servers = Vec::new();
+    for spec in &listen {
+        let addr = listen::parse(spec)?;
+        servers.push(tokio::spawn(listen::serve(addr, api::docker::router(engine.clone()), shutdown.clone())));
+    }
+    tracing::info!(root = %data_root.display(), listeners = ?listen, "berth-agent serving");
+    engine.start_restartable().await;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+    engine.shutdown().await;
+    for s in servers {
+        s.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

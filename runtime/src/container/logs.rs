@@ -1,0 +1,188 @@
+//! Container logs in dockerd's json-file format: one JSON object per line, `{"log": ...,
+//! "stream": "stdout"|"stderr", "time": RFC 3339 with nanoseconds}`, a line cut at each
+//! newline (or at 16 KiB), so `docker logs` with `--since`, `--tail` and `-t` reads them back.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Which standard stream a chunk came from (the numbers are dockerd's frame stream types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout = 1,
+    Stderr = 2,
+}
+
+/// One stored log line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub log: String,
+    pub stream: Stream,
+    pub time: String,
+}
+
+const MAX_LINE: usize = 16 * 1024;
+
+/// Appends lines to a container's log file, cutting the byte stream at newlines.
+#[derive(Debug)]
+pub struct LogWriter {
+    file: File,
+    partial: [Vec<u8>; 2],
+}
+
+impl LogWriter {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(LogWriter { file, partial: [Vec::new(), Vec::new()] })
+    }
+
+    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
+        let line = LogLine {
+            log: String::from_utf8_lossy(bytes).into_owned(),
+            stream,
+            time: crate::model::now_rfc3339(),
+        };
+        let mut json = serde_json::to_vec(&line).map_err(io::Error::other)?;
+        json.push(b'\n');
+        self.file.write_all(&json)
+    }
+
+    /// Records a chunk of output.
+    pub fn write(&mut self, stream: Stream, mut data: &[u8]) -> io::Result<()> {
+        let idx = stream as usize - 1;
+        while let Some(pos) = data.iter().position(|b| *b == b'\n') {
+            let mut line = std::mem::take(&mut self.partial[idx]);
+            line.extend_from_slice(&data[..=pos]);
+            self.emit(stream, &line)?;
+            data = &data[pos + 1..];
+        }
+        self.partial[idx].extend_from_slice(data);
+        if self.partial[idx].len() >= MAX_LINE {
+            let line = std::mem::take(&mut self.partial[idx]);
+            self.emit(stream, &line)?;
+        }
+        Ok(())
+    }
+
+    /// Writes out what is left without a newline (the stream ended).
+    pub fn flush_partial(&mut self) -> io::Result<()> {
+        for (idx, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+            if !self.partial[idx].is_empty() {
+                let line = std::mem::take(&mut self.partial[idx]);
+                self.emit(stream, &line)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which lines to read back.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Only the last N lines.
+    pub tail: Option<usize>,
+    /// Only lines at or after this Unix time (seconds, fractional).
+    pub since: Option<f64>,
+    pub until: Option<f64>,
+}
+
+fn unix_time(s: &str) -> f64 {
+    crate::model::parse_time(s).map(|t| t.unix_timestamp_nanos() as f64 / 1e9).unwrap_or(0.0)
+}
+
+impl LogQuery {
+    pub fn wants(&self, l: &LogLine) -> bool {
+        let stream_ok = match l.stream {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        };
+        stream_ok
+            && self.since.is_none_or(|s| unix_time(&l.time) >= s)
+            && self.until.is_none_or(|u| unix_time(&l.time) <= u)
+    }
+}
+
+/// Reads the lines of `path` that `q` wants, and the byte offset where reading stopped.
+pub fn read(path: &Path, q: &LogQuery) -> io::Result<(Vec<LogLine>, u64)> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], 0)),
+        Err(e) => return Err(e),
+    };
+    let mut offset = 0u64;
+    let mut out = Vec::new();
+    let mut reader = BufReader::new(file);
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        let n = reader.read_line(&mut buf)?;
+        if n == 0 || !buf.ends_with('\n') {
+            break;
+        }
+        offset += n as u64;
+        if let Ok(line) = serde_json::from_str::<LogLine>(&buf) {
+            if q.wants(&line) {
+                out.push(line);
+            }
+        }
+    }
+    if let Some(t) = q.tail {
+        let skip = out.len().saturating_sub(t);
+        out.drain(..skip);
+    }
+    Ok((out, offset))
+}
+
+/// Reads whole lines appended after `offset`; returns them and the new offset.
+pub fn read_from(path: &Path, offset: u64, q: &LogQuery) -> io::Result<(Vec<LogLine>, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::new(file);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        let n = reader.read_line(&mut buf)?;
+        if n == 0 || !buf.ends_with('\n') {
+            break;
+        }
+        pos += n as u64;
+        if let Ok(line) = serde_json::from_str::<LogLine>(&buf) {
+            if q.wants(&line) {
+                out.push(line);
+            }
+        }
+    }
+    Ok((out, pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_cut_at_newlines_and_tail_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let mut w = LogWriter::open(&p).unwrap();
+        w.write(Stream::Stdout, b"one\ntw").unwrap();
+        w.write(Stream::Stderr, b"err\n").unwrap();
+        w.write(Stream::Stdout, b"o\nthree").unwrap();
+        w.flush_partial().unwrap();
+        let all = LogQuery { stdout: true, stderr: true, ..Default::default() };
+        let (lines, _) = read(&p, &all).unwrap();
+        let text: Vec<&str> = lines.iter().map(|l| l.log.as_str()).collect();
+        assert_eq!(text, ["one\n", "err\n", "two\n", "three"]);
+        let (lines, _) = read(&p, &LogQuery { tail: Some(1), stdout: true, ..Default::default() }).unwrap();
+        assert_eq!(lines[0].log, "three");
+        let (lines, _) = read(&p, &LogQuery { stderr: true, ..Default::default() }).unwrap();
+        assert_eq!(lines.len(), 1);
+    }
+}

@@ -1,0 +1,243 @@
+//! Containers: the record the engine keeps of each, how a create request is merged with the
+//! image's config, and the pieces that run one (helper, cgroups, logs).
+//!
+//! Vocabulary: a container's *record* (`containers/<id>/config.json`) is written whenever its
+//! state changes, with an atomic rename, so after an engine restart every container is found
+//! again (a container that was running when the engine stopped is found exited).
+
+pub mod cgroup;
+pub mod launch;
+pub mod logs;
+pub mod shim;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ContainerConfig, HostConfig, ImageConfig};
+
+/// Docker's container status words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Created,
+    Running,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Restarting => "restarting",
+            Status::Removing => "removing",
+            Status::Exited => "exited",
+            Status::Dead => "dead",
+        }
+    }
+}
+
+/// Docker's `State` object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub status: Status,
+    pub pid: i32,
+    pub exit_code: i64,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+/// A mount as inspect reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountRecord {
+    /// `bind`, `volume` or `tmpfs`.
+    pub kind: String,
+    /// Volume name, for volumes.
+    pub name: String,
+    pub source: String,
+    pub destination: String,
+    pub rw: bool,
+    #[serde(default)]
+    pub options: String,
+}
+
+/// Network settings as inspect reports them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetRecord {
+    pub mode: String,
+    pub ip: String,
+    pub gateway: String,
+    pub prefix: u8,
+    pub mac: String,
+    /// `"80/tcp"` → bindings actually made.
+    pub ports: BTreeMap<String, Vec<crate::model::PortBinding>>,
+}
+
+/// Everything the engine keeps about a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    pub created: String,
+    pub image_id: String,
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+    pub state: State,
+    pub restart_count: u64,
+    pub mounts: Vec<MountRecord>,
+    pub path: String,
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub net: NetRecord,
+    /// Chain IDs of the image's layers, bottom first.
+    pub chain: Vec<String>,
+    /// Set when the user stopped it (restart policies leave it alone then).
+    #[serde(default)]
+    pub manually_stopped: bool,
+}
+
+impl ContainerRecord {
+    pub fn running(&self) -> bool {
+        matches!(self.state.status, Status::Running | Status::Restarting)
+    }
+}
+
+/// Why a create request cannot be merged into a runnable config.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("No command specified")]
+    NoCommand,
+}
+
+fn env_key(e: &str) -> &str {
+    e.split_once('=').map(|(k, _)| k).unwrap_or(e)
+}
+
+/// Merges the request's config over the image's, the way dockerd does.
+pub fn merge_config(req: &ContainerConfig, image: &ImageConfig) -> Result<ContainerConfig, SpecError> {
+    let img = &image.config;
+    let mut out = req.clone();
+    // An entrypoint given by the user drops the image's Cmd too.
+    let (entrypoint, cmd) = match (&req.entrypoint, &req.cmd) {
+        (Some(ep), cmd) => (ep.clone(), cmd.clone().unwrap_or_default()),
+        (None, Some(cmd)) if !cmd.is_empty() => (img.entrypoint.clone().unwrap_or_default(), cmd.clone()),
+        (None, _) => (img.entrypoint.clone().unwrap_or_default(), img.cmd.clone().unwrap_or_default()),
+    };
+    let entrypoint: Vec<String> = if entrypoint == [""] { vec![] } else { entrypoint };
+    if entrypoint.is_empty() && cmd.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    out.entrypoint = (!entrypoint.is_empty()).then_some(entrypoint);
+    out.cmd = (!cmd.is_empty()).then_some(cmd);
+    let mut env: Vec<String> = img.env.clone();
+    for e in &req.env {
+        let k = env_key(e);
+        env.retain(|x| env_key(x) != k);
+        env.push(e.clone());
+    }
+    if !env.iter().any(|e| env_key(e) == "PATH") {
+        env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    out.env = env;
+    if out.working_dir.is_empty() {
+        out.working_dir = img.working_dir.clone();
+    }
+    if out.user.is_empty() {
+        out.user = img.user.clone();
+    }
+    let mut labels = img.labels.clone();
+    labels.extend(req.labels.clone());
+    out.labels = labels;
+    for (k, v) in &img.exposed_ports {
+        out.exposed_ports.entry(k.clone()).or_insert(v.clone());
+    }
+    for (k, v) in &img.volumes {
+        out.volumes.entry(k.clone()).or_insert(v.clone());
+    }
+    if out.stop_signal.is_none() {
+        out.stop_signal = img.stop_signal.clone();
+    }
+    Ok(out)
+}
+
+/// The argv a merged config runs.
+pub fn argv(c: &ContainerConfig) -> Vec<String> {
+    let mut v = c.entrypoint.clone().unwrap_or_default();
+    v.extend(c.cmd.clone().unwrap_or_default());
+    v
+}
+
+/// Signal number for a name like `SIGTERM`, `TERM`, `15`.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if s.is_empty() {
+        return Some(libc::SIGTERM);
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let sig = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        "PIPE" => libc::SIGPIPE,
+        _ => return None,
+    };
+    Some(sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(ep: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
+        let mut i = ImageConfig::default();
+        i.config.entrypoint = ep.map(|v| v.iter().map(|s| s.to_string()).collect());
+        i.config.cmd = cmd.map(|v| v.iter().map(|s| s.to_string()).collect());
+        i.config.env = vec!["PATH=/bin".into(), "A=1".into()];
+        i
+    }
+
+    #[test]
+    fn merge_follows_dockerd() {
+        let img = image(Some(&["/ep"]), Some(&["dflt"]));
+        let mut req = ContainerConfig::default();
+        assert_eq!(argv(&merge_config(&req, &img).unwrap()), ["/ep", "dflt"]);
+        req.cmd = Some(vec!["x".into()]);
+        assert_eq!(argv(&merge_config(&req, &img).unwrap()), ["/ep", "x"]);
+        req.cmd = None;
+        req.entrypoint = Some(vec!["/other".into()]);
+        assert_eq!(argv(&merge_config(&req, &img).unwrap()), ["/other"]);
+        req.entrypoint = Some(vec!["".into()]);
+        assert!(matches!(merge_config(&req, &img), Err(SpecError::NoCommand)));
+        let req = ContainerConfig { env: vec!["A=2".into()], ..Default::default() };
+        let m = merge_config(&req, &img).unwrap();
+        assert_eq!(m.env, ["PATH=/bin", "A=2"]);
+    }
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal("SIGKILL"), Some(9));
+        assert_eq!(parse_signal("term"), Some(15));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("BOGUS"), None);
+    }
+}

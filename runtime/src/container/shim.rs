@@ -1,0 +1,500 @@
+//! The single-threaded helper that creates a container's process.
+//!
+//! Namespaces are created with `unshare` + `fork`, which is undefined behaviour inside a
+//! multi-threaded program such as the tokio agent (other threads may hold locks the child
+//! will never see released). So the agent spawns this helper (`berth-agent shim run|exec
+//! SPEC`) with `posix_spawn`-style `Command`, and the helper, which never starts a thread,
+//! does the forking. The setup is written here rather than with youki's `libcontainer`
+//! because the engine needs its own stdio plumbing (pipes and ptys owned by the agent),
+//! its own start barrier for networking and cgroups, and the same code for `exec`; what it
+//! needs of the kernel is a page of mount and namespace calls.
+//!
+//! Protocol with the agent (file descriptors the helper inherits):
+//! 1. fd 0-2 are the container's stdio (pipes, or the slave side of a pty).
+//! 2. The helper enters/creates the namespaces, forks, and writes `pid <host pid>\n` (or
+//!    `error <message>\n`) on fd 3, then closes it.
+//! 3. The agent puts the pid in the container's cgroup and network, then writes one byte on
+//!    fd 4. The child waits for that byte before it touches anything.
+//! 4. The child sets up the root filesystem and execs. fd 5 is close-on-exec: if the exec
+//!    succeeds the agent reads EOF on it; if anything fails the child writes the reason there.
+//! 5. The helper waits for the child and exits with its status (128+signal when killed),
+//!    which is the container's exit code.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Uid, fork};
+use serde::{Deserialize, Serialize};
+
+use crate::image::unpack::resolve_in_root;
+use crate::snapshot::OverlayMount;
+
+/// Which network namespace a container gets.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum NetMode {
+    /// A new, empty namespace (loopback only, plus what the agent adds before the start).
+    New,
+    /// The engine's own namespace (`--network host`).
+    Host,
+}
+
+/// One mount in a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountPoint {
+    /// `bind` (host paths and volumes) or `tmpfs`.
+    pub kind: String,
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+    /// tmpfs options (`size=...,mode=...`).
+    #[serde(default)]
+    pub options: String,
+}
+
+/// What the helper needs to create a container's first process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub rootfs: PathBuf,
+    pub overlay: OverlayMount,
+    pub readonly_rootfs: bool,
+    pub mounts: Vec<MountPoint>,
+    pub hostname: String,
+    pub net: NetMode,
+    /// Files bind-mounted over `/etc/<name>` (hosts, hostname, resolv.conf).
+    pub etc_files: Vec<(PathBuf, String)>,
+    pub shm_size: u64,
+    pub process: ProcessSpec,
+}
+
+/// The process to exec, in a new container or (for exec) in a running one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// `uid[:gid]` or `name[:group]`, resolved in the container's /etc/passwd and /etc/group.
+    pub user: String,
+    pub tty: bool,
+}
+
+/// What `exec` needs: the container's init pid to join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub pid: i32,
+    pub host_network: bool,
+    pub process: ProcessSpec,
+}
+
+/// Docker's default capability set; every other capability is dropped from the bounding set.
+const DEFAULT_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+/// Entry point of `berth-agent shim run|exec SPEC`. Never returns.
+pub fn main(mode: &str, spec_path: &Path) -> ! {
+    // SAFETY: the agent passed fds 3 and 4/5 by the protocol above; nothing else owns them.
+    let mut status = unsafe { File::from_raw_fd(3) };
+    let result = fs::read(spec_path)
+        .map_err(|e| format!("reading {}: {e}", spec_path.display()))
+        .and_then(|b| match mode {
+            "run" => serde_json::from_slice::<RunSpec>(&b).map_err(|e| e.to_string()).and_then(|s| run(s, &mut status)),
+            "exec" => serde_json::from_slice::<ExecSpec>(&b).map_err(|e| e.to_string()).and_then(|s| exec(s, &mut status)),
+            other => Err(format!("unknown shim mode {other:?}")),
+        });
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(msg) => {
+            let _ = writeln!(status, "error {msg}");
+            std::process::exit(255)
+        }
+    }
+}
+
+fn set_parent_death_kill() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+}
+
+/// Creates namespaces, forks the container's init and waits for it.
+fn run(spec: RunSpec, status: &mut File) -> Result<i32, String> {
+    set_parent_death_kill();
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+    if spec.net == NetMode::New {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
+    fork_and_wait(status, move || setup_container(&spec))
+}
+
+/// Joins a running container's namespaces and forks the exec'd process.
+fn exec(spec: ExecSpec, status: &mut File) -> Result<i32, String> {
+    set_parent_death_kill();
+    let mut kinds = vec![("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS)];
+    if !spec.host_network {
+        kinds.push(("net", CloneFlags::CLONE_NEWNET));
+    }
+    kinds.push(("pid", CloneFlags::CLONE_NEWPID));
+    // The mount namespace last: after it, /proc is the container's.
+    kinds.push(("mnt", CloneFlags::CLONE_NEWNS));
+    let files: Vec<(File, CloneFlags)> = kinds
+        .iter()
+        .map(|(name, flag)| {
+            File::open(format!("/proc/{}/ns/{name}", spec.pid))
+                .map(|f| (f, *flag))
+                .map_err(|e| format!("container process {} is gone ({name} namespace: {e})", spec.pid))
+        })
+        .collect::<Result<_, _>>()?;
+    for (f, flag) in &files {
+        setns(f, *flag).map_err(|e| format!("setns {flag:?}: {e}"))?;
+    }
+    let process = spec.process;
+    fork_and_wait(status, move || {
+        nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+        exec_process(&process)
+    })
+}
+
+/// Forks; the child waits for the agent's go byte and runs `child`; the parent reports the
+/// pid and returns the child's exit status as an exit code.
+fn fork_and_wait(status: &mut File, child: impl FnOnce() -> Result<std::convert::Infallible, String>) -> Result<i32, String> {
+    // SAFETY: this helper is single-threaded (it never spawns a thread), so fork is sound.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            set_parent_death_kill();
+            // SAFETY: fds 4 and 5 come from the agent by protocol.
+            let mut go = unsafe { File::from_raw_fd(4) };
+            let mut errors = unsafe { File::from_raw_fd(5) };
+            // SAFETY: fd 3 is the helper's status pipe; the child must not keep it open.
+            unsafe { libc::close(3) };
+            let mut byte = [0u8; 1];
+            if go.read(&mut byte).unwrap_or(0) != 1 {
+                std::process::exit(255);
+            }
+            drop(go);
+            let set_cloexec = nix::fcntl::fcntl(&errors, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            let msg = match set_cloexec {
+                Err(e) => format!("fcntl: {e}"),
+                Ok(_) => match child() {
+                    Err(msg) => msg,
+                },
+            };
+            let _ = errors.write_all(msg.as_bytes());
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => {
+            // SAFETY: closing our copies of the go and error pipes; they belong to the child now.
+            unsafe {
+                libc::close(4);
+                libc::close(5);
+            }
+            let _ = writeln!(status, "pid {child}");
+            drop(std::mem::replace(status, File::open("/dev/null").map_err(|e| e.to_string())?));
+            // Keep no copy of the container's stdio, so readers see EOF when it exits.
+            let null = File::open("/dev/null").map_err(|e| e.to_string())?;
+            for fd in 0..=2 {
+                // SAFETY: dup2 onto our own standard descriptors.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(format!("waitpid: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    mount(src, target, fstype, flags, data).map_err(|e| format!("mount {} on {}: {e}", fstype.or(src).unwrap_or("?"), target.display()))
+}
+
+/// In the child, inside the new namespaces: builds the root filesystem, pivots and execs.
+fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, String> {
+    mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    mount_overlay(&spec.overlay, &spec.rootfs)?;
+    let root = &spec.rootfs;
+    for m in &spec.mounts {
+        mount_one(root, m)?;
+    }
+    mount_system(root, spec.shm_size)?;
+    for (file, name) in &spec.etc_files {
+        let target = prepare_target(root, &format!("/etc/{name}"), false)?;
+        mnt(Some(&file.to_string_lossy()), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    if spec.readonly_rootfs {
+        mnt(None, root, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+    }
+    pivot(root)?;
+    mask_proc();
+    if !spec.hostname.is_empty() {
+        nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    if spec.net == NetMode::New {
+        loopback_up()?;
+    }
+    exec_process(&spec.process)
+}
+
+fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
+    fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+    // Long lower lists overflow the one-page mount data: name layers relative to their
+    // common parent and mount from there.
+    let base = o.lower.first().and_then(|p| p.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
+    let relative = base.as_ref().filter(|b| o.lower.iter().all(|l| l.starts_with(b)));
+    let lower: Vec<String> = o
+        .lower
+        .iter()
+        .map(|l| match relative {
+            Some(b) => l.strip_prefix(b).unwrap_or(l).display().to_string(),
+            None => l.display().to_string(),
+        })
+        .collect();
+    if let Some(b) = relative {
+        nix::unistd::chdir(b.as_path()).map_err(|e| format!("chdir {}: {e}", b.display()))?;
+    }
+    let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), o.upper.display(), o.work.display());
+    mnt(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(&data))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Resolves `dest` inside `root` (symlinks stay inside) and creates it as a dir or file.
+fn prepare_target(root: &Path, dest: &str, dir: bool) -> Result<PathBuf, String> {
+    let parts: Vec<std::ffi::OsString> = Path::new(dest)
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(s) => Some(s.to_owned()),
+            std::path::Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let target = resolve_in_root(root, &parts, true).map_err(|e| e.to_string())?;
+    if dir {
+        fs::create_dir_all(&target).map_err(|e| format!("creating mount point {dest}: {e}"))?;
+    } else if !target.exists() {
+        if let Some(p) = target.parent() {
+            fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+        }
+        File::create(&target).map_err(|e| format!("creating mount point {dest}: {e}"))?;
+    }
+    Ok(target)
+}
+
+fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
+    match m.kind.as_str() {
+        "tmpfs" => {
+            let target = prepare_target(root, &m.destination, true)?;
+            let opts = if m.options.is_empty() { "mode=1777".to_string() } else { m.options.clone() };
+            let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if m.readonly {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            mnt(Some("tmpfs"), &target, Some("tmpfs"), flags, Some(&opts))
+        }
+        _ => {
+            let is_dir = fs::metadata(&m.source).map(|md| md.is_dir()).map_err(|e| {
+                format!("invalid mount config for type \"bind\": bind source path does not exist: {} ({e})", m.source.display())
+            })?;
+            let target = prepare_target(root, &m.destination, is_dir)?;
+            mnt(Some(&m.source.to_string_lossy()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            if m.readonly {
+                mnt(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// /proc, /sys, a minimal /dev with its own devpts, /dev/shm and /dev/mqueue.
+fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    let proc_dir = prepare_target(root, "/proc", true)?;
+    mnt(Some("proc"), &proc_dir, Some("proc"), nodev, None)?;
+    let sys = prepare_target(root, "/sys", true)?;
+    if mnt(Some("sysfs"), &sys, Some("sysfs"), nodev | MsFlags::MS_RDONLY, None).is_err() {
+        // Sharing the host's network namespace forbids a new sysfs: bind the host's, read-only.
+        mnt(Some("/sys"), &sys, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        mnt(None, &sys, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+    }
+    let dev = prepare_target(root, "/dev", true)?;
+    mnt(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(node);
+        File::create(&target).map_err(|e| format!("creating /dev/{node}: {e}"))?;
+        mnt(Some(&format!("/dev/{node}")), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(|e| format!("creating /dev/pts: {e}"))?;
+    mnt(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).map_err(|e| format!("/dev/ptmx: {e}"))?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(|e| format!("creating /dev/shm: {e}"))?;
+    let size = if shm_size > 0 { shm_size } else { 64 << 20 };
+    mnt(Some("shm"), &shm, Some("tmpfs"), nodev, Some(&format!("mode=1777,size={size}")))?;
+    let mq = dev.join("mqueue");
+    fs::create_dir(&mq).map_err(|e| format!("creating /dev/mqueue: {e}"))?;
+    let _ = mnt(Some("mqueue"), &mq, Some("mqueue"), nodev, None);
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| format!("/dev/{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Makes `root` the root: the `pivot_root(".", ".")` idiom, then detaches the old root.
+fn pivot(root: &Path) -> Result<(), String> {
+    mnt(Some(&root.to_string_lossy()), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    nix::unistd::chdir(root).map_err(|e| format!("chdir rootfs: {e}"))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Hides kernel interfaces from the container, as dockerd's default profile does.
+fn mask_proc() {
+    for p in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"] {
+        let _ = mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>);
+    }
+    for p in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
+        if mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).is_ok() {
+            let _ = mount(None::<&str>, p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+        }
+    }
+}
+
+/// Brings `lo` up in a fresh network namespace (SIOCSIFFLAGS on an inet socket).
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: a plain socket call; the fd is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads an ifreq we own.
+    let rc = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(sock) };
+    if rc < 0 { Err(format!("bringing up lo: {err}")) } else { Ok(()) }
+}
+
+/// Parsed `/etc/passwd`-style line lookups, in the container's root.
+fn lookup_user(spec: &str) -> Result<(u32, u32, Vec<u32>, Option<String>), String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let groups = fs::read_to_string("/etc/group").unwrap_or_default();
+    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
+        f.len() >= 6 && (f[0] == user || (user.parse::<u32>().ok().map(|u| u.to_string()) == Some(f[2].to_string())))
+    });
+    let uid = match (user.parse::<u32>(), &entry) {
+        (Ok(u), _) => u,
+        (Err(_), Some(f)) => f[2].parse().map_err(|_| format!("bad uid in /etc/passwd for {user}"))?,
+        (Err(_), None) if user.is_empty() => 0,
+        (Err(_), None) => return Err(format!("unable to find user {user}: no matching entries in passwd file")),
+    };
+    let home = entry.as_ref().and_then(|f| f.get(5)).map(|s| s.to_string());
+    let name = entry.as_ref().map(|f| f[0].to_string()).unwrap_or_default();
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => groups
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+        },
+        None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
+    };
+    let extra: Vec<u32> = if name.is_empty() {
+        vec![]
+    } else {
+        groups
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .filter(|f| f.len() >= 4 && f[3].split(',').any(|m| m == name))
+            .filter_map(|f| f[2].parse().ok())
+            .collect()
+    };
+    Ok((uid, gid, extra, home))
+}
+
+/// Finds `cmd` on PATH (as the container sees it).
+fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf, String> {
+    if cmd.contains('/') {
+        return if Path::new(cmd).exists() {
+            Ok(PathBuf::from(cmd))
+        } else {
+            Err(format!("exec: \"{cmd}\": stat {cmd}: no such file or directory"))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    use std::os::unix::fs::PermissionsExt;
+    path.split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .ok_or_else(|| format!("exec: \"{cmd}\": executable file not found in $PATH"))
+}
+
+fn drop_capabilities() -> Result<(), String> {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
+    for cap in 0..=last {
+        if !DEFAULT_CAPS.contains(&cap) {
+            // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory is touched.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+                return Err(format!("dropping capability {cap}: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Switches to the process's user, directory and session, and execs it.
+fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
+    let prefix = "unable to start container process";
+    let (uid, gid, extra, home) = lookup_user(&p.user).map_err(|e| format!("{prefix}: {e}"))?;
+    let mut env = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
+    }
+    if !p.cwd.is_empty() {
+        fs::create_dir_all(&p.cwd).map_err(|e| format!("{prefix}: creating working directory {}: {e}", p.cwd))?;
+        nix::unistd::chdir(p.cwd.as_str()).map_err(|e| format!("{prefix}: chdir to cwd (\"{}\"): {e}", p.cwd))?;
+    }
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if p.tty {
+        // SAFETY: TIOCSCTTY on our stdin, the pty slave the agent gave us.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(format!("{prefix}: setting the controlling terminal: {}", std::io::Error::last_os_error()));
+        }
+    }
+    let exe = find_executable(p.args.first().map(String::as_str).unwrap_or(""), &env).map_err(|e| format!("{prefix}: {e}"))?;
+    drop_capabilities()?;
+    let gids: Vec<Gid> = extra.into_iter().map(Gid::from_raw).collect();
+    nix::unistd::setgroups(&gids).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid {gid}: {e}"))?;
+    nix::unistd::setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid {uid}: {e}"))?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{prefix}: NUL byte in {s:?}"));
+    let exe_c = cstr(&exe.to_string_lossy())?;
+    let args: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+    let envs: Vec<CString> = env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
+    let err = nix::unistd::execve(&exe_c, &args, &envs).unwrap_err();
+    Err(format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase()))
+}

@@ -1,0 +1,225 @@
+//! The engine: the one face the API layer calls. Each method validates, delegates to the
+//! stores and the container machinery, and returns an [`EngineError`] whose [`ErrorKind`] the
+//! API maps to a status code in exactly one place.
+
+mod containers;
+mod exec;
+mod images;
+mod volumes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, watch};
+
+pub use containers::{AttachIo, CreateRequest, LogStream, WaitCondition};
+pub use exec::{ExecConfig, ExecInfo};
+pub use images::RemovedImage;
+pub use volumes::VolumeInfo;
+
+use crate::Stores;
+use crate::container::launch::{BoxWrite, HelperCommand, LaunchError, Pty};
+use crate::container::logs::Stream;
+use crate::container::{ContainerRecord, SpecError};
+use crate::content::ContentStore;
+use crate::image::{ImageError, ImageStore};
+use crate::snapshot::SnapshotStore;
+use crate::volume::{VolumeError, VolumeStore};
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where all state lives.
+    pub root: PathBuf,
+    /// How to start the single-threaded helper that creates container processes.
+    pub helper: HelperCommand,
+    /// Registries to reach over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+}
+
+/// The class of an engine error, for the API to pick a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Conflict,
+    InvalidArgument,
+    NotModified,
+    Internal,
+}
+
+/// Errors of engine operations.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotModified(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::NotFound(_) => ErrorKind::NotFound,
+            EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::InvalidArgument(_) | EngineError::Spec(_) => ErrorKind::InvalidArgument,
+            EngineError::NotModified(_) => ErrorKind::NotModified,
+            EngineError::Image(e) => match e {
+                ImageError::NotFound(_) | ImageError::ManifestUnknown(_) | ImageError::Denied { .. } => ErrorKind::NotFound,
+                ImageError::InvalidReference(_) | ImageError::Invalid(_) | ImageError::NoPlatform { .. } => ErrorKind::InvalidArgument,
+                ImageError::Conflict(_) => ErrorKind::Conflict,
+                _ => ErrorKind::Internal,
+            },
+            EngineError::Volume(e) => match e {
+                VolumeError::NotFound(_) => ErrorKind::NotFound,
+                VolumeError::InvalidName(_) => ErrorKind::InvalidArgument,
+                VolumeError::InUse { .. } => ErrorKind::Conflict,
+                VolumeError::Io { .. } => ErrorKind::Internal,
+            },
+            EngineError::Launch(LaunchError::Start(m)) if m.contains("executable file not found") || m.contains("no such file") => {
+                ErrorKind::InvalidArgument
+            }
+            EngineError::Launch(_) | EngineError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+pub(crate) fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let context = context.into();
+    move |source| EngineError::Io { context, source }
+}
+
+/// Output of a running container, fanned out to attached clients.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Data(Stream, Bytes),
+    /// The process's output ended (it exited).
+    End,
+}
+
+/// What wait conditions watch: bumped on every exit, and set on removal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lifecycle {
+    pub exits: u64,
+    pub exit_code: i64,
+    pub removed: bool,
+}
+
+/// A container the engine holds: its record plus the live plumbing of a running process.
+pub(crate) struct Ctr {
+    pub rec: Mutex<ContainerRecord>,
+    pub dir: PathBuf,
+    pub output: broadcast::Sender<Output>,
+    pub stdin: tokio::sync::Mutex<Option<BoxWrite>>,
+    pub pty: Mutex<Option<Pty>>,
+    pub life: watch::Sender<Lifecycle>,
+    /// Serialises start, stop and remove of this container.
+    pub op: tokio::sync::Mutex<()>,
+    pub cgroup: Mutex<Option<crate::container::cgroup::Cgroup>>,
+}
+
+impl Ctr {
+    fn new(rec: ContainerRecord, dir: PathBuf) -> Arc<Ctr> {
+        Arc::new(Ctr {
+            rec: Mutex::new(rec),
+            dir,
+            output: broadcast::channel(1024).0,
+            stdin: tokio::sync::Mutex::new(None),
+            pty: Mutex::new(None),
+            life: watch::channel(Lifecycle::default()).0,
+            op: tokio::sync::Mutex::new(()),
+            cgroup: Mutex::new(None),
+        })
+    }
+
+    pub fn snapshot(&self) -> ContainerRecord {
+        self.rec.lock().expect("container lock").clone()
+    }
+
+    /// Applies `f` to the record and writes it durably.
+    pub fn update(&self, f: impl FnOnce(&mut ContainerRecord)) -> Result<ContainerRecord, EngineError> {
+        let mut rec = self.rec.lock().expect("container lock");
+        f(&mut rec);
+        let path = self.dir.join("config.json");
+        crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&*rec).expect("record serialises"))
+            .map_err(io_ctx(format!("saving container {}", rec.id)))?;
+        Ok(rec.clone())
+    }
+}
+
+pub(crate) struct Inner {
+    pub root: PathBuf,
+    pub stores: Stores,
+    pub volumes: VolumeStore,
+    pub helper: HelperCommand,
+    pub containers: Mutex<BTreeMap<String, Arc<Ctr>>>,
+    pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
+    pub shutting_down: AtomicBool,
+}
+
+/// The engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("root", &self.inner.root).finish()
+    }
+}
+
+impl Engine {
+    /// Opens the engine on `config.root`, finding every image, container and volume again.
+    pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        let root = &config.root;
+        std::fs::create_dir_all(root).map_err(io_ctx(format!("creating {}", root.display())))?;
+        let stores = Stores {
+            content: ContentStore::open(&root.join("content")).map_err(|e| ImageError::from(e))?,
+            snapshots: SnapshotStore::open(&root.join("snapshots")).map_err(|e| ImageError::from(e))?,
+            images: Arc::new(Mutex::new(ImageStore::open(&root.join("images"))?)),
+            insecure_registries: Arc::new(config.insecure_registries.clone()),
+        };
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                root: root.clone(),
+                stores,
+                volumes: VolumeStore::open(&root.join("volumes"))?,
+                helper: config.helper,
+                containers: Mutex::new(BTreeMap::new()),
+                execs: Mutex::new(HashMap::new()),
+                shutting_down: AtomicBool::new(false),
+            }),
+        };
+        engine.load_containers()?;
+        Ok(engine)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.inner.stores
+    }
+}

@@ -1,0 +1,809 @@
+//! Container lifecycle: create, start, stop, kill, wait, remove, list, logs and attach.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::broadcast;
+
+use super::{Ctr, Engine, EngineError, Lifecycle, Output, io_ctx};
+use crate::container::cgroup::{Cgroup, Limits};
+use crate::container::launch::{self, Pty};
+use crate::container::logs::{self, LogQuery, LogWriter, Stream};
+use crate::container::shim::{MountPoint, NetMode, ProcessSpec, RunSpec};
+use crate::container::{ContainerRecord, MountRecord, NetRecord, State, Status, argv, merge_config, parse_signal};
+use crate::image::ImageError;
+use crate::model::{ContainerConfig, HostConfig, ImageConfig, now_rfc3339};
+use crate::names::{random_id, random_name, valid_container_name};
+use crate::network;
+
+/// A create request: Docker's `Config` with its `HostConfig`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: Option<String>,
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+}
+
+/// `POST /containers/{id}/wait?condition=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+/// The live ends an attach gets.
+pub struct AttachIo {
+    pub output: broadcast::Receiver<Output>,
+    pub tty: bool,
+    pub running: bool,
+}
+
+/// A stream of log lines; `follow` keeps reading until the container stops.
+pub struct LogStream {
+    pub rx: tokio::sync::mpsc::Receiver<logs::LogLine>,
+    pub tty: bool,
+}
+
+fn not_found(id: &str) -> EngineError {
+    EngineError::NotFound(format!("No such container: {id}"))
+}
+
+impl Engine {
+    pub(crate) fn load_containers(&self) -> Result<(), EngineError> {
+        let dir = self.inner.root.join("containers");
+        std::fs::create_dir_all(&dir).map_err(io_ctx("creating containers dir"))?;
+        let mut map = self.inner.containers.lock().expect("containers lock");
+        for entry in std::fs::read_dir(&dir).map_err(io_ctx("reading containers dir"))?.flatten() {
+            let path = entry.path().join("config.json");
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(mut rec) = serde_json::from_slice::<ContainerRecord>(&bytes) else {
+                tracing::warn!(path = %path.display(), "skipping unreadable container record");
+                continue;
+            };
+            if rec.running() {
+                // The engine stopped while it ran (crash or kill): the process is gone with it.
+                rec.state.status = Status::Exited;
+                rec.state.pid = 0;
+                rec.state.exit_code = 128 + 9;
+                rec.state.finished_at = now_rfc3339();
+            }
+            let ctr = Ctr::new(rec, entry.path());
+            let _ = ctr.update(|_| {});
+            map.insert(ctr.snapshot().id.clone(), ctr);
+        }
+        Ok(())
+    }
+
+    /// Containers with restart policy `always` / `unless-stopped` start with the engine.
+    pub async fn start_restartable(&self) {
+        let ids: Vec<String> = self
+            .all_containers()
+            .into_iter()
+            .filter(|c| {
+                let rec = c.snapshot();
+                matches!(rec.host_config.restart_policy.name.as_str(), "always")
+                    || (rec.host_config.restart_policy.name == "unless-stopped" && !rec.manually_stopped)
+            })
+            .map(|c| c.snapshot().id)
+            .collect();
+        for id in ids {
+            if let Err(e) = self.start(&id).await {
+                tracing::warn!(container = %id, error = %e, "restart at engine start failed");
+            }
+        }
+    }
+
+    pub(crate) fn all_containers(&self) -> Vec<Arc<Ctr>> {
+        self.inner.containers.lock().expect("containers lock").values().cloned().collect()
+    }
+
+    /// Finds a container by full ID, name, or unique ID prefix.
+    pub(crate) fn ctr(&self, name_or_id: &str) -> Result<Arc<Ctr>, EngineError> {
+        let map = self.inner.containers.lock().expect("containers lock");
+        let name = name_or_id.trim_start_matches('/');
+        if let Some(c) = map.get(name) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = map.values().find(|c| c.rec.lock().expect("lock").name == name) {
+            return Ok(c.clone());
+        }
+        let mut found = map.iter().filter(|(id, _)| !name.is_empty() && id.starts_with(name));
+        match (found.next(), found.next()) {
+            (Some((_, c)), None) => Ok(c.clone()),
+            (Some(_), Some(_)) => Err(EngineError::InvalidArgument(format!("multiple IDs found with provided prefix: {name}"))),
+            _ => Err(not_found(name_or_id)),
+        }
+    }
+
+    pub fn container(&self, name_or_id: &str) -> Result<ContainerRecord, EngineError> {
+        Ok(self.ctr(name_or_id)?.snapshot())
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        let mut v: Vec<ContainerRecord> = self.all_containers().iter().map(|c| c.snapshot()).collect();
+        v.sort_by(|a, b| b.created.cmp(&a.created));
+        v
+    }
+
+    /// The image's config blob.
+    pub fn image_config(&self, image_id: &str) -> Result<ImageConfig, EngineError> {
+        let bytes = self.inner.stores.content.read(image_id).map_err(ImageError::from)?;
+        Ok(serde_json::from_slice(&bytes).map_err(ImageError::BadConfig)?)
+    }
+
+    /// Creates a container; returns its ID and warnings.
+    pub async fn create(&self, req: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
+        let image = {
+            let images = self.inner.stores.images.lock().expect("image store lock");
+            images.resolve(&req.config.image).cloned().map_err(|_| {
+                EngineError::NotFound(format!("No such image: {}", req.config.image))
+            })?
+        };
+        let image_config = self.image_config(&image.id)?;
+        let mut config = merge_config(&req.config, &image_config)?;
+        let host = req.host_config;
+        if network::parse_mode(&host.network_mode).is_none() {
+            return Err(EngineError::NotFound(format!("network {} not found", host.network_mode)));
+        }
+        let id = random_id();
+        if config.hostname.is_empty() {
+            config.hostname = id[..12].to_owned();
+        }
+        let mounts = self.resolve_mounts(&config, &host)?;
+        let name = {
+            let map = self.inner.containers.lock().expect("containers lock");
+            let name = match &req.name {
+                Some(n) if !n.is_empty() => {
+                    let n = n.trim_start_matches('/').to_owned();
+                    if !valid_container_name(&n) {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                        )));
+                    }
+                    n
+                }
+                _ => loop {
+                    let n = random_name();
+                    if !map.values().any(|c| c.rec.lock().expect("lock").name == n) {
+                        break n;
+                    }
+                },
+            };
+            if let Some(other) = map.values().find(|c| c.rec.lock().expect("lock").name == name) {
+                return Err(EngineError::Conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    other.snapshot().id
+                )));
+            }
+            name
+        };
+        let args = argv(&config);
+        let dir = self.inner.root.join("containers").join(&id);
+        std::fs::create_dir_all(&dir).map_err(io_ctx("creating container dir"))?;
+        let rec = ContainerRecord {
+            id: id.clone(),
+            name,
+            created: now_rfc3339(),
+            image_id: image.id.clone(),
+            path: args.first().cloned().unwrap_or_default(),
+            args: args.iter().skip(1).cloned().collect(),
+            config,
+            host_config: host,
+            state: State::default(),
+            restart_count: 0,
+            mounts,
+            net: NetRecord::default(),
+            chain: image.chain(),
+            manually_stopped: false,
+        };
+        let ctr = Ctr::new(rec, dir);
+        ctr.update(|_| {})?;
+        self.inner.stores.snapshots.prepare(&id, &ctr.snapshot().chain).map_err(ImageError::from)?;
+        self.inner.containers.lock().expect("containers lock").insert(id.clone(), ctr);
+        tracing::info!(container = %id, "created");
+        Ok((id, vec![]))
+    }
+
+    /// Turns `-v`, `--mount`, `--tmpfs` and the image's VOLUMEs into mounts.
+    fn resolve_mounts(&self, config: &ContainerConfig, host: &HostConfig) -> Result<Vec<MountRecord>, EngineError> {
+        let mut out: Vec<MountRecord> = Vec::new();
+        let invalid = |m: String| EngineError::InvalidArgument(m);
+        for bind in &host.binds {
+            let parts: Vec<&str> = bind.split(':').collect();
+            let (src, dst, opts) = match parts.as_slice() {
+                [d] => ("", *d, ""),
+                [s, d] => (*s, *d, ""),
+                [s, d, o] => (*s, *d, *o),
+                _ => return Err(invalid(format!("invalid volume specification: '{bind}'"))),
+            };
+            if !dst.starts_with('/') {
+                return Err(invalid(format!("invalid volume specification: '{bind}': invalid mount config for type \"volume\": invalid mount path: '{dst}' mount path must be absolute")));
+            }
+            let rw = !opts.split(',').any(|o| o == "ro");
+            if src.starts_with('/') {
+                if !std::path::Path::new(src).exists() {
+                    std::fs::create_dir_all(src).map_err(io_ctx(format!("creating bind source {src}")))?;
+                }
+                out.push(MountRecord { kind: "bind".into(), name: String::new(), source: src.into(), destination: dst.into(), rw, options: String::new() });
+            } else {
+                let v = self.inner.volumes.create(src, BTreeMap::new(), src.is_empty())?;
+                out.push(MountRecord { kind: "volume".into(), name: v.name, source: v.mountpoint.display().to_string(), destination: dst.into(), rw, options: String::new() });
+            }
+        }
+        for m in &host.mounts {
+            if !m.target.starts_with('/') {
+                return Err(invalid(format!("invalid mount config for type \"{}\": invalid mount path: '{}' mount path must be absolute", m.kind, m.target)));
+            }
+            match m.kind.as_str() {
+                "bind" => {
+                    if !std::path::Path::new(&m.source).exists() {
+                        return Err(invalid(format!("invalid mount config for type \"bind\": bind source path does not exist: {}", m.source)));
+                    }
+                    out.push(MountRecord { kind: "bind".into(), name: String::new(), source: m.source.clone(), destination: m.target.clone(), rw: !m.read_only, options: String::new() });
+                }
+                "volume" => {
+                    let v = self.inner.volumes.create(&m.source, BTreeMap::new(), m.source.is_empty())?;
+                    out.push(MountRecord { kind: "volume".into(), name: v.name, source: v.mountpoint.display().to_string(), destination: m.target.clone(), rw: !m.read_only, options: String::new() });
+                }
+                "tmpfs" => {
+                    let mut opts = Vec::new();
+                    if let Some(t) = m.extra.get("TmpfsOptions") {
+                        if let Some(s) = t.get("SizeBytes").and_then(|v| v.as_i64()) {
+                            opts.push(format!("size={s}"));
+                        }
+                        if let Some(md) = t.get("Mode").and_then(|v| v.as_u64()) {
+                            opts.push(format!("mode={md:o}"));
+                        }
+                    }
+                    out.push(MountRecord { kind: "tmpfs".into(), name: String::new(), source: String::new(), destination: m.target.clone(), rw: !m.read_only, options: opts.join(",") });
+                }
+                other => return Err(invalid(format!("mount type {other:?} is not supported"))),
+            }
+        }
+        for (dst, opts) in &host.tmpfs {
+            out.push(MountRecord { kind: "tmpfs".into(), name: String::new(), source: String::new(), destination: dst.clone(), rw: true, options: opts.clone() });
+        }
+        for dst in config.volumes.keys() {
+            if !out.iter().any(|m| &m.destination == dst) {
+                let v = self.inner.volumes.create("", BTreeMap::new(), true)?;
+                out.push(MountRecord { kind: "volume".into(), name: v.name, source: v.mountpoint.display().to_string(), destination: dst.clone(), rw: true, options: String::new() });
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &out {
+            if !seen.insert(m.destination.trim_end_matches('/')) {
+                return Err(invalid(format!("Duplicate mount point: {}", m.destination)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_etc_files(&self, ctr: &Ctr, rec: &ContainerRecord) -> Result<Vec<(PathBuf, String)>, EngineError> {
+        let host_mode = rec.host_config.network_mode == "host";
+        let hostname_path = ctr.dir.join("hostname");
+        let hosts_path = ctr.dir.join("hosts");
+        let resolv_path = ctr.dir.join("resolv.conf");
+        let hostname = if host_mode {
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        } else {
+            rec.config.hostname.clone()
+        };
+        std::fs::write(&hostname_path, format!("{hostname}\n")).map_err(io_ctx("writing hostname"))?;
+        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        if !host_mode {
+            hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
+        }
+        for extra in &rec.host_config.extra_hosts {
+            if let Some((h, ip)) = extra.split_once(':') {
+                hosts.push_str(&format!("{ip}\t{h}\n"));
+            }
+        }
+        std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;
+        let resolv = if rec.host_config.dns.is_empty() {
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        } else {
+            rec.host_config.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+        };
+        std::fs::write(&resolv_path, resolv).map_err(io_ctx("writing resolv.conf"))?;
+        Ok(vec![(hostname_path, "hostname".into()), (hosts_path, "hosts".into()), (resolv_path, "resolv.conf".into())])
+    }
+
+    /// Starts a created or exited container.
+    pub async fn start(&self, name_or_id: &str) -> Result<(), EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let _op = ctr.op.lock().await;
+        let rec = ctr.snapshot();
+        if rec.running() {
+            return Err(EngineError::NotModified("container already started".into()));
+        }
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(EngineError::Conflict("the engine is shutting down".into()));
+        }
+        let auto_remove = rec.host_config.auto_remove;
+        let result = self.start_locked(&ctr, rec).await;
+        drop(_op);
+        if result.is_err() && auto_remove {
+            // dockerd removes an auto-remove container whose start failed; `docker run --rm`
+            // waits for that removal.
+            let _ = self.remove(&ctr.snapshot().id, true, true).await;
+        }
+        result
+    }
+
+    async fn start_locked(&self, ctr: &Arc<Ctr>, rec: ContainerRecord) -> Result<(), EngineError> {
+        let id = rec.id.clone();
+        let overlay = self.inner.stores.snapshots.prepare(&id, &rec.chain).map_err(ImageError::from)?;
+        let etc_files = self.write_etc_files(ctr, &rec)?;
+        let net = match network::parse_mode(&rec.host_config.network_mode) {
+            Some(network::Mode::Host) => NetMode::Host,
+            _ => NetMode::New,
+        };
+        let spec = RunSpec {
+            rootfs: ctr.dir.join("rootfs"),
+            overlay,
+            readonly_rootfs: rec.host_config.readonly_rootfs,
+            mounts: rec
+                .mounts
+                .iter()
+                .map(|m| MountPoint { kind: if m.kind == "tmpfs" { "tmpfs".into() } else { "bind".into() }, source: PathBuf::from(&m.source), destination: m.destination.clone(), readonly: !m.rw, options: m.options.clone() })
+                .collect(),
+            hostname: if net == NetMode::Host { String::new() } else { rec.config.hostname.clone() },
+            net,
+            etc_files,
+            shm_size: rec.host_config.shm_size.max(0) as u64,
+            process: ProcessSpec {
+                args: argv(&rec.config),
+                env: rec.config.env.clone(),
+                cwd: if rec.config.working_dir.is_empty() { "/".into() } else { rec.config.working_dir.clone() },
+                user: rec.config.user.clone(),
+                tty: rec.config.tty,
+            },
+        };
+        let spec_path = ctr.dir.join("spec.json");
+        std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises")).map_err(io_ctx("writing spec"))?;
+        let hc = &rec.host_config;
+        let limits = Limits {
+            memory: hc.memory,
+            memory_swap: hc.memory_swap,
+            nano_cpus: hc.nano_cpus,
+            cpu_quota: hc.cpu_quota,
+            cpu_period: hc.cpu_period,
+            cpu_shares: hc.cpu_shares,
+            pids: hc.pids_limit,
+        };
+        let cgroup = Cgroup::create(&id, &limits).map_err(|e| EngineError::Launch(launch::LaunchError::Setup(e.to_string())))?;
+        let cg = cgroup.clone();
+        let launched = launch::launch(&self.inner.helper, "run", &spec_path, rec.config.tty, rec.config.open_stdin, move |pid| {
+            cg.add(pid).map_err(|e| e.to_string())
+        })
+        .await;
+        let launched = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                cgroup.remove();
+                let msg = e.to_string();
+                ctr.update(|r| {
+                    r.state.error = msg;
+                    r.state.exit_code = 127;
+                })?;
+                return Err(e.into());
+            }
+        };
+        *ctr.cgroup.lock().expect("lock") = Some(cgroup);
+        *ctr.pty.lock().expect("lock") = launched.io.pty.clone();
+        *ctr.stdin.lock().await = launched.io.stdin;
+        let pid = launched.pid;
+        ctr.update(|r| {
+            r.state = State { status: Status::Running, pid, exit_code: 0, error: String::new(), started_at: now_rfc3339(), finished_at: String::new(), oom_killed: false };
+            r.manually_stopped = false;
+        })?;
+        tracing::info!(container = %id, pid, "started");
+
+        let log_path = ctr.dir.join(format!("{id}-json.log"));
+        let writer = Arc::new(std::sync::Mutex::new(LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?));
+        let mut pumps = vec![tokio::spawn(pump(launched.io.stdout, Stream::Stdout, ctr.output.clone(), writer.clone()))];
+        if let Some(err) = launched.io.stderr {
+            pumps.push(tokio::spawn(pump(err, Stream::Stderr, ctr.output.clone(), writer.clone())));
+        }
+        let engine = self.clone();
+        let ctr2 = ctr.clone();
+        let mut helper = launched.helper;
+        tokio::spawn(async move {
+            let status = helper.wait().await;
+            for p in pumps {
+                let _ = p.await;
+            }
+            if let Ok(mut w) = writer.lock() {
+                let _ = w.flush_partial();
+            }
+            let _ = ctr2.output.send(Output::End);
+            let code = status.map(launch::exit_code).unwrap_or(-1);
+            engine.on_exit(ctr2, code).await;
+        });
+        Ok(())
+    }
+
+    /// `start_locked` behind a boxed future: the restart path calls it from a task it spawns,
+    /// and the explicit `Send` bound breaks the cycle the compiler cannot see through.
+    fn start_boxed<'a>(
+        &'a self,
+        ctr: &'a Arc<Ctr>,
+        rec: ContainerRecord,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EngineError>> + Send + 'a>> {
+        Box::pin(self.start_locked(ctr, rec))
+    }
+
+    /// Records an exit, then applies the restart policy or auto-removal.
+    async fn on_exit(&self, ctr: Arc<Ctr>, code: i64) {
+        *ctr.stdin.lock().await = None;
+        *ctr.pty.lock().expect("lock") = None;
+        if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
+            cg.remove();
+        }
+        let rec = match ctr.update(|r| {
+            r.state.status = Status::Exited;
+            r.state.pid = 0;
+            r.state.exit_code = code;
+            r.state.finished_at = now_rfc3339();
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "saving exit state");
+                ctr.snapshot()
+            }
+        };
+        tracing::info!(container = %rec.id, code, "exited");
+        ctr.life.send_modify(|l| {
+            l.exits += 1;
+            l.exit_code = code;
+        });
+        let policy = rec.host_config.restart_policy.clone();
+        let restart = !rec.manually_stopped
+            && !self.inner.shutting_down.load(Ordering::SeqCst)
+            && match policy.name.as_str() {
+                "always" | "unless-stopped" => true,
+                "on-failure" => code != 0 && (policy.maximum_retry_count == 0 || (rec.restart_count as i64) < policy.maximum_retry_count),
+                _ => false,
+            };
+        if restart {
+            let delay = Duration::from_millis(100 * 2u64.pow(rec.restart_count.min(10) as u32));
+            let engine = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _op = ctr.op.lock().await;
+                let rec = ctr.snapshot();
+                if rec.manually_stopped || rec.running() || ctr.life.borrow().removed {
+                    return;
+                }
+                let rec = ctr.update(|r| r.restart_count += 1).unwrap_or(rec);
+                if let Err(e) = engine.start_boxed(&ctr, rec).await {
+                    tracing::warn!(error = %e, "restart failed");
+                }
+            });
+        } else if rec.host_config.auto_remove {
+            let id = rec.id.clone();
+            if let Err(e) = self.remove(&id, true, true).await {
+                tracing::warn!(container = %id, error = %e, "auto-remove failed");
+            }
+        }
+    }
+
+    /// Sends `signal` to the container's process.
+    pub async fn kill(&self, name_or_id: &str, signal: &str) -> Result<(), EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let sig = parse_signal(signal).ok_or_else(|| EngineError::InvalidArgument(format!("Invalid signal: {signal}")))?;
+        let rec = ctr.snapshot();
+        if !rec.running() || rec.state.pid <= 0 {
+            return Err(EngineError::Conflict(format!("Cannot kill container: {}: container {} is not running", name_or_id, rec.id)));
+        }
+        if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
+            ctr.update(|r| r.manually_stopped = true)?;
+        }
+        // SAFETY: kill(2) with a pid the engine started and a valid signal number.
+        unsafe { libc::kill(rec.state.pid, sig) };
+        Ok(())
+    }
+
+    /// Stops the container: its stop signal, then SIGKILL after `timeout` seconds.
+    pub async fn stop(&self, name_or_id: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let rec = ctr.update(|r| r.manually_stopped = true)?;
+        if !rec.running() {
+            return Err(EngineError::NotModified("container already stopped".into()));
+        }
+        let sig = signal
+            .or(rec.config.stop_signal.as_deref())
+            .map(|s| parse_signal(s).ok_or_else(|| EngineError::InvalidArgument(format!("Invalid signal: {s}"))))
+            .transpose()?
+            .unwrap_or(libc::SIGTERM);
+        let timeout = timeout.or(rec.config.stop_timeout).unwrap_or(10);
+        let mut life = ctr.life.subscribe();
+        let exits = life.borrow().exits;
+        // SAFETY: kill(2) on the container's pid.
+        unsafe { libc::kill(rec.state.pid, sig) };
+        let exited = async {
+            while life.borrow_and_update().exits == exits {
+                if life.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if timeout < 0 {
+            exited.await;
+        } else if tokio::time::timeout(Duration::from_secs(timeout as u64), exited).await.is_err() {
+            let pid = ctr.snapshot().state.pid;
+            if pid > 0 {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let mut life = ctr.life.subscribe();
+            while life.borrow_and_update().exits == exits {
+                if life.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&self, name_or_id: &str, timeout: Option<i64>) -> Result<(), EngineError> {
+        match self.stop(name_or_id, timeout, None).await {
+            Ok(()) | Err(EngineError::NotModified(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.start(name_or_id).await
+    }
+
+    /// Registers a wait for `condition` now and returns a future of the exit code, so an API
+    /// can answer its headers at once (the docker CLI waits for them before it starts).
+    pub fn wait(&self, name_or_id: &str, condition: WaitCondition) -> Result<impl std::future::Future<Output = i64> + Send + 'static, EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let mut life = ctr.life.subscribe();
+        let start = *life.borrow_and_update();
+        let rec = ctr.snapshot();
+        let already = (condition == WaitCondition::NotRunning && !rec.running()).then_some(rec.state.exit_code);
+        Ok(async move {
+            if let Some(code) = already {
+                return code;
+            }
+            loop {
+                let now = *life.borrow_and_update();
+                let done = match condition {
+                    WaitCondition::Removed => now.removed,
+                    _ => now.exits > start.exits || now.removed,
+                };
+                if done {
+                    return now.exit_code;
+                }
+                if life.changed().await.is_err() {
+                    let l: Lifecycle = *life.borrow();
+                    return l.exit_code;
+                }
+            }
+        })
+    }
+
+    /// Removes a container (`force` kills a running one first).
+    pub async fn remove(&self, name_or_id: &str, force: bool, remove_volumes: bool) -> Result<(), EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let rec = ctr.snapshot();
+        if rec.running() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                    rec.name
+                )));
+            }
+            self.stop(&rec.id, Some(0), Some("SIGKILL")).await.or_else(|e| match e {
+                EngineError::NotModified(_) => Ok(()),
+                e => Err(e),
+            })?;
+        }
+        let _op = ctr.op.lock().await;
+        if ctr.life.borrow().removed {
+            return Ok(());
+        }
+        self.inner.containers.lock().expect("containers lock").remove(&rec.id);
+        let _ = std::fs::remove_dir_all(&ctr.dir);
+        self.inner.stores.snapshots.remove_active(&rec.id).map_err(ImageError::from)?;
+        if remove_volumes {
+            for m in rec.mounts.iter().filter(|m| m.kind == "volume") {
+                if let Ok(v) = self.inner.volumes.get(&m.name) {
+                    if v.anonymous && self.volume_users(&v.name).is_empty() {
+                        let _ = self.inner.volumes.remove(&v.name);
+                    }
+                }
+            }
+        }
+        ctr.life.send_modify(|l| l.removed = true);
+        tracing::info!(container = %rec.id, "removed");
+        Ok(())
+    }
+
+    pub fn rename(&self, name_or_id: &str, new_name: &str) -> Result<(), EngineError> {
+        let new_name = new_name.trim_start_matches('/');
+        if !valid_container_name(new_name) {
+            return Err(EngineError::InvalidArgument(format!("Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+        }
+        let ctr = self.ctr(name_or_id)?;
+        let map = self.inner.containers.lock().expect("containers lock");
+        if let Some(other) = map.values().find(|c| c.rec.lock().expect("lock").name == new_name) {
+            return Err(EngineError::Conflict(format!(
+                "Conflict. The container name \"/{new_name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                other.snapshot().id
+            )));
+        }
+        drop(map);
+        ctr.update(|r| r.name = new_name.to_owned())?;
+        Ok(())
+    }
+
+    /// Names of containers that mount volume `name`.
+    pub fn volume_users(&self, name: &str) -> Vec<String> {
+        self.all_containers()
+            .iter()
+            .map(|c| c.snapshot())
+            .filter(|r| r.mounts.iter().any(|m| m.kind == "volume" && m.name == name))
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Subscribes to a container's output (before it starts, for `docker run`).
+    pub fn attach(&self, name_or_id: &str) -> Result<AttachIo, EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let rec = ctr.snapshot();
+        Ok(AttachIo { output: ctr.output.subscribe(), tty: rec.config.tty, running: rec.running() })
+    }
+
+    /// Writes to the container's stdin; `None` closes it.
+    pub async fn write_stdin(&self, name_or_id: &str, data: Option<Bytes>) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let ctr = self.ctr(name_or_id)?;
+        let mut stdin = ctr.stdin.lock().await;
+        match data {
+            Some(d) => {
+                if let Some(w) = stdin.as_mut() {
+                    if w.write_all(&d).await.is_err() {
+                        *stdin = None;
+                    }
+                }
+            }
+            None => {
+                if !ctr.snapshot().config.tty {
+                    *stdin = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resize(&self, name_or_id: &str, rows: u16, cols: u16) -> Result<(), EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let pty: Option<Pty> = ctr.pty.lock().expect("lock").clone();
+        match pty {
+            Some(p) => p.resize(rows, cols).map_err(io_ctx("resizing the terminal")),
+            None => Err(EngineError::Conflict(format!("Container {} is not running or has no TTY", ctr.snapshot().id))),
+        }
+    }
+
+    /// Streams stored log lines (and new ones with `follow`).
+    pub fn logs(&self, name_or_id: &str, q: LogQuery, follow: bool) -> Result<LogStream, EngineError> {
+        let ctr = self.ctr(name_or_id)?;
+        let rec = ctr.snapshot();
+        let path = ctr.dir.join(format!("{}-json.log", rec.id));
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut life = ctr.life.subscribe();
+        tokio::spawn(async move {
+            let (lines, mut offset) = match tokio::task::spawn_blocking({
+                let (p, q) = (path.clone(), q.clone());
+                move || logs::read(&p, &q)
+            })
+            .await
+            {
+                Ok(Ok(v)) => v,
+                _ => return,
+            };
+            for l in lines {
+                if tx.send(l).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            let live_q = LogQuery { tail: None, ..q };
+            loop {
+                let running = ctr.snapshot().running();
+                let changed = life.has_changed().unwrap_or(true);
+                let _ = life.borrow_and_update();
+                if let Ok((lines, next)) = logs::read_from(&path, offset, &live_q) {
+                    offset = next;
+                    for l in lines {
+                        if tx.send(l).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if !running && !changed {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(LogStream { rx, tty: rec.config.tty })
+    }
+
+    /// Stops every running container (for engine shutdown) and waits for them.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let running: Vec<String> = self.containers().into_iter().filter(|r| r.running()).map(|r| r.id).collect();
+        let stops = running.iter().map(|id| {
+            let engine = self.clone();
+            let id = id.clone();
+            async move {
+                let ctr = engine.ctr(&id).ok();
+                let rec = ctr.as_ref().map(|c| c.snapshot());
+                let timeout = rec.and_then(|r| r.config.stop_timeout).unwrap_or(10);
+                let _ = engine.stop_for_shutdown(&id, timeout).await;
+            }
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    async fn stop_for_shutdown(&self, id: &str, timeout: i64) -> Result<(), EngineError> {
+        // Not marked manually stopped: `unless-stopped` containers come back with the engine.
+        let ctr = self.ctr(id)?;
+        let rec = ctr.snapshot();
+        let mut life = ctr.life.subscribe();
+        let exits = life.borrow_and_update().exits;
+        let sig = rec.config.stop_signal.as_deref().and_then(parse_signal).unwrap_or(libc::SIGTERM);
+        // SAFETY: kill(2) on the container's pid.
+        unsafe { libc::kill(rec.state.pid, sig) };
+        let wait = async {
+            while life.borrow_and_update().exits == exits {
+                if life.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(timeout.max(0) as u64), wait).await.is_err() {
+            // SAFETY: as above.
+            unsafe { libc::kill(ctr.snapshot().state.pid, libc::SIGKILL) };
+            let mut life = ctr.life.subscribe();
+            while life.borrow_and_update().exits == exits {
+                if life.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies one output stream to the log and to attached clients until EOF.
+async fn pump(mut r: Box<dyn AsyncRead + Send + Unpin>, stream: Stream, tx: broadcast::Sender<Output>, log: Arc<std::sync::Mutex<LogWriter>>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let chunk = Bytes::copy_from_slice(&buf[..n]);
+                if let Ok(mut w) = log.lock() {
+                    if let Err(e) = w.write(stream, &chunk) {
+                        tracing::warn!(error = %e, "writing container log");
+                    }
+                }
+                let _ = tx.send(Output::Data(stream, chunk));
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Image operations that need the container table: pull, tag, remove (refused while a
+//! container uses the image, as dockerd does), prune.
+
+use std::collections::HashSet;
+
+use tokio::sync::mpsc;
+
+use super::{Engine, EngineError};
+use crate::image::pull::{Credentials, Progress};
+use crate::image::{ImageError, ImageRecord, familiar, parse_reference, tagged};
+use crate::model::ImageConfig;
+
+/// One line of an `rmi` answer.
+#[derive(Debug, Clone)]
+pub enum RemovedImage {
+    Untagged(String),
+    Deleted(String),
+}
+
+impl Engine {
+    pub async fn pull(&self, name: &str, creds: &Credentials, progress: &mpsc::UnboundedSender<Progress>) -> Result<ImageRecord, EngineError> {
+        Ok(crate::image::pull::pull(&self.inner.stores, name, creds, progress).await?)
+    }
+
+    pub fn images(&self) -> Vec<ImageRecord> {
+        let images = self.inner.stores.images.lock().expect("image store lock");
+        let mut v: Vec<ImageRecord> = images.all().cloned().collect();
+        v.sort_by(|a, b| b.created.cmp(&a.created));
+        v
+    }
+
+    pub fn image(&self, name: &str) -> Result<(ImageRecord, ImageConfig), EngineError> {
+        let rec = self.inner.stores.images.lock().expect("image store lock").resolve(name)?.clone();
+        let config = self.image_config(&rec.id)?;
+        Ok((rec, config))
+    }
+
+    pub fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        let target = if tag.is_empty() { repo.to_owned() } else { format!("{repo}:{tag}") };
+        let r = parse_reference(&target)?;
+        if r.digest().is_some() {
+            return Err(ImageError::InvalidReference(target).into());
+        }
+        let mut images = self.inner.stores.images.lock().expect("image store lock");
+        let id = images.resolve(source)?.id.clone();
+        images.set_tag(&id, &tagged(&r))?;
+        Ok(())
+    }
+
+    fn images_in_use(&self) -> HashSet<String> {
+        self.containers().into_iter().map(|c| c.image_id).collect()
+    }
+
+    /// `docker rmi`: untags a reference, and deletes the image when no tag is left.
+    pub fn remove_image(&self, name: &str, force: bool) -> Result<Vec<RemovedImage>, EngineError> {
+        let in_use = self.images_in_use();
+        let mut images = self.inner.stores.images.lock().expect("image store lock");
+        let rec = images.resolve(name)?.clone();
+        let mut out = Vec::new();
+        let by_tag = parse_reference(name).ok().map(|r| tagged(&r)).filter(|t| rec.repo_tags.contains(t));
+        let mut rec2 = rec.clone();
+        if let (Some(tag), false) = (&by_tag, rec.repo_tags.len() <= 1 && !force) {
+            if rec.repo_tags.len() > 1 {
+                rec2.repo_tags.retain(|t| t != tag);
+                images.put(rec2)?;
+                return Ok(vec![RemovedImage::Untagged(familiar(tag))]);
+            }
+        }
+        if in_use.contains(&rec.id) {
+            let user = self.containers().into_iter().find(|c| c.image_id == rec.id).map(|c| c.id[..12].to_owned()).unwrap_or_default();
+            if by_tag.is_some() && !force && rec.repo_tags.len() > 1 {
+                unreachable!("handled above");
+            }
+            if !force || by_tag.is_none() {
+                return Err(EngineError::Conflict(format!(
+                    "conflict: unable to delete {} (must be forced) - image is being used by stopped container {user}",
+                    if by_tag.is_some() { familiar(by_tag.as_deref().unwrap_or_default()) } else { rec.short_id().to_owned() }
+                )));
+            }
+            // Forced on a tag while a container uses it: untag only, as dockerd does.
+            for t in &rec.repo_tags {
+                out.push(RemovedImage::Untagged(familiar(t)));
+            }
+            rec2.repo_tags.clear();
+            images.put(rec2)?;
+            return Ok(out);
+        }
+        if by_tag.is_none() && rec.repo_tags.len() > 1 && !force {
+            return Err(EngineError::Conflict(format!(
+                "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                rec.short_id()
+            )));
+        }
+        for t in &rec.repo_tags {
+            out.push(RemovedImage::Untagged(familiar(t)));
+        }
+        for d in &rec.repo_digests {
+            out.push(RemovedImage::Untagged(familiar(d)));
+        }
+        images.remove(&rec.id)?;
+        out.push(RemovedImage::Deleted(rec.id.clone()));
+        drop(images);
+        self.collect_garbage();
+        Ok(out)
+    }
+
+    /// Deletes layers and blobs no image references any more.
+    pub fn collect_garbage(&self) {
+        let images = self.inner.stores.images.lock().expect("image store lock");
+        let mut chains = HashSet::new();
+        let mut blobs = HashSet::new();
+        for img in images.all() {
+            blobs.insert(img.id.clone());
+            for l in &img.layers {
+                chains.insert(l.chain_id.clone());
+                if let Some(b) = &l.blob {
+                    blobs.insert(b.clone());
+                }
+            }
+        }
+        drop(images);
+        for c in self.containers() {
+            chains.extend(c.chain);
+        }
+        for chain in self.inner.stores.snapshots.layers() {
+            if !chains.contains(&chain) {
+                let _ = self.inner.stores.snapshots.remove_layer(&chain);
+            }
+        }
+        for blob in self.inner.stores.content.list().unwrap_or_default() {
+            if !blobs.contains(&blob) {
+                let _ = self.inner.stores.content.delete(&blob);
+            }
+        }
+    }
+
+    /// `docker image prune`: dangling images (all unused ones with `all`).
+    pub fn prune_images(&self, all: bool) -> Result<(Vec<RemovedImage>, u64), EngineError> {
+        let in_use = self.images_in_use();
+        let candidates: Vec<ImageRecord> = self
+            .images()
+            .into_iter()
+            .filter(|i| !in_use.contains(&i.id) && (all || i.repo_tags.is_empty()))
+            .collect();
+        let mut out = Vec::new();
+        let mut freed = 0;
+        for img in candidates {
+            freed += img.size();
+            let mut images = self.inner.stores.images.lock().expect("image store lock");
+            for t in &img.repo_tags {
+                out.push(RemovedImage::Untagged(familiar(t)));
+            }
+            images.remove(&img.id)?;
+            out.push(RemovedImage::Deleted(img.id.clone()));
+        }
+        self.collect_garbage();
+        Ok((out, freed))
+    }
+}

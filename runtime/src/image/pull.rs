@@ -1,0 +1,307 @@
+//! Pulling an image from a registry with `oci-client`.
+//!
+//! 1. Resolve the reference to a manifest for `linux/<guest arch>` (an index is resolved with
+//!    our own platform resolver: oci-client's default picks the *host* OS, wrong in a VM).
+//! 2. Fetch the config blob; its digest is the image ID.
+//! 3. Download the layers that are not in the content store, up to three at a time, each
+//!    through an ingest that verifies its digest before it is committed.
+//! 4. Unpack them in order, as soon as each is downloaded, into snapshots keyed by chain ID,
+//!    checking each layer's uncompressed digest against the config's `diff_ids`.
+//! 5. Record the image and move the tag to it.
+//!
+//! Plain HTTP is used for registries on loopback (as dockerd allows 127.0.0.0/8) and for
+//! those the engine was told are insecure; everything else is HTTPS.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::unpack::{self, Whiteouts};
+use super::{ImageError, ImageRecord, LayerRecord, familiar, parse_reference, repository, tagged};
+use crate::Stores;
+use crate::model::{ImageConfig, go_arch};
+use crate::snapshot::chain_ids;
+
+/// One line of pull progress, as dockerd streams it.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Short layer ID the line is about, or the tag for the opening line.
+    pub id: Option<String>,
+    pub status: String,
+    pub current: Option<u64>,
+    pub total: Option<u64>,
+}
+
+impl Progress {
+    fn msg(id: Option<&str>, status: impl Into<String>) -> Self {
+        Progress { id: id.map(str::to_owned), status: status.into(), ..Default::default() }
+    }
+}
+
+/// Credentials for one pull.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    /// A registry token (`identitytoken` / `registrytoken`), used as a bearer token.
+    pub token: String,
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map(|(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { registry }).unwrap_or(registry);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Picks the `linux/<arch>` entry of an index.
+fn platform_resolver(entries: &[ImageIndexEntry]) -> Option<String> {
+    let arch = go_arch();
+    entries
+        .iter()
+        .find(|e| {
+            e.platform.as_ref().is_some_and(|p| {
+                p.os.to_string() == "linux"
+                    && p.architecture.to_string() == arch
+                    && (arch != "arm64" || p.variant.as_deref().is_none_or(|v| v == "v8"))
+            })
+        })
+        .map(|e| e.digest.clone())
+}
+
+fn client_for(reference: &Reference, insecure: &[String]) -> Client {
+    let registry = reference.resolve_registry().to_owned();
+    let protocol = if is_loopback(&registry) || insecure.iter().any(|r| r == &registry || r == reference.registry()) {
+        ClientProtocol::Http
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        platform_resolver: Some(Box::new(platform_resolver)),
+        ..Default::default()
+    })
+}
+
+fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError {
+    let shown = familiar(&tagged(reference));
+    match &e {
+        OciDistributionError::ImageManifestNotFoundError(_) => ImageError::ManifestUnknown(shown),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
+            if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown)) {
+                ImageError::ManifestUnknown(shown)
+            } else if codes.iter().any(|c| matches!(c, OciErrorCode::NameUnknown | OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+                ImageError::Denied { repo: familiar(&repository(reference)), detail: e.to_string() }
+            } else {
+                ImageError::Registry(e.to_string())
+            }
+        }
+        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+            ImageError::Denied { repo: familiar(&repository(reference)), detail: e.to_string() }
+        }
+        OciDistributionError::ImageIndexParsingNoPlatformResolverError => {
+            ImageError::NoPlatform { arch: go_arch().into() }
+        }
+        OciDistributionError::GenericError(Some(m)) if m.contains("platform") => {
+            ImageError::NoPlatform { arch: go_arch().into() }
+        }
+        _ => ImageError::Registry(format!("{e}")),
+    }
+}
+
+fn short(digest: &str) -> String {
+    digest.strip_prefix("sha256:").unwrap_or(digest).chars().take(12).collect()
+}
+
+/// Pulls `name` and returns the image record. Progress lines go to `progress`.
+pub async fn pull(
+    stores: &Stores,
+    name: &str,
+    creds: &Credentials,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<ImageRecord, ImageError> {
+    let reference = parse_reference(name)?;
+    let client = client_for(&reference, &stores.insecure_registries);
+    let auth = if !creds.token.is_empty() {
+        RegistryAuth::Bearer(creds.token.clone())
+    } else if !creds.username.is_empty() {
+        RegistryAuth::Basic(creds.username.clone(), creds.password.clone())
+    } else {
+        RegistryAuth::Anonymous
+    };
+    let tag_shown = reference.digest().map(str::to_owned).or(reference.tag().map(str::to_owned)).unwrap_or_else(|| "latest".into());
+    let (manifest, manifest_digest, list_digest) = client
+        .pull_image_manifest_and_list_digest(&reference, &auth)
+        .await
+        .map_err(|e| registry_error(&reference, e))?;
+    // Only now, as dockerd does: an unknown image fails before any progress is streamed.
+    let _ = progress.send(Progress::msg(Some(&tag_shown), format!("Pulling from {}", familiar(&repository(&reference)))));
+    let repo_digest = list_digest.unwrap_or(manifest_digest);
+
+    // The config blob, verified by digest.
+    let mut config_bytes = Vec::new();
+    client
+        .pull_blob(&reference, &manifest.config, &mut config_bytes)
+        .await
+        .map_err(|e| registry_error(&reference, e))?;
+    let id = stores.content.put(&config_bytes)?;
+    if id != manifest.config.digest {
+        return Err(ImageError::Registry(format!("config digest {id} is not {}", manifest.config.digest)));
+    }
+    let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(ImageError::BadConfig)?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(ImageError::Invalid(format!(
+            "image has {} layers but its config lists {} diff_ids",
+            manifest.layers.len(),
+            config.rootfs.diff_ids.len()
+        )));
+    }
+    let chains = chain_ids(&config.rootfs.diff_ids);
+
+    let existing = stores.images.lock().expect("image store lock").get(&id).cloned();
+    let up_to_date = existing.as_ref().is_some_and(|e| e.layers.iter().all(|l| stores.snapshots.has_layer(&l.chain_id)));
+
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    if !up_to_date {
+        // Start every needed download (at most three at a time), then unpack in order.
+        let limit = Arc::new(Semaphore::new(3));
+        let mut downloads = Vec::new();
+        for (desc, chain) in manifest.layers.iter().zip(&chains) {
+            let sid = short(&desc.digest);
+            if stores.snapshots.has_layer(chain) {
+                let _ = progress.send(Progress::msg(Some(&sid), "Already exists"));
+                downloads.push(None);
+                continue;
+            }
+            let _ = progress.send(Progress::msg(Some(&sid), "Pulling fs layer"));
+            let (client, reference, desc, stores, progress, limit) =
+                (client.clone(), reference.clone(), desc.clone(), stores.clone(), progress.clone(), limit.clone());
+            downloads.push(Some(tokio::spawn(async move {
+                let _permit = limit.acquire().await;
+                download(&client, &reference, &desc, &stores, &progress).await
+            })));
+        }
+        for (i, job) in downloads.into_iter().enumerate() {
+            let desc = &manifest.layers[i];
+            let chain = &chains[i];
+            let diff_id = &config.rootfs.diff_ids[i];
+            let Some(job) = job else { continue };
+            job.await.map_err(|e| ImageError::Registry(format!("download task: {e}")))??;
+            let sid = short(&desc.digest);
+            let _ = progress.send(Progress::msg(Some(&sid), "Extracting"));
+            let (stores2, digest, chain2, diff2) = (stores.clone(), desc.digest.clone(), chain.clone(), diff_id.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
+                let blob = stores2.content.open_blob(&digest)?;
+                let staged = stores2.snapshots.stage()?;
+                let result = unpack::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &staged, Whiteouts::Overlay, Some(&diff2));
+                if let Err(e) = result {
+                    let _ = std::fs::remove_dir_all(&staged);
+                    return Err(e.into());
+                }
+                stores2.snapshots.commit_layer(&chain2, &staged)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| ImageError::Registry(format!("unpack task: {e}")))??;
+            let _ = progress.send(Progress::msg(Some(&sid), "Pull complete"));
+        }
+    }
+    for (i, desc) in manifest.layers.iter().enumerate() {
+        layers.push(LayerRecord {
+            diff_id: config.rootfs.diff_ids[i].clone(),
+            chain_id: chains[i].clone(),
+            blob: Some(desc.digest.clone()),
+            media_type: desc.media_type.clone(),
+            size: stores.snapshots.layer_size(&chains[i]),
+        });
+    }
+
+    let tag = reference.digest().is_none().then(|| tagged(&reference));
+    let digest_ref = format!("{}@{}", repository(&reference), repo_digest);
+    let mut images = stores.images.lock().expect("image store lock");
+    let mut rec = existing.unwrap_or(ImageRecord {
+        id: id.clone(),
+        repo_tags: vec![],
+        repo_digests: vec![],
+        layers: vec![],
+        created: config.created.clone().unwrap_or_default(),
+        parent: String::new(),
+        comment: String::new(),
+    });
+    rec.layers = layers;
+    if !rec.repo_digests.contains(&digest_ref) {
+        rec.repo_digests.push(digest_ref);
+    }
+    images.put(rec)?;
+    if let Some(tag) = &tag {
+        images.set_tag(&id, tag)?;
+    }
+    let rec = images.get(&id).cloned().expect("just stored");
+    drop(images);
+
+    let _ = progress.send(Progress::msg(None, format!("Digest: {repo_digest}")));
+    let shown = familiar(&tag.unwrap_or_else(|| format!("{}@{}", repository(&reference), repo_digest)));
+    let status = if up_to_date {
+        format!("Status: Image is up to date for {shown}")
+    } else {
+        format!("Status: Downloaded newer image for {shown}")
+    };
+    let _ = progress.send(Progress::msg(None, status));
+    Ok(rec)
+}
+
+/// Downloads one layer blob into the content store (skipped when already there).
+async fn download(
+    client: &Client,
+    reference: &Reference,
+    desc: &OciDescriptor,
+    stores: &Stores,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<(), ImageError> {
+    let sid = short(&desc.digest);
+    if stores.content.exists(&desc.digest) {
+        let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
+        return Ok(());
+    }
+    let mut stream = client.pull_blob_stream(reference, desc).await.map_err(|e| registry_error(reference, e))?;
+    let total = stream.content_length.or(u64::try_from(desc.size).ok());
+    let mut ingest = stores.content.ingest()?;
+    let mut last_report = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ImageError::Registry(format!("downloading {}: {e}", desc.digest)))?;
+        ingest
+            .write_all(&chunk)
+            .map_err(|e| ImageError::Registry(format!("writing {}: {e}", desc.digest)))?;
+        let done = ingest.written();
+        if done - last_report >= 256 * 1024 || Some(done) == total {
+            last_report = done;
+            let _ = progress.send(Progress { id: Some(sid.clone()), status: "Downloading".into(), current: Some(done), total });
+        }
+    }
+    let _ = progress.send(Progress::msg(Some(&sid), "Verifying Checksum"));
+    tokio::task::block_in_place(|| ingest.commit(Some(&desc.digest)))?;
+    let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_recognised() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(is_loopback("127.1.2.3"));
+        assert!(!is_loopback("index.docker.io"));
+        assert!(!is_loopback("10.0.0.1:5000"));
+    }
+}
