@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
-pub use containers::{AttachIo, CreateRequest, LogStream, WaitCondition};
+pub use containers::{AttachIo, CreateRequest, LogStream, WaitCondition, console_size};
 pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;
 pub use volumes::VolumeInfo;
@@ -125,12 +125,50 @@ pub struct Lifecycle {
     pub removed: bool,
 }
 
+/// See [`Ctr::stdin`].
+pub(crate) struct StdinQueue {
+    pub tx: tokio::sync::mpsc::UnboundedSender<Option<Bytes>>,
+    pub rx: Option<tokio::sync::mpsc::UnboundedReceiver<Option<Bytes>>>,
+}
+
+impl StdinQueue {
+    pub fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        StdinQueue { tx, rx: Some(rx) }
+    }
+
+    /// Feeds queued input to `w` until the queue says close (or the process is gone).
+    pub fn pump(&mut self, mut w: Option<BoxWrite>) {
+        let Some(mut rx) = self.rx.take() else { return };
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(msg) = rx.recv().await {
+                match (msg, w.as_mut()) {
+                    (Some(data), Some(out)) => {
+                        if out.write_all(&data).await.is_err() {
+                            w = None;
+                        }
+                    }
+                    (None, _) => break,
+                    (Some(_), None) => {}
+                }
+            }
+            if let Some(mut out) = w {
+                let _ = out.shutdown().await;
+            }
+        });
+    }
+}
+
 /// A container the engine holds: its record plus the live plumbing of a running process.
 pub(crate) struct Ctr {
     pub rec: Mutex<ContainerRecord>,
     pub dir: PathBuf,
     pub output: broadcast::Sender<Output>,
-    pub stdin: tokio::sync::Mutex<Option<BoxWrite>>,
+    /// Input for the container's stdin. Attach may write before the process exists (`docker
+    /// run -i` attaches, then starts), so input queues here and a pump started with the process
+    /// feeds it; `None` closes the process's stdin. A fresh queue is made for every run.
+    pub stdin: Mutex<StdinQueue>,
     pub pty: Mutex<Option<Pty>>,
     pub life: watch::Sender<Lifecycle>,
     /// Serialises start, stop and remove of this container.
@@ -144,7 +182,7 @@ impl Ctr {
             rec: Mutex::new(rec),
             dir,
             output: broadcast::channel(1024).0,
-            stdin: tokio::sync::Mutex::new(None),
+            stdin: Mutex::new(StdinQueue::new()),
             pty: Mutex::new(None),
             life: watch::channel(Lifecycle::default()).0,
             op: tokio::sync::Mutex::new(()),

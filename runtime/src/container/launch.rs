@@ -133,25 +133,24 @@ where
     let (status_r, status_w) = pipe_pair()?;
     let (go_r, go_w) = pipe_pair()?;
     let (err_r, err_w) = pipe_pair()?;
-    let child_fds: [OwnedFd; 3] = [high(&status_w)?, high(&go_r)?, high(&err_w)?];
-    drop((status_w, go_r, err_w));
+    // With a TTY the child sends the pty master back over this socket (see the shim).
+    let (console_agent, console_child) = if tty {
+        let (a, c) = std::os::unix::net::UnixStream::pair()?;
+        (Some(a), Some(OwnedFd::from(c)))
+    } else {
+        (None, None)
+    };
+    let mut child_fds: Vec<OwnedFd> = vec![high(&status_w)?, high(&go_r)?, high(&err_w)?];
+    if let Some(c) = &console_child {
+        child_fds.push(high(c)?);
+    }
+    drop((status_w, go_r, err_w, console_child));
 
     let mut cmd = tokio::process::Command::new(&helper.program);
     cmd.args(&helper.args).arg(mode).arg(spec).kill_on_drop(false);
-    let io = if tty {
-        let pair = nix::pty::openpty(None, None).map_err(io::Error::from)?;
-        cmd.stdin(pair.slave.try_clone()?).stdout(pair.slave.try_clone()?).stderr(pair.slave);
-        nix::fcntl::fcntl(&pair.master, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
-        // SAFETY: the master fd is owned by the AsyncFd from here on and nothing else closes it.
-        let registered = unsafe { AsyncFd::register(pair.master) }.map_err(|e| io::Error::other(e.to_string()))?;
-        let pty = Pty(Arc::new(registered));
-        let io = ProcessIo {
-            stdin: if open_stdin { Some(Box::new(pty.clone()) as BoxWrite) } else { None },
-            stdout: Box::new(pty.clone()),
-            stderr: None,
-            pty: Some(pty),
-        };
-        io
+    let mut io = if tty {
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        None
     } else {
         let (out_r, out_w) = pipe_pair()?;
         let (err_pr, err_pw) = pipe_pair()?;
@@ -164,21 +163,21 @@ where
             cmd.stdin(std::process::Stdio::null());
             None
         };
-        let io = ProcessIo {
+        Some(ProcessIo {
             stdin,
             stdout: Box::new(pipe::Receiver::from_owned_fd(out_r)?),
             stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_pr)?)),
             pty: None,
-        };
-        io
+        })
     };
-    let raw: [RawFd; 3] = [child_fds[0].as_raw_fd(), child_fds[1].as_raw_fd(), child_fds[2].as_raw_fd()];
+    let raw: Vec<RawFd> = child_fds.iter().map(|f| f.as_raw_fd()).collect();
     // SAFETY: the closure only calls dup2, which is async-signal-safe, on descriptors that
     // stay open in the parent until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             for (i, fd) in raw.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                let target = if i < 3 { 3 + i as i32 } else { 6 };
+                if libc::dup2(*fd, target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -211,13 +210,48 @@ where
     }
     go.write_all(&[1]).await?;
     drop(go);
+    if let Some(sock) = console_agent {
+        let master = tokio::task::spawn_blocking(move || receive_fd(&sock)).await.map_err(io::Error::other)?;
+        if let Ok(master) = master {
+            nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+            // SAFETY: the master fd is owned by the AsyncFd from here on and nothing else closes it.
+            let registered = unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))?;
+            let pty = Pty(Arc::new(registered));
+            io = Some(ProcessIo {
+                stdin: if open_stdin { Some(Box::new(pty.clone()) as BoxWrite) } else { None },
+                stdout: Box::new(pty.clone()),
+                stderr: None,
+                pty: Some(pty),
+            });
+        }
+    }
     let mut failure = String::new();
     pipe::Receiver::from_owned_fd(err_r)?.read_to_string(&mut failure).await?;
     if !failure.is_empty() {
         let _ = helper_child.wait().await;
         return Err(LaunchError::Start(failure));
     }
+    let io = io.ok_or_else(|| LaunchError::Helper("the container did not send its terminal".into()))?;
     Ok(Launched { pid, helper: helper_child, io })
+}
+
+/// Receives one file descriptor sent with SCM_RIGHTS.
+fn receive_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no terminal received"))
 }
 
 /// The exit code of a finished helper, as docker reports it.

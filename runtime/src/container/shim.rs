@@ -19,6 +19,11 @@
 //!    succeeds the agent reads EOF on it; if anything fails the child writes the reason there.
 //! 5. The helper waits for the child and exits with its status (128+signal when killed),
 //!    which is the container's exit code.
+//!
+//! With a TTY, the terminal is created *inside* the container (its own devpts instance, so
+//! `tty` and `ttyname` work there): the child opens `/dev/ptmx`, makes the slave its stdio
+//! and passes the master to the agent over the unix socket at fd 6 (SCM_RIGHTS), the way
+//! runc's console socket does.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -81,6 +86,9 @@ pub struct ProcessSpec {
     /// `uid[:gid]` or `name[:group]`, resolved in the container's /etc/passwd and /etc/group.
     pub user: String,
     pub tty: bool,
+    /// Initial terminal size (rows, columns), so the first program sees it before any resize.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// What `exec` needs: the container's init pid to join.
@@ -190,6 +198,7 @@ fn fork_and_wait(status: &mut File, child: impl FnOnce() -> Result<std::convert:
             unsafe {
                 libc::close(4);
                 libc::close(5);
+                libc::close(6);
             }
             let _ = writeln!(status, "pid {child}");
             drop(std::mem::replace(status, File::open("/dev/null").map_err(|e| e.to_string())?));
@@ -218,6 +227,8 @@ fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, d
 
 /// In the child, inside the new namespaces: builds the root filesystem, pivots and execs.
 fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, String> {
+    // The agent has put us in our cgroup: make it the root of a cgroup namespace.
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     mount_overlay(&spec.overlay, &spec.rootfs)?;
     let root = &spec.rootfs;
@@ -322,6 +333,10 @@ fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
         // Sharing the host's network namespace forbids a new sysfs: bind the host's, read-only.
         mnt(Some("/sys"), &sys, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
         mnt(None, &sys, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+    }
+    if crate::container::cgroup::is_v2() {
+        let cg = prepare_target(root, "/sys/fs/cgroup", true)?;
+        let _ = mnt(Some("cgroup2"), &cg, Some("cgroup2"), nodev | MsFlags::MS_RDONLY, None);
     }
     let dev = prepare_target(root, "/dev", true)?;
     mnt(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
@@ -480,7 +495,8 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
     }
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     if p.tty {
-        // SAFETY: TIOCSCTTY on our stdin, the pty slave the agent gave us.
+        console(uid, p.console_size).map_err(|e| format!("{prefix}: setting up the terminal: {e}"))?;
+        // SAFETY: TIOCSCTTY on our stdin, the pty slave just made our stdio.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
             return Err(format!("{prefix}: setting the controlling terminal: {}", std::io::Error::last_os_error()));
         }
@@ -497,4 +513,34 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
     let envs: Vec<CString> = env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
     let err = nix::unistd::execve(&exe_c, &args, &envs).unwrap_err();
     Err(format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase()))
+}
+
+/// Opens a pty in the container's devpts, makes the slave this process's stdio (owned by
+/// `uid`), and sends the master to the agent over fd 6.
+fn console(uid: u32, size: Option<(u16, u16)>) -> Result<(), String> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let master = nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY).map_err(|e| format!("/dev/ptmx: {e}"))?;
+    nix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    nix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
+    let slave = fs::OpenOptions::new().read(true).write(true).open(&name).map_err(|e| format!("{name}: {e}"))?;
+    std::os::unix::fs::fchown(&slave, Some(uid), None).map_err(|e| format!("chown {name}: {e}"))?;
+    if let Some((rows, cols)) = size.filter(|(r, c)| *r > 0 && *c > 0) {
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads a winsize we own.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    let fds = [master.as_raw_fd()];
+    sendmsg::<UnixAddr>(6, &[std::io::IoSlice::new(b"m")], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .map_err(|e| format!("sending the terminal to the engine: {e}"))?;
+    drop(master);
+    for fd in 0..=2 {
+        // SAFETY: dup2 of an fd we own onto our standard descriptors.
+        if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: fd 6 is the console socket from the agent; nothing else uses it.
+    unsafe { libc::close(6) };
+    Ok(())
 }

@@ -363,6 +363,7 @@ impl Engine {
                 cwd: if rec.config.working_dir.is_empty() { "/".into() } else { rec.config.working_dir.clone() },
                 user: rec.config.user.clone(),
                 tty: rec.config.tty,
+                console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
             },
         };
         let spec_path = ctr.dir.join("spec.json");
@@ -397,7 +398,7 @@ impl Engine {
         };
         *ctr.cgroup.lock().expect("lock") = Some(cgroup);
         *ctr.pty.lock().expect("lock") = launched.io.pty.clone();
-        *ctr.stdin.lock().await = launched.io.stdin;
+        ctr.stdin.lock().expect("lock").pump(launched.io.stdin);
         let pid = launched.pid;
         ctr.update(|r| {
             r.state = State { status: Status::Running, pid, exit_code: 0, error: String::new(), started_at: now_rfc3339(), finished_at: String::new(), oom_killed: false };
@@ -441,7 +442,12 @@ impl Engine {
 
     /// Records an exit, then applies the restart policy or auto-removal.
     async fn on_exit(&self, ctr: Arc<Ctr>, code: i64) {
-        *ctr.stdin.lock().await = None;
+        {
+            // Close what the last run left and queue afresh for the next one.
+            let mut q = ctr.stdin.lock().expect("lock");
+            let _ = q.tx.send(None);
+            *q = super::StdinQueue::new();
+        }
         *ctr.pty.lock().expect("lock") = None;
         if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
             cg.remove();
@@ -661,24 +667,13 @@ impl Engine {
         Ok(AttachIo { output: ctr.output.subscribe(), tty: rec.config.tty, running: rec.running() })
     }
 
-    /// Writes to the container's stdin; `None` closes it.
+    /// Writes to the container's stdin; `None` closes it (without a TTY; a terminal stays open).
     pub async fn write_stdin(&self, name_or_id: &str, data: Option<Bytes>) -> Result<(), EngineError> {
-        use tokio::io::AsyncWriteExt;
         let ctr = self.ctr(name_or_id)?;
-        let mut stdin = ctr.stdin.lock().await;
-        match data {
-            Some(d) => {
-                if let Some(w) = stdin.as_mut() {
-                    if w.write_all(&d).await.is_err() {
-                        *stdin = None;
-                    }
-                }
-            }
-            None => {
-                if !ctr.snapshot().config.tty {
-                    *stdin = None;
-                }
-            }
+        let tty = ctr.snapshot().config.tty;
+        let q = ctr.stdin.lock().expect("lock");
+        if data.is_some() || !tty {
+            let _ = q.tx.send(data);
         }
         Ok(())
     }
@@ -787,6 +782,12 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// `ConsoleSize` as `[rows, columns]`.
+pub fn console_size(v: Option<&serde_json::Value>) -> Option<(u16, u16)> {
+    let a = v?.as_array()?;
+    Some((a.first()?.as_u64()? as u16, a.get(1)?.as_u64()? as u16))
 }
 
 /// Copies one output stream to the log and to attached clients until EOF.

@@ -17,6 +17,7 @@ pub struct ExecConfig {
     pub attach_stdin: bool,
     pub attach_stdout: bool,
     pub attach_stderr: bool,
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// What `GET /exec/{id}/json` reports.
@@ -105,6 +106,7 @@ impl Engine {
                 },
                 user: if info.config.user.is_empty() { rec.config.user.clone() } else { info.config.user.clone() },
                 tty: info.config.tty,
+                console_size: info.config.console_size,
             },
         };
         let spec_path = ctr.dir.join(format!("exec-{id}.json"));
