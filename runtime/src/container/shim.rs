@@ -135,7 +135,8 @@ fn run(spec: RunSpec, status: &mut File) -> Result<i32, String> {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
-    fork_and_wait(status, move || setup_container(&spec))
+    let tty = spec.process.tty;
+    fork_and_wait(status, tty, move || setup_container(&spec))
 }
 
 /// Joins a running container's namespaces and forks the exec'd process.
@@ -159,8 +160,10 @@ fn exec(spec: ExecSpec, status: &mut File) -> Result<i32, String> {
     for (f, flag) in &files {
         setns(f, *flag).map_err(|e| format!("setns {flag:?}: {e}"))?;
     }
+    drop(files);
     let process = spec.process;
-    fork_and_wait(status, move || {
+    let tty = process.tty;
+    fork_and_wait(status, tty, move || {
         nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
         exec_process(&process)
     })
@@ -168,7 +171,7 @@ fn exec(spec: ExecSpec, status: &mut File) -> Result<i32, String> {
 
 /// Forks; the child waits for the agent's go byte and runs `child`; the parent reports the
 /// pid and returns the child's exit status as an exit code.
-fn fork_and_wait(status: &mut File, child: impl FnOnce() -> Result<std::convert::Infallible, String>) -> Result<i32, String> {
+fn fork_and_wait(status: &mut File, console: bool, child: impl FnOnce() -> Result<std::convert::Infallible, String>) -> Result<i32, String> {
     // SAFETY: this helper is single-threaded (it never spawns a thread), so fork is sound.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
@@ -194,11 +197,14 @@ fn fork_and_wait(status: &mut File, child: impl FnOnce() -> Result<std::convert:
             std::process::exit(127);
         }
         ForkResult::Parent { child } => {
-            // SAFETY: closing our copies of the go and error pipes; they belong to the child now.
+            // SAFETY: closing our copies of the go and error pipes (and the console socket);
+            // they belong to the child now, and no File of ours owns these numbers.
             unsafe {
                 libc::close(4);
                 libc::close(5);
-                libc::close(6);
+                if console {
+                    libc::close(6);
+                }
             }
             let _ = writeln!(status, "pid {child}");
             drop(std::mem::replace(status, File::open("/dev/null").map_err(|e| e.to_string())?));

@@ -118,7 +118,16 @@ impl Engine {
         })
         .await;
         let _ = std::fs::remove_file(&spec_path);
-        let launched = launched?;
+        let launched = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                // As dockerd: the exec ends with 127 when the command is missing, else 126.
+                let msg = e.to_string();
+                let code = if msg.contains("not found") || msg.contains("no such file") { 127 } else { 126 };
+                exec.info.lock().expect("exec lock").exit_code = Some(code);
+                return Err(e.into());
+            }
+        };
         {
             let mut i = exec.info.lock().expect("exec lock");
             i.running = true;

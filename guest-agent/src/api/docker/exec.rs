@@ -23,19 +23,30 @@ pub async fn start(State(engine): State<Engine>, Path(id): Path<String>, mut req
         serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("Detach").and_then(|d| d.as_bool())).unwrap_or(false)
     };
     let tty = info.config.tty;
-    let hijack = if detach { None } else { Some(upgrade(&mut req, tty)?) };
-    let run = engine.exec_start(&id).await?;
-    let Some((on_upgrade, resp)) = hijack else {
+    if detach {
+        let run = engine.exec_start(&id).await?;
         // Detached: drain the output so the process never blocks on a full pipe.
         for r in [Some(run.io.stdout), run.io.stderr].into_iter().flatten() {
             tokio::spawn(drain(r));
         }
         return Ok(StatusCode::OK.into_response());
-    };
-    let io = run.io;
+    }
+    let (on_upgrade, resp) = upgrade(&mut req, tty)?;
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        // Once the connection is hijacked, a start failure is told on the stream, as dockerd does.
+        let run = match engine.exec_start(&id).await {
+            Ok(run) => run,
+            Err(e) => {
+                let msg = format!("{}\n", ApiError::from(e).message);
+                let bytes = if tty { Bytes::from(msg) } else { frame(1, msg.as_bytes()) };
+                let _ = wr.write_all(&bytes).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        };
+        let io = run.io;
         if let Some(mut stdin) = io.stdin {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 * 1024];

@@ -179,6 +179,24 @@ fn summary(i: &ImageRecord, labels: Value) -> Value {
     })
 }
 
+/// Whether `pattern` (a glob with `*`) names `tag` (`repo:tag`) or its repository.
+fn reference_matches(pattern: &str, tag: &str) -> bool {
+    let repo = match tag.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => r,
+        _ => tag,
+    };
+    glob(pattern, tag) || glob(pattern, repo)
+}
+
+fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == s,
+        Some((head, rest)) => {
+            s.starts_with(head) && (0..=s.len() - head.len()).any(|i| s.is_char_boundary(head.len() + i) && glob(rest, &s[head.len() + i..]))
+        }
+    }
+}
+
 /// `GET /images/json`.
 pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
     let filters: Value = q.get("filters").map(|f| serde_json::from_str(f)).transpose().map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?.unwrap_or(Value::Null);
@@ -191,8 +209,17 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
                 continue;
             }
         }
-        if !reference.is_empty() && !img.repo_tags.iter().any(|t| reference.iter().any(|r| familiar(t).starts_with(r.as_str()))) {
-            continue;
+        let mut img = img;
+        if !reference.is_empty() {
+            // As dockerd: only the tags that match are listed, and images with none are left out.
+            img.repo_tags.retain(|t| reference.iter().any(|r| reference_matches(r, &familiar(t))));
+            img.repo_digests.retain(|d| {
+                let repo = familiar(d.split('@').next().unwrap_or(d));
+                reference.iter().any(|r| glob(r, &repo))
+            });
+            if img.repo_tags.is_empty() {
+                continue;
+            }
         }
         let labels = engine.image_config(&img.id).map(|c| json!(c.config.labels)).unwrap_or(json!({}));
         out.push(summary(&img, labels));
@@ -291,4 +318,19 @@ pub async fn save_many(State(_engine): State<Engine>) -> Result<Response, ApiErr
 /// `POST /images/load`.
 pub async fn load(State(_engine): State<Engine>) -> Result<Response, ApiError> {
     Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "image load is not implemented yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_filters_match_like_dockerd() {
+        assert!(reference_matches("busybox", "busybox:latest"));
+        assert!(reference_matches("busybox:latest", "busybox:latest"));
+        assert!(!reference_matches("busybox:1", "busybox:latest"));
+        assert!(reference_matches("127.0.0.1:5000/*", "127.0.0.1:5000/bb:latest"));
+        assert!(reference_matches("b*x", "busybox:latest"));
+        assert!(!reference_matches("mine/copy", "busybox:latest"));
+    }
 }

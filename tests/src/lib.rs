@@ -1,0 +1,277 @@
+//! Harness for Berth's end-to-end tests: a real registry (Debian's `docker-registry`) with
+//! fixture images pushed by `tests/fixtures/make-images.sh`, `berth-agent serve` on a fresh
+//! data root, and the real `docker` CLI pointed at it.
+//!
+//! The agent binary is `target/<profile>/berth-agent` (build it first: `./dev test` does).
+//! Background servers started here are killed when the test process exits.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+extern "C" fn kill_children() {
+    if let Ok(pids) = CHILDREN.lock() {
+        for pid in pids.iter() {
+            // SAFETY: kill(2) on a pid this process started.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn track(child: &Child) {
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    REGISTERED.get_or_init(|| {
+        // SAFETY: registering a plain extern "C" function with atexit.
+        unsafe { libc::atexit(kill_children) };
+    });
+    CHILDREN.lock().unwrap().push(child.id());
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `berth-agent` binary under test.
+pub fn agent_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BERTH_AGENT_BIN") {
+        return p.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("berth-agent");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("berth-agent is not built: run `cargo build -p berth-agent` (./dev test does)");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A registry on loopback with the fixture images, shared by every test in the process.
+pub struct Registry {
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn http_ok(addr: &str, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).contains(" 200 ")
+}
+
+/// The shared registry, started and filled on first use.
+pub fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n", dir.path().join("data").display()),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry) must be installed");
+        track(&child);
+        let start = Instant::now();
+        while !http_ok(&addr, "/v2/") {
+            assert!(start.elapsed() < Duration::from_secs(20), "registry did not come up on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for script in ["make-images.sh", "make-special.py"] {
+            let path = workspace().join("tests/fixtures").join(script);
+            let out = Command::new(path).arg(&addr).output().unwrap();
+            assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Registry { addr, _dir: dir }
+    })
+}
+
+/// A running `berth-agent serve` on its own data root; stopped with SIGTERM on drop.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = Agent { socket: dir.path().join("docker.sock"), dir, child: None };
+        agent.spawn();
+        agent
+    }
+
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
+        let child = Command::new(agent_bin())
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--data-root")
+            .arg(self.data_root())
+            .env("BERTH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        track(&child);
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "agent did not listen: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    /// Stops with SIGTERM and starts again on the same data root.
+    pub fn restart(&mut self) {
+        let st = self.stop();
+        assert!(st.success(), "agent exited {st:?}: {}", self.log());
+        self.spawn();
+    }
+
+    /// Kills with SIGKILL (a crash) and starts again on the same data root.
+    pub fn crash_and_restart(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.spawn();
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_stdin(args, None)
+    }
+
+    pub fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("the docker CLI must be installed");
+        if let Some(data) = stdin {
+            let mut w = child.stdin.take().unwrap();
+            w.write_all(data).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs docker and asserts success; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\nagent log tail: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 20)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs docker and asserts failure; returns stderr.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.docker(args);
+        assert!(!out.status.success(), "docker {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// A raw HTTP request on the socket (curl); returns (status, body).
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"]).arg(&self.socket).args(["-X", method]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        cmd.arg(format!("http://localhost{path}"));
+        let out = cmd.output().expect("curl must be installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// Pulls a fixture image from the shared registry; returns its full name.
+    pub fn pull(&self, name: &str) -> String {
+        let full = format!("{}/{name}", registry().addr);
+        self.ok(&["pull", "-q", &full]);
+        full
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` until it is true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

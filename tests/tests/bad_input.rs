@@ -1,0 +1,87 @@
+//! Malformed requests and hostile images get dockerd-shaped errors and write nothing outside
+//! the data root.
+
+use berth_tests::{Agent, registry};
+
+#[test]
+fn malformed_requests_are_400_with_a_message() {
+    let a = Agent::start();
+    let (code, body) = a.http("POST", "/v1.45/containers/create", Some("{not json"));
+    assert_eq!(code, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["message"].as_str().unwrap().contains("invalid JSON"), "{body}");
+    let (code, body) = a.http("POST", "/containers/create", Some(r#"{"Image": "x", "HostConfig": {"Binds": 7}}"#));
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = a.http("GET", "/v1.99/version", None);
+    assert_eq!(code, 400);
+    assert!(body.contains("too new"), "{body}");
+    let (code, body) = a.http("GET", "/v1.45/containers/nope/json", None);
+    assert_eq!(code, 404);
+    assert!(body.contains("No such container: nope"), "{body}");
+    let (code, _) = a.http("GET", "/v1.45/no/such/route", None);
+    assert_eq!(code, 404);
+    let img = a.pull("busybox:latest");
+    a.ok(&["create", "--name", "taken", &img, "true"]);
+    let (code, err) = a.fails(&["run", "-d", "--name", "taken", &img, "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("is already in use by container"), "{err}");
+    let (_, err) = a.fails(&["run", "--rm", "-v", "data:relative", &img, "true"]);
+    assert!(err.contains("invalid") && err.contains("relative"), "{err}");
+    let (_, err) = a.fails(&["create", "--name", "bad name", &img, "true"]);
+    assert!(err.contains("Invalid container name"), "{err}");
+    let (code, body) = a.http("POST", "/v1.45/containers/taken/kill?signal=BOGUS", None);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Invalid signal: BOGUS"), "{body}");
+}
+
+#[test]
+fn hostile_layers_are_refused_or_confined() {
+    let a = Agent::start();
+    let reg = &registry().addr;
+    let marker_gone = |name: &str| {
+        let parent = a.dir.path();
+        !std::path::Path::new("/tmp").join(name).exists() && !parent.join(name).exists() && !std::path::Path::new("/").join(name).exists()
+    };
+    let (_, err) = a.fails(&["pull", &format!("{reg}/hostile:dotdot")]);
+    assert!(err.contains("escapes the root"), "{err}");
+    assert!(marker_gone("berth-escape-dotdot"));
+    let (_, err) = a.fails(&["pull", &format!("{reg}/hostile:hardlink")]);
+    assert!(err.contains("hard link target"), "{err}");
+    let (_, err) = a.fails(&["pull", &format!("{reg}/hostile:device")]);
+    assert!(err.contains("device node"), "{err}");
+    let (_, err) = a.fails(&["pull", &format!("{reg}/hostile:diffid")]);
+    assert!(err.contains("uncompressed digest"), "{err}");
+    // Symlinks pointing out are followed inside the layer, as the container will see them.
+    a.ok(&["pull", &format!("{reg}/hostile:symlink")]);
+    assert!(marker_gone("berth-escape-abs") && marker_gone("berth-escape-rel"));
+    let layers = a.data_root().join("snapshots/layers");
+    let inside = std::fs::read_dir(&layers).unwrap().flatten().any(|l| l.path().join("fs/tmp/berth-escape-abs").exists());
+    assert!(inside, "the write through the absolute symlink should land in the layer's own /tmp");
+    // Failed pulls left no half-unpacked layers behind.
+    let staging = std::fs::read_dir(a.data_root().join("snapshots/staging")).unwrap().count();
+    assert_eq!(staging, 0);
+}
+
+#[test]
+fn multi_arch_index_resolves_to_this_architecture() {
+    let a = Agent::start();
+    let img = a.pull("multi/busybox:latest");
+    let v: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", &img])).unwrap();
+    assert_eq!(v[0]["Architecture"], "amd64");
+    assert_eq!(a.ok(&["run", "--rm", &img]), "picked amd64\n");
+}
+
+#[test]
+fn socket_is_private_and_version_negotiates() {
+    let a = Agent::start();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (code, body) = a.http("GET", "/_ping", None);
+    assert_eq!((code, body.as_str()), (200, "OK"));
+    let v: serde_json::Value = serde_json::from_str(&a.ok(&["version", "--format", "{{json .Server}}"])).unwrap();
+    assert_eq!(v["ApiVersion"], "1.45");
+    assert_eq!(v["MinAPIVersion"], "1.24");
+    let (code, _) = a.http("GET", "/v1.41/info", None);
+    assert_eq!(code, 200);
+}

@@ -1,0 +1,57 @@
+//! Volumes, bind mounts and tmpfs through the docker CLI.
+
+use berth_tests::Agent;
+
+#[test]
+fn named_volumes_outlive_containers_and_are_shared() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&["volume", "create", "--label", "k=v", "shared"]);
+    let ls = a.ok(&["volume", "ls", "--format", "{{.Name}}"]);
+    assert!(ls.lines().any(|l| l == "shared"), "{ls}");
+    let v: serde_json::Value = serde_json::from_str(&a.ok(&["volume", "inspect", "shared"])).unwrap();
+    assert_eq!(v[0]["Labels"]["k"], "v");
+    assert_eq!(v[0]["Driver"], "local");
+    a.ok(&["run", "--rm", "-v", "shared:/data", &img, "sh", "-c", "echo first > /data/a"]);
+    // Two containers at once on one volume.
+    a.ok(&["run", "-d", "--name", "reader", "-v", "shared:/in", &img, "sh", "-c", "while [ ! -f /in/b ]; do sleep 0.1; done; cat /in/b"]);
+    a.ok(&["run", "--rm", "--mount", "type=volume,source=shared,target=/out", &img, "sh", "-c", "cat /out/a; echo second > /out/b"]);
+    assert_eq!(a.ok(&["wait", "reader"]).trim(), "0");
+    assert_eq!(a.ok(&["logs", "reader"]), "second\n");
+    let (_, err) = a.fails(&["volume", "rm", "shared"]);
+    assert!(err.contains("volume is in use"), "{err}");
+    a.ok(&["rm", "reader"]);
+    // The data is a directory on the engine's disk, outside every container.
+    let data = a.data_root().join("volumes/shared/_data/a");
+    assert_eq!(std::fs::read_to_string(data).unwrap(), "first\n");
+    a.ok(&["volume", "rm", "shared"]);
+    let (_, err) = a.fails(&["volume", "inspect", "shared"]);
+    assert!(err.contains("no such volume"), "{err}");
+    // Anonymous volumes and prune.
+    a.ok(&["run", "--name", "anon", "-v", "/scratch", &img, "touch", "/scratch/x"]);
+    a.ok(&["rm", "anon"]);
+    let out = a.ok(&["volume", "prune", "-f"]);
+    assert!(out.contains("Total reclaimed space"), "{out}");
+    assert!(a.ok(&["volume", "ls", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn bind_mounts_and_tmpfs() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in.txt"), "from host\n").unwrap();
+    let spec = format!("{}:/work", host.path().display());
+    assert_eq!(a.ok(&["run", "--rm", "-v", &spec, &img, "sh", "-c", "cat /work/in.txt; echo back > /work/out.txt"]), "from host\n");
+    assert_eq!(std::fs::read_to_string(host.path().join("out.txt")).unwrap(), "back\n");
+    let ro = format!("{}:/work:ro", host.path().display());
+    let out = a.docker(&["run", "--rm", "-v", &ro, &img, "touch", "/work/nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"));
+    let out = a.ok(&["run", "--rm", "--tmpfs", "/fast:size=1m", &img, "sh", "-c", "grep ' /fast ' /proc/mounts"]);
+    assert!(out.contains("tmpfs") && out.contains("size=1024k"), "{out}");
+    let out = a.ok(&["run", "--rm", "--read-only", &img, "sh", "-c", "touch /x 2>&1; echo ok > /dev/shm/y && cat /dev/shm/y"]);
+    assert!(out.contains("Read-only file system") && out.contains("ok"), "{out}");
+    let (_, err) = a.fails(&["run", "--rm", "--mount", "type=bind,source=/does/not/exist,target=/x", &img, "true"]);
+    assert!(err.contains("bind source path does not exist"), "{err}");
+}

@@ -1,0 +1,91 @@
+//! Images through the docker CLI: pulls (OCI and Docker schema 2, gzip and zstd, a whiteout),
+//! progress, list, inspect, tag, rmi (refused while in use), prune, unknown images.
+
+use berth_tests::{Agent, registry};
+
+#[test]
+fn pull_shows_progress_and_images_lists_it() {
+    let a = Agent::start();
+    let img = format!("{}/busybox:latest", registry().addr);
+    let out = a.ok(&["pull", &img]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(out.contains("Digest: sha256:"), "{out}");
+    assert!(out.contains("Status: Downloaded newer image"), "{out}");
+    let again = a.ok(&["pull", &img]);
+    assert!(again.contains("Image is up to date"), "{again}");
+    let list = a.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
+    assert!(list.contains(&format!("{}/busybox:latest", registry().addr)), "{list}");
+    let inspect = a.ok(&["image", "inspect", &img]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert!(v[0]["Id"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(v[0]["Config"]["Cmd"][0], "sh");
+    assert_eq!(v[0]["Config"]["Labels"]["org.berth.fixture"], "busybox");
+    assert_eq!(v[0]["RootFS"]["Layers"].as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["Os"], "linux");
+}
+
+#[test]
+fn schema2_multi_layer_image_with_whiteouts_runs() {
+    let a = Agent::start();
+    let img = a.pull("layered:latest");
+    let inspect: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", &img])).unwrap();
+    assert_eq!(inspect[0]["RootFS"]["Layers"].as_array().unwrap().len(), 3);
+    // Config from the image: Cmd cat /data/keep, WorkingDir /data, User app.
+    assert_eq!(a.ok(&["run", "--rm", &img]), "keep\n");
+    let out = a.ok(&["run", "--rm", &img, "sh", "-c", "pwd; id -un; ls /etc/doomed /opt/gone 2>&1; ls -A /opt | wc -l"]);
+    assert!(out.starts_with("/data\napp\n"), "{out}");
+    assert!(out.contains("/etc/doomed: No such file or directory"), "{out}");
+    assert!(out.contains("/opt/gone: No such file or directory"), "{out}");
+    assert!(out.trim_end().ends_with('0'), "opaque/whiteout left files in /opt: {out}");
+}
+
+#[test]
+fn zstd_layers_pull_and_run() {
+    let a = Agent::start();
+    let img = a.pull("zstd/busybox:latest");
+    assert_eq!(a.ok(&["run", "--rm", &img, "echo", "zstd ok"]), "zstd ok\n");
+}
+
+#[test]
+fn tag_rmi_and_prune() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&["tag", &img, "mine/copy:v1"]);
+    let id = a.ok(&["images", "-q", "mine/copy:v1"]);
+    assert_eq!(id.trim().len(), 12);
+    assert_eq!(a.ok(&["run", "--rm", "mine/copy:v1", "true"]), "");
+    // Untagging one of two names keeps the image.
+    let out = a.ok(&["rmi", "mine/copy:v1"]);
+    assert!(out.contains("Untagged: mine/copy:v1"), "{out}");
+    assert!(!a.ok(&["images", "-q", &img]).trim().is_empty());
+    // Refused while a container uses it, as dockerd does.
+    a.ok(&["create", "--name", "user", &img, "true"]);
+    let (_, err) = a.fails(&["rmi", &img]);
+    assert!(err.contains("conflict: unable to delete") && err.contains("image is being used by stopped container"), "{err}");
+    a.ok(&["rm", "user"]);
+    let out = a.ok(&["rmi", &img]);
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    assert!(a.ok(&["images", "-q"]).trim().is_empty());
+    // Layers and blobs went with it.
+    let layers = std::fs::read_dir(a.data_root().join("snapshots/layers")).unwrap().count();
+    assert_eq!(layers, 0);
+    // prune -a removes unused images.
+    a.pull("busybox:latest");
+    let out = a.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("Deleted"), "{out}");
+    assert!(a.ok(&["images", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn unknown_images_are_clear_errors() {
+    let a = Agent::start();
+    let (_, err) = a.fails(&["pull", &format!("{}/nope:latest", registry().addr)]);
+    assert!(err.contains("manifest for") && err.contains("not found"), "{err}");
+    let (code, err) = a.fails(&["run", "--rm", "--pull", "never", "nothere:1", "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("No such image"), "{err}");
+    let (_, err) = a.fails(&["image", "inspect", "nothere:1"]);
+    assert!(err.contains("No such image"), "{err}");
+    let (_, err) = a.fails(&["pull", "Bad_Name"]);
+    assert!(err.contains("invalid reference format"), "{err}");
+}
