@@ -21,7 +21,10 @@ pub fn parse(s: &str) -> anyhow::Result<ListenAddr> {
         }
         Ok(ListenAddr::Unix(PathBuf::from(path)))
     } else if let Some(rest) = s.strip_prefix("vsock://") {
-        let port = rest.trim_start_matches(':').parse::<u32>().with_context(|| format!("--listen {s}: expected vsock://:PORT"))?;
+        let port = rest
+            .trim_start_matches(':')
+            .parse::<u32>()
+            .with_context(|| format!("--listen {s}: expected vsock://:PORT"))?;
         Ok(ListenAddr::Vsock(port))
     } else {
         bail!("--listen {s}: expected unix:///PATH or vsock://:PORT")
@@ -44,14 +47,16 @@ pub async fn serve(addr: ListenAddr, app: Router, stop: CancellationToken) -> an
                 std::fs::create_dir_all(dir)?;
             }
             // Created under a tight umask-equivalent: chmod right after bind, before serving.
-            let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+            let listener =
+                tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
             let _ = std::fs::remove_file(&path);
         }
         ListenAddr::Vsock(port) => {
-            let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port))
-                .with_context(|| format!("binding vsock port {port}"))?;
+            let listener =
+                tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port))
+                    .with_context(|| format!("binding vsock port {port}"))?;
             axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
         }
     }
@@ -64,7 +69,10 @@ mod tests {
 
     #[test]
     fn parses_listen_urls() {
-        assert_eq!(parse("unix:///tmp/x.sock").unwrap(), ListenAddr::Unix("/tmp/x.sock".into()));
+        assert_eq!(
+            parse("unix:///tmp/x.sock").unwrap(),
+            ListenAddr::Unix("/tmp/x.sock".into())
+        );
         assert_eq!(parse("vsock://:2375").unwrap(), ListenAddr::Vsock(2375));
         assert!(parse("tcp://0.0.0.0:1").is_err());
         assert!(parse("unix://rel.sock").is_err());

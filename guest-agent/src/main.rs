@@ -16,7 +16,11 @@ use berth_runtime::{Engine, EngineConfig};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth-agent", version, about = "Berth's engine: the Docker Engine API over namespaces, cgroups and overlayfs")]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "Berth's engine: the Docker Engine API over namespaces, cgroups and overlayfs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,12 +50,21 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         // Before any runtime or thread exists: the helper forks.
         Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
-        Command::Serve { listen, data_root, insecure_registry } => {
+        Command::Serve {
+            listen,
+            data_root,
+            insecure_registry,
+        } => {
             tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .with_writer(std::io::stderr)
                 .init();
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(serve(listen, data_root, insecure_registry))
         }
     }
@@ -61,7 +74,10 @@ async fn serve(listen: Vec<String>, data_root: PathBuf, insecure: Vec<String>) -
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
         root: data_root.clone(),
-        helper: HelperCommand { program, args: vec!["shim".into()] },
+        helper: HelperCommand {
+            program,
+            args: vec!["shim".into()],
+        },
         insecure_registries: insecure,
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;
@@ -69,7 +85,11 @@ async fn serve(listen: Vec<String>, data_root: PathBuf, insecure: Vec<String>) -
     let mut servers = Vec::new();
     for spec in &listen {
         let addr = listen::parse(spec)?;
-        servers.push(tokio::spawn(listen::serve(addr, api::docker::router(engine.clone()), shutdown.clone())));
+        servers.push(tokio::spawn(listen::serve(
+            addr,
+            api::docker::router(engine.clone()),
+            shutdown.clone(),
+        )));
     }
     tracing::info!(root = %data_root.display(), listeners = ?listen, "berth-agent serving");
     engine.start_restartable().await;

@@ -85,8 +85,12 @@ impl EngineError {
             EngineError::InvalidArgument(_) | EngineError::Spec(_) => ErrorKind::InvalidArgument,
             EngineError::NotModified(_) => ErrorKind::NotModified,
             EngineError::Image(e) => match e {
-                ImageError::NotFound(_) | ImageError::ManifestUnknown(_) | ImageError::Denied { .. } => ErrorKind::NotFound,
-                ImageError::InvalidReference(_) | ImageError::Invalid(_) | ImageError::NoPlatform { .. } => ErrorKind::InvalidArgument,
+                ImageError::NotFound(_) | ImageError::ManifestUnknown(_) | ImageError::Denied { .. } => {
+                    ErrorKind::NotFound
+                }
+                ImageError::InvalidReference(_) | ImageError::Invalid(_) | ImageError::NoPlatform { .. } => {
+                    ErrorKind::InvalidArgument
+                }
                 ImageError::Conflict(_) => ErrorKind::Conflict,
                 _ => ErrorKind::Internal,
             },
@@ -96,7 +100,9 @@ impl EngineError {
                 VolumeError::InUse { .. } => ErrorKind::Conflict,
                 VolumeError::Io { .. } => ErrorKind::Internal,
             },
-            EngineError::Launch(LaunchError::Start(m)) if m.contains("executable file not found") || m.contains("no such file") => {
+            EngineError::Launch(LaunchError::Start(m))
+                if m.contains("executable file not found") || m.contains("no such file") =>
+            {
                 ErrorKind::InvalidArgument
             }
             EngineError::Launch(_) | EngineError::Io { .. } => ErrorKind::Internal,
@@ -233,8 +239,8 @@ impl Engine {
         let root = &config.root;
         std::fs::create_dir_all(root).map_err(io_ctx(format!("creating {}", root.display())))?;
         let stores = Stores {
-            content: ContentStore::open(&root.join("content")).map_err(|e| ImageError::from(e))?,
-            snapshots: SnapshotStore::open(&root.join("snapshots")).map_err(|e| ImageError::from(e))?,
+            content: ContentStore::open(&root.join("content")).map_err(ImageError::from)?,
+            snapshots: SnapshotStore::open(&root.join("snapshots")).map_err(ImageError::from)?,
             images: Arc::new(Mutex::new(ImageStore::open(&root.join("images"))?)),
             insecure_registries: Arc::new(config.insecure_registries.clone()),
         };

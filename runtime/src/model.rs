@@ -224,7 +224,8 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn format_time(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 pub fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
@@ -238,7 +239,8 @@ mod tests {
     #[test]
     fn cmd_as_string_or_list_and_nulls() {
         let c: ContainerConfig =
-            serde_json::from_str(r#"{"Cmd":"echo hi","Env":null,"Labels":null,"Entrypoint":["a","b"],"Foo":1}"#).unwrap();
+            serde_json::from_str(r#"{"Cmd":"echo hi","Env":null,"Labels":null,"Entrypoint":["a","b"],"Foo":1}"#)
+                .unwrap();
         assert_eq!(c.cmd, Some(vec!["echo hi".to_string()]));
         assert_eq!(c.entrypoint, Some(vec!["a".to_string(), "b".to_string()]));
         assert!(c.env.is_empty());

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum VolumeError {
     #[error("get {0}: no such volume")]
     NotFound(String),
-    #[error("create {0}: {0:?} includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed")]
+    #[error(
+        "create {0}: {0:?} includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed"
+    )]
     InvalidName(String),
     #[error("remove {name}: volume is in use - [{users}]")]
     InUse { name: String, users: String },
@@ -26,7 +28,10 @@ pub enum VolumeError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
-    move |source| VolumeError::Io { path: path.to_owned(), source }
+    move |source| VolumeError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A volume's record.
@@ -69,7 +74,11 @@ impl VolumeStore {
 
     /// Creates `name` (a random one when empty) or returns the existing volume.
     pub fn create(&self, name: &str, labels: BTreeMap<String, String>, anonymous: bool) -> Result<Volume, VolumeError> {
-        let name = if name.is_empty() { hex::encode(rand::random::<[u8; 32]>()) } else { name.to_owned() };
+        let name = if name.is_empty() {
+            hex::encode(rand::random::<[u8; 32]>())
+        } else {
+            name.to_owned()
+        };
         if !valid_name(&name) {
             return Err(VolumeError::InvalidName(name));
         }
@@ -78,9 +87,17 @@ impl VolumeStore {
         }
         let data = self.root.join(&name).join("_data");
         fs::create_dir_all(&data).map_err(io_err(&data))?;
-        let v = Volume { name: name.clone(), created: crate::model::now_rfc3339(), labels, options: BTreeMap::new(), anonymous, mountpoint: data };
+        let v = Volume {
+            name: name.clone(),
+            created: crate::model::now_rfc3339(),
+            labels,
+            options: BTreeMap::new(),
+            anonymous,
+            mountpoint: data,
+        };
         let path = self.record_path(&name);
-        crate::fsutil::write_atomic(&path, &serde_json::to_vec(&v).expect("volume serialises")).map_err(io_err(&path))?;
+        crate::fsutil::write_atomic(&path, &serde_json::to_vec(&v).expect("volume serialises"))
+            .map_err(io_err(&path))?;
         Ok(v)
     }
 
@@ -126,7 +143,10 @@ mod tests {
         fs::write(v.mountpoint.join("f"), b"x").unwrap();
         assert_eq!(s.create("data", BTreeMap::new(), false).unwrap().created, v.created);
         assert_eq!(s.list().unwrap().len(), 1);
-        assert!(matches!(s.create("../x", BTreeMap::new(), false), Err(VolumeError::InvalidName(_))));
+        assert!(matches!(
+            s.create("../x", BTreeMap::new(), false),
+            Err(VolumeError::InvalidName(_))
+        ));
         s.remove("data").unwrap();
         assert!(matches!(s.get("data"), Err(VolumeError::NotFound(_))));
     }

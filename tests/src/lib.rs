@@ -42,7 +42,9 @@ pub fn agent_bin() -> PathBuf {
     if let Ok(p) = std::env::var("BERTH_AGENT_BIN") {
         return p.into();
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target"));
     for profile in ["debug", "release"] {
         let p = target.join(profile).join("berth-agent");
         if p.exists() {
@@ -53,7 +55,11 @@ pub fn agent_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A registry on loopback with the fixture images, shared by every test in the process.
@@ -63,7 +69,9 @@ pub struct Registry {
 }
 
 fn http_ok(addr: &str, path: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr) else { return false };
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     if write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
         return false;
@@ -86,6 +94,7 @@ pub fn registry() -> &'static Registry {
             format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n", dir.path().join("data").display()),
         )
         .unwrap();
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -94,6 +103,8 @@ pub fn registry() -> &'static Registry {
             .spawn()
             .expect("docker-registry (Debian package docker-registry) must be installed");
         track(&child);
+        // Killed at process exit (atexit above); nothing waits for it before then.
+        std::mem::forget(child);
         let start = Instant::now();
         while !http_ok(&addr, "/v2/") {
             assert!(start.elapsed() < Duration::from_secs(20), "registry did not come up on {addr}");
@@ -118,7 +129,11 @@ pub struct Agent {
 impl Agent {
     pub fn start() -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let mut agent = Agent { socket: dir.path().join("docker.sock"), dir, child: None };
+        let mut agent = Agent {
+            socket: dir.path().join("docker.sock"),
+            dir,
+            child: None,
+        };
         agent.spawn();
         agent
     }
@@ -128,7 +143,11 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
         let child = Command::new(agent_bin())
             .arg("serve")
             .arg("--listen")
@@ -144,7 +163,11 @@ impl Agent {
         self.child = Some(child);
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "agent did not listen: {}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "agent did not listen: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -215,14 +238,23 @@ impl Agent {
     #[track_caller]
     pub fn fails(&self, args: &[&str]) -> (i32, String) {
         let out = self.docker(args);
-        assert!(!out.status.success(), "docker {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        assert!(
+            !out.status.success(),
+            "docker {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// A raw HTTP request on the socket (curl); returns (status, body).
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"]).arg(&self.socket).args(["-X", method]);
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-X", method]);
         if let Some(b) = body {
             cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
         }

@@ -32,11 +32,21 @@ fn schema2_multi_layer_image_with_whiteouts_runs() {
     assert_eq!(inspect[0]["RootFS"]["Layers"].as_array().unwrap().len(), 3);
     // Config from the image: Cmd cat /data/keep, WorkingDir /data, User app.
     assert_eq!(a.ok(&["run", "--rm", &img]), "keep\n");
-    let out = a.ok(&["run", "--rm", &img, "sh", "-c", "pwd; id -un; ls /etc/doomed /opt/gone 2>&1; ls -A /opt | wc -l"]);
+    let out = a.ok(&[
+        "run",
+        "--rm",
+        &img,
+        "sh",
+        "-c",
+        "pwd; id -un; ls /etc/doomed /opt/gone 2>&1; ls -A /opt | wc -l",
+    ]);
     assert!(out.starts_with("/data\napp\n"), "{out}");
     assert!(out.contains("/etc/doomed: No such file or directory"), "{out}");
     assert!(out.contains("/opt/gone: No such file or directory"), "{out}");
-    assert!(out.trim_end().ends_with('0'), "opaque/whiteout left files in /opt: {out}");
+    assert!(
+        out.trim_end().ends_with('0'),
+        "opaque/whiteout left files in /opt: {out}"
+    );
 }
 
 #[test]
@@ -61,13 +71,18 @@ fn tag_rmi_and_prune() {
     // Refused while a container uses it, as dockerd does.
     a.ok(&["create", "--name", "user", &img, "true"]);
     let (_, err) = a.fails(&["rmi", &img]);
-    assert!(err.contains("conflict: unable to delete") && err.contains("image is being used by stopped container"), "{err}");
+    assert!(
+        err.contains("conflict: unable to delete") && err.contains("image is being used by stopped container"),
+        "{err}"
+    );
     a.ok(&["rm", "user"]);
     let out = a.ok(&["rmi", &img]);
     assert!(out.contains("Deleted: sha256:"), "{out}");
     assert!(a.ok(&["images", "-q"]).trim().is_empty());
     // Layers and blobs went with it.
-    let layers = std::fs::read_dir(a.data_root().join("snapshots/layers")).unwrap().count();
+    let layers = std::fs::read_dir(a.data_root().join("snapshots/layers"))
+        .unwrap()
+        .count();
     assert_eq!(layers, 0);
     // prune -a removes unused images.
     a.pull("busybox:latest");

@@ -69,7 +69,10 @@ impl Cgroup {
         let own = own_path("");
         let base = PathBuf::from(ROOT).join(own.trim_start_matches('/')).join("berth");
         let dir = base.join(id);
-        fs::create_dir_all(&dir).map_err(|source| CgroupError { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| CgroupError {
+            path: dir.clone(),
+            source,
+        })?;
         // Controllers must be enabled on the way down; ignore those the kernel lacks.
         for d in [base.parent().map(PathBuf::from).unwrap_or_default(), base.clone()] {
             for c in ["+memory", "+cpu", "+pids"] {
@@ -103,8 +106,14 @@ impl Cgroup {
             if !mount.is_dir() {
                 continue;
             }
-            let dir = mount.join(own_path(ctrl).trim_start_matches('/')).join("berth").join(id);
-            fs::create_dir_all(&dir).map_err(|source| CgroupError { path: dir.clone(), source })?;
+            let dir = mount
+                .join(own_path(ctrl).trim_start_matches('/'))
+                .join("berth")
+                .join(id);
+            fs::create_dir_all(&dir).map_err(|source| CgroupError {
+                path: dir.clone(),
+                source,
+            })?;
             match ctrl {
                 "memory" if limits.memory > 0 => {
                     write(&dir, "memory.limit_in_bytes", &limits.memory.to_string())?;
@@ -167,7 +176,10 @@ mod tests {
 
     #[test]
     fn cpus_become_quota() {
-        let l = Limits { nano_cpus: 1_500_000_000, ..Default::default() };
+        let l = Limits {
+            nano_cpus: 1_500_000_000,
+            ..Default::default()
+        };
         assert_eq!(cpu_quota(&l), Some((150_000, 100_000)));
         assert_eq!(cpu_quota(&Limits::default()), None);
     }

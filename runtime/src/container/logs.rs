@@ -36,7 +36,10 @@ pub struct LogWriter {
 impl LogWriter {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogWriter { file, partial: [Vec::new(), Vec::new()] })
+        Ok(LogWriter {
+            file,
+            partial: [Vec::new(), Vec::new()],
+        })
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
@@ -92,7 +95,9 @@ pub struct LogQuery {
 }
 
 fn unix_time(s: &str) -> f64 {
-    crate::model::parse_time(s).map(|t| t.unix_timestamp_nanos() as f64 / 1e9).unwrap_or(0.0)
+    crate::model::parse_time(s)
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        .unwrap_or(0.0)
 }
 
 impl LogQuery {
@@ -125,10 +130,10 @@ pub fn read(path: &Path, q: &LogQuery) -> io::Result<(Vec<LogLine>, u64)> {
             break;
         }
         offset += n as u64;
-        if let Ok(line) = serde_json::from_str::<LogLine>(&buf) {
-            if q.wants(&line) {
-                out.push(line);
-            }
+        if let Ok(line) = serde_json::from_str::<LogLine>(&buf)
+            && q.wants(&line)
+        {
+            out.push(line);
         }
     }
     if let Some(t) = q.tail {
@@ -154,10 +159,10 @@ pub fn read_from(path: &Path, offset: u64, q: &LogQuery) -> io::Result<(Vec<LogL
             break;
         }
         pos += n as u64;
-        if let Ok(line) = serde_json::from_str::<LogLine>(&buf) {
-            if q.wants(&line) {
-                out.push(line);
-            }
+        if let Ok(line) = serde_json::from_str::<LogLine>(&buf)
+            && q.wants(&line)
+        {
+            out.push(line);
         }
     }
     Ok((out, pos))
@@ -176,13 +181,32 @@ mod tests {
         w.write(Stream::Stderr, b"err\n").unwrap();
         w.write(Stream::Stdout, b"o\nthree").unwrap();
         w.flush_partial().unwrap();
-        let all = LogQuery { stdout: true, stderr: true, ..Default::default() };
+        let all = LogQuery {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
         let (lines, _) = read(&p, &all).unwrap();
         let text: Vec<&str> = lines.iter().map(|l| l.log.as_str()).collect();
         assert_eq!(text, ["one\n", "err\n", "two\n", "three"]);
-        let (lines, _) = read(&p, &LogQuery { tail: Some(1), stdout: true, ..Default::default() }).unwrap();
+        let (lines, _) = read(
+            &p,
+            &LogQuery {
+                tail: Some(1),
+                stdout: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(lines[0].log, "three");
-        let (lines, _) = read(&p, &LogQuery { stderr: true, ..Default::default() }).unwrap();
+        let (lines, _) = read(
+            &p,
+            &LogQuery {
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(lines.len(), 1);
     }
 }

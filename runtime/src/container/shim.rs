@@ -109,8 +109,12 @@ pub fn main(mode: &str, spec_path: &Path) -> ! {
     let result = fs::read(spec_path)
         .map_err(|e| format!("reading {}: {e}", spec_path.display()))
         .and_then(|b| match mode {
-            "run" => serde_json::from_slice::<RunSpec>(&b).map_err(|e| e.to_string()).and_then(|s| run(s, &mut status)),
-            "exec" => serde_json::from_slice::<ExecSpec>(&b).map_err(|e| e.to_string()).and_then(|s| exec(s, &mut status)),
+            "run" => serde_json::from_slice::<RunSpec>(&b)
+                .map_err(|e| e.to_string())
+                .and_then(|s| run(s, &mut status)),
+            "exec" => serde_json::from_slice::<ExecSpec>(&b)
+                .map_err(|e| e.to_string())
+                .and_then(|s| exec(s, &mut status)),
             other => Err(format!("unknown shim mode {other:?}")),
         });
     match result {
@@ -130,7 +134,8 @@ fn set_parent_death_kill() {
 /// Creates namespaces, forks the container's init and waits for it.
 fn run(spec: RunSpec, status: &mut File) -> Result<i32, String> {
     set_parent_death_kill();
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+    let mut flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
     if spec.net == NetMode::New {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -171,7 +176,11 @@ fn exec(spec: ExecSpec, status: &mut File) -> Result<i32, String> {
 
 /// Forks; the child waits for the agent's go byte and runs `child`; the parent reports the
 /// pid and returns the child's exit status as an exit code.
-fn fork_and_wait(status: &mut File, console: bool, child: impl FnOnce() -> Result<std::convert::Infallible, String>) -> Result<i32, String> {
+fn fork_and_wait(
+    status: &mut File,
+    console: bool,
+    child: impl FnOnce() -> Result<std::convert::Infallible, String>,
+) -> Result<i32, String> {
     // SAFETY: this helper is single-threaded (it never spawns a thread), so fork is sound.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
@@ -207,7 +216,10 @@ fn fork_and_wait(status: &mut File, console: bool, child: impl FnOnce() -> Resul
                 }
             }
             let _ = writeln!(status, "pid {child}");
-            drop(std::mem::replace(status, File::open("/dev/null").map_err(|e| e.to_string())?));
+            drop(std::mem::replace(
+                status,
+                File::open("/dev/null").map_err(|e| e.to_string())?,
+            ));
             // Keep no copy of the container's stdio, so readers see EOF when it exits.
             let null = File::open("/dev/null").map_err(|e| e.to_string())?;
             for fd in 0..=2 {
@@ -227,8 +239,15 @@ fn fork_and_wait(status: &mut File, console: bool, child: impl FnOnce() -> Resul
     }
 }
 
-fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
-    mount(src, target, fstype, flags, data).map_err(|e| format!("mount {} on {}: {e}", fstype.or(src).unwrap_or("?"), target.display()))
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| format!("mount {} on {}: {e}", fstype.or(src).unwrap_or("?"), target.display()))
 }
 
 /// In the child, inside the new namespaces: builds the root filesystem, pivots and execs.
@@ -247,7 +266,13 @@ fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, String> {
         mnt(Some(&file.to_string_lossy()), &target, None, MsFlags::MS_BIND, None)?;
     }
     if spec.readonly_rootfs {
-        mnt(None, root, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+        mnt(
+            None,
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
     }
     pivot(root)?;
     mask_proc();
@@ -264,7 +289,12 @@ fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
     fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
     // Long lower lists overflow the one-page mount data: name layers relative to their
     // common parent and mount from there.
-    let base = o.lower.first().and_then(|p| p.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
+    let base = o
+        .lower
+        .first()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf);
     let relative = base.as_ref().filter(|b| o.lower.iter().all(|l| l.starts_with(b)));
     let lower: Vec<String> = o
         .lower
@@ -277,7 +307,12 @@ fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
     if let Some(b) = relative {
         nix::unistd::chdir(b.as_path()).map_err(|e| format!("chdir {}: {e}", b.display()))?;
     }
-    let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), o.upper.display(), o.work.display());
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        o.upper.display(),
+        o.work.display()
+    );
     mnt(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(&data))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
@@ -308,7 +343,11 @@ fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
     match m.kind.as_str() {
         "tmpfs" => {
             let target = prepare_target(root, &m.destination, true)?;
-            let opts = if m.options.is_empty() { "mode=1777".to_string() } else { m.options.clone() };
+            let opts = if m.options.is_empty() {
+                "mode=1777".to_string()
+            } else {
+                m.options.clone()
+            };
             let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             if m.readonly {
                 flags |= MsFlags::MS_RDONLY;
@@ -317,12 +356,27 @@ fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
         }
         _ => {
             let is_dir = fs::metadata(&m.source).map(|md| md.is_dir()).map_err(|e| {
-                format!("invalid mount config for type \"bind\": bind source path does not exist: {} ({e})", m.source.display())
+                format!(
+                    "invalid mount config for type \"bind\": bind source path does not exist: {} ({e})",
+                    m.source.display()
+                )
             })?;
             let target = prepare_target(root, &m.destination, is_dir)?;
-            mnt(Some(&m.source.to_string_lossy()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            mnt(
+                Some(&m.source.to_string_lossy()),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
             if m.readonly {
-                mnt(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+                mnt(
+                    None,
+                    &target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None,
+                )?;
             }
             Ok(())
         }
@@ -338,14 +392,26 @@ fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
     if mnt(Some("sysfs"), &sys, Some("sysfs"), nodev | MsFlags::MS_RDONLY, None).is_err() {
         // Sharing the host's network namespace forbids a new sysfs: bind the host's, read-only.
         mnt(Some("/sys"), &sys, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        mnt(None, &sys, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+        mnt(
+            None,
+            &sys,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
     }
     if crate::container::cgroup::is_v2() {
         let cg = prepare_target(root, "/sys/fs/cgroup", true)?;
         let _ = mnt(Some("cgroup2"), &cg, Some("cgroup2"), nodev | MsFlags::MS_RDONLY, None);
     }
     let dev = prepare_target(root, "/dev", true)?;
-    mnt(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    mnt(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
         File::create(&target).map_err(|e| format!("creating /dev/{node}: {e}"))?;
@@ -353,16 +419,33 @@ fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
     }
     let pts = dev.join("pts");
     fs::create_dir(&pts).map_err(|e| format!("creating /dev/pts: {e}"))?;
-    mnt(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))?;
+    mnt(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
     std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).map_err(|e| format!("/dev/ptmx: {e}"))?;
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(|e| format!("creating /dev/shm: {e}"))?;
     let size = if shm_size > 0 { shm_size } else { 64 << 20 };
-    mnt(Some("shm"), &shm, Some("tmpfs"), nodev, Some(&format!("mode=1777,size={size}")))?;
+    mnt(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nodev,
+        Some(&format!("mode=1777,size={size}")),
+    )?;
     let mq = dev.join("mqueue");
     fs::create_dir(&mq).map_err(|e| format!("creating /dev/mqueue: {e}"))?;
     let _ = mnt(Some("mqueue"), &mq, Some("mqueue"), nodev, None);
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| format!("/dev/{name}: {e}"))?;
     }
     Ok(())
@@ -370,7 +453,13 @@ fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
 
 /// Makes `root` the root: the `pivot_root(".", ".")` idiom, then detaches the old root.
 fn pivot(root: &Path) -> Result<(), String> {
-    mnt(Some(&root.to_string_lossy()), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    mnt(
+        Some(&root.to_string_lossy()),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
     nix::unistd::chdir(root).map_err(|e| format!("chdir rootfs: {e}"))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
@@ -383,8 +472,22 @@ fn mask_proc() {
         let _ = mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>);
     }
     for p in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
-        if mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).is_ok() {
-            let _ = mount(None::<&str>, p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+        if mount(
+            Some(p),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .is_ok()
+        {
+            let _ = mount(
+                None::<&str>,
+                p,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
         }
     }
 }
@@ -407,7 +510,11 @@ fn loopback_up() -> Result<(), String> {
     let err = std::io::Error::last_os_error();
     // SAFETY: closing the socket we opened.
     unsafe { libc::close(sock) };
-    if rc < 0 { Err(format!("bringing up lo: {err}")) } else { Ok(()) }
+    if rc < 0 {
+        Err(format!("bringing up lo: {err}"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Parsed `/etc/passwd`-style line lookups, in the container's root.
@@ -425,7 +532,11 @@ fn lookup_user(spec: &str) -> Result<(u32, u32, Vec<u32>, Option<String>), Strin
         (Ok(u), _) => u,
         (Err(_), Some(f)) => f[2].parse().map_err(|_| format!("bad uid in /etc/passwd for {user}"))?,
         (Err(_), None) if user.is_empty() => 0,
-        (Err(_), None) => return Err(format!("unable to find user {user}: no matching entries in passwd file")),
+        (Err(_), None) => {
+            return Err(format!(
+                "unable to find user {user}: no matching entries in passwd file"
+            ));
+        }
     };
     let home = entry.as_ref().and_then(|f| f.get(5)).map(|s| s.to_string());
     let name = entry.as_ref().map(|f| f[0].to_string()).unwrap_or_default();
@@ -475,12 +586,18 @@ fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf, String> {
 }
 
 fn drop_capabilities() -> Result<(), String> {
-    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
     for cap in 0..=last {
         if !DEFAULT_CAPS.contains(&cap) {
             // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory is touched.
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-                return Err(format!("dropping capability {cap}: {}", std::io::Error::last_os_error()));
+                return Err(format!(
+                    "dropping capability {cap}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
     }
@@ -504,10 +621,14 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
         console(uid, p.console_size).map_err(|e| format!("{prefix}: setting up the terminal: {e}"))?;
         // SAFETY: TIOCSCTTY on our stdin, the pty slave just made our stdio.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!("{prefix}: setting the controlling terminal: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "{prefix}: setting the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
-    let exe = find_executable(p.args.first().map(String::as_str).unwrap_or(""), &env).map_err(|e| format!("{prefix}: {e}"))?;
+    let exe = find_executable(p.args.first().map(String::as_str).unwrap_or(""), &env)
+        .map_err(|e| format!("{prefix}: {e}"))?;
     drop_capabilities()?;
     let gids: Vec<Gid> = extra.into_iter().map(Gid::from_raw).collect();
     nix::unistd::setgroups(&gids).map_err(|e| format!("setgroups: {e}"))?;
@@ -518,27 +639,47 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
     let args: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let envs: Vec<CString> = env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
     let err = nix::unistd::execve(&exe_c, &args, &envs).unwrap_err();
-    Err(format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase()))
+    Err(format!(
+        "{prefix}: exec: \"{}\": {}",
+        p.args[0],
+        err.desc().to_lowercase()
+    ))
 }
 
 /// Opens a pty in the container's devpts, makes the slave this process's stdio (owned by
 /// `uid`), and sends the master to the agent over fd 6.
 fn console(uid: u32, size: Option<(u16, u16)>) -> Result<(), String> {
     use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
-    let master = nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY).map_err(|e| format!("/dev/ptmx: {e}"))?;
+    let master = nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY)
+        .map_err(|e| format!("/dev/ptmx: {e}"))?;
     nix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
     nix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
     let name = nix::pty::ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
-    let slave = fs::OpenOptions::new().read(true).write(true).open(&name).map_err(|e| format!("{name}: {e}"))?;
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .map_err(|e| format!("{name}: {e}"))?;
     std::os::unix::fs::fchown(&slave, Some(uid), None).map_err(|e| format!("chown {name}: {e}"))?;
     if let Some((rows, cols)) = size.filter(|(r, c)| *r > 0 && *c > 0) {
-        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCSWINSZ reads a winsize we own.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
     let fds = [master.as_raw_fd()];
-    sendmsg::<UnixAddr>(6, &[std::io::IoSlice::new(b"m")], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map_err(|e| format!("sending the terminal to the engine: {e}"))?;
+    sendmsg::<UnixAddr>(
+        6,
+        &[std::io::IoSlice::new(b"m")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("sending the terminal to the engine: {e}"))?;
     drop(master);
     for fd in 0..=2 {
         // SAFETY: dup2 of an fd we own onto our standard descriptors.

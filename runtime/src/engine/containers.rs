@@ -59,7 +59,10 @@ impl Engine {
         let dir = self.inner.root.join("containers");
         std::fs::create_dir_all(&dir).map_err(io_ctx("creating containers dir"))?;
         let mut map = self.inner.containers.lock().expect("containers lock");
-        for entry in std::fs::read_dir(&dir).map_err(io_ctx("reading containers dir"))?.flatten() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(io_ctx("reading containers dir"))?
+            .flatten()
+        {
             let path = entry.path().join("config.json");
             let Ok(bytes) = std::fs::read(&path) else { continue };
             let Ok(mut rec) = serde_json::from_slice::<ContainerRecord>(&bytes) else {
@@ -100,7 +103,13 @@ impl Engine {
     }
 
     pub(crate) fn all_containers(&self) -> Vec<Arc<Ctr>> {
-        self.inner.containers.lock().expect("containers lock").values().cloned().collect()
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Finds a container by full ID, name, or unique ID prefix.
@@ -116,7 +125,9 @@ impl Engine {
         let mut found = map.iter().filter(|(id, _)| !name.is_empty() && id.starts_with(name));
         match (found.next(), found.next()) {
             (Some((_, c)), None) => Ok(c.clone()),
-            (Some(_), Some(_)) => Err(EngineError::InvalidArgument(format!("multiple IDs found with provided prefix: {name}"))),
+            (Some(_), Some(_)) => Err(EngineError::InvalidArgument(format!(
+                "multiple IDs found with provided prefix: {name}"
+            ))),
             _ => Err(not_found(name_or_id)),
         }
     }
@@ -141,15 +152,19 @@ impl Engine {
     pub async fn create(&self, req: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
         let image = {
             let images = self.inner.stores.images.lock().expect("image store lock");
-            images.resolve(&req.config.image).cloned().map_err(|_| {
-                EngineError::NotFound(format!("No such image: {}", req.config.image))
-            })?
+            images
+                .resolve(&req.config.image)
+                .cloned()
+                .map_err(|_| EngineError::NotFound(format!("No such image: {}", req.config.image)))?
         };
         let image_config = self.image_config(&image.id)?;
         let mut config = merge_config(&req.config, &image_config)?;
         let host = req.host_config;
         if network::parse_mode(&host.network_mode).is_none() {
-            return Err(EngineError::NotFound(format!("network {} not found", host.network_mode)));
+            return Err(EngineError::NotFound(format!(
+                "network {} not found",
+                host.network_mode
+            )));
         }
         let id = random_id();
         if config.hostname.is_empty() {
@@ -204,8 +219,16 @@ impl Engine {
         };
         let ctr = Ctr::new(rec, dir);
         ctr.update(|_| {})?;
-        self.inner.stores.snapshots.prepare(&id, &ctr.snapshot().chain).map_err(ImageError::from)?;
-        self.inner.containers.lock().expect("containers lock").insert(id.clone(), ctr);
+        self.inner
+            .stores
+            .snapshots
+            .prepare(&id, &ctr.snapshot().chain)
+            .map_err(ImageError::from)?;
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .insert(id.clone(), ctr);
         tracing::info!(container = %id, "created");
         Ok((id, vec![]))
     }
@@ -223,33 +246,72 @@ impl Engine {
                 _ => return Err(invalid(format!("invalid volume specification: '{bind}'"))),
             };
             if !dst.starts_with('/') {
-                return Err(invalid(format!("invalid volume specification: '{bind}': invalid mount config for type \"volume\": invalid mount path: '{dst}' mount path must be absolute")));
+                return Err(invalid(format!(
+                    "invalid volume specification: '{bind}': invalid mount config for type \"volume\": invalid mount path: '{dst}' mount path must be absolute"
+                )));
             }
             let rw = !opts.split(',').any(|o| o == "ro");
             if src.starts_with('/') {
                 if !std::path::Path::new(src).exists() {
                     std::fs::create_dir_all(src).map_err(io_ctx(format!("creating bind source {src}")))?;
                 }
-                out.push(MountRecord { kind: "bind".into(), name: String::new(), source: src.into(), destination: dst.into(), rw, options: String::new() });
+                out.push(MountRecord {
+                    kind: "bind".into(),
+                    name: String::new(),
+                    source: src.into(),
+                    destination: dst.into(),
+                    rw,
+                    options: String::new(),
+                });
             } else {
                 let v = self.inner.volumes.create(src, BTreeMap::new(), src.is_empty())?;
-                out.push(MountRecord { kind: "volume".into(), name: v.name, source: v.mountpoint.display().to_string(), destination: dst.into(), rw, options: String::new() });
+                out.push(MountRecord {
+                    kind: "volume".into(),
+                    name: v.name,
+                    source: v.mountpoint.display().to_string(),
+                    destination: dst.into(),
+                    rw,
+                    options: String::new(),
+                });
             }
         }
         for m in &host.mounts {
             if !m.target.starts_with('/') {
-                return Err(invalid(format!("invalid mount config for type \"{}\": invalid mount path: '{}' mount path must be absolute", m.kind, m.target)));
+                return Err(invalid(format!(
+                    "invalid mount config for type \"{}\": invalid mount path: '{}' mount path must be absolute",
+                    m.kind, m.target
+                )));
             }
             match m.kind.as_str() {
                 "bind" => {
                     if !std::path::Path::new(&m.source).exists() {
-                        return Err(invalid(format!("invalid mount config for type \"bind\": bind source path does not exist: {}", m.source)));
+                        return Err(invalid(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            m.source
+                        )));
                     }
-                    out.push(MountRecord { kind: "bind".into(), name: String::new(), source: m.source.clone(), destination: m.target.clone(), rw: !m.read_only, options: String::new() });
+                    out.push(MountRecord {
+                        kind: "bind".into(),
+                        name: String::new(),
+                        source: m.source.clone(),
+                        destination: m.target.clone(),
+                        rw: !m.read_only,
+                        options: String::new(),
+                    });
                 }
                 "volume" => {
-                    let v = self.inner.volumes.create(&m.source, BTreeMap::new(), m.source.is_empty())?;
-                    out.push(MountRecord { kind: "volume".into(), name: v.name, source: v.mountpoint.display().to_string(), destination: m.target.clone(), rw: !m.read_only, options: String::new() });
+                    let v = self
+                        .inner
+                        .volumes
+                        .create(&m.source, BTreeMap::new(), m.source.is_empty())?;
+                    out.push(MountRecord {
+                        kind: "volume".into(),
+                        name: v.name,
+                        source: v.mountpoint.display().to_string(),
+                        destination: m.target.clone(),
+                        rw: !m.read_only,
+                        options: String::new(),
+                    });
                 }
                 "tmpfs" => {
                     let mut opts = Vec::new();
@@ -261,18 +323,39 @@ impl Engine {
                             opts.push(format!("mode={md:o}"));
                         }
                     }
-                    out.push(MountRecord { kind: "tmpfs".into(), name: String::new(), source: String::new(), destination: m.target.clone(), rw: !m.read_only, options: opts.join(",") });
+                    out.push(MountRecord {
+                        kind: "tmpfs".into(),
+                        name: String::new(),
+                        source: String::new(),
+                        destination: m.target.clone(),
+                        rw: !m.read_only,
+                        options: opts.join(","),
+                    });
                 }
                 other => return Err(invalid(format!("mount type {other:?} is not supported"))),
             }
         }
         for (dst, opts) in &host.tmpfs {
-            out.push(MountRecord { kind: "tmpfs".into(), name: String::new(), source: String::new(), destination: dst.clone(), rw: true, options: opts.clone() });
+            out.push(MountRecord {
+                kind: "tmpfs".into(),
+                name: String::new(),
+                source: String::new(),
+                destination: dst.clone(),
+                rw: true,
+                options: opts.clone(),
+            });
         }
         for dst in config.volumes.keys() {
             if !out.iter().any(|m| &m.destination == dst) {
                 let v = self.inner.volumes.create("", BTreeMap::new(), true)?;
-                out.push(MountRecord { kind: "volume".into(), name: v.name, source: v.mountpoint.display().to_string(), destination: dst.clone(), rw: true, options: String::new() });
+                out.push(MountRecord {
+                    kind: "volume".into(),
+                    name: v.name,
+                    source: v.mountpoint.display().to_string(),
+                    destination: dst.clone(),
+                    rw: true,
+                    options: String::new(),
+                });
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -290,7 +373,9 @@ impl Engine {
         let hosts_path = ctr.dir.join("hosts");
         let resolv_path = ctr.dir.join("resolv.conf");
         let hostname = if host_mode {
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
         } else {
             rec.config.hostname.clone()
         };
@@ -308,10 +393,18 @@ impl Engine {
         let resolv = if rec.host_config.dns.is_empty() {
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
         } else {
-            rec.host_config.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+            rec.host_config
+                .dns
+                .iter()
+                .map(|d| format!("nameserver {d}\n"))
+                .collect()
         };
         std::fs::write(&resolv_path, resolv).map_err(io_ctx("writing resolv.conf"))?;
-        Ok(vec![(hostname_path, "hostname".into()), (hosts_path, "hosts".into()), (resolv_path, "resolv.conf".into())])
+        Ok(vec![
+            (hostname_path, "hostname".into()),
+            (hosts_path, "hosts".into()),
+            (resolv_path, "resolv.conf".into()),
+        ])
     }
 
     /// Starts a created or exited container.
@@ -338,7 +431,12 @@ impl Engine {
 
     async fn start_locked(&self, ctr: &Arc<Ctr>, rec: ContainerRecord) -> Result<(), EngineError> {
         let id = rec.id.clone();
-        let overlay = self.inner.stores.snapshots.prepare(&id, &rec.chain).map_err(ImageError::from)?;
+        let overlay = self
+            .inner
+            .stores
+            .snapshots
+            .prepare(&id, &rec.chain)
+            .map_err(ImageError::from)?;
         let etc_files = self.write_etc_files(ctr, &rec)?;
         let net = match network::parse_mode(&rec.host_config.network_mode) {
             Some(network::Mode::Host) => NetMode::Host,
@@ -351,23 +449,42 @@ impl Engine {
             mounts: rec
                 .mounts
                 .iter()
-                .map(|m| MountPoint { kind: if m.kind == "tmpfs" { "tmpfs".into() } else { "bind".into() }, source: PathBuf::from(&m.source), destination: m.destination.clone(), readonly: !m.rw, options: m.options.clone() })
+                .map(|m| MountPoint {
+                    kind: if m.kind == "tmpfs" {
+                        "tmpfs".into()
+                    } else {
+                        "bind".into()
+                    },
+                    source: PathBuf::from(&m.source),
+                    destination: m.destination.clone(),
+                    readonly: !m.rw,
+                    options: m.options.clone(),
+                })
                 .collect(),
-            hostname: if net == NetMode::Host { String::new() } else { rec.config.hostname.clone() },
+            hostname: if net == NetMode::Host {
+                String::new()
+            } else {
+                rec.config.hostname.clone()
+            },
             net,
             etc_files,
             shm_size: rec.host_config.shm_size.max(0) as u64,
             process: ProcessSpec {
                 args: argv(&rec.config),
                 env: rec.config.env.clone(),
-                cwd: if rec.config.working_dir.is_empty() { "/".into() } else { rec.config.working_dir.clone() },
+                cwd: if rec.config.working_dir.is_empty() {
+                    "/".into()
+                } else {
+                    rec.config.working_dir.clone()
+                },
                 user: rec.config.user.clone(),
                 tty: rec.config.tty,
                 console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
             },
         };
         let spec_path = ctr.dir.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises")).map_err(io_ctx("writing spec"))?;
+        std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises"))
+            .map_err(io_ctx("writing spec"))?;
         let hc = &rec.host_config;
         let limits = Limits {
             memory: hc.memory,
@@ -378,11 +495,17 @@ impl Engine {
             cpu_shares: hc.cpu_shares,
             pids: hc.pids_limit,
         };
-        let cgroup = Cgroup::create(&id, &limits).map_err(|e| EngineError::Launch(launch::LaunchError::Setup(e.to_string())))?;
+        let cgroup =
+            Cgroup::create(&id, &limits).map_err(|e| EngineError::Launch(launch::LaunchError::Setup(e.to_string())))?;
         let cg = cgroup.clone();
-        let launched = launch::launch(&self.inner.helper, "run", &spec_path, rec.config.tty, rec.config.open_stdin, move |pid| {
-            cg.add(pid).map_err(|e| e.to_string())
-        })
+        let launched = launch::launch(
+            &self.inner.helper,
+            "run",
+            &spec_path,
+            rec.config.tty,
+            rec.config.open_stdin,
+            move |pid| cg.add(pid).map_err(|e| e.to_string()),
+        )
         .await;
         let launched = match launched {
             Ok(l) => l,
@@ -401,16 +524,36 @@ impl Engine {
         ctr.stdin.lock().expect("lock").pump(launched.io.stdin);
         let pid = launched.pid;
         ctr.update(|r| {
-            r.state = State { status: Status::Running, pid, exit_code: 0, error: String::new(), started_at: now_rfc3339(), finished_at: String::new(), oom_killed: false };
+            r.state = State {
+                status: Status::Running,
+                pid,
+                exit_code: 0,
+                error: String::new(),
+                started_at: now_rfc3339(),
+                finished_at: String::new(),
+                oom_killed: false,
+            };
             r.manually_stopped = false;
         })?;
         tracing::info!(container = %id, pid, "started");
 
         let log_path = ctr.dir.join(format!("{id}-json.log"));
-        let writer = Arc::new(std::sync::Mutex::new(LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?));
-        let mut pumps = vec![tokio::spawn(pump(launched.io.stdout, Stream::Stdout, ctr.output.clone(), writer.clone()))];
+        let writer = Arc::new(std::sync::Mutex::new(
+            LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?,
+        ));
+        let mut pumps = vec![tokio::spawn(pump(
+            launched.io.stdout,
+            Stream::Stdout,
+            ctr.output.clone(),
+            writer.clone(),
+        ))];
         if let Some(err) = launched.io.stderr {
-            pumps.push(tokio::spawn(pump(err, Stream::Stderr, ctr.output.clone(), writer.clone())));
+            pumps.push(tokio::spawn(pump(
+                err,
+                Stream::Stderr,
+                ctr.output.clone(),
+                writer.clone(),
+            )));
         }
         let engine = self.clone();
         let ctr2 = ctr.clone();
@@ -474,7 +617,10 @@ impl Engine {
             && !self.inner.shutting_down.load(Ordering::SeqCst)
             && match policy.name.as_str() {
                 "always" | "unless-stopped" => true,
-                "on-failure" => code != 0 && (policy.maximum_retry_count == 0 || (rec.restart_count as i64) < policy.maximum_retry_count),
+                "on-failure" => {
+                    code != 0
+                        && (policy.maximum_retry_count == 0 || (rec.restart_count as i64) < policy.maximum_retry_count)
+                }
                 _ => false,
             };
         if restart {
@@ -503,10 +649,14 @@ impl Engine {
     /// Sends `signal` to the container's process.
     pub async fn kill(&self, name_or_id: &str, signal: &str) -> Result<(), EngineError> {
         let ctr = self.ctr(name_or_id)?;
-        let sig = parse_signal(signal).ok_or_else(|| EngineError::InvalidArgument(format!("Invalid signal: {signal}")))?;
+        let sig =
+            parse_signal(signal).ok_or_else(|| EngineError::InvalidArgument(format!("Invalid signal: {signal}")))?;
         let rec = ctr.snapshot();
         if !rec.running() || rec.state.pid <= 0 {
-            return Err(EngineError::Conflict(format!("Cannot kill container: {}: container {} is not running", name_or_id, rec.id)));
+            return Err(EngineError::Conflict(format!(
+                "Cannot kill container: {}: container {} is not running",
+                name_or_id, rec.id
+            )));
         }
         if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
             ctr.update(|r| r.manually_stopped = true)?;
@@ -542,7 +692,10 @@ impl Engine {
         };
         if timeout < 0 {
             exited.await;
-        } else if tokio::time::timeout(Duration::from_secs(timeout as u64), exited).await.is_err() {
+        } else if tokio::time::timeout(Duration::from_secs(timeout as u64), exited)
+            .await
+            .is_err()
+        {
             let pid = ctr.snapshot().state.pid;
             if pid > 0 {
                 // SAFETY: as above.
@@ -568,7 +721,11 @@ impl Engine {
 
     /// Registers a wait for `condition` now and returns a future of the exit code, so an API
     /// can answer its headers at once (the docker CLI waits for them before it starts).
-    pub fn wait(&self, name_or_id: &str, condition: WaitCondition) -> Result<impl std::future::Future<Output = i64> + Send + 'static, EngineError> {
+    pub fn wait(
+        &self,
+        name_or_id: &str,
+        condition: WaitCondition,
+    ) -> Result<impl std::future::Future<Output = i64> + Send + 'static, EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let mut life = ctr.life.subscribe();
         let start = *life.borrow_and_update();
@@ -606,10 +763,12 @@ impl Engine {
                     rec.name
                 )));
             }
-            self.stop(&rec.id, Some(0), Some("SIGKILL")).await.or_else(|e| match e {
-                EngineError::NotModified(_) => Ok(()),
-                e => Err(e),
-            })?;
+            self.stop(&rec.id, Some(0), Some("SIGKILL"))
+                .await
+                .or_else(|e| match e {
+                    EngineError::NotModified(_) => Ok(()),
+                    e => Err(e),
+                })?;
         }
         let _op = ctr.op.lock().await;
         if ctr.life.borrow().removed {
@@ -617,13 +776,18 @@ impl Engine {
         }
         self.inner.containers.lock().expect("containers lock").remove(&rec.id);
         let _ = std::fs::remove_dir_all(&ctr.dir);
-        self.inner.stores.snapshots.remove_active(&rec.id).map_err(ImageError::from)?;
+        self.inner
+            .stores
+            .snapshots
+            .remove_active(&rec.id)
+            .map_err(ImageError::from)?;
         if remove_volumes {
             for m in rec.mounts.iter().filter(|m| m.kind == "volume") {
-                if let Ok(v) = self.inner.volumes.get(&m.name) {
-                    if v.anonymous && self.volume_users(&v.name).is_empty() {
-                        let _ = self.inner.volumes.remove(&v.name);
-                    }
+                if let Ok(v) = self.inner.volumes.get(&m.name)
+                    && v.anonymous
+                    && self.volume_users(&v.name).is_empty()
+                {
+                    let _ = self.inner.volumes.remove(&v.name);
                 }
             }
         }
@@ -635,7 +799,9 @@ impl Engine {
     pub fn rename(&self, name_or_id: &str, new_name: &str) -> Result<(), EngineError> {
         let new_name = new_name.trim_start_matches('/');
         if !valid_container_name(new_name) {
-            return Err(EngineError::InvalidArgument(format!("Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+            return Err(EngineError::InvalidArgument(format!(
+                "Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
         }
         let ctr = self.ctr(name_or_id)?;
         let map = self.inner.containers.lock().expect("containers lock");
@@ -664,7 +830,11 @@ impl Engine {
     pub fn attach(&self, name_or_id: &str) -> Result<AttachIo, EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let rec = ctr.snapshot();
-        Ok(AttachIo { output: ctr.output.subscribe(), tty: rec.config.tty, running: rec.running() })
+        Ok(AttachIo {
+            output: ctr.output.subscribe(),
+            tty: rec.config.tty,
+            running: rec.running(),
+        })
     }
 
     /// Writes to the container's stdin; `None` closes it (without a TTY; a terminal stays open).
@@ -683,7 +853,10 @@ impl Engine {
         let pty: Option<Pty> = ctr.pty.lock().expect("lock").clone();
         match pty {
             Some(p) => p.resize(rows, cols).map_err(io_ctx("resizing the terminal")),
-            None => Err(EngineError::Conflict(format!("Container {} is not running or has no TTY", ctr.snapshot().id))),
+            None => Err(EngineError::Conflict(format!(
+                "Container {} is not running or has no TTY",
+                ctr.snapshot().id
+            ))),
         }
     }
 
@@ -734,13 +907,21 @@ impl Engine {
                 }
             }
         });
-        Ok(LogStream { rx, tty: rec.config.tty })
+        Ok(LogStream {
+            rx,
+            tty: rec.config.tty,
+        })
     }
 
     /// Stops every running container (for engine shutdown) and waits for them.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let running: Vec<String> = self.containers().into_iter().filter(|r| r.running()).map(|r| r.id).collect();
+        let running: Vec<String> = self
+            .containers()
+            .into_iter()
+            .filter(|r| r.running())
+            .map(|r| r.id)
+            .collect();
         let stops = running.iter().map(|id| {
             let engine = self.clone();
             let id = id.clone();
@@ -760,7 +941,12 @@ impl Engine {
         let rec = ctr.snapshot();
         let mut life = ctr.life.subscribe();
         let exits = life.borrow_and_update().exits;
-        let sig = rec.config.stop_signal.as_deref().and_then(parse_signal).unwrap_or(libc::SIGTERM);
+        let sig = rec
+            .config
+            .stop_signal
+            .as_deref()
+            .and_then(parse_signal)
+            .unwrap_or(libc::SIGTERM);
         // SAFETY: kill(2) on the container's pid.
         unsafe { libc::kill(rec.state.pid, sig) };
         let wait = async {
@@ -770,7 +956,10 @@ impl Engine {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(timeout.max(0) as u64), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(timeout.max(0) as u64), wait)
+            .await
+            .is_err()
+        {
             // SAFETY: as above.
             unsafe { libc::kill(ctr.snapshot().state.pid, libc::SIGKILL) };
             let mut life = ctr.life.subscribe();
@@ -791,17 +980,22 @@ pub fn console_size(v: Option<&serde_json::Value>) -> Option<(u16, u16)> {
 }
 
 /// Copies one output stream to the log and to attached clients until EOF.
-async fn pump(mut r: Box<dyn AsyncRead + Send + Unpin>, stream: Stream, tx: broadcast::Sender<Output>, log: Arc<std::sync::Mutex<LogWriter>>) {
+async fn pump(
+    mut r: Box<dyn AsyncRead + Send + Unpin>,
+    stream: Stream,
+    tx: broadcast::Sender<Output>,
+    log: Arc<std::sync::Mutex<LogWriter>>,
+) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let chunk = Bytes::copy_from_slice(&buf[..n]);
-                if let Ok(mut w) = log.lock() {
-                    if let Err(e) = w.write(stream, &chunk) {
-                        tracing::warn!(error = %e, "writing container log");
-                    }
+                if let Ok(mut w) = log.lock()
+                    && let Err(e) = w.write(stream, &chunk)
+                {
+                    tracing::warn!(error = %e, "writing container log");
                 }
                 let _ = tx.send(Output::Data(stream, chunk));
             }

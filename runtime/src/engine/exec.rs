@@ -54,8 +54,19 @@ impl Engine {
             return Err(EngineError::InvalidArgument("No exec command specified".into()));
         }
         let id = crate::names::random_id();
-        let info = ExecInfo { id: id.clone(), container_id: rec.id, config, running: false, exit_code: None, pid: 0 };
-        let exec = Arc::new(Exec { info: Mutex::new(info), pty: Mutex::new(None), done: tokio::sync::watch::channel(false).0 });
+        let info = ExecInfo {
+            id: id.clone(),
+            container_id: rec.id,
+            config,
+            running: false,
+            exit_code: None,
+            pid: 0,
+        };
+        let exec = Arc::new(Exec {
+            info: Mutex::new(info),
+            pty: Mutex::new(None),
+            done: tokio::sync::watch::channel(false).0,
+        });
         self.inner.execs.lock().expect("execs lock").insert(id.clone(), exec);
         Ok(id)
     }
@@ -104,18 +115,30 @@ impl Engine {
                 } else {
                     "/".into()
                 },
-                user: if info.config.user.is_empty() { rec.config.user.clone() } else { info.config.user.clone() },
+                user: if info.config.user.is_empty() {
+                    rec.config.user.clone()
+                } else {
+                    info.config.user.clone()
+                },
                 tty: info.config.tty,
                 console_size: info.config.console_size,
             },
         };
         let spec_path = ctr.dir.join(format!("exec-{id}.json"));
-        std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises")).map_err(io_ctx("writing exec spec"))?;
+        std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises"))
+            .map_err(io_ctx("writing exec spec"))?;
         let cgroup = ctr.cgroup.lock().expect("lock").clone();
-        let launched = launch::launch(&self.inner.helper, "exec", &spec_path, info.config.tty, info.config.attach_stdin, move |pid| match cgroup {
-            Some(cg) => cg.add(pid).map_err(|e| e.to_string()),
-            None => Ok(()),
-        })
+        let launched = launch::launch(
+            &self.inner.helper,
+            "exec",
+            &spec_path,
+            info.config.tty,
+            info.config.attach_stdin,
+            move |pid| match cgroup {
+                Some(cg) => cg.add(pid).map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+        )
         .await;
         let _ = std::fs::remove_file(&spec_path);
         let launched = match launched {
@@ -123,7 +146,11 @@ impl Engine {
             Err(e) => {
                 // As dockerd: the exec ends with 127 when the command is missing, else 126.
                 let msg = e.to_string();
-                let code = if msg.contains("not found") || msg.contains("no such file") { 127 } else { 126 };
+                let code = if msg.contains("not found") || msg.contains("no such file") {
+                    127
+                } else {
+                    126
+                };
                 exec.info.lock().expect("exec lock").exit_code = Some(code);
                 return Err(e.into());
             }
@@ -148,7 +175,10 @@ impl Engine {
             let _ = exec2.done.send(true);
             let _ = tx.send(code);
         });
-        Ok(ExecRun { io: launched.io, exit: rx })
+        Ok(ExecRun {
+            io: launched.io,
+            exit: rx,
+        })
     }
 
     pub fn exec_resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), EngineError> {

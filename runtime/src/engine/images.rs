@@ -18,7 +18,12 @@ pub enum RemovedImage {
 }
 
 impl Engine {
-    pub async fn pull(&self, name: &str, creds: &Credentials, progress: &mpsc::UnboundedSender<Progress>) -> Result<ImageRecord, EngineError> {
+    pub async fn pull(
+        &self,
+        name: &str,
+        creds: &Credentials,
+        progress: &mpsc::UnboundedSender<Progress>,
+    ) -> Result<ImageRecord, EngineError> {
         Ok(crate::image::pull::pull(&self.inner.stores, name, creds, progress).await?)
     }
 
@@ -30,13 +35,24 @@ impl Engine {
     }
 
     pub fn image(&self, name: &str) -> Result<(ImageRecord, ImageConfig), EngineError> {
-        let rec = self.inner.stores.images.lock().expect("image store lock").resolve(name)?.clone();
+        let rec = self
+            .inner
+            .stores
+            .images
+            .lock()
+            .expect("image store lock")
+            .resolve(name)?
+            .clone();
         let config = self.image_config(&rec.id)?;
         Ok((rec, config))
     }
 
     pub fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
-        let target = if tag.is_empty() { repo.to_owned() } else { format!("{repo}:{tag}") };
+        let target = if tag.is_empty() {
+            repo.to_owned()
+        } else {
+            format!("{repo}:{tag}")
+        };
         let r = parse_reference(&target)?;
         if r.digest().is_some() {
             return Err(ImageError::InvalidReference(target).into());
@@ -57,24 +73,36 @@ impl Engine {
         let mut images = self.inner.stores.images.lock().expect("image store lock");
         let rec = images.resolve(name)?.clone();
         let mut out = Vec::new();
-        let by_tag = parse_reference(name).ok().map(|r| tagged(&r)).filter(|t| rec.repo_tags.contains(t));
+        let by_tag = parse_reference(name)
+            .ok()
+            .map(|r| tagged(&r))
+            .filter(|t| rec.repo_tags.contains(t));
         let mut rec2 = rec.clone();
-        if let (Some(tag), false) = (&by_tag, rec.repo_tags.len() <= 1 && !force) {
-            if rec.repo_tags.len() > 1 {
-                rec2.repo_tags.retain(|t| t != tag);
-                images.put(rec2)?;
-                return Ok(vec![RemovedImage::Untagged(familiar(tag))]);
-            }
+        if let (Some(tag), false) = (&by_tag, rec.repo_tags.len() <= 1 && !force)
+            && rec.repo_tags.len() > 1
+        {
+            rec2.repo_tags.retain(|t| t != tag);
+            images.put(rec2)?;
+            return Ok(vec![RemovedImage::Untagged(familiar(tag))]);
         }
         if in_use.contains(&rec.id) {
-            let user = self.containers().into_iter().find(|c| c.image_id == rec.id).map(|c| c.id[..12].to_owned()).unwrap_or_default();
+            let user = self
+                .containers()
+                .into_iter()
+                .find(|c| c.image_id == rec.id)
+                .map(|c| c.id[..12].to_owned())
+                .unwrap_or_default();
             if by_tag.is_some() && !force && rec.repo_tags.len() > 1 {
                 unreachable!("handled above");
             }
             if !force || by_tag.is_none() {
                 return Err(EngineError::Conflict(format!(
                     "conflict: unable to delete {} (must be forced) - image is being used by stopped container {user}",
-                    if by_tag.is_some() { familiar(by_tag.as_deref().unwrap_or_default()) } else { rec.short_id().to_owned() }
+                    if by_tag.is_some() {
+                        familiar(by_tag.as_deref().unwrap_or_default())
+                    } else {
+                        rec.short_id().to_owned()
+                    }
                 )));
             }
             // Forced on a tag while a container uses it: untag only, as dockerd does.

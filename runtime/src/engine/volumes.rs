@@ -19,18 +19,34 @@ impl Engine {
 
     pub fn volume(&self, name: &str) -> Result<VolumeInfo, EngineError> {
         let volume = self.inner.volumes.get(name)?;
-        Ok(VolumeInfo { users: self.volume_users(name), volume })
+        Ok(VolumeInfo {
+            users: self.volume_users(name),
+            volume,
+        })
     }
 
     pub fn volumes(&self) -> Result<Vec<VolumeInfo>, EngineError> {
-        Ok(self.inner.volumes.list()?.into_iter().map(|v| VolumeInfo { users: self.volume_users(&v.name), volume: v }).collect())
+        Ok(self
+            .inner
+            .volumes
+            .list()?
+            .into_iter()
+            .map(|v| VolumeInfo {
+                users: self.volume_users(&v.name),
+                volume: v,
+            })
+            .collect())
     }
 
     pub fn volume_remove(&self, name: &str, force: bool) -> Result<(), EngineError> {
         self.inner.volumes.get(name)?;
         let users = self.volume_users(name);
         if !users.is_empty() && !force {
-            return Err(VolumeError::InUse { name: name.into(), users: users.join(", ") }.into());
+            return Err(VolumeError::InUse {
+                name: name.into(),
+                users: users.join(", "),
+            }
+            .into());
         }
         Ok(self.inner.volumes.remove(name)?)
     }

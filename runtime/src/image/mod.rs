@@ -57,12 +57,16 @@ pub enum ImageError {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io { path: path.to_owned(), source }
+    move |source| ImageError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Parses and normalises a reference (`busybox` → `docker.io/library/busybox:latest`).
 pub fn parse_reference(s: &str) -> Result<Reference, ImageError> {
-    s.parse::<Reference>().map_err(|_| ImageError::InvalidReference(s.to_owned()))
+    s.parse::<Reference>()
+        .map_err(|_| ImageError::InvalidReference(s.to_owned()))
 }
 
 /// The normalised repository name (`docker.io/library/busybox`).
@@ -150,7 +154,10 @@ impl ImageStore {
                 }
             }
         }
-        Ok(ImageStore { dir: dir.to_owned(), images })
+        Ok(ImageStore {
+            dir: dir.to_owned(),
+            images,
+        })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &ImageRecord> {
@@ -179,11 +186,14 @@ impl ImageStore {
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut found = self.images.values().filter(|i| i.id["sha256:".len()..].starts_with(hex));
-            if let Some(first) = found.next() {
-                if found.next().is_none() {
-                    return Ok(first);
-                }
+            let mut found = self
+                .images
+                .values()
+                .filter(|i| i.id["sha256:".len()..].starts_with(hex));
+            if let Some(first) = found.next()
+                && found.next().is_none()
+            {
+                return Ok(first);
             }
         }
         Err(not_found())
@@ -210,7 +220,11 @@ impl ImageStore {
             other.repo_tags.retain(|t| t != tag);
             self.put(other)?;
         }
-        let mut rec = self.images.get(id).cloned().ok_or_else(|| ImageError::NotFound(id.into()))?;
+        let mut rec = self
+            .images
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ImageError::NotFound(id.into()))?;
         if !rec.repo_tags.iter().any(|t| t == tag) {
             rec.repo_tags.push(tag.to_owned());
         }
@@ -218,7 +232,9 @@ impl ImageStore {
     }
 
     pub fn remove(&mut self, id: &str) -> Result<Option<ImageRecord>, ImageError> {
-        let path = self.dir.join(format!("{}.json", id.strip_prefix("sha256:").unwrap_or(id)));
+        let path = self
+            .dir
+            .join(format!("{}.json", id.strip_prefix("sha256:").unwrap_or(id)));
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
             _ => {}

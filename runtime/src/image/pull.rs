@@ -41,7 +41,11 @@ pub struct Progress {
 
 impl Progress {
     fn msg(id: Option<&str>, status: impl Into<String>) -> Self {
-        Progress { id: id.map(str::to_owned), status: status.into(), ..Default::default() }
+        Progress {
+            id: id.map(str::to_owned),
+            status: status.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -55,7 +59,16 @@ pub struct Credentials {
 }
 
 fn is_loopback(registry: &str) -> bool {
-    let host = registry.rsplit_once(':').map(|(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { registry }).unwrap_or(registry);
+    let host = registry
+        .rsplit_once(':')
+        .map(|(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                registry
+            }
+        })
+        .unwrap_or(registry);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -97,14 +110,25 @@ fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError 
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
             if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown)) {
                 ImageError::ManifestUnknown(shown)
-            } else if codes.iter().any(|c| matches!(c, OciErrorCode::NameUnknown | OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
-                ImageError::Denied { repo: familiar(&repository(reference)), detail: e.to_string() }
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::NameUnknown | OciErrorCode::Unauthorized | OciErrorCode::Denied
+                )
+            }) {
+                ImageError::Denied {
+                    repo: familiar(&repository(reference)),
+                    detail: e.to_string(),
+                }
             } else {
                 ImageError::Registry(e.to_string())
             }
         }
         OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
-            ImageError::Denied { repo: familiar(&repository(reference)), detail: e.to_string() }
+            ImageError::Denied {
+                repo: familiar(&repository(reference)),
+                detail: e.to_string(),
+            }
         }
         OciDistributionError::ImageIndexParsingNoPlatformResolverError => {
             ImageError::NoPlatform { arch: go_arch().into() }
@@ -117,7 +141,12 @@ fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError 
 }
 
 fn short(digest: &str) -> String {
-    digest.strip_prefix("sha256:").unwrap_or(digest).chars().take(12).collect()
+    digest
+        .strip_prefix("sha256:")
+        .unwrap_or(digest)
+        .chars()
+        .take(12)
+        .collect()
 }
 
 /// Pulls `name` and returns the image record. Progress lines go to `progress`.
@@ -136,13 +165,20 @@ pub async fn pull(
     } else {
         RegistryAuth::Anonymous
     };
-    let tag_shown = reference.digest().map(str::to_owned).or(reference.tag().map(str::to_owned)).unwrap_or_else(|| "latest".into());
+    let tag_shown = reference
+        .digest()
+        .map(str::to_owned)
+        .or(reference.tag().map(str::to_owned))
+        .unwrap_or_else(|| "latest".into());
     let (manifest, manifest_digest, list_digest) = client
         .pull_image_manifest_and_list_digest(&reference, &auth)
         .await
         .map_err(|e| registry_error(&reference, e))?;
     // Only now, as dockerd does: an unknown image fails before any progress is streamed.
-    let _ = progress.send(Progress::msg(Some(&tag_shown), format!("Pulling from {}", familiar(&repository(&reference)))));
+    let _ = progress.send(Progress::msg(
+        Some(&tag_shown),
+        format!("Pulling from {}", familiar(&repository(&reference))),
+    ));
     let repo_digest = list_digest.unwrap_or(manifest_digest);
 
     // The config blob, verified by digest.
@@ -153,7 +189,10 @@ pub async fn pull(
         .map_err(|e| registry_error(&reference, e))?;
     let id = stores.content.put(&config_bytes)?;
     if id != manifest.config.digest {
-        return Err(ImageError::Registry(format!("config digest {id} is not {}", manifest.config.digest)));
+        return Err(ImageError::Registry(format!(
+            "config digest {id} is not {}",
+            manifest.config.digest
+        )));
     }
     let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(ImageError::BadConfig)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -166,7 +205,9 @@ pub async fn pull(
     let chains = chain_ids(&config.rootfs.diff_ids);
 
     let existing = stores.images.lock().expect("image store lock").get(&id).cloned();
-    let up_to_date = existing.as_ref().is_some_and(|e| e.layers.iter().all(|l| stores.snapshots.has_layer(&l.chain_id)));
+    let up_to_date = existing
+        .as_ref()
+        .is_some_and(|e| e.layers.iter().all(|l| stores.snapshots.has_layer(&l.chain_id)));
 
     let mut layers = Vec::with_capacity(manifest.layers.len());
     if !up_to_date {
@@ -181,8 +222,14 @@ pub async fn pull(
                 continue;
             }
             let _ = progress.send(Progress::msg(Some(&sid), "Pulling fs layer"));
-            let (client, reference, desc, stores, progress, limit) =
-                (client.clone(), reference.clone(), desc.clone(), stores.clone(), progress.clone(), limit.clone());
+            let (client, reference, desc, stores, progress, limit) = (
+                client.clone(),
+                reference.clone(),
+                desc.clone(),
+                stores.clone(),
+                progress.clone(),
+                limit.clone(),
+            );
             downloads.push(Some(tokio::spawn(async move {
                 let _permit = limit.acquire().await;
                 download(&client, &reference, &desc, &stores, &progress).await
@@ -193,14 +240,21 @@ pub async fn pull(
             let chain = &chains[i];
             let diff_id = &config.rootfs.diff_ids[i];
             let Some(job) = job else { continue };
-            job.await.map_err(|e| ImageError::Registry(format!("download task: {e}")))??;
+            job.await
+                .map_err(|e| ImageError::Registry(format!("download task: {e}")))??;
             let sid = short(&desc.digest);
             let _ = progress.send(Progress::msg(Some(&sid), "Extracting"));
-            let (stores2, digest, chain2, diff2) = (stores.clone(), desc.digest.clone(), chain.clone(), diff_id.clone());
+            let (stores2, digest, chain2, diff2) =
+                (stores.clone(), desc.digest.clone(), chain.clone(), diff_id.clone());
             tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
                 let blob = stores2.content.open_blob(&digest)?;
                 let staged = stores2.snapshots.stage()?;
-                let result = unpack::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &staged, Whiteouts::Overlay, Some(&diff2));
+                let result = unpack::unpack(
+                    std::io::BufReader::with_capacity(1 << 20, blob),
+                    &staged,
+                    Whiteouts::Overlay,
+                    Some(&diff2),
+                );
                 if let Err(e) = result {
                     let _ = std::fs::remove_dir_all(&staged);
                     return Err(e.into());
@@ -270,7 +324,10 @@ async fn download(
         let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
         return Ok(());
     }
-    let mut stream = client.pull_blob_stream(reference, desc).await.map_err(|e| registry_error(reference, e))?;
+    let mut stream = client
+        .pull_blob_stream(reference, desc)
+        .await
+        .map_err(|e| registry_error(reference, e))?;
     let total = stream.content_length.or(u64::try_from(desc.size).ok());
     let mut ingest = stores.content.ingest()?;
     let mut last_report = 0u64;
@@ -282,7 +339,12 @@ async fn download(
         let done = ingest.written();
         if done - last_report >= 256 * 1024 || Some(done) == total {
             last_report = done;
-            let _ = progress.send(Progress { id: Some(sid.clone()), status: "Downloading".into(), current: Some(done), total });
+            let _ = progress.send(Progress {
+                id: Some(sid.clone()),
+                status: "Downloading".into(),
+                current: Some(done),
+                total,
+            });
         }
     }
     let _ = progress.send(Progress::msg(Some(&sid), "Verifying Checksum"));

@@ -49,7 +49,10 @@ pub enum UnpackError {
 }
 
 fn werr(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Write { path: path.to_owned(), source }
+    move |source| UnpackError::Write {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// How `.wh.` entries are treated.
@@ -119,17 +122,27 @@ pub fn unpack(
     expected_diff_id: Option<&str>,
 ) -> Result<Unpacked, UnpackError> {
     let plain = decompressor(Box::new(reader)).map_err(UnpackError::Archive)?;
-    let mut hashing = HashingReader { inner: plain, hasher: Sha256::new(), count: 0 };
+    let mut hashing = HashingReader {
+        inner: plain,
+        hasher: Sha256::new(),
+        count: 0,
+    };
     apply_tar(&mut hashing, root, whiteouts)?;
     // Hash the rest of the stream (the tar's end blocks and any padding).
     io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Archive)?;
     let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-    if let Some(expected) = expected_diff_id {
-        if expected != diff_id {
-            return Err(UnpackError::DiffIdMismatch { expected: expected.into(), actual: diff_id });
-        }
+    if let Some(expected) = expected_diff_id
+        && expected != diff_id
+    {
+        return Err(UnpackError::DiffIdMismatch {
+            expected: expected.into(),
+            actual: diff_id,
+        });
     }
-    Ok(Unpacked { diff_id, size: hashing.count })
+    Ok(Unpacked {
+        diff_id,
+        size: hashing.count,
+    })
 }
 
 /// Lexically normalises an archive path to components below the root; `..` above it is an error.
@@ -241,7 +254,11 @@ pub(crate) fn xattr_set(path: &Path, name: &str, value: &[u8]) -> io::Result<()>
     let n = std::ffi::CString::new(name)?;
     // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
     let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Applies the entries of an uncompressed tar stream onto `root`.
@@ -308,9 +325,12 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
             tar::EntryType::Link => {
                 let target_raw = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
                 let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
-                let bad = || UnpackError::BadHardlink { path: shown.clone(), target: target_shown.clone() };
-                let target_parts = clean(Path::new(OsStr::from_bytes(&target_raw)), &target_shown)
-                    .map_err(|_| bad())?;
+                let bad = || UnpackError::BadHardlink {
+                    path: shown.clone(),
+                    target: target_shown.clone(),
+                };
+                let target_parts =
+                    clean(Path::new(OsStr::from_bytes(&target_raw)), &target_shown).map_err(|_| bad())?;
                 let target = resolve_in_root(root, &target_parts, false)?;
                 match fs::symlink_metadata(&target) {
                     Ok(m) if !m.is_dir() => {}
@@ -323,8 +343,7 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
             }
             tar::EntryType::Fifo => {
                 clear_path(&path, false)?;
-                mknod(&path, SFlag::S_IFIFO, Mode::from_bits_truncate(0o644), 0)
-                    .map_err(|e| werr(&path)(e.into()))?;
+                mknod(&path, SFlag::S_IFIFO, Mode::from_bits_truncate(0o644), 0).map_err(|e| werr(&path)(e.into()))?;
                 set_meta(&path, &header, false)?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -336,7 +355,8 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
         }
         if let Ok(Some(exts)) = entry.pax_extensions() {
             for ext in exts.flatten() {
-                if let (Ok(key), Some(name)) = (ext.key(), ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr."))) {
+                if let (Ok(key), Some(name)) = (ext.key(), ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")))
+                {
                     let _ = key;
                     if name.starts_with("security.") || name.starts_with("user.") {
                         let _ = xattr_set(&path, name, ext.value_bytes());

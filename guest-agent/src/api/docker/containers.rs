@@ -6,11 +6,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query as Q, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use berth_runtime::Engine;
 use berth_runtime::container::logs::{LogQuery, Stream};
 use berth_runtime::container::{ContainerRecord, Status};
 use berth_runtime::engine::{CreateRequest, ExecConfig, Output, WaitCondition};
 use berth_runtime::model::{ContainerConfig, HostConfig, parse_time};
-use berth_runtime::Engine;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,17 +32,28 @@ pub fn filter_values(filters: &Value, key: &str) -> Vec<String> {
 /// `POST /containers/create?name=`.
 pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, body: Bytes) -> Result<Response, ApiError> {
     let mut v: Value = parse_json(&body)?;
-    let obj = v.as_object_mut().ok_or_else(|| ApiError::invalid("invalid JSON: the body must be an object"))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::invalid("invalid JSON: the body must be an object"))?;
     let host: HostConfig = match obj.remove("HostConfig") {
         Some(Value::Null) | None => HostConfig::default(),
         Some(h) => serde_json::from_value(h).map_err(|e| ApiError::invalid(format!("invalid HostConfig: {e}")))?,
     };
     obj.remove("NetworkingConfig");
-    let config: ContainerConfig = serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))?;
+    let config: ContainerConfig =
+        serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))?;
     if config.image.is_empty() {
-        return Err(ApiError::invalid("config cannot be empty in order to create a container"));
+        return Err(ApiError::invalid(
+            "config cannot be empty in order to create a container",
+        ));
     }
-    let (id, warnings) = engine.create(CreateRequest { name: q.get("name").cloned(), config, host_config: host }).await?;
+    let (id, warnings) = engine
+        .create(CreateRequest {
+            name: q.get("name").cloned(),
+            config,
+            host_config: host,
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warnings": warnings}))).into_response())
 }
 
@@ -73,7 +84,11 @@ fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
 }
 
 fn network_settings(rec: &ContainerRecord) -> Value {
-    let mode = if rec.host_config.network_mode.is_empty() || rec.host_config.network_mode == "default" { "bridge".to_owned() } else { rec.host_config.network_mode.clone() };
+    let mode = if rec.host_config.network_mode.is_empty() || rec.host_config.network_mode == "default" {
+        "bridge".to_owned()
+    } else {
+        rec.host_config.network_mode.clone()
+    };
     json!({
         "Bridge": "",
         "SandboxID": "",
@@ -136,7 +151,9 @@ fn inspect_json(rec: &ContainerRecord, root: &std::path::Path) -> Value {
 }
 
 fn ago(t: &str) -> String {
-    let Some(t) = parse_time(t) else { return "Less than a second".into() };
+    let Some(t) = parse_time(t) else {
+        return "Less than a second".into();
+    };
     let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
     match secs {
         0 => "Less than a second".into(),
@@ -153,8 +170,14 @@ fn ago(t: &str) -> String {
 fn status_text(rec: &ContainerRecord) -> String {
     match rec.state.status {
         Status::Running => format!("Up {}", ago(&rec.state.started_at)),
-        Status::Restarting => format!("Restarting ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at)),
-        Status::Exited if !rec.state.finished_at.is_empty() => format!("Exited ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at)),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            rec.state.exit_code,
+            ago(&rec.state.finished_at)
+        ),
+        Status::Exited if !rec.state.finished_at.is_empty() => {
+            format!("Exited ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at))
+        }
         Status::Exited => "Exited".into(),
         Status::Created => "Created".into(),
         Status::Removing => "Removal In Progress".into(),
@@ -176,7 +199,12 @@ fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
         return false;
     }
     let exited = filter_values(filters, "exited");
-    if !exited.is_empty() && (rec.state.status != Status::Exited || !exited.iter().any(|e| e.parse::<i64>().ok() == Some(rec.state.exit_code))) {
+    if !exited.is_empty()
+        && (rec.state.status != Status::Exited
+            || !exited
+                .iter()
+                .any(|e| e.parse::<i64>().ok() == Some(rec.state.exit_code)))
+    {
         return false;
     }
     for l in filter_values(filters, "label") {
@@ -193,8 +221,15 @@ fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
 
 /// `GET /containers/json`.
 pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q.get("filters").map(|f| serde_json::from_str(f)).transpose().map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?.unwrap_or(Value::Null);
-    let all = qbool(&q, "all") || !filter_values(&filters, "status").is_empty() || !filter_values(&filters, "exited").is_empty();
+    let filters: Value = q
+        .get("filters")
+        .map(|f| serde_json::from_str(f))
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?
+        .unwrap_or(Value::Null);
+    let all = qbool(&q, "all")
+        || !filter_values(&filters, "status").is_empty()
+        || !filter_values(&filters, "exited").is_empty();
     let limit = q.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|l| *l > 0);
     let images = engine.images();
     let mut out = Vec::new();
@@ -205,7 +240,11 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
         let image_name = if rec.config.image.starts_with("sha256:") {
             rec.config.image.clone()
         } else {
-            images.iter().find(|i| i.id == rec.image_id).map(|_| rec.config.image.clone()).unwrap_or_else(|| rec.image_id.clone())
+            images
+                .iter()
+                .find(|i| i.id == rec.image_id)
+                .map(|_| rec.config.image.clone())
+                .unwrap_or_else(|| rec.image_id.clone())
         };
         let mut cmd = vec![rec.path.clone()];
         cmd.extend(rec.args.iter().cloned());
@@ -242,9 +281,17 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
 }
 
 /// `DELETE /containers/{id}?force=&v=` (and `GET /containers/{id}` is not a route dockerd has).
-pub async fn delete(State(engine): State<Engine>, Path(id): Path<String>, Q(q): Q<Query>, req: Request) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+    Q(q): Q<Query>,
+    req: Request,
+) -> Result<Response, ApiError> {
     if req.method() != Method::DELETE {
-        return Err(ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {} /containers/{id}", req.method())));
+        return Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            format!("page not found: {} /containers/{id}", req.method()),
+        ));
     }
     engine.remove(&id, qbool(&q, "force"), qbool(&q, "v")).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -262,7 +309,12 @@ pub async fn prune(State(engine): State<Engine>) -> Result<Json<Value>, ApiError
 }
 
 /// `/containers/{id}/{action}`.
-pub async fn dispatch(State(engine): State<Engine>, Path((id, action)): Path<(String, String)>, Q(q): Q<Query>, req: Request) -> Result<Response, ApiError> {
+pub async fn dispatch(
+    State(engine): State<Engine>,
+    Path((id, action)): Path<(String, String)>,
+    Q(q): Q<Query>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let method = req.method().clone();
     let timeout = q.get("t").or(q.get("timeout")).and_then(|t| t.parse::<i64>().ok());
     match (method.clone(), action.as_str()) {
@@ -280,7 +332,9 @@ pub async fn dispatch(State(engine): State<Engine>, Path((id, action)): Path<(St
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Method::POST, "kill") => {
-            engine.kill(&id, q.get("signal").map(String::as_str).unwrap_or("SIGKILL")).await?;
+            engine
+                .kill(&id, q.get("signal").map(String::as_str).unwrap_or("SIGKILL"))
+                .await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Method::POST, "rename") => {
@@ -296,14 +350,26 @@ pub async fn dispatch(State(engine): State<Engine>, Path((id, action)): Path<(St
         (Method::POST, "attach") => attach(engine, &id, &q, req).await,
         (Method::GET, "logs") => logs(engine, &id, &q),
         (Method::POST, "exec") => exec_create(engine, &id, req).await,
-        (Method::GET, "top") => Err(ApiError::status(StatusCode::NOT_IMPLEMENTED, "top is not implemented yet")),
-        _ => Err(ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {method} /containers/{id}/{action}"))),
+        (Method::GET, "top") => Err(ApiError::status(
+            StatusCode::NOT_IMPLEMENTED,
+            "top is not implemented yet",
+        )),
+        _ => Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            format!("page not found: {method} /containers/{id}/{action}"),
+        )),
     }
 }
 
 pub fn dims(q: &Query) -> Result<(u16, u16), ApiError> {
-    let h = q.get("h").and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
-    let w = q.get("w").and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
+    let h = q
+        .get("h")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
+    let w = q
+        .get("w")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
     Ok((h, w))
 }
 
@@ -326,7 +392,10 @@ fn wait(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
 async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result<Response, ApiError> {
     let rec = engine.container(id)?;
     if rec.state.status == Status::Exited && !qbool(q, "logs") {
-        return Err(ApiError::status(StatusCode::CONFLICT, "You cannot attach to a stopped container, start it first"));
+        return Err(ApiError::status(
+            StatusCode::CONFLICT,
+            "You cannot attach to a stopped container, start it first",
+        ));
     }
     let io = engine.attach(id)?;
     let tty = io.tty;
@@ -373,7 +442,9 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
                     }
                 }
                 Ok(Output::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(lost = n, "attach client fell behind"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "attach client fell behind")
+                }
             }
         }
         let _ = wr.shutdown().await;
@@ -385,7 +456,13 @@ fn logs(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
     let since = q.get("since").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s > 0.0);
     let until = q.get("until").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s > 0.0);
     let tail = q.get("tail").and_then(|t| t.parse::<usize>().ok());
-    let lq = LogQuery { stdout: qbool(q, "stdout"), stderr: qbool(q, "stderr"), tail, since, until };
+    let lq = LogQuery {
+        stdout: qbool(q, "stdout"),
+        stderr: qbool(q, "stderr"),
+        tail,
+        since,
+        until,
+    };
     if !lq.stdout && !lq.stderr {
         return Err(ApiError::invalid("Bad parameters: you must choose at least one stream"));
     }
@@ -400,14 +477,24 @@ fn logs(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
             text.push(b' ');
         }
         text.extend_from_slice(line.log.as_bytes());
-        let bytes = if tty { Bytes::from(text) } else { frame(line.stream as u8, &text) };
+        let bytes = if tty {
+            Bytes::from(text)
+        } else {
+            frame(line.stream as u8, &text)
+        };
         Some((Ok::<_, std::io::Error>(bytes), rx))
     });
-    Ok(([(header::CONTENT_TYPE, super::stream::content_type(tty))], Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, super::stream::content_type(tty))],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn exec_create(engine: Engine, id: &str, req: Request) -> Result<Response, ApiError> {
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.map_err(|e| ApiError::invalid(e.to_string()))?;
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let v: Value = parse_json(&body)?;
     let strings = |k: &str| -> Vec<String> {
         match v.get(k) {

@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use berth_runtime::engine::ErrorKind;
 use berth_runtime::EngineError;
+use berth_runtime::engine::ErrorKind;
 
 /// An API error: a status and dockerd's message.
 #[derive(Debug)]
@@ -15,7 +15,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn status(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::status(StatusCode::BAD_REQUEST, message)

@@ -5,8 +5,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query as Q, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use berth_runtime::container::launch::BoxRead;
 use berth_runtime::Engine;
+use berth_runtime::container::launch::BoxRead;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -16,11 +16,20 @@ use super::stream::{frame, upgrade};
 use super::{ApiError, Query};
 
 /// `POST /exec/{id}/start` with `{"Detach": bool, "Tty": bool}`.
-pub async fn start(State(engine): State<Engine>, Path(id): Path<String>, mut req: Request) -> Result<Response, ApiError> {
+pub async fn start(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
     let info = engine.exec_inspect(&id)?;
     let detach = {
-        let body = axum::body::to_bytes(std::mem::take(req.body_mut()), 1 << 20).await.unwrap_or_default();
-        serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("Detach").and_then(|d| d.as_bool())).unwrap_or(false)
+        let body = axum::body::to_bytes(std::mem::take(req.body_mut()), 1 << 20)
+            .await
+            .unwrap_or_default();
+        serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("Detach").and_then(|d| d.as_bool()))
+            .unwrap_or(false)
     };
     let tty = info.config.tty;
     if detach {
@@ -40,7 +49,11 @@ pub async fn start(State(engine): State<Engine>, Path(id): Path<String>, mut req
             Ok(run) => run,
             Err(e) => {
                 let msg = format!("{}\n", ApiError::from(e).message);
-                let bytes = if tty { Bytes::from(msg) } else { frame(1, msg.as_bytes()) };
+                let bytes = if tty {
+                    Bytes::from(msg)
+                } else {
+                    frame(1, msg.as_bytes())
+                };
                 let _ = wr.write_all(&bytes).await;
                 let _ = wr.shutdown().await;
                 return;
@@ -104,7 +117,11 @@ async fn drain(mut r: BoxRead) {
     }
 }
 
-pub async fn resize(State(engine): State<Engine>, Path(id): Path<String>, Q(q): Q<Query>) -> Result<StatusCode, ApiError> {
+pub async fn resize(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+    Q(q): Q<Query>,
+) -> Result<StatusCode, ApiError> {
     let (h, w) = dims(&q)?;
     engine.exec_resize(&id, h, w)?;
     Ok(StatusCode::OK)

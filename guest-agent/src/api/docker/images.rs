@@ -6,11 +6,11 @@ use axum::extract::{Path, Query as Q, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use berth_runtime::Engine;
 use berth_runtime::engine::RemovedImage;
 use berth_runtime::image::pull::{Credentials, Progress};
 use berth_runtime::image::{ImageRecord, familiar};
 use berth_runtime::model::{ImageConfig, parse_time};
-use berth_runtime::Engine;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -30,19 +30,26 @@ fn credentials(headers: &HeaderMap) -> Credentials {
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
     let (mut username, mut password) = (s("username"), s("password"));
-    if username.is_empty() {
-        if let Some((u, p)) = base64::engine::general_purpose::STANDARD
+    if username.is_empty()
+        && let Some((u, p)) = base64::engine::general_purpose::STANDARD
             .decode(s("auth"))
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|t| t.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
-        {
-            username = u;
-            password = p;
-        }
+    {
+        username = u;
+        password = p;
     }
-    let token = if !s("registrytoken").is_empty() { s("registrytoken") } else { s("identitytoken") };
-    Credentials { username, password, token }
+    let token = if !s("registrytoken").is_empty() {
+        s("registrytoken")
+    } else {
+        s("identitytoken")
+    };
+    Credentials {
+        username,
+        password,
+        token,
+    }
 }
 
 fn human(n: u64) -> String {
@@ -69,7 +76,11 @@ fn progress_json(p: &Progress) -> Value {
         if let Some(total) = p.total.filter(|t| *t > 0) {
             let width = 50;
             let done = ((cur as f64 / total as f64) * width as f64) as usize;
-            let bar = format!("[{}>{}]", "=".repeat(done.min(width).saturating_sub(1)), " ".repeat(width - done.min(width)));
+            let bar = format!(
+                "[{}>{}]",
+                "=".repeat(done.min(width).saturating_sub(1)),
+                " ".repeat(width - done.min(width))
+            );
             v["progress"] = json!(format!("{bar} {}/{}", human(cur), human(total)));
         }
     } else if p.id.is_some() {
@@ -89,7 +100,10 @@ pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, headers: Heade
     let from = q.get("fromImage").cloned().unwrap_or_default();
     if from.is_empty() {
         if q.contains_key("fromSrc") {
-            return Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "import is not implemented yet"));
+            return Err(ApiError::status(
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                "import is not implemented yet",
+            ));
         }
         return Err(ApiError::invalid("fromImage or fromSrc is required"));
     }
@@ -125,7 +139,12 @@ pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, headers: Heade
         if let Some(t) = task.take() {
             match t.await {
                 Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+                Err(e) => {
+                    return Err(ApiError::status(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        e.to_string(),
+                    ));
+                }
                 Ok(Ok(_)) => {}
             }
         }
@@ -153,7 +172,10 @@ fn async_stream(
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {
                 let msg = ApiError::from(e).message;
-                Some((Ok(line(&json!({"errorDetail": {"message": msg}, "error": msg}))), (None, rx, None)))
+                Some((
+                    Ok(line(&json!({"errorDetail": {"message": msg}, "error": msg}))),
+                    (None, rx, None),
+                ))
             }
             Err(e) => Some((Ok(line(&json!({"error": e.to_string()}))), (None, rx, None))),
         }
@@ -192,27 +214,35 @@ fn glob(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == s,
         Some((head, rest)) => {
-            s.starts_with(head) && (0..=s.len() - head.len()).any(|i| s.is_char_boundary(head.len() + i) && glob(rest, &s[head.len() + i..]))
+            s.starts_with(head)
+                && (0..=s.len() - head.len())
+                    .any(|i| s.is_char_boundary(head.len() + i) && glob(rest, &s[head.len() + i..]))
         }
     }
 }
 
 /// `GET /images/json`.
 pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q.get("filters").map(|f| serde_json::from_str(f)).transpose().map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?.unwrap_or(Value::Null);
+    let filters: Value = q
+        .get("filters")
+        .map(|f| serde_json::from_str(f))
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?
+        .unwrap_or(Value::Null);
     let dangling = filters.get("dangling").map(|d| d.to_string().contains("true"));
     let reference: Vec<String> = super::containers::filter_values(&filters, "reference");
     let mut out = Vec::new();
     for img in engine.images() {
-        if let Some(d) = dangling {
-            if d != img.repo_tags.is_empty() {
-                continue;
-            }
+        if let Some(d) = dangling
+            && d != img.repo_tags.is_empty()
+        {
+            continue;
         }
         let mut img = img;
         if !reference.is_empty() {
             // As dockerd: only the tags that match are listed, and images with none are left out.
-            img.repo_tags.retain(|t| reference.iter().any(|r| reference_matches(r, &familiar(t))));
+            img.repo_tags
+                .retain(|t| reference.iter().any(|r| reference_matches(r, &familiar(t))));
             img.repo_digests.retain(|d| {
                 let repo = familiar(d.split('@').next().unwrap_or(d));
                 reference.iter().any(|r| glob(r, &repo))
@@ -221,7 +251,10 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
                 continue;
             }
         }
-        let labels = engine.image_config(&img.id).map(|c| json!(c.config.labels)).unwrap_or(json!({}));
+        let labels = engine
+            .image_config(&img.id)
+            .map(|c| json!(c.config.labels))
+            .unwrap_or(json!({}));
         out.push(summary(&img, labels));
     }
     Ok(Json(Value::Array(out)))
@@ -250,7 +283,12 @@ fn inspect_json(i: &ImageRecord, c: &ImageConfig) -> Value {
 }
 
 /// `/images/{name}/json|tag|history|get|push` and `DELETE /images/{name}`.
-pub async fn dispatch(State(engine): State<Engine>, Path(rest): Path<String>, Q(q): Q<Query>, req: Request) -> Result<Response, ApiError> {
+pub async fn dispatch(
+    State(engine): State<Engine>,
+    Path(rest): Path<String>,
+    Q(q): Q<Query>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let method = req.method().clone();
     let split = rest.rsplit_once('/');
     match (&method, split) {
@@ -287,13 +325,19 @@ pub async fn dispatch(State(engine): State<Engine>, Path(rest): Path<String>, Q(
                 .collect();
             Ok(Json(Value::Array(out)).into_response())
         }
-        _ => Err(ApiError::status(axum::http::StatusCode::NOT_FOUND, format!("page not found: {method} /images/{rest}"))),
+        _ => Err(ApiError::status(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("page not found: {method} /images/{rest}"),
+        )),
     }
 }
 
 /// `POST /images/prune`.
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q.get("filters").and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
+    let filters: Value = q
+        .get("filters")
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or(Value::Null);
     let all = filters.get("dangling").is_some_and(|d| d.to_string().contains("false"));
     let (removed, freed) = engine.prune_images(all)?;
     let list: Vec<Value> = removed
@@ -307,17 +351,26 @@ pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<
 }
 
 async fn save_one(_engine: Engine, _name: &str) -> Result<Response, ApiError> {
-    Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "image save is not implemented yet"))
+    Err(ApiError::status(
+        axum::http::StatusCode::NOT_IMPLEMENTED,
+        "image save is not implemented yet",
+    ))
 }
 
 /// `GET /images/get?names=`.
 pub async fn save_many(State(_engine): State<Engine>) -> Result<Response, ApiError> {
-    Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "image save is not implemented yet"))
+    Err(ApiError::status(
+        axum::http::StatusCode::NOT_IMPLEMENTED,
+        "image save is not implemented yet",
+    ))
 }
 
 /// `POST /images/load`.
 pub async fn load(State(_engine): State<Engine>) -> Result<Response, ApiError> {
-    Err(ApiError::status(axum::http::StatusCode::NOT_IMPLEMENTED, "image load is not implemented yet"))
+    Err(ApiError::status(
+        axum::http::StatusCode::NOT_IMPLEMENTED,
+        "image load is not implemented yet",
+    ))
 }
 
 #[cfg(test)]

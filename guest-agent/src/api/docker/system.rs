@@ -10,11 +10,20 @@ use serde_json::{Value, json};
 use super::{API_VERSION, MIN_API_VERSION};
 
 pub async fn ping() -> Response {
-    ([(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"), (header::PRAGMA, "no-cache")], "OK").into_response()
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        "OK",
+    )
+        .into_response()
 }
 
 fn kernel() -> String {
-    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub async fn version() -> Json<Value> {
@@ -39,10 +48,17 @@ pub async fn info(State(engine): State<Engine>) -> Json<Value> {
     let running = containers.iter().filter(|c| c.running()).count();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .unwrap_or(0)
         * 1024;
-    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Json(json!({
         "ID": "berth",
         "Containers": containers.len(),
