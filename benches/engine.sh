@@ -1,0 +1,79 @@
+#!/bin/bash
+# Berth vs Docker Engine on this machine, side by side in one run.
+#   - `docker run --rm busybox true`, alternating the engines, N rounds (default 20)
+#   - pull + unpack of the same image from the same loopback registry, alternating, 5 rounds
+#   - idle resident memory of berth-agent (no containers) and of dockerd + containerd
+# Usage: benches/engine.sh [ROUNDS]     (./dev bench runs it; needs root and docker.io)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-20}
+command -v dockerd >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null; }
+cargo build --release -q -p berth-agent
+W=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    umount -R "$W"/dockerd-root/* 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+REG="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/reg\nhttp:\n  addr: %s\n' "$W" "$REG" > "$W/registry.yml"
+docker-registry serve "$W/registry.yml" >/dev/null 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
+tests/fixtures/make-images.sh "$REG" >/dev/null
+
+./target/release/berth-agent serve --listen "unix://$W/berth.sock" --data-root "$W/berth-root" 2>"$W/berth.log" & BERTH_PID=$!; PIDS+=($BERTH_PID)
+# The reference engine on its own socket, root and bridge, started by this script.
+dockerd --host "unix://$W/dockerd.sock" --data-root "$W/dockerd-root" --exec-root "$W/dockerd-exec" \
+    --pidfile "$W/dockerd.pid" --bridge none --iptables=false >"$W/dockerd.log" 2>&1 & DOCKERD_PID=$!; PIDS+=($DOCKERD_PID)
+for s in berth dockerd; do
+    for _ in $(seq 300); do DOCKER_HOST="unix://$W/$s.sock" docker version >/dev/null 2>&1 && break; sleep 0.1; done
+done
+sleep 2
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+BERTH_IDLE=$(rss_kib $BERTH_PID)
+DOCKERD_IDLE=$(rss_kib $DOCKERD_PID)
+for p in $(pgrep -P $DOCKERD_PID containerd || true); do   # the containerd dockerd started
+    DOCKERD_IDLE=$(( DOCKERD_IDLE + $(rss_kib "$p") ))
+done
+
+IMG="$REG/busybox:latest"
+python3 - "$W" "$IMG" "$ROUNDS" "$BERTH_IDLE" "$DOCKERD_IDLE" <<'PY'
+import os, statistics, subprocess, sys, time
+w, img, rounds, berth_idle, dockerd_idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+engines = {"berth": f"unix://{w}/berth.sock", "dockerd": f"unix://{w}/dockerd.sock"}
+
+def docker(engine, *args):
+    env = dict(os.environ, DOCKER_HOST=engines[engine])
+    t = time.perf_counter()
+    subprocess.run(["docker", *args], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+def rmi(engine):
+    env = dict(os.environ, DOCKER_HOST=engines[engine])
+    subprocess.run(["docker", "rmi", "-f", img], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+pulls = {e: [] for e in engines}
+for _ in range(5):
+    for e in engines:
+        rmi(e)
+        pulls[e].append(docker(e, "pull", "-q", img))
+runs = {e: [] for e in engines}
+for e in engines:
+    docker(e, "run", "--rm", img, "true")  # warm-up
+for _ in range(rounds):
+    for e in engines:
+        runs[e].append(docker(e, "run", "--rm", img, "true"))
+
+def report(name, d):
+    b, r = statistics.median(d["berth"]), statistics.median(d["dockerd"])
+    print(f"{name:<34} berth {b*1000:8.1f} ms   dockerd {r*1000:8.1f} ms   berth/dockerd {b/r:5.2f}")
+
+print(f"# {rounds} alternating rounds of `docker run --rm busybox true`, 5 of pull+unpack, medians")
+report("docker run --rm busybox true", runs)
+report("docker pull (pull + unpack)", pulls)
+print(f"{'idle resident memory':<34} berth {berth_idle/1024:8.1f} MiB  dockerd+containerd {dockerd_idle/1024:8.1f} MiB")
+PY
