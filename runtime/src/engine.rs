@@ -2,6 +2,7 @@
 //! stores and the container machinery, and returns an [`EngineError`] whose [`ErrorKind`] the
 //! API maps to a status code in exactly one place.
 
+mod archive;
 mod containers;
 mod exec;
 mod images;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
+pub use archive::CommitOptions;
 pub use containers::{AttachIo, CreateRequest, LogStream, WaitCondition, console_size};
 pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;

@@ -205,6 +205,69 @@ pub struct ImageConfig {
     pub extra: serde_json::Map<String, Value>,
 }
 
+/// Applies one Dockerfile-style change (`CMD`, `ENTRYPOINT`, `ENV`, `WORKDIR`, `USER`, `LABEL`,
+/// `EXPOSE`, `VOLUME`, `STOPSIGNAL`), as `docker commit --change` and `docker import --change` do.
+pub fn apply_change(c: &mut ContainerConfig, change: &str) -> Result<(), String> {
+    let change = change.trim();
+    let (word, rest) = change
+        .split_once(char::is_whitespace)
+        .map(|(w, r)| (w, r.trim()))
+        .unwrap_or((change, ""));
+    let list = |rest: &str| -> Vec<String> {
+        match serde_json::from_str::<Vec<String>>(rest) {
+            Ok(v) => v,
+            Err(_) => vec!["/bin/sh".into(), "-c".into(), rest.into()],
+        }
+    };
+    let pairs = |rest: &str| -> Vec<(String, String)> {
+        if rest.contains('=') {
+            rest.split_whitespace()
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+                })
+                .collect()
+        } else {
+            rest.split_once(char::is_whitespace)
+                .map(|(k, v)| vec![(k.to_owned(), v.trim().to_owned())])
+                .unwrap_or_default()
+        }
+    };
+    match word.to_ascii_uppercase().as_str() {
+        "CMD" => c.cmd = Some(list(rest)),
+        "ENTRYPOINT" => c.entrypoint = Some(list(rest)),
+        "ENV" => {
+            for (k, v) in pairs(rest) {
+                c.env.retain(|e| e.split('=').next() != Some(k.as_str()));
+                c.env.push(format!("{k}={v}"));
+            }
+        }
+        "LABEL" => c.labels.extend(pairs(rest)),
+        "WORKDIR" => c.working_dir = rest.to_owned(),
+        "USER" => c.user = rest.to_owned(),
+        "EXPOSE" => {
+            for p in rest.split_whitespace() {
+                let key = if p.contains('/') {
+                    p.to_owned()
+                } else {
+                    format!("{p}/tcp")
+                };
+                c.exposed_ports.insert(key, serde_json::json!({}));
+            }
+        }
+        "VOLUME" => {
+            let paths = serde_json::from_str::<Vec<String>>(rest)
+                .unwrap_or_else(|_| rest.split_whitespace().map(str::to_owned).collect());
+            for p in paths {
+                c.volumes.insert(p, serde_json::json!({}));
+            }
+        }
+        "STOPSIGNAL" => c.stop_signal = Some(rest.to_owned()),
+        other => return Err(format!("{other} is not a valid change command")),
+    }
+    Ok(())
+}
+
 /// The OCI name of this machine's (the guest's) architecture.
 pub fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -235,6 +298,21 @@ pub fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_apply_like_dockerfile_instructions() {
+        let mut c = ContainerConfig::default();
+        apply_change(&mut c, r#"CMD ["echo", "hi"]"#).unwrap();
+        apply_change(&mut c, "ENTRYPOINT run me").unwrap();
+        apply_change(&mut c, "ENV A=1 B=2").unwrap();
+        apply_change(&mut c, "ENV A 3").unwrap();
+        apply_change(&mut c, "EXPOSE 80").unwrap();
+        assert_eq!(c.cmd.unwrap(), ["echo", "hi"]);
+        assert_eq!(c.entrypoint.unwrap(), ["/bin/sh", "-c", "run me"]);
+        assert_eq!(c.env, ["B=2", "A=3"]);
+        assert!(c.exposed_ports.contains_key("80/tcp"));
+        assert!(apply_change(&mut ContainerConfig::default(), "RUN x").is_err());
+    }
 
     #[test]
     fn cmd_as_string_or_list_and_nulls() {

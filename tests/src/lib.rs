@@ -291,6 +291,79 @@ impl Drop for Agent {
     }
 }
 
+/// The reference engine, Debian's dockerd, on its own socket and data root (no bridge, no
+/// iptables), for interoperability checks. Killed on drop.
+pub struct RefEngine {
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl RefEngine {
+    pub fn start() -> RefEngine {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let child = Command::new("dockerd")
+            .arg("--host")
+            .arg(format!("unix://{}/docker.sock", d.display()))
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .args(["--bridge", "none", "--iptables=false"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("dockerd.log")).unwrap())
+            .spawn()
+            .expect("dockerd (Debian package docker.io) must be installed");
+        track(&child);
+        let engine = RefEngine { dir, child };
+        let ok = eventually(60, || engine.docker(&["version"]).status.success());
+        assert!(
+            ok,
+            "dockerd did not start: {}",
+            std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
+        );
+        engine
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(args)
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}/docker.sock", self.dir.path().display()),
+            )
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .output()
+            .unwrap()
+    }
+
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "dockerd: docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RefEngine {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // dockerd leaves its overlay mounts behind when it dies in a hurry.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("root/overlay2"))
+            .output();
+    }
+}
+
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

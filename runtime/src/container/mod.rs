@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod launch;
 pub mod logs;
+pub mod rootfs;
 pub mod shim;
 
 use std::collections::BTreeMap;

@@ -62,6 +62,8 @@ pub enum Whiteouts {
     Overlay,
     /// Delete the named file from the target (applying a layer onto a merged tree).
     Apply,
+    /// No whiteouts: `.wh.` names are ordinary files (`docker cp`, archive uploads).
+    Plain,
 }
 
 /// Compression of a layer, from its first bytes (what dockerd does too: media types lie).
@@ -278,10 +280,10 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
         fs::create_dir_all(&parent).map_err(werr(&parent))?;
         let name_bytes = name.as_bytes();
 
-        if name_bytes == b".wh..wh..opq" {
+        if name_bytes == b".wh..wh..opq" && whiteouts != Whiteouts::Plain {
             match whiteouts {
                 Whiteouts::Overlay => set_opaque(&parent)?,
-                Whiteouts::Apply => {
+                Whiteouts::Apply | Whiteouts::Plain => {
                     for child in fs::read_dir(&parent).map_err(werr(&parent))? {
                         let child = child.map_err(werr(&parent))?.path();
                         clear_path(&child, false)?;
@@ -290,11 +292,14 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
             }
             continue;
         }
-        if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
+        if let Some(hidden) = name_bytes
+            .strip_prefix(b".wh.")
+            .filter(|_| whiteouts != Whiteouts::Plain)
+        {
             let target = parent.join(OsStr::from_bytes(hidden));
             match whiteouts {
                 Whiteouts::Overlay => make_whiteout(&target)?,
-                Whiteouts::Apply => clear_path(&target, false)?,
+                Whiteouts::Apply | Whiteouts::Plain => clear_path(&target, false)?,
             }
             continue;
         }

@@ -350,6 +350,10 @@ pub async fn dispatch(
         (Method::POST, "attach") => attach(engine, &id, &q, req).await,
         (Method::GET, "logs") => logs(engine, &id, &q),
         (Method::POST, "exec") => exec_create(engine, &id, req).await,
+        (Method::GET, "export") => super::archive::export(engine, &id).await,
+        (Method::HEAD, "archive") => super::archive::stat(engine, &id, &q),
+        (Method::GET, "archive") => super::archive::get_archive(engine, &id, &q).await,
+        (Method::PUT, "archive") => super::archive::put_archive(engine, &id, &q, req).await,
         (Method::GET, "top") => Err(ApiError::status(
             StatusCode::NOT_IMPLEMENTED,
             "top is not implemented yet",
@@ -518,9 +522,4 @@ async fn exec_create(engine: Engine, id: &str, req: Request) -> Result<Response,
     };
     let exec_id = engine.exec_create(id, config)?;
     Ok((StatusCode::CREATED, Json(json!({"Id": exec_id}))).into_response())
-}
-
-/// `POST /commit`: not yet.
-pub async fn commit() -> ApiError {
-    ApiError::status(StatusCode::NOT_IMPLEMENTED, "commit is not implemented yet")
 }

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query as Q, Request, State};
+use axum::extract::{Path, Query as Q, RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -96,15 +96,18 @@ fn line(v: &Value) -> bytes::Bytes {
 }
 
 /// `POST /images/create?fromImage=&tag=` (pull), streaming progress.
-pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn create(
+    State(engine): State<Engine>,
+    Q(q): Q<Query>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if q.contains_key("fromSrc") {
+        return super::archive::import(engine, &q, raw.as_deref().unwrap_or(""), body).await;
+    }
     let from = q.get("fromImage").cloned().unwrap_or_default();
     if from.is_empty() {
-        if q.contains_key("fromSrc") {
-            return Err(ApiError::status(
-                axum::http::StatusCode::NOT_IMPLEMENTED,
-                "import is not implemented yet",
-            ));
-        }
         return Err(ApiError::invalid("fromImage or fromSrc is required"));
     }
     let tag = q.get("tag").cloned().unwrap_or_default();
@@ -313,7 +316,7 @@ pub async fn dispatch(
             engine.tag(name, &repo, q.get("tag").map(String::as_str).unwrap_or(""))?;
             Ok(axum::http::StatusCode::CREATED.into_response())
         }
-        (&Method::GET, Some((name, "get"))) => super::images::save_one(engine, name).await,
+        (&Method::GET, Some((name, "get"))) => super::archive::save(engine, vec![name.to_owned()]).await,
         (&Method::DELETE, _) => {
             let removed = engine.remove_image(&rest, qbool(&q, "force"))?;
             let out: Vec<Value> = removed
@@ -348,29 +351,6 @@ pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<
         })
         .collect();
     Ok(Json(json!({"ImagesDeleted": list, "SpaceReclaimed": freed})))
-}
-
-async fn save_one(_engine: Engine, _name: &str) -> Result<Response, ApiError> {
-    Err(ApiError::status(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "image save is not implemented yet",
-    ))
-}
-
-/// `GET /images/get?names=`.
-pub async fn save_many(State(_engine): State<Engine>) -> Result<Response, ApiError> {
-    Err(ApiError::status(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "image save is not implemented yet",
-    ))
-}
-
-/// `POST /images/load`.
-pub async fn load(State(_engine): State<Engine>) -> Result<Response, ApiError> {
-    Err(ApiError::status(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "image load is not implemented yet",
-    ))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! Each handler parses its request, calls one [`Engine`] method, and shapes the answer the way
 //! dockerd does; [`error::ApiError`] is the one place engine errors become HTTP statuses.
 
+mod archive;
 mod containers;
 mod error;
 mod exec;
@@ -103,8 +104,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/images/create", post(images::create))
         .route("/images/json", get(images::list))
         .route("/images/prune", post(images::prune))
-        .route("/images/get", get(images::save_many))
-        .route("/images/load", post(images::load))
+        .route("/images/get", get(archive::save_many))
+        .route("/images/load", post(archive::load))
         .route("/images/{*rest}", any(images::dispatch))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
@@ -119,7 +120,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/volumes/prune", post(volumes::prune))
         .route("/volumes/{name}", get(volumes::inspect).delete(volumes::remove))
         .route("/networks", get(system::networks))
-        .route("/commit", post(containers::commit))
+        .route("/commit", post(archive::commit))
         .fallback(not_found)
         .with_state(engine);
     // The version prefix must be stripped before routing, so the middleware wraps the router.

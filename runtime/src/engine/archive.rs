@@ -1,0 +1,268 @@
+//! Images from containers and archives: commit, save, load, export, import, and the archive
+//! API behind `docker cp`. Archives are written to unlinked scratch files the API streams.
+
+use std::fs::File;
+use std::io::{Seek, Write};
+
+use super::{Engine, EngineError, io_ctx};
+use crate::container::rootfs::{self, PathStat, RootView};
+use crate::image::{self, ImageError, LayerRecord, archive, parse_reference, tagged};
+use crate::model::{ContainerConfig, History, ImageConfig, apply_change, now_rfc3339};
+use crate::snapshot::chain_ids;
+
+/// What `docker commit` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    pub reference: Option<String>,
+    pub comment: String,
+    pub author: String,
+    pub changes: Vec<String>,
+    /// Config fields sent in the body, over the container's.
+    pub config: Option<ContainerConfig>,
+}
+
+impl Engine {
+    fn scratch(&self) -> Result<std::path::PathBuf, EngineError> {
+        let d = self.inner.root.join("tmp");
+        std::fs::create_dir_all(&d).map_err(io_ctx("creating the scratch dir"))?;
+        Ok(d)
+    }
+
+    /// An unlinked scratch file to build an archive in.
+    pub fn scratch_file(&self) -> Result<File, EngineError> {
+        let path = self.scratch()?.join(format!("archive-{:016x}", rand::random::<u64>()));
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_ctx("creating a scratch file"))?;
+        let _ = std::fs::remove_file(&path);
+        Ok(f)
+    }
+
+    fn root_view(&self, id: &str) -> Result<RootView, EngineError> {
+        let ctr = self.ctr(id)?;
+        let rec = ctr.snapshot();
+        if rec.running() && rec.state.pid > 0 {
+            return Ok(RootView::running(rec.state.pid));
+        }
+        let overlay = self
+            .inner
+            .stores
+            .snapshots
+            .prepare(&rec.id, &rec.chain)
+            .map_err(ImageError::from)?;
+        let at = self.scratch()?.join(format!("root-{:016x}", rand::random::<u64>()));
+        RootView::mount(&overlay, &at).map_err(io_ctx(format!("mounting the root of {}", rec.id)))
+    }
+
+    /// `docker commit`: the container's changes become a layer on its image.
+    pub async fn commit(&self, container: &str, opts: CommitOptions) -> Result<String, EngineError> {
+        let rec = self.container(container)?;
+        let base = self
+            .inner
+            .stores
+            .images
+            .lock()
+            .expect("image store lock")
+            .get(&rec.image_id)
+            .cloned();
+        let base = base.ok_or_else(|| EngineError::NotFound(format!("No such image: {}", rec.image_id)))?;
+        let mut config: ImageConfig = self.image_config(&base.id)?;
+        let mut run = opts.config.clone().unwrap_or_else(|| rec.config.clone());
+        if opts.config.is_some() {
+            // Fields the body leaves empty come from the container.
+            if run.cmd.is_none() {
+                run.cmd = rec.config.cmd.clone();
+            }
+            if run.env.is_empty() {
+                run.env = rec.config.env.clone();
+            }
+        }
+        for c in &opts.changes {
+            apply_change(&mut run, c).map_err(EngineError::InvalidArgument)?;
+        }
+        run.hostname.clear();
+        run.image = String::new();
+        let tag = opts
+            .reference
+            .as_deref()
+            .map(|r| parse_reference(r).map(|r| tagged(&r)))
+            .transpose()?;
+        let upper = self.inner.stores.snapshots.active_upper(&rec.id);
+        let stores = self.inner.stores.clone();
+        let mut scratch = self.scratch_file()?;
+        let parent_chain = base.layers.last().map(|l| l.chain_id.clone());
+        let layer: LayerRecord = tokio::task::spawn_blocking(move || -> Result<LayerRecord, EngineError> {
+            archive::diff_tar(&upper, &mut scratch).map_err(io_ctx("writing the container's diff"))?;
+            scratch.flush().map_err(io_ctx("writing the container's diff"))?;
+            scratch.rewind().map_err(io_ctx("writing the container's diff"))?;
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&scratch));
+            Ok(archive::add_layer(
+                &stores,
+                std::path::Path::new(&path),
+                parent_chain.as_deref(),
+                None,
+            )?)
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))??;
+        config.config = run;
+        config.rootfs.diff_ids.push(layer.diff_id.clone());
+        config.created = Some(now_rfc3339());
+        if !opts.author.is_empty() {
+            config.author = Some(opts.author.clone());
+        }
+        config.history.push(History {
+            created: config.created.clone(),
+            created_by: Some(format!("{} {}", rec.path, rec.args.join(" "))),
+            comment: (!opts.comment.is_empty()).then(|| opts.comment.clone()),
+            author: None,
+            empty_layer: false,
+        });
+        config.extra.insert("container".into(), serde_json::json!(rec.id));
+        let mut layers = base.layers.clone();
+        layers.push(layer);
+        debug_assert_eq!(
+            chain_ids(&config.rootfs.diff_ids).last(),
+            layers.last().map(|l| &l.chain_id)
+        );
+        let bytes = serde_json::to_vec(&config).expect("config serialises");
+        let tags: Vec<String> = tag.into_iter().collect();
+        let img = archive::record_image(&self.inner.stores, &bytes, layers, &tags, &base.id, &opts.comment)?;
+        Ok(img.id)
+    }
+
+    /// `docker save`: a docker-archive of the named images, in an unlinked file.
+    pub async fn save(&self, names: &[String]) -> Result<File, EngineError> {
+        let mut images = Vec::new();
+        {
+            let store = self.inner.stores.images.lock().expect("image store lock");
+            for n in names {
+                let rec = store.resolve(n)?.clone();
+                let by_ref = parse_reference(n)
+                    .ok()
+                    .map(|r| tagged(&r))
+                    .filter(|t| rec.repo_tags.contains(t));
+                let tags: Vec<String> = match by_ref {
+                    Some(t) => vec![image::familiar(&t)],
+                    None if n.starts_with("sha256:") || rec.id[7..].starts_with(n.as_str()) => vec![],
+                    None => rec.repo_tags.iter().map(|t| image::familiar(t)).collect(),
+                };
+                match images
+                    .iter_mut()
+                    .find(|(i, _): &&mut (image::ImageRecord, Vec<String>)| i.id == rec.id)
+                {
+                    Some((_, t)) => t.extend(tags),
+                    None => images.push((rec, tags)),
+                }
+            }
+        }
+        let stores = self.inner.stores.clone();
+        let scratch = self.scratch()?;
+        let mut file = self.scratch_file()?;
+        tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
+            archive::save(&stores, &images, &scratch, &mut file)?;
+            file.rewind().map_err(io_ctx("rewinding the archive"))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
+    }
+
+    /// `docker load` from an archive already written to `file`.
+    pub async fn load(&self, file: File) -> Result<Vec<String>, EngineError> {
+        let stores = self.inner.stores.clone();
+        let scratch = self.scratch()?;
+        tokio::task::spawn_blocking(move || -> Result<Vec<String>, EngineError> {
+            let dir = archive::extract_upload(std::io::BufReader::new(file), &scratch)?;
+            let result = archive::load(&stores, &dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(result?)
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
+    }
+
+    /// `docker import` of a filesystem tarball written to `file`.
+    pub async fn import(
+        &self,
+        file: File,
+        reference: Option<String>,
+        changes: Vec<String>,
+        comment: String,
+    ) -> Result<String, EngineError> {
+        let mut config = ContainerConfig::default();
+        for c in &changes {
+            apply_change(&mut config, c).map_err(EngineError::InvalidArgument)?;
+        }
+        let stores = self.inner.stores.clone();
+        tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+            Ok(archive::import(
+                &stores,
+                std::path::Path::new(&path),
+                reference.as_deref(),
+                config,
+                &comment,
+            )?
+            .id)
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
+    }
+
+    /// `docker export`: the container's filesystem as a tar, in an unlinked file.
+    pub async fn export(&self, container: &str) -> Result<File, EngineError> {
+        let view = self.root_view(container)?;
+        let mut file = self.scratch_file()?;
+        tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
+            rootfs::tar_path(&view, "/", &mut file, true).map_err(io_ctx("writing the export"))?;
+            file.rewind().map_err(io_ctx("rewinding the export"))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
+    }
+
+    /// `HEAD /containers/{id}/archive`.
+    pub fn archive_stat(&self, container: &str, path: &str) -> Result<PathStat, EngineError> {
+        let view = self.root_view(container)?;
+        rootfs::stat(&view, path)
+            .map_err(|e| EngineError::NotFound(format!("Could not find the file {path} in container {container}: {e}")))
+    }
+
+    /// `GET /containers/{id}/archive`: the path as a tar, and its stat.
+    pub async fn archive_get(&self, container: &str, path: &str) -> Result<(File, PathStat), EngineError> {
+        let view = self.root_view(container)?;
+        let stat = rootfs::stat(&view, path).map_err(|e| {
+            EngineError::NotFound(format!("Could not find the file {path} in container {container}: {e}"))
+        })?;
+        let mut file = self.scratch_file()?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<(File, PathStat), EngineError> {
+            rootfs::tar_path(&view, &path, &mut file, false).map_err(io_ctx("writing the archive"))?;
+            file.rewind().map_err(io_ctx("rewinding the archive"))?;
+            Ok((file, stat))
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
+    }
+
+    /// `PUT /containers/{id}/archive`: extracts a tar (written to `file`) into a directory.
+    pub async fn archive_put(&self, container: &str, path: &str, file: File) -> Result<(), EngineError> {
+        let view = self.root_view(container)?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+            let mut reader = unpack_reader(file)?;
+            rootfs::untar_into(&view, &path, &mut reader).map_err(EngineError::InvalidArgument)
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
+    }
+}
+
+fn unpack_reader(file: File) -> Result<Box<dyn std::io::Read + Send>, EngineError> {
+    crate::image::unpack::decompressor(Box::new(std::io::BufReader::new(file))).map_err(io_ctx("reading the archive"))
+}

@@ -1,0 +1,169 @@
+//! Images from containers: commit, save/load (with the reference engine both ways),
+//! export/import, and `docker cp` both ways.
+
+use berth_tests::{Agent, RefEngine};
+
+#[test]
+fn commit_makes_a_new_layer_with_config_changes() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&[
+        "run",
+        "--name",
+        "work",
+        &img,
+        "sh",
+        "-c",
+        "echo made > /etc/motd; rm /etc/group; mkdir -p /opt/app",
+    ]);
+    let id = a.ok(&[
+        "commit",
+        "-c",
+        "CMD [\"cat\", \"/etc/motd\"]",
+        "-c",
+        "ENV STAGE=committed",
+        "-m",
+        "by test",
+        "work",
+        "mine/committed:v1",
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(a.ok(&["run", "--rm", "mine/committed:v1"]), "made\n");
+    let out = a.ok(&[
+        "run",
+        "--rm",
+        "mine/committed:v1",
+        "sh",
+        "-c",
+        "echo $STAGE; ls /etc/group 2>&1; ls -d /opt/app",
+    ]);
+    assert!(out.starts_with("committed\n"), "{out}");
+    assert!(
+        out.contains("/etc/group: No such file or directory"),
+        "deletion not committed as a whiteout: {out}"
+    );
+    assert!(out.contains("/opt/app"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", "mine/committed:v1"])).unwrap();
+    assert_eq!(v[0]["RootFS"]["Layers"].as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["Comment"], "by test");
+    // The base image is untouched.
+    assert_eq!(
+        a.ok(&["run", "--rm", &img, "sh", "-c", "cat /etc/motd 2>&1; ls /etc/group"]),
+        "cat: can't open '/etc/motd': No such file or directory\n/etc/group\n"
+    );
+}
+
+#[test]
+fn save_and_load_round_trip_with_docker_engine() {
+    let a = Agent::start();
+    let img = a.pull("layered:latest");
+    a.ok(&[
+        "run",
+        "--name",
+        "w1",
+        "-u",
+        "root",
+        &img,
+        "sh",
+        "-c",
+        "echo berth-made > /data/extra",
+    ]);
+    a.ok(&["commit", "w1", "interop:berth"]);
+    let dir = tempfile::tempdir().unwrap();
+    let berth_tar = dir.path().join("berth.tar");
+    a.ok(&["save", "-o", berth_tar.to_str().unwrap(), "interop:berth"]);
+    // Docker Engine loads what Berth saved, and runs it.
+    let d = RefEngine::start();
+    let out = d.ok(&["load", "-i", berth_tar.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: interop:berth"), "{out}");
+    assert_eq!(
+        d.ok(&["run", "--rm", "interop:berth", "cat", "/data/extra", "/data/keep"]),
+        "berth-made\nkeep\n"
+    );
+    // Berth loads what Docker Engine saved.
+    d.ok(&[
+        "run",
+        "--name",
+        "dw",
+        "-u",
+        "root",
+        "interop:berth",
+        "sh",
+        "-c",
+        "echo docker-made > /data/more",
+    ]);
+    d.ok(&["commit", "dw", "interop:docker"]);
+    let docker_tar = dir.path().join("docker.tar");
+    d.ok(&["save", "-o", docker_tar.to_str().unwrap(), "interop:docker"]);
+    let out = a.ok(&["load", "-i", docker_tar.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: interop:docker"), "{out}");
+    assert_eq!(
+        a.ok(&["run", "--rm", "interop:docker", "cat", "/data/more", "/data/extra"]),
+        "docker-made\nberth-made\n"
+    );
+    // The same image has the same ID in both engines.
+    let berth_id = a.ok(&["images", "-q", "--no-trunc", "interop:docker"]);
+    let docker_id = d.ok(&["images", "-q", "--no-trunc", "interop:docker"]);
+    assert_eq!(berth_id, docker_id);
+    // A truncated or foreign archive is a clear error.
+    let bad = dir.path().join("bad.tar");
+    std::fs::write(&bad, b"not a tar at all").unwrap();
+    let (_, err) = a.fails(&["load", "-i", bad.to_str().unwrap()]);
+    assert!(err.contains("manifest.json") || err.contains("archive"), "{err}");
+}
+
+#[test]
+fn export_import_and_cp() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&[
+        "run",
+        "--name",
+        "src",
+        "-v",
+        "vol:/mnt/vol",
+        &img,
+        "sh",
+        "-c",
+        "echo exported > /root/file; echo in-volume > /mnt/vol/v",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("fs.tar");
+    a.ok(&["export", "-o", tarball.to_str().unwrap(), "src"]);
+    let list = String::from_utf8(
+        std::process::Command::new("tar")
+            .arg("tf")
+            .arg(&tarball)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(list.lines().any(|l| l.trim_end_matches('/') == "root/file"), "{list}");
+    assert!(list.lines().any(|l| l.trim_end_matches('/') == "bin/busybox"));
+    let id = a.ok(&[
+        "import",
+        "-c",
+        "CMD [\"cat\", \"/root/file\"]",
+        tarball.to_str().unwrap(),
+        "imported:1",
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(a.ok(&["run", "--rm", "imported:1"]), "exported\n");
+    // cp into and out of a stopped and a running container.
+    let host_file = dir.path().join("in.txt");
+    std::fs::write(&host_file, "copied in\n").unwrap();
+    a.ok(&["cp", host_file.to_str().unwrap(), "src:/tmp/"]);
+    let out_file = dir.path().join("out.txt");
+    a.ok(&["cp", "src:/tmp/in.txt", out_file.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "copied in\n");
+    a.ok(&["run", "-d", "--name", "live", &img, "sleep", "60"]);
+    a.ok(&["cp", host_file.to_str().unwrap(), "live:/root/"]);
+    assert_eq!(a.ok(&["exec", "live", "cat", "/root/in.txt"]), "copied in\n");
+    let etc = dir.path().join("etc");
+    a.ok(&["cp", "live:/etc", etc.to_str().unwrap()]);
+    assert!(etc.join("passwd").is_file());
+    let (_, err) = a.fails(&["cp", "live:/no/such", dir.path().to_str().unwrap()]);
+    assert!(err.contains("Could not find the file"), "{err}");
+    a.ok(&["rm", "-f", "live"]);
+}
