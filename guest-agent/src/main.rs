@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use berth_runtime::container::launch::HelperCommand;
-use berth_runtime::{Engine, EngineConfig};
+use berth_runtime::{BridgeConfig, Engine, EngineConfig};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,6 +39,9 @@ enum Command {
         /// A registry (host:port) to reach over plain HTTP. Loopback registries always are.
         #[arg(long)]
         insecure_registry: Vec<String>,
+        /// The default bridge's address and prefix (the gateway containers route through).
+        #[arg(long, default_value = "172.29.0.1/16", value_parser = parse_cidr)]
+        bridge_ip: (std::net::Ipv4Addr, u8),
     },
     /// Internal: the single-threaded helper that creates a container process.
     #[command(hide = true)]
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             data_root,
             insecure_registry,
+            bridge_ip,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -65,12 +69,28 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(serve(listen, data_root, insecure_registry))
+            rt.block_on(serve(listen, data_root, insecure_registry, bridge_ip))
         }
     }
 }
 
-async fn serve(listen: Vec<String>, data_root: PathBuf, insecure: Vec<String>) -> anyhow::Result<()> {
+fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, prefix) = s.split_once('/').ok_or("expected ADDRESS/PREFIX, e.g. 172.29.0.1/16")?;
+    let ip = ip.parse().map_err(|e| format!("{ip}: {e}"))?;
+    let prefix = prefix
+        .parse::<u8>()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or("the prefix must be 8 to 30")?;
+    Ok((ip, prefix))
+}
+
+async fn serve(
+    listen: Vec<String>,
+    data_root: PathBuf,
+    insecure: Vec<String>,
+    bridge: (std::net::Ipv4Addr, u8),
+) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
         root: data_root.clone(),
@@ -79,6 +99,11 @@ async fn serve(listen: Vec<String>, data_root: PathBuf, insecure: Vec<String>) -
             args: vec!["shim".into()],
         },
         insecure_registries: insecure,
+        bridge: BridgeConfig {
+            name: "berth0".into(),
+            gateway: bridge.0,
+            prefix: bridge.1,
+        },
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -40,6 +40,26 @@ pub struct EngineConfig {
     pub helper: HelperCommand,
     /// Registries to reach over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// The bridge network containers join by default.
+    pub bridge: BridgeConfig,
+}
+
+/// The default bridge network's settings.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub name: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            name: "berth0".into(),
+            gateway: std::net::Ipv4Addr::new(172, 29, 0, 1),
+            prefix: 16,
+        }
+    }
 }
 
 /// The class of an engine error, for the API to pick a status code.
@@ -71,6 +91,8 @@ pub enum EngineError {
     Launch(#[from] LaunchError),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Network(Box<crate::network::NetworkError>),
     #[error("{context}")]
     Io {
         context: String,
@@ -107,7 +129,10 @@ impl EngineError {
             {
                 ErrorKind::InvalidArgument
             }
-            EngineError::Launch(_) | EngineError::Io { .. } => ErrorKind::Internal,
+            EngineError::Network(e) if matches!(**e, crate::network::NetworkError::BadPort(_)) => {
+                ErrorKind::InvalidArgument
+            }
+            EngineError::Launch(_) | EngineError::Io { .. } | EngineError::Network(_) => ErrorKind::Internal,
         }
     }
 }
@@ -182,6 +207,8 @@ pub(crate) struct Ctr {
     /// Serialises start, stop and remove of this container.
     pub op: tokio::sync::Mutex<()>,
     pub cgroup: Mutex<Option<crate::container::cgroup::Cgroup>>,
+    /// Listeners of the published ports while it runs.
+    pub published: Mutex<Option<crate::network::ports::Published>>,
 }
 
 impl Ctr {
@@ -195,6 +222,7 @@ impl Ctr {
             life: watch::channel(Lifecycle::default()).0,
             op: tokio::sync::Mutex::new(()),
             cgroup: Mutex::new(None),
+            published: Mutex::new(None),
         })
     }
 
@@ -221,6 +249,7 @@ pub(crate) struct Inner {
     pub containers: Mutex<BTreeMap<String, Arc<Ctr>>>,
     pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
     pub shutting_down: AtomicBool,
+    pub bridge: crate::network::Bridge,
 }
 
 /// The engine; cheap to clone.
@@ -255,6 +284,7 @@ impl Engine {
                 containers: Mutex::new(BTreeMap::new()),
                 execs: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
+                bridge: crate::network::Bridge::new(&config.bridge.name, config.bridge.gateway, config.bridge.prefix),
             }),
         };
         engine.load_containers()?;

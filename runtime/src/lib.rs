@@ -22,7 +22,7 @@ pub mod volume;
 
 use std::sync::{Arc, Mutex};
 
-pub use engine::{Engine, EngineConfig, EngineError};
+pub use engine::{BridgeConfig, Engine, EngineConfig, EngineError};
 
 /// The stores every part of the engine shares; cheap to clone.
 #[derive(Debug, Clone)]

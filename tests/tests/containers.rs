@@ -69,7 +69,7 @@ fn namespaces_isolate_each_container() {
         &img,
         "sh",
         "-c",
-        "echo $$; ps -o pid | wc -l; ls /sys/class/net; cat /proc/self/cgroup | head -1; hostname",
+        "echo $$; ps -o pid | wc -l; ls /sys/class/net | tr '\\n' ' '; echo; cat /proc/self/cgroup | head -1; hostname",
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1", "not PID 1 in its own PID namespace: {out}");
@@ -77,7 +77,7 @@ fn namespaces_isolate_each_container() {
         lines[1].trim().parse::<i32>().unwrap() <= 4,
         "sees other processes: {out}"
     );
-    assert_eq!(lines[2], "lo", "network namespace has more than loopback: {out}");
+    assert_eq!(lines[2], "eth0 lo ", "network namespace is not the container's own: {out}");
     assert!(lines[3].ends_with(":/"), "cgroup namespace not private: {out}");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_ne!(lines[4], host.trim());

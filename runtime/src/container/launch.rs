@@ -135,7 +135,7 @@ fn high(fd: &OwnedFd) -> io::Result<OwnedFd> {
 
 /// Spawns the helper in `mode` (`run`/`exec`) for `spec`, calls `setup(pid)` before the child
 /// may proceed, and returns once the child has exec'd.
-pub async fn launch<F>(
+pub async fn launch<F, Fut>(
     helper: &HelperCommand,
     mode: &str,
     spec: &Path,
@@ -144,7 +144,8 @@ pub async fn launch<F>(
     setup: F,
 ) -> Result<Launched, LaunchError>
 where
-    F: FnOnce(i32) -> Result<(), String>,
+    F: FnOnce(i32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
 {
     let (status_r, status_w) = pipe_pair()?;
     let (go_r, go_w) = pipe_pair()?;
@@ -226,7 +227,7 @@ where
         }
     };
     let mut go = pipe::Sender::from_owned_fd(go_w)?;
-    if let Err(msg) = setup(pid) {
+    if let Err(msg) = setup(pid).await {
         drop(go);
         let _ = helper_child.wait().await;
         return Err(LaunchError::Setup(msg));

@@ -367,7 +367,12 @@ impl Engine {
         Ok(out)
     }
 
-    fn write_etc_files(&self, ctr: &Ctr, rec: &ContainerRecord) -> Result<Vec<(PathBuf, String)>, EngineError> {
+    fn write_etc_files(
+        &self,
+        ctr: &Ctr,
+        rec: &ContainerRecord,
+        eth0: Option<&network::Eth0>,
+    ) -> Result<Vec<(PathBuf, String)>, EngineError> {
         let host_mode = rec.host_config.network_mode == "host";
         let hostname_path = ctr.dir.join("hostname");
         let hosts_path = ctr.dir.join("hosts");
@@ -380,8 +385,14 @@ impl Engine {
             rec.config.hostname.clone()
         };
         std::fs::write(&hostname_path, format!("{hostname}\n")).map_err(io_ctx("writing hostname"))?;
-        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        if !host_mode {
+        let mut hosts = if host_mode {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        };
+        if let Some(e) = eth0 {
+            hosts.push_str(&format!("{}\t{hostname}\n", e.address));
+        } else if !host_mode {
             hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
         }
         for extra in &rec.host_config.extra_hosts {
@@ -390,14 +401,16 @@ impl Engine {
             }
         }
         std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;
-        let resolv = if rec.host_config.dns.is_empty() {
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-        } else {
+        let resolv = if !rec.host_config.dns.is_empty() {
             rec.host_config
                 .dns
                 .iter()
                 .map(|d| format!("nameserver {d}\n"))
                 .collect()
+        } else if host_mode {
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        } else {
+            container_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
         };
         std::fs::write(&resolv_path, resolv).map_err(io_ctx("writing resolv.conf"))?;
         Ok(vec![
@@ -437,10 +450,48 @@ impl Engine {
             .snapshots
             .prepare(&id, &rec.chain)
             .map_err(ImageError::from)?;
-        let etc_files = self.write_etc_files(ctr, &rec)?;
-        let net = match network::parse_mode(&rec.host_config.network_mode) {
-            Some(network::Mode::Host) => NetMode::Host,
-            _ => NetMode::New,
+        let mode = network::parse_mode(&rec.host_config.network_mode).unwrap_or(network::Mode::Bridge);
+        let net = if mode == network::Mode::Host {
+            NetMode::Host
+        } else {
+            NetMode::New
+        };
+        // Bridge networking: an address, and the published ports bound before the process
+        // exists, so a taken port fails the start cleanly.
+        let (eth0, published) = if mode == network::Mode::Bridge {
+            let bridge = &self.inner.bridge;
+            bridge.ensure().await.map_err(|e| EngineError::Network(Box::new(e)))?;
+            let eth0 = bridge.allocate(None).map_err(|e| EngineError::Network(Box::new(e)))?;
+            let endpoint = format!("{} ({})", rec.name, &rec.id[..12]);
+            match network::ports::publish(
+                &rec.host_config.port_bindings,
+                rec.host_config.publish_all_ports,
+                &rec.config.exposed_ports,
+                eth0.address,
+                &endpoint,
+            )
+            .await
+            {
+                Ok(p) => (Some(eth0), Some(p)),
+                Err(e) => {
+                    bridge.release(eth0.address);
+                    return Err(EngineError::Network(Box::new(e)));
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let release = |engine: &Engine| {
+            if let Some(e) = &eth0 {
+                engine.inner.bridge.release(e.address);
+            }
+        };
+        let etc_files = match self.write_etc_files(ctr, &rec, eth0.as_ref()) {
+            Ok(f) => f,
+            Err(e) => {
+                release(self);
+                return Err(e);
+            }
         };
         let spec = RunSpec {
             rootfs: ctr.dir.join("rootfs"),
@@ -469,6 +520,7 @@ impl Engine {
             net,
             etc_files,
             shm_size: rec.host_config.shm_size.max(0) as u64,
+            eth0,
             process: ProcessSpec {
                 args: argv(&rec.config),
                 env: rec.config.env.clone(),
@@ -495,21 +547,35 @@ impl Engine {
             cpu_shares: hc.cpu_shares,
             pids: hc.pids_limit,
         };
-        let cgroup =
-            Cgroup::create(&id, &limits).map_err(|e| EngineError::Launch(launch::LaunchError::Setup(e.to_string())))?;
+        let cgroup = match Cgroup::create(&id, &limits) {
+            Ok(c) => c,
+            Err(e) => {
+                release(self);
+                return Err(EngineError::Launch(launch::LaunchError::Setup(e.to_string())));
+            }
+        };
         let cg = cgroup.clone();
+        let bridge = &self.inner.bridge;
+        let id2 = id.clone();
         let launched = launch::launch(
             &self.inner.helper,
             "run",
             &spec_path,
             rec.config.tty,
             rec.config.open_stdin,
-            move |pid| cg.add(pid).map_err(|e| e.to_string()),
+            move |pid| async move {
+                cg.add(pid).map_err(|e| e.to_string())?;
+                if let Some(e) = &eth0 {
+                    bridge.attach(&id2, pid, e).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            },
         )
         .await;
         let launched = match launched {
             Ok(l) => l,
             Err(e) => {
+                release(self);
                 cgroup.remove();
                 let msg = e.to_string();
                 ctr.update(|r| {
@@ -520,6 +586,21 @@ impl Engine {
             }
         };
         *ctr.cgroup.lock().expect("lock") = Some(cgroup);
+        let net_record = match (&eth0, &published) {
+            (Some(e), Some(p)) => NetRecord {
+                mode: "bridge".into(),
+                ip: e.address.to_string(),
+                gateway: e.gateway.to_string(),
+                prefix: e.prefix,
+                mac: network::mac_for(e.address),
+                ports: p.bindings.clone(),
+            },
+            _ => NetRecord {
+                mode: if mode == network::Mode::Host { "host" } else { "none" }.into(),
+                ..Default::default()
+            },
+        };
+        *ctr.published.lock().expect("lock") = published;
         *ctr.pty.lock().expect("lock") = launched.io.pty.clone();
         ctr.stdin.lock().expect("lock").pump(launched.io.stdin);
         let pid = launched.pid;
@@ -534,6 +615,7 @@ impl Engine {
                 oom_killed: false,
             };
             r.manually_stopped = false;
+            r.net = net_record;
         })?;
         tracing::info!(container = %id, pid, "started");
 
@@ -595,7 +677,12 @@ impl Engine {
         if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
             cg.remove();
         }
+        ctr.published.lock().expect("lock").take();
+        if let Ok(ip) = ctr.snapshot().net.ip.parse() {
+            self.inner.bridge.release(ip);
+        }
         let rec = match ctr.update(|r| {
+            r.net = NetRecord::default();
             r.state.status = Status::Exited;
             r.state.pid = 0;
             r.state.exit_code = code;
@@ -971,6 +1058,30 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The host's resolv.conf for a container in its own network namespace: loopback
+/// nameservers (a local resolver such as systemd-resolved) cannot be reached from there, so
+/// they are dropped, and Google's public ones used if none is left, as dockerd does.
+fn container_resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let ip = words.next().unwrap_or("");
+            if ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()) {
+                continue;
+            }
+            servers += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if servers == 0 {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
 }
 
 /// `ConsoleSize` as `[rows, columns]`.

@@ -134,9 +134,11 @@ impl Engine {
             &spec_path,
             info.config.tty,
             info.config.attach_stdin,
-            move |pid| match cgroup {
-                Some(cg) => cg.add(pid).map_err(|e| e.to_string()),
-                None => Ok(()),
+            move |pid| async move {
+                match cgroup {
+                    Some(cg) => cg.add(pid).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
             },
         )
         .await;

@@ -1,0 +1,213 @@
+//! Networking through the docker CLI: the bridge with NAT, container-to-container traffic,
+//! published TCP and UDP ports, `docker port`, port conflicts, `none` and `host`.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use berth_tests::{Agent, eventually};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sh(cmd: &str) -> std::process::Output {
+    Command::new("sh").arg("-c").arg(cmd).output().unwrap()
+}
+
+#[test]
+fn bridge_addresses_routes_and_container_to_container() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let out = a.ok(&[
+        "run",
+        "--rm",
+        &img,
+        "sh",
+        "-c",
+        "ip -4 addr show eth0 | grep inet; ip route | grep default; grep $(hostname) /etc/hosts",
+    ]);
+    assert!(out.contains("inet 172.29."), "{out}");
+    assert!(out.contains("default via 172.29.0.1"), "{out}");
+    assert!(out.lines().nth(2).is_some_and(|l| l.starts_with("172.29.")), "{out}");
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "server",
+        &img,
+        "sh",
+        "-c",
+        "while true; do echo from-server | nc -l -p 7000; done",
+    ]);
+    let ip = a
+        .ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "server"])
+        .trim()
+        .to_owned();
+    assert!(ip.starts_with("172.29."), "{ip}");
+    let mac = a.ok(&["inspect", "-f", "{{.NetworkSettings.MacAddress}}", "server"]);
+    assert!(mac.starts_with("02:42:ac:1d:"), "{mac}");
+    assert!(eventually(10, || a
+        .docker(&["run", "--rm", &img, "nc", &ip, "7000"])
+        .stdout
+        == b"from-server\n"));
+    a.ok(&["rm", "-f", "server"]);
+    // none: loopback only; host: the engine's interfaces.
+    assert_eq!(
+        a.ok(&["run", "--rm", "--network", "none", &img, "ls", "/sys/class/net"]),
+        "lo\n"
+    );
+    let host_ifaces = std::fs::read_dir("/sys/class/net").unwrap().count();
+    let out = a.ok(&["run", "--rm", "--network", "host", &img, "ls", "/sys/class/net"]);
+    assert_eq!(out.lines().count(), host_ifaces);
+    let (_, err) = a.fails(&["run", "--rm", "--network", "nosuchnet", &img, "true"]);
+    assert!(err.contains("network nosuchnet not found"), "{err}");
+}
+
+#[test]
+fn traffic_leaving_the_bridge_is_masqueraded() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    // An "outside" host: a network namespace of our own behind a veth, with no route back to
+    // the container subnet, so only NATed traffic can be answered.
+    let n = std::process::id() % 200 + 20;
+    let ns = format!("berth-out-{n}");
+    let veth = format!("vo{n}");
+    let _ = sh(&format!(
+        "ip netns del {ns} 2>/dev/null; ip link del {veth} 2>/dev/null"
+    ));
+    let setup = format!(
+        "set -e; ip netns add {ns}; ip link add {veth} type veth peer name eth0 netns {ns}; \
+         ip addr add 10.250.{n}.1/24 dev {veth}; ip link set {veth} up; \
+         ip -n {ns} addr add 10.250.{n}.2/24 dev eth0; ip -n {ns} link set eth0 up; ip -n {ns} link set lo up"
+    );
+    let out = sh(&setup);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c"])
+        .arg(format!(
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('10.250.{n}.2', 7777)); s.listen()\nwhile True:\n  c,a=s.accept(); c.sendall(('seen '+a[0]+'\\n').encode()); c.close()"
+        ))
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(server);
+    let target = format!("10.250.{n}.2");
+    let mut got = String::new();
+    let ok = eventually(15, || {
+        got = String::from_utf8_lossy(
+            &a.docker(&["run", "--rm", &img, "nc", "-w", "2", &target, "7777"])
+                .stdout,
+        )
+        .into_owned();
+        !got.is_empty()
+    });
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let _ = sh(&format!("ip netns del {ns}; ip link del {veth} 2>/dev/null"));
+    assert!(ok, "the container could not reach the outside host");
+    assert_eq!(
+        got,
+        format!("seen 10.250.{n}.1\n"),
+        "source address was not masqueraded"
+    );
+}
+
+/// Kills the outside server even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[test]
+fn published_tcp_and_udp_ports() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let port = free_port();
+    let spec = format!("127.0.0.1:{port}:8080");
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &spec,
+        "-p",
+        "9090",
+        &img,
+        "sh",
+        "-c",
+        "while true; do echo hello-tcp | nc -l -p 8080; done",
+    ]);
+    assert_eq!(a.ok(&["port", "web", "8080"]).trim(), format!("127.0.0.1:{port}"));
+    let random = a.ok(&["port", "web", "9090"]);
+    assert!(random.trim().starts_with("0.0.0.0:"), "{random}");
+    let ps = a.ok(&["ps", "--format", "{{.Ports}}"]);
+    assert!(ps.contains(&format!("127.0.0.1:{port}->8080/tcp")), "{ps}");
+    let mut got = String::new();
+    assert!(
+        eventually(10, || {
+            got.clear();
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read_to_string(&mut got);
+            }
+            got == "hello-tcp\n"
+        }),
+        "{got:?}"
+    );
+    // The same host port again: dockerd's error, and nothing left behind.
+    let (code, err) = a.fails(&["run", "--rm", "-p", &spec, &img, "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("port is already allocated"), "{err}");
+    a.ok(&["rm", "-f", "web"]);
+    assert!(
+        eventually(5, || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()),
+        "port not released after rm"
+    );
+
+    // UDP, answered by the host's python3 bind-mounted into the container.
+    let uport = free_port();
+    let uspec = format!("127.0.0.1:{uport}:9999/udp");
+    let script = "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999))\nwhile True:\n  d,a=s.recvfrom(100); s.sendto(b'pong:'+d, a)";
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "udp",
+        "-p",
+        &uspec,
+        "-v",
+        "/usr:/usr:ro",
+        "-v",
+        "/lib64:/lib64:ro",
+        "-v",
+        "/lib:/lib:ro",
+        &img,
+        "/usr/bin/python3",
+        "-c",
+        script,
+    ]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 64];
+    let answered = eventually(15, || {
+        let _ = sock.send_to(b"ping", ("127.0.0.1", uport));
+        matches!(sock.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"pong:ping")
+    });
+    assert!(
+        answered,
+        "no UDP answer through the published port: {}",
+        a.ok(&["logs", "udp"])
+    );
+    a.ok(&["rm", "-f", "udp"]);
+    let _ = std::io::stdout().flush();
+}
