@@ -66,6 +66,7 @@ impl Default for BridgeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     NotFound,
+    Unauthorized,
     Conflict,
     InvalidArgument,
     NotModified,
@@ -116,6 +117,7 @@ impl EngineError {
                     ErrorKind::InvalidArgument
                 }
                 ImageError::Conflict(_) => ErrorKind::Conflict,
+                ImageError::Unauthorized(_) => ErrorKind::Unauthorized,
                 _ => ErrorKind::Internal,
             },
             EngineError::Volume(e) => match e {

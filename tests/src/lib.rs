@@ -81,43 +81,117 @@ fn http_ok(addr: &str, path: &str) -> bool {
     String::from_utf8_lossy(&buf[..n]).contains(" 200 ")
 }
 
+/// Starts `docker-registry` on a free loopback port with `auth` (a YAML block, may be empty).
+fn start_registry(auth: &str) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = dir.path().join("config.yml");
+    let storage = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry (Debian package docker-registry) must be installed");
+    track(&child);
+    // Killed at process exit (atexit above); nothing waits for it before then.
+    std::mem::forget(child);
+    let start = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "registry did not come up on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (addr, dir)
+}
+
 /// The shared registry, started and filled on first use.
 pub fn registry() -> &'static Registry {
     static REG: OnceLock<Registry> = OnceLock::new();
     REG.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n", dir.path().join("data").display()),
-        )
-        .unwrap();
-        #[allow(clippy::zombie_processes)]
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) must be installed");
-        track(&child);
-        // Killed at process exit (atexit above); nothing waits for it before then.
-        std::mem::forget(child);
-        let start = Instant::now();
-        while !http_ok(&addr, "/v2/") {
-            assert!(start.elapsed() < Duration::from_secs(20), "registry did not come up on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (addr, dir) = start_registry("");
+        assert!(
+            eventually(20, || http_ok(&addr, "/v2/")),
+            "registry on {addr} does not answer"
+        );
         for script in ["make-images.sh", "make-special.py"] {
             let path = workspace().join("tests/fixtures").join(script);
             let out = Command::new(path).arg(&addr).output().unwrap();
-            assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{script} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Registry { addr, _dir: dir }
     })
 }
+
+/// A registry that wants HTTP Basic auth (`AUTH_USER`/`AUTH_PASSWORD`), with `busybox:latest`.
+pub fn auth_registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(|| {
+        let hash = Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                AUTH_PASSWORD,
+            ])
+            .output()
+            .unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let htpasswd = scratch.path().join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            format!("{AUTH_USER}:{}", String::from_utf8_lossy(&hash.stdout)),
+        )
+        .unwrap();
+        let (addr, dir) = start_registry(&format!(
+            "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+            htpasswd.display()
+        ));
+        std::fs::copy(&htpasswd, dir.path().join("htpasswd")).unwrap();
+        std::mem::forget(scratch);
+        let src = format!("docker://{}/busybox:latest", registry().addr);
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "-q",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+            ])
+            .arg(format!("{AUTH_USER}:{AUTH_PASSWORD}"))
+            .arg(&src)
+            .arg(format!("docker://{addr}/private/busybox:latest"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pushing to the auth registry: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Registry { addr, _dir: dir }
+    })
+}
+
+pub const AUTH_USER: &str = "berth";
+pub const AUTH_PASSWORD: &str = "s3cret-pass";
 
 /// A running `berth-agent serve` on its own data root; stopped with SIGTERM on drop.
 pub struct Agent {

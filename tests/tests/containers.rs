@@ -77,7 +77,10 @@ fn namespaces_isolate_each_container() {
         lines[1].trim().parse::<i32>().unwrap() <= 4,
         "sees other processes: {out}"
     );
-    assert_eq!(lines[2], "eth0 lo ", "network namespace is not the container's own: {out}");
+    assert_eq!(
+        lines[2], "eth0 lo ",
+        "network namespace is not the container's own: {out}"
+    );
     assert!(lines[3].ends_with(":/"), "cgroup namespace not private: {out}");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_ne!(lines[4], host.trim());

@@ -104,3 +104,30 @@ fn unknown_images_are_clear_errors() {
     let (_, err) = a.fails(&["pull", "Bad_Name"]);
     assert!(err.contains("invalid reference format"), "{err}");
 }
+
+#[test]
+fn login_and_pull_from_a_registry_with_basic_auth() {
+    use berth_tests::{AUTH_PASSWORD, AUTH_USER, auth_registry};
+    let a = Agent::start();
+    let reg = &auth_registry().addr;
+    let img = format!("{reg}/private/busybox:latest");
+    let (_, err) = a.fails(&["pull", &img]);
+    assert!(
+        err.contains("pull access denied") || err.contains("unauthorized"),
+        "{err}"
+    );
+    let out = a.docker_stdin(&["login", "-u", AUTH_USER, "--password-stdin", reg], Some(b"wrong\n"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("incorrect username or password"),
+        "{out:?}"
+    );
+    let out = a.docker_stdin(
+        &["login", "-u", AUTH_USER, "--password-stdin", reg],
+        Some(format!("{AUTH_PASSWORD}\n").as_bytes()),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Login Succeeded"));
+    a.ok(&["pull", &img]);
+    assert_eq!(a.ok(&["run", "--rm", &img, "echo", "private ok"]), "private ok\n");
+}

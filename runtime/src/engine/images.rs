@@ -27,6 +27,11 @@ impl Engine {
         Ok(crate::image::pull::pull(&self.inner.stores, name, creds, progress).await?)
     }
 
+    /// `docker login`: checks the credentials against the registry.
+    pub async fn login(&self, server: &str, creds: &Credentials) -> Result<(), EngineError> {
+        Ok(crate::image::pull::login(&self.inner.stores, server, creds).await?)
+    }
+
     pub fn images(&self) -> Vec<ImageRecord> {
         let images = self.inner.stores.images.lock().expect("image store lock");
         let mut v: Vec<ImageRecord> = images.all().cloned().collect();

@@ -34,6 +34,8 @@ pub enum ImageError {
     Invalid(String),
     #[error("pull access denied for {repo}, repository does not exist or may require 'docker login': {detail}")]
     Denied { repo: String, detail: String },
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("manifest for {0} not found: manifest unknown")]
     ManifestUnknown(String),
     #[error("no matching manifest for linux/{arch} in the manifest list entries")]

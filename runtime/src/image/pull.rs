@@ -149,6 +149,60 @@ fn short(digest: &str) -> String {
         .collect()
 }
 
+/// Checks `creds` against `server` (`docker login`): a registry that asks for Basic auth must
+/// accept them on `/v2/`; one that hands out bearer tokens (Docker Hub's scheme) must issue a
+/// token for them.
+pub async fn login(stores: &Stores, server: &str, creds: &Credentials) -> Result<(), ImageError> {
+    let registry = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let registry = match registry {
+        "" | "index.docker.io/v1" | "docker.io" => "index.docker.io",
+        r => r.split('/').next().unwrap_or(r),
+    };
+    let reference = parse_reference(&format!("{registry}/library/login-check"))?;
+    let scheme = if is_loopback(registry) || stores.insecure_registries.iter().any(|r| r == registry) {
+        "http"
+    } else {
+        "https"
+    };
+    let url = format!("{scheme}://{registry}/v2/");
+    let http = reqwest::Client::new();
+    let unreachable = |e: reqwest::Error| ImageError::Registry(format!("Get \"{url}\": {e}"));
+    let res = http.get(&url).send().await.map_err(unreachable)?;
+    if res.status().is_success() {
+        return Ok(());
+    }
+    let challenge = res
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let denied = || ImageError::Unauthorized(format!("Get \"{url}\": unauthorized: incorrect username or password"));
+    if challenge.to_ascii_lowercase().starts_with("basic") {
+        let res = http
+            .get(&url)
+            .basic_auth(&creds.username, Some(&creds.password))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        return if res.status().is_success() {
+            Ok(())
+        } else {
+            Err(denied())
+        };
+    }
+    let client = client_for(&reference, &stores.insecure_registries);
+    let auth = RegistryAuth::Basic(creds.username.clone(), creds.password.clone());
+    client
+        .auth(&reference, &auth, oci_client::RegistryOperation::Pull)
+        .await
+        .map(|_| ())
+        .map_err(|_| denied())
+}
+
 /// Pulls `name` and returns the image record. Progress lines go to `progress`.
 pub async fn pull(
     stores: &Stores,

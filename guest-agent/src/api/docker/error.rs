@@ -29,6 +29,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match e.kind() {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorKind::NotModified => StatusCode::NOT_MODIFIED,

@@ -99,6 +99,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/auth", post(system::auth))
         .route("/events", get(system::events))
         .route("/system/df", get(system::df))
         .route("/images/create", post(images::create))

@@ -9,6 +9,19 @@ use serde_json::{Value, json};
 
 use super::{API_VERSION, MIN_API_VERSION};
 
+/// `POST /auth` (`docker login`): checks the credentials with the registry.
+pub async fn auth(State(engine): State<Engine>, body: axum::body::Bytes) -> Result<Json<Value>, super::ApiError> {
+    let v: Value = super::error::parse_json(&body)?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let creds = berth_runtime::image::pull::Credentials {
+        username: s("username"),
+        password: s("password"),
+        token: s("identitytoken"),
+    };
+    engine.login(&s("serveraddress"), &creds).await?;
+    Ok(Json(json!({"Status": "Login Succeeded", "IdentityToken": ""})))
+}
+
 pub async fn ping() -> Response {
     (
         [
