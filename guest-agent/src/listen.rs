@@ -69,10 +69,7 @@ mod tests {
 
     #[test]
     fn parses_listen_urls() {
-        assert_eq!(
-            parse("unix:///tmp/x.sock").unwrap(),
-            ListenAddr::Unix("/tmp/x.sock".into())
-        );
+        assert_eq!(parse("unix:///tmp/x.sock").unwrap(), ListenAddr::Unix("/tmp/x.sock".into()));
         assert_eq!(parse("vsock://:2375").unwrap(), ListenAddr::Vsock(2375));
         assert!(parse("tcp://0.0.0.0:1").is_err());
         assert!(parse("unix://rel.sock").is_err());

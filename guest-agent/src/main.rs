@@ -53,22 +53,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         // Before any runtime or thread exists: the helper forks.
         Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
-        Command::Serve {
-            listen,
-            data_root,
-            insecure_registry,
-            bridge_ip,
-        } => {
+        Command::Serve { listen, data_root, insecure_registry, bridge_ip } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(serve(listen, data_root, insecure_registry, bridge_ip))
         }
     }
@@ -77,11 +69,7 @@ fn main() -> anyhow::Result<()> {
 fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     let (ip, prefix) = s.split_once('/').ok_or("expected ADDRESS/PREFIX, e.g. 172.29.0.1/16")?;
     let ip = ip.parse().map_err(|e| format!("{ip}: {e}"))?;
-    let prefix = prefix
-        .parse::<u8>()
-        .ok()
-        .filter(|p| (8..=30).contains(p))
-        .ok_or("the prefix must be 8 to 30")?;
+    let prefix = prefix.parse::<u8>().ok().filter(|p| (8..=30).contains(p)).ok_or("the prefix must be 8 to 30")?;
     Ok((ip, prefix))
 }
 
@@ -94,27 +82,16 @@ async fn serve(
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
         root: data_root.clone(),
-        helper: HelperCommand {
-            program,
-            args: vec!["shim".into()],
-        },
+        helper: HelperCommand { program, args: vec!["shim".into()] },
         insecure_registries: insecure,
-        bridge: BridgeConfig {
-            name: "berth0".into(),
-            gateway: bridge.0,
-            prefix: bridge.1,
-        },
+        bridge: BridgeConfig { name: "berth0".into(), gateway: bridge.0, prefix: bridge.1 },
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut servers = Vec::new();
     for spec in &listen {
         let addr = listen::parse(spec)?;
-        servers.push(tokio::spawn(listen::serve(
-            addr,
-            api::docker::router(engine.clone()),
-            shutdown.clone(),
-        )));
+        servers.push(tokio::spawn(listen::serve(addr, api::docker::router(engine.clone()), shutdown.clone())));
     }
     tracing::info!(root = %data_root.display(), listeners = ?listen, "berth-agent serving");
     engine.start_restartable().await;

@@ -30,17 +30,12 @@ pub enum ContentError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ContentError + '_ {
-    move |source| ContentError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| ContentError::Io { path: path.to_owned(), source }
 }
 
 /// Checks that `digest` is `sha256:` followed by 64 lowercase hex digits and returns the hex.
 pub fn digest_hex(digest: &str) -> Result<&str, ContentError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| ContentError::InvalidDigest(digest.to_owned()))?;
+    let hex = digest.strip_prefix("sha256:").ok_or_else(|| ContentError::InvalidDigest(digest.to_owned()))?;
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         Ok(hex)
     } else {
@@ -119,13 +114,7 @@ impl ContentStore {
     pub fn ingest(&self) -> Result<Ingest, ContentError> {
         let path = self.root.join("ingest").join(format!("{:016x}", rand::random::<u64>()));
         let file = File::create(&path).map_err(io_err(&path))?;
-        Ok(Ingest {
-            file,
-            hasher: Sha256::new(),
-            written: 0,
-            path,
-            blobs: self.root.join("blobs/sha256"),
-        })
+        Ok(Ingest { file, hasher: Sha256::new(), written: 0, path, blobs: self.root.join("blobs/sha256") })
     }
 
     pub fn delete(&self, digest: &str) -> Result<(), ContentError> {
@@ -182,10 +171,7 @@ impl Ingest {
         if let Some(expected) = expected
             && expected != actual
         {
-            return Err(ContentError::DigestMismatch {
-                expected: expected.into(),
-                actual,
-            });
+            return Err(ContentError::DigestMismatch { expected: expected.into(), actual });
         }
         self.file.sync_all().map_err(io_err(&self.path))?;
         let target = self.blobs.join(digest_hex(&actual)?);
@@ -209,19 +195,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentStore::open(dir.path()).unwrap();
         let d = store.put(b"hello").unwrap();
-        assert_eq!(
-            d,
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        assert_eq!(d, "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(store.read(&d).unwrap(), b"hello");
         let mut w = store.ingest().unwrap();
         w.write_all(b"other").unwrap();
         let err = w.commit(Some(&d)).unwrap_err();
         assert!(matches!(err, ContentError::DigestMismatch { .. }), "{err}");
         assert_eq!(store.list().unwrap(), vec![d.clone()]);
-        assert!(matches!(
-            digest_hex("sha256:../../etc"),
-            Err(ContentError::InvalidDigest(_))
-        ));
+        assert!(matches!(digest_hex("sha256:../../etc"), Err(ContentError::InvalidDigest(_))));
     }
 }

@@ -54,11 +54,7 @@ pub struct BridgeConfig {
 
 impl Default for BridgeConfig {
     fn default() -> Self {
-        BridgeConfig {
-            name: "berth0".into(),
-            gateway: std::net::Ipv4Addr::new(172, 29, 0, 1),
-            prefix: 16,
-        }
+        BridgeConfig { name: "berth0".into(), gateway: std::net::Ipv4Addr::new(172, 29, 0, 1), prefix: 16 }
     }
 }
 

@@ -209,10 +209,7 @@ pub struct ImageConfig {
 /// `EXPOSE`, `VOLUME`, `STOPSIGNAL`), as `docker commit --change` and `docker import --change` do.
 pub fn apply_change(c: &mut ContainerConfig, change: &str) -> Result<(), String> {
     let change = change.trim();
-    let (word, rest) = change
-        .split_once(char::is_whitespace)
-        .map(|(w, r)| (w, r.trim()))
-        .unwrap_or((change, ""));
+    let (word, rest) = change.split_once(char::is_whitespace).map(|(w, r)| (w, r.trim())).unwrap_or((change, ""));
     let list = |rest: &str| -> Vec<String> {
         match serde_json::from_str::<Vec<String>>(rest) {
             Ok(v) => v,
@@ -222,10 +219,7 @@ pub fn apply_change(c: &mut ContainerConfig, change: &str) -> Result<(), String>
     let pairs = |rest: &str| -> Vec<(String, String)> {
         if rest.contains('=') {
             rest.split_whitespace()
-                .filter_map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-                })
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned())))
                 .collect()
         } else {
             rest.split_once(char::is_whitespace)
@@ -247,11 +241,7 @@ pub fn apply_change(c: &mut ContainerConfig, change: &str) -> Result<(), String>
         "USER" => c.user = rest.to_owned(),
         "EXPOSE" => {
             for p in rest.split_whitespace() {
-                let key = if p.contains('/') {
-                    p.to_owned()
-                } else {
-                    format!("{p}/tcp")
-                };
+                let key = if p.contains('/') { p.to_owned() } else { format!("{p}/tcp") };
                 c.exposed_ports.insert(key, serde_json::json!({}));
             }
         }
@@ -287,8 +277,7 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn format_time(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 pub fn parse_time(s: &str) -> Option<time::OffsetDateTime> {

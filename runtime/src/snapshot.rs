@@ -30,10 +30,7 @@ pub enum SnapshotError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| SnapshotError::Io { path: path.to_owned(), source }
 }
 
 /// Chain IDs of a stack of layers given their diff IDs, bottom first.
@@ -43,10 +40,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
         let next = match out.last() {
             None => diff.clone(),
             Some(parent) => {
-                format!(
-                    "sha256:{}",
-                    hex::encode(Sha256::digest(format!("{parent} {diff}").as_bytes()))
-                )
+                format!("sha256:{}", hex::encode(Sha256::digest(format!("{parent} {diff}").as_bytes())))
             }
         };
         out.push(next);
@@ -95,10 +89,7 @@ impl SnapshotStore {
 
     /// A fresh empty directory to unpack a layer into; pass it to [`Self::commit_layer`].
     pub fn stage(&self) -> Result<PathBuf, SnapshotError> {
-        let p = self
-            .root
-            .join("staging")
-            .join(format!("{:016x}", rand::random::<u64>()));
+        let p = self.root.join("staging").join(format!("{:016x}", rand::random::<u64>()));
         fs::create_dir_all(&p).map_err(io_err(&p))?;
         Ok(p)
     }
@@ -137,11 +128,7 @@ impl SnapshotStore {
     /// Every committed layer's chain ID.
     pub fn layers(&self) -> Vec<String> {
         fs::read_dir(self.root.join("layers"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
-                    .collect()
-            })
+            .map(|rd| rd.flatten().map(|e| format!("sha256:{}", e.file_name().to_string_lossy())).collect())
             .unwrap_or_default()
     }
 
@@ -246,9 +233,6 @@ mod tests {
         let m = s.prepare("c1", &["sha256:abc".into()]).unwrap();
         assert_eq!(m.lower, vec![s.layer_dir("sha256:abc")]);
         assert!(m.upper.is_dir());
-        assert!(matches!(
-            s.prepare("c2", &["sha256:nope".into()]),
-            Err(SnapshotError::NotFound(_))
-        ));
+        assert!(matches!(s.prepare("c2", &["sha256:nope".into()]), Err(SnapshotError::NotFound(_))));
     }
 }

@@ -28,10 +28,7 @@ pub enum VolumeError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
-    move |source| VolumeError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| VolumeError::Io { path: path.to_owned(), source }
 }
 
 /// A volume's record.
@@ -74,11 +71,7 @@ impl VolumeStore {
 
     /// Creates `name` (a random one when empty) or returns the existing volume.
     pub fn create(&self, name: &str, labels: BTreeMap<String, String>, anonymous: bool) -> Result<Volume, VolumeError> {
-        let name = if name.is_empty() {
-            hex::encode(rand::random::<[u8; 32]>())
-        } else {
-            name.to_owned()
-        };
+        let name = if name.is_empty() { hex::encode(rand::random::<[u8; 32]>()) } else { name.to_owned() };
         if !valid_name(&name) {
             return Err(VolumeError::InvalidName(name));
         }
@@ -143,10 +136,7 @@ mod tests {
         fs::write(v.mountpoint.join("f"), b"x").unwrap();
         assert_eq!(s.create("data", BTreeMap::new(), false).unwrap().created, v.created);
         assert_eq!(s.list().unwrap().len(), 1);
-        assert!(matches!(
-            s.create("../x", BTreeMap::new(), false),
-            Err(VolumeError::InvalidName(_))
-        ));
+        assert!(matches!(s.create("../x", BTreeMap::new(), false), Err(VolumeError::InvalidName(_))));
         s.remove("data").unwrap();
         assert!(matches!(s.get("data"), Err(VolumeError::NotFound(_))));
     }

@@ -42,9 +42,7 @@ pub fn agent_bin() -> PathBuf {
     if let Ok(p) = std::env::var("BERTH_AGENT_BIN") {
         return p.into();
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
     for profile in ["debug", "release"] {
         let p = target.join(profile).join("berth-agent");
         if p.exists() {
@@ -55,11 +53,7 @@ pub fn agent_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A registry on loopback with the fixture images, shared by every test in the process.
@@ -109,10 +103,7 @@ fn start_registry(auth: &str) -> (String, tempfile::TempDir) {
     std::mem::forget(child);
     let start = Instant::now();
     while TcpStream::connect(&addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "registry did not come up on {addr}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "registry did not come up on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
     (addr, dir)
@@ -123,18 +114,11 @@ pub fn registry() -> &'static Registry {
     static REG: OnceLock<Registry> = OnceLock::new();
     REG.get_or_init(|| {
         let (addr, dir) = start_registry("");
-        assert!(
-            eventually(20, || http_ok(&addr, "/v2/")),
-            "registry on {addr} does not answer"
-        );
+        assert!(eventually(20, || http_ok(&addr, "/v2/")), "registry on {addr} does not answer");
         for script in ["make-images.sh", "make-special.py"] {
             let path = workspace().join("tests/fixtures").join(script);
             let out = Command::new(path).arg(&addr).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{script} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Registry { addr, _dir: dir }
     })
@@ -156,36 +140,20 @@ pub fn auth_registry() -> &'static Registry {
             .unwrap();
         let scratch = tempfile::tempdir().unwrap();
         let htpasswd = scratch.path().join("htpasswd");
-        std::fs::write(
-            &htpasswd,
-            format!("{AUTH_USER}:{}", String::from_utf8_lossy(&hash.stdout)),
-        )
-        .unwrap();
-        let (addr, dir) = start_registry(&format!(
-            "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
-            htpasswd.display()
-        ));
+        std::fs::write(&htpasswd, format!("{AUTH_USER}:{}", String::from_utf8_lossy(&hash.stdout))).unwrap();
+        let (addr, dir) =
+            start_registry(&format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display()));
         std::fs::copy(&htpasswd, dir.path().join("htpasswd")).unwrap();
         std::mem::forget(scratch);
         let src = format!("docker://{}/busybox:latest", registry().addr);
         let out = Command::new("skopeo")
-            .args([
-                "copy",
-                "-q",
-                "--src-tls-verify=false",
-                "--dest-tls-verify=false",
-                "--dest-creds",
-            ])
+            .args(["copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds"])
             .arg(format!("{AUTH_USER}:{AUTH_PASSWORD}"))
             .arg(&src)
             .arg(format!("docker://{addr}/private/busybox:latest"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "pushing to the auth registry: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "pushing to the auth registry: {}", String::from_utf8_lossy(&out.stderr));
         Registry { addr, _dir: dir }
     })
 }
@@ -203,11 +171,7 @@ pub struct Agent {
 impl Agent {
     pub fn start() -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let mut agent = Agent {
-            socket: dir.path().join("docker.sock"),
-            dir,
-            child: None,
-        };
+        let mut agent = Agent { socket: dir.path().join("docker.sock"), dir, child: None };
         agent.spawn();
         agent
     }
@@ -217,11 +181,8 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
         let child = Command::new(agent_bin())
             .arg("serve")
             .arg("--listen")
@@ -237,11 +198,7 @@ impl Agent {
         self.child = Some(child);
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "agent did not listen: {}",
-                self.log()
-            );
+            assert!(start.elapsed() < Duration::from_secs(20), "agent did not listen: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -312,23 +269,14 @@ impl Agent {
     #[track_caller]
     pub fn fails(&self, args: &[&str]) -> (i32, String) {
         let out = self.docker(args);
-        assert!(
-            !out.status.success(),
-            "docker {args:?} should have failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        assert!(!out.status.success(), "docker {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// A raw HTTP request on the socket (curl); returns (status, body).
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
-            .arg(&self.socket)
-            .args(["-X", method]);
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"]).arg(&self.socket).args(["-X", method]);
         if let Some(b) = body {
             cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
         }
@@ -404,10 +352,7 @@ impl RefEngine {
     pub fn docker(&self, args: &[&str]) -> Output {
         Command::new("docker")
             .args(args)
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}/docker.sock", self.dir.path().display()),
-            )
+            .env("DOCKER_HOST", format!("unix://{}/docker.sock", self.dir.path().display()))
             .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
             .output()
             .unwrap()
@@ -416,11 +361,7 @@ impl RefEngine {
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "dockerd: docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "dockerd: docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -431,10 +372,7 @@ impl Drop for RefEngine {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         // dockerd leaves its overlay mounts behind when it dies in a hurry.
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.path().join("root/overlay2"))
-            .output();
+        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root/overlay2")).output();
     }
 }
 

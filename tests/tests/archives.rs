@@ -7,15 +7,7 @@ use berth_tests::{Agent, RefEngine};
 fn commit_makes_a_new_layer_with_config_changes() {
     let a = Agent::start();
     let img = a.pull("busybox:latest");
-    a.ok(&[
-        "run",
-        "--name",
-        "work",
-        &img,
-        "sh",
-        "-c",
-        "echo made > /etc/motd; rm /etc/group; mkdir -p /opt/app",
-    ]);
+    a.ok(&["run", "--name", "work", &img, "sh", "-c", "echo made > /etc/motd; rm /etc/group; mkdir -p /opt/app"]);
     let id = a.ok(&[
         "commit",
         "-c",
@@ -29,19 +21,10 @@ fn commit_makes_a_new_layer_with_config_changes() {
     ]);
     assert!(id.trim().starts_with("sha256:"), "{id}");
     assert_eq!(a.ok(&["run", "--rm", "mine/committed:v1"]), "made\n");
-    let out = a.ok(&[
-        "run",
-        "--rm",
-        "mine/committed:v1",
-        "sh",
-        "-c",
-        "echo $STAGE; ls /etc/group 2>&1; ls -d /opt/app",
-    ]);
+    let out =
+        a.ok(&["run", "--rm", "mine/committed:v1", "sh", "-c", "echo $STAGE; ls /etc/group 2>&1; ls -d /opt/app"]);
     assert!(out.starts_with("committed\n"), "{out}");
-    assert!(
-        out.contains("/etc/group: No such file or directory"),
-        "deletion not committed as a whiteout: {out}"
-    );
+    assert!(out.contains("/etc/group: No such file or directory"), "deletion not committed as a whiteout: {out}");
     assert!(out.contains("/opt/app"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", "mine/committed:v1"])).unwrap();
     assert_eq!(v[0]["RootFS"]["Layers"].as_array().unwrap().len(), 2);
@@ -57,17 +40,7 @@ fn commit_makes_a_new_layer_with_config_changes() {
 fn save_and_load_round_trip_with_docker_engine() {
     let a = Agent::start();
     let img = a.pull("layered:latest");
-    a.ok(&[
-        "run",
-        "--name",
-        "w1",
-        "-u",
-        "root",
-        &img,
-        "sh",
-        "-c",
-        "echo berth-made > /data/extra",
-    ]);
+    a.ok(&["run", "--name", "w1", "-u", "root", &img, "sh", "-c", "echo berth-made > /data/extra"]);
     a.ok(&["commit", "w1", "interop:berth"]);
     let dir = tempfile::tempdir().unwrap();
     let berth_tar = dir.path().join("berth.tar");
@@ -76,22 +49,9 @@ fn save_and_load_round_trip_with_docker_engine() {
     let d = RefEngine::start();
     let out = d.ok(&["load", "-i", berth_tar.to_str().unwrap()]);
     assert!(out.contains("Loaded image: interop:berth"), "{out}");
-    assert_eq!(
-        d.ok(&["run", "--rm", "interop:berth", "cat", "/data/extra", "/data/keep"]),
-        "berth-made\nkeep\n"
-    );
+    assert_eq!(d.ok(&["run", "--rm", "interop:berth", "cat", "/data/extra", "/data/keep"]), "berth-made\nkeep\n");
     // Berth loads what Docker Engine saved.
-    d.ok(&[
-        "run",
-        "--name",
-        "dw",
-        "-u",
-        "root",
-        "interop:berth",
-        "sh",
-        "-c",
-        "echo docker-made > /data/more",
-    ]);
+    d.ok(&["run", "--name", "dw", "-u", "root", "interop:berth", "sh", "-c", "echo docker-made > /data/more"]);
     d.ok(&["commit", "dw", "interop:docker"]);
     let docker_tar = dir.path().join("docker.tar");
     d.ok(&["save", "-o", docker_tar.to_str().unwrap(), "interop:docker"]);
@@ -130,24 +90,11 @@ fn export_import_and_cp() {
     let dir = tempfile::tempdir().unwrap();
     let tarball = dir.path().join("fs.tar");
     a.ok(&["export", "-o", tarball.to_str().unwrap(), "src"]);
-    let list = String::from_utf8(
-        std::process::Command::new("tar")
-            .arg("tf")
-            .arg(&tarball)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let list =
+        String::from_utf8(std::process::Command::new("tar").arg("tf").arg(&tarball).output().unwrap().stdout).unwrap();
     assert!(list.lines().any(|l| l.trim_end_matches('/') == "root/file"), "{list}");
     assert!(list.lines().any(|l| l.trim_end_matches('/') == "bin/busybox"));
-    let id = a.ok(&[
-        "import",
-        "-c",
-        "CMD [\"cat\", \"/root/file\"]",
-        tarball.to_str().unwrap(),
-        "imported:1",
-    ]);
+    let id = a.ok(&["import", "-c", "CMD [\"cat\", \"/root/file\"]", tarball.to_str().unwrap(), "imported:1"]);
     assert!(id.trim().starts_with("sha256:"), "{id}");
     assert_eq!(a.ok(&["run", "--rm", "imported:1"]), "exported\n");
     // cp into and out of a stopped and a running container.

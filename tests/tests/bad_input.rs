@@ -10,11 +10,7 @@ fn malformed_requests_are_400_with_a_message() {
     assert_eq!(code, 400, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(v["message"].as_str().unwrap().contains("invalid JSON"), "{body}");
-    let (code, body) = a.http(
-        "POST",
-        "/containers/create",
-        Some(r#"{"Image": "x", "HostConfig": {"Binds": 7}}"#),
-    );
+    let (code, body) = a.http("POST", "/containers/create", Some(r#"{"Image": "x", "HostConfig": {"Binds": 7}}"#));
     assert_eq!(code, 400, "{body}");
     let (code, body) = a.http("GET", "/v1.99/version", None);
     assert_eq!(code, 400);
@@ -55,24 +51,19 @@ fn hostile_layers_are_refused_or_confined() {
     assert!(err.contains("hard link target"), "{err}");
     let (_, err) = a.fails(&["pull", &format!("{reg}/hostile:device")]);
     assert!(err.contains("device node"), "{err}");
+    let (_, err) = a.fails(&["pull", &format!("{reg}/hostile:huge")]);
+    assert!(err.contains("extension header of 2147483648 bytes"), "{err}");
     let (_, err) = a.fails(&["pull", &format!("{reg}/hostile:diffid")]);
     assert!(err.contains("uncompressed digest"), "{err}");
     // Symlinks pointing out are followed inside the layer, as the container will see them.
     a.ok(&["pull", &format!("{reg}/hostile:symlink")]);
     assert!(marker_gone("berth-escape-abs") && marker_gone("berth-escape-rel"));
     let layers = a.data_root().join("snapshots/layers");
-    let inside = std::fs::read_dir(&layers)
-        .unwrap()
-        .flatten()
-        .any(|l| l.path().join("fs/tmp/berth-escape-abs").exists());
-    assert!(
-        inside,
-        "the write through the absolute symlink should land in the layer's own /tmp"
-    );
+    let inside =
+        std::fs::read_dir(&layers).unwrap().flatten().any(|l| l.path().join("fs/tmp/berth-escape-abs").exists());
+    assert!(inside, "the write through the absolute symlink should land in the layer's own /tmp");
     // Failed pulls left no half-unpacked layers behind.
-    let staging = std::fs::read_dir(a.data_root().join("snapshots/staging"))
-        .unwrap()
-        .count();
+    let staging = std::fs::read_dir(a.data_root().join("snapshots/staging")).unwrap().count();
     assert_eq!(staging, 0);
 }
 

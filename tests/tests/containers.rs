@@ -50,10 +50,7 @@ fn config_merges_image_and_request_like_dockerd() {
     assert_eq!(lines[3], "myhost");
     assert_eq!(lines[4], "/home/app");
     assert!(lines[5].contains("/bin"));
-    assert_eq!(
-        a.ok(&["run", "--rm", "-u", "1234:50", &img, "id"]),
-        "uid=1234 gid=50(staff)\n"
-    );
+    assert_eq!(a.ok(&["run", "--rm", "-u", "1234:50", &img, "id"]), "uid=1234 gid=50(staff)\n");
     assert_eq!(a.ok(&["run", "--rm", "--entrypoint", "echo", &img, "a", "b"]), "a b\n");
     let (_, err) = a.fails(&["run", "--rm", "-u", "ghost", &img, "true"]);
     assert!(err.contains("unable to find user ghost"), "{err}");
@@ -73,38 +70,14 @@ fn namespaces_isolate_each_container() {
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1", "not PID 1 in its own PID namespace: {out}");
-    assert!(
-        lines[1].trim().parse::<i32>().unwrap() <= 4,
-        "sees other processes: {out}"
-    );
-    assert_eq!(
-        lines[2], "eth0 lo ",
-        "network namespace is not the container's own: {out}"
-    );
+    assert!(lines[1].trim().parse::<i32>().unwrap() <= 4, "sees other processes: {out}");
+    assert_eq!(lines[2], "eth0 lo ", "network namespace is not the container's own: {out}");
     assert!(lines[3].ends_with(":/"), "cgroup namespace not private: {out}");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_ne!(lines[4], host.trim());
     // Two containers of one image at once, each with its own files.
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "one",
-        &img,
-        "sh",
-        "-c",
-        "echo 1 > /mine; sleep 60",
-    ]);
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "two",
-        &img,
-        "sh",
-        "-c",
-        "echo 2 > /mine; sleep 60",
-    ]);
+    a.ok(&["run", "-d", "--name", "one", &img, "sh", "-c", "echo 1 > /mine; sleep 60"]);
+    a.ok(&["run", "-d", "--name", "two", &img, "sh", "-c", "echo 2 > /mine; sleep 60"]);
     assert!(eventually(10, || a.docker(&["exec", "one", "cat", "/mine"]).stdout == b"1\n"));
     assert!(eventually(10, || a.docker(&["exec", "two", "cat", "/mine"]).stdout == b"2\n"));
     // Device and proc hygiene.
@@ -115,23 +88,14 @@ fn namespaces_isolate_each_container() {
         "-c",
         "ls /dev | sort | tr '\\n' ' '; touch /sys/x 2>&1; cat /proc/timer_list | wc -c",
     ]);
-    assert!(
-        out.contains("null") && out.contains("pts") && out.contains("shm") && !out.contains("sda"),
-        "{out}"
-    );
+    assert!(out.contains("null") && out.contains("pts") && out.contains("shm") && !out.contains("sda"), "{out}");
     assert!(out.contains("Read-only file system"), "{out}");
-    assert!(
-        out.trim_end().ends_with("\n0") || out.trim_end().ends_with(" 0"),
-        "/proc/timer_list is not masked: {out}"
-    );
+    assert!(out.trim_end().ends_with("\n0") || out.trim_end().ends_with(" 0"), "/proc/timer_list is not masked: {out}");
     a.ok(&["rm", "-f", "one", "two"]);
     // --network host and none.
     let out = a.ok(&["run", "--rm", "--network", "host", &img, "ls", "/sys/class/net"]);
     assert!(out.lines().count() >= 1);
-    assert_eq!(
-        a.ok(&["run", "--rm", "--network", "none", &img, "ls", "/sys/class/net"]),
-        "lo\n"
-    );
+    assert_eq!(a.ok(&["run", "--rm", "--network", "none", &img, "ls", "/sys/class/net"]), "lo\n");
 }
 
 #[test]
@@ -157,16 +121,8 @@ fn lifecycle_verbs() {
     assert!(st["State"]["Pid"].as_i64().unwrap() > 0);
     assert_eq!(st["Name"], "/c1");
     // ps filters
-    assert_eq!(
-        a.ok(&["ps", "--filter", "label=tier=web", "--format", "{{.Names}}"]),
-        "c1\n"
-    );
-    assert_eq!(
-        a.ok(&["ps", "--filter", "name=c1", "--filter", "status=running", "-q"])
-            .trim()
-            .len(),
-        12
-    );
+    assert_eq!(a.ok(&["ps", "--filter", "label=tier=web", "--format", "{{.Names}}"]), "c1\n");
+    assert_eq!(a.ok(&["ps", "--filter", "name=c1", "--filter", "status=running", "-q"]).trim().len(), 12);
     assert!(a.ok(&["ps", "--filter", "label=tier=db", "-q"]).trim().is_empty());
     // Stop sends SIGTERM: the trap exits 42.
     a.ok(&["stop", "c1"]);
@@ -174,21 +130,9 @@ fn lifecycle_verbs() {
     assert_eq!(st["State"]["Status"], "exited");
     assert_eq!(st["State"]["ExitCode"], 42);
     assert!(a.ok(&["ps", "-q"]).trim().is_empty());
-    assert!(
-        a.ok(&["ps", "-a", "--filter", "status=exited", "--format", "{{.Status}}"])
-            .starts_with("Exited (42)")
-    );
+    assert!(a.ok(&["ps", "-a", "--filter", "status=exited", "--format", "{{.Status}}"]).starts_with("Exited (42)"));
     // Stop timeout then SIGKILL for a process that ignores SIGTERM.
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "stubborn",
-        &img,
-        "sh",
-        "-c",
-        "trap '' TERM; while true; do sleep 0.1; done",
-    ]);
+    a.ok(&["run", "-d", "--name", "stubborn", &img, "sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]);
     a.ok(&["stop", "-t", "1", "stubborn"]);
     assert_eq!(inspect(&a, "stubborn")["State"]["ExitCode"], 137);
     // restart, kill with a signal, wait
@@ -210,35 +154,12 @@ fn lifecycle_verbs() {
 fn restart_policy_and_limits() {
     let a = Agent::start();
     let img = a.pull("busybox:latest");
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "flaky",
-        "--restart",
-        "on-failure:2",
-        &img,
-        "sh",
-        "-c",
-        "exit 3",
-    ]);
+    a.ok(&["run", "-d", "--name", "flaky", "--restart", "on-failure:2", &img, "sh", "-c", "exit 3"]);
     assert!(eventually(20, || inspect(&a, "flaky")["RestartCount"] == 2
         && inspect(&a, "flaky")["State"]["Status"] == "exited"));
     assert_eq!(inspect(&a, "flaky")["State"]["ExitCode"], 3);
     // Limits land in the container's cgroup (v1 here, v2 in the VM).
-    let id = a.ok(&[
-        "run",
-        "-d",
-        "-m",
-        "64m",
-        "--pids-limit",
-        "30",
-        "--cpus",
-        "0.5",
-        &img,
-        "sleep",
-        "30",
-    ]);
+    let id = a.ok(&["run", "-d", "-m", "64m", "--pids-limit", "30", "--cpus", "0.5", &img, "sleep", "30"]);
     let id = id.trim();
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let found = |file: &str, want: &str| {
@@ -248,11 +169,7 @@ fn restart_policy_and_limits() {
                 return true;
             }
             if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(
-                    rd.flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
+                stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
             }
         }
         false
@@ -277,10 +194,7 @@ fn restart_policy_and_limits() {
         "-c",
         "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait",
     ]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("can't fork") || !out.status.success(),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can't fork") || !out.status.success(), "{out:?}");
     a.ok(&["rm", "-f", id]);
 }
 
@@ -289,42 +203,22 @@ fn engine_restart_finds_everything_again() {
     let mut a = Agent::start();
     let img = a.pull("busybox:latest");
     a.ok(&["volume", "create", "keep"]);
-    a.ok(&[
-        "run",
-        "--name",
-        "writer",
-        "-v",
-        "keep:/data",
-        &img,
-        "sh",
-        "-c",
-        "echo persisted > /data/f; sync",
-    ]);
+    a.ok(&["run", "--name", "writer", "-v", "keep:/data", &img, "sh", "-c", "echo persisted > /data/f; sync"]);
     a.ok(&["run", "-d", "--name", "runner", &img, "sleep", "1000"]);
     a.restart();
     // Clean shutdown stopped the runner and recorded it.
     let st = inspect(&a, "runner");
     assert_eq!(st["State"]["Status"], "exited", "{st}");
     assert!(a.ok(&["images", "-q"]).trim().len() == 12);
-    assert_eq!(
-        a.ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]),
-        "persisted\n"
-    );
+    assert_eq!(a.ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]), "persisted\n");
     assert!(a.ok(&["ps", "-a", "--format", "{{.Names}}"]).contains("writer"));
     // A crash (SIGKILL of the engine): the container's process dies with it and is found exited.
     a.ok(&["start", "runner"]);
     a.crash_and_restart();
     assert_eq!(inspect(&a, "runner")["State"]["Status"], "exited");
     assert!(
-        !std::process::Command::new("pgrep")
-            .args(["-f", "sleep 1000"])
-            .status()
-            .unwrap()
-            .success(),
+        !std::process::Command::new("pgrep").args(["-f", "sleep 1000"]).status().unwrap().success(),
         "container process outlived the engine"
     );
-    assert_eq!(
-        a.ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]),
-        "persisted\n"
-    );
+    assert_eq!(a.ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]), "persisted\n");
 }

@@ -12,16 +12,7 @@ fn named_volumes_outlive_containers_and_are_shared() {
     let v: serde_json::Value = serde_json::from_str(&a.ok(&["volume", "inspect", "shared"])).unwrap();
     assert_eq!(v[0]["Labels"]["k"], "v");
     assert_eq!(v[0]["Driver"], "local");
-    a.ok(&[
-        "run",
-        "--rm",
-        "-v",
-        "shared:/data",
-        &img,
-        "sh",
-        "-c",
-        "echo first > /data/a",
-    ]);
+    a.ok(&["run", "--rm", "-v", "shared:/data", &img, "sh", "-c", "echo first > /data/a"]);
     // Two containers at once on one volume.
     a.ok(&[
         "run",
@@ -72,16 +63,7 @@ fn bind_mounts_and_tmpfs() {
     std::fs::write(host.path().join("in.txt"), "from host\n").unwrap();
     let spec = format!("{}:/work", host.path().display());
     assert_eq!(
-        a.ok(&[
-            "run",
-            "--rm",
-            "-v",
-            &spec,
-            &img,
-            "sh",
-            "-c",
-            "cat /work/in.txt; echo back > /work/out.txt"
-        ]),
+        a.ok(&["run", "--rm", "-v", &spec, &img, "sh", "-c", "cat /work/in.txt; echo back > /work/out.txt"]),
         "from host\n"
     );
     assert_eq!(std::fs::read_to_string(host.path().join("out.txt")).unwrap(), "back\n");
@@ -89,16 +71,7 @@ fn bind_mounts_and_tmpfs() {
     let out = a.docker(&["run", "--rm", "-v", &ro, &img, "touch", "/work/nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"));
-    let out = a.ok(&[
-        "run",
-        "--rm",
-        "--tmpfs",
-        "/fast:size=1m",
-        &img,
-        "sh",
-        "-c",
-        "grep ' /fast ' /proc/mounts",
-    ]);
+    let out = a.ok(&["run", "--rm", "--tmpfs", "/fast:size=1m", &img, "sh", "-c", "grep ' /fast ' /proc/mounts"]);
     assert!(out.contains("tmpfs") && out.contains("size=1024k"), "{out}");
     let out = a.ok(&[
         "run",
@@ -110,13 +83,6 @@ fn bind_mounts_and_tmpfs() {
         "touch /x 2>&1; echo ok > /dev/shm/y && cat /dev/shm/y",
     ]);
     assert!(out.contains("Read-only file system") && out.contains("ok"), "{out}");
-    let (_, err) = a.fails(&[
-        "run",
-        "--rm",
-        "--mount",
-        "type=bind,source=/does/not/exist,target=/x",
-        &img,
-        "true",
-    ]);
+    let (_, err) = a.fails(&["run", "--rm", "--mount", "type=bind,source=/does/not/exist,target=/x", &img, "true"]);
     assert!(err.contains("bind source path does not exist"), "{err}");
 }

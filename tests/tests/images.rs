@@ -32,21 +32,12 @@ fn schema2_multi_layer_image_with_whiteouts_runs() {
     assert_eq!(inspect[0]["RootFS"]["Layers"].as_array().unwrap().len(), 3);
     // Config from the image: Cmd cat /data/keep, WorkingDir /data, User app.
     assert_eq!(a.ok(&["run", "--rm", &img]), "keep\n");
-    let out = a.ok(&[
-        "run",
-        "--rm",
-        &img,
-        "sh",
-        "-c",
-        "pwd; id -un; ls /etc/doomed /opt/gone 2>&1; ls -A /opt | wc -l",
-    ]);
+    let out =
+        a.ok(&["run", "--rm", &img, "sh", "-c", "pwd; id -un; ls /etc/doomed /opt/gone 2>&1; ls -A /opt | wc -l"]);
     assert!(out.starts_with("/data\napp\n"), "{out}");
     assert!(out.contains("/etc/doomed: No such file or directory"), "{out}");
     assert!(out.contains("/opt/gone: No such file or directory"), "{out}");
-    assert!(
-        out.trim_end().ends_with('0'),
-        "opaque/whiteout left files in /opt: {out}"
-    );
+    assert!(out.trim_end().ends_with('0'), "opaque/whiteout left files in /opt: {out}");
 }
 
 #[test]
@@ -80,9 +71,7 @@ fn tag_rmi_and_prune() {
     assert!(out.contains("Deleted: sha256:"), "{out}");
     assert!(a.ok(&["images", "-q"]).trim().is_empty());
     // Layers and blobs went with it.
-    let layers = std::fs::read_dir(a.data_root().join("snapshots/layers"))
-        .unwrap()
-        .count();
+    let layers = std::fs::read_dir(a.data_root().join("snapshots/layers")).unwrap().count();
     assert_eq!(layers, 0);
     // prune -a removes unused images.
     a.pull("busybox:latest");
@@ -112,16 +101,10 @@ fn login_and_pull_from_a_registry_with_basic_auth() {
     let reg = &auth_registry().addr;
     let img = format!("{reg}/private/busybox:latest");
     let (_, err) = a.fails(&["pull", &img]);
-    assert!(
-        err.contains("pull access denied") || err.contains("unauthorized"),
-        "{err}"
-    );
+    assert!(err.contains("pull access denied") || err.contains("unauthorized"), "{err}");
     let out = a.docker_stdin(&["login", "-u", AUTH_USER, "--password-stdin", reg], Some(b"wrong\n"));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("incorrect username or password"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("incorrect username or password"), "{out:?}");
     let out = a.docker_stdin(
         &["login", "-u", AUTH_USER, "--password-stdin", reg],
         Some(format!("{AUTH_PASSWORD}\n").as_bytes()),

@@ -9,11 +9,7 @@ use std::time::Duration;
 use berth_tests::{Agent, eventually};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn sh(cmd: &str) -> std::process::Output {
@@ -35,33 +31,15 @@ fn bridge_addresses_routes_and_container_to_container() {
     assert!(out.contains("inet 172.29."), "{out}");
     assert!(out.contains("default via 172.29.0.1"), "{out}");
     assert!(out.lines().nth(2).is_some_and(|l| l.starts_with("172.29.")), "{out}");
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "server",
-        &img,
-        "sh",
-        "-c",
-        "while true; do echo from-server | nc -l -p 7000; done",
-    ]);
-    let ip = a
-        .ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "server"])
-        .trim()
-        .to_owned();
+    a.ok(&["run", "-d", "--name", "server", &img, "sh", "-c", "while true; do echo from-server | nc -l -p 7000; done"]);
+    let ip = a.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "server"]).trim().to_owned();
     assert!(ip.starts_with("172.29."), "{ip}");
     let mac = a.ok(&["inspect", "-f", "{{.NetworkSettings.MacAddress}}", "server"]);
     assert!(mac.starts_with("02:42:ac:1d:"), "{mac}");
-    assert!(eventually(10, || a
-        .docker(&["run", "--rm", &img, "nc", &ip, "7000"])
-        .stdout
-        == b"from-server\n"));
+    assert!(eventually(10, || a.docker(&["run", "--rm", &img, "nc", &ip, "7000"]).stdout == b"from-server\n"));
     a.ok(&["rm", "-f", "server"]);
     // none: loopback only; host: the engine's interfaces.
-    assert_eq!(
-        a.ok(&["run", "--rm", "--network", "none", &img, "ls", "/sys/class/net"]),
-        "lo\n"
-    );
+    assert_eq!(a.ok(&["run", "--rm", "--network", "none", &img, "ls", "/sys/class/net"]), "lo\n");
     let host_ifaces = std::fs::read_dir("/sys/class/net").unwrap().count();
     let out = a.ok(&["run", "--rm", "--network", "host", &img, "ls", "/sys/class/net"]);
     assert_eq!(out.lines().count(), host_ifaces);
@@ -78,9 +56,7 @@ fn traffic_leaving_the_bridge_is_masqueraded() {
     let n = std::process::id() % 200 + 20;
     let ns = format!("berth-out-{n}");
     let veth = format!("vo{n}");
-    let _ = sh(&format!(
-        "ip netns del {ns} 2>/dev/null; ip link del {veth} 2>/dev/null"
-    ));
+    let _ = sh(&format!("ip netns del {ns} 2>/dev/null; ip link del {veth} 2>/dev/null"));
     let setup = format!(
         "set -e; ip netns add {ns}; ip link add {veth} type veth peer name eth0 netns {ns}; \
          ip addr add 10.250.{n}.1/24 dev {veth}; ip link set {veth} up; \
@@ -100,22 +76,15 @@ fn traffic_leaving_the_bridge_is_masqueraded() {
     let target = format!("10.250.{n}.2");
     let mut got = String::new();
     let ok = eventually(15, || {
-        got = String::from_utf8_lossy(
-            &a.docker(&["run", "--rm", &img, "nc", "-w", "2", &target, "7777"])
-                .stdout,
-        )
-        .into_owned();
+        got = String::from_utf8_lossy(&a.docker(&["run", "--rm", &img, "nc", "-w", "2", &target, "7777"]).stdout)
+            .into_owned();
         !got.is_empty()
     });
     let _ = server.0.kill();
     let _ = server.0.wait();
     let _ = sh(&format!("ip netns del {ns}; ip link del {veth} 2>/dev/null"));
     assert!(ok, "the container could not reach the outside host");
-    assert_eq!(
-        got,
-        format!("seen 10.250.{n}.1\n"),
-        "source address was not masqueraded"
-    );
+    assert_eq!(got, format!("seen 10.250.{n}.1\n"), "source address was not masqueraded");
 }
 
 /// Kills the outside server even when an assertion fails first.
@@ -169,10 +138,7 @@ fn published_tcp_and_udp_ports() {
     assert_eq!(code, 125);
     assert!(err.contains("port is already allocated"), "{err}");
     a.ok(&["rm", "-f", "web"]);
-    assert!(
-        eventually(5, || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()),
-        "port not released after rm"
-    );
+    assert!(eventually(5, || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()), "port not released after rm");
 
     // UDP, answered by the host's python3 bind-mounted into the container.
     let uport = free_port();
@@ -203,11 +169,7 @@ fn published_tcp_and_udp_ports() {
         let _ = sock.send_to(b"ping", ("127.0.0.1", uport));
         matches!(sock.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"pong:ping")
     });
-    assert!(
-        answered,
-        "no UDP answer through the published port: {}",
-        a.ok(&["logs", "udp"])
-    );
+    assert!(answered, "no UDP answer through the published port: {}", a.ok(&["logs", "udp"]));
     a.ok(&["rm", "-f", "udp"]);
     let _ = std::io::stdout().flush();
 }

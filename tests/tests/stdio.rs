@@ -18,16 +18,10 @@ fn in_terminal(a: &Agent, cmd: &str) -> String {
 fn stdin_and_tty() {
     let a = Agent::start();
     let img = a.pull("busybox:latest");
-    let out = a.docker_stdin(
-        &["run", "-i", "--rm", &img, "sh", "-c", "cat; echo done"],
-        Some(b"line one\nline two\n"),
-    );
+    let out = a.docker_stdin(&["run", "-i", "--rm", &img, "sh", "-c", "cat; echo done"], Some(b"line one\nline two\n"));
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "line one\nline two\ndone\n");
-    let out = in_terminal(
-        &a,
-        &format!("docker run -it --rm {img} sh -c 'tty; stty size; exit 5'; echo rc=$?"),
-    );
+    let out = in_terminal(&a, &format!("docker run -it --rm {img} sh -c 'tty; stty size; exit 5'; echo rc=$?"));
     assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("33 101"), "{out}");
     assert!(out.contains("rc=5"), "{out}");
@@ -37,62 +31,27 @@ fn stdin_and_tty() {
 fn logs_with_tail_timestamps_since_and_follow() {
     let a = Agent::start();
     let img = a.pull("busybox:latest");
-    a.ok(&[
-        "run",
-        "--name",
-        "talker",
-        &img,
-        "sh",
-        "-c",
-        "for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2",
-    ]);
+    a.ok(&["run", "--name", "talker", &img, "sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2"]);
     assert_eq!(a.ok(&["logs", "talker"]), "line1\nline2\nline3\nline4\nline5\n");
     let out = a.docker(&["logs", "talker"]);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
     // The tail counts lines of both streams together.
     let out = a.docker(&["logs", "--tail", "2", "talker"]);
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
+    let (o, e) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert_eq!(o.lines().count() + e.lines().count(), 2, "{o}|{e}");
-    assert!(
-        o.ends_with("line5\n") && e == "oops\n" || o == "line4\nline5\n",
-        "{o}|{e}"
-    );
+    assert!(o.ends_with("line5\n") && e == "oops\n" || o == "line4\nline5\n", "{o}|{e}");
     a.ok(&["run", "--name", "quiet", &img, "sh", "-c", "echo a; echo b"]);
     let ts = a.ok(&["logs", "-t", "--tail", "1", "quiet"]);
     let (stamp, rest) = ts.split_once(' ').unwrap();
-    assert!(
-        stamp.starts_with("20") && stamp.ends_with('Z') && stamp.contains('T'),
-        "{ts}"
-    );
+    assert!(stamp.starts_with("20") && stamp.ends_with('Z') && stamp.contains('T'), "{ts}");
     assert_eq!(rest, "b\n");
     assert_eq!(a.ok(&["logs", "--since", "2099-01-01T00:00:00Z", "talker"]), "");
     // follow: sees new lines and ends when the container stops.
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "ticker",
-        &img,
-        "sh",
-        "-c",
-        "for i in 1 2 3; do echo t$i; sleep 0.3; done",
-    ]);
+    a.ok(&["run", "-d", "--name", "ticker", &img, "sh", "-c", "for i in 1 2 3; do echo t$i; sleep 0.3; done"]);
     let out = a.ok(&["logs", "-f", "ticker"]);
     assert_eq!(out, "t1\nt2\nt3\n");
     // attach to a running container gets its live output.
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "late",
-        &img,
-        "sh",
-        "-c",
-        "sleep 1; echo after-attach",
-    ]);
+    a.ok(&["run", "-d", "--name", "late", &img, "sh", "-c", "sleep 1; echo after-attach"]);
     assert_eq!(a.ok(&["attach", "late"]), "after-attach\n");
 }
 
@@ -125,11 +84,7 @@ fn exec_with_env_user_workdir_and_tty() {
     assert!(out.contains("/dev/pts/") && out.contains("33 101"), "{out}");
     let out = a.docker(&["exec", "box", "nope"]);
     assert_eq!(out.status.code(), Some(127));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("executable file not found"), "{text}");
     a.ok(&["stop", "-t", "0", "box"]);
     let (_, err) = a.fails(&["exec", "box", "true"]);

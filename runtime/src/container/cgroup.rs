@@ -58,21 +58,14 @@ pub fn is_v2() -> bool {
 impl Cgroup {
     /// Creates the cgroup of container `id` and applies `limits`.
     pub fn create(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
-        if is_v2() {
-            Self::create_v2(id, limits)
-        } else {
-            Self::create_v1(id, limits)
-        }
+        if is_v2() { Self::create_v2(id, limits) } else { Self::create_v1(id, limits) }
     }
 
     fn create_v2(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let own = own_path("");
         let base = PathBuf::from(ROOT).join(own.trim_start_matches('/')).join("berth");
         let dir = base.join(id);
-        fs::create_dir_all(&dir).map_err(|source| CgroupError {
-            path: dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&dir).map_err(|source| CgroupError { path: dir.clone(), source })?;
         // Controllers must be enabled on the way down; ignore those the kernel lacks.
         for d in [base.parent().map(PathBuf::from).unwrap_or_default(), base.clone()] {
             for c in ["+memory", "+cpu", "+pids"] {
@@ -106,14 +99,8 @@ impl Cgroup {
             if !mount.is_dir() {
                 continue;
             }
-            let dir = mount
-                .join(own_path(ctrl).trim_start_matches('/'))
-                .join("berth")
-                .join(id);
-            fs::create_dir_all(&dir).map_err(|source| CgroupError {
-                path: dir.clone(),
-                source,
-            })?;
+            let dir = mount.join(own_path(ctrl).trim_start_matches('/')).join("berth").join(id);
+            fs::create_dir_all(&dir).map_err(|source| CgroupError { path: dir.clone(), source })?;
             match ctrl {
                 "memory" if limits.memory > 0 => {
                     write(&dir, "memory.limit_in_bytes", &limits.memory.to_string())?;
@@ -176,10 +163,7 @@ mod tests {
 
     #[test]
     fn cpus_become_quota() {
-        let l = Limits {
-            nano_cpus: 1_500_000_000,
-            ..Default::default()
-        };
+        let l = Limits { nano_cpus: 1_500_000_000, ..Default::default() };
         assert_eq!(cpu_quota(&l), Some((150_000, 100_000)));
         assert_eq!(cpu_quota(&Limits::default()), None);
     }

@@ -48,19 +48,10 @@ pub struct Pty(Arc<AsyncFd<OwnedFd>>);
 impl Pty {
     /// Sets the terminal size (rows, columns).
     pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads a winsize we own from a valid pty master fd.
         let rc = unsafe { libc::ioctl(self.0.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 }
 
@@ -166,9 +157,7 @@ where
     let mut cmd = tokio::process::Command::new(&helper.program);
     cmd.args(&helper.args).arg(mode).arg(spec).kill_on_drop(false);
     let mut io = if tty {
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         None
     } else {
         let (out_r, out_w) = pipe_pair()?;
@@ -203,18 +192,13 @@ where
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
-        path: helper.program.clone(),
-        source,
-    })?;
+    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { path: helper.program.clone(), source })?;
     drop(child_fds);
     drop(cmd);
 
     let mut helper_child = child;
     let mut status = String::new();
-    pipe::Receiver::from_owned_fd(status_r)?
-        .read_to_string(&mut status)
-        .await?;
+    pipe::Receiver::from_owned_fd(status_r)?.read_to_string(&mut status).await?;
     let pid = match status.trim().split_once(' ') {
         Some(("pid", n)) => n.parse::<i32>().map_err(|_| LaunchError::Helper(status.clone()))?,
         Some(("error", msg)) => {
@@ -235,20 +219,14 @@ where
     go.write_all(&[1]).await?;
     drop(go);
     if let Some(sock) = console_agent {
-        let master = tokio::task::spawn_blocking(move || receive_fd(&sock))
-            .await
-            .map_err(io::Error::other)?;
+        let master = tokio::task::spawn_blocking(move || receive_fd(&sock)).await.map_err(io::Error::other)?;
         if let Ok(master) = master {
             nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
             // SAFETY: the master fd is owned by the AsyncFd from here on and nothing else closes it.
             let registered = unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))?;
             let pty = Pty(Arc::new(registered));
             io = Some(ProcessIo {
-                stdin: if open_stdin {
-                    Some(Box::new(pty.clone()) as BoxWrite)
-                } else {
-                    None
-                },
+                stdin: if open_stdin { Some(Box::new(pty.clone()) as BoxWrite) } else { None },
                 stdout: Box::new(pty.clone()),
                 stderr: None,
                 pty: Some(pty),
@@ -256,19 +234,13 @@ where
         }
     }
     let mut failure = String::new();
-    pipe::Receiver::from_owned_fd(err_r)?
-        .read_to_string(&mut failure)
-        .await?;
+    pipe::Receiver::from_owned_fd(err_r)?.read_to_string(&mut failure).await?;
     if !failure.is_empty() {
         let _ = helper_child.wait().await;
         return Err(LaunchError::Start(failure));
     }
     let io = io.ok_or_else(|| LaunchError::Helper("the container did not send its terminal".into()))?;
-    Ok(Launched {
-        pid,
-        helper: helper_child,
-        io,
-    })
+    Ok(Launched { pid, helper: helper_child, io })
 }
 
 /// Receives one file descriptor sent with SCM_RIGHTS.

@@ -36,18 +36,12 @@ pub struct LogWriter {
 impl LogWriter {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogWriter {
-            file,
-            partial: [Vec::new(), Vec::new()],
-        })
+        Ok(LogWriter { file, partial: [Vec::new(), Vec::new()] })
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
-        let line = LogLine {
-            log: String::from_utf8_lossy(bytes).into_owned(),
-            stream,
-            time: crate::model::now_rfc3339(),
-        };
+        let line =
+            LogLine { log: String::from_utf8_lossy(bytes).into_owned(), stream, time: crate::model::now_rfc3339() };
         let mut json = serde_json::to_vec(&line).map_err(io::Error::other)?;
         json.push(b'\n');
         self.file.write_all(&json)
@@ -95,9 +89,7 @@ pub struct LogQuery {
 }
 
 fn unix_time(s: &str) -> f64 {
-    crate::model::parse_time(s)
-        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
-        .unwrap_or(0.0)
+    crate::model::parse_time(s).map(|t| t.unix_timestamp_nanos() as f64 / 1e9).unwrap_or(0.0)
 }
 
 impl LogQuery {
@@ -181,32 +173,13 @@ mod tests {
         w.write(Stream::Stderr, b"err\n").unwrap();
         w.write(Stream::Stdout, b"o\nthree").unwrap();
         w.flush_partial().unwrap();
-        let all = LogQuery {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        };
+        let all = LogQuery { stdout: true, stderr: true, ..Default::default() };
         let (lines, _) = read(&p, &all).unwrap();
         let text: Vec<&str> = lines.iter().map(|l| l.log.as_str()).collect();
         assert_eq!(text, ["one\n", "err\n", "two\n", "three"]);
-        let (lines, _) = read(
-            &p,
-            &LogQuery {
-                tail: Some(1),
-                stdout: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (lines, _) = read(&p, &LogQuery { tail: Some(1), stdout: true, ..Default::default() }).unwrap();
         assert_eq!(lines[0].log, "three");
-        let (lines, _) = read(
-            &p,
-            &LogQuery {
-                stderr: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (lines, _) = read(&p, &LogQuery { stderr: true, ..Default::default() }).unwrap();
         assert_eq!(lines.len(), 1);
     }
 }

@@ -131,10 +131,7 @@ pub fn merge_config(req: &ContainerConfig, image: &ImageConfig) -> Result<Contai
     let (entrypoint, cmd) = match (&req.entrypoint, &req.cmd) {
         (Some(ep), cmd) => (ep.clone(), cmd.clone().unwrap_or_default()),
         (None, Some(cmd)) if !cmd.is_empty() => (img.entrypoint.clone().unwrap_or_default(), cmd.clone()),
-        (None, _) => (
-            img.entrypoint.clone().unwrap_or_default(),
-            img.cmd.clone().unwrap_or_default(),
-        ),
+        (None, _) => (img.entrypoint.clone().unwrap_or_default(), img.cmd.clone().unwrap_or_default()),
     };
     let entrypoint: Vec<String> = if entrypoint == [""] { vec![] } else { entrypoint };
     if entrypoint.is_empty() && cmd.is_empty() {
@@ -149,10 +146,7 @@ pub fn merge_config(req: &ContainerConfig, image: &ImageConfig) -> Result<Contai
         env.push(e.clone());
     }
     if !env.iter().any(|e| env_key(e) == "PATH") {
-        env.insert(
-            0,
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        );
+        env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     out.env = env;
     if out.working_dir.is_empty() {
@@ -235,10 +229,7 @@ mod tests {
         assert_eq!(argv(&merge_config(&req, &img).unwrap()), ["/other"]);
         req.entrypoint = Some(vec!["".into()]);
         assert!(matches!(merge_config(&req, &img), Err(SpecError::NoCommand)));
-        let req = ContainerConfig {
-            env: vec!["A=2".into()],
-            ..Default::default()
-        };
+        let req = ContainerConfig { env: vec!["A=2".into()], ..Default::default() };
         let m = merge_config(&req, &img).unwrap();
         assert_eq!(m.env, ["PATH=/bin", "A=2"]);
     }

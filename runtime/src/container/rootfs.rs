@@ -23,10 +23,7 @@ pub struct RootView {
 impl RootView {
     /// The root of a running container (its init's pid).
     pub fn running(pid: i32) -> RootView {
-        RootView {
-            root: PathBuf::from(format!("/proc/{pid}/root")),
-            mounted: false,
-        }
+        RootView { root: PathBuf::from(format!("/proc/{pid}/root")), mounted: false }
     }
 
     /// Mounts a stopped container's overlay at `at`.
@@ -39,18 +36,8 @@ impl RootView {
             overlay.upper.display(),
             overlay.work.display()
         );
-        mount(
-            Some("overlay"),
-            at,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(io::Error::from)?;
-        Ok(RootView {
-            root: at.to_owned(),
-            mounted: true,
-        })
+        mount(Some("overlay"), at, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(io::Error::from)?;
+        Ok(RootView { root: at.to_owned(), mounted: true })
     }
 
     /// Resolves `path` (absolute, as the container sees it) inside the root.
@@ -125,25 +112,12 @@ pub fn go_file_mode(meta: &fs::Metadata) -> u32 {
 pub fn stat(view: &RootView, path: &str) -> io::Result<PathStat> {
     let resolved = view.resolve(path, false)?;
     let meta = fs::symlink_metadata(&resolved)?;
-    let link_target = if meta.file_type().is_symlink() {
-        fs::read_link(&resolved)?.display().to_string()
-    } else {
-        String::new()
-    };
-    let mtime = time::OffsetDateTime::from_unix_timestamp(meta.mtime())
-        .map(crate::model::format_time)
-        .unwrap_or_default();
-    let name = Path::new(path)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
-    Ok(PathStat {
-        name,
-        size: meta.len() as i64,
-        mode: go_file_mode(&meta),
-        mtime,
-        link_target,
-    })
+    let link_target =
+        if meta.file_type().is_symlink() { fs::read_link(&resolved)?.display().to_string() } else { String::new() };
+    let mtime =
+        time::OffsetDateTime::from_unix_timestamp(meta.mtime()).map(crate::model::format_time).unwrap_or_default();
+    let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
+    Ok(PathStat { name, size: meta.len() as i64, mode: go_file_mode(&meta), mtime, link_target })
 }
 
 /// Writes a tar of `path` (named by its base name) into `out`. With `one_fs`, directories on

@@ -109,15 +109,12 @@ const DEFAULT_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
 pub fn main(mode: &str, spec_path: &Path) -> ! {
     // SAFETY: the agent passed fds 3 and 4/5 by the protocol above; nothing else owns them.
     let mut status = unsafe { File::from_raw_fd(3) };
-    let result = fs::read(spec_path)
-        .map_err(|e| format!("reading {}: {e}", spec_path.display()))
-        .and_then(|b| match mode {
-            "run" => serde_json::from_slice::<RunSpec>(&b)
-                .map_err(|e| e.to_string())
-                .and_then(|s| run(s, &mut status)),
-            "exec" => serde_json::from_slice::<ExecSpec>(&b)
-                .map_err(|e| e.to_string())
-                .and_then(|s| exec(s, &mut status)),
+    let result =
+        fs::read(spec_path).map_err(|e| format!("reading {}: {e}", spec_path.display())).and_then(|b| match mode {
+            "run" => serde_json::from_slice::<RunSpec>(&b).map_err(|e| e.to_string()).and_then(|s| run(s, &mut status)),
+            "exec" => {
+                serde_json::from_slice::<ExecSpec>(&b).map_err(|e| e.to_string()).and_then(|s| exec(s, &mut status))
+            }
             other => Err(format!("unknown shim mode {other:?}")),
         });
     match result {
@@ -219,10 +216,7 @@ fn fork_and_wait(
                 }
             }
             let _ = writeln!(status, "pid {child}");
-            drop(std::mem::replace(
-                status,
-                File::open("/dev/null").map_err(|e| e.to_string())?,
-            ));
+            drop(std::mem::replace(status, File::open("/dev/null").map_err(|e| e.to_string())?));
             // Keep no copy of the container's stdio, so readers see EOF when it exits.
             let null = File::open("/dev/null").map_err(|e| e.to_string())?;
             for fd in 0..=2 {
@@ -269,13 +263,7 @@ fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, String> {
         mnt(Some(&file.to_string_lossy()), &target, None, MsFlags::MS_BIND, None)?;
     }
     if spec.readonly_rootfs {
-        mnt(
-            None,
-            root,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
+        mnt(None, root, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
     }
     pivot(root)?;
     mask_proc();
@@ -295,12 +283,7 @@ fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
     fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
     // Long lower lists overflow the one-page mount data: name layers relative to their
     // common parent and mount from there.
-    let base = o
-        .lower
-        .first()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.parent())
-        .map(Path::to_path_buf);
+    let base = o.lower.first().and_then(|p| p.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
     let relative = base.as_ref().filter(|b| o.lower.iter().all(|l| l.starts_with(b)));
     let lower: Vec<String> = o
         .lower
@@ -313,12 +296,7 @@ fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
     if let Some(b) = relative {
         nix::unistd::chdir(b.as_path()).map_err(|e| format!("chdir {}: {e}", b.display()))?;
     }
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        o.upper.display(),
-        o.work.display()
-    );
+    let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), o.upper.display(), o.work.display());
     mnt(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(&data))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
@@ -349,11 +327,7 @@ fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
     match m.kind.as_str() {
         "tmpfs" => {
             let target = prepare_target(root, &m.destination, true)?;
-            let opts = if m.options.is_empty() {
-                "mode=1777".to_string()
-            } else {
-                m.options.clone()
-            };
+            let opts = if m.options.is_empty() { "mode=1777".to_string() } else { m.options.clone() };
             let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             if m.readonly {
                 flags |= MsFlags::MS_RDONLY;
@@ -368,21 +342,9 @@ fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
                 )
             })?;
             let target = prepare_target(root, &m.destination, is_dir)?;
-            mnt(
-                Some(&m.source.to_string_lossy()),
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
+            mnt(Some(&m.source.to_string_lossy()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
             if m.readonly {
-                mnt(
-                    None,
-                    &target,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                    None,
-                )?;
+                mnt(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
             }
             Ok(())
         }
@@ -398,13 +360,7 @@ fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
     if mnt(Some("sysfs"), &sys, Some("sysfs"), nodev | MsFlags::MS_RDONLY, None).is_err() {
         // Sharing the host's network namespace forbids a new sysfs: bind the host's, read-only.
         mnt(Some("/sys"), &sys, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        mnt(
-            None,
-            &sys,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
+        mnt(None, &sys, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
     }
     if crate::container::cgroup::is_v2() {
         let cg = prepare_target(root, "/sys/fs/cgroup", true)?;
@@ -436,13 +392,7 @@ fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(|e| format!("creating /dev/shm: {e}"))?;
     let size = if shm_size > 0 { shm_size } else { 64 << 20 };
-    mnt(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        nodev,
-        Some(&format!("mode=1777,size={size}")),
-    )?;
+    mnt(Some("shm"), &shm, Some("tmpfs"), nodev, Some(&format!("mode=1777,size={size}")))?;
     let mq = dev.join("mqueue");
     fs::create_dir(&mq).map_err(|e| format!("creating /dev/mqueue: {e}"))?;
     let _ = mnt(Some("mqueue"), &mq, Some("mqueue"), nodev, None);
@@ -459,13 +409,7 @@ fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
 
 /// Makes `root` the root: the `pivot_root(".", ".")` idiom, then detaches the old root.
 fn pivot(root: &Path) -> Result<(), String> {
-    mnt(
-        Some(&root.to_string_lossy()),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
+    mnt(Some(&root.to_string_lossy()), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
     nix::unistd::chdir(root).map_err(|e| format!("chdir rootfs: {e}"))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
@@ -478,15 +422,7 @@ fn mask_proc() {
         let _ = mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>);
     }
     for p in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
-        if mount(
-            Some(p),
-            p,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .is_ok()
-        {
+        if mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).is_ok() {
             let _ = mount(
                 None::<&str>,
                 p,
@@ -509,9 +445,7 @@ impl IoctlSocket {
             return Err(format!("socket: {}", std::io::Error::last_os_error()));
         }
         // SAFETY: fd was just returned by socket(2).
-        Ok(IoctlSocket(unsafe {
-            <std::os::fd::OwnedFd as FromRawFd>::from_raw_fd(fd)
-        }))
+        Ok(IoctlSocket(unsafe { <std::os::fd::OwnedFd as FromRawFd>::from_raw_fd(fd) }))
     }
 
     fn ioctl<T>(&self, request: libc::c_ulong, arg: &T, what: &str) -> Result<(), String> {
@@ -536,9 +470,7 @@ fn sockaddr_in(ip: std::net::Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr have the same size; this is how the API is meant to be used.
@@ -614,9 +546,7 @@ fn lookup_user(spec: &str) -> Result<(u32, u32, Vec<u32>, Option<String>), Strin
         (Err(_), Some(f)) => f[2].parse().map_err(|_| format!("bad uid in /etc/passwd for {user}"))?,
         (Err(_), None) if user.is_empty() => 0,
         (Err(_), None) => {
-            return Err(format!(
-                "unable to find user {user}: no matching entries in passwd file"
-            ));
+            return Err(format!("unable to find user {user}: no matching entries in passwd file"));
         }
     };
     let home = entry.as_ref().and_then(|f| f.get(5)).map(|s| s.to_string());
@@ -667,18 +597,13 @@ fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf, String> {
 }
 
 fn drop_capabilities() -> Result<(), String> {
-    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last: u32 =
+        fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
     for cap in 0..=last {
         if !DEFAULT_CAPS.contains(&cap) {
             // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory is touched.
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-                return Err(format!(
-                    "dropping capability {cap}: {}",
-                    std::io::Error::last_os_error()
-                ));
+                return Err(format!("dropping capability {cap}: {}", std::io::Error::last_os_error()));
             }
         }
     }
@@ -702,10 +627,7 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
         console(uid, p.console_size).map_err(|e| format!("{prefix}: setting up the terminal: {e}"))?;
         // SAFETY: TIOCSCTTY on our stdin, the pty slave just made our stdio.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!(
-                "{prefix}: setting the controlling terminal: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("{prefix}: setting the controlling terminal: {}", std::io::Error::last_os_error()));
         }
     }
     let exe = find_executable(p.args.first().map(String::as_str).unwrap_or(""), &env)
@@ -720,11 +642,7 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
     let args: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let envs: Vec<CString> = env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
     let err = nix::unistd::execve(&exe_c, &args, &envs).unwrap_err();
-    Err(format!(
-        "{prefix}: exec: \"{}\": {}",
-        p.args[0],
-        err.desc().to_lowercase()
-    ))
+    Err(format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase()))
 }
 
 /// Opens a pty in the container's devpts, makes the slave this process's stdio (owned by
@@ -736,31 +654,16 @@ fn console(uid: u32, size: Option<(u16, u16)>) -> Result<(), String> {
     nix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
     nix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
     let name = nix::pty::ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
-    let slave = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&name)
-        .map_err(|e| format!("{name}: {e}"))?;
+    let slave = fs::OpenOptions::new().read(true).write(true).open(&name).map_err(|e| format!("{name}: {e}"))?;
     std::os::unix::fs::fchown(&slave, Some(uid), None).map_err(|e| format!("chown {name}: {e}"))?;
     if let Some((rows, cols)) = size.filter(|(r, c)| *r > 0 && *c > 0) {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads a winsize we own.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
     let fds = [master.as_raw_fd()];
-    sendmsg::<UnixAddr>(
-        6,
-        &[std::io::IoSlice::new(b"m")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|e| format!("sending the terminal to the engine: {e}"))?;
+    sendmsg::<UnixAddr>(6, &[std::io::IoSlice::new(b"m")], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .map_err(|e| format!("sending the terminal to the engine: {e}"))?;
     drop(master);
     for fd in 0..=2 {
         // SAFETY: dup2 of an fd we own onto our standard descriptors.

@@ -47,12 +47,7 @@ impl Engine {
         if rec.running() && rec.state.pid > 0 {
             return Ok(RootView::running(rec.state.pid));
         }
-        let overlay = self
-            .inner
-            .stores
-            .snapshots
-            .prepare(&rec.id, &rec.chain)
-            .map_err(ImageError::from)?;
+        let overlay = self.inner.stores.snapshots.prepare(&rec.id, &rec.chain).map_err(ImageError::from)?;
         let at = self.scratch()?.join(format!("root-{:016x}", rand::random::<u64>()));
         RootView::mount(&overlay, &at).map_err(io_ctx(format!("mounting the root of {}", rec.id)))
     }
@@ -60,14 +55,7 @@ impl Engine {
     /// `docker commit`: the container's changes become a layer on its image.
     pub async fn commit(&self, container: &str, opts: CommitOptions) -> Result<String, EngineError> {
         let rec = self.container(container)?;
-        let base = self
-            .inner
-            .stores
-            .images
-            .lock()
-            .expect("image store lock")
-            .get(&rec.image_id)
-            .cloned();
+        let base = self.inner.stores.images.lock().expect("image store lock").get(&rec.image_id).cloned();
         let base = base.ok_or_else(|| EngineError::NotFound(format!("No such image: {}", rec.image_id)))?;
         let mut config: ImageConfig = self.image_config(&base.id)?;
         let mut run = opts.config.clone().unwrap_or_else(|| rec.config.clone());
@@ -85,11 +73,7 @@ impl Engine {
         }
         run.hostname.clear();
         run.image = String::new();
-        let tag = opts
-            .reference
-            .as_deref()
-            .map(|r| parse_reference(r).map(|r| tagged(&r)))
-            .transpose()?;
+        let tag = opts.reference.as_deref().map(|r| parse_reference(r).map(|r| tagged(&r))).transpose()?;
         let upper = self.inner.stores.snapshots.active_upper(&rec.id);
         let stores = self.inner.stores.clone();
         let mut scratch = self.scratch_file()?;
@@ -99,12 +83,7 @@ impl Engine {
             scratch.flush().map_err(io_ctx("writing the container's diff"))?;
             scratch.rewind().map_err(io_ctx("writing the container's diff"))?;
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&scratch));
-            Ok(archive::add_layer(
-                &stores,
-                std::path::Path::new(&path),
-                parent_chain.as_deref(),
-                None,
-            )?)
+            Ok(archive::add_layer(&stores, std::path::Path::new(&path), parent_chain.as_deref(), None)?)
         })
         .await
         .map_err(|e| EngineError::InvalidArgument(e.to_string()))??;
@@ -124,10 +103,7 @@ impl Engine {
         config.extra.insert("container".into(), serde_json::json!(rec.id));
         let mut layers = base.layers.clone();
         layers.push(layer);
-        debug_assert_eq!(
-            chain_ids(&config.rootfs.diff_ids).last(),
-            layers.last().map(|l| &l.chain_id)
-        );
+        debug_assert_eq!(chain_ids(&config.rootfs.diff_ids).last(), layers.last().map(|l| &l.chain_id));
         let bytes = serde_json::to_vec(&config).expect("config serialises");
         let tags: Vec<String> = tag.into_iter().collect();
         let img = archive::record_image(&self.inner.stores, &bytes, layers, &tags, &base.id, &opts.comment)?;
@@ -141,19 +117,13 @@ impl Engine {
             let store = self.inner.stores.images.lock().expect("image store lock");
             for n in names {
                 let rec = store.resolve(n)?.clone();
-                let by_ref = parse_reference(n)
-                    .ok()
-                    .map(|r| tagged(&r))
-                    .filter(|t| rec.repo_tags.contains(t));
+                let by_ref = parse_reference(n).ok().map(|r| tagged(&r)).filter(|t| rec.repo_tags.contains(t));
                 let tags: Vec<String> = match by_ref {
                     Some(t) => vec![image::familiar(&t)],
                     None if n.starts_with("sha256:") || rec.id[7..].starts_with(n.as_str()) => vec![],
                     None => rec.repo_tags.iter().map(|t| image::familiar(t)).collect(),
                 };
-                match images
-                    .iter_mut()
-                    .find(|(i, _): &&mut (image::ImageRecord, Vec<String>)| i.id == rec.id)
-                {
+                match images.iter_mut().find(|(i, _): &&mut (image::ImageRecord, Vec<String>)| i.id == rec.id) {
                     Some((_, t)) => t.extend(tags),
                     None => images.push((rec, tags)),
                 }
@@ -200,14 +170,7 @@ impl Engine {
         let stores = self.inner.stores.clone();
         tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-            Ok(archive::import(
-                &stores,
-                std::path::Path::new(&path),
-                reference.as_deref(),
-                config,
-                &comment,
-            )?
-            .id)
+            Ok(archive::import(&stores, std::path::Path::new(&path), reference.as_deref(), config, &comment)?.id)
         })
         .await
         .map_err(|e| EngineError::InvalidArgument(e.to_string()))?

@@ -59,10 +59,7 @@ impl Engine {
         let dir = self.inner.root.join("containers");
         std::fs::create_dir_all(&dir).map_err(io_ctx("creating containers dir"))?;
         let mut map = self.inner.containers.lock().expect("containers lock");
-        for entry in std::fs::read_dir(&dir)
-            .map_err(io_ctx("reading containers dir"))?
-            .flatten()
-        {
+        for entry in std::fs::read_dir(&dir).map_err(io_ctx("reading containers dir"))?.flatten() {
             let path = entry.path().join("config.json");
             let Ok(bytes) = std::fs::read(&path) else { continue };
             let Ok(mut rec) = serde_json::from_slice::<ContainerRecord>(&bytes) else {
@@ -103,13 +100,7 @@ impl Engine {
     }
 
     pub(crate) fn all_containers(&self) -> Vec<Arc<Ctr>> {
-        self.inner
-            .containers
-            .lock()
-            .expect("containers lock")
-            .values()
-            .cloned()
-            .collect()
+        self.inner.containers.lock().expect("containers lock").values().cloned().collect()
     }
 
     /// Finds a container by full ID, name, or unique ID prefix.
@@ -125,9 +116,9 @@ impl Engine {
         let mut found = map.iter().filter(|(id, _)| !name.is_empty() && id.starts_with(name));
         match (found.next(), found.next()) {
             (Some((_, c)), None) => Ok(c.clone()),
-            (Some(_), Some(_)) => Err(EngineError::InvalidArgument(format!(
-                "multiple IDs found with provided prefix: {name}"
-            ))),
+            (Some(_), Some(_)) => {
+                Err(EngineError::InvalidArgument(format!("multiple IDs found with provided prefix: {name}")))
+            }
             _ => Err(not_found(name_or_id)),
         }
     }
@@ -161,10 +152,7 @@ impl Engine {
         let mut config = merge_config(&req.config, &image_config)?;
         let host = req.host_config;
         if network::parse_mode(&host.network_mode).is_none() {
-            return Err(EngineError::NotFound(format!(
-                "network {} not found",
-                host.network_mode
-            )));
+            return Err(EngineError::NotFound(format!("network {} not found", host.network_mode)));
         }
         let id = random_id();
         if config.hostname.is_empty() {
@@ -219,16 +207,8 @@ impl Engine {
         };
         let ctr = Ctr::new(rec, dir);
         ctr.update(|_| {})?;
-        self.inner
-            .stores
-            .snapshots
-            .prepare(&id, &ctr.snapshot().chain)
-            .map_err(ImageError::from)?;
-        self.inner
-            .containers
-            .lock()
-            .expect("containers lock")
-            .insert(id.clone(), ctr);
+        self.inner.stores.snapshots.prepare(&id, &ctr.snapshot().chain).map_err(ImageError::from)?;
+        self.inner.containers.lock().expect("containers lock").insert(id.clone(), ctr);
         tracing::info!(container = %id, "created");
         Ok((id, vec![]))
     }
@@ -300,10 +280,7 @@ impl Engine {
                     });
                 }
                 "volume" => {
-                    let v = self
-                        .inner
-                        .volumes
-                        .create(&m.source, BTreeMap::new(), m.source.is_empty())?;
+                    let v = self.inner.volumes.create(&m.source, BTreeMap::new(), m.source.is_empty())?;
                     out.push(MountRecord {
                         kind: "volume".into(),
                         name: v.name,
@@ -378,9 +355,7 @@ impl Engine {
         let hosts_path = ctr.dir.join("hosts");
         let resolv_path = ctr.dir.join("resolv.conf");
         let hostname = if host_mode {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default()
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
         } else {
             rec.config.hostname.clone()
         };
@@ -402,22 +377,14 @@ impl Engine {
         }
         std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;
         let resolv = if !rec.host_config.dns.is_empty() {
-            rec.host_config
-                .dns
-                .iter()
-                .map(|d| format!("nameserver {d}\n"))
-                .collect()
+            rec.host_config.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
         } else if host_mode {
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
         } else {
             container_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
         };
         std::fs::write(&resolv_path, resolv).map_err(io_ctx("writing resolv.conf"))?;
-        Ok(vec![
-            (hostname_path, "hostname".into()),
-            (hosts_path, "hosts".into()),
-            (resolv_path, "resolv.conf".into()),
-        ])
+        Ok(vec![(hostname_path, "hostname".into()), (hosts_path, "hosts".into()), (resolv_path, "resolv.conf".into())])
     }
 
     /// Starts a created or exited container.
@@ -444,18 +411,9 @@ impl Engine {
 
     async fn start_locked(&self, ctr: &Arc<Ctr>, rec: ContainerRecord) -> Result<(), EngineError> {
         let id = rec.id.clone();
-        let overlay = self
-            .inner
-            .stores
-            .snapshots
-            .prepare(&id, &rec.chain)
-            .map_err(ImageError::from)?;
+        let overlay = self.inner.stores.snapshots.prepare(&id, &rec.chain).map_err(ImageError::from)?;
         let mode = network::parse_mode(&rec.host_config.network_mode).unwrap_or(network::Mode::Bridge);
-        let net = if mode == network::Mode::Host {
-            NetMode::Host
-        } else {
-            NetMode::New
-        };
+        let net = if mode == network::Mode::Host { NetMode::Host } else { NetMode::New };
         // Bridge networking: an address, and the published ports bound before the process
         // exists, so a taken port fails the start cleanly.
         let (eth0, published) = if mode == network::Mode::Bridge {
@@ -501,22 +459,14 @@ impl Engine {
                 .mounts
                 .iter()
                 .map(|m| MountPoint {
-                    kind: if m.kind == "tmpfs" {
-                        "tmpfs".into()
-                    } else {
-                        "bind".into()
-                    },
+                    kind: if m.kind == "tmpfs" { "tmpfs".into() } else { "bind".into() },
                     source: PathBuf::from(&m.source),
                     destination: m.destination.clone(),
                     readonly: !m.rw,
                     options: m.options.clone(),
                 })
                 .collect(),
-            hostname: if net == NetMode::Host {
-                String::new()
-            } else {
-                rec.config.hostname.clone()
-            },
+            hostname: if net == NetMode::Host { String::new() } else { rec.config.hostname.clone() },
             net,
             etc_files,
             shm_size: rec.host_config.shm_size.max(0) as u64,
@@ -524,11 +474,7 @@ impl Engine {
             process: ProcessSpec {
                 args: argv(&rec.config),
                 env: rec.config.env.clone(),
-                cwd: if rec.config.working_dir.is_empty() {
-                    "/".into()
-                } else {
-                    rec.config.working_dir.clone()
-                },
+                cwd: if rec.config.working_dir.is_empty() { "/".into() } else { rec.config.working_dir.clone() },
                 user: rec.config.user.clone(),
                 tty: rec.config.tty,
                 console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
@@ -620,22 +566,11 @@ impl Engine {
         tracing::info!(container = %id, pid, "started");
 
         let log_path = ctr.dir.join(format!("{id}-json.log"));
-        let writer = Arc::new(std::sync::Mutex::new(
-            LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?,
-        ));
-        let mut pumps = vec![tokio::spawn(pump(
-            launched.io.stdout,
-            Stream::Stdout,
-            ctr.output.clone(),
-            writer.clone(),
-        ))];
+        let writer = Arc::new(std::sync::Mutex::new(LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?));
+        let mut pumps =
+            vec![tokio::spawn(pump(launched.io.stdout, Stream::Stdout, ctr.output.clone(), writer.clone()))];
         if let Some(err) = launched.io.stderr {
-            pumps.push(tokio::spawn(pump(
-                err,
-                Stream::Stderr,
-                ctr.output.clone(),
-                writer.clone(),
-            )));
+            pumps.push(tokio::spawn(pump(err, Stream::Stderr, ctr.output.clone(), writer.clone())));
         }
         let engine = self.clone();
         let ctr2 = ctr.clone();
@@ -779,10 +714,7 @@ impl Engine {
         };
         if timeout < 0 {
             exited.await;
-        } else if tokio::time::timeout(Duration::from_secs(timeout as u64), exited)
-            .await
-            .is_err()
-        {
+        } else if tokio::time::timeout(Duration::from_secs(timeout as u64), exited).await.is_err() {
             let pid = ctr.snapshot().state.pid;
             if pid > 0 {
                 // SAFETY: as above.
@@ -850,12 +782,10 @@ impl Engine {
                     rec.name
                 )));
             }
-            self.stop(&rec.id, Some(0), Some("SIGKILL"))
-                .await
-                .or_else(|e| match e {
-                    EngineError::NotModified(_) => Ok(()),
-                    e => Err(e),
-                })?;
+            self.stop(&rec.id, Some(0), Some("SIGKILL")).await.or_else(|e| match e {
+                EngineError::NotModified(_) => Ok(()),
+                e => Err(e),
+            })?;
         }
         let _op = ctr.op.lock().await;
         if ctr.life.borrow().removed {
@@ -863,11 +793,7 @@ impl Engine {
         }
         self.inner.containers.lock().expect("containers lock").remove(&rec.id);
         let _ = std::fs::remove_dir_all(&ctr.dir);
-        self.inner
-            .stores
-            .snapshots
-            .remove_active(&rec.id)
-            .map_err(ImageError::from)?;
+        self.inner.stores.snapshots.remove_active(&rec.id).map_err(ImageError::from)?;
         if remove_volumes {
             for m in rec.mounts.iter().filter(|m| m.kind == "volume") {
                 if let Ok(v) = self.inner.volumes.get(&m.name)
@@ -917,11 +843,7 @@ impl Engine {
     pub fn attach(&self, name_or_id: &str) -> Result<AttachIo, EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let rec = ctr.snapshot();
-        Ok(AttachIo {
-            output: ctr.output.subscribe(),
-            tty: rec.config.tty,
-            running: rec.running(),
-        })
+        Ok(AttachIo { output: ctr.output.subscribe(), tty: rec.config.tty, running: rec.running() })
     }
 
     /// Writes to the container's stdin; `None` closes it (without a TTY; a terminal stays open).
@@ -940,10 +862,7 @@ impl Engine {
         let pty: Option<Pty> = ctr.pty.lock().expect("lock").clone();
         match pty {
             Some(p) => p.resize(rows, cols).map_err(io_ctx("resizing the terminal")),
-            None => Err(EngineError::Conflict(format!(
-                "Container {} is not running or has no TTY",
-                ctr.snapshot().id
-            ))),
+            None => Err(EngineError::Conflict(format!("Container {} is not running or has no TTY", ctr.snapshot().id))),
         }
     }
 
@@ -994,21 +913,13 @@ impl Engine {
                 }
             }
         });
-        Ok(LogStream {
-            rx,
-            tty: rec.config.tty,
-        })
+        Ok(LogStream { rx, tty: rec.config.tty })
     }
 
     /// Stops every running container (for engine shutdown) and waits for them.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let running: Vec<String> = self
-            .containers()
-            .into_iter()
-            .filter(|r| r.running())
-            .map(|r| r.id)
-            .collect();
+        let running: Vec<String> = self.containers().into_iter().filter(|r| r.running()).map(|r| r.id).collect();
         let stops = running.iter().map(|id| {
             let engine = self.clone();
             let id = id.clone();
@@ -1028,12 +939,7 @@ impl Engine {
         let rec = ctr.snapshot();
         let mut life = ctr.life.subscribe();
         let exits = life.borrow_and_update().exits;
-        let sig = rec
-            .config
-            .stop_signal
-            .as_deref()
-            .and_then(parse_signal)
-            .unwrap_or(libc::SIGTERM);
+        let sig = rec.config.stop_signal.as_deref().and_then(parse_signal).unwrap_or(libc::SIGTERM);
         // SAFETY: kill(2) on the container's pid.
         unsafe { libc::kill(rec.state.pid, sig) };
         let wait = async {
@@ -1043,10 +949,7 @@ impl Engine {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(timeout.max(0) as u64), wait)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(timeout.max(0) as u64), wait).await.is_err() {
             // SAFETY: as above.
             unsafe { libc::kill(ctr.snapshot().state.pid, libc::SIGKILL) };
             let mut life = ctr.life.subscribe();

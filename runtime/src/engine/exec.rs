@@ -54,14 +54,7 @@ impl Engine {
             return Err(EngineError::InvalidArgument("No exec command specified".into()));
         }
         let id = crate::names::random_id();
-        let info = ExecInfo {
-            id: id.clone(),
-            container_id: rec.id,
-            config,
-            running: false,
-            exit_code: None,
-            pid: 0,
-        };
+        let info = ExecInfo { id: id.clone(), container_id: rec.id, config, running: false, exit_code: None, pid: 0 };
         let exec = Arc::new(Exec {
             info: Mutex::new(info),
             pty: Mutex::new(None),
@@ -115,11 +108,7 @@ impl Engine {
                 } else {
                     "/".into()
                 },
-                user: if info.config.user.is_empty() {
-                    rec.config.user.clone()
-                } else {
-                    info.config.user.clone()
-                },
+                user: if info.config.user.is_empty() { rec.config.user.clone() } else { info.config.user.clone() },
                 tty: info.config.tty,
                 console_size: info.config.console_size,
             },
@@ -148,11 +137,7 @@ impl Engine {
             Err(e) => {
                 // As dockerd: the exec ends with 127 when the command is missing, else 126.
                 let msg = e.to_string();
-                let code = if msg.contains("not found") || msg.contains("no such file") {
-                    127
-                } else {
-                    126
-                };
+                let code = if msg.contains("not found") || msg.contains("no such file") { 127 } else { 126 };
                 exec.info.lock().expect("exec lock").exit_code = Some(code);
                 return Err(e.into());
             }
@@ -177,10 +162,7 @@ impl Engine {
             let _ = exec2.done.send(true);
             let _ = tx.send(code);
         });
-        Ok(ExecRun {
-            io: launched.io,
-            exit: rx,
-        })
+        Ok(ExecRun { io: launched.io, exit: rx })
     }
 
     pub fn exec_resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), EngineError> {

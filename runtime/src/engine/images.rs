@@ -40,24 +40,13 @@ impl Engine {
     }
 
     pub fn image(&self, name: &str) -> Result<(ImageRecord, ImageConfig), EngineError> {
-        let rec = self
-            .inner
-            .stores
-            .images
-            .lock()
-            .expect("image store lock")
-            .resolve(name)?
-            .clone();
+        let rec = self.inner.stores.images.lock().expect("image store lock").resolve(name)?.clone();
         let config = self.image_config(&rec.id)?;
         Ok((rec, config))
     }
 
     pub fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
-        let target = if tag.is_empty() {
-            repo.to_owned()
-        } else {
-            format!("{repo}:{tag}")
-        };
+        let target = if tag.is_empty() { repo.to_owned() } else { format!("{repo}:{tag}") };
         let r = parse_reference(&target)?;
         if r.digest().is_some() {
             return Err(ImageError::InvalidReference(target).into());
@@ -78,10 +67,7 @@ impl Engine {
         let mut images = self.inner.stores.images.lock().expect("image store lock");
         let rec = images.resolve(name)?.clone();
         let mut out = Vec::new();
-        let by_tag = parse_reference(name)
-            .ok()
-            .map(|r| tagged(&r))
-            .filter(|t| rec.repo_tags.contains(t));
+        let by_tag = parse_reference(name).ok().map(|r| tagged(&r)).filter(|t| rec.repo_tags.contains(t));
         let mut rec2 = rec.clone();
         if let (Some(tag), false) = (&by_tag, rec.repo_tags.len() <= 1 && !force)
             && rec.repo_tags.len() > 1
@@ -170,11 +156,8 @@ impl Engine {
     /// `docker image prune`: dangling images (all unused ones with `all`).
     pub fn prune_images(&self, all: bool) -> Result<(Vec<RemovedImage>, u64), EngineError> {
         let in_use = self.images_in_use();
-        let candidates: Vec<ImageRecord> = self
-            .images()
-            .into_iter()
-            .filter(|i| !in_use.contains(&i.id) && (all || i.repo_tags.is_empty()))
-            .collect();
+        let candidates: Vec<ImageRecord> =
+            self.images().into_iter().filter(|i| !in_use.contains(&i.id) && (all || i.repo_tags.is_empty())).collect();
         let mut out = Vec::new();
         let mut freed = 0;
         for img in candidates {

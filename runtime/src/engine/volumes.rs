@@ -19,10 +19,7 @@ impl Engine {
 
     pub fn volume(&self, name: &str) -> Result<VolumeInfo, EngineError> {
         let volume = self.inner.volumes.get(name)?;
-        Ok(VolumeInfo {
-            users: self.volume_users(name),
-            volume,
-        })
+        Ok(VolumeInfo { users: self.volume_users(name), volume })
     }
 
     pub fn volumes(&self) -> Result<Vec<VolumeInfo>, EngineError> {
@@ -31,10 +28,7 @@ impl Engine {
             .volumes
             .list()?
             .into_iter()
-            .map(|v| VolumeInfo {
-                users: self.volume_users(&v.name),
-                volume: v,
-            })
+            .map(|v| VolumeInfo { users: self.volume_users(&v.name), volume: v })
             .collect())
     }
 
@@ -42,11 +36,7 @@ impl Engine {
         self.inner.volumes.get(name)?;
         let users = self.volume_users(name);
         if !users.is_empty() && !force {
-            return Err(VolumeError::InUse {
-                name: name.into(),
-                users: users.join(", "),
-            }
-            .into());
+            return Err(VolumeError::InUse { name: name.into(), users: users.join(", ") }.into());
         }
         Ok(self.inner.volumes.remove(name)?)
     }

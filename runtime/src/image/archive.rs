@@ -39,18 +39,10 @@ fn write_layer_tar(stores: &Stores, layer: &LayerRecord, out: &mut dyn Write) ->
         .blob
         .as_deref()
         .ok_or_else(|| ImageError::Invalid(format!("layer {} has no stored blob", layer.diff_id)))?;
-    let reader =
-        unpack::decompressor(Box::new(io::BufReader::new(stores.content.open_blob(blob)?))).map_err(|source| {
-            ImageError::Io {
-                path: blob.into(),
-                source,
-            }
-        })?;
+    let reader = unpack::decompressor(Box::new(io::BufReader::new(stores.content.open_blob(blob)?)))
+        .map_err(|source| ImageError::Io { path: blob.into(), source })?;
     let mut reader = reader;
-    io::copy(&mut reader, out).map_err(|source| ImageError::Io {
-        path: blob.into(),
-        source,
-    })?;
+    io::copy(&mut reader, out).map_err(|source| ImageError::Io { path: blob.into(), source })?;
     Ok(())
 }
 
@@ -71,10 +63,7 @@ pub fn save(
     out: impl Write,
 ) -> Result<(), ImageError> {
     let mut tar = tar::Builder::new(out);
-    let werr = |source| ImageError::Io {
-        path: "archive".into(),
-        source,
-    };
+    let werr = |source| ImageError::Io { path: "archive".into(), source };
     let mut manifest = Vec::new();
     let mut written = std::collections::HashSet::new();
     for (img, names) in images {
@@ -107,37 +96,19 @@ pub fn save(
             }
             layers.push(name);
         }
-        manifest.push(ManifestEntry {
-            config: config_name,
-            repo_tags: Some(names.clone()),
-            layers,
-        });
+        manifest.push(ManifestEntry { config: config_name, repo_tags: Some(names.clone()), layers });
     }
-    append_bytes(
-        &mut tar,
-        "manifest.json",
-        &serde_json::to_vec(&manifest).expect("manifest"),
-    )
-    .map_err(werr)?;
+    append_bytes(&mut tar, "manifest.json", &serde_json::to_vec(&manifest).expect("manifest")).map_err(werr)?;
     let mut repos: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (img, names) in images {
         for n in names {
             if let Some((repo, tag)) = n.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
-                let top = img
-                    .layers
-                    .last()
-                    .map(|l| hex_of(&l.diff_id).to_owned())
-                    .unwrap_or_default();
+                let top = img.layers.last().map(|l| hex_of(&l.diff_id).to_owned()).unwrap_or_default();
                 repos.entry(repo.to_owned()).or_default().insert(tag.to_owned(), top);
             }
         }
     }
-    append_bytes(
-        &mut tar,
-        "repositories",
-        &serde_json::to_vec(&repos).expect("repositories"),
-    )
-    .map_err(werr)?;
+    append_bytes(&mut tar, "repositories", &serde_json::to_vec(&repos).expect("repositories")).map_err(werr)?;
     tar.finish().map_err(werr)?;
     Ok(())
 }
@@ -264,12 +235,9 @@ pub fn load(stores: &Stores, dir: &Path) -> Result<Vec<String>, ImageError> {
                 match existing.filter(|l| l.blob.as_deref().is_some_and(|b| stores.content.exists(b))) {
                     Some(l) => l,
                     // The snapshot is there but no blob to save it from later: store this one.
-                    None => add_layer(
-                        stores,
-                        &inside(layer_name)?,
-                        (i > 0).then(|| chains[i - 1].as_str()),
-                        Some(diff),
-                    )?,
+                    None => {
+                        add_layer(stores, &inside(layer_name)?, (i > 0).then(|| chains[i - 1].as_str()), Some(diff))?
+                    }
                 }
             } else {
                 let parent = if i == 0 { None } else { Some(chains[i - 1].as_str()) };
@@ -307,27 +275,16 @@ pub fn import(
         os: "linux".into(),
         created: Some(now_rfc3339()),
         config,
-        rootfs: crate::model::RootFs {
-            kind: "layers".into(),
-            diff_ids: vec![layer.diff_id.clone()],
-        },
+        rootfs: crate::model::RootFs { kind: "layers".into(), diff_ids: vec![layer.diff_id.clone()] },
         history: vec![crate::model::History {
             created: Some(now_rfc3339()),
-            comment: Some(if comment.is_empty() {
-                "Imported from -".into()
-            } else {
-                comment.into()
-            }),
+            comment: Some(if comment.is_empty() { "Imported from -".into() } else { comment.into() }),
             ..Default::default()
         }],
         ..Default::default()
     };
     let bytes = serde_json::to_vec(&image_config).expect("config");
-    let tags: Vec<String> = tag
-        .map(|t| parse_reference(t).map(|r| tagged(&r)))
-        .transpose()?
-        .into_iter()
-        .collect();
+    let tags: Vec<String> = tag.map(|t| parse_reference(t).map(|r| tagged(&r))).transpose()?.into_iter().collect();
     record_image(stores, &bytes, vec![layer], &tags, "", comment)
 }
 
@@ -376,14 +333,8 @@ fn is_opaque(dir: &Path) -> bool {
     };
     let mut buf = [0u8; 4];
     // SAFETY: valid C strings and a buffer we own, with its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            p.as_ptr(),
-            c"trusted.overlay.opaque".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n =
+        unsafe { libc::lgetxattr(p.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     n == 1 && buf[0] == b'y'
 }
 
@@ -410,13 +361,8 @@ mod tests {
         let up = dir.path();
         fs::create_dir_all(up.join("etc")).unwrap();
         fs::write(up.join("etc/new"), b"n").unwrap();
-        nix::sys::stat::mknod(
-            &up.join("etc/gone"),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::empty(),
-            0,
-        )
-        .unwrap();
+        nix::sys::stat::mknod(&up.join("etc/gone"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
+            .unwrap();
         fs::create_dir(up.join("opq")).unwrap();
         unpack::xattr_set(&up.join("opq"), "trusted.overlay.opaque", b"y").unwrap();
         let mut out = Vec::new();

@@ -59,16 +59,12 @@ pub enum ImageError {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| ImageError::Io { path: path.to_owned(), source }
 }
 
 /// Parses and normalises a reference (`busybox` → `docker.io/library/busybox:latest`).
 pub fn parse_reference(s: &str) -> Result<Reference, ImageError> {
-    s.parse::<Reference>()
-        .map_err(|_| ImageError::InvalidReference(s.to_owned()))
+    s.parse::<Reference>().map_err(|_| ImageError::InvalidReference(s.to_owned()))
 }
 
 /// The normalised repository name (`docker.io/library/busybox`).
@@ -79,11 +75,7 @@ pub fn repository(r: &Reference) -> String {
 /// `docker.io/library/busybox:latest` → `busybox:latest`; other registries stay as they are.
 pub fn familiar(full: &str) -> String {
     let s = full.strip_prefix("docker.io/").unwrap_or(full);
-    if full.starts_with("docker.io/") {
-        s.strip_prefix("library/").unwrap_or(s).to_owned()
-    } else {
-        s.to_owned()
-    }
+    if full.starts_with("docker.io/") { s.strip_prefix("library/").unwrap_or(s).to_owned() } else { s.to_owned() }
 }
 
 /// The normalised `repo:tag` of a reference (tag `latest` when none).
@@ -156,10 +148,7 @@ impl ImageStore {
                 }
             }
         }
-        Ok(ImageStore {
-            dir: dir.to_owned(),
-            images,
-        })
+        Ok(ImageStore { dir: dir.to_owned(), images })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &ImageRecord> {
@@ -188,10 +177,7 @@ impl ImageStore {
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut found = self
-                .images
-                .values()
-                .filter(|i| i.id["sha256:".len()..].starts_with(hex));
+            let mut found = self.images.values().filter(|i| i.id["sha256:".len()..].starts_with(hex));
             if let Some(first) = found.next()
                 && found.next().is_none()
             {
@@ -212,21 +198,13 @@ impl ImageStore {
 
     /// Moves tag `tag` (normalised) to image `id`, taking it from any other image.
     pub fn set_tag(&mut self, id: &str, tag: &str) -> Result<(), ImageError> {
-        let others: Vec<ImageRecord> = self
-            .images
-            .values()
-            .filter(|i| i.id != id && i.repo_tags.iter().any(|t| t == tag))
-            .cloned()
-            .collect();
+        let others: Vec<ImageRecord> =
+            self.images.values().filter(|i| i.id != id && i.repo_tags.iter().any(|t| t == tag)).cloned().collect();
         for mut other in others {
             other.repo_tags.retain(|t| t != tag);
             self.put(other)?;
         }
-        let mut rec = self
-            .images
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ImageError::NotFound(id.into()))?;
+        let mut rec = self.images.get(id).cloned().ok_or_else(|| ImageError::NotFound(id.into()))?;
         if !rec.repo_tags.iter().any(|t| t == tag) {
             rec.repo_tags.push(tag.to_owned());
         }
@@ -234,9 +212,7 @@ impl ImageStore {
     }
 
     pub fn remove(&mut self, id: &str) -> Result<Option<ImageRecord>, ImageError> {
-        let path = self
-            .dir
-            .join(format!("{}.json", id.strip_prefix("sha256:").unwrap_or(id)));
+        let path = self.dir.join(format!("{}.json", id.strip_prefix("sha256:").unwrap_or(id)));
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
             _ => {}

@@ -41,11 +41,7 @@ pub struct Progress {
 
 impl Progress {
     fn msg(id: Option<&str>, status: impl Into<String>) -> Self {
-        Progress {
-            id: id.map(str::to_owned),
-            status: status.into(),
-            ..Default::default()
-        }
+        Progress { id: id.map(str::to_owned), status: status.into(), ..Default::default() }
     }
 }
 
@@ -61,13 +57,7 @@ pub struct Credentials {
 fn is_loopback(registry: &str) -> bool {
     let host = registry
         .rsplit_once(':')
-        .map(|(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                registry
-            }
-        })
+        .map(|(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { registry })
         .unwrap_or(registry);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -95,11 +85,7 @@ fn client_for(reference: &Reference, insecure: &[String]) -> Client {
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig {
-        protocol,
-        platform_resolver: Some(Box::new(platform_resolver)),
-        ..Default::default()
-    })
+    Client::new(ClientConfig { protocol, platform_resolver: Some(Box::new(platform_resolver)), ..Default::default() })
 }
 
 fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError {
@@ -110,25 +96,17 @@ fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError 
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
             if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown)) {
                 ImageError::ManifestUnknown(shown)
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::NameUnknown | OciErrorCode::Unauthorized | OciErrorCode::Denied
-                )
-            }) {
-                ImageError::Denied {
-                    repo: familiar(&repository(reference)),
-                    detail: e.to_string(),
-                }
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::NameUnknown | OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                ImageError::Denied { repo: familiar(&repository(reference)), detail: e.to_string() }
             } else {
                 ImageError::Registry(e.to_string())
             }
         }
         OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
-            ImageError::Denied {
-                repo: familiar(&repository(reference)),
-                detail: e.to_string(),
-            }
+            ImageError::Denied { repo: familiar(&repository(reference)), detail: e.to_string() }
         }
         OciDistributionError::ImageIndexParsingNoPlatformResolverError => {
             ImageError::NoPlatform { arch: go_arch().into() }
@@ -141,22 +119,14 @@ fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError 
 }
 
 fn short(digest: &str) -> String {
-    digest
-        .strip_prefix("sha256:")
-        .unwrap_or(digest)
-        .chars()
-        .take(12)
-        .collect()
+    digest.strip_prefix("sha256:").unwrap_or(digest).chars().take(12).collect()
 }
 
 /// Checks `creds` against `server` (`docker login`): a registry that asks for Basic auth must
 /// accept them on `/v2/`; one that hands out bearer tokens (Docker Hub's scheme) must issue a
 /// token for them.
 pub async fn login(stores: &Stores, server: &str, creds: &Credentials) -> Result<(), ImageError> {
-    let registry = server
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
+    let registry = server.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
     let registry = match registry {
         "" | "index.docker.io/v1" | "docker.io" => "index.docker.io",
         r => r.split('/').next().unwrap_or(r),
@@ -174,33 +144,17 @@ pub async fn login(stores: &Stores, server: &str, creds: &Credentials) -> Result
     if res.status().is_success() {
         return Ok(());
     }
-    let challenge = res
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let challenge =
+        res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
     let denied = || ImageError::Unauthorized(format!("Get \"{url}\": unauthorized: incorrect username or password"));
     if challenge.to_ascii_lowercase().starts_with("basic") {
-        let res = http
-            .get(&url)
-            .basic_auth(&creds.username, Some(&creds.password))
-            .send()
-            .await
-            .map_err(unreachable)?;
-        return if res.status().is_success() {
-            Ok(())
-        } else {
-            Err(denied())
-        };
+        let res =
+            http.get(&url).basic_auth(&creds.username, Some(&creds.password)).send().await.map_err(unreachable)?;
+        return if res.status().is_success() { Ok(()) } else { Err(denied()) };
     }
     let client = client_for(&reference, &stores.insecure_registries);
     let auth = RegistryAuth::Basic(creds.username.clone(), creds.password.clone());
-    client
-        .auth(&reference, &auth, oci_client::RegistryOperation::Pull)
-        .await
-        .map(|_| ())
-        .map_err(|_| denied())
+    client.auth(&reference, &auth, oci_client::RegistryOperation::Pull).await.map(|_| ()).map_err(|_| denied())
 }
 
 /// Pulls `name` and returns the image record. Progress lines go to `progress`.
@@ -219,20 +173,15 @@ pub async fn pull(
     } else {
         RegistryAuth::Anonymous
     };
-    let tag_shown = reference
-        .digest()
-        .map(str::to_owned)
-        .or(reference.tag().map(str::to_owned))
-        .unwrap_or_else(|| "latest".into());
+    let tag_shown =
+        reference.digest().map(str::to_owned).or(reference.tag().map(str::to_owned)).unwrap_or_else(|| "latest".into());
     let (manifest, manifest_digest, list_digest) = client
         .pull_image_manifest_and_list_digest(&reference, &auth)
         .await
         .map_err(|e| registry_error(&reference, e))?;
     // Only now, as dockerd does: an unknown image fails before any progress is streamed.
-    let _ = progress.send(Progress::msg(
-        Some(&tag_shown),
-        format!("Pulling from {}", familiar(&repository(&reference))),
-    ));
+    let _ =
+        progress.send(Progress::msg(Some(&tag_shown), format!("Pulling from {}", familiar(&repository(&reference)))));
     let repo_digest = list_digest.unwrap_or(manifest_digest);
 
     // The config blob, verified by digest.
@@ -243,10 +192,7 @@ pub async fn pull(
         .map_err(|e| registry_error(&reference, e))?;
     let id = stores.content.put(&config_bytes)?;
     if id != manifest.config.digest {
-        return Err(ImageError::Registry(format!(
-            "config digest {id} is not {}",
-            manifest.config.digest
-        )));
+        return Err(ImageError::Registry(format!("config digest {id} is not {}", manifest.config.digest)));
     }
     let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(ImageError::BadConfig)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -259,9 +205,8 @@ pub async fn pull(
     let chains = chain_ids(&config.rootfs.diff_ids);
 
     let existing = stores.images.lock().expect("image store lock").get(&id).cloned();
-    let up_to_date = existing
-        .as_ref()
-        .is_some_and(|e| e.layers.iter().all(|l| stores.snapshots.has_layer(&l.chain_id)));
+    let up_to_date =
+        existing.as_ref().is_some_and(|e| e.layers.iter().all(|l| stores.snapshots.has_layer(&l.chain_id)));
 
     let mut layers = Vec::with_capacity(manifest.layers.len());
     if !up_to_date {
@@ -276,14 +221,8 @@ pub async fn pull(
                 continue;
             }
             let _ = progress.send(Progress::msg(Some(&sid), "Pulling fs layer"));
-            let (client, reference, desc, stores, progress, limit) = (
-                client.clone(),
-                reference.clone(),
-                desc.clone(),
-                stores.clone(),
-                progress.clone(),
-                limit.clone(),
-            );
+            let (client, reference, desc, stores, progress, limit) =
+                (client.clone(), reference.clone(), desc.clone(), stores.clone(), progress.clone(), limit.clone());
             downloads.push(Some(tokio::spawn(async move {
                 let _permit = limit.acquire().await;
                 download(&client, &reference, &desc, &stores, &progress).await
@@ -294,8 +233,7 @@ pub async fn pull(
             let chain = &chains[i];
             let diff_id = &config.rootfs.diff_ids[i];
             let Some(job) = job else { continue };
-            job.await
-                .map_err(|e| ImageError::Registry(format!("download task: {e}")))??;
+            job.await.map_err(|e| ImageError::Registry(format!("download task: {e}")))??;
             let sid = short(&desc.digest);
             let _ = progress.send(Progress::msg(Some(&sid), "Extracting"));
             let (stores2, digest, chain2, diff2) =
@@ -378,18 +316,13 @@ async fn download(
         let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
         return Ok(());
     }
-    let mut stream = client
-        .pull_blob_stream(reference, desc)
-        .await
-        .map_err(|e| registry_error(reference, e))?;
+    let mut stream = client.pull_blob_stream(reference, desc).await.map_err(|e| registry_error(reference, e))?;
     let total = stream.content_length.or(u64::try_from(desc.size).ok());
     let mut ingest = stores.content.ingest()?;
     let mut last_report = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ImageError::Registry(format!("downloading {}: {e}", desc.digest)))?;
-        ingest
-            .write_all(&chunk)
-            .map_err(|e| ImageError::Registry(format!("writing {}: {e}", desc.digest)))?;
+        ingest.write_all(&chunk).map_err(|e| ImageError::Registry(format!("writing {}: {e}", desc.digest)))?;
         let done = ingest.written();
         if done - last_report >= 256 * 1024 || Some(done) == total {
             last_report = done;

@@ -34,6 +34,8 @@ pub enum UnpackError {
     BadHardlink { path: String, target: String },
     #[error("layer entry name is {0} bytes long; the limit is 4096")]
     NameTooLong(usize),
+    #[error("layer has a tar extension header of {0} bytes; the limit is {MAX_EXTENSION_HEADER}")]
+    HugeHeader(u64),
     #[error("layer uncompressed digest is {actual}, the image config says {expected}")]
     DiffIdMismatch { expected: String, actual: String },
     #[error("too many levels of symbolic links resolving {0:?}")]
@@ -49,10 +51,7 @@ pub enum UnpackError {
 }
 
 fn werr(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Write {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| UnpackError::Write { path: path.to_owned(), source }
 }
 
 /// How `.wh.` entries are treated.
@@ -86,6 +85,121 @@ pub fn decompressor<'a>(mut r: Box<dyn Read + Send + 'a>) -> io::Result<Box<dyn 
     } else {
         chained
     })
+}
+
+/// The largest PAX or GNU long-name header accepted (the tar crate reads them into memory).
+pub const MAX_EXTENSION_HEADER: u64 = 1 << 20;
+
+/// Follows the tar block structure of the stream passing through it and fails on extension
+/// headers (PAX `x`/`g`, GNU `L`/`K`) larger than [`MAX_EXTENSION_HEADER`], before the tar
+/// crate would buffer them: a small compressed layer can otherwise declare gigabytes of header.
+struct HeaderGuard<R> {
+    inner: R,
+    /// Bytes of entry data (padded to 512) before the next header block.
+    data_left: u64,
+    header: Vec<u8>,
+    /// GNU sparse extension blocks still to come before the data.
+    sparse_ext: bool,
+    /// A PAX header being collected, to learn a `size=` override for the next entry.
+    pax: Option<Vec<u8>>,
+    pax_size: Option<u64>,
+}
+
+fn parse_numeric(field: &[u8]) -> u64 {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        // base-256: big-endian binary in the remaining bytes.
+        field[1..].iter().fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(*b as u64))
+    } else {
+        let text: String = field.iter().take_while(|b| **b != 0).map(|b| *b as char).collect();
+        u64::from_str_radix(text.trim(), 8).unwrap_or(0)
+    }
+}
+
+fn pax_size(records: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(records).lines().find_map(|l| {
+        let (_, kv) = l.split_once(' ')?;
+        kv.strip_prefix("size=")?.trim().parse().ok()
+    })
+}
+
+impl<R: Read> HeaderGuard<R> {
+    fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            data_left: 0,
+            header: Vec::with_capacity(512),
+            sparse_ext: false,
+            pax: None,
+            pax_size: None,
+        }
+    }
+
+    fn on_header(&mut self) -> io::Result<()> {
+        let h = std::mem::take(&mut self.header);
+        if self.sparse_ext {
+            self.sparse_ext = h[504] != 0;
+            return Ok(());
+        }
+        if h.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let kind = h[156];
+        let mut size = parse_numeric(&h[124..136]);
+        if matches!(kind, b'x' | b'g' | b'L' | b'K') {
+            if size > MAX_EXTENSION_HEADER {
+                return Err(io::Error::other(UnpackError::HugeHeader(size)));
+            }
+            if kind == b'x' {
+                self.pax = Some(Vec::with_capacity(size as usize));
+            }
+        } else {
+            if let Some(s) = self.pax_size.take() {
+                size = s;
+            }
+            if kind == b'S' && h[482] != 0 {
+                self.sparse_ext = true;
+            }
+        }
+        self.data_left = size.div_ceil(512) * 512;
+        if self.data_left == 0 {
+            self.finish_pax();
+        }
+        Ok(())
+    }
+
+    fn finish_pax(&mut self) {
+        if let Some(p) = self.pax.take() {
+            self.pax_size = pax_size(&p);
+        }
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            if self.data_left > 0 {
+                let take = (self.data_left.min(rest.len() as u64)) as usize;
+                if let Some(p) = self.pax.as_mut() {
+                    p.extend_from_slice(&rest[..take]);
+                }
+                self.data_left -= take as u64;
+                rest = &rest[take..];
+                if self.data_left == 0 {
+                    self.finish_pax();
+                }
+            } else {
+                let take = (512 - self.header.len()).min(rest.len());
+                self.header.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if self.header.len() == 512 {
+                    self.on_header()?;
+                }
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// A reader that hashes what passes through it.
@@ -124,11 +238,7 @@ pub fn unpack(
     expected_diff_id: Option<&str>,
 ) -> Result<Unpacked, UnpackError> {
     let plain = decompressor(Box::new(reader)).map_err(UnpackError::Archive)?;
-    let mut hashing = HashingReader {
-        inner: plain,
-        hasher: Sha256::new(),
-        count: 0,
-    };
+    let mut hashing = HashingReader { inner: plain, hasher: Sha256::new(), count: 0 };
     apply_tar(&mut hashing, root, whiteouts)?;
     // Hash the rest of the stream (the tar's end blocks and any padding).
     io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Archive)?;
@@ -136,15 +246,9 @@ pub fn unpack(
     if let Some(expected) = expected_diff_id
         && expected != diff_id
     {
-        return Err(UnpackError::DiffIdMismatch {
-            expected: expected.into(),
-            actual: diff_id,
-        });
+        return Err(UnpackError::DiffIdMismatch { expected: expected.into(), actual: diff_id });
     }
-    Ok(Unpacked {
-        diff_id,
-        size: hashing.count,
-    })
+    Ok(Unpacked { diff_id, size: hashing.count })
 }
 
 /// Lexically normalises an archive path to components below the root; `..` above it is an error.
@@ -220,14 +324,8 @@ fn set_meta(path: &Path, header: &tar::Header, is_symlink: bool) -> Result<(), U
     }
     let mtime = header.mtime().unwrap_or(0) as i64;
     let ts = nix::sys::time::TimeSpec::new(mtime, 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &ts,
-        &ts,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| werr(path)(e.into()))?;
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, path, &ts, &ts, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| werr(path)(e.into()))?;
     Ok(())
 }
 
@@ -256,15 +354,22 @@ pub(crate) fn xattr_set(path: &Path, name: &str, value: &[u8]) -> io::Result<()>
     let n = std::ffi::CString::new(name)?;
     // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
     let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// Applies the entries of an uncompressed tar stream onto `root`.
+/// Applies the entries of an uncompressed tar stream onto `root`, refusing huge extension
+/// headers before they are buffered.
 pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Result<(), UnpackError> {
+    apply_entries(&mut HeaderGuard::new(reader), root, whiteouts).map_err(|e| match e {
+        // The guard's verdict travels through the tar crate as an io::Error.
+        UnpackError::Archive(io) if io.get_ref().is_some_and(|i| i.is::<UnpackError>()) => {
+            *io.into_inner().expect("checked").downcast::<UnpackError>().expect("checked")
+        }
+        other => other,
+    })
+}
+
+fn apply_entries(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Result<(), UnpackError> {
     let mut archive = tar::Archive::new(reader);
     let mut dirs: Vec<(PathBuf, tar::Header)> = Vec::new();
     for entry in archive.entries().map_err(UnpackError::Archive)? {
@@ -292,10 +397,7 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
             }
             continue;
         }
-        if let Some(hidden) = name_bytes
-            .strip_prefix(b".wh.")
-            .filter(|_| whiteouts != Whiteouts::Plain)
-        {
+        if let Some(hidden) = name_bytes.strip_prefix(b".wh.").filter(|_| whiteouts != Whiteouts::Plain) {
             let target = parent.join(OsStr::from_bytes(hidden));
             match whiteouts {
                 Whiteouts::Overlay => make_whiteout(&target)?,
@@ -330,10 +432,7 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
             tar::EntryType::Link => {
                 let target_raw = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
                 let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
-                let bad = || UnpackError::BadHardlink {
-                    path: shown.clone(),
-                    target: target_shown.clone(),
-                };
+                let bad = || UnpackError::BadHardlink { path: shown.clone(), target: target_shown.clone() };
                 let target_parts =
                     clean(Path::new(OsStr::from_bytes(&target_raw)), &target_shown).map_err(|_| bad())?;
                 let target = resolve_in_root(root, &target_parts, false)?;
@@ -470,6 +569,31 @@ mod tests {
         let m = fs::symlink_metadata(dir.path().join("etc/gone")).unwrap();
         use std::os::unix::fs::FileTypeExt;
         assert!(m.file_type().is_char_device());
+    }
+
+    #[test]
+    fn huge_extension_headers_are_refused_before_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(3 << 30);
+        h.set_cksum();
+        let mut t = h.as_bytes().to_vec();
+        t.extend(std::iter::repeat_n(b'a', 4096));
+        let err = unpack(&t[..], dir.path(), Whiteouts::Overlay, None).unwrap_err();
+        assert!(matches!(err, UnpackError::HugeHeader(n) if n == 3 << 30), "{err}");
+        // Normal archives with PAX headers and long names still pass the guard.
+        let long = "d/".repeat(60) + "file";
+        let t = tar_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o644);
+            b.append_data(&mut h, &long, &b"ok"[..]).unwrap();
+            file(b, "after", b"x");
+        });
+        unpack(&t[..], dir.path(), Whiteouts::Overlay, None).unwrap();
+        assert_eq!(fs::read(dir.path().join(&long)).unwrap(), b"ok");
+        assert_eq!(fs::read(dir.path().join("after")).unwrap(), b"x");
     }
 
     #[test]

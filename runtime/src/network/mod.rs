@@ -88,10 +88,7 @@ async fn run(args: &[&str]) -> Result<(), NetworkError> {
         .args(&args[1..])
         .output()
         .await
-        .map_err(|source| NetworkError::Spawn {
-            command: args[0].to_owned(),
-            source,
-        })?;
+        .map_err(|source| NetworkError::Spawn { command: args[0].to_owned(), source })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -146,18 +143,11 @@ impl Bridge {
                 let addr = format!("{}/{}", self.gateway, self.prefix);
                 let _ = run(&["ip", "addr", "add", &addr, "dev", &self.name]).await;
                 run(&["ip", "link", "set", &self.name, "up"]).await?;
-                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetworkError::Spawn {
-                    command: "enable ip_forward".into(),
-                    source,
-                })?;
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                    .map_err(|source| NetworkError::Spawn { command: "enable ip_forward".into(), source })?;
                 let subnet = self.subnet();
-                ensure_rule(
-                    "nat",
-                    "POSTROUTING",
-                    &["-s", &subnet, "!", "-o", &self.name, "-j", "MASQUERADE"],
-                    false,
-                )
-                .await?;
+                ensure_rule("nat", "POSTROUTING", &["-s", &subnet, "!", "-o", &self.name, "-j", "MASQUERADE"], false)
+                    .await?;
                 ensure_rule("filter", "FORWARD", &["-i", &self.name, "-j", "ACCEPT"], true).await?;
                 ensure_rule("filter", "FORWARD", &["-o", &self.name, "-j", "ACCEPT"], true).await?;
                 tracing::info!(bridge = %self.name, subnet = %subnet, "bridge network ready");
@@ -182,11 +172,7 @@ impl Bridge {
                 .ok_or_else(|| NetworkError::Exhausted(self.subnet()))?,
         };
         used.insert(address);
-        Ok(Eth0 {
-            address,
-            prefix: self.prefix,
-            gateway: self.gateway,
-        })
+        Ok(Eth0 { address, prefix: self.prefix, gateway: self.gateway })
     }
 
     pub fn release(&self, ip: Ipv4Addr) {
@@ -200,10 +186,8 @@ impl Bridge {
         let _ = run(&["ip", "link", "del", &host]).await;
         let pid = pid.to_string();
         let mac = mac_for(eth0.address);
-        run(&[
-            "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", &pid,
-        ])
-        .await?;
+        run(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", &pid])
+            .await?;
         run(&["ip", "link", "set", &host, "master", &self.name, "up"]).await?;
         Ok(host)
     }
@@ -222,10 +206,7 @@ mod tests {
         assert_eq!(c.address, Ipv4Addr::new(172, 29, 0, 3));
         b.release(a.address);
         assert_eq!(b.allocate(None).unwrap().address, Ipv4Addr::new(172, 29, 0, 2));
-        assert_eq!(
-            b.allocate(Some(Ipv4Addr::new(172, 29, 9, 9))).unwrap().address,
-            Ipv4Addr::new(172, 29, 9, 9)
-        );
+        assert_eq!(b.allocate(Some(Ipv4Addr::new(172, 29, 9, 9))).unwrap().address, Ipv4Addr::new(172, 29, 9, 9));
         assert_eq!(mac_for(Ipv4Addr::new(172, 17, 0, 2)), "02:42:ac:11:00:02");
         assert_eq!(b.subnet(), "172.29.0.0/16");
     }

@@ -72,9 +72,7 @@ pub async fn publish(
         let ip: IpAddr = if b.host_ip.is_empty() {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         } else {
-            b.host_ip
-                .parse()
-                .map_err(|_| NetworkError::BadPort(b.host_ip.clone()))?
+            b.host_ip.parse().map_err(|_| NetworkError::BadPort(b.host_ip.clone()))?
         };
         let hport: u16 = if b.host_port.is_empty() {
             0
@@ -89,15 +87,9 @@ pub async fn publish(
         let addr = SocketAddr::new(ip, hport);
         let taken = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
-                NetworkError::PortAllocated {
-                    endpoint: endpoint.into(),
-                    addr: addr.to_string(),
-                }
+                NetworkError::PortAllocated { endpoint: endpoint.into(), addr: addr.to_string() }
             } else {
-                NetworkError::Bind {
-                    addr: addr.to_string(),
-                    source: e,
-                }
+                NetworkError::Bind { addr: addr.to_string(), source: e }
             }
         };
         let bound_port = if proto == "tcp" {
@@ -111,20 +103,17 @@ pub async fn publish(
             udp.push((s, cport));
             p
         };
-        published.bindings.entry(key).or_default().push(PortBinding {
-            host_ip: ip.to_string(),
-            host_port: bound_port.to_string(),
-        });
+        published
+            .bindings
+            .entry(key)
+            .or_default()
+            .push(PortBinding { host_ip: ip.to_string(), host_port: bound_port.to_string() });
     }
     for (l, cport) in tcp {
-        published
-            .tasks
-            .push(tokio::spawn(forward_tcp(l, SocketAddr::new(IpAddr::V4(target), cport))));
+        published.tasks.push(tokio::spawn(forward_tcp(l, SocketAddr::new(IpAddr::V4(target), cport))));
     }
     for (s, cport) in udp {
-        published
-            .tasks
-            .push(tokio::spawn(forward_udp(s, SocketAddr::new(IpAddr::V4(target), cport))));
+        published.tasks.push(tokio::spawn(forward_udp(s, SocketAddr::new(IpAddr::V4(target), cport))));
     }
     Ok(published)
 }
@@ -195,14 +184,9 @@ mod tests {
         let mut req = BTreeMap::new();
         req.insert(
             "80/tcp".to_string(),
-            Some(vec![PortBinding {
-                host_ip: "127.0.0.1".into(),
-                host_port: port.to_string(),
-            }]),
+            Some(vec![PortBinding { host_ip: "127.0.0.1".into(), host_port: port.to_string() }]),
         );
-        let err = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "web")
-            .await
-            .unwrap_err();
+        let err = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "web").await.unwrap_err();
         assert!(err.to_string().contains("port is already allocated"), "{err}");
         assert!(matches!(parse_port("53/udp"), Ok((53, _))));
         assert!(parse_port("x/tcp").is_err());
@@ -219,14 +203,9 @@ mod tests {
         let mut req = BTreeMap::new();
         req.insert(
             format!("{bport}/tcp"),
-            Some(vec![PortBinding {
-                host_ip: "127.0.0.1".into(),
-                host_port: String::new(),
-            }]),
+            Some(vec![PortBinding { host_ip: "127.0.0.1".into(), host_port: String::new() }]),
         );
-        let p = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "t")
-            .await
-            .unwrap();
+        let p = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "t").await.unwrap();
         let hport: u16 = p.bindings[&format!("{bport}/tcp")][0].host_port.parse().unwrap();
         let mut c = TcpStream::connect(("127.0.0.1", hport)).await.unwrap();
         let mut got = Vec::new();

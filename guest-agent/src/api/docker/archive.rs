@@ -21,10 +21,7 @@ use super::{ApiError, Query};
 
 /// Every value of `key` in a raw query string (`changes` may repeat).
 fn all(raw: &str, key: &str) -> Vec<String> {
-    form_urlencoded::parse(raw.as_bytes())
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
-        .collect()
+    form_urlencoded::parse(raw.as_bytes()).filter(|(k, _)| k == key).map(|(_, v)| v.into_owned()).collect()
 }
 
 /// Streams a scratch file as the response body.
@@ -43,8 +40,7 @@ async fn body_to_file(engine: &Engine, body: Body) -> Result<File, ApiError> {
             .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the upload: {e}")))?;
     }
     use std::io::Seek;
-    file.rewind()
-        .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    file.rewind().map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(file)
 }
 
@@ -55,15 +51,9 @@ pub async fn commit(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let container = q
-        .get("container")
-        .cloned()
-        .ok_or_else(|| ApiError::invalid("container is required"))?;
-    let config: Option<ContainerConfig> = if body.is_empty() || &body[..] == b"null" {
-        None
-    } else {
-        Some(super::error::parse_json(&body)?)
-    };
+    let container = q.get("container").cloned().ok_or_else(|| ApiError::invalid("container is required"))?;
+    let config: Option<ContainerConfig> =
+        if body.is_empty() || &body[..] == b"null" { None } else { Some(super::error::parse_json(&body)?) };
     let repo = q.get("repo").cloned().unwrap_or_default();
     let reference = (!repo.is_empty()).then(|| match q.get("tag").filter(|t| !t.is_empty()) {
         Some(t) => format!("{repo}:{t}"),
@@ -117,14 +107,7 @@ pub async fn import(engine: Engine, q: &Query, raw: &str, body: Body) -> Result<
         None => repo.clone(),
     });
     let file = body_to_file(&engine, body).await?;
-    let id = engine
-        .import(
-            file,
-            reference,
-            all(raw, "changes"),
-            q.get("message").cloned().unwrap_or_default(),
-        )
-        .await?;
+    let id = engine.import(file, reference, all(raw, "changes"), q.get("message").cloned().unwrap_or_default()).await?;
     let line = format!("{}\r\n", json!({"status": id}));
     Ok(([(header::CONTENT_TYPE, "application/json")], line).into_response())
 }
@@ -139,25 +122,20 @@ fn stat_header(stat: &berth_runtime::container::rootfs::PathStat) -> HeaderValue
 }
 
 fn path_of(q: &Query) -> Result<String, ApiError> {
-    q.get("path")
-        .filter(|p| !p.is_empty())
-        .cloned()
-        .ok_or_else(|| ApiError::invalid("path is required"))
+    q.get("path").filter(|p| !p.is_empty()).cloned().ok_or_else(|| ApiError::invalid("path is required"))
 }
 
 pub fn stat(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
     let st = engine.archive_stat(id, &path_of(q)?)?;
     let mut resp = StatusCode::OK.into_response();
-    resp.headers_mut()
-        .insert("X-Docker-Container-Path-Stat", stat_header(&st));
+    resp.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st));
     Ok(resp)
 }
 
 pub async fn get_archive(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
     let (file, st) = engine.archive_get(id, &path_of(q)?).await?;
     let mut resp = file_response(file, "application/x-tar");
-    resp.headers_mut()
-        .insert("X-Docker-Container-Path-Stat", stat_header(&st));
+    resp.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st));
     Ok(resp)
 }
 

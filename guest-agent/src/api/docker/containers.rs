@@ -32,9 +32,7 @@ pub fn filter_values(filters: &Value, key: &str) -> Vec<String> {
 /// `POST /containers/create?name=`.
 pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, body: Bytes) -> Result<Response, ApiError> {
     let mut v: Value = parse_json(&body)?;
-    let obj = v
-        .as_object_mut()
-        .ok_or_else(|| ApiError::invalid("invalid JSON: the body must be an object"))?;
+    let obj = v.as_object_mut().ok_or_else(|| ApiError::invalid("invalid JSON: the body must be an object"))?;
     let host: HostConfig = match obj.remove("HostConfig") {
         Some(Value::Null) | None => HostConfig::default(),
         Some(h) => serde_json::from_value(h).map_err(|e| ApiError::invalid(format!("invalid HostConfig: {e}")))?,
@@ -43,17 +41,10 @@ pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, body: Bytes) -
     let config: ContainerConfig =
         serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))?;
     if config.image.is_empty() {
-        return Err(ApiError::invalid(
-            "config cannot be empty in order to create a container",
-        ));
+        return Err(ApiError::invalid("config cannot be empty in order to create a container"));
     }
-    let (id, warnings) = engine
-        .create(CreateRequest {
-            name: q.get("name").cloned(),
-            config,
-            host_config: host,
-        })
-        .await?;
+    let (id, warnings) =
+        engine.create(CreateRequest { name: q.get("name").cloned(), config, host_config: host }).await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warnings": warnings}))).into_response())
 }
 
@@ -170,11 +161,7 @@ fn ago(t: &str) -> String {
 fn status_text(rec: &ContainerRecord) -> String {
     match rec.state.status {
         Status::Running => format!("Up {}", ago(&rec.state.started_at)),
-        Status::Restarting => format!(
-            "Restarting ({}) {} ago",
-            rec.state.exit_code,
-            ago(&rec.state.finished_at)
-        ),
+        Status::Restarting => format!("Restarting ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at)),
         Status::Exited if !rec.state.finished_at.is_empty() => {
             format!("Exited ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at))
         }
@@ -201,9 +188,7 @@ fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
     let exited = filter_values(filters, "exited");
     if !exited.is_empty()
         && (rec.state.status != Status::Exited
-            || !exited
-                .iter()
-                .any(|e| e.parse::<i64>().ok() == Some(rec.state.exit_code)))
+            || !exited.iter().any(|e| e.parse::<i64>().ok() == Some(rec.state.exit_code)))
     {
         return false;
     }
@@ -332,9 +317,7 @@ pub async fn dispatch(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Method::POST, "kill") => {
-            engine
-                .kill(&id, q.get("signal").map(String::as_str).unwrap_or("SIGKILL"))
-                .await?;
+            engine.kill(&id, q.get("signal").map(String::as_str).unwrap_or("SIGKILL")).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Method::POST, "rename") => {
@@ -354,26 +337,16 @@ pub async fn dispatch(
         (Method::HEAD, "archive") => super::archive::stat(engine, &id, &q),
         (Method::GET, "archive") => super::archive::get_archive(engine, &id, &q).await,
         (Method::PUT, "archive") => super::archive::put_archive(engine, &id, &q, req).await,
-        (Method::GET, "top") => Err(ApiError::status(
-            StatusCode::NOT_IMPLEMENTED,
-            "top is not implemented yet",
-        )),
-        _ => Err(ApiError::status(
-            StatusCode::NOT_FOUND,
-            format!("page not found: {method} /containers/{id}/{action}"),
-        )),
+        (Method::GET, "top") => Err(ApiError::status(StatusCode::NOT_IMPLEMENTED, "top is not implemented yet")),
+        _ => {
+            Err(ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {method} /containers/{id}/{action}")))
+        }
     }
 }
 
 pub fn dims(q: &Query) -> Result<(u16, u16), ApiError> {
-    let h = q
-        .get("h")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
-    let w = q
-        .get("w")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
+    let h = q.get("h").and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
+    let w = q.get("w").and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::invalid("resize needs h and w"))?;
     Ok((h, w))
 }
 
@@ -396,10 +369,7 @@ fn wait(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
 async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result<Response, ApiError> {
     let rec = engine.container(id)?;
     if rec.state.status == Status::Exited && !qbool(q, "logs") {
-        return Err(ApiError::status(
-            StatusCode::CONFLICT,
-            "You cannot attach to a stopped container, start it first",
-        ));
+        return Err(ApiError::status(StatusCode::CONFLICT, "You cannot attach to a stopped container, start it first"));
     }
     let io = engine.attach(id)?;
     let tty = io.tty;
@@ -460,13 +430,7 @@ fn logs(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
     let since = q.get("since").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s > 0.0);
     let until = q.get("until").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s > 0.0);
     let tail = q.get("tail").and_then(|t| t.parse::<usize>().ok());
-    let lq = LogQuery {
-        stdout: qbool(q, "stdout"),
-        stderr: qbool(q, "stderr"),
-        tail,
-        since,
-        until,
-    };
+    let lq = LogQuery { stdout: qbool(q, "stdout"), stderr: qbool(q, "stderr"), tail, since, until };
     if !lq.stdout && !lq.stderr {
         return Err(ApiError::invalid("Bad parameters: you must choose at least one stream"));
     }
@@ -481,24 +445,14 @@ fn logs(engine: Engine, id: &str, q: &Query) -> Result<Response, ApiError> {
             text.push(b' ');
         }
         text.extend_from_slice(line.log.as_bytes());
-        let bytes = if tty {
-            Bytes::from(text)
-        } else {
-            frame(line.stream as u8, &text)
-        };
+        let bytes = if tty { Bytes::from(text) } else { frame(line.stream as u8, &text) };
         Some((Ok::<_, std::io::Error>(bytes), rx))
     });
-    Ok((
-        [(header::CONTENT_TYPE, super::stream::content_type(tty))],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, super::stream::content_type(tty))], Body::from_stream(stream)).into_response())
 }
 
 async fn exec_create(engine: Engine, id: &str, req: Request) -> Result<Response, ApiError> {
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.map_err(|e| ApiError::invalid(e.to_string()))?;
     let v: Value = parse_json(&body)?;
     let strings = |k: &str| -> Vec<String> {
         match v.get(k) {

@@ -15,10 +15,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn status(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::status(StatusCode::BAD_REQUEST, message)

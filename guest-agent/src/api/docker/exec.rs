@@ -23,9 +23,7 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     let info = engine.exec_inspect(&id)?;
     let detach = {
-        let body = axum::body::to_bytes(std::mem::take(req.body_mut()), 1 << 20)
-            .await
-            .unwrap_or_default();
+        let body = axum::body::to_bytes(std::mem::take(req.body_mut()), 1 << 20).await.unwrap_or_default();
         serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("Detach").and_then(|d| d.as_bool()))
@@ -49,11 +47,7 @@ pub async fn start(
             Ok(run) => run,
             Err(e) => {
                 let msg = format!("{}\n", ApiError::from(e).message);
-                let bytes = if tty {
-                    Bytes::from(msg)
-                } else {
-                    frame(1, msg.as_bytes())
-                };
+                let bytes = if tty { Bytes::from(msg) } else { frame(1, msg.as_bytes()) };
                 let _ = wr.write_all(&bytes).await;
                 let _ = wr.shutdown().await;
                 return;

@@ -40,16 +40,8 @@ fn credentials(headers: &HeaderMap) -> Credentials {
         username = u;
         password = p;
     }
-    let token = if !s("registrytoken").is_empty() {
-        s("registrytoken")
-    } else {
-        s("identitytoken")
-    };
-    Credentials {
-        username,
-        password,
-        token,
-    }
+    let token = if !s("registrytoken").is_empty() { s("registrytoken") } else { s("identitytoken") };
+    Credentials { username, password, token }
 }
 
 fn human(n: u64) -> String {
@@ -76,11 +68,8 @@ fn progress_json(p: &Progress) -> Value {
         if let Some(total) = p.total.filter(|t| *t > 0) {
             let width = 50;
             let done = ((cur as f64 / total as f64) * width as f64) as usize;
-            let bar = format!(
-                "[{}>{}]",
-                "=".repeat(done.min(width).saturating_sub(1)),
-                " ".repeat(width - done.min(width))
-            );
+            let bar =
+                format!("[{}>{}]", "=".repeat(done.min(width).saturating_sub(1)), " ".repeat(width - done.min(width)));
             v["progress"] = json!(format!("{bar} {}/{}", human(cur), human(total)));
         }
     } else if p.id.is_some() {
@@ -143,10 +132,7 @@ pub async fn create(
             match t.await {
                 Ok(Err(e)) => return Err(e.into()),
                 Err(e) => {
-                    return Err(ApiError::status(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        e.to_string(),
-                    ));
+                    return Err(ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
                 }
                 Ok(Ok(_)) => {}
             }
@@ -175,10 +161,7 @@ fn async_stream(
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {
                 let msg = ApiError::from(e).message;
-                Some((
-                    Ok(line(&json!({"errorDetail": {"message": msg}, "error": msg}))),
-                    (None, rx, None),
-                ))
+                Some((Ok(line(&json!({"errorDetail": {"message": msg}, "error": msg}))), (None, rx, None)))
             }
             Err(e) => Some((Ok(line(&json!({"error": e.to_string()}))), (None, rx, None))),
         }
@@ -244,8 +227,7 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
         let mut img = img;
         if !reference.is_empty() {
             // As dockerd: only the tags that match are listed, and images with none are left out.
-            img.repo_tags
-                .retain(|t| reference.iter().any(|r| reference_matches(r, &familiar(t))));
+            img.repo_tags.retain(|t| reference.iter().any(|r| reference_matches(r, &familiar(t))));
             img.repo_digests.retain(|d| {
                 let repo = familiar(d.split('@').next().unwrap_or(d));
                 reference.iter().any(|r| glob(r, &repo))
@@ -254,10 +236,7 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
                 continue;
             }
         }
-        let labels = engine
-            .image_config(&img.id)
-            .map(|c| json!(c.config.labels))
-            .unwrap_or(json!({}));
+        let labels = engine.image_config(&img.id).map(|c| json!(c.config.labels)).unwrap_or(json!({}));
         out.push(summary(&img, labels));
     }
     Ok(Json(Value::Array(out)))
@@ -328,19 +307,15 @@ pub async fn dispatch(
                 .collect();
             Ok(Json(Value::Array(out)).into_response())
         }
-        _ => Err(ApiError::status(
-            axum::http::StatusCode::NOT_FOUND,
-            format!("page not found: {method} /images/{rest}"),
-        )),
+        _ => {
+            Err(ApiError::status(axum::http::StatusCode::NOT_FOUND, format!("page not found: {method} /images/{rest}")))
+        }
     }
 }
 
 /// `POST /images/prune`.
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q
-        .get("filters")
-        .and_then(|f| serde_json::from_str(f).ok())
-        .unwrap_or(Value::Null);
+    let filters: Value = q.get("filters").and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
     let all = filters.get("dangling").is_some_and(|d| d.to_string().contains("false"));
     let (removed, freed) = engine.prune_images(all)?;
     let list: Vec<Value> = removed

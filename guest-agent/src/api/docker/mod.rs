@@ -35,8 +35,7 @@ pub type Query = HashMap<String, String>;
 
 /// Docker's boolean query values: `1`, `true`, `True`, `yes` are true.
 pub fn qbool(q: &Query, key: &str) -> bool {
-    q.get(key)
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "yes"))
+    q.get(key).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "yes"))
 }
 
 fn version_tuple(v: &str) -> Option<(u32, u32)> {
@@ -48,10 +47,7 @@ fn version_tuple(v: &str) -> Option<(u32, u32)> {
 async fn versioned(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix("/v") {
-        let (ver, tail) = rest
-            .split_once('/')
-            .map(|(v, t)| (v, format!("/{t}")))
-            .unwrap_or((rest, "/".into()));
+        let (ver, tail) = rest.split_once('/').map(|(v, t)| (v, format!("/{t}"))).unwrap_or((rest, "/".into()));
         if let Some(v) = version_tuple(ver) {
             if v > version_tuple(API_VERSION).expect("const") {
                 return ApiError::invalid(format!(
@@ -79,18 +75,12 @@ async fn versioned(mut req: Request, next: Next) -> Response {
     h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
     h.insert("Ostype", HeaderValue::from_static("linux"));
-    h.insert(
-        "Server",
-        HeaderValue::from_static(concat!("Berth/", env!("CARGO_PKG_VERSION"), " (linux)")),
-    );
+    h.insert("Server", HeaderValue::from_static(concat!("Berth/", env!("CARGO_PKG_VERSION"), " (linux)")));
     resp
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::status(
-        StatusCode::NOT_FOUND,
-        format!("page not found: {} {}", req.method(), req.uri().path()),
-    )
+    ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {} {}", req.method(), req.uri().path()))
 }
 
 /// The whole Docker API router over `engine`.
@@ -125,7 +115,5 @@ pub fn router(engine: Engine) -> Router {
         .fallback(not_found)
         .with_state(engine);
     // The version prefix must be stripped before routing, so the middleware wraps the router.
-    Router::new()
-        .fallback_service(inner)
-        .layer(middleware::from_fn(versioned))
+    Router::new().fallback_service(inner).layer(middleware::from_fn(versioned))
 }

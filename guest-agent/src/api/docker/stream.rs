@@ -24,20 +24,14 @@ pub fn frame(stream: u8, data: &[u8]) -> Bytes {
 }
 
 pub fn content_type(tty: bool) -> &'static str {
-    if tty {
-        "application/vnd.docker.raw-stream"
-    } else {
-        "application/vnd.docker.multiplexed-stream"
-    }
+    if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" }
 }
 
 /// Takes the upgrade future out of `req` (the client must ask `Upgrade: tcp`), and the 101
 /// response to send.
 pub fn upgrade(req: &mut Request, tty: bool) -> Result<(hyper::upgrade::OnUpgrade, Response), ApiError> {
     if !req.headers().contains_key(header::UPGRADE) {
-        return Err(ApiError::invalid(
-            "this endpoint needs a connection upgrade (Upgrade: tcp)",
-        ));
+        return Err(ApiError::invalid("this endpoint needs a connection upgrade (Upgrade: tcp)"));
     }
     let on = hyper::upgrade::on(req);
     let mut resp = Response::new(Body::empty());

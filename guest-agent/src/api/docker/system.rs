@@ -23,20 +23,12 @@ pub async fn auth(State(engine): State<Engine>, body: axum::body::Bytes) -> Resu
 }
 
 pub async fn ping() -> Response {
-    (
-        [
-            (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
-            (header::PRAGMA, "no-cache"),
-        ],
-        "OK",
-    )
+    ([(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"), (header::PRAGMA, "no-cache")], "OK")
         .into_response()
 }
 
 fn kernel() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 pub async fn version() -> Json<Value> {
@@ -69,9 +61,7 @@ pub async fn info(State(engine): State<Engine>) -> Json<Value> {
         })
         .unwrap_or(0)
         * 1024;
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     Json(json!({
         "ID": "berth",
         "Containers": containers.len(),

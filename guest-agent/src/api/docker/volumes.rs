@@ -26,27 +26,16 @@ fn volume_json(v: &VolumeInfo) -> Value {
 }
 
 pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Response, ApiError> {
-    let v: Value = if body.is_empty() {
-        json!({})
-    } else {
-        super::error::parse_json(&body)?
-    };
+    let v: Value = if body.is_empty() { json!({}) } else { super::error::parse_json(&body)? };
     let name = v.get("Name").and_then(|n| n.as_str()).unwrap_or("");
-    let labels = v
-        .get("Labels")
-        .cloned()
-        .and_then(|l| serde_json::from_value(l).ok())
-        .unwrap_or_default();
+    let labels = v.get("Labels").cloned().and_then(|l| serde_json::from_value(l).ok()).unwrap_or_default();
     let vol = engine.volume_create(name, labels)?;
     let info = engine.volume(&vol.name)?;
     Ok((StatusCode::CREATED, Json(volume_json(&info))).into_response())
 }
 
 pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q
-        .get("filters")
-        .and_then(|f| serde_json::from_str(f).ok())
-        .unwrap_or(Value::Null);
+    let filters: Value = q.get("filters").and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
     let dangling = filters.get("dangling").map(|d| d.to_string().contains("true"));
     let vols: Vec<Value> = engine
         .volumes()?
@@ -71,10 +60,7 @@ pub async fn remove(
 }
 
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q
-        .get("filters")
-        .and_then(|f| serde_json::from_str(f).ok())
-        .unwrap_or(Value::Null);
+    let filters: Value = q.get("filters").and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
     let all = filters.get("all").is_some_and(|a| a.to_string().contains("true"));
     let (removed, freed) = engine.volume_prune(all)?;
     Ok(Json(json!({"VolumesDeleted": removed, "SpaceReclaimed": freed})))
