@@ -59,13 +59,15 @@ fn tag_rmi_and_prune() {
     let out = a.ok(&["rmi", "mine/copy:v1"]);
     assert!(out.contains("Untagged: mine/copy:v1"), "{out}");
     assert!(!a.ok(&["images", "-q", &img]).trim().is_empty());
-    // Refused while a container uses it, as dockerd does.
+    // Refused while a container uses it, as dockerd does, by name and by ID.
     a.ok(&["create", "--name", "user", &img, "true"]);
     let (_, err) = a.fails(&["rmi", &img]);
     assert!(
-        err.contains("conflict: unable to delete") && err.contains("image is being used by stopped container"),
+        err.contains("unable to remove repository reference") && err.contains("is using its referenced image"),
         "{err}"
     );
+    let (_, err) = a.fails(&["rmi", id.trim()]);
+    assert!(err.contains("image is being used by stopped container"), "{err}");
     a.ok(&["rm", "user"]);
     let out = a.ok(&["rmi", &img]);
     assert!(out.contains("Deleted: sha256:"), "{out}");

@@ -106,28 +106,10 @@ impl LogQuery {
 
 /// Reads the lines of `path` that `q` wants, and the byte offset where reading stopped.
 pub fn read(path: &Path, q: &LogQuery) -> io::Result<(Vec<LogLine>, u64)> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let (mut out, offset) = match read_from(path, 0, q) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], 0)),
-        Err(e) => return Err(e),
+        r => r?,
     };
-    let mut offset = 0u64;
-    let mut out = Vec::new();
-    let mut reader = BufReader::new(file);
-    let mut buf = String::new();
-    loop {
-        buf.clear();
-        let n = reader.read_line(&mut buf)?;
-        if n == 0 || !buf.ends_with('\n') {
-            break;
-        }
-        offset += n as u64;
-        if let Ok(line) = serde_json::from_str::<LogLine>(&buf)
-            && q.wants(&line)
-        {
-            out.push(line);
-        }
-    }
     if let Some(t) = q.tail {
         let skip = out.len().saturating_sub(t);
         out.drain(..skip);

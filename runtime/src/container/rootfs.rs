@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -42,15 +42,7 @@ impl RootView {
 
     /// Resolves `path` (absolute, as the container sees it) inside the root.
     pub fn resolve(&self, path: &str, follow_last: bool) -> io::Result<PathBuf> {
-        let parts: Vec<std::ffi::OsString> = Path::new(path)
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(s) => Some(s.to_owned()),
-                Component::ParentDir => Some("..".into()),
-                _ => None,
-            })
-            .collect();
-        unpack::resolve_in_root(&self.root, &parts, follow_last).map_err(io::Error::other)
+        unpack::resolve_in_root(&self.root, &unpack::path_parts(path), follow_last).map_err(io::Error::other)
     }
 }
 

@@ -37,7 +37,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::image::unpack::resolve_in_root;
+use crate::image::unpack::{path_parts, resolve_in_root};
 use crate::snapshot::OverlayMount;
 
 /// Which network namespace a container gets.
@@ -303,15 +303,7 @@ fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
 
 /// Resolves `dest` inside `root` (symlinks stay inside) and creates it as a dir or file.
 fn prepare_target(root: &Path, dest: &str, dir: bool) -> Result<PathBuf, String> {
-    let parts: Vec<std::ffi::OsString> = Path::new(dest)
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(s) => Some(s.to_owned()),
-            std::path::Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let target = resolve_in_root(root, &parts, true).map_err(|e| e.to_string())?;
+    let target = resolve_in_root(root, &path_parts(dest), true).map_err(|e| e.to_string())?;
     if dir {
         fs::create_dir_all(&target).map_err(|e| format!("creating mount point {dest}: {e}"))?;
     } else if !target.exists() {

@@ -61,61 +61,43 @@ impl Engine {
         self.containers().into_iter().map(|c| c.image_id).collect()
     }
 
-    /// `docker rmi`: untags a reference, and deletes the image when no tag is left.
+    /// `docker rmi`, with dockerd's rules: a tag of an image with several tags is only
+    /// untagged; an image a container uses is refused (by tag: untagged with `force`); an image
+    /// named by ID with several tags needs `force`.
     pub fn remove_image(&self, name: &str, force: bool) -> Result<Vec<RemovedImage>, EngineError> {
-        let in_use = self.images_in_use();
         let mut images = self.inner.stores.images.lock().expect("image store lock");
         let rec = images.resolve(name)?.clone();
-        let mut out = Vec::new();
+        let user = self.containers().into_iter().find(|c| c.image_id == rec.id).map(|c| c.id[..12].to_owned());
         let by_tag = parse_reference(name).ok().map(|r| tagged(&r)).filter(|t| rec.repo_tags.contains(t));
-        let mut rec2 = rec.clone();
-        if let (Some(tag), false) = (&by_tag, rec.repo_tags.len() <= 1 && !force)
-            && rec.repo_tags.len() > 1
-        {
-            rec2.repo_tags.retain(|t| t != tag);
-            images.put(rec2)?;
-            return Ok(vec![RemovedImage::Untagged(familiar(tag))]);
-        }
-        if in_use.contains(&rec.id) {
-            let user = self
-                .containers()
-                .into_iter()
-                .find(|c| c.image_id == rec.id)
-                .map(|c| c.id[..12].to_owned())
-                .unwrap_or_default();
-            if by_tag.is_some() && !force && rec.repo_tags.len() > 1 {
-                unreachable!("handled above");
+        if let Some(tag) = &by_tag {
+            if rec.repo_tags.len() > 1 || (user.is_some() && force) {
+                let mut rec = rec;
+                rec.repo_tags.retain(|t| t != tag);
+                images.put(rec)?;
+                return Ok(vec![RemovedImage::Untagged(familiar(tag))]);
             }
-            if !force || by_tag.is_none() {
+            if let Some(user) = &user {
                 return Err(EngineError::Conflict(format!(
-                    "conflict: unable to delete {} (must be forced) - image is being used by stopped container {user}",
-                    if by_tag.is_some() {
-                        familiar(by_tag.as_deref().unwrap_or_default())
-                    } else {
-                        rec.short_id().to_owned()
-                    }
+                    "conflict: unable to remove repository reference \"{name}\" (must force) - container {user} is using its referenced image {}",
+                    rec.short_id()
                 )));
             }
-            // Forced on a tag while a container uses it: untag only, as dockerd does.
-            for t in &rec.repo_tags {
-                out.push(RemovedImage::Untagged(familiar(t)));
+        } else {
+            if let Some(user) = &user {
+                return Err(EngineError::Conflict(format!(
+                    "conflict: unable to delete {} (must be forced) - image is being used by stopped container {user}",
+                    rec.short_id()
+                )));
             }
-            rec2.repo_tags.clear();
-            images.put(rec2)?;
-            return Ok(out);
+            if rec.repo_tags.len() > 1 && !force {
+                return Err(EngineError::Conflict(format!(
+                    "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                    rec.short_id()
+                )));
+            }
         }
-        if by_tag.is_none() && rec.repo_tags.len() > 1 && !force {
-            return Err(EngineError::Conflict(format!(
-                "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
-                rec.short_id()
-            )));
-        }
-        for t in &rec.repo_tags {
-            out.push(RemovedImage::Untagged(familiar(t)));
-        }
-        for d in &rec.repo_digests {
-            out.push(RemovedImage::Untagged(familiar(d)));
-        }
+        let mut out: Vec<RemovedImage> = rec.repo_tags.iter().map(|t| RemovedImage::Untagged(familiar(t))).collect();
+        out.extend(rec.repo_digests.iter().map(|d| RemovedImage::Untagged(familiar(d))));
         images.remove(&rec.id)?;
         out.push(RemovedImage::Deleted(rec.id.clone()));
         drop(images);

@@ -191,15 +191,7 @@ pub fn record_image(
 /// with the names they were loaded under (familiar), or their IDs when untagged.
 pub fn load(stores: &Stores, dir: &Path) -> Result<Vec<String>, ImageError> {
     let inside = |name: &str| -> Result<PathBuf, ImageError> {
-        let parts: Vec<std::ffi::OsString> = Path::new(name)
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(s) => Some(s.to_owned()),
-                std::path::Component::ParentDir => Some("..".into()),
-                _ => None,
-            })
-            .collect();
-        Ok(unpack::resolve_in_root(dir, &parts, true)?)
+        Ok(unpack::resolve_in_root(dir, &unpack::path_parts(name), true)?)
     };
     let manifest_path = dir.join("manifest.json");
     let bytes = fs::read(&manifest_path)

@@ -268,6 +268,19 @@ fn clean(path: &Path, shown: &str) -> Result<Vec<std::ffi::OsString>, UnpackErro
     Ok(out)
 }
 
+/// The components of an absolute or relative path as [`resolve_in_root`] takes them (`..`
+/// kept, for it to clamp at the root).
+pub fn path_parts(path: &str) -> Vec<std::ffi::OsString> {
+    Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Resolves `parts` under `root`, following symlinks inside the root (absolute targets are
 /// relative to the root, `..` stops at it). The last component is followed only when
 /// `follow_last` is set. Returns a path that is inside `root` by construction.

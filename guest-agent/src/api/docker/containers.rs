@@ -206,12 +206,7 @@ fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
 
 /// `GET /containers/json`.
 pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q
-        .get("filters")
-        .map(|f| serde_json::from_str(f))
-        .transpose()
-        .map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?
-        .unwrap_or(Value::Null);
+    let filters = super::filters(&q)?;
     let all = qbool(&q, "all")
         || !filter_values(&filters, "status").is_empty()
         || !filter_values(&filters, "exited").is_empty();

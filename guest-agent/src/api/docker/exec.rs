@@ -56,17 +56,7 @@ pub async fn start(
         let io = run.io;
         if let Some(mut stdin) = io.stdin {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match rd.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stdin.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
+                let _ = tokio::io::copy(&mut rd, &mut stdin).await;
                 let _ = stdin.shutdown().await;
             });
         }

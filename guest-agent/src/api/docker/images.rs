@@ -209,12 +209,7 @@ fn glob(pattern: &str, s: &str) -> bool {
 
 /// `GET /images/json`.
 pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q
-        .get("filters")
-        .map(|f| serde_json::from_str(f))
-        .transpose()
-        .map_err(|e| ApiError::invalid(format!("invalid filters: {e}")))?
-        .unwrap_or(Value::Null);
+    let filters = super::filters(&q)?;
     let dangling = filters.get("dangling").map(|d| d.to_string().contains("true"));
     let reference: Vec<String> = super::containers::filter_values(&filters, "reference");
     let mut out = Vec::new();

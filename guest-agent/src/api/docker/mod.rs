@@ -38,6 +38,14 @@ pub fn qbool(q: &Query, key: &str) -> bool {
     q.get(key).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "yes"))
 }
 
+/// The `filters` query parameter (JSON), or `null` when absent.
+pub fn filters(q: &Query) -> Result<serde_json::Value, ApiError> {
+    match q.get("filters") {
+        None => Ok(serde_json::Value::Null),
+        Some(f) => serde_json::from_str(f).map_err(|e| ApiError::invalid(format!("invalid filters: {e}"))),
+    }
+}
+
 fn version_tuple(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
