@@ -26,9 +26,10 @@ for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.
 tests/fixtures/make-images.sh "$REG" >/dev/null
 
 ./target/release/berth-agent serve --listen "unix://$W/berth.sock" --data-root "$W/berth-root" 2>"$W/berth.log" & BERTH_PID=$!; PIDS+=($BERTH_PID)
-# The reference engine on its own socket, root and bridge, started by this script.
+# The reference engine on its own socket and root, started by this script, with its default
+# bridge network and NAT, as Berth has.
 dockerd --host "unix://$W/dockerd.sock" --data-root "$W/dockerd-root" --exec-root "$W/dockerd-exec" \
-    --pidfile "$W/dockerd.pid" --bridge none --iptables=false >"$W/dockerd.log" 2>&1 & DOCKERD_PID=$!; PIDS+=($DOCKERD_PID)
+    --pidfile "$W/dockerd.pid" >"$W/dockerd.log" 2>&1 & DOCKERD_PID=$!; PIDS+=($DOCKERD_PID)
 for s in berth dockerd; do
     for _ in $(seq 300); do DOCKER_HOST="unix://$W/$s.sock" docker version >/dev/null 2>&1 && break; sleep 0.1; done
 done
@@ -72,7 +73,7 @@ def report(name, d):
     b, r = statistics.median(d["berth"]), statistics.median(d["dockerd"])
     print(f"{name:<34} berth {b*1000:8.1f} ms   dockerd {r*1000:8.1f} ms   berth/dockerd {b/r:5.2f}")
 
-print(f"# {rounds} alternating rounds of `docker run --rm busybox true`, 5 of pull+unpack, medians")
+print(f"# {rounds} alternating rounds of `docker run --rm busybox true` (default bridge network on both), 5 of pull+unpack, medians")
 report("docker run --rm busybox true", runs)
 report("docker pull (pull + unpack)", pulls)
 print(f"{'idle resident memory':<34} berth {berth_idle/1024:8.1f} MiB  dockerd+containerd {dockerd_idle/1024:8.1f} MiB")

@@ -248,6 +248,7 @@ pub(crate) struct Inner {
     pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
     pub shutting_down: AtomicBool,
     pub bridge: crate::network::Bridge,
+    pub events: crate::events::Events,
 }
 
 /// The engine; cheap to clone.
@@ -282,6 +283,7 @@ impl Engine {
                 containers: Mutex::new(BTreeMap::new()),
                 execs: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
+                events: crate::events::Events::default(),
                 bridge: crate::network::Bridge::new(&config.bridge.name, config.bridge.gateway, config.bridge.prefix),
             }),
         };
@@ -295,5 +297,17 @@ impl Engine {
 
     pub fn stores(&self) -> &Stores {
         &self.inner.stores
+    }
+
+    pub fn events(&self) -> &crate::events::Events {
+        &self.inner.events
+    }
+
+    /// Emits a container event with dockerd's attributes (image, name, labels, extras).
+    pub(crate) fn container_event(&self, rec: &ContainerRecord, action: &str, extra: &[(&str, &str)]) {
+        let mut attrs: Vec<(&str, &str)> = vec![("image", rec.config.image.as_str()), ("name", rec.name.as_str())];
+        attrs.extend(rec.config.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        attrs.extend_from_slice(extra);
+        self.inner.events.emit("container", action, &rec.id, &attrs);
     }
 }

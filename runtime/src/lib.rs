@@ -12,6 +12,7 @@
 pub mod container;
 pub mod content;
 pub mod engine;
+pub mod events;
 pub mod fsutil;
 pub mod image;
 pub mod model;

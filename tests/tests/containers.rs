@@ -222,3 +222,46 @@ fn engine_restart_finds_everything_again() {
     );
     assert_eq!(a.ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]), "persisted\n");
 }
+
+#[test]
+fn events_report_the_lifecycle() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 1;
+    assert_eq!(
+        a.docker(&["run", "--rm", "--name", "evented", "-l", "k=v", &img, "sh", "-c", "exit 3"]).status.code(),
+        Some(3)
+    );
+    a.ok(&["volume", "create", "evvol"]);
+    let until = since + 120;
+    let out = a.ok(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string(),
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+    ]);
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches(" <no value>")).collect();
+    for want in
+        ["container create evented", "container start evented", "container die evented 3", "container destroy evented"]
+    {
+        assert!(lines.contains(&want), "missing {want:?} in {out}");
+    }
+    assert!(out.contains("volume create"), "{out}");
+    let filtered = a.ok(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.min(since + 3).to_string(),
+        "--filter",
+        "label=k=v",
+        "--filter",
+        "event=die",
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert_eq!(filtered.trim(), "die", "{filtered}");
+}

@@ -107,6 +107,7 @@ impl Engine {
         let bytes = serde_json::to_vec(&config).expect("config serialises");
         let tags: Vec<String> = tag.into_iter().collect();
         let img = archive::record_image(&self.inner.stores, &bytes, layers, &tags, &base.id, &opts.comment)?;
+        self.container_event(&rec, "commit", &[("comment", &opts.comment)]);
         Ok(img.id)
     }
 

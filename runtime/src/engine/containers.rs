@@ -207,6 +207,7 @@ impl Engine {
         };
         let ctr = Ctr::new(rec, dir);
         ctr.update(|_| {})?;
+        self.container_event(&ctr.snapshot(), "create", &[]);
         self.inner.stores.snapshots.prepare(&id, &ctr.snapshot().chain).map_err(ImageError::from)?;
         self.inner.containers.lock().expect("containers lock").insert(id.clone(), ctr);
         tracing::info!(container = %id, "created");
@@ -563,6 +564,7 @@ impl Engine {
             r.manually_stopped = false;
             r.net = net_record;
         })?;
+        self.container_event(&ctr.snapshot(), "start", &[]);
         tracing::info!(container = %id, pid, "started");
 
         let log_path = ctr.dir.join(format!("{id}-json.log"));
@@ -629,6 +631,7 @@ impl Engine {
                 ctr.snapshot()
             }
         };
+        self.container_event(&rec, "die", &[("exitCode", &code.to_string())]);
         tracing::info!(container = %rec.id, code, "exited");
         ctr.life.send_modify(|l| {
             l.exits += 1;
@@ -683,6 +686,7 @@ impl Engine {
         if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
             ctr.update(|r| r.manually_stopped = true)?;
         }
+        self.container_event(&rec, "kill", &[("signal", &sig.to_string())]);
         // SAFETY: kill(2) with a pid the engine started and a valid signal number.
         unsafe { libc::kill(rec.state.pid, sig) };
         Ok(())
@@ -805,6 +809,7 @@ impl Engine {
             }
         }
         ctr.life.send_modify(|l| l.removed = true);
+        self.container_event(&rec, "destroy", &[]);
         tracing::info!(container = %rec.id, "removed");
         Ok(())
     }
@@ -825,7 +830,9 @@ impl Engine {
             )));
         }
         drop(map);
-        ctr.update(|r| r.name = new_name.to_owned())?;
+        let old = ctr.snapshot().name;
+        let rec = ctr.update(|r| r.name = new_name.to_owned())?;
+        self.container_event(&rec, "rename", &[("oldName", &format!("/{old}"))]);
         Ok(())
     }
 

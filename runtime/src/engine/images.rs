@@ -24,7 +24,9 @@ impl Engine {
         creds: &Credentials,
         progress: &mpsc::UnboundedSender<Progress>,
     ) -> Result<ImageRecord, EngineError> {
-        Ok(crate::image::pull::pull(&self.inner.stores, name, creds, progress).await?)
+        let rec = crate::image::pull::pull(&self.inner.stores, name, creds, progress).await?;
+        self.inner.events.emit("image", "pull", name, &[("name", name)]);
+        Ok(rec)
     }
 
     /// `docker login`: checks the credentials against the registry.
@@ -54,6 +56,7 @@ impl Engine {
         let mut images = self.inner.stores.images.lock().expect("image store lock");
         let id = images.resolve(source)?.id.clone();
         images.set_tag(&id, &tagged(&r))?;
+        self.inner.events.emit("image", "tag", &id, &[("name", &crate::image::familiar(&tagged(&r)))]);
         Ok(())
     }
 
@@ -101,6 +104,7 @@ impl Engine {
         images.remove(&rec.id)?;
         out.push(RemovedImage::Deleted(rec.id.clone()));
         drop(images);
+        self.inner.events.emit("image", "delete", &rec.id, &[("name", name)]);
         self.collect_garbage();
         Ok(out)
     }

@@ -14,7 +14,9 @@ pub struct VolumeInfo {
 
 impl Engine {
     pub fn volume_create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<Volume, EngineError> {
-        Ok(self.inner.volumes.create(name, labels, false)?)
+        let v = self.inner.volumes.create(name, labels, false)?;
+        self.inner.events.emit("volume", "create", &v.name, &[("driver", "local")]);
+        Ok(v)
     }
 
     pub fn volume(&self, name: &str) -> Result<VolumeInfo, EngineError> {
@@ -38,7 +40,9 @@ impl Engine {
         if !users.is_empty() && !force {
             return Err(VolumeError::InUse { name: name.into(), users: users.join(", ") }.into());
         }
-        Ok(self.inner.volumes.remove(name)?)
+        self.inner.volumes.remove(name)?;
+        self.inner.events.emit("volume", "destroy", name, &[("driver", "local")]);
+        Ok(())
     }
 
     /// Removes unused volumes (anonymous only unless `all`); returns names and bytes freed.

@@ -1,10 +1,12 @@
 //! `/_ping`, `/version`, `/info`, `/events`, `/system/df`, `/networks`.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query as Q, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use berth_runtime::Engine;
+use berth_runtime::events::Event;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::{API_VERSION, MIN_API_VERSION};
@@ -107,10 +109,75 @@ pub async fn info(State(engine): State<Engine>) -> Json<Value> {
     }))
 }
 
-/// Events are not recorded yet: the stream stays open and empty, as an idle dockerd's does.
-pub async fn events() -> Response {
-    let body = axum::body::Body::from_stream(futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>());
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+fn parse_unix_nanos(s: &str) -> Option<i64> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let secs: i64 = secs.parse().ok()?;
+    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    Some(secs * 1_000_000_000 + frac.parse::<i64>().ok()?)
+}
+
+/// Whether `e` passes dockerd's event filters (type, event, container, image, volume, label).
+fn wanted(e: &Event, filters: &Value) -> bool {
+    use super::containers::filter_values;
+    let any = |key: &str, ok: &dyn Fn(&str) -> bool| {
+        let vals = filter_values(filters, key);
+        vals.is_empty() || vals.iter().any(|v| ok(v))
+    };
+    let attr = |k: &str| e.actor.attributes.get(k).map(String::as_str).unwrap_or("");
+    any("type", &|v| v == e.kind)
+        && any("event", &|v| v == e.action)
+        && (e.kind != "container" || any("container", &|v| e.actor.id.starts_with(v) || attr("name") == v))
+        && any("image", &|v| attr("image") == v || (e.kind == "image" && (e.actor.id == v || attr("name") == v)))
+        && (e.kind != "volume" || any("volume", &|v| e.actor.id == v))
+        && any("label", &|v| match v.split_once('=') {
+            Some((k, val)) => attr(k) == val,
+            None => e.actor.attributes.contains_key(v),
+        })
+}
+
+fn event_line(e: &Event) -> bytes::Bytes {
+    let mut v = serde_json::to_value(e).expect("event serialises");
+    if e.kind == "container" {
+        // The fields API clients before 1.22 read, which dockerd still sends.
+        v["status"] = json!(e.action);
+        v["id"] = json!(e.actor.id);
+        v["from"] = json!(e.actor.attributes.get("image"));
+    }
+    let mut b = serde_json::to_vec(&v).expect("json");
+    b.push(b'\n');
+    b.into()
+}
+
+/// `GET /events?since=&until=&filters=`: kept events since `since`, then live ones until
+/// `until` (or until the client goes away).
+pub async fn events(State(engine): State<Engine>, Q(q): Q<super::Query>) -> Result<Response, super::ApiError> {
+    let filters = super::filters(&q)?;
+    let since = q.get("since").and_then(|s| parse_unix_nanos(s));
+    let until = q.get("until").and_then(|s| parse_unix_nanos(s));
+    let (past, live) = engine.events().subscribe(since);
+    let past: Vec<Event> = past.into_iter().filter(|e| until.is_none_or(|u| e.time_nano <= u)).collect();
+    let past_stream = futures_util::stream::iter(past.into_iter().filter({
+        let f = filters.clone();
+        move |e| wanted(e, &f)
+    }));
+    let live_stream = futures_util::stream::unfold((live, filters), move |(mut rx, f)| async move {
+        loop {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            let wait = match until {
+                Some(u) if u <= now => return None,
+                Some(u) => std::time::Duration::from_nanos((u - now) as u64),
+                None => std::time::Duration::from_secs(3600 * 24 * 365),
+            };
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Err(_) => return None,
+                Ok(Ok(e)) if wanted(&e, &f) => return Some((e, (rx, f))),
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(_)) => return None,
+            }
+        }
+    });
+    let body = past_stream.chain(live_stream).map(|e| Ok::<_, std::io::Error>(event_line(&e)));
+    Ok(([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(body)).into_response())
 }
 
 pub async fn df(State(engine): State<Engine>) -> Json<Value> {
