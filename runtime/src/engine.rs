@@ -6,6 +6,7 @@ mod archive;
 mod containers;
 mod exec;
 mod images;
+mod stats;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,7 @@ pub use archive::CommitOptions;
 pub use containers::{AttachIo, CreateRequest, LogStream, WaitCondition, console_size};
 pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;
+pub use stats::StatsSample;
 pub use volumes::VolumeInfo;
 
 use crate::Stores;

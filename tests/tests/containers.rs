@@ -265,3 +265,35 @@ fn events_report_the_lifecycle() {
     ]);
     assert_eq!(filtered.trim(), "die", "{filtered}");
 }
+
+#[test]
+fn stats_and_top_read_the_containers_cgroup() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "-m",
+        "64m",
+        "--pids-limit",
+        "50",
+        &img,
+        "sh",
+        "-c",
+        "while true; do :; done",
+    ]);
+    let out = a.ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.PIDs}}", "busy"]);
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(f[0], "busy", "{out}");
+    let cpu: f64 = f[1].trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 20.0, "a busy loop should show CPU use: {out}");
+    assert!(out.contains("/ 64MiB"), "the memory limit is the cgroup's: {out}");
+    assert_eq!(f.last().copied(), Some("1"), "{out}");
+    let top = a.ok(&["top", "busy"]);
+    assert!(top.lines().next().unwrap().contains("PID") && top.contains("while true"), "{top}");
+    a.ok(&["stop", "-t", "0", "busy"]);
+    let (_, err) = a.fails(&["top", "busy"]);
+    assert!(err.contains("is not running"), "{err}");
+}

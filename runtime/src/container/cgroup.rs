@@ -30,6 +30,34 @@ pub struct CgroupError {
 #[derive(Debug, Clone, Default)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+/// Resource usage read from a container's cgroup (`docker stats`).
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub cpu_total_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub memory: u64,
+    /// The memory limit, `None` when unlimited.
+    pub memory_limit: Option<u64>,
+    /// memory.stat, with v1's `total_*` keys as they are.
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    pub pids: u64,
+    pub pids_limit: Option<u64>,
+}
+
+fn read_u64(path: &std::path::Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn read_kv(path: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?))))
+        .collect()
 }
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -89,12 +117,12 @@ impl Cgroup {
         if let Some(p) = limits.pids.filter(|p| *p > 0) {
             write(&dir, "pids.max", &p.to_string())?;
         }
-        Ok(Cgroup { dirs: vec![dir] })
+        Ok(Cgroup { dirs: vec![dir], v2: true })
     }
 
     fn create_v1(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let mut dirs = Vec::new();
-        for ctrl in ["memory", "cpu", "pids"] {
+        for ctrl in ["memory", "cpu", "cpuacct", "pids"] {
             let mount = PathBuf::from(ROOT).join(ctrl);
             if !mount.is_dir() {
                 continue;
@@ -126,7 +154,7 @@ impl Cgroup {
             }
             dirs.push(dir);
         }
-        Ok(Cgroup { dirs })
+        Ok(Cgroup { dirs, v2: false })
     }
 
     /// Moves process `pid` into the cgroup.
@@ -135,6 +163,59 @@ impl Cgroup {
             write(d, "cgroup.procs", &pid.to_string())?;
         }
         Ok(())
+    }
+
+    fn dir_of(&self, controller: &str) -> Option<&PathBuf> {
+        if self.v2 {
+            return self.dirs.first();
+        }
+        let mount = PathBuf::from(ROOT).join(controller);
+        self.dirs.iter().find(|d| d.starts_with(&mount))
+    }
+
+    /// Every process in the cgroup (the container's init, its children, exec'd processes).
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(dir) = self.dir_of("pids").or(self.dirs.first()) else { return vec![] };
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// CPU, memory and pids usage.
+    pub fn usage(&self) -> Usage {
+        let mut u = Usage::default();
+        if self.v2 {
+            let Some(d) = self.dirs.first() else { return u };
+            let cpu = read_kv(&d.join("cpu.stat"));
+            u.cpu_total_ns = cpu.get("usage_usec").copied().unwrap_or(0) * 1000;
+            u.cpu_user_ns = cpu.get("user_usec").copied().unwrap_or(0) * 1000;
+            u.cpu_system_ns = cpu.get("system_usec").copied().unwrap_or(0) * 1000;
+            u.memory = read_u64(&d.join("memory.current")).unwrap_or(0);
+            u.memory_limit = read_u64(&d.join("memory.max"));
+            u.memory_stat = read_kv(&d.join("memory.stat"));
+            u.pids = read_u64(&d.join("pids.current")).unwrap_or(0);
+            u.pids_limit = read_u64(&d.join("pids.max"));
+        } else {
+            if let Some(d) = self.dir_of("cpuacct") {
+                u.cpu_total_ns = read_u64(&d.join("cpuacct.usage")).unwrap_or(0);
+                // cpuacct.stat is in USER_HZ ticks (100 a second).
+                let st = read_kv(&d.join("cpuacct.stat"));
+                u.cpu_user_ns = st.get("user").copied().unwrap_or(0) * 10_000_000;
+                u.cpu_system_ns = st.get("system").copied().unwrap_or(0) * 10_000_000;
+            }
+            if let Some(d) = self.dir_of("memory") {
+                u.memory = read_u64(&d.join("memory.usage_in_bytes")).unwrap_or(0);
+                u.memory_limit = read_u64(&d.join("memory.limit_in_bytes")).filter(|l| *l < (1 << 62));
+                u.memory_stat = read_kv(&d.join("memory.stat"));
+            }
+            if let Some(d) = self.dir_of("pids") {
+                u.pids = read_u64(&d.join("pids.current")).unwrap_or(0);
+                u.pids_limit = read_u64(&d.join("pids.max"));
+            }
+        }
+        u
     }
 
     /// Removes the cgroup directories (they must be empty of processes).

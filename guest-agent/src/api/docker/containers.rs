@@ -332,7 +332,8 @@ pub async fn dispatch(
         (Method::HEAD, "archive") => super::archive::stat(engine, &id, &q),
         (Method::GET, "archive") => super::archive::get_archive(engine, &id, &q).await,
         (Method::PUT, "archive") => super::archive::put_archive(engine, &id, &q, req).await,
-        (Method::GET, "top") => Err(ApiError::status(StatusCode::NOT_IMPLEMENTED, "top is not implemented yet")),
+        (Method::GET, "top") => super::stats::top(engine, &id),
+        (Method::GET, "stats") => super::stats::stats(engine, &id, &q).await,
         _ => {
             Err(ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {method} /containers/{id}/{action}")))
         }

@@ -9,6 +9,7 @@ mod containers;
 mod error;
 mod exec;
 mod images;
+mod stats;
 mod stream;
 mod system;
 mod volumes;
