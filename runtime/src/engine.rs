@@ -124,7 +124,7 @@ impl EngineError {
                 VolumeError::InUse { .. } => ErrorKind::Conflict,
                 VolumeError::Io { .. } => ErrorKind::Internal,
             },
-            EngineError::Launch(LaunchError::Start(m))
+            EngineError::Launch(LaunchError::Start(m) | LaunchError::ExecStart(m))
                 if m.contains("executable file not found") || m.contains("no such file") =>
             {
                 ErrorKind::InvalidArgument

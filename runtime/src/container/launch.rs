@@ -28,6 +28,9 @@ pub enum LaunchError {
     /// The child reported why it could not exec (dockerd's "OCI runtime create failed").
     #[error("failed to create task for container: OCI runtime create failed: {0}: unknown")]
     Start(String),
+    /// The same for an exec (dockerd's "OCI runtime exec failed").
+    #[error("OCI runtime exec failed: exec failed: {0}: unknown")]
+    ExecStart(String),
     #[error("setting up the container process: {0}")]
     Setup(String),
     #[error("container I/O")]
@@ -237,7 +240,7 @@ where
     pipe::Receiver::from_owned_fd(err_r)?.read_to_string(&mut failure).await?;
     if !failure.is_empty() {
         let _ = helper_child.wait().await;
-        return Err(LaunchError::Start(failure));
+        return Err(if mode == "exec" { LaunchError::ExecStart(failure) } else { LaunchError::Start(failure) });
     }
     let io = io.ok_or_else(|| LaunchError::Helper("the container did not send its terminal".into()))?;
     Ok(Launched { pid, helper: helper_child, io })

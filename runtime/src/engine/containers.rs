@@ -80,8 +80,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Containers with restart policy `always` / `unless-stopped` start with the engine.
+    /// What an engine start does after loading: removes `--rm` containers that were running
+    /// when the engine went away (their removal was due), and starts containers with restart
+    /// policy `always` / `unless-stopped`.
     pub async fn start_restartable(&self) {
+        let stale: Vec<String> = self
+            .all_containers()
+            .iter()
+            .map(|c| c.snapshot())
+            .filter(|r| r.host_config.auto_remove && r.state.status == Status::Exited && !r.state.started_at.is_empty())
+            .map(|r| r.id)
+            .collect();
+        for id in stale {
+            let _ = self.remove(&id, true, true).await;
+        }
         let ids: Vec<String> = self
             .all_containers()
             .into_iter()
