@@ -6,6 +6,7 @@
 //! helper the engine re-executes to create container processes (see runtime's `shim`).
 
 mod api;
+mod init;
 mod listen;
 
 use std::path::PathBuf;
@@ -43,16 +44,24 @@ enum Command {
         #[arg(long, default_value = "172.29.0.1/16", value_parser = parse_cidr)]
         bridge_ip: (std::net::Ipv4Addr, u8),
     },
+    /// PID 1 of Berth's VM: mounts, modules, network, data disk, then runs `serve`.
+    Init,
     /// Internal: the single-threaded helper that creates a container process.
     #[command(hide = true)]
     Shim { mode: String, spec: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
+    // The kernel starts /init (a link to this binary) with no arguments.
+    if std::process::id() == 1 && std::env::args_os().len() == 1 {
+        return init::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         // Before any runtime or thread exists: the helper forks.
         Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
+        // Single-threaded too: it forks the engine and reaps orphans.
+        Command::Init => init::main(),
         Command::Serve { listen, data_root, insecure_registry, bridge_ip } => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -11,6 +11,7 @@
 //! Links and NAT rules are made with iproute2's `ip` and `iptables`, the standard tools for the
 //! job, from a tokio task; see docs/architecture.md for why and for the plan to move to netlink.
 
+pub mod iface;
 pub mod ports;
 
 use std::collections::HashSet;

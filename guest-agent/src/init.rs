@@ -1,0 +1,237 @@
+//! `berth-agent init`: PID 1 of the guest VM.
+//!
+//! A small single-threaded init, so the engine (`berth-agent serve`, multi-threaded tokio)
+//! stays an ordinary child whose own children it reaps itself, while orphans re-parented to
+//! PID 1 are reaped here, as tini does. In order:
+//!
+//! 1. Mount /proc, /sys, /dev (+ pts, shm), /run, /tmp and the cgroup2 hierarchy.
+//! 2. Load the kernel modules listed in `/lib/modules/berth.modules`, in that order.
+//! 3. Bring up `lo` and `eth0` for QEMU's user networking (10.0.2.15/24 via 10.0.2.2, DNS
+//!    10.0.2.3; `berth.ip=`, `berth.gw=`, `berth.dns=` on the kernel command line override).
+//! 4. Mount the data disk (`berth.disk=`, default /dev/vda) at /var/lib/berth, formatting it
+//!    ext4 first when it holds no file system; without a disk the engine runs on a tmpfs.
+//! 5. Start `berth-agent serve` on vsock and a unix socket, restart it if it dies.
+//! 6. On SIGTERM / SIGINT / SIGPWR: stop the engine (it stops the containers), sync, unmount,
+//!    power off.
+//!
+//! Everything is logged on the console (the serial port the host keeps as the VM's log).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::mount::{MsFlags, mount};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+const DATA: &str = "/var/lib/berth";
+
+fn log(msg: &str) {
+    let up = fs::read_to_string("/proc/uptime").ok().and_then(|u| u.split_whitespace().next().map(str::to_owned));
+    eprintln!("berth-init [{}] {msg}", up.unwrap_or_default());
+}
+
+/// `key=value` words of the kernel command line.
+pub fn cmdline_options(cmdline: &str) -> HashMap<String, String> {
+    cmdline.split_whitespace().filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))).collect()
+}
+
+fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
+    let _ = fs::create_dir_all(target);
+    if let Err(e) = mount(Some(src), target, Some(fstype), flags, data) {
+        if e != nix::errno::Errno::EBUSY {
+            log(&format!("mount {fstype} on {target}: {e}"));
+        }
+    }
+}
+
+fn mount_basics() {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", nosuid, None);
+    mount_fs("sysfs", "/sys", "sysfs", nosuid, None);
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"));
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("gid=5,mode=0620,ptmxmode=0666"),
+    );
+    mount_fs("shm", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"));
+    mount_fs("run", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"));
+    mount_fs("tmp", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"));
+    mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None);
+}
+
+/// Loads the modules listed (file names under /lib/modules, one a line) in order.
+fn load_modules(list: &Path) {
+    let Ok(text) = fs::read_to_string(list) else {
+        log(&format!("no module list at {}", list.display()));
+        return;
+    };
+    for name in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let path = Path::new("/lib/modules").join(name);
+        let result = fs::File::open(&path)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|f| nix::kmod::finit_module(&f, &CString::default(), nix::kmod::ModuleInitFlags::empty()));
+        match result {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => log(&format!("loading module {name}: {e}")),
+        }
+    }
+}
+
+fn network(opts: &HashMap<String, String>) {
+    if let Err(e) = berth_runtime::network::iface::up("lo") {
+        log(&e);
+    }
+    let parse = |key: &str, default: &str| opts.get(key).map(String::as_str).unwrap_or(default).to_owned();
+    let ip = parse("berth.ip", "10.0.2.15/24");
+    let (addr, prefix) = ip.split_once('/').unwrap_or((&ip, "24"));
+    let eth0 = berth_runtime::network::Eth0 {
+        address: addr.parse().unwrap_or(std::net::Ipv4Addr::new(10, 0, 2, 15)),
+        prefix: prefix.parse().unwrap_or(24),
+        gateway: parse("berth.gw", "10.0.2.2").parse().unwrap_or(std::net::Ipv4Addr::new(10, 0, 2, 2)),
+    };
+    match berth_runtime::network::iface::configure("eth0", &eth0) {
+        Ok(()) => log(&format!("eth0 {}/{} via {}", eth0.address, eth0.prefix, eth0.gateway)),
+        Err(e) => log(&format!("eth0: {e}")),
+    }
+    let _ = fs::create_dir_all("/etc");
+    let _ = fs::write("/etc/resolv.conf", format!("nameserver {}\n", parse("berth.dns", "10.0.2.3")));
+    let _ = fs::write("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n");
+    let _ = nix::unistd::sethostname("berth");
+}
+
+/// Mounts the data disk at /var/lib/berth, formatting it on first use.
+fn data_disk(opts: &HashMap<String, String>) -> anyhow::Result<()> {
+    let dev = opts.get("berth.disk").cloned().unwrap_or_else(|| "/dev/vda".into());
+    fs::create_dir_all(DATA)?;
+    let start = Instant::now();
+    while !Path::new(&dev).exists() {
+        if start.elapsed() > Duration::from_secs(5) {
+            mount_fs("data", DATA, "tmpfs", MsFlags::empty(), Some("mode=0700"));
+            bail!("no data disk at {dev}: images and volumes live in memory and go with the VM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let flags = MsFlags::MS_NOATIME;
+    if mount(Some(dev.as_str()), DATA, Some("ext4"), flags, None::<&str>).is_ok() {
+        log(&format!("data disk {dev} mounted at {DATA}"));
+        return Ok(());
+    }
+    log(&format!("formatting {dev} as ext4 (first boot)"));
+    let out = Command::new("/sbin/mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "berth-data", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg(&dev)
+        .output()
+        .context("running mke2fs")?;
+    if !out.status.success() {
+        bail!("mke2fs {dev}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    mount(Some(dev.as_str()), DATA, Some("ext4"), flags, None::<&str>).with_context(|| format!("mounting {dev}"))?;
+    log(&format!("data disk {dev} formatted and mounted at {DATA}"));
+    Ok(())
+}
+
+fn start_engine() -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding berth-agent")?;
+    let mut cmd = Command::new(exe);
+    // SAFETY: sigprocmask is async-signal-safe; the engine must not inherit init's blocked set.
+    unsafe {
+        cmd.pre_exec(|| SigSet::empty().thread_set_mask().map_err(std::io::Error::from));
+    }
+    let child = cmd
+        .args(["serve", "--listen", "vsock://:2375", "--listen", "unix:///run/berth/docker.sock", "--data-root", DATA])
+        .spawn()
+        .context("starting the engine")?;
+    log(&format!("engine started (pid {})", child.id()));
+    Ok(child)
+}
+
+/// Stops the engine, syncs, unmounts the data disk and powers off.
+fn shutdown(engine: Option<&Child>) -> ! {
+    log("shutting down");
+    if let Some(c) = engine {
+        let pid = Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(50)),
+                _ => break,
+            }
+        }
+    }
+    nix::unistd::sync();
+    if let Err(e) = nix::mount::umount2(DATA, nix::mount::MntFlags::MNT_DETACH) {
+        log(&format!("unmounting {DATA}: {e}"));
+    }
+    nix::unistd::sync();
+    log("power off");
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    std::process::exit(0)
+}
+
+/// Entry point of `berth-agent init`.
+pub fn main() -> anyhow::Result<()> {
+    if std::process::id() != 1 {
+        bail!("berth-agent init must run as PID 1 (the VM's init); use `berth-agent serve` elsewhere");
+    }
+    mount_basics();
+    log("starting");
+    let opts = cmdline_options(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    load_modules(Path::new("/lib/modules/berth.modules"));
+    network(&opts);
+    if let Err(e) = data_disk(&opts) {
+        log(&format!("{e:#}"));
+    }
+    // Signals are taken synchronously: block them, then wait for them in the loop below.
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGPWR] {
+        set.add(s);
+    }
+    set.thread_block().context("blocking signals")?;
+    let mut engine = start_engine().ok();
+    loop {
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(status) => {
+                        let pid = status.pid();
+                        if engine.as_ref().is_some_and(|c| Some(Pid::from_raw(c.id() as i32)) == pid) {
+                            log(&format!("engine exited ({status:?}); restarting"));
+                            std::thread::sleep(Duration::from_secs(1));
+                            engine = start_engine().ok();
+                        }
+                    }
+                }
+            },
+            Ok(sig) => {
+                log(&format!("{sig}"));
+                shutdown(engine.as_ref());
+            }
+            Err(e) => log(&format!("sigwait: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_options_are_read() {
+        let o = cmdline_options("console=ttyS0 quiet berth.disk=/dev/vdb berth.ip=10.0.2.20/24");
+        assert_eq!(o["berth.disk"], "/dev/vdb");
+        assert_eq!(o["console"], "ttyS0");
+        assert!(!o.contains_key("quiet"));
+    }
+}

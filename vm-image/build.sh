@@ -1,0 +1,96 @@
+#!/bin/bash
+# Builds Berth's guest: a kernel and an initramfs with berth-agent as /init.
+#   vm-image/build.sh OUT_DIR [ARCH]       ARCH: amd64 (default) or arm64
+#   vm-image/build.sh --repin [ARCH]       pin the archive's current kernel in packages.lock
+# Needs a Debian 12 build host (apt-get download, dpkg-deb, cpio) and a built berth-agent
+# (target/release, else target/debug). Writes OUT_DIR/{vmlinuz,initrd.img,manifest.txt}.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+if [ "${1:-}" = "--repin" ]; then
+    ARCH=${2:-amd64}
+    apt-get update -qq
+    pkg=$(apt-cache depends "linux-image-cloud-$ARCH" | awk '/Depends: linux-image-/ {print $2; exit}')
+    ver=$(apt-cache show "$pkg" | awk '/^Version:/ {print $2; exit}')
+    sha=$(apt-cache show "$pkg" | awk '/^SHA256:/ {print $2; exit}')
+    grep -v "^linux-image-" "$HERE/packages.lock" > "$HERE/packages.lock.new" || true
+    echo "$pkg $ver $sha" >> "$HERE/packages.lock.new"
+    mv "$HERE/packages.lock.new" "$HERE/packages.lock"
+    echo "pinned $pkg $ver"
+    exit 0
+fi
+OUT=${1:?usage: build.sh OUT_DIR [ARCH]}
+ARCH=${2:-amd64}
+case "$ARCH" in
+    amd64) LIBDIR=x86_64-linux-gnu; LOADER=/lib64/ld-linux-x86-64.so.2 ;;
+    arm64) LIBDIR=aarch64-linux-gnu; LOADER=/lib/ld-linux-aarch64.so.1 ;;
+    *) echo "unsupported architecture $ARCH" >&2; exit 2 ;;
+esac
+[ "$(dpkg --print-architecture)" = "$ARCH" ] || { echo "building an $ARCH guest needs an $ARCH build host (cross builds come later)" >&2; exit 2; }
+AGENT=""
+for p in release debug; do [ -x "$ROOT/target/$p/berth-agent" ] && { AGENT="$ROOT/target/$p/berth-agent"; break; }; done
+[ -n "$AGENT" ] || { echo "berth-agent is not built: cargo build --release -p berth-agent" >&2; exit 2; }
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+CACHE="$OUT/debs"
+mkdir -p "$CACHE"
+step() { echo "==> $*" >&2; }
+
+# 1. The kernel package, pinned and verified.
+read -r KPKG KVER KSHA < <(grep '^linux-image-' "$HERE/packages.lock" | head -1)
+DEB="$CACHE/${KPKG}_${KVER}_${ARCH}.deb"
+if [ ! -f "$DEB" ] || ! echo "$KSHA  $DEB" | sha256sum -c --quiet 2>/dev/null; then
+    step "downloading $KPKG $KVER"
+    if ! (cd "$CACHE" && apt-get download -q "$KPKG=$KVER" >/dev/null 2>&1); then
+        apt-get update -qq >/dev/null 2>&1 || true
+        (cd "$CACHE" && apt-get download -q "$KPKG=$KVER" >/dev/null 2>&1) || {
+            echo "the pinned kernel $KPKG $KVER is no longer in the Debian archive: run vm-image/build.sh --repin" >&2
+            exit 1
+        }
+    fi
+fi
+echo "$KSHA  $DEB" | sha256sum -c --quiet || { echo "$DEB does not match its pinned sha256" >&2; exit 1; }
+
+# 2. Kernel and the modules the guest loads.
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+step "unpacking the kernel"
+dpkg-deb -x "$DEB" "$WORK/k"
+KREL=$(ls "$WORK/k/lib/modules")
+cp "$WORK/k/boot/vmlinuz-$KREL" "$OUT/vmlinuz"
+R="$WORK/initramfs"
+mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,etc,var/lib,lib/modules,"lib/$LIBDIR",lib64}
+: > "$R/lib/modules/berth.modules"
+grep -v '^#' "$HERE/modules.txt" | while read -r m; do
+    [ -n "$m" ] || continue
+    src="$WORK/k/lib/modules/$KREL/$m"
+    [ -f "$src" ] || { echo "module $m is not in $KPKG" >&2; exit 1; }
+    cp "$src" "$R/lib/modules/"
+    basename "$m" >> "$R/lib/modules/berth.modules"
+done
+
+# 3. berth-agent as /init, mke2fs for the data disk, and their libraries.
+step "adding berth-agent ($AGENT) and mke2fs"
+cp "$AGENT" "$R/bin/berth-agent"
+strip --strip-debug "$R/bin/berth-agent"
+cp /sbin/mke2fs "$R/sbin/mke2fs"
+for bin in "$AGENT" /sbin/mke2fs; do
+    ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do cp -L "$lib" "$R/lib/$LIBDIR/"; done
+done
+cp -L "$LOADER" "$R$LOADER"
+# The kernel runs /init with no arguments; berth-agent started so as PID 1 is the init.
+ln -s bin/berth-agent "$R/init"
+mknod -m 600 "$R/dev/console" c 5 1
+mknod -m 666 "$R/dev/null" c 1 3
+
+# 4. The initramfs (newc cpio, gzip).
+step "writing the initramfs"
+(cd "$R" && find . -print0 | sort -z | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -1 > "$OUT/initrd.img"
+{
+    echo "kernel $KPKG $KVER sha256:$KSHA release $KREL"
+    echo "agent $(sha256sum "$AGENT" | cut -d' ' -f1) $AGENT"
+    echo "mke2fs $(dpkg-query -W -f='${Package} ${Version}' e2fsprogs)"
+    echo "libc $(dpkg-query -W -f='${Package} ${Version}' libc6)"
+} > "$OUT/manifest.txt"
+step "guest image in $OUT: vmlinuz $(du -h "$OUT/vmlinuz" | cut -f1), initrd.img $(du -h "$OUT/initrd.img" | cut -f1)"
