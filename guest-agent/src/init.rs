@@ -43,10 +43,10 @@ pub fn cmdline_options(cmdline: &str) -> HashMap<String, String> {
 
 fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
     let _ = fs::create_dir_all(target);
-    if let Err(e) = mount(Some(src), target, Some(fstype), flags, data) {
-        if e != nix::errno::Errno::EBUSY {
-            log(&format!("mount {fstype} on {target}: {e}"));
-        }
+    if let Err(e) = mount(Some(src), target, Some(fstype), flags, data)
+        && e != nix::errno::Errno::EBUSY
+    {
+        log(&format!("mount {fstype} on {target}: {e}"));
     }
 }
 
