@@ -70,12 +70,18 @@ grep -v '^#' "$HERE/modules.txt" | while read -r m; do
     basename "$m" >> "$R/lib/modules/berth.modules"
 done
 
-# 3. berth-agent as /init, mke2fs for the data disk, and their libraries.
-step "adding berth-agent ($AGENT) and mke2fs"
+# 3. berth-agent as /init; mke2fs for the data disk; ip and iptables (legacy backend, whose
+#    modules the guest loads) for bridge networking; and their libraries.
+step "adding berth-agent ($AGENT), mke2fs, ip, iptables"
 cp "$AGENT" "$R/bin/berth-agent"
 strip --strip-debug "$R/bin/berth-agent"
 cp /sbin/mke2fs "$R/sbin/mke2fs"
-for bin in "$AGENT" /sbin/mke2fs; do
+mkdir -p "$R/usr/sbin" "$R/usr/lib/$LIBDIR"
+cp -L /bin/ip "$R/sbin/ip"
+cp -L /usr/sbin/xtables-legacy-multi "$R/usr/sbin/xtables-legacy-multi"
+ln -s xtables-legacy-multi "$R/usr/sbin/iptables"
+cp -a "/usr/lib/$LIBDIR/xtables" "$R/usr/lib/$LIBDIR/"
+for bin in "$AGENT" /sbin/mke2fs /bin/ip /usr/sbin/xtables-legacy-multi; do
     ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do cp -L "$lib" "$R/lib/$LIBDIR/"; done
 done
 cp -L "$LOADER" "$R$LOADER"

@@ -148,6 +148,7 @@ fn start_engine() -> anyhow::Result<Child> {
         cmd.pre_exec(|| SigSet::empty().thread_set_mask().map_err(std::io::Error::from));
     }
     let child = cmd
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .args(["serve", "--listen", "vsock://:2375", "--listen", "unix:///run/berth/docker.sock", "--data-root", DATA])
         .spawn()
         .context("starting the engine")?;
