@@ -43,6 +43,9 @@ enum Command {
         /// The default bridge's address and prefix (the gateway containers route through).
         #[arg(long, default_value = "172.29.0.1/16", value_parser = parse_cidr)]
         bridge_ip: (std::net::Ipv4Addr, u8),
+        /// The default bridge's interface name.
+        #[arg(long, default_value = "berth0")]
+        bridge_name: String,
     },
     /// PID 1 of Berth's VM: mounts, modules, network, data disk, then runs `serve`.
     Init,
@@ -62,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
         // Single-threaded too: it forks the engine and reaps orphans.
         Command::Init => init::main(),
-        Command::Serve { listen, data_root, insecure_registry, bridge_ip } => {
+        Command::Serve { listen, data_root, insecure_registry, bridge_ip, bridge_name } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
@@ -70,7 +73,8 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(serve(listen, data_root, insecure_registry, bridge_ip))
+            let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
+            rt.block_on(serve(listen, data_root, insecure_registry, bridge))
         }
     }
 }
@@ -86,14 +90,14 @@ async fn serve(
     listen: Vec<String>,
     data_root: PathBuf,
     insecure: Vec<String>,
-    bridge: (std::net::Ipv4Addr, u8),
+    bridge: BridgeConfig,
 ) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
         root: data_root.clone(),
         helper: HelperCommand { program, args: vec!["shim".into()] },
         insecure_registries: insecure,
-        bridge: BridgeConfig { name: "berth0".into(), gateway: bridge.0, prefix: bridge.1 },
+        bridge,
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;
     let shutdown = tokio_util::sync::CancellationToken::new();

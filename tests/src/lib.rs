@@ -161,17 +161,35 @@ pub fn auth_registry() -> &'static Registry {
 pub const AUTH_USER: &str = "berth";
 pub const AUTH_PASSWORD: &str = "s3cret-pass";
 
-/// A running `berth-agent serve` on its own data root; stopped with SIGTERM on drop.
+/// A running `berth-agent serve` on its own data root and its own bridge network (tests run
+/// several agents at once, and two engines must not hand out addresses on one bridge);
+/// stopped with SIGTERM on drop, its bridge and NAT rules removed.
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// `172.30.N.`: this agent's container subnet (/24) without the last octet.
+    pub subnet: String,
+    bridge: String,
     child: Option<Child>,
+}
+
+fn bridge_slot() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    (std::process::id() * 7 + n) % 250 + 1
 }
 
 impl Agent {
     pub fn start() -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let mut agent = Agent { socket: dir.path().join("docker.sock"), dir, child: None };
+        let slot = bridge_slot();
+        let mut agent = Agent {
+            socket: dir.path().join("docker.sock"),
+            dir,
+            subnet: format!("172.30.{slot}."),
+            bridge: format!("bt{slot}"),
+            child: None,
+        };
         agent.spawn();
         agent
     }
@@ -189,6 +207,7 @@ impl Agent {
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--data-root")
             .arg(self.data_root())
+            .args(["--bridge-name", &self.bridge, "--bridge-ip", &format!("{}1/24", self.subnet)])
             .env("BERTH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -295,8 +314,32 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Removes this agent's bridge and the NAT and forwarding rules its engine added.
+    fn remove_network(&self) {
+        let subnet = format!("{}0/24", self.subnet);
+        let b = self.bridge.as_str();
+        let _ = Command::new("ip").args(["link", "del", b]).output();
+        let rules: [&[&str]; 3] = [
+            &["-t", "nat", "-D", "POSTROUTING", "-s", &subnet, "!", "-o", b, "-j", "MASQUERADE"],
+            &["-D", "FORWARD", "-i", b, "-j", "ACCEPT"],
+            &["-D", "FORWARD", "-o", b, "-j", "ACCEPT"],
+        ];
+        for rule in rules {
+            let _ = Command::new("iptables").arg("-w").args(rule).output();
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
+        self.drop_agent();
+        self.remove_network();
+    }
+}
+
+impl Agent {
+    fn drop_agent(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on our child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

@@ -28,14 +28,15 @@ fn bridge_addresses_routes_and_container_to_container() {
         "-c",
         "ip -4 addr show eth0 | grep inet; ip route | grep default; grep $(hostname) /etc/hosts",
     ]);
-    assert!(out.contains("inet 172.29."), "{out}");
-    assert!(out.contains("default via 172.29.0.1"), "{out}");
-    assert!(out.lines().nth(2).is_some_and(|l| l.starts_with("172.29.")), "{out}");
+    assert!(out.contains(&format!("inet {}", a.subnet)), "{out}");
+    assert!(out.contains(&format!("default via {}1", a.subnet)), "{out}");
+    assert!(out.lines().nth(2).is_some_and(|l| l.starts_with(&a.subnet)), "{out}");
     a.ok(&["run", "-d", "--name", "server", &img, "sh", "-c", "while true; do echo from-server | nc -l -p 7000; done"]);
     let ip = a.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "server"]).trim().to_owned();
-    assert!(ip.starts_with("172.29."), "{ip}");
+    assert!(ip.starts_with(&a.subnet), "{ip}");
     let mac = a.ok(&["inspect", "-f", "{{.NetworkSettings.MacAddress}}", "server"]);
-    assert!(mac.starts_with("02:42:ac:1d:"), "{mac}");
+    let third: u8 = a.subnet.split('.').nth(2).unwrap().parse().unwrap();
+    assert!(mac.starts_with(&format!("02:42:ac:1e:{third:02x}:")), "{mac}");
     assert!(eventually(10, || a.docker(&["run", "--rm", &img, "nc", &ip, "7000"]).stdout == b"from-server\n"));
     a.ok(&["rm", "-f", "server"]);
     // none: loopback only; host: the engine's interfaces.

@@ -1,92 +1,199 @@
 //! The guest VM: the image built from Debian's cloud kernel boots under QEMU (TCG here) with
 //! `berth-agent` as PID 1, which loads its modules, brings up the network, formats the data
-//! disk on first boot, keeps it on the next, and starts the engine on vsock.
+//! disk on first boot, keeps it on the next, and serves the Docker API on vsock, reached from
+//! the host through hybrid vsock (vhost-device-vsock), as the host daemon will.
 
-use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use berth_tests::workspace;
 
-/// Boots the guest until the engine serves (or `limit` passes); returns the serial log and
-/// the seconds it took.
-fn boot(image: &Path, disk: &Path, limit: Duration) -> (String, f64) {
-    let start = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(image.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(image.join("initrd.img"))
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64 (Debian package qemu-system-x86) must be installed");
-    let mut out = qemu.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
+/// Builds the guest image once per test process.
+fn image() -> &'static PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let image = workspace().join("target/vm-image");
+        let built = Command::new(workspace().join("vm-image/build.sh")).arg(&image).output().unwrap();
+        assert!(built.status.success(), "vm-image/build.sh failed: {}", String::from_utf8_lossy(&built.stderr));
+        image
+    })
+}
+
+fn data_disk(dir: &Path) -> PathBuf {
+    let disk = dir.join("data.qcow2");
+    let made = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("2G").status().unwrap();
+    assert!(made.success());
+    disk
+}
+
+/// A running guest; killed on drop.
+struct Vm {
+    qemu: Child,
+    serial: Receiver<Vec<u8>>,
+    log: Vec<u8>,
+    started: Instant,
+}
+
+impl Vm {
+    fn start(disk: &Path, extra: &[String]) -> Vm {
+        let image = image();
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "1024",
+                "-smp",
+                "2",
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+            ])
+            .arg("-kernel")
+            .arg(image.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(image.join("initrd.img"))
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian package qemu-system-x86) must be installed");
+        let mut out = qemu.stdout.take().unwrap();
+        let (tx, serial) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Vm { qemu, serial, log: Vec::new(), started: Instant::now() }
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log).into_owned()
+    }
+
+    /// Waits until the serial log contains `text`; returns the seconds since QEMU started.
+    fn wait_for(&mut self, text: &str, limit: Duration) -> Option<f64> {
+        while self.started.elapsed() < limit {
+            if let Ok(chunk) = self.serial.recv_timeout(Duration::from_millis(100)) {
+                self.log.extend(chunk);
+            }
+            if self.log().contains(text) {
+                return Some(self.started.elapsed().as_secs_f64());
             }
         }
-    });
-    let mut log = Vec::new();
-    let mut secs = f64::NAN;
-    while start.elapsed() < limit {
-        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
-            log.extend(chunk);
-        }
-        if String::from_utf8_lossy(&log).contains("berth-agent serving") {
-            secs = start.elapsed().as_secs_f64();
-            break;
-        }
+        None
     }
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    (String::from_utf8_lossy(&log).into_owned(), secs)
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
 }
 
 #[test]
 fn guest_boots_with_the_agent_as_pid1_and_keeps_its_data_disk() {
-    let image = workspace().join("target/vm-image");
-    let built = Command::new(workspace().join("vm-image/build.sh")).arg(&image).output().unwrap();
-    assert!(built.status.success(), "vm-image/build.sh failed: {}", String::from_utf8_lossy(&built.stderr));
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("data.qcow2");
-    let made = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("2G").status().unwrap();
-    assert!(made.success());
-
-    let (first, secs) = boot(&image, &disk, Duration::from_secs(180));
-    assert!(first.contains("berth-agent serving"), "the engine did not come up:\n{first}");
+    let disk = data_disk(dir.path());
+    let mut vm = Vm::start(&disk, &[]);
+    let secs = vm.wait_for("berth-agent serving", Duration::from_secs(180));
+    let first = vm.log();
+    assert!(secs.is_some(), "the engine did not come up:\n{first}");
     assert!(first.contains("formatted and mounted at /var/lib/berth"), "{first}");
     assert!(first.contains("vsock://:2375"), "{first}");
     assert!(first.contains("eth0 10.0.2.15/24 via 10.0.2.2"), "{first}");
     assert!(!first.contains("loading module"), "a module failed to load:\n{first}");
-    eprintln!("first boot (with mkfs) to a serving engine: {secs:.1} s");
+    eprintln!("first boot (with mkfs) to a serving engine: {:.1} s", secs.unwrap_or_default());
+    drop(vm);
 
-    let (second, secs) = boot(&image, &disk, Duration::from_secs(180));
-    assert!(second.contains("berth-agent serving"), "{second}");
+    let mut vm = Vm::start(&disk, &[]);
+    let secs = vm.wait_for("berth-agent serving", Duration::from_secs(180));
+    let second = vm.log();
+    assert!(secs.is_some(), "{second}");
     assert!(second.contains("data disk /dev/vda mounted"), "{second}");
     assert!(!second.contains("formatting"), "the data disk was formatted again:\n{second}");
-    eprintln!("second boot to a serving engine: {secs:.1} s");
+    eprintln!("second boot to a serving engine: {:.1} s", secs.unwrap_or_default());
+}
+
+/// `vhost-device-vsock` for one guest; killed on drop.
+struct VsockDevice(Child);
+
+impl Drop for VsockDevice {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn docker_api_answers_over_hybrid_vsock() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = data_disk(dir.path());
+    let vu = dir.path().join("vu.sock");
+    let uds = dir.path().join("vm.vsock");
+    let bin = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"))
+        .join("bin/vhost-device-vsock");
+    let device = Command::new(if bin.exists() { bin } else { PathBuf::from("vhost-device-vsock") })
+        .args(["--guest-cid", "3", "--socket"])
+        .arg(&vu)
+        .arg("--uds-path")
+        .arg(&uds)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("vhost-device-vsock (cargo install vhost-device-vsock) must be installed");
+    let _device = VsockDevice(device);
+    let start = Instant::now();
+    while !vu.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "vhost-device-vsock did not create {}", vu.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let extra: Vec<String> = [
+        "-object",
+        "memory-backend-memfd,id=mem,size=1024M,share=on",
+        "-numa",
+        "node,memdev=mem",
+        "-chardev",
+        &format!("socket,id=c0,path={}", vu.display()),
+        "-device",
+        "vhost-user-vsock-pci,chardev=c0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = Vm::start(&disk, &extra);
+    assert!(vm.wait_for("berth-agent serving", Duration::from_secs(180)).is_some(), "{}", vm.log());
+
+    // Hybrid vsock: connect to the unix socket, ask for the guest port, then speak HTTP.
+    let mut conn = UnixStream::connect(&uds).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.write_all(b"CONNECT 2375\n").unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "hybrid vsock handshake: {ok:?}");
+    conn.write_all(b"GET /v1.45/version HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    reader.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("Api-Version: 1.45") || response.contains("api-version: 1.45"), "{response}");
+    assert!(response.contains("\"Os\":\"linux\""), "{response}");
 }
