@@ -31,34 +31,50 @@ pub fn parse(s: &str) -> anyhow::Result<ListenAddr> {
     }
 }
 
-/// Serves `app` on `addr` until `stop` is cancelled.
-pub async fn serve(addr: ListenAddr, app: Router, stop: CancellationToken) -> anyhow::Result<()> {
-    let stopped = async move { stop.cancelled().await };
+/// A bound listener, ready to serve.
+pub enum Bound {
+    Unix(tokio::net::UnixListener, PathBuf),
+    Vsock(tokio_vsock::VsockListener),
+}
+
+/// Binds `addr` (so a taken socket fails the start, before anything is served).
+pub async fn bind(addr: &ListenAddr) -> anyhow::Result<Bound> {
     match addr {
         ListenAddr::Unix(path) => {
             if path.exists() {
                 // A socket nobody answers on is stale; one that answers is in use.
-                if tokio::net::UnixStream::connect(&path).await.is_ok() {
+                if tokio::net::UnixStream::connect(path).await.is_ok() {
                     bail!("{} is in use by another server", path.display());
                 }
-                std::fs::remove_file(&path).with_context(|| format!("removing stale socket {}", path.display()))?;
+                std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
             }
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            // Created under a tight umask-equivalent: chmod right after bind, before serving.
             let listener =
-                tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+            // Before the first accept: only root may talk to the engine.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(Bound::Unix(listener, path.clone()))
+        }
+        ListenAddr::Vsock(port) => {
+            let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
+            let listener =
+                tokio_vsock::VsockListener::bind(addr).with_context(|| format!("binding vsock port {port}"))?;
+            Ok(Bound::Vsock(listener))
+        }
+    }
+}
+
+/// Serves `app` on a bound listener until `stop` is cancelled.
+pub async fn serve(bound: Bound, app: Router, stop: CancellationToken) -> anyhow::Result<()> {
+    let stopped = async move { stop.cancelled().await };
+    match bound {
+        Bound::Unix(listener, path) => {
             axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
             let _ = std::fs::remove_file(&path);
         }
-        ListenAddr::Vsock(port) => {
-            let listener =
-                tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port))
-                    .with_context(|| format!("binding vsock port {port}"))?;
-            axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
-        }
+        Bound::Vsock(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped).await?,
     }
     Ok(())
 }

@@ -103,8 +103,8 @@ async fn serve(
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut servers = Vec::new();
     for spec in &listen {
-        let addr = listen::parse(spec)?;
-        servers.push(tokio::spawn(listen::serve(addr, api::docker::router(engine.clone()), shutdown.clone())));
+        let bound = listen::bind(&listen::parse(spec)?).await?;
+        servers.push(tokio::spawn(listen::serve(bound, api::docker::router(engine.clone()), shutdown.clone())));
     }
     tracing::info!(root = %data_root.display(), listeners = ?listen, "berth-agent serving");
     engine.start_restartable().await;

@@ -6,6 +6,8 @@ mod archive;
 mod containers;
 mod exec;
 mod images;
+mod io;
+mod mounts;
 mod stats;
 mod volumes;
 
@@ -18,9 +20,10 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 pub use archive::CommitOptions;
-pub use containers::{AttachIo, CreateRequest, LogStream, WaitCondition, console_size};
+pub use containers::{CreateRequest, WaitCondition, console_size};
 pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;
+pub use io::{AttachIo, LogStream};
 pub use stats::StatsSample;
 pub use volumes::VolumeInfo;
 

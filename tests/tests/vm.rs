@@ -93,7 +93,9 @@ impl Vm {
             if let Ok(chunk) = self.serial.recv_timeout(Duration::from_millis(100)) {
                 self.log.extend(chunk);
             }
-            if self.log().contains(text) {
+            // The whole line, not just its start.
+            let log = self.log();
+            if log.find(text).is_some_and(|at| log[at..].contains('\n')) {
                 return Some(self.started.elapsed().as_secs_f64());
             }
         }

@@ -1,21 +1,16 @@
 //! Container lifecycle: create, start, stop, kill, wait, remove, list, logs and attach.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::broadcast;
-
 use super::{Ctr, Engine, EngineError, Lifecycle, Output, io_ctx};
 use crate::container::cgroup::{Cgroup, Limits};
-use crate::container::launch::{self, Pty};
-use crate::container::logs::{self, LogQuery, LogWriter, Stream};
+use crate::container::launch::{self};
+use crate::container::logs::{LogWriter, Stream};
 use crate::container::shim::{MountPoint, NetMode, ProcessSpec, RunSpec};
-use crate::container::{ContainerRecord, MountRecord, NetRecord, State, Status, argv, merge_config, parse_signal};
+use crate::container::{ContainerRecord, NetRecord, State, Status, argv, merge_config, parse_signal};
 use crate::image::ImageError;
 use crate::model::{ContainerConfig, HostConfig, ImageConfig, now_rfc3339};
 use crate::names::{random_id, random_name, valid_container_name};
@@ -35,19 +30,6 @@ pub enum WaitCondition {
     NotRunning,
     NextExit,
     Removed,
-}
-
-/// The live ends an attach gets.
-pub struct AttachIo {
-    pub output: broadcast::Receiver<Output>,
-    pub tty: bool,
-    pub running: bool,
-}
-
-/// A stream of log lines; `follow` keeps reading until the container stops.
-pub struct LogStream {
-    pub rx: tokio::sync::mpsc::Receiver<logs::LogLine>,
-    pub tty: bool,
 }
 
 fn not_found(id: &str) -> EngineError {
@@ -226,180 +208,6 @@ impl Engine {
         Ok((id, vec![]))
     }
 
-    /// Turns `-v`, `--mount`, `--tmpfs` and the image's VOLUMEs into mounts.
-    fn resolve_mounts(&self, config: &ContainerConfig, host: &HostConfig) -> Result<Vec<MountRecord>, EngineError> {
-        let mut out: Vec<MountRecord> = Vec::new();
-        let invalid = |m: String| EngineError::InvalidArgument(m);
-        for bind in &host.binds {
-            let parts: Vec<&str> = bind.split(':').collect();
-            let (src, dst, opts) = match parts.as_slice() {
-                [d] => ("", *d, ""),
-                [s, d] => (*s, *d, ""),
-                [s, d, o] => (*s, *d, *o),
-                _ => return Err(invalid(format!("invalid volume specification: '{bind}'"))),
-            };
-            if !dst.starts_with('/') {
-                return Err(invalid(format!(
-                    "invalid volume specification: '{bind}': invalid mount config for type \"volume\": invalid mount path: '{dst}' mount path must be absolute"
-                )));
-            }
-            let rw = !opts.split(',').any(|o| o == "ro");
-            if src.starts_with('/') {
-                if !std::path::Path::new(src).exists() {
-                    std::fs::create_dir_all(src).map_err(io_ctx(format!("creating bind source {src}")))?;
-                }
-                out.push(MountRecord {
-                    kind: "bind".into(),
-                    name: String::new(),
-                    source: src.into(),
-                    destination: dst.into(),
-                    rw,
-                    options: String::new(),
-                });
-            } else {
-                let v = self.inner.volumes.create(src, BTreeMap::new(), src.is_empty())?;
-                out.push(MountRecord {
-                    kind: "volume".into(),
-                    name: v.name,
-                    source: v.mountpoint.display().to_string(),
-                    destination: dst.into(),
-                    rw,
-                    options: String::new(),
-                });
-            }
-        }
-        for m in &host.mounts {
-            if !m.target.starts_with('/') {
-                return Err(invalid(format!(
-                    "invalid mount config for type \"{}\": invalid mount path: '{}' mount path must be absolute",
-                    m.kind, m.target
-                )));
-            }
-            match m.kind.as_str() {
-                "bind" => {
-                    if !std::path::Path::new(&m.source).exists() {
-                        return Err(invalid(format!(
-                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
-                            m.source
-                        )));
-                    }
-                    out.push(MountRecord {
-                        kind: "bind".into(),
-                        name: String::new(),
-                        source: m.source.clone(),
-                        destination: m.target.clone(),
-                        rw: !m.read_only,
-                        options: String::new(),
-                    });
-                }
-                "volume" => {
-                    let v = self.inner.volumes.create(&m.source, BTreeMap::new(), m.source.is_empty())?;
-                    out.push(MountRecord {
-                        kind: "volume".into(),
-                        name: v.name,
-                        source: v.mountpoint.display().to_string(),
-                        destination: m.target.clone(),
-                        rw: !m.read_only,
-                        options: String::new(),
-                    });
-                }
-                "tmpfs" => {
-                    let mut opts = Vec::new();
-                    if let Some(t) = m.extra.get("TmpfsOptions") {
-                        if let Some(s) = t.get("SizeBytes").and_then(|v| v.as_i64()) {
-                            opts.push(format!("size={s}"));
-                        }
-                        if let Some(md) = t.get("Mode").and_then(|v| v.as_u64()) {
-                            opts.push(format!("mode={md:o}"));
-                        }
-                    }
-                    out.push(MountRecord {
-                        kind: "tmpfs".into(),
-                        name: String::new(),
-                        source: String::new(),
-                        destination: m.target.clone(),
-                        rw: !m.read_only,
-                        options: opts.join(","),
-                    });
-                }
-                other => return Err(invalid(format!("mount type {other:?} is not supported"))),
-            }
-        }
-        for (dst, opts) in &host.tmpfs {
-            out.push(MountRecord {
-                kind: "tmpfs".into(),
-                name: String::new(),
-                source: String::new(),
-                destination: dst.clone(),
-                rw: true,
-                options: opts.clone(),
-            });
-        }
-        for dst in config.volumes.keys() {
-            if !out.iter().any(|m| &m.destination == dst) {
-                let v = self.inner.volumes.create("", BTreeMap::new(), true)?;
-                out.push(MountRecord {
-                    kind: "volume".into(),
-                    name: v.name,
-                    source: v.mountpoint.display().to_string(),
-                    destination: dst.clone(),
-                    rw: true,
-                    options: String::new(),
-                });
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        for m in &out {
-            if !seen.insert(m.destination.trim_end_matches('/')) {
-                return Err(invalid(format!("Duplicate mount point: {}", m.destination)));
-            }
-        }
-        Ok(out)
-    }
-
-    fn write_etc_files(
-        &self,
-        ctr: &Ctr,
-        rec: &ContainerRecord,
-        eth0: Option<&network::Eth0>,
-    ) -> Result<Vec<(PathBuf, String)>, EngineError> {
-        let host_mode = rec.host_config.network_mode == "host";
-        let hostname_path = ctr.dir.join("hostname");
-        let hosts_path = ctr.dir.join("hosts");
-        let resolv_path = ctr.dir.join("resolv.conf");
-        let hostname = if host_mode {
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
-        } else {
-            rec.config.hostname.clone()
-        };
-        std::fs::write(&hostname_path, format!("{hostname}\n")).map_err(io_ctx("writing hostname"))?;
-        let mut hosts = if host_mode {
-            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
-        } else {
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-        };
-        if let Some(e) = eth0 {
-            hosts.push_str(&format!("{}\t{hostname}\n", e.address));
-        } else if !host_mode {
-            hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
-        }
-        for extra in &rec.host_config.extra_hosts {
-            if let Some((h, ip)) = extra.split_once(':') {
-                hosts.push_str(&format!("{ip}\t{h}\n"));
-            }
-        }
-        std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;
-        let resolv = if !rec.host_config.dns.is_empty() {
-            rec.host_config.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
-        } else if host_mode {
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-        } else {
-            container_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-        };
-        std::fs::write(&resolv_path, resolv).map_err(io_ctx("writing resolv.conf"))?;
-        Ok(vec![(hostname_path, "hostname".into()), (hosts_path, "hosts".into()), (resolv_path, "resolv.conf".into())])
-    }
-
     /// Starts a created or exited container.
     pub async fn start(&self, name_or_id: &str) -> Result<(), EngineError> {
         let ctr = self.ctr(name_or_id)?;
@@ -427,31 +235,7 @@ impl Engine {
         let overlay = self.inner.stores.snapshots.prepare(&id, &rec.chain).map_err(ImageError::from)?;
         let mode = network::parse_mode(&rec.host_config.network_mode).unwrap_or(network::Mode::Bridge);
         let net = if mode == network::Mode::Host { NetMode::Host } else { NetMode::New };
-        // Bridge networking: an address, and the published ports bound before the process
-        // exists, so a taken port fails the start cleanly.
-        let (eth0, published) = if mode == network::Mode::Bridge {
-            let bridge = &self.inner.bridge;
-            bridge.ensure().await.map_err(|e| EngineError::Network(Box::new(e)))?;
-            let eth0 = bridge.allocate(None).map_err(|e| EngineError::Network(Box::new(e)))?;
-            let endpoint = format!("{} ({})", rec.name, &rec.id[..12]);
-            match network::ports::publish(
-                &rec.host_config.port_bindings,
-                rec.host_config.publish_all_ports,
-                &rec.config.exposed_ports,
-                eth0.address,
-                &endpoint,
-            )
-            .await
-            {
-                Ok(p) => (Some(eth0), Some(p)),
-                Err(e) => {
-                    bridge.release(eth0.address);
-                    return Err(EngineError::Network(Box::new(e)));
-                }
-            }
-        } else {
-            (None, None)
-        };
+        let (eth0, published) = self.prepare_network(&rec, mode).await?;
         let release = |engine: &Engine| {
             if let Some(e) = &eth0 {
                 engine.inner.bridge.release(e.address);
@@ -464,48 +248,11 @@ impl Engine {
                 return Err(e);
             }
         };
-        let spec = RunSpec {
-            rootfs: ctr.dir.join("rootfs"),
-            overlay,
-            readonly_rootfs: rec.host_config.readonly_rootfs,
-            mounts: rec
-                .mounts
-                .iter()
-                .map(|m| MountPoint {
-                    kind: if m.kind == "tmpfs" { "tmpfs".into() } else { "bind".into() },
-                    source: PathBuf::from(&m.source),
-                    destination: m.destination.clone(),
-                    readonly: !m.rw,
-                    options: m.options.clone(),
-                })
-                .collect(),
-            hostname: if net == NetMode::Host { String::new() } else { rec.config.hostname.clone() },
-            net,
-            etc_files,
-            shm_size: rec.host_config.shm_size.max(0) as u64,
-            eth0,
-            process: ProcessSpec {
-                args: argv(&rec.config),
-                env: rec.config.env.clone(),
-                cwd: if rec.config.working_dir.is_empty() { "/".into() } else { rec.config.working_dir.clone() },
-                user: rec.config.user.clone(),
-                tty: rec.config.tty,
-                console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
-            },
-        };
+        let spec = run_spec(ctr, &rec, overlay, etc_files, eth0, net);
         let spec_path = ctr.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises"))
             .map_err(io_ctx("writing spec"))?;
-        let hc = &rec.host_config;
-        let limits = Limits {
-            memory: hc.memory,
-            memory_swap: hc.memory_swap,
-            nano_cpus: hc.nano_cpus,
-            cpu_quota: hc.cpu_quota,
-            cpu_period: hc.cpu_period,
-            cpu_shares: hc.cpu_shares,
-            pids: hc.pids_limit,
-        };
+        let limits = limits_of(&rec.host_config);
         let cgroup = match Cgroup::create(&id, &limits) {
             Ok(c) => c,
             Err(e) => {
@@ -582,9 +329,9 @@ impl Engine {
         let log_path = ctr.dir.join(format!("{id}-json.log"));
         let writer = Arc::new(std::sync::Mutex::new(LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?));
         let mut pumps =
-            vec![tokio::spawn(pump(launched.io.stdout, Stream::Stdout, ctr.output.clone(), writer.clone()))];
+            vec![tokio::spawn(super::io::pump(launched.io.stdout, Stream::Stdout, ctr.output.clone(), writer.clone()))];
         if let Some(err) = launched.io.stderr {
-            pumps.push(tokio::spawn(pump(err, Stream::Stderr, ctr.output.clone(), writer.clone())));
+            pumps.push(tokio::spawn(super::io::pump(err, Stream::Stderr, ctr.output.clone(), writer.clone())));
         }
         let engine = self.clone();
         let ctr2 = ctr.clone();
@@ -602,6 +349,38 @@ impl Engine {
             engine.on_exit(ctr2, code).await;
         });
         Ok(())
+    }
+
+    /// Bridge networking: an address, and the published ports bound before the process exists,
+    /// so a taken port fails the start cleanly (and releases the address).
+    async fn prepare_network(
+        &self,
+        rec: &ContainerRecord,
+        mode: network::Mode,
+    ) -> Result<(Option<network::Eth0>, Option<network::ports::Published>), EngineError> {
+        if mode != network::Mode::Bridge {
+            return Ok((None, None));
+        }
+        let bridge = &self.inner.bridge;
+        bridge.ensure().await.map_err(|e| EngineError::Network(Box::new(e)))?;
+        let eth0 = bridge.allocate(None).map_err(|e| EngineError::Network(Box::new(e)))?;
+        let endpoint = format!("{} ({})", rec.name, &rec.id[..12]);
+        let hc = &rec.host_config;
+        match network::ports::publish(
+            &hc.port_bindings,
+            hc.publish_all_ports,
+            &rec.config.exposed_ports,
+            eth0.address,
+            &endpoint,
+        )
+        .await
+        {
+            Ok(p) => Ok((Some(eth0), Some(p))),
+            Err(e) => {
+                bridge.release(eth0.address);
+                Err(EngineError::Network(Box::new(e)))
+            }
+        }
     }
 
     /// `start_locked` behind a boxed future: the restart path calls it from a task it spawns,
@@ -858,83 +637,6 @@ impl Engine {
             .collect()
     }
 
-    /// Subscribes to a container's output (before it starts, for `docker run`).
-    pub fn attach(&self, name_or_id: &str) -> Result<AttachIo, EngineError> {
-        let ctr = self.ctr(name_or_id)?;
-        let rec = ctr.snapshot();
-        Ok(AttachIo { output: ctr.output.subscribe(), tty: rec.config.tty, running: rec.running() })
-    }
-
-    /// Writes to the container's stdin; `None` closes it (without a TTY; a terminal stays open).
-    pub async fn write_stdin(&self, name_or_id: &str, data: Option<Bytes>) -> Result<(), EngineError> {
-        let ctr = self.ctr(name_or_id)?;
-        let tty = ctr.snapshot().config.tty;
-        let q = ctr.stdin.lock().expect("lock");
-        if data.is_some() || !tty {
-            let _ = q.tx.send(data);
-        }
-        Ok(())
-    }
-
-    pub fn resize(&self, name_or_id: &str, rows: u16, cols: u16) -> Result<(), EngineError> {
-        let ctr = self.ctr(name_or_id)?;
-        let pty: Option<Pty> = ctr.pty.lock().expect("lock").clone();
-        match pty {
-            Some(p) => p.resize(rows, cols).map_err(io_ctx("resizing the terminal")),
-            None => Err(EngineError::Conflict(format!("Container {} is not running or has no TTY", ctr.snapshot().id))),
-        }
-    }
-
-    /// Streams stored log lines (and new ones with `follow`).
-    pub fn logs(&self, name_or_id: &str, q: LogQuery, follow: bool) -> Result<LogStream, EngineError> {
-        let ctr = self.ctr(name_or_id)?;
-        let rec = ctr.snapshot();
-        let path = ctr.dir.join(format!("{}-json.log", rec.id));
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let mut life = ctr.life.subscribe();
-        tokio::spawn(async move {
-            let (lines, mut offset) = match tokio::task::spawn_blocking({
-                let (p, q) = (path.clone(), q.clone());
-                move || logs::read(&p, &q)
-            })
-            .await
-            {
-                Ok(Ok(v)) => v,
-                _ => return,
-            };
-            for l in lines {
-                if tx.send(l).await.is_err() {
-                    return;
-                }
-            }
-            if !follow {
-                return;
-            }
-            let live_q = LogQuery { tail: None, ..q };
-            loop {
-                let running = ctr.snapshot().running();
-                let changed = life.has_changed().unwrap_or(true);
-                let _ = life.borrow_and_update();
-                if let Ok((lines, next)) = logs::read_from(&path, offset, &live_q) {
-                    offset = next;
-                    for l in lines {
-                        if tx.send(l).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                if !running && !changed {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(LogStream { rx, tty: rec.config.tty })
-    }
-
     /// Stops every running container (for engine shutdown) and waits for them.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
@@ -982,56 +684,61 @@ impl Engine {
     }
 }
 
-/// The host's resolv.conf for a container in its own network namespace: loopback
-/// nameservers (a local resolver such as systemd-resolved) cannot be reached from there, so
-/// they are dropped, and Google's public ones used if none is left, as dockerd does.
-fn container_resolv_conf(host: &str) -> String {
-    let mut out = String::new();
-    let mut servers = 0;
-    for line in host.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() == Some("nameserver") {
-            let ip = words.next().unwrap_or("");
-            if ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()) {
-                continue;
-            }
-            servers += 1;
-        }
-        out.push_str(line);
-        out.push('\n');
+/// What the helper needs to create the container's first process.
+fn run_spec(
+    ctr: &Ctr,
+    rec: &ContainerRecord,
+    overlay: crate::snapshot::OverlayMount,
+    etc_files: Vec<(PathBuf, String)>,
+    eth0: Option<network::Eth0>,
+    net: NetMode,
+) -> RunSpec {
+    RunSpec {
+        rootfs: ctr.dir.join("rootfs"),
+        overlay,
+        readonly_rootfs: rec.host_config.readonly_rootfs,
+        mounts: rec
+            .mounts
+            .iter()
+            .map(|m| MountPoint {
+                kind: if m.kind == "tmpfs" { "tmpfs".into() } else { "bind".into() },
+                source: PathBuf::from(&m.source),
+                destination: m.destination.clone(),
+                readonly: !m.rw,
+                options: m.options.clone(),
+            })
+            .collect(),
+        hostname: if net == NetMode::Host { String::new() } else { rec.config.hostname.clone() },
+        net,
+        etc_files,
+        shm_size: rec.host_config.shm_size.max(0) as u64,
+        eth0,
+        process: ProcessSpec {
+            args: argv(&rec.config),
+            env: rec.config.env.clone(),
+            cwd: if rec.config.working_dir.is_empty() { "/".into() } else { rec.config.working_dir.clone() },
+            user: rec.config.user.clone(),
+            tty: rec.config.tty,
+            console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
+        },
     }
-    if servers == 0 {
-        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+}
+
+/// The cgroup limits a HostConfig asks for.
+fn limits_of(hc: &crate::model::HostConfig) -> Limits {
+    Limits {
+        memory: hc.memory,
+        memory_swap: hc.memory_swap,
+        nano_cpus: hc.nano_cpus,
+        cpu_quota: hc.cpu_quota,
+        cpu_period: hc.cpu_period,
+        cpu_shares: hc.cpu_shares,
+        pids: hc.pids_limit,
     }
-    out
 }
 
 /// `ConsoleSize` as `[rows, columns]`.
 pub fn console_size(v: Option<&serde_json::Value>) -> Option<(u16, u16)> {
     let a = v?.as_array()?;
     Some((a.first()?.as_u64()? as u16, a.get(1)?.as_u64()? as u16))
-}
-
-/// Copies one output stream to the log and to attached clients until EOF.
-async fn pump(
-    mut r: Box<dyn AsyncRead + Send + Unpin>,
-    stream: Stream,
-    tx: broadcast::Sender<Output>,
-    log: Arc<std::sync::Mutex<LogWriter>>,
-) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let chunk = Bytes::copy_from_slice(&buf[..n]);
-                if let Ok(mut w) = log.lock()
-                    && let Err(e) = w.write(stream, &chunk)
-                {
-                    tracing::warn!(error = %e, "writing container log");
-                }
-                let _ = tx.send(Output::Data(stream, chunk));
-            }
-        }
-    }
 }

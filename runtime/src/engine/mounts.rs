@@ -1,0 +1,214 @@
+//! What a container sees of the outside: its mounts (binds, volumes, tmpfs, the image's
+//! VOLUMEs) and the /etc files the engine writes for it (hostname, hosts, resolv.conf).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{Ctr, Engine, EngineError, io_ctx};
+use crate::container::{ContainerRecord, MountRecord};
+use crate::model::{ContainerConfig, HostConfig};
+use crate::network;
+
+impl Engine {
+    /// Turns `-v`, `--mount`, `--tmpfs` and the image's VOLUMEs into mounts.
+    pub(super) fn resolve_mounts(
+        &self,
+        config: &ContainerConfig,
+        host: &HostConfig,
+    ) -> Result<Vec<MountRecord>, EngineError> {
+        let mut out: Vec<MountRecord> = Vec::new();
+        let invalid = |m: String| EngineError::InvalidArgument(m);
+        for bind in &host.binds {
+            let parts: Vec<&str> = bind.split(':').collect();
+            let (src, dst, opts) = match parts.as_slice() {
+                [d] => ("", *d, ""),
+                [s, d] => (*s, *d, ""),
+                [s, d, o] => (*s, *d, *o),
+                _ => return Err(invalid(format!("invalid volume specification: '{bind}'"))),
+            };
+            if !dst.starts_with('/') {
+                return Err(invalid(format!(
+                    "invalid volume specification: '{bind}': invalid mount config for type \"volume\": invalid mount path: '{dst}' mount path must be absolute"
+                )));
+            }
+            let rw = !opts.split(',').any(|o| o == "ro");
+            if src.starts_with('/') {
+                if !std::path::Path::new(src).exists() {
+                    std::fs::create_dir_all(src).map_err(io_ctx(format!("creating bind source {src}")))?;
+                }
+                out.push(MountRecord {
+                    kind: "bind".into(),
+                    name: String::new(),
+                    source: src.into(),
+                    destination: dst.into(),
+                    rw,
+                    options: String::new(),
+                });
+            } else {
+                let v = self.inner.volumes.create(src, BTreeMap::new(), src.is_empty())?;
+                out.push(MountRecord {
+                    kind: "volume".into(),
+                    name: v.name,
+                    source: v.mountpoint.display().to_string(),
+                    destination: dst.into(),
+                    rw,
+                    options: String::new(),
+                });
+            }
+        }
+        for m in &host.mounts {
+            if !m.target.starts_with('/') {
+                return Err(invalid(format!(
+                    "invalid mount config for type \"{}\": invalid mount path: '{}' mount path must be absolute",
+                    m.kind, m.target
+                )));
+            }
+            match m.kind.as_str() {
+                "bind" => {
+                    if !std::path::Path::new(&m.source).exists() {
+                        return Err(invalid(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            m.source
+                        )));
+                    }
+                    out.push(MountRecord {
+                        kind: "bind".into(),
+                        name: String::new(),
+                        source: m.source.clone(),
+                        destination: m.target.clone(),
+                        rw: !m.read_only,
+                        options: String::new(),
+                    });
+                }
+                "volume" => {
+                    let v = self.inner.volumes.create(&m.source, BTreeMap::new(), m.source.is_empty())?;
+                    out.push(MountRecord {
+                        kind: "volume".into(),
+                        name: v.name,
+                        source: v.mountpoint.display().to_string(),
+                        destination: m.target.clone(),
+                        rw: !m.read_only,
+                        options: String::new(),
+                    });
+                }
+                "tmpfs" => {
+                    let mut opts = Vec::new();
+                    if let Some(t) = m.extra.get("TmpfsOptions") {
+                        if let Some(s) = t.get("SizeBytes").and_then(|v| v.as_i64()) {
+                            opts.push(format!("size={s}"));
+                        }
+                        if let Some(md) = t.get("Mode").and_then(|v| v.as_u64()) {
+                            opts.push(format!("mode={md:o}"));
+                        }
+                    }
+                    out.push(MountRecord {
+                        kind: "tmpfs".into(),
+                        name: String::new(),
+                        source: String::new(),
+                        destination: m.target.clone(),
+                        rw: !m.read_only,
+                        options: opts.join(","),
+                    });
+                }
+                other => return Err(invalid(format!("mount type {other:?} is not supported"))),
+            }
+        }
+        for (dst, opts) in &host.tmpfs {
+            out.push(MountRecord {
+                kind: "tmpfs".into(),
+                name: String::new(),
+                source: String::new(),
+                destination: dst.clone(),
+                rw: true,
+                options: opts.clone(),
+            });
+        }
+        for dst in config.volumes.keys() {
+            if !out.iter().any(|m| &m.destination == dst) {
+                let v = self.inner.volumes.create("", BTreeMap::new(), true)?;
+                out.push(MountRecord {
+                    kind: "volume".into(),
+                    name: v.name,
+                    source: v.mountpoint.display().to_string(),
+                    destination: dst.clone(),
+                    rw: true,
+                    options: String::new(),
+                });
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &out {
+            if !seen.insert(m.destination.trim_end_matches('/')) {
+                return Err(invalid(format!("Duplicate mount point: {}", m.destination)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn write_etc_files(
+        &self,
+        ctr: &Ctr,
+        rec: &ContainerRecord,
+        eth0: Option<&network::Eth0>,
+    ) -> Result<Vec<(PathBuf, String)>, EngineError> {
+        let host_mode = rec.host_config.network_mode == "host";
+        let hostname_path = ctr.dir.join("hostname");
+        let hosts_path = ctr.dir.join("hosts");
+        let resolv_path = ctr.dir.join("resolv.conf");
+        let hostname = if host_mode {
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        } else {
+            rec.config.hostname.clone()
+        };
+        std::fs::write(&hostname_path, format!("{hostname}\n")).map_err(io_ctx("writing hostname"))?;
+        let mut hosts = if host_mode {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        };
+        if let Some(e) = eth0 {
+            hosts.push_str(&format!("{}\t{hostname}\n", e.address));
+        } else if !host_mode {
+            hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
+        }
+        for extra in &rec.host_config.extra_hosts {
+            if let Some((h, ip)) = extra.split_once(':') {
+                hosts.push_str(&format!("{ip}\t{h}\n"));
+            }
+        }
+        std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;
+        let resolv = if !rec.host_config.dns.is_empty() {
+            rec.host_config.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+        } else if host_mode {
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        } else {
+            container_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        };
+        std::fs::write(&resolv_path, resolv).map_err(io_ctx("writing resolv.conf"))?;
+        Ok(vec![(hostname_path, "hostname".into()), (hosts_path, "hosts".into()), (resolv_path, "resolv.conf".into())])
+    }
+}
+
+/// The host's resolv.conf for a container in its own network namespace: loopback
+/// nameservers (a local resolver such as systemd-resolved) cannot be reached from there, so
+/// they are dropped, and Google's public ones used if none is left, as dockerd does.
+fn container_resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let ip = words.next().unwrap_or("");
+            if ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()) {
+                continue;
+            }
+            servers += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if servers == 0 {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
