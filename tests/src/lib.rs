@@ -181,7 +181,14 @@ fn bridge_slot() -> u32 {
 
 impl Agent {
     pub fn start() -> Agent {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts an agent after `prepare` has run on its (empty) directory, e.g. to mount a small
+    /// file system where the data root will be.
+    pub fn start_with(prepare: impl FnOnce(&Path)) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
         let slot = bridge_slot();
         let mut agent = Agent {
             socket: dir.path().join("docker.sock"),

@@ -90,3 +90,38 @@ fn socket_is_private_and_version_negotiates() {
     let (code, _) = a.http("GET", "/v1.41/info", None);
     assert_eq!(code, 200);
 }
+
+#[test]
+fn a_full_disk_fails_the_pull_cleanly_and_the_store_stays_usable() {
+    // The data root on a 1.5 MiB tmpfs: the busybox layer (1 MiB compressed, 2 MiB unpacked)
+    // cannot fit.
+    let a = Agent::start_with(|dir| {
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1500k", "tmpfs"])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    });
+    let root = a.data_root();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(root.clone());
+    let img = format!("{}/busybox:latest", registry().addr);
+    let (_, err) = a.fails(&["pull", &img]);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(a.ok(&["images", "-q"]).trim().is_empty(), "a half-pulled image is listed");
+    assert_eq!(std::fs::read_dir(root.join("snapshots/staging")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(root.join("snapshots/layers")).unwrap().count(), 0);
+    // With room again, the same pull succeeds and the image runs.
+    let grown = std::process::Command::new("mount").args(["-o", "remount,size=64m"]).arg(&root).status().unwrap();
+    assert!(grown.success());
+    a.ok(&["pull", &img]);
+    assert_eq!(a.ok(&["run", "--rm", &img, "echo", "fits"]), "fits\n");
+}
