@@ -85,6 +85,9 @@ for bin in "$AGENT" /sbin/mke2fs /bin/ip /usr/sbin/xtables-legacy-multi; do
     ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do cp -L "$lib" "$R/lib/$LIBDIR/"; done
 done
 cp -L "$LOADER" "$R$LOADER"
+# Trusted CAs for HTTPS registries (the TLS stack refuses to start without any).
+mkdir -p "$R/etc/ssl/certs"
+cp -L /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/"
 # The kernel runs /init with no arguments; berth-agent started so as PID 1 is the init.
 ln -s bin/berth-agent "$R/init"
 mknod -m 600 "$R/dev/console" c 5 1
@@ -98,5 +101,6 @@ step "writing the initramfs"
     echo "agent $(sha256sum "$AGENT" | cut -d' ' -f1) $AGENT"
     echo "mke2fs $(dpkg-query -W -f='${Package} ${Version}' e2fsprogs)"
     echo "libc $(dpkg-query -W -f='${Package} ${Version}' libc6)"
+    echo "ca-certificates $(dpkg-query -W -f='${Version}' ca-certificates)"
 } > "$OUT/manifest.txt"
 step "guest image in $OUT: vmlinuz $(du -h "$OUT/vmlinuz" | cut -f1), initrd.img $(du -h "$OUT/initrd.img" | cut -f1)"

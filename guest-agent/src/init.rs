@@ -4,7 +4,8 @@
 //! stays an ordinary child whose own children it reaps itself, while orphans re-parented to
 //! PID 1 are reaped here, as tini does. In order:
 //!
-//! 1. Mount /proc, /sys, /dev (+ pts, shm), /run, /tmp and the cgroup2 hierarchy.
+//! 1. Leave the initramfs for a tmpfs root (containers need `pivot_root`, which the initramfs
+//!    cannot give), then mount /proc, /sys, /dev (+ pts, shm), /run, /tmp and cgroup2.
 //! 2. Load the kernel modules listed in `/lib/modules/berth.modules`, in that order.
 //! 3. Bring up `lo` and `eth0` for QEMU's user networking (10.0.2.15/24 via 10.0.2.2, DNS
 //!    10.0.2.3; `berth.ip=`, `berth.gw=`, `berth.dns=` on the kernel command line override).
@@ -141,7 +142,8 @@ fn data_disk(opts: &HashMap<String, String>) -> anyhow::Result<()> {
 
 fn start_engine() -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().context("finding berth-agent")?;
+    // Not current_exe(): after leaving the initramfs that names the deleted original.
+    let exe = Path::new("/bin/berth-agent");
     let mut cmd = Command::new(exe);
     // SAFETY: sigprocmask is async-signal-safe; the engine must not inherit init's blocked set.
     unsafe {
@@ -150,6 +152,8 @@ fn start_engine() -> anyhow::Result<Child> {
     let child = cmd
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .args(["serve", "--listen", "vsock://:2375", "--listen", "unix:///run/berth/docker.sock", "--data-root", DATA])
+        // QEMU's user network reaches the host's loopback at its gateway address.
+        .args(["--host-loopback", "10.0.2.2"])
         .spawn()
         .context("starting the engine")?;
     log(&format!("engine started (pid {})", child.id()));
@@ -180,10 +184,70 @@ fn shutdown(engine: Option<&Child>) -> ! {
     std::process::exit(0)
 }
 
+/// Copies the tree at `from` into `to` (files, directories, symlinks, device nodes; modes kept),
+/// skipping `skip`.
+fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        if src == skip {
+            continue;
+        }
+        let dst = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            fs::create_dir_all(&dst)?;
+            copy_tree(&src, &dst, skip)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+            continue;
+        } else if ft.is_file() {
+            fs::copy(&src, &dst)?;
+        } else {
+            let kind = nix::sys::stat::SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
+            let perm = nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777);
+            nix::sys::stat::mknod(&dst, kind, perm, meta.rdev()).map_err(std::io::Error::from)?;
+        }
+        fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
+/// The kernel unpacks the initramfs into `rootfs`, which cannot be pivoted away from, and
+/// containers are started with `pivot_root`. So, as switch_root does: copy the initramfs into
+/// a tmpfs, empty the old root to give its memory back, move the tmpfs onto / and chroot.
+fn leave_initramfs() -> anyhow::Result<()> {
+    const RAMFS_MAGIC: i64 = 0x858458f6;
+    let fs_type = nix::sys::statfs::statfs("/").context("statfs /")?.filesystem_type().0 as i64;
+    if fs_type != RAMFS_MAGIC && fs_type != libc::TMPFS_MAGIC as i64 {
+        return Ok(());
+    }
+    let new = Path::new("/newroot");
+    fs::create_dir_all(new)?;
+    mount(Some("root"), new, Some("tmpfs"), MsFlags::empty(), Some("mode=0755")).context("mounting the new root")?;
+    copy_tree(Path::new("/"), new, new).context("copying the initramfs")?;
+    for entry in fs::read_dir("/")?.flatten() {
+        let p = entry.path();
+        if p != new {
+            let _ = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        }
+    }
+    nix::unistd::chdir(new)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("moving the new root onto /")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    nix::unistd::chdir("/")?;
+    Ok(())
+}
+
 /// Entry point of `berth-agent init`.
 pub fn main() -> anyhow::Result<()> {
     if std::process::id() != 1 {
         bail!("berth-agent init must run as PID 1 (the VM's init); use `berth-agent serve` elsewhere");
+    }
+    if let Err(e) = leave_initramfs() {
+        eprintln!("berth-init: staying on the initramfs ({e:#}); containers will not start");
     }
     mount_basics();
     log("starting");
@@ -199,7 +263,7 @@ pub fn main() -> anyhow::Result<()> {
         set.add(s);
     }
     set.thread_block().context("blocking signals")?;
-    let mut engine = start_engine().ok();
+    let mut engine = start_engine().map_err(|e| log(&format!("{e:#}"))).ok();
     loop {
         match set.wait() {
             Ok(Signal::SIGCHLD) => loop {
@@ -210,7 +274,7 @@ pub fn main() -> anyhow::Result<()> {
                         if engine.as_ref().is_some_and(|c| Some(Pid::from_raw(c.id() as i32)) == pid) {
                             log(&format!("engine exited ({status:?}); restarting"));
                             std::thread::sleep(Duration::from_secs(1));
-                            engine = start_engine().ok();
+                            engine = start_engine().map_err(|e| log(&format!("{e:#}"))).ok();
                         }
                     }
                 }

@@ -43,6 +43,10 @@ enum Command {
         /// The default bridge's address and prefix (the gateway containers route through).
         #[arg(long, default_value = "172.29.0.1/16", value_parser = parse_cidr)]
         bridge_ip: (std::net::Ipv4Addr, u8),
+        /// Where the user's machine is reached from here (in the VM: QEMU's 10.0.2.2), so
+        /// pulls from registries on loopback go to the user's machine.
+        #[arg(long)]
+        host_loopback: Option<String>,
         /// The default bridge's interface name.
         #[arg(long, default_value = "berth0")]
         bridge_name: String,
@@ -65,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
         // Single-threaded too: it forks the engine and reaps orphans.
         Command::Init => init::main(),
-        Command::Serve { listen, data_root, insecure_registry, bridge_ip, bridge_name } => {
+        Command::Serve { listen, data_root, insecure_registry, bridge_ip, bridge_name, host_loopback } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
@@ -74,7 +78,7 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
-            rt.block_on(serve(listen, data_root, insecure_registry, bridge))
+            rt.block_on(serve(listen, data_root, insecure_registry, bridge, host_loopback))
         }
     }
 }
@@ -91,12 +95,14 @@ async fn serve(
     data_root: PathBuf,
     insecure: Vec<String>,
     bridge: BridgeConfig,
+    host_loopback: Option<String>,
 ) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
         root: data_root.clone(),
         helper: HelperCommand { program, args: vec!["shim".into()] },
         insecure_registries: insecure,
+        host_loopback,
         bridge,
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;

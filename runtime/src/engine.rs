@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub helper: HelperCommand,
     /// Registries to reach over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// See [`Stores::host_loopback`].
+    pub host_loopback: Option<String>,
     /// The bridge network containers join by default.
     pub bridge: BridgeConfig,
 }
@@ -278,6 +280,7 @@ impl Engine {
             snapshots: SnapshotStore::open(&root.join("snapshots")).map_err(ImageError::from)?,
             images: Arc::new(Mutex::new(ImageStore::open(&root.join("images"))?)),
             insecure_registries: Arc::new(config.insecure_registries.clone()),
+            host_loopback: config.host_loopback.as_deref().map(Arc::from),
         };
         let engine = Engine {
             inner: Arc::new(Inner {

@@ -33,4 +33,8 @@ pub struct Stores {
     pub images: Arc<Mutex<image::ImageStore>>,
     /// Registries (host[:port]) to reach over plain HTTP besides loopback ones.
     pub insecure_registries: Arc<Vec<String>>,
+    /// Where the machine the user sits at is reached, when the engine runs in a VM (QEMU's
+    /// user network: 10.0.2.2). Registries on loopback (`127.0.0.1:5000`, `localhost:5000`)
+    /// mean the user's machine, so pulls from them go there.
+    pub host_loopback: Option<Arc<str>>,
 }

@@ -184,18 +184,51 @@ fn docker_api_answers_over_hybrid_vsock() {
     let mut vm = Vm::start(&disk, &extra);
     assert!(vm.wait_for("berth-agent serving", Duration::from_secs(180)).is_some(), "{}", vm.log());
 
-    // Hybrid vsock: connect to the unix socket, ask for the guest port, then speak HTTP.
-    let mut conn = UnixStream::connect(&uds).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The Docker API of the engine in the guest, through the hybrid vsock socket.
+    let (status, version) = vsock_http(&uds, "GET", "/v1.45/version", None);
+    assert_eq!(status, 200, "{version}");
+    assert!(version.contains("\"Os\":\"linux\""), "{version}");
+
+    // A registry on the host's loopback is what the user means by 127.0.0.1:PORT, in the VM too.
+    let img = format!("{}/busybox:latest", berth_tests::registry().addr);
+    let (status, pulled) = vsock_http(&uds, "POST", &format!("/v1.45/images/create?fromImage={img}"), None);
+    assert!(status == 200 && pulled.contains("Downloaded newer image"), "{status} {pulled}\n{}", vm.log());
+    let create = format!(
+        r#"{{"Image": "{img}", "Cmd": ["sh", "-c", "echo hello from the vm; cat /proc/self/cgroup; ip route | head -1"]}}"#
+    );
+    let (status, created) = vsock_http(&uds, "POST", "/v1.45/containers/create", Some(&create));
+    assert_eq!(status, 201, "{created}");
+    let id = created.split("\"Id\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    let (status, started) = vsock_http(&uds, "POST", &format!("/v1.45/containers/{id}/start"), None);
+    assert_eq!(status, 204, "{started}\n{}", vm.log());
+    let (_, waited) = vsock_http(&uds, "POST", &format!("/v1.45/containers/{id}/wait"), None);
+    assert!(waited.contains("\"StatusCode\":0"), "{waited}");
+    let (_, logs) = vsock_http(&uds, "GET", &format!("/v1.45/containers/{id}/logs?stdout=1&stderr=1"), None);
+    assert!(logs.contains("hello from the vm"), "{logs}");
+    assert!(logs.contains("0::/"), "not in its own cgroup v2 namespace: {logs}");
+    assert!(logs.contains("default via 172.29.0.1"), "not on the guest's bridge: {logs}");
+}
+
+/// One HTTP/1.0 request to the guest's engine over hybrid vsock: connect to the unix socket,
+/// `CONNECT 2375`, read `OK <port>`, then speak HTTP. Returns the status and the body.
+fn vsock_http(uds: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut conn = UnixStream::connect(uds).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     conn.write_all(b"CONNECT 2375\n").unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut ok = String::new();
     reader.read_line(&mut ok).unwrap();
     assert!(ok.starts_with("OK "), "hybrid vsock handshake: {ok:?}");
-    conn.write_all(b"GET /v1.45/version HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    reader.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("Api-Version: 1.45") || response.contains("api-version: 1.45"), "{response}");
-    assert!(response.contains("\"Os\":\"linux\""), "{response}");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    reader.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

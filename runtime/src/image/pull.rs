@@ -63,6 +63,20 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Points a loopback registry at the user's machine when the engine runs in a VM; the image
+/// keeps its name (`127.0.0.1:5000/app`), only the connection goes elsewhere.
+fn redirect_loopback(reference: &mut Reference, host: Option<&str>) {
+    let Some(host) = host else { return };
+    let registry = reference.registry().to_owned();
+    if is_loopback(&registry) {
+        let port = registry.rsplit_once(':').map(|(_, p)| p).filter(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        reference.set_mirror_registry(match port {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        });
+    }
+}
+
 /// Picks the `linux/<arch>` entry of an index.
 fn platform_resolver(entries: &[ImageIndexEntry]) -> Option<String> {
     let arch = go_arch();
@@ -80,7 +94,10 @@ fn platform_resolver(entries: &[ImageIndexEntry]) -> Option<String> {
 
 fn client_for(reference: &Reference, insecure: &[String]) -> Client {
     let registry = reference.resolve_registry().to_owned();
-    let protocol = if is_loopback(&registry) || insecure.iter().any(|r| r == &registry || r == reference.registry()) {
+    let protocol = if is_loopback(&registry)
+        || is_loopback(reference.registry())
+        || insecure.iter().any(|r| r == &registry || r == reference.registry())
+    {
         ClientProtocol::Http
     } else {
         ClientProtocol::Https
@@ -131,13 +148,14 @@ pub async fn login(stores: &Stores, server: &str, creds: &Credentials) -> Result
         "" | "index.docker.io/v1" | "docker.io" => "index.docker.io",
         r => r.split('/').next().unwrap_or(r),
     };
-    let reference = parse_reference(&format!("{registry}/library/login-check"))?;
+    let mut reference = parse_reference(&format!("{registry}/library/login-check"))?;
+    redirect_loopback(&mut reference, stores.host_loopback.as_deref());
     let scheme = if is_loopback(registry) || stores.insecure_registries.iter().any(|r| r == registry) {
         "http"
     } else {
         "https"
     };
-    let url = format!("{scheme}://{registry}/v2/");
+    let url = format!("{scheme}://{}/v2/", reference.resolve_registry());
     let http = reqwest::Client::new();
     let unreachable = |e: reqwest::Error| ImageError::Registry(format!("Get \"{url}\": {e}"));
     let res = http.get(&url).send().await.map_err(unreachable)?;
@@ -164,7 +182,8 @@ pub async fn pull(
     creds: &Credentials,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<ImageRecord, ImageError> {
-    let reference = parse_reference(name)?;
+    let mut reference = parse_reference(name)?;
+    redirect_loopback(&mut reference, stores.host_loopback.as_deref());
     let client = client_for(&reference, &stores.insecure_registries);
     let auth = if !creds.token.is_empty() {
         RegistryAuth::Bearer(creds.token.clone())
@@ -352,5 +371,16 @@ mod tests {
         assert!(is_loopback("127.1.2.3"));
         assert!(!is_loopback("index.docker.io"));
         assert!(!is_loopback("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn loopback_registries_lead_to_the_host_from_a_vm() {
+        let mut r = parse_reference("127.0.0.1:5000/app:1").unwrap();
+        redirect_loopback(&mut r, Some("10.0.2.2"));
+        assert_eq!(r.resolve_registry(), "10.0.2.2:5000");
+        assert_eq!(r.registry(), "127.0.0.1:5000");
+        let mut r = parse_reference("busybox").unwrap();
+        redirect_loopback(&mut r, Some("10.0.2.2"));
+        assert_eq!(r.resolve_registry(), "index.docker.io");
     }
 }
