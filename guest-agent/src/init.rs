@@ -221,7 +221,7 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
 fn leave_initramfs() -> anyhow::Result<()> {
     const RAMFS_MAGIC: i64 = 0x858458f6;
     let fs_type = nix::sys::statfs::statfs("/").context("statfs /")?.filesystem_type().0 as i64;
-    if fs_type != RAMFS_MAGIC && fs_type != libc::TMPFS_MAGIC as i64 {
+    if fs_type != RAMFS_MAGIC && fs_type != libc::TMPFS_MAGIC {
         return Ok(());
     }
     let new = Path::new("/newroot");
