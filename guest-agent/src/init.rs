@@ -152,6 +152,7 @@ fn start_engine() -> anyhow::Result<Child> {
     let child = cmd
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .args(["serve", "--listen", "vsock://:2375", "--listen", "unix:///run/berth/docker.sock", "--data-root", DATA])
+        .args(["--control", "vsock://:1024"])
         // QEMU's user network reaches the host's loopback at its gateway address.
         .args(["--host-loopback", "10.0.2.2"])
         .spawn()

@@ -15,6 +15,7 @@ use anyhow::Context;
 use berth_runtime::container::launch::HelperCommand;
 use berth_runtime::{BridgeConfig, Engine, EngineConfig};
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,9 @@ enum Command {
         /// The default bridge's address and prefix (the gateway containers route through).
         #[arg(long, default_value = "172.29.0.1/16", value_parser = parse_cidr)]
         bridge_ip: (std::net::Ipv4Addr, u8),
+        /// Where to serve the host control API (unix:///PATH or vsock://:PORT). May repeat.
+        #[arg(long)]
+        control: Vec<String>,
         /// Where the user's machine is reached from here (in the VM: QEMU's 10.0.2.2), so
         /// pulls from registries on loopback go to the user's machine.
         #[arg(long)]
@@ -69,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
         // Single-threaded too: it forks the engine and reaps orphans.
         Command::Init => init::main(),
-        Command::Serve { listen, data_root, insecure_registry, bridge_ip, bridge_name, host_loopback } => {
+        Command::Serve { listen, data_root, insecure_registry, bridge_ip, bridge_name, host_loopback, control } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
@@ -78,7 +82,7 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
-            rt.block_on(serve(listen, data_root, insecure_registry, bridge, host_loopback))
+            rt.block_on(serve(listen, control, data_root, insecure_registry, bridge, host_loopback))
         }
     }
 }
@@ -92,6 +96,7 @@ fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
 
 async fn serve(
     listen: Vec<String>,
+    control: Vec<String>,
     data_root: PathBuf,
     insecure: Vec<String>,
     bridge: BridgeConfig,
@@ -112,7 +117,12 @@ async fn serve(
         let bound = listen::bind(&listen::parse(spec)?).await?;
         servers.push(tokio::spawn(listen::serve(bound, api::docker::router(engine.clone()), shutdown.clone())));
     }
-    tracing::info!(root = %data_root.display(), listeners = ?listen, "berth-agent serving");
+    let shutdown_requested = CancellationToken::new();
+    for spec in &control {
+        let bound = listen::bind(&listen::parse(spec)?).await?;
+        tokio::spawn(api::control::serve(bound, engine.clone(), shutdown_requested.clone(), shutdown.clone()));
+    }
+    tracing::info!(root = %data_root.display(), listeners = ?listen, control = ?control, "berth-agent serving");
     engine.start_restartable().await;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -120,11 +130,16 @@ async fn serve(
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = shutdown_requested.cancelled() => tracing::info!("shutdown requested over the control channel"),
     }
     shutdown.cancel();
     engine.shutdown().await;
     for s in servers {
         s.abort();
+    }
+    if shutdown_requested.is_cancelled() && nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        // The guest's init: it syncs, unmounts and powers the VM off.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), nix::sys::signal::Signal::SIGTERM);
     }
     tracing::info!("stopped");
     Ok(())

@@ -205,6 +205,25 @@ impl Agent {
         self.dir.path().join("root")
     }
 
+    /// The agent's control API socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    /// Waits up to `secs` for the agent process to exit by itself; returns its status.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     fn spawn(&mut self) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
@@ -215,6 +234,8 @@ impl Agent {
             .arg("--data-root")
             .arg(self.data_root())
             .args(["--bridge-name", &self.bridge, "--bridge-ip", &format!("{}1/24", self.subnet)])
+            .arg("--control")
+            .arg(format!("unix://{}", self.control_socket().display()))
             .env("BERTH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

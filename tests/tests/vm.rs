@@ -144,16 +144,17 @@ impl Drop for VsockDevice {
     }
 }
 
-#[test]
-fn docker_api_answers_over_hybrid_vsock() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = data_disk(dir.path());
-    let vu = dir.path().join("vu.sock");
-    let uds = dir.path().join("vm.vsock");
-    let bin = std::env::var("CARGO_HOME")
+/// Starts vhost-device-vsock and the guest with a hybrid vsock device; returns them and the
+/// host-side socket of the device.
+fn boot_with_vsock(dir: &Path, disk: &Path) -> (Vm, VsockDevice, PathBuf) {
+    let vu = dir.join("vu.sock");
+    let uds = dir.join("vm.vsock");
+    let _ = std::fs::remove_file(&vu);
+    let _ = std::fs::remove_file(&uds);
+    let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"))
-        .join("bin/vhost-device-vsock");
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let bin = home.join("bin/vhost-device-vsock");
     let device = Command::new(if bin.exists() { bin } else { PathBuf::from("vhost-device-vsock") })
         .args(["--guest-cid", "3", "--socket"])
         .arg(&vu)
@@ -162,7 +163,7 @@ fn docker_api_answers_over_hybrid_vsock() {
         .stdout(Stdio::null())
         .spawn()
         .expect("vhost-device-vsock (cargo install vhost-device-vsock) must be installed");
-    let _device = VsockDevice(device);
+    let device = VsockDevice(device);
     let start = Instant::now();
     while !vu.exists() {
         assert!(start.elapsed() < Duration::from_secs(10), "vhost-device-vsock did not create {}", vu.display());
@@ -181,10 +182,49 @@ fn docker_api_answers_over_hybrid_vsock() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut vm = Vm::start(&disk, &extra);
+    let mut vm = Vm::start(disk, &extra);
     assert!(vm.wait_for("berth-agent serving", Duration::from_secs(180)).is_some(), "{}", vm.log());
+    (vm, device, uds)
+}
 
-    // The Docker API of the engine in the guest, through the hybrid vsock socket.
+/// Runs `cmd` in a new container of `img` with `binds`, waits, and returns its output.
+fn run_in_guest(uds: &Path, img: &str, cmd: &str, binds: &[&str]) -> String {
+    let create =
+        serde_json::json!({"Image": img, "Cmd": ["sh", "-c", cmd], "HostConfig": {"Binds": binds}}).to_string();
+    let (status, created) = vsock_http(uds, "POST", "/v1.45/containers/create", Some(&create));
+    assert_eq!(status, 201, "{created}");
+    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["Id"].as_str().unwrap().to_owned();
+    let (status, started) = vsock_http(uds, "POST", &format!("/v1.45/containers/{id}/start"), None);
+    assert_eq!(status, 204, "{started}");
+    let (_, waited) = vsock_http(uds, "POST", &format!("/v1.45/containers/{id}/wait"), None);
+    assert!(waited.contains("\"StatusCode\":0"), "{waited}");
+    vsock_http(uds, "GET", &format!("/v1.45/containers/{id}/logs?stdout=1&stderr=1"), None).1
+}
+
+/// Sends a control request over hybrid vsock (after the hello) and returns the response.
+fn control(uds: &Path, req: &berth_protocol::Request) -> berth_protocol::Response {
+    use berth_protocol::{CONTROL_PORT, Request, VERSION, decode, encode};
+    let mut conn = UnixStream::connect(uds).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    conn.write_all(format!("CONNECT {CONTROL_PORT}\n").as_bytes()).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("OK "), "{line:?}");
+    for r in [&Request::Hello { version: VERSION, client: "vm-test".into() }, req] {
+        conn.write_all(&encode(r)).unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    decode(line.as_bytes()).unwrap()
+}
+
+#[test]
+fn containers_run_in_the_guest_and_their_data_survives_a_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = data_disk(dir.path());
+    let (mut vm, device, uds) = boot_with_vsock(dir.path(), &disk);
+
     let (status, version) = vsock_http(&uds, "GET", "/v1.45/version", None);
     assert_eq!(status, 200, "{version}");
     assert!(version.contains("\"Os\":\"linux\""), "{version}");
@@ -193,20 +233,37 @@ fn docker_api_answers_over_hybrid_vsock() {
     let img = format!("{}/busybox:latest", berth_tests::registry().addr);
     let (status, pulled) = vsock_http(&uds, "POST", &format!("/v1.45/images/create?fromImage={img}"), None);
     assert!(status == 200 && pulled.contains("Downloaded newer image"), "{status} {pulled}\n{}", vm.log());
-    let create = format!(
-        r#"{{"Image": "{img}", "Cmd": ["sh", "-c", "echo hello from the vm; cat /proc/self/cgroup; ip route | head -1"]}}"#
-    );
-    let (status, created) = vsock_http(&uds, "POST", "/v1.45/containers/create", Some(&create));
-    assert_eq!(status, 201, "{created}");
-    let id = created.split("\"Id\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
-    let (status, started) = vsock_http(&uds, "POST", &format!("/v1.45/containers/{id}/start"), None);
-    assert_eq!(status, 204, "{started}\n{}", vm.log());
-    let (_, waited) = vsock_http(&uds, "POST", &format!("/v1.45/containers/{id}/wait"), None);
-    assert!(waited.contains("\"StatusCode\":0"), "{waited}");
-    let (_, logs) = vsock_http(&uds, "GET", &format!("/v1.45/containers/{id}/logs?stdout=1&stderr=1"), None);
+    let logs = run_in_guest(&uds, &img, "echo hello from the vm; cat /proc/self/cgroup; ip route | head -1", &[]);
     assert!(logs.contains("hello from the vm"), "{logs}");
     assert!(logs.contains("0::/"), "not in its own cgroup v2 namespace: {logs}");
     assert!(logs.contains("default via 172.29.0.1"), "not on the guest's bridge: {logs}");
+    run_in_guest(&uds, &img, "echo persisted > /data/f", &["keep:/data"]);
+
+    // A clean shutdown over the control channel: the VM powers itself off.
+    assert_eq!(control(&uds, &berth_protocol::Request::Shutdown), berth_protocol::Response::Ok);
+    let start = Instant::now();
+    while vm.qemu.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the VM did not power off:\n{}", vm.log());
+        if let Ok(chunk) = vm.serial.recv_timeout(Duration::from_millis(100)) {
+            vm.log.extend(chunk);
+        }
+    }
+    while let Ok(chunk) = vm.serial.recv_timeout(Duration::from_millis(200)) {
+        vm.log.extend(chunk);
+    }
+    assert!(vm.log().contains("power off"), "{}", vm.log());
+    drop(vm);
+    drop(device);
+
+    // Everything is still there after the next boot.
+    let (_vm, _device, uds) = boot_with_vsock(dir.path(), &disk);
+    let (_, images) = vsock_http(&uds, "GET", "/v1.45/images/json", None);
+    assert!(images.contains("busybox"), "{images}");
+    assert_eq!(
+        run_in_guest(&uds, &img, "cat /data/f", &["keep:/data"])
+            .trim_start_matches(|c: char| c.is_control() || c == '\0'),
+        "persisted\n"
+    );
 }
 
 /// One HTTP/1.0 request to the guest's engine over hybrid vsock: connect to the unix socket,

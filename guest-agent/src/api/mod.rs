@@ -1,3 +1,4 @@
-//! The agent's APIs. Today the Docker Engine API; the host control API comes with the VM.
+//! The agent's APIs: the Docker Engine API, and the control API the host daemon uses.
 
+pub mod control;
 pub mod docker;
