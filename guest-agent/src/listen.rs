@@ -67,16 +67,46 @@ pub async fn bind(addr: &ListenAddr) -> anyhow::Result<Bound> {
 }
 
 /// Serves `app` on a bound listener until `stop` is cancelled.
+///
+/// An HTTP/1 server of our own rather than `axum::serve`, for one setting: half-closed
+/// connections must stay open. The docker CLI shuts down its write side once a request is sent
+/// (attach and exec without stdin), and over vsock that EOF can arrive before the response, which
+/// hyper by default answers by dropping the connection.
 pub async fn serve(bound: Bound, app: Router, stop: CancellationToken) -> anyhow::Result<()> {
-    let stopped = async move { stop.cancelled().await };
+    use axum::serve::Listener;
+    macro_rules! accept_loop {
+        ($l:expr) => {{
+            let mut l = $l;
+            loop {
+                tokio::select! {
+                    (io, _) = Listener::accept(&mut l) => { tokio::spawn(connection(io, app.clone())); }
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }};
+    }
     match bound {
         Bound::Unix(listener, path) => {
-            axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
+            accept_loop!(listener);
             let _ = std::fs::remove_file(&path);
         }
-        Bound::Vsock(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped).await?,
+        Bound::Vsock(listener) => accept_loop!(listener),
     }
     Ok(())
+}
+
+async fn connection<S>(io: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 #[cfg(test)]

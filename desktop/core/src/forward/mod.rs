@@ -1,0 +1,4 @@
+//! What the host forwards into the guest: the Docker socket (published ports and shared
+//! folders come next).
+
+pub mod socket;
