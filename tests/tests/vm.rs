@@ -289,3 +289,94 @@ fn vsock_http(uds: &Path, method: &str, path: &str, body: Option<&str>) -> (u16,
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+/// `berth stop` on drop, so a failed assertion does not leave a VM running.
+struct BerthHome(tempfile::TempDir);
+
+impl BerthHome {
+    fn berth(&self, args: &[&str]) -> std::process::Output {
+        let bin = workspace().join("target/debug/berth");
+        Command::new(bin).args(args).env("BERTH_HOME", self.0.path()).output().expect("berth is built by cargo build")
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.0.path().join("docker.sock").display()))
+            .env("DOCKER_CONFIG", self.0.path().join("docker-config"))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for BerthHome {
+    fn drop(&mut self) {
+        let _ = self.berth(&["stop"]);
+    }
+}
+
+#[test]
+fn berth_start_serves_the_docker_cli_from_the_vm() {
+    let home = BerthHome(tempfile::tempdir().unwrap());
+    let image = image().display().to_string();
+    let out = home.berth(&["start", "--accel", "tcg", "--image", &image, "--memory", "1024", "--disk", "4"]);
+    assert!(
+        out.status.success(),
+        "berth start: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = home.berth(&["start", "--accel", "tcg", "--image", &image]);
+    assert!(
+        again.status.success() && String::from_utf8_lossy(&again.stdout).contains("berth is running"),
+        "a second start"
+    );
+    let sock = home.0.path().join("docker.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let img = format!("{}/busybox:latest", berth_tests::registry().addr);
+    let pull = home.docker(&["pull", &img]);
+    assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
+    let run = home.docker(&["run", "--rm", &img, "uname", "-r"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("cloud-amd64"), "not the guest's kernel: {:?}", run);
+    assert!(
+        home.docker(&[
+            "run",
+            "-d",
+            "--name",
+            "keeper",
+            "-v",
+            "kept:/d",
+            &img,
+            "sh",
+            "-c",
+            "echo kept > /d/f; sleep 600"
+        ])
+        .status
+        .success()
+    );
+    let mut exec = home.docker(&["exec", "keeper", "cat", "/d/f"]);
+    for _ in 0..50 {
+        if exec.stdout == b"kept\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        exec = home.docker(&["exec", "keeper", "cat", "/d/f"]);
+    }
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n", "{}", String::from_utf8_lossy(&exec.stderr));
+    let status = home.berth(&["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("containers_running: 1"), "{status:?}");
+
+    // A clean stop, and the volume is there after the next start.
+    let stop = home.berth(&["stop"]);
+    assert!(stop.status.success() && String::from_utf8_lossy(&stop.stdout).contains("stopped"), "{stop:?}");
+    assert!(!sock.exists(), "the socket outlived the daemon");
+    let out = home.berth(&["start", "--accel", "tcg", "--image", &image, "--memory", "1024"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f"]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\n", "{}", String::from_utf8_lossy(&read.stderr));
+    let ps = home.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(String::from_utf8_lossy(&ps.stdout).contains("keeper Exited"), "{ps:?}");
+}
