@@ -40,6 +40,12 @@ fn named_volumes_outlive_containers_and_are_shared() {
     assert_eq!(a.ok(&["logs", "reader"]), "second\n");
     let (_, err) = a.fails(&["volume", "rm", "shared"]);
     assert!(err.contains("volume is in use"), "{err}");
+    let df = a.ok(&["system", "df"]);
+    let row = |kind: &str| {
+        df.lines().find(|l| l.starts_with(kind)).map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    };
+    assert_eq!(row("Local Volumes").map(|r| r[2].clone()), Some("1".into()), "{df}");
+    assert_eq!(row("Containers").map(|r| r[1].clone()), Some("1".into()), "{df}");
     a.ok(&["rm", "reader"]);
     // The data is a directory on the engine's disk, outside every container.
     let data = a.data_root().join("volumes/shared/_data/a");

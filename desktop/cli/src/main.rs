@@ -98,7 +98,7 @@ async fn daemon(a: VmArgs) -> anyhow::Result<()> {
 async fn run_daemon(home: &Path, a: &VmArgs) -> anyhow::Result<()> {
     let mut machine = Machine::start(&machine_config(home, a)).await?;
     let listener = berth_core::forward::socket::bind(&home.join("docker.sock")).await?;
-    tokio::spawn(berth_core::forward::socket::serve(listener, machine.vsock.clone(), berth_protocol_port()));
+    tokio::spawn(berth_core::forward::socket::serve(listener, machine.vsock.clone(), berth_core::control::DOCKER_PORT));
     tracing::info!(socket = %home.join("docker.sock").display(), "Docker socket ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -110,10 +110,6 @@ async fn run_daemon(home: &Path, a: &VmArgs) -> anyhow::Result<()> {
     tracing::info!("stopping the VM");
     machine.stop(Duration::from_secs(90)).await;
     Ok(())
-}
-
-fn berth_protocol_port() -> u32 {
-    2375
 }
 
 /// Whether the Docker socket answers `/_ping`.
@@ -200,15 +196,11 @@ async fn status() -> anyhow::Result<()> {
         println!("berth is not running");
         return Ok(());
     };
-    match berth_core::control::request(&home.join("vm/vm.vsock"), &berth_protocol_health()).await {
+    match berth_core::control::request(&home.join("vm/vm.vsock"), &berth_core::control::Request::Health).await {
         Ok(r) => println!("berth is running (daemon pid {pid}): {r:?}"),
         Err(e) => println!("berth daemon (pid {pid}) is up, but the guest does not answer: {e}"),
     }
     Ok(())
-}
-
-fn berth_protocol_health() -> berth_core::control::Request {
-    berth_core::control::Request::Health
 }
 
 fn logs() -> anyhow::Result<()> {

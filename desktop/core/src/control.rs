@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use berth_protocol::{CONTROL_PORT, VERSION, decode, encode};
-pub use berth_protocol::{Request, Response};
+pub use berth_protocol::{DOCKER_PORT, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Errors talking to the agent.

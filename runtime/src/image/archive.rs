@@ -39,9 +39,8 @@ fn write_layer_tar(stores: &Stores, layer: &LayerRecord, out: &mut dyn Write) ->
         .blob
         .as_deref()
         .ok_or_else(|| ImageError::Invalid(format!("layer {} has no stored blob", layer.diff_id)))?;
-    let reader = unpack::decompressor(Box::new(io::BufReader::new(stores.content.open_blob(blob)?)))
+    let mut reader = unpack::decompressor(Box::new(io::BufReader::new(stores.content.open_blob(blob)?)))
         .map_err(|source| ImageError::Io { path: blob.into(), source })?;
-    let mut reader = reader;
     io::copy(&mut reader, out).map_err(|source| ImageError::Io { path: blob.into(), source })?;
     Ok(())
 }
@@ -334,8 +333,7 @@ fn is_opaque(dir: &Path) -> bool {
 pub fn extract_upload(body: impl Read + Send, scratch: &Path) -> Result<PathBuf, ImageError> {
     let dir = scratch.join(format!("upload-{:016x}", rand::random::<u64>()));
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let plain = unpack::decompressor(Box::new(body)).map_err(io_err(&dir))?;
-    let mut plain = plain;
+    let mut plain = unpack::decompressor(Box::new(body)).map_err(io_err(&dir))?;
     if let Err(e) = unpack::apply_tar(&mut plain, &dir, Whiteouts::Plain) {
         let _ = fs::remove_dir_all(&dir);
         return Err(e.into());

@@ -183,7 +183,29 @@ pub async fn events(State(engine): State<Engine>, Q(q): Q<super::Query>) -> Resu
 pub async fn df(State(engine): State<Engine>) -> Json<Value> {
     let images: Vec<Value> = engine.images().iter().map(|i| json!({"Id": i.id, "Size": i.size(), "RepoTags": i.repo_tags.iter().map(|t| berth_runtime::image::familiar(t)).collect::<Vec<_>>(), "SharedSize": -1, "Containers": -1, "Created": 0})).collect();
     let layers: u64 = engine.images().iter().map(|i| i.size()).sum();
-    Json(json!({"LayersSize": layers, "Images": images, "Containers": [], "Volumes": [], "BuildCache": []}))
+    let root = engine.root().join("snapshots/active");
+    let containers: Vec<Value> = engine
+        .containers()
+        .iter()
+        .map(|c| {
+            let size_rw = berth_runtime::snapshot::disk_usage(&root.join(&c.id).join("upper"));
+            json!({"Id": c.id, "Names": [format!("/{}", c.name)], "Image": c.config.image, "ImageID": c.image_id,
+                   "State": c.state.status.as_str(), "SizeRw": size_rw, "SizeRootFs": size_rw, "Mounts": []})
+        })
+        .collect();
+    let volumes: Vec<Value> = engine
+        .volumes()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            let size = berth_runtime::snapshot::disk_usage(&v.volume.mountpoint);
+            json!({"Name": v.volume.name, "Driver": "local", "Mountpoint": v.volume.mountpoint,
+                   "UsageData": {"Size": size, "RefCount": v.users.len()}})
+        })
+        .collect();
+    Json(
+        json!({"LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": []}),
+    )
 }
 
 pub async fn networks() -> Json<Value> {
