@@ -3,7 +3,8 @@
 #   vm-image/build.sh OUT_DIR [ARCH]       ARCH: amd64 (default) or arm64
 #   vm-image/build.sh --repin [ARCH]       pin the archive's current kernel in packages.lock
 # Needs a Debian 12 build host (apt-get download, dpkg-deb, cpio) and a built berth-agent
-# (target/release, else target/debug). Writes OUT_DIR/{vmlinuz,initrd.img,manifest.txt}.
+# ($BERTH_AGENT, else target/release, else target/debug; `berth start` passes the one beside
+# itself). Writes OUT_DIR/{vmlinuz,initrd.img,manifest.txt}.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -27,8 +28,9 @@ case "$ARCH" in
     *) echo "unsupported architecture $ARCH" >&2; exit 2 ;;
 esac
 [ "$(dpkg --print-architecture)" = "$ARCH" ] || { echo "building an $ARCH guest needs an $ARCH build host (cross builds come later)" >&2; exit 2; }
-AGENT=""
-for p in release debug; do [ -x "$ROOT/target/$p/berth-agent" ] && { AGENT="$ROOT/target/$p/berth-agent"; break; }; done
+AGENT="${BERTH_AGENT:-}"
+[ -z "$AGENT" ] || [ -x "$AGENT" ] || { echo "BERTH_AGENT=$AGENT is not an executable" >&2; exit 2; }
+[ -n "$AGENT" ] || for p in release debug; do [ -x "$ROOT/target/$p/berth-agent" ] && { AGENT="$ROOT/target/$p/berth-agent"; break; }; done
 [ -n "$AGENT" ] || { echo "berth-agent is not built: cargo build --release -p berth-agent" >&2; exit 2; }
 
 mkdir -p "$OUT"

@@ -17,6 +17,7 @@
 //!
 //! Everything is logged on the console (the serial port the host keeps as the VM's log).
 
+use berth_protocol as protocol;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
@@ -151,8 +152,14 @@ fn start_engine() -> anyhow::Result<Child> {
     }
     let child = cmd
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .args(["serve", "--listen", "vsock://:2375", "--listen", "unix:///run/berth/docker.sock", "--data-root", DATA])
-        .args(["--control", "vsock://:1024"])
+        .args(["serve", "--data-root", DATA, "--listen", "unix:///run/berth/docker.sock"])
+        // Every transport the host may pick: vsock ports, one mux session per connection on
+        // MUX_PORT (hybrid vsock), the serial port's session (absent unless the host chose it).
+        .args(["--listen", &format!("vsock://:{}", protocol::DOCKER_PORT)])
+        .args(["--control", &format!("vsock://:{}", protocol::CONTROL_PORT)])
+        .args(["--echo", &format!("vsock://:{}", protocol::ECHO_PORT)])
+        .args(["--mux", &format!("vsock://:{}", protocol::MUX_PORT)])
+        .args(["--mux", &format!("serial://{}", protocol::SERIAL_PORT_NAME)])
         // QEMU's user network reaches the host's loopback at its gateway address.
         .args(["--host-loopback", "10.0.2.2"])
         .spawn()

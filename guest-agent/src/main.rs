@@ -8,6 +8,7 @@
 mod api;
 mod init;
 mod listen;
+mod serial;
 
 use std::path::PathBuf;
 
@@ -54,6 +55,13 @@ enum Command {
         /// The default bridge's interface name.
         #[arg(long, default_value = "berth0")]
         bridge_name: String,
+        /// Where to serve the echo service transports are tested and measured with. May repeat.
+        #[arg(long)]
+        echo: Vec<String>,
+        /// Where to accept multiplexed sessions that reach every service by port
+        /// (vsock://:PORT, unix:///PATH, serial://NAME). May repeat.
+        #[arg(long)]
+        mux: Vec<String>,
     },
     /// PID 1 of Berth's VM: mounts, modules, network, data disk, then runs `serve`.
     Init,
@@ -73,7 +81,17 @@ fn main() -> anyhow::Result<()> {
         Command::Shim { mode, spec } => berth_runtime::container::shim::main(&mode, &spec),
         // Single-threaded too: it forks the engine and reaps orphans.
         Command::Init => init::main(),
-        Command::Serve { listen, data_root, insecure_registry, bridge_ip, bridge_name, host_loopback, control } => {
+        Command::Serve {
+            listen,
+            data_root,
+            insecure_registry,
+            bridge_ip,
+            bridge_name,
+            host_loopback,
+            control,
+            echo,
+            mux,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
@@ -82,7 +100,8 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
-            rt.block_on(serve(listen, control, data_root, insecure_registry, bridge, host_loopback))
+            let listeners = Listeners { docker: listen, control, echo, mux };
+            rt.block_on(serve(listeners, data_root, insecure_registry, bridge, host_loopback))
         }
     }
 }
@@ -94,9 +113,16 @@ fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     Ok((ip, prefix))
 }
 
-async fn serve(
-    listen: Vec<String>,
+/// The `--listen`, `--control`, `--echo` and `--mux` addresses.
+struct Listeners {
+    docker: Vec<String>,
     control: Vec<String>,
+    echo: Vec<String>,
+    mux: Vec<String>,
+}
+
+async fn serve(
+    listeners: Listeners,
     data_root: PathBuf,
     insecure: Vec<String>,
     bridge: BridgeConfig,
@@ -111,18 +137,40 @@ async fn serve(
         bridge,
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = CancellationToken::new();
+    let services = listen::Services {
+        docker: api::docker::router(engine.clone()),
+        engine: std::sync::Arc::new(engine.clone()),
+        shutdown: CancellationToken::new(),
+    };
     let mut servers = Vec::new();
-    for spec in &listen {
-        let bound = listen::bind(&listen::parse(spec)?).await?;
-        servers.push(tokio::spawn(listen::serve(bound, api::docker::router(engine.clone()), shutdown.clone())));
+    for (specs, port) in [
+        (&listeners.docker, berth_protocol::DOCKER_PORT),
+        (&listeners.control, berth_protocol::CONTROL_PORT),
+        (&listeners.echo, berth_protocol::ECHO_PORT),
+    ] {
+        for spec in specs {
+            let bound = listen::bind(&listen::parse(spec)?).await?;
+            let services = services.clone();
+            servers.push(tokio::spawn(listen::accept_loop(bound, stop.clone(), move |io| services.handle(port, io))));
+        }
     }
-    let shutdown_requested = CancellationToken::new();
-    for spec in &control {
-        let bound = listen::bind(&listen::parse(spec)?).await?;
-        tokio::spawn(api::control::serve(bound, engine.clone(), shutdown_requested.clone(), shutdown.clone()));
+    for spec in &listeners.mux {
+        match listen::bind(&listen::parse(spec)?).await {
+            Ok(bound) => servers.push(tokio::spawn(services.clone().serve_mux(bound, stop.clone()))),
+            // The VM offers a serial port only when the host chose that transport.
+            Err(e) if spec.starts_with("serial://") => tracing::info!(error = %e, "no serial mux"),
+            Err(e) => return Err(e),
+        }
     }
-    tracing::info!(root = %data_root.display(), listeners = ?listen, control = ?control, "berth-agent serving");
+    let shutdown_requested = services.shutdown.clone();
+    tracing::info!(
+        root = %data_root.display(),
+        docker = ?listeners.docker,
+        control = ?listeners.control,
+        mux = ?listeners.mux,
+        "berth-agent serving"
+    );
     engine.start_restartable().await;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -132,7 +180,7 @@ async fn serve(
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         _ = shutdown_requested.cancelled() => tracing::info!("shutdown requested over the control channel"),
     }
-    shutdown.cancel();
+    stop.cancel();
     engine.shutdown().await;
     for s in servers {
         s.abort();

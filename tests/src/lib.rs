@@ -5,6 +5,8 @@
 //! The agent binary is `target/<profile>/berth-agent` (build it first: `./dev test` does).
 //! Background servers started here are killed when the test process exits.
 
+pub mod conformance;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,22 @@ pub fn workspace() -> PathBuf {
 }
 
 /// The `berth-agent` binary under test.
+/// The guest image, built once per test process by `vm-image/build.sh` into target/vm-image
+/// with the agent this test run built (not a stale release build).
+pub fn vm_image() -> &'static PathBuf {
+    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let image = workspace().join("target/vm-image");
+        let built = Command::new(workspace().join("vm-image/build.sh"))
+            .arg(&image)
+            .env("BERTH_AGENT", agent_bin())
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "vm-image/build.sh failed: {}", String::from_utf8_lossy(&built.stderr));
+        image
+    })
+}
+
 pub fn agent_bin() -> PathBuf {
     if let Ok(p) = std::env::var("BERTH_AGENT_BIN") {
         return p.into();
@@ -210,6 +228,12 @@ impl Agent {
         self.dir.path().join("control.sock")
     }
 
+    /// Where the agent accepts multiplexed sessions: each connection is one, as a virtio-serial
+    /// port's host end is.
+    pub fn mux_socket(&self) -> PathBuf {
+        self.dir.path().join("mux.sock")
+    }
+
     /// Waits up to `secs` for the agent process to exit by itself; returns its status.
     pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
@@ -236,6 +260,10 @@ impl Agent {
             .args(["--bridge-name", &self.bridge, "--bridge-ip", &format!("{}1/24", self.subnet)])
             .arg("--control")
             .arg(format!("unix://{}", self.control_socket().display()))
+            .arg("--mux")
+            .arg(format!("unix://{}", self.mux_socket().display()))
+            .arg("--echo")
+            .arg(format!("unix://{}", self.dir.path().join("echo.sock").display()))
             .env("BERTH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,27 +1,26 @@
 //! The guest VM: the image built from Debian's cloud kernel boots under QEMU (TCG here) with
 //! `berth-agent` as PID 1, which loads its modules, brings up the network, formats the data
-//! disk on first boot, keeps it on the next, and serves the Docker API on vsock, reached from
-//! the host through hybrid vsock (vhost-device-vsock), as the host daemon will.
+//! disk on first boot, keeps it on the next, and serves the Docker API and the control channel
+//! over every transport (hybrid vsock through vhost-device-vsock, the virtio-serial port); the
+//! `berth` CLI and daemon serve the real docker CLI from it, and recover from a killed QEMU
+//! and a killed daemon.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use berth_core::transport::mux::MuxTransport;
+use berth_core::transport::{Kind, Transport};
+use berth_core::vm::accel::{Accel, AccelChoice};
+use berth_core::vm::{Machine, MachineConfig, StopStep};
 use berth_tests::workspace;
 
-/// Builds the guest image once per test process.
 fn image() -> &'static PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let image = workspace().join("target/vm-image");
-        let built = Command::new(workspace().join("vm-image/build.sh")).arg(&image).output().unwrap();
-        assert!(built.status.success(), "vm-image/build.sh failed: {}", String::from_utf8_lossy(&built.stderr));
-        image
-    })
+    berth_tests::vm_image()
 }
 
 fn data_disk(dir: &Path) -> PathBuf {
@@ -134,160 +133,108 @@ fn guest_boots_with_the_agent_as_pid1_and_keeps_its_data_disk() {
     eprintln!("second boot to a serving engine: {:.1} s", secs.unwrap_or_default());
 }
 
-/// `vhost-device-vsock` for one guest; killed on drop.
-struct VsockDevice(Child);
-
-impl Drop for VsockDevice {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A VM of berth-core's `Machine` (TCG, 1 GiB) on `dir`, reached over `transport`.
+async fn machine(dir: &Path, transport: Kind) -> Machine {
+    let cfg = MachineConfig {
+        dir: dir.to_owned(),
+        image: image().clone(),
+        cpus: 2,
+        memory_mib: 1024,
+        disk_gib: 2,
+        accel: AccelChoice::Forced(Accel::Tcg),
+        boot_timeout: Duration::from_secs(180),
+        transport,
+        cid: 3,
+    };
+    let m = Machine::start(&cfg).await.unwrap_or_else(|e| panic!("booting over {transport}: {e}"));
+    eprintln!("boot over {transport}: {:?}", m.boot);
+    m
 }
 
-/// Starts vhost-device-vsock and the guest with a hybrid vsock device; returns them and the
-/// host-side socket of the device.
-fn boot_with_vsock(dir: &Path, disk: &Path) -> (Vm, VsockDevice, PathBuf) {
-    let vu = dir.join("vu.sock");
-    let uds = dir.join("vm.vsock");
-    let _ = std::fs::remove_file(&vu);
-    let _ = std::fs::remove_file(&uds);
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let bin = home.join("bin/vhost-device-vsock");
-    let device = Command::new(if bin.exists() { bin } else { PathBuf::from("vhost-device-vsock") })
-        .args(["--guest-cid", "3", "--socket"])
-        .arg(&vu)
-        .arg("--uds-path")
-        .arg(&uds)
-        .stdout(Stdio::null())
+/// Serves `port` of the guest on a unix socket in `dir`, as the daemon does; returns its
+/// DOCKER_HOST value.
+async fn forward(dir: &Path, name: &str, t: Arc<dyn Transport>) -> String {
+    let path = dir.join(name);
+    let listener = berth_core::forward::socket::bind(&path).await.unwrap();
+    tokio::spawn(berth_core::forward::socket::serve(listener, t, berth_protocol::DOCKER_PORT));
+    format!("unix://{}", path.display())
+}
+
+/// The docker CLI against `host`, with `stdin`.
+fn docker_at(host: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    let mut child = Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", host)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .expect("vhost-device-vsock (cargo install vhost-device-vsock) must be installed");
-    let device = VsockDevice(device);
-    let start = Instant::now();
-    while !vu.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "vhost-device-vsock did not create {}", vu.display());
-        std::thread::sleep(Duration::from_millis(20));
+        .unwrap();
+    if let Some(data) = stdin {
+        child.stdin.take().unwrap().write_all(data).unwrap();
     }
-    let extra: Vec<String> = [
-        "-object",
-        "memory-backend-memfd,id=mem,size=1024M,share=on",
-        "-numa",
-        "node,memdev=mem",
-        "-chardev",
-        &format!("socket,id=c0,path={}", vu.display()),
-        "-device",
-        "vhost-user-vsock-pci,chardev=c0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut vm = Vm::start(disk, &extra);
-    assert!(vm.wait_for("berth-agent serving", Duration::from_secs(180)).is_some(), "{}", vm.log());
-    (vm, device, uds)
-}
-
-/// Runs `cmd` in a new container of `img` with `binds`, waits, and returns its output.
-fn run_in_guest(uds: &Path, img: &str, cmd: &str, binds: &[&str]) -> String {
-    let create =
-        serde_json::json!({"Image": img, "Cmd": ["sh", "-c", cmd], "HostConfig": {"Binds": binds}}).to_string();
-    let (status, created) = vsock_http(uds, "POST", "/v1.45/containers/create", Some(&create));
-    assert_eq!(status, 201, "{created}");
-    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["Id"].as_str().unwrap().to_owned();
-    let (status, started) = vsock_http(uds, "POST", &format!("/v1.45/containers/{id}/start"), None);
-    assert_eq!(status, 204, "{started}");
-    let (_, waited) = vsock_http(uds, "POST", &format!("/v1.45/containers/{id}/wait"), None);
-    assert!(waited.contains("\"StatusCode\":0"), "{waited}");
-    vsock_http(uds, "GET", &format!("/v1.45/containers/{id}/logs?stdout=1&stderr=1"), None).1
-}
-
-/// Sends a control request over hybrid vsock (after the hello) and returns the response.
-fn control(uds: &Path, req: &berth_protocol::Request) -> berth_protocol::Response {
-    use berth_protocol::{CONTROL_PORT, Request, VERSION, decode, encode};
-    let mut conn = UnixStream::connect(uds).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    conn.write_all(format!("CONNECT {CONTROL_PORT}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("OK "), "{line:?}");
-    for r in [&Request::Hello { version: VERSION, client: "vm-test".into() }, req] {
-        conn.write_all(&encode(r)).unwrap();
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-    }
-    decode(line.as_bytes()).unwrap()
+    child.wait_with_output().unwrap()
 }
 
 #[test]
-fn containers_run_in_the_guest_and_their_data_survives_a_clean_shutdown() {
+fn transports_pass_the_conformance_suite_in_the_vm_and_data_survives_a_clean_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = data_disk(dir.path());
-    let (mut vm, device, uds) = boot_with_vsock(dir.path(), &disk);
-
-    let (status, version) = vsock_http(&uds, "GET", "/v1.45/version", None);
-    assert_eq!(status, 200, "{version}");
-    assert!(version.contains("\"Os\":\"linux\""), "{version}");
-
-    // A registry on the host's loopback is what the user means by 127.0.0.1:PORT, in the VM too.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let img = format!("{}/busybox:latest", berth_tests::registry().addr);
-    let (status, pulled) = vsock_http(&uds, "POST", &format!("/v1.45/images/create?fromImage={img}"), None);
-    assert!(status == 200 && pulled.contains("Downloaded newer image"), "{status} {pulled}\n{}", vm.log());
-    let logs = run_in_guest(&uds, &img, "echo hello from the vm; cat /proc/self/cgroup; ip route | head -1", &[]);
-    assert!(logs.contains("hello from the vm"), "{logs}");
-    assert!(logs.contains("0::/"), "not in its own cgroup v2 namespace: {logs}");
-    assert!(logs.contains("default via 172.29.0.1"), "not on the guest's bridge: {logs}");
-    run_in_guest(&uds, &img, "echo persisted > /data/f", &["keep:/data"]);
+    rt.block_on(async {
+        // Hybrid vsock (its mux session), and the virtio-serial port the same VM also has.
+        let m = machine(dir.path(), Kind::Hybrid).await;
+        let serial: Arc<dyn Transport> = Arc::new(MuxTransport::serial(m.port.clone()));
+        berth_tests::conformance::run(m.transport.as_ref()).await;
+        berth_tests::conformance::run(serial.as_ref()).await;
 
-    // A clean shutdown over the control channel: the VM powers itself off.
-    assert_eq!(control(&uds, &berth_protocol::Request::Shutdown), berth_protocol::Response::Ok);
-    let start = Instant::now();
-    while vm.qemu.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(120), "the VM did not power off:\n{}", vm.log());
-        if let Ok(chunk) = vm.serial.recv_timeout(Duration::from_millis(100)) {
-            vm.log.extend(chunk);
-        }
-    }
-    while let Ok(chunk) = vm.serial.recv_timeout(Duration::from_millis(200)) {
-        vm.log.extend(chunk);
-    }
-    assert!(vm.log().contains("power off"), "{}", vm.log());
-    drop(vm);
-    drop(device);
+        let hybrid_host = forward(dir.path(), "hybrid.sock", m.transport.clone()).await;
+        let serial_host = forward(dir.path(), "serial.sock", serial).await;
+        let (img2, hybrid_host2) = (img.clone(), hybrid_host.clone());
+        tokio::task::spawn_blocking(move || {
+            // A registry on the host's loopback is what the user means by 127.0.0.1:PORT,
+            // in the VM too.
+            let pull = docker_at(&hybrid_host2, &["pull", &img2], None);
+            assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
+            let sh = "cat; cat /proc/self/cgroup; ip route | head -1";
+            for host in [&hybrid_host2, &serial_host] {
+                // stdin's end reaches the container over both (a half-close in the session).
+                let out =
+                    docker_at(host, &["run", "--rm", "-i", &img2, "sh", "-c", sh], Some(b"hello from the host\n"));
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "{host}: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(text.starts_with("hello from the host\n"), "{host}: {text}");
+                assert!(text.contains("0::/"), "not in its own cgroup v2 namespace: {text}");
+                assert!(text.contains("default via 172.29.0.1"), "not on the guest's bridge: {text}");
+            }
+            let out = docker_at(
+                &serial_host,
+                &["run", "--rm", "-v", "keep:/data", &img2, "sh", "-c", "echo persisted > /data/f"],
+                None,
+            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        })
+        .await
+        .unwrap();
+        // A clean shutdown: the agent stops the containers and powers the guest off.
+        assert_eq!(m.stop(Duration::from_secs(90)).await, StopStep::Guest);
+        let log = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
+        assert!(log.contains("power off"), "{log}");
 
-    // Everything is still there after the next boot.
-    let (_vm, _device, uds) = boot_with_vsock(dir.path(), &disk);
-    let (_, images) = vsock_http(&uds, "GET", "/v1.45/images/json", None);
-    assert!(images.contains("busybox"), "{images}");
-    assert_eq!(
-        run_in_guest(&uds, &img, "cat /data/f", &["keep:/data"])
-            .trim_start_matches(|c: char| c.is_control() || c == '\0'),
-        "persisted\n"
-    );
-}
-
-/// One HTTP/1.0 request to the guest's engine over hybrid vsock: connect to the unix socket,
-/// `CONNECT 2375`, read `OK <port>`, then speak HTTP. Returns the status and the body.
-fn vsock_http(uds: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut conn = UnixStream::connect(uds).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    conn.write_all(b"CONNECT 2375\n").unwrap();
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut ok = String::new();
-    reader.read_line(&mut ok).unwrap();
-    assert!(ok.starts_with("OK "), "hybrid vsock handshake: {ok:?}");
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(request.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    reader.read_to_end(&mut response).unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+        // The next boot, over the serial port alone (no vsock device at all), finds it all.
+        let m = machine(dir.path(), Kind::Serial).await;
+        let host = forward(dir.path(), "serial2.sock", m.transport.clone()).await;
+        let img2 = img.clone();
+        tokio::task::spawn_blocking(move || {
+            let images = docker_at(&host, &["images", "--format", "{{.Repository}}"], None);
+            assert!(String::from_utf8_lossy(&images.stdout).contains("busybox"), "{images:?}");
+            let out = docker_at(&host, &["run", "--rm", "-v", "keep:/data", &img2, "cat", "/data/f"], None);
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "persisted\n", "{}", String::from_utf8_lossy(&out.stderr));
+        })
+        .await
+        .unwrap();
+        assert_eq!(m.stop(Duration::from_secs(90)).await, StopStep::Guest);
+    });
 }
 
 /// `berth stop` on drop, so a failed assertion does not leave a VM running.
@@ -307,6 +254,30 @@ impl BerthHome {
             .output()
             .unwrap()
     }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.berth(&["status", "--json"]);
+        assert!(out.status.success(), "berth status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("berth status --json")
+    }
+
+    fn start(&self) {
+        let out = self.berth(&["start", "--image", &image().display().to_string()]);
+        assert!(out.status.success(), "berth start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn wait_gone(pid: i32, what: &str) {
+    let start = Instant::now();
+    while alive(pid) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z") {
+        assert!(start.elapsed() < Duration::from_secs(60), "{what} (pid {pid}) is still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for BerthHome {
@@ -319,7 +290,9 @@ impl Drop for BerthHome {
 fn berth_start_serves_the_docker_cli_from_the_vm() {
     let home = BerthHome(tempfile::tempdir().unwrap());
     let image = image().display().to_string();
-    let out = home.berth(&["start", "--accel", "tcg", "--image", &image, "--memory", "1024", "--disk", "4"]);
+    // The config file gives the disk's size; the flag beats its memory.
+    std::fs::write(home.0.path().join("config.toml"), "memory = 768\ndisk = 4\n").unwrap();
+    let out = home.berth(&["start", "--accel", "tcg", "--image", &image, "--memory", "1024"]);
     assert!(
         out.status.success(),
         "berth start: {}{}",
@@ -366,17 +339,85 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
         exec = home.docker(&["exec", "keeper", "cat", "/d/f"]);
     }
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n", "{}", String::from_utf8_lossy(&exec.stderr));
-    let status = home.berth(&["status"]);
-    assert!(String::from_utf8_lossy(&status.stdout).contains("containers_running: 1"), "{status:?}");
+    let status = home.berth(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("berth status --json");
+    assert_eq!(report["state"], "running", "{report:#}");
+    assert_eq!(report["vm"]["state"], "running", "QMP query-status: {report:#}");
+    assert_eq!(report["vm"]["accel"], "tcg", "{report:#}");
+    assert!(report["vm"]["qemu_version"].as_str().is_some_and(|v| !v.is_empty()), "{report:#}");
+    assert_eq!(report["agent"]["containers_running"], 1, "{report:#}");
+    assert_eq!(report["disk"]["size_bytes"], 4u64 << 30, "{report:#}");
+    assert_eq!(report["vm"]["memory_mib"], 1024, "{report:#}");
+    let text = home.berth(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("containers: 1 running"), "{text:?}");
 
     // A clean stop, and the volume is there after the next start.
     let stop = home.berth(&["stop"]);
     assert!(stop.status.success() && String::from_utf8_lossy(&stop.stdout).contains("stopped"), "{stop:?}");
     assert!(!sock.exists(), "the socket outlived the daemon");
-    let out = home.berth(&["start", "--accel", "tcg", "--image", &image, "--memory", "1024"]);
+    let stopped = home.berth(&["status", "--json"]);
+    assert!(stopped.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&stopped.stdout).unwrap();
+    assert_eq!(report["state"], "stopped", "{report:#}");
+    // This time the accelerator is probed (on this project's hosts KVM fails the probe and TCG
+    // is used), and the verdict is cached.
+    let out = home.berth(&["start", "--image", &image, "--memory", "1024"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(home.0.path().join("vm/accel-probe.json").exists() || !std::path::Path::new("/dev/kvm").exists());
     let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f"]);
     assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\n", "{}", String::from_utf8_lossy(&read.stderr));
     let ps = home.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     assert!(String::from_utf8_lossy(&ps.stdout).contains("keeper Exited"), "{ps:?}");
+
+    // Logs, and stdin's end, through the socket.
+    let talk = home.docker(&["run", "--name", "talker", &img, "sh", "-c", "echo one; echo two >&2"]);
+    assert!(talk.status.success(), "{talk:?}");
+    let logs = home.docker(&["logs", "talker"]);
+    assert_eq!((&logs.stdout[..], &logs.stderr[..]), (&b"one\n"[..], &b"two\n"[..]), "{logs:?}");
+    let mut cat = Command::new("docker")
+        .args(["run", "--rm", "-i", &img, "sh", "-c", "cat; echo end"])
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cat.stdin.take().unwrap().write_all(b"through berth\n").unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through berth\nend\n");
+
+    // QEMU killed with SIGKILL: the daemon says so and exits; data synced before it is there
+    // after the next start.
+    let sync = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "sh", "-c", "echo synced > /d/g; sync"]);
+    assert!(sync.status.success(), "{sync:?}");
+    let qemu = home.status()["vm"]["qemu_pid"].as_i64().expect("QEMU's pid") as i32;
+    // SAFETY: kill(2) on the test's own VM.
+    unsafe { libc::kill(qemu, libc::SIGKILL) };
+    let daemon_log = home.0.path().join("daemon.log");
+    let start = Instant::now();
+    while home.0.path().join("daemon.pid").exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the daemon outlived its VM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&daemon_log).unwrap();
+    assert!(log.contains("the VM stopped by itself") && log.contains("signal: 9"), "{log}");
+    assert_eq!(home.status()["state"], "stopped");
+    assert!(!sock.exists(), "a dead daemon's socket was left");
+    home.start();
+    let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f", "/d/g"]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\nsynced\n", "{}", String::from_utf8_lossy(&read.stderr));
+
+    // The daemon killed with SIGKILL: its QEMU goes too (shut down cleanly by SIGTERM), the pid
+    // file it left is stale, and the next start recovers.
+    let report = home.status();
+    let (daemon, qemu) =
+        (report["daemon"]["pid"].as_i64().unwrap() as i32, report["vm"]["qemu_pid"].as_i64().unwrap() as i32);
+    // SAFETY: kill(2) on the test's own daemon.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    wait_gone(qemu, "the crashed daemon's QEMU");
+    assert_eq!(home.status()["state"], "stopped");
+    home.start();
+    let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/g"]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "synced\n", "{}", String::from_utf8_lossy(&read.stderr));
+    let logs = home.docker(&["logs", "talker"]);
+    assert_eq!(logs.stdout, b"one\n", "logs survive restarts: {logs:?}");
 }

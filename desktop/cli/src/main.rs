@@ -1,10 +1,15 @@
 //! `berth`: start, stop and inspect Berth's VM, and serve its Docker socket at
 //! `$BERTH_HOME/docker.sock`.
 
+mod status;
+
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use berth_core::config::{Resolved, VmSettings};
+use berth_core::vm::accel::AccelChoice;
 use berth_core::vm::{Machine, MachineConfig};
 use clap::{Args, Parser, Subcommand};
 
@@ -15,23 +20,46 @@ struct Cli {
     command: Cmd,
 }
 
+/// Each flag, when given, wins over the same key in `$BERTH_HOME/config.toml`, which wins over
+/// the default; so they are options here, to tell "not given" from "given the default".
 #[derive(Args, Clone)]
 struct VmArgs {
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 2)]
-    cpus: u32,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 2048)]
-    memory: u32,
-    /// Size of the data disk in GiB (on first start).
-    #[arg(long, default_value_t = 32)]
-    disk: u32,
-    /// Accelerator: auto, kvm, hvf, whpx or tcg.
-    #[arg(long, default_value = "auto")]
-    accel: String,
-    /// The guest image directory (vmlinuz, initrd.img); default $BERTH_HOME/image.
+    /// Virtual CPUs [config: cpus; default 2].
+    #[arg(long)]
+    cpus: Option<NonZeroU32>,
+    /// Memory in MiB [config: memory; default 2048].
+    #[arg(long)]
+    memory: Option<NonZeroU32>,
+    /// Size of the data disk in GiB, on first start [config: disk; default 32].
+    #[arg(long)]
+    disk: Option<NonZeroU32>,
+    /// Accelerator: auto (probe kvm/hvf/whpx, else tcg), kvm, hvf, whpx or tcg [config: accel;
+    /// default auto].
+    #[arg(long)]
+    accel: Option<AccelChoice>,
+    /// The guest image directory (vmlinuz, initrd.img) [config: image; default
+    /// $BERTH_HOME/image].
     #[arg(long)]
     image: Option<PathBuf>,
+    /// How the host reaches the guest: auto (vsock, else hybrid, else serial), vsock, hybrid
+    /// or serial [config: transport; default auto].
+    #[arg(long)]
+    transport: Option<berth_core::transport::Choice>,
+}
+
+impl VmArgs {
+    /// The flags over `$BERTH_HOME/config.toml` over the defaults.
+    fn resolve(&self, home: &Path) -> anyhow::Result<Resolved> {
+        let flags = VmSettings {
+            cpus: self.cpus,
+            memory: self.memory,
+            disk: self.disk,
+            accel: self.accel,
+            image: self.image.clone(),
+            transport: self.transport,
+        };
+        Ok(flags.over(&VmSettings::load(&home.join("config.toml"))?))
+    }
 }
 
 #[derive(Subcommand)]
@@ -40,8 +68,12 @@ enum Cmd {
     Start(VmArgs),
     /// Stop the VM cleanly (containers stopped, data synced).
     Stop,
-    /// Is it running, and what does the agent say.
-    Status,
+    /// VM state (QMP), versions, uptime and resources, and what the agent says.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The VM's serial console and the daemon's log.
     Logs,
     /// Run the VM and serve the Docker socket in the foreground (what `start` runs).
@@ -60,26 +92,66 @@ fn home() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The pid of a running daemon, if any (a stale pid file is removed).
+/// Whether `pid` is a live process whose command line contains all of `words` (a pid file
+/// can outlive its process, and the number be reused by another).
+fn is_process(pid: i32, words: &[&str]) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    words.iter().all(|w| cmdline.contains(w))
+}
+
+/// The pid of a running daemon, if any. A stale pid file (its process gone, or the number now
+/// another program's) is removed with the state file.
 fn running_daemon(home: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(home.join("daemon.pid")).ok()?.trim().parse().ok()?;
-    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+    if is_process(pid, &["berth", "daemon"]) {
         Some(pid)
     } else {
+        tracing::info!(pid, "removing a stale pid file");
         let _ = std::fs::remove_file(home.join("daemon.pid"));
         None
     }
 }
 
-fn machine_config(home: &Path, a: &VmArgs) -> MachineConfig {
+/// Ends a QEMU that a daemon which died left running (its pid in the old state file, its
+/// command line naming our VM directory): it holds the data disk's lock. QEMU gets SIGTERM
+/// first, which it answers by exiting cleanly with its disk image flushed.
+async fn end_leftover_qemu(home: &Path) {
+    let Some(pid) = status::DaemonState::read(home).and_then(|s| s.vm?.qemu_pid) else { return };
+    let pid = pid as i32;
+    let vm_dir = home.join("vm").display().to_string();
+    if !is_process(pid, &["qemu", &vm_dir]) {
+        return;
+    }
+    eprintln!("stopping the VM a crashed berth daemon left running (QEMU pid {pid})");
+    let target = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    let start = Instant::now();
+    while is_process(pid, &["qemu", &vm_dir]) {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn machine_config(home: &Path, r: &Resolved) -> MachineConfig {
     MachineConfig {
         dir: home.join("vm"),
-        image: a.image.clone().unwrap_or_else(|| home.join("image")),
-        cpus: a.cpus,
-        memory_mib: a.memory,
-        disk_gib: a.disk,
-        accel: a.accel.clone(),
+        image: r.image.clone().unwrap_or_else(|| home.join("image")),
+        cpus: r.cpus,
+        memory_mib: r.memory_mib,
+        disk_gib: r.disk_gib,
+        accel: r.accel,
         boot_timeout: Duration::from_secs(180),
+        transport: r.transport.resolve(),
+        cid: 3,
     }
 }
 
@@ -88,27 +160,58 @@ async fn daemon(a: VmArgs) -> anyhow::Result<()> {
     if let Some(pid) = running_daemon(&home) {
         bail!("berth is already running (pid {pid})");
     }
+    let settings = a.resolve(&home)?;
+    end_leftover_qemu(&home).await;
     std::fs::write(home.join("daemon.pid"), std::process::id().to_string())?;
-    let result = run_daemon(&home, &a).await;
+    let state = status::DaemonState { pid: std::process::id(), started_unix: status::now_unix(), vm: None };
+    state.write(&home)?;
+    let result = run_daemon(&home, &settings, state).await;
+    let _ = std::fs::remove_file(status::state_path(&home));
     let _ = std::fs::remove_file(home.join("daemon.pid"));
     let _ = std::fs::remove_file(home.join("docker.sock"));
+    let _ = std::fs::remove_file(home.join("control.sock"));
     result
 }
 
-async fn run_daemon(home: &Path, a: &VmArgs) -> anyhow::Result<()> {
-    let mut machine = Machine::start(&machine_config(home, a)).await?;
-    let listener = berth_core::forward::socket::bind(&home.join("docker.sock")).await?;
-    tokio::spawn(berth_core::forward::socket::serve(listener, machine.vsock.clone(), berth_core::control::DOCKER_PORT));
-    tracing::info!(socket = %home.join("docker.sock").display(), "Docker socket ready");
+async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonState) -> anyhow::Result<()> {
+    let cfg = machine_config(home, settings);
+    // The sockets first, so one in use fails the start before a VM is booted for nothing.
+    let control = berth_core::forward::socket::bind(&home.join("control.sock")).await?;
+    let docker = berth_core::forward::socket::bind(&home.join("docker.sock")).await?;
+    let mut machine = Machine::start(&cfg).await?;
+    state.vm = Some(status::VmState {
+        qemu_pid: machine.qemu_pid(),
+        accel: machine.accel.accel.to_string(),
+        accel_forced: machine.accel.forced,
+        accel_reason: machine.accel.reason.clone(),
+        cpus: cfg.cpus,
+        memory_mib: cfg.memory_mib,
+        disk: cfg.dir.join("data.qcow2"),
+        qemu_started_unix: machine.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+        booted_unix: status::now_unix(),
+    });
+    // Only `berth status` needs it: not worth killing a booted VM for.
+    if let Err(e) = state.write(home) {
+        tracing::warn!(error = %e, "writing daemon.json");
+    }
+    tokio::spawn(berth_core::forward::socket::serve(control, machine.transport.clone(), berth_protocol::CONTROL_PORT));
+    tokio::spawn(berth_core::forward::socket::serve(docker, machine.transport.clone(), berth_protocol::DOCKER_PORT));
+    tracing::info!(socket = %home.join("docker.sock").display(), transport = %cfg.transport, "Docker socket ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-        st = machine.wait() => bail!("the VM stopped by itself ({st:?}); serial log: {}", machine.serial.display()),
+        st = machine.wait() => {
+            let how = st.map_or_else(|e| e.to_string(), |s| s.to_string());
+            let tail = std::fs::read_to_string(&machine.serial).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("the VM stopped by itself (QEMU: {how}); the serial log's tail:\n{}", tail.join("\n"))
+        }
     }
     tracing::info!("stopping the VM");
-    machine.stop(Duration::from_secs(90)).await;
+    let step = machine.stop(Duration::from_secs(90)).await;
+    tracing::info!(?step, "the VM stopped");
     Ok(())
 }
 
@@ -126,26 +229,41 @@ async fn docker_answers(sock: &Path) -> bool {
 
 async fn start(a: VmArgs) -> anyhow::Result<()> {
     let home = home()?;
+    // A bad config file is reported here, not in the daemon's log.
+    let r = a.resolve(&home)?;
     let sock = home.join("docker.sock");
     if running_daemon(&home).is_some() && docker_answers(&sock).await {
         println!("berth is running: export DOCKER_HOST=unix://{}", sock.display());
         return Ok(());
     }
-    let log = std::fs::File::create(home.join("daemon.log"))?;
+    if running_daemon(&home).is_none() && docker_answers(&sock).await {
+        bail!("{} is in use by another server: stop it, or give Berth another BERTH_HOME", sock.display());
+    }
     let exe = std::env::current_exe()?;
+    let image = match &r.image {
+        Some(dir) => dir.clone(),
+        // The default image is built on first start, and again when the agent is rebuilt.
+        None => {
+            berth_core::vm::image::ensure(&home.join("image"), &exe, |line| eprintln!("guest image: {line}")).await?
+        }
+    };
+    let log = std::fs::File::create(home.join("daemon.log"))?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("daemon")
         .args([
             "--cpus",
-            &a.cpus.to_string(),
+            &r.cpus.to_string(),
             "--memory",
-            &a.memory.to_string(),
+            &r.memory_mib.to_string(),
             "--disk",
-            &a.disk.to_string(),
+            &r.disk_gib.to_string(),
             "--accel",
-            &a.accel,
+            &r.accel.to_string(),
+            "--transport",
+            &r.transport.to_string(),
         ])
-        .args(a.image.iter().flat_map(|i| ["--image".into(), i.display().to_string()]))
+        .arg("--image")
+        .arg(&image)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -190,15 +308,16 @@ async fn stop() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status() -> anyhow::Result<()> {
+async fn status(json: bool) -> anyhow::Result<()> {
     let home = home()?;
-    let Some(pid) = running_daemon(&home) else {
-        println!("berth is not running");
-        return Ok(());
+    let report = match running_daemon(&home) {
+        Some(pid) => status::gather(&home, pid as u32).await,
+        None => status::Report::stopped(),
     };
-    match berth_core::control::request(&home.join("vm/vm.vsock"), &berth_core::control::Request::Health).await {
-        Ok(r) => println!("berth is running (daemon pid {pid}): {r:?}"),
-        Err(e) => println!("berth daemon (pid {pid}) is up, but the guest does not answer: {e}"),
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status::render(&report));
     }
     Ok(())
 }
@@ -223,7 +342,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Cmd::Start(a) => start(a).await,
             Cmd::Stop => stop().await,
-            Cmd::Status => status().await,
+            Cmd::Status { json } => status(json).await,
             Cmd::Logs => logs(),
             Cmd::Daemon(a) => daemon(a).await,
         }

@@ -8,6 +8,7 @@
 //!   vm::Machine: vhost-device-vsock + qemu-system, serial log in $BERTH_HOME
 //! ```
 
+pub mod config;
 pub mod control;
 pub mod forward;
 pub mod transport;

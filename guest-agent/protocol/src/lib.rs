@@ -21,6 +21,14 @@ pub const VERSION: u32 = 1;
 pub const CONTROL_PORT: u32 = 1024;
 /// The vsock port of the Docker Engine API.
 pub const DOCKER_PORT: u32 = 2375;
+/// The vsock port of an echo service: what a stream sends comes back, and the sender's end of
+/// input ends the echo. The transports' conformance tests and throughput benchmarks use it.
+pub const ECHO_PORT: u32 = 1025;
+/// The vsock port where the guest accepts multiplexed sessions (`berth-mux`): the hybrid vsock
+/// transport runs all its streams in one such session.
+pub const MUX_PORT: u32 = 1026;
+/// The name of the virtio-serial port that carries a multiplexed session on hosts without vsock.
+pub const SERIAL_PORT_NAME: &str = "berth.0";
 /// The longest line either side accepts.
 pub const MAX_LINE: usize = 64 * 1024;
 

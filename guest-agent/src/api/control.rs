@@ -8,36 +8,8 @@ use berth_runtime::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-/// Serves control connections on `listener` until `stop`; a `Shutdown` request cancels
-/// `shutdown`.
-pub async fn serve(
-    listener: crate::listen::Bound,
-    engine: Engine,
-    shutdown: CancellationToken,
-    stop: CancellationToken,
-) {
-    use axum::serve::Listener;
-    let engine = Arc::new(engine);
-    macro_rules! accept_loop {
-        ($l:expr) => {{
-            let mut l = $l;
-            loop {
-                tokio::select! {
-                    (io, _) = Listener::accept(&mut l) => {
-                        tokio::spawn(connection(io, engine.clone(), shutdown.clone()));
-                    }
-                    _ = stop.cancelled() => break,
-                }
-            }
-        }};
-    }
-    match listener {
-        crate::listen::Bound::Unix(l, _) => accept_loop!(l),
-        crate::listen::Bound::Vsock(l) => accept_loop!(l),
-    }
-}
-
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(io: S, engine: Arc<Engine>, shutdown: CancellationToken) {
+/// Serves one control connection; a `Shutdown` request cancels `shutdown`.
+pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(io: S, engine: Arc<Engine>, shutdown: CancellationToken) {
     let (rd, mut wr) = tokio::io::split(io);
     let mut lines = BufReader::new(rd);
     let mut greeted = false;

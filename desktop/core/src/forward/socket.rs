@@ -1,11 +1,16 @@
-//! The Docker socket: every connection to `$BERTH_HOME/docker.sock` becomes its own stream to
-//! the agent's Docker API, copied byte for byte both ways, so hijacked and upgraded streams
-//! (attach, exec, logs -f) work unchanged.
+//! Host sockets forwarded into the guest: every connection to `$BERTH_HOME/docker.sock` (or
+//! `control.sock`) becomes its own stream to the agent's port, copied byte for byte both ways,
+//! so hijacked and upgraded streams (attach, exec, logs -f) work unchanged, and each side's end
+//! of input reaches the other as a half-close.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
+
+use crate::transport::Transport;
 
 /// Binds `path` (mode 0600), replacing a stale socket; a live one is an error.
 pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -18,45 +23,45 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
+    // Created with no permissions for others at all, so there is no moment it is open to them.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
-/// Forwards every connection on `listener` to guest `port` through the device socket `uds`.
-pub async fn serve(listener: UnixListener, uds: PathBuf, port: u32) {
+/// Forwards every connection on `listener` to the guest's `port` over `transport`.
+pub async fn serve(listener: UnixListener, transport: Arc<dyn Transport>, port: u32) {
     loop {
-        let Ok((mut client, _)) = listener.accept().await else { continue };
-        let uds = uds.clone();
+        let Ok((client, _)) = listener.accept().await else { continue };
+        let transport = transport.clone();
         tokio::spawn(async move {
-            match crate::transport::hybrid::connect(&uds, port).await {
-                Ok(guest) => relay(&mut client, guest).await,
-                Err(e) => tracing::warn!(error = %e, "docker socket: the guest is not reachable"),
+            match transport.connect(port).await {
+                Ok(guest) => relay(client, guest).await,
+                Err(e) => tracing::warn!(error = %e, port, "forwarding: the guest is not reachable"),
             }
         });
     }
 }
 
-/// Copies both ways until the guest closes. The client's end of input is *not* passed on as a
-/// write shutdown: vhost-device-vsock (0.3) drops a connection whose host side half-closes,
-/// and the docker CLI half-closes hijacked connections (attach, exec) right after its request,
-/// which would lose their output. The cost: stdin's end does not reach a container through
-/// hybrid vsock (`echo x | docker run -i ...` does not see EOF); see docs/architecture.md.
-async fn relay(client: &mut tokio::net::UnixStream, guest: tokio::net::UnixStream) {
-    use tokio::io::AsyncWriteExt;
-    let (mut guest_rd, mut guest_wr) = guest.into_split();
-    let (mut client_rd, mut client_wr) = client.split();
-    let upstream = async {
-        let _ = tokio::io::copy(&mut client_rd, &mut guest_wr).await;
-        // Keep the guest's write side open: wait for the guest to finish instead.
-        std::future::pending::<()>().await;
+/// Copies both ways until both sides have ended; each end of input is passed on as a
+/// write shutdown.
+pub async fn relay<A, B>(a: A, b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_rd, mut a_wr) = tokio::io::split(a);
+    let (mut b_rd, mut b_wr) = tokio::io::split(b);
+    let up = async {
+        let _ = tokio::io::copy(&mut a_rd, &mut b_wr).await;
+        let _ = b_wr.shutdown().await;
     };
-    let downstream = async {
-        let _ = tokio::io::copy(&mut guest_rd, &mut client_wr).await;
-        let _ = client_wr.shutdown().await;
+    let down = async {
+        let _ = tokio::io::copy(&mut b_rd, &mut a_wr).await;
+        let _ = a_wr.shutdown().await;
     };
-    tokio::select! {
-        _ = upstream => {}
-        _ = downstream => {}
-    }
+    tokio::join!(up, down);
 }

@@ -1,5 +1,7 @@
 //! Hybrid vsock: connect to the device's unix socket, write `CONNECT <port>\n`, read
 //! `OK <host port>\n`; from then on the socket is a stream to the guest's vsock `port`.
+//! The hybrid [transport](super::mux::MuxTransport::hybrid) uses one such stream as the link
+//! of its multiplexed session.
 
 use std::io;
 use std::path::Path;

@@ -4,16 +4,26 @@
 //! 1. Create the data disk (qcow2) on first start.
 //! 2. Start the vsock device; it makes the vhost-user socket QEMU connects to and the unix
 //!    socket the host connects through (`vm.vsock`).
-//! 3. Start QEMU; wait until the agent answers a control hello (or QEMU dies: say why, with
-//!    the serial log's tail).
-//! 4. Stop: ask the agent to shut down (it stops the containers, syncs, powers off), wait for
-//!    QEMU to exit, kill it only if it does not.
+//! 3. Start QEMU under the accelerator [`accel`] picks, with QMP on `qmp.sock` ([`qmp`]); wait
+//!    until the agent answers a control hello (or QEMU dies: say why, with the serial log's
+//!    tail).
+//! 4. Stop, in escalating steps, each logged: ask the agent to shut down (it stops the
+//!    containers, syncs, powers off); if QEMU has not exited within the grace period, QMP
+//!    `system_powerdown`; then QMP `quit`; kill QEMU only as the last resort.
+
+pub mod accel;
+pub mod image;
+pub mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use tokio::process::{Child, Command};
+
+use crate::transport::{self, Transport};
 
 /// Errors of the VM manager.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +39,8 @@ pub enum VmError {
     },
     #[error("{0}")]
     Boot(String),
+    #[error(transparent)]
+    Accel(#[from] accel::AccelError),
     #[error("VM I/O on {path}")]
     Io {
         path: PathBuf,
@@ -47,18 +59,70 @@ pub struct MachineConfig {
     pub cpus: u32,
     pub memory_mib: u32,
     pub disk_gib: u32,
-    /// `kvm`, `hvf`, `whpx` or `tcg`; `auto` picks kvm when /dev/kvm opens, else tcg.
-    pub accel: String,
+    /// `auto` probes (see [`accel`]); a named one is used as it is.
+    pub accel: accel::AccelChoice,
     pub boot_timeout: Duration,
+    /// How the host reaches the agent (see [`crate::transport`]); the serial port is attached
+    /// whatever this is.
+    pub transport: transport::Kind,
+    /// The guest's vsock context id (native vsock: unique among the host's VMs).
+    pub cid: u32,
+}
+
+/// When each phase of a boot ended, in seconds since QEMU was started, seen from the host: the
+/// serial console's first output, init's first line, the engine started, the agent answering.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BootTimes {
+    pub console: Option<f64>,
+    pub init: Option<f64>,
+    pub engine: Option<f64>,
+    pub ready: f64,
+    /// The guest's own uptime when init started (the kernel's part of the boot).
+    pub kernel_uptime: Option<f64>,
+}
+
+impl BootTimes {
+    /// Notes what the serial log shows by `at` seconds.
+    fn observe(&mut self, serial: &Path, at: f64) {
+        if self.engine.is_some() {
+            return;
+        }
+        let text = std::fs::read_to_string(serial).unwrap_or_default();
+        if self.console.is_none() && !text.is_empty() {
+            self.console = Some(at);
+        }
+        if self.init.is_none()
+            && let Some(line) = text.lines().find(|l| l.starts_with("berth-init [") && l.ends_with("] starting"))
+        {
+            self.init = Some(at);
+            self.kernel_uptime = line["berth-init [".len()..].split(']').next().and_then(|u| u.parse().ok());
+        }
+        if self.engine.is_none() && text.contains("] engine started") {
+            self.engine = Some(at);
+        }
+    }
 }
 
 /// A running VM.
 pub struct Machine {
     qemu: Child,
-    device: Child,
-    /// The host end of hybrid vsock.
-    pub vsock: PathBuf,
+    /// vhost-device-vsock, for hybrid vsock.
+    device: Option<Child>,
+    /// How the host reaches the agent.
+    pub transport: Arc<dyn Transport>,
+    /// The host end of hybrid vsock (when the VM has it).
+    pub vsock: Option<PathBuf>,
+    /// QEMU's socket for the host end of the virtio-serial port.
+    pub port: PathBuf,
+    /// How long the boot's phases took.
+    pub boot: BootTimes,
     pub serial: PathBuf,
+    /// QEMU's QMP socket (mode 0600).
+    pub qmp: PathBuf,
+    /// The accelerator QEMU runs with, and why it was chosen.
+    pub accel: accel::Chosen,
+    /// When QEMU was started.
+    pub started: std::time::SystemTime,
 }
 
 fn tail(path: &Path, n: usize) -> String {
@@ -67,22 +131,123 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn accel(choice: &str) -> String {
-    match choice {
-        "auto" if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() => "kvm".into(),
-        "auto" => "tcg".into(),
-        other => other.into(),
+/// The QEMU binary (x86-64 guests only, for now).
+const QEMU: &str = "qemu-system-x86_64";
+
+/// Makes `path` private to the user (0600); true when done.
+fn restrict(path: &Path) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(true)
+}
+
+/// Which step of [`Machine::stop`] ended QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopStep {
+    /// The guest powered off (after the agent's shutdown, or by itself).
+    Guest,
+    /// After QMP `system_powerdown`.
+    Powerdown,
+    /// After QMP `quit`.
+    Quit,
+    /// QEMU was killed.
+    Killed,
+}
+
+/// How long each step of a stop waits for QEMU to exit.
+#[derive(Debug, Clone, Copy)]
+pub struct StopTimes {
+    pub guest: Duration,
+    pub powerdown: Duration,
+    pub quit: Duration,
+}
+
+impl StopTimes {
+    /// `grace` for the guest. A guest that let that pass is likely wedged, so the power button
+    /// gets a quarter of it (2 to 20 s), and `quit`, which needs no guest, 5 s.
+    pub fn after(grace: Duration) -> StopTimes {
+        let powerdown = (grace / 4).clamp(Duration::from_secs(2), Duration::from_secs(20));
+        StopTimes { guest: grace, powerdown, quit: Duration::from_secs(5) }
     }
 }
 
-fn vsock_device_program() -> PathBuf {
-    let cargo = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    match cargo.map(|c| c.join("bin/vhost-device-vsock")) {
-        Some(p) if p.exists() => p,
-        _ => PathBuf::from("vhost-device-vsock"),
+/// The stop's steps after the agent was asked: wait, power button, quit, kill.
+async fn escalate(qemu: &mut Child, qmp_path: &Path, t: StopTimes) -> StopStep {
+    if tokio::time::timeout(t.guest, qemu.wait()).await.is_ok() {
+        return StopStep::Guest;
     }
+    tracing::warn!(secs = t.guest.as_secs_f32(), "the guest did not power off in time: QMP system_powerdown");
+    let qmp = match qmp::Qmp::connect(qmp_path).await {
+        Ok(q) => Some(q),
+        Err(e) => {
+            tracing::warn!(error = %e, "QMP is not reachable: killing QEMU");
+            None
+        }
+    };
+    if let Some(q) = &qmp {
+        match q.powerdown().await {
+            Ok(()) => {
+                if tokio::time::timeout(t.powerdown, qemu.wait()).await.is_ok() {
+                    return StopStep::Powerdown;
+                }
+                tracing::warn!(secs = t.powerdown.as_secs_f32(), "the guest ignored the power button: QMP quit");
+            }
+            Err(e) => tracing::warn!(error = %e, "QMP system_powerdown failed: QMP quit"),
+        }
+        match q.quit().await {
+            Ok(()) => {
+                if tokio::time::timeout(t.quit, qemu.wait()).await.is_ok() {
+                    return StopStep::Quit;
+                }
+                tracing::warn!(secs = t.quit.as_secs_f32(), "QEMU did not quit: killing it");
+            }
+            Err(e) => tracing::warn!(error = %e, "QMP quit failed: killing QEMU"),
+        }
+    }
+    let _ = qemu.kill().await;
+    StopStep::Killed
+}
+
+/// Starts `vhost-device-vsock` for hybrid vsock and waits for its vhost-user socket `vu`;
+/// the host connects through `uds`.
+async fn start_vsock_device(vu: &Path, uds: &Path, cid: u32) -> Result<Child, VmError> {
+    for s in [vu, uds] {
+        let _ = std::fs::remove_file(s);
+    }
+    let program = transport::vsock_device_program().unwrap_or_else(|| PathBuf::from("vhost-device-vsock"));
+    let mut cmd = Command::new(&program);
+    cmd.args(["--guest-cid", &cid.to_string(), "--socket"]).arg(vu).arg("--uds-path").arg(uds);
+    let mut device = spawn_tied(cmd, "the vsock device (cargo install vhost-device-vsock)", &program)?;
+    let start = Instant::now();
+    while !vu.exists() {
+        if let Ok(Some(st)) = device.try_wait() {
+            return Err(VmError::Boot(format!("vhost-device-vsock exited ({st}) before it made its socket")));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(VmError::Boot("vhost-device-vsock did not create its socket in 10 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(device)
+}
+
+/// Spawns a helper process of the VM that must not outlive the daemon: killed when the
+/// daemon drops it, and sent SIGTERM by the kernel if the daemon dies without doing so
+/// (QEMU then exits cleanly, flushing its disk image).
+fn spawn_tied(mut cmd: Command, what: &'static str, program: &Path) -> Result<Child, VmError> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).kill_on_drop(true);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe. The death signal follows the spawning *thread*: tokio
+    // spawns from a runtime worker, which lives as long as the daemon.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().map_err(|source| VmError::Spawn { what, program: program.display().to_string(), source })
 }
 
 impl Machine {
@@ -111,36 +276,17 @@ impl Machine {
                 return Err(VmError::Boot(format!("creating the data disk: {}", String::from_utf8_lossy(&out.stderr))));
             }
         }
-        let vu = cfg.dir.join("vhost-user-vsock.sock");
-        let vsock = cfg.dir.join("vm.vsock");
-        for s in [&vu, &vsock] {
-            let _ = std::fs::remove_file(s);
-        }
-        let program = vsock_device_program();
-        let device = Command::new(&program)
-            .args(["--guest-cid", "3", "--socket"])
-            .arg(&vu)
-            .arg("--uds-path")
-            .arg(&vsock)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| VmError::Spawn {
-                what: "the vsock device",
-                program: program.display().to_string(),
-                source,
-            })?;
-        let start = Instant::now();
-        while !vu.exists() {
-            if start.elapsed() > Duration::from_secs(10) {
-                return Err(VmError::Boot("vhost-device-vsock did not create its socket".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let chosen = accel::choose(cfg.accel, Path::new(QEMU), &cfg.dir.join("accel-probe.json")).await?;
+        tracing::info!(accel = %chosen.accel, forced = chosen.forced, reason = %chosen.reason, "accelerator");
         let serial = cfg.dir.join("serial.log");
+        let qmp = cfg.dir.join("qmp.sock");
+        let port = cfg.dir.join("port.sock");
+        for f in [&qmp, &port, &serial] {
+            let _ = std::fs::remove_file(f);
+        }
         let mem = format!("{}M", cfg.memory_mib);
-        let qemu = Command::new("qemu-system-x86_64")
-            .args(["-accel", &accel(&cfg.accel), "-m", &mem, "-smp", &cfg.cpus.to_string()])
+        let mut qemu = Command::new(QEMU);
+        qemu.args(["-accel", chosen.accel.name(), "-m", &mem, "-smp", &cfg.cpus.to_string()])
             .args(["-nodefaults", "-no-reboot", "-display", "none"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -152,19 +298,63 @@ impl Machine {
             .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
-            .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on"), "-numa", "node,memdev=mem"])
-            .arg("-chardev")
-            .arg(format!("socket,id=vsock,path={}", vu.display()))
-            .args(["-device", "vhost-user-vsock-pci,chardev=vsock"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| VmError::Spawn { what: "QEMU", program: "qemu-system-x86_64".into(), source })?;
-        let mut m = Machine { qemu, device, vsock, serial };
+            // The virtio-serial port, always there: the serial transport, and a way in for
+            // tests and benchmarks whatever the transport is.
+            .args(["-device", "virtio-serial-pci,id=vser", "-chardev"])
+            .arg(format!("socket,id=berthport,path={},server=on,wait=off", port.display()))
+            .args([
+                "-device",
+                &format!("virtserialport,bus=vser.0,chardev=berthport,name={}", berth_protocol::SERIAL_PORT_NAME),
+            ])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        let (device, vsock, transport): (Option<Child>, Option<PathBuf>, Arc<dyn Transport>) = match cfg.transport {
+            transport::Kind::Hybrid => {
+                let vu = cfg.dir.join("vhost-user-vsock.sock");
+                let uds = cfg.dir.join("vm.vsock");
+                let device = start_vsock_device(&vu, &uds, cfg.cid).await?;
+                // vhost-user devices need the guest's memory shared with them.
+                qemu.args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")])
+                    .args(["-numa", "node,memdev=mem", "-chardev"])
+                    .arg(format!("socket,id=vsock,path={}", vu.display()))
+                    .args(["-device", "vhost-user-vsock-pci,chardev=vsock"]);
+                (Some(device), Some(uds.clone()), Arc::new(transport::mux::MuxTransport::hybrid(uds)))
+            }
+            transport::Kind::Vsock => {
+                qemu.args(["-device", &format!("vhost-vsock-pci,guest-cid={}", cfg.cid)]);
+                (None, None, Arc::new(transport::vsock::VsockTransport { cid: cfg.cid }))
+            }
+            transport::Kind::Serial => (None, None, Arc::new(transport::mux::MuxTransport::serial(port.clone()))),
+        };
+        let qemu = spawn_tied(qemu, "QEMU", Path::new(QEMU))?;
+        let started = std::time::SystemTime::now();
+        let mut m = Machine {
+            qemu,
+            device,
+            transport,
+            vsock,
+            port,
+            boot: BootTimes::default(),
+            serial,
+            qmp,
+            accel: chosen,
+            started,
+        };
         let start = Instant::now();
+        let mut private = [false, false];
         loop {
-            if crate::control::request(&m.vsock, &berth_protocol::Request::Health).await.is_ok() {
-                tracing::info!(secs = start.elapsed().as_secs_f64(), "the guest's agent answers");
+            // QEMU makes its sockets with the process umask; only the user may drive the VM.
+            for (done, path) in private.iter_mut().zip([&m.qmp, &m.port]) {
+                if !*done && path.exists() {
+                    *done = restrict(path).map_err(io(path))?;
+                }
+            }
+            m.boot.observe(&m.serial, start.elapsed().as_secs_f64());
+            // A serial session waits for the agent rather than failing, so each try is bounded.
+            let health = crate::control::request_via(m.transport.as_ref(), &berth_protocol::Request::Health);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), health).await {
+                m.boot.ready = start.elapsed().as_secs_f64();
+                tracing::info!(transport = %cfg.transport, boot = ?m.boot, "the guest's agent answers");
                 return Ok(m);
             }
             if let Ok(Some(st)) = m.qemu.try_wait() {
@@ -178,29 +368,108 @@ impl Machine {
                 return Err(VmError::Boot(format!(
                     "the guest did not answer within {} s (accelerator {}; try --accel tcg); serial log tail:\n{}",
                     cfg.boot_timeout.as_secs(),
-                    accel(&cfg.accel),
+                    m.accel.accel,
                     tail(&m.serial, 20)
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Clean shutdown: the agent stops the containers and powers off; QEMU is killed only if
-    /// it has not exited within `grace`.
-    pub async fn stop(mut self, grace: Duration) {
-        if let Err(e) = crate::control::request(&self.vsock, &berth_protocol::Request::Shutdown).await {
-            tracing::warn!(error = %e, "asking the guest to shut down");
+    /// Clean shutdown, in steps, each logged: the agent stops the containers and powers off;
+    /// if QEMU has not exited within `grace`, QMP `system_powerdown`, then QMP `quit`, and a
+    /// kill only if QEMU ignores even that. Returns the step that ended QEMU.
+    pub async fn stop(mut self, grace: Duration) -> StopStep {
+        let ask = crate::control::request_via(self.transport.as_ref(), &berth_protocol::Request::Shutdown);
+        match tokio::time::timeout(Duration::from_secs(10), ask).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "asking the guest to shut down"),
+            Err(_) => tracing::warn!("the guest did not answer the shutdown request in 10 s"),
         }
-        if tokio::time::timeout(grace, self.qemu.wait()).await.is_err() {
-            tracing::warn!("the guest did not power off in time: stopping QEMU");
-            let _ = self.qemu.kill().await;
+        let step = escalate(&mut self.qemu, &self.qmp, StopTimes::after(grace)).await;
+        if let Some(d) = self.device.as_mut() {
+            let _ = d.kill().await;
         }
-        let _ = self.device.kill().await;
+        step
+    }
+
+    /// QEMU's process id (None once it has been reaped).
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.qemu.id()
     }
 
     /// Waits for QEMU to exit on its own.
     pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.qemu.wait().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// QEMU running the accelerator probe's firmware under TCG. Without the debug-exit device
+    /// the firmware halts for ever: a guest that ignores both the agent and the power button.
+    fn halted_guest(dir: &Path, with_qmp: bool) -> (Child, PathBuf) {
+        let bios = dir.join("fw.bin");
+        std::fs::write(&bios, accel::firmware_x86()).unwrap();
+        let qmp = dir.join("qmp.sock");
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-accel", "tcg", "-machine", "pc", "-m", "16", "-nodefaults", "-display", "none", "-bios"])
+            .arg(&bios)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if with_qmp {
+            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
+        (cmd.spawn().expect("qemu-system-x86_64 is installed (./dev setup)"), qmp)
+    }
+
+    async fn wait_for(path: &Path) {
+        let start = Instant::now();
+        while !path.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no {}", path.display());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn quick() -> StopTimes {
+        StopTimes {
+            guest: Duration::from_millis(300),
+            powerdown: Duration::from_millis(500),
+            quit: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_ignores_the_power_button_is_ended_by_qmp_quit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut qemu, qmp) = halted_guest(dir.path(), true);
+        wait_for(&qmp).await;
+        let start = Instant::now();
+        assert_eq!(escalate(&mut qemu, &qmp, quick()).await, StopStep::Quit);
+        assert!(start.elapsed() >= Duration::from_millis(800), "both waits were served");
+        let st = qemu.wait().await.unwrap();
+        assert!(st.success(), "quit exits QEMU cleanly, not by a signal: {st}");
+    }
+
+    #[tokio::test]
+    async fn without_qmp_qemu_is_killed_and_an_exited_one_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut qemu, qmp) = halted_guest(dir.path(), false);
+        assert_eq!(escalate(&mut qemu, &qmp, quick()).await, StopStep::Killed);
+        assert!(!qemu.wait().await.unwrap().success());
+        // One that is already gone counts as the guest's own power-off.
+        assert_eq!(escalate(&mut qemu, &qmp, quick()).await, StopStep::Guest);
+    }
+
+    #[test]
+    fn stop_times_follow_the_grace_period() {
+        let t = StopTimes::after(Duration::from_secs(90));
+        assert_eq!(
+            (t.guest, t.powerdown, t.quit),
+            (Duration::from_secs(90), Duration::from_secs(20), Duration::from_secs(5))
+        );
+        assert_eq!(StopTimes::after(Duration::from_secs(1)).powerdown, Duration::from_secs(2));
     }
 }

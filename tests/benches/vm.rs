@@ -1,0 +1,241 @@
+//! VM benchmarks, printed as figures (not asserted: these machines are shared and noisy):
+//!
+//! 1. Boot to a ready Docker API, cold (a new data disk: mkfs) and warm, split into QEMU start
+//!    to the console's first line, init's start, the engine's start, and the agent's answer.
+//! 2. Stream throughput of each transport the VM has (hybrid vsock's mux session, the
+//!    virtio-serial mux session, and for comparison a raw hybrid vsock connection per stream).
+//! 3. Docker API round trip through `$BERTH_HOME/docker.sock` (the daemon's forwarder) against
+//!    the same request sent straight over the transport, and the daemon's resident memory.
+//!
+//! `cargo bench -p berth-tests --bench vm` (`./dev bench-vm` builds the release binaries and
+//! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_core::transport::mux::MuxTransport;
+use berth_core::transport::{Kind, Transport};
+use berth_core::vm::accel::{Accel, AccelChoice};
+use berth_core::vm::{BootTimes, Machine, MachineConfig};
+use berth_protocol::{DOCKER_PORT, ECHO_PORT};
+use berth_tests::workspace;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn release(bin: &str) -> PathBuf {
+    let p = workspace().join("target/release").join(bin);
+    assert!(p.is_file(), "{} is not built: cargo build --release -p berth -p berth-agent", p.display());
+    p
+}
+
+/// The guest image with the release agent, in its own directory.
+fn image() -> PathBuf {
+    let dir = workspace().join("target/vm-image-bench");
+    let out = Command::new(workspace().join("vm-image/build.sh"))
+        .arg(&dir)
+        .env("BERTH_AGENT", release("berth-agent"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "vm-image/build.sh: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn config(dir: &Path, image: &Path) -> MachineConfig {
+    MachineConfig {
+        dir: dir.to_owned(),
+        image: image.to_owned(),
+        cpus: 2,
+        memory_mib: 1024,
+        disk_gib: 8,
+        accel: AccelChoice::Forced(Accel::Tcg),
+        boot_timeout: Duration::from_secs(180),
+        transport: Kind::Hybrid,
+        cid: 3,
+    }
+}
+
+fn row(label: &str, b: &BootTimes) {
+    let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    println!(
+        "| {label} | {} | {} | {} | {:.2} | {} |",
+        f(b.console),
+        f(b.init),
+        f(b.engine),
+        b.ready,
+        f(b.kernel_uptime)
+    );
+}
+
+/// Echoes `total` bytes through a stream to the echo port: returns MiB/s of payload.
+async fn throughput(
+    connect: impl std::future::Future<Output = std::io::Result<berth_core::transport::Stream>>,
+    total: usize,
+) -> f64 {
+    let s = connect.await.expect("connect to the echo port");
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let start = Instant::now();
+    let chunk = vec![0x5au8; 256 * 1024];
+    let writer = async {
+        let mut sent = 0;
+        while sent < total {
+            wr.write_all(&chunk).await.unwrap();
+            sent += chunk.len();
+        }
+    };
+    let reader = async {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < total {
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the echo ended early");
+            got += n;
+        }
+    };
+    tokio::join!(writer, reader);
+    total as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+}
+
+const PING: &[u8] = b"GET /_ping HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n";
+
+/// One /_ping on a fresh connection, in milliseconds.
+async fn ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, start: Instant) -> f64 {
+    s.write_all(PING).await.unwrap();
+    let mut text = Vec::new();
+    s.read_to_end(&mut text).await.unwrap();
+    assert!(text.ends_with(b"OK"), "{}", String::from_utf8_lossy(&text));
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let image = image();
+    let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    println!("## Boot to a ready Docker API (TCG, 2 vCPUs, 1 GiB, release agent), seconds since QEMU started");
+    println!("| boot | console | init starts | engine starts | agent answers | guest uptime at init |");
+    println!("|---|---|---|---|---|---|");
+    rt.block_on(async {
+        let mut warm = Vec::new();
+        for i in 0..=boots {
+            let m = Machine::start(&config(dir.path(), &image)).await.expect("boot");
+            row(if i == 0 { "cold (mkfs)" } else { "warm" }, &m.boot);
+            if i > 0 {
+                warm.push(m.boot.ready);
+            }
+            if i < boots {
+                m.stop(Duration::from_secs(60)).await;
+                continue;
+            }
+            println!("\nwarm boot median: {:.2} s over {} boots\n", median(&mut warm), warm.len());
+
+            println!("## Stream throughput, 64 MiB echoed through the guest's echo port (MiB/s)");
+            println!("| transport | run 1 | run 2 | run 3 |");
+            println!("|---|---|---|---|");
+            let serial = MuxTransport::serial(m.port.clone());
+            let uds = m.vsock.clone().expect("a hybrid VM has a device socket");
+            let total = 64 << 20;
+            for (name, t) in [
+                ("hybrid vsock, mux session", Some(m.transport.as_ref())),
+                ("virtio-serial, mux session", Some(&serial as &dyn Transport)),
+                ("hybrid vsock, raw connection", None),
+            ] {
+                let mut runs = Vec::new();
+                for _ in 0..3 {
+                    let mbps = match t {
+                        Some(t) => throughput(t.connect(ECHO_PORT), total).await,
+                        None => {
+                            let uds = uds.clone();
+                            throughput(
+                                async move {
+                                    Ok(Box::new(berth_core::transport::hybrid::connect(&uds, ECHO_PORT).await?)
+                                        as berth_core::transport::Stream)
+                                },
+                                total,
+                            )
+                            .await
+                        }
+                    };
+                    runs.push(format!("{mbps:.0}"));
+                }
+                println!("| {name} | {} |", runs.join(" | "));
+            }
+            m.stop(Duration::from_secs(60)).await;
+        }
+    });
+
+    // The real daemon, for the forwarder and its memory.
+    let home = tempfile::tempdir().unwrap();
+    let berth =
+        |args: &[&str]| Command::new(release("berth")).args(args).env("BERTH_HOME", home.path()).output().unwrap();
+    let out = berth(&[
+        "start",
+        "--accel",
+        "tcg",
+        "--transport",
+        "hybrid",
+        "--memory",
+        "1024",
+        "--image",
+        image.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "berth start: {}", String::from_utf8_lossy(&out.stderr));
+    let sock = home.path().join("docker.sock");
+    let n = 300;
+    rt.block_on(async {
+        let direct: Arc<dyn Transport> = Arc::new(MuxTransport::hybrid(home.path().join("vm/vm.vsock")));
+        let (mut via, mut straight) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            ping(tokio::net::UnixStream::connect(&sock).await.unwrap(), Instant::now()).await;
+            ping(direct.connect(DOCKER_PORT).await.unwrap(), Instant::now()).await;
+        }
+        // Alternating, so drift in the machine's load hits both alike.
+        for _ in 0..n {
+            let t = Instant::now();
+            via.push(ping(tokio::net::UnixStream::connect(&sock).await.unwrap(), t).await);
+            let t = Instant::now();
+            straight.push(ping(direct.connect(DOCKER_PORT).await.unwrap(), t).await);
+        }
+        let (mv, ms) = (median(&mut via), median(&mut straight));
+        println!("\n## Docker API round trip (GET /_ping, a new connection each, {n} alternating pairs), ms");
+        println!("| path | median | p90 |");
+        println!("|---|---|---|");
+        println!(
+            "| $BERTH_HOME/docker.sock (daemon's forwarder, then hybrid mux) | {mv:.3} | {:.3} |",
+            pct(&mut via, 0.9)
+        );
+        println!("| straight over a hybrid mux session | {ms:.3} | {:.3} |", pct(&mut straight, 0.9));
+        println!("\nforwarding adds {:.3} ms per request (median difference)", mv - ms);
+    });
+    let pid = std::fs::read_to_string(home.path().join("daemon.pid")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse::<f64>()
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    println!(
+        "\n## The daemon while the VM runs\n\nresident {:.1} MiB (peak {:.1} MiB)",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+    let out = berth(&["stop"]);
+    assert!(out.status.success());
+}
