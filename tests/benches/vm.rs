@@ -137,7 +137,10 @@ fn main() {
                 m.stop(Duration::from_secs(60)).await;
                 continue;
             }
-            println!("\nwarm boot median: {:.2} s over {} boots\n", median(&mut warm), warm.len());
+            if !warm.is_empty() {
+                println!("\nwarm boot median: {:.2} s over {} boots", median(&mut warm), warm.len());
+            }
+            println!();
 
             println!("## Stream throughput, 64 MiB echoed through the guest's echo port (MiB/s)");
             println!("| transport | run 1 | run 2 | run 3 |");
@@ -170,6 +173,22 @@ fn main() {
                 }
                 println!("| {name} | {} |", runs.join(" | "));
             }
+            println!("\n## Docker API round trip straight over each transport (GET /_ping, a new stream each, 200 alternating), ms");
+            println!("| transport | median | p90 |");
+            println!("|---|---|---|");
+            let (mut h, mut se) = (Vec::new(), Vec::new());
+            for i in 0..220 {
+                let t = Instant::now();
+                let a = ping(m.transport.connect(DOCKER_PORT).await.unwrap(), t).await;
+                let t = Instant::now();
+                let b = ping(serial.connect(DOCKER_PORT).await.unwrap(), t).await;
+                if i >= 20 {
+                    h.push(a);
+                    se.push(b);
+                }
+            }
+            println!("| hybrid vsock, mux session | {:.3} | {:.3} |", median(&mut h), pct(&mut h, 0.9));
+            println!("| virtio-serial, mux session | {:.3} | {:.3} |", median(&mut se), pct(&mut se, 0.9));
             m.stop(Duration::from_secs(60)).await;
         }
     });

@@ -216,6 +216,22 @@ fn transports_pass_the_conformance_suite_in_the_vm_and_data_survives_a_clean_shu
         })
         .await
         .unwrap();
+        // The guest's clock, set wrong over the control channel, is put right from the host's.
+        let year_in_guest = |host: String, img: String| async move {
+            tokio::task::spawn_blocking(move || {
+                let out = docker_at(&host, &["run", "--rm", &img, "date", "-u", "+%Y"], None);
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            })
+            .await
+            .unwrap()
+        };
+        let y2001 = berth_protocol::Request::SetTime { unix_nanos: 978_307_200 * 1_000_000_000 };
+        berth_core::control::request_via(m.transport.as_ref(), &y2001).await.unwrap();
+        assert_eq!(year_in_guest(hybrid_host.clone(), img.clone()).await, "2001");
+        berth_core::vm::sync_clock(m.transport.as_ref()).await.unwrap();
+        let host_year = String::from_utf8(Command::new("date").args(["-u", "+%Y"]).output().unwrap().stdout).unwrap();
+        assert_eq!(year_in_guest(hybrid_host.clone(), img.clone()).await, host_year.trim());
+
         // A clean shutdown: the agent stops the containers and powers the guest off.
         assert_eq!(m.stop(Duration::from_secs(90)).await, StopStep::Guest);
         let log = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
@@ -262,7 +278,7 @@ impl BerthHome {
     }
 
     fn start(&self) {
-        let out = self.berth(&["start", "--image", &image().display().to_string()]);
+        let out = self.berth(&["start"]);
         assert!(out.status.success(), "berth start: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -289,17 +305,24 @@ impl Drop for BerthHome {
 #[test]
 fn berth_start_serves_the_docker_cli_from_the_vm() {
     let home = BerthHome(tempfile::tempdir().unwrap());
-    let image = image().display().to_string();
     // The config file gives the disk's size; the flag beats its memory.
     std::fs::write(home.0.path().join("config.toml"), "memory = 768\ndisk = 4\n").unwrap();
-    let out = home.berth(&["start", "--accel", "tcg", "--image", &image, "--memory", "1024"]);
-    assert!(
-        out.status.success(),
-        "berth start: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let again = home.berth(&["start", "--accel", "tcg", "--image", &image]);
+    // No guest image yet: the first start builds one into $BERTH_HOME/image, with progress.
+    // (The kernel package the test image already downloaded is lent to it, to spare the mirror.)
+    let debs = home.0.path().join("image/debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    for deb in std::fs::read_dir(image().join("debs")).unwrap() {
+        let deb = deb.unwrap();
+        std::fs::copy(deb.path(), debs.join(deb.file_name())).unwrap();
+    }
+    let out = home.berth(&["start", "--accel", "tcg", "--memory", "1024"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "berth start: {}{err}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("guest image: building") && err.contains("guest image: writing the initramfs"), "{err}");
+    let manifest = std::fs::read_to_string(home.0.path().join("image/manifest.txt")).unwrap();
+    assert!(manifest.contains("target/debug/berth-agent"), "{manifest}");
+    let again = home.berth(&["start", "--accel", "tcg"]);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("guest image"), "the cached image was rebuilt");
     assert!(
         again.status.success() && String::from_utf8_lossy(&again.stdout).contains("berth is running"),
         "a second start"
@@ -361,7 +384,7 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     assert_eq!(report["state"], "stopped", "{report:#}");
     // This time the accelerator is probed (on this project's hosts KVM fails the probe and TCG
     // is used), and the verdict is cached.
-    let out = home.berth(&["start", "--image", &image, "--memory", "1024"]);
+    let out = home.berth(&["start", "--memory", "1024"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(home.0.path().join("vm/accel-probe.json").exists() || !std::path::Path::new("/dev/kvm").exists());
     let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f"]);

@@ -81,10 +81,11 @@ enum Cmd {
 }
 
 fn home() -> anyhow::Result<PathBuf> {
+    // The platform's data directory: $XDG_DATA_HOME or ~/.local/share on Linux,
+    // ~/Library/Application Support on macOS, %APPDATA% on Windows.
     let dir = match std::env::var_os("BERTH_HOME") {
         Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").context("neither BERTH_HOME nor HOME is set")?)
-            .join(".local/share/berth"),
+        None => dirs::data_dir().context("neither BERTH_HOME nor a home directory is set")?.join("berth"),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     use std::os::unix::fs::PermissionsExt;
@@ -194,6 +195,26 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
     if let Err(e) = state.write(home) {
         tracing::warn!(error = %e, "writing daemon.json");
     }
+    // The guest's clock: the host's at boot, and again whenever the host's clock jumps (the
+    // host slept, or its clock was set), which users of other desktop VMs see as drift.
+    let transport = machine.transport.clone();
+    tokio::spawn(async move {
+        let mut watch = berth_core::vm::ClockWatch::default();
+        let mut due = true;
+        loop {
+            if due {
+                match berth_core::vm::sync_clock(transport.as_ref()).await {
+                    Ok(()) => tracing::info!("guest clock set from the host's"),
+                    Err(e) => tracing::warn!(error = %e, "setting the guest's clock"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            due = watch
+                .jumped(Duration::from_secs(1))
+                .inspect(|d| tracing::info!(?d, "the host's clock jumped"))
+                .is_some();
+        }
+    });
     tokio::spawn(berth_core::forward::socket::serve(control, machine.transport.clone(), berth_protocol::CONTROL_PORT));
     tokio::spawn(berth_core::forward::socket::serve(docker, machine.transport.clone(), berth_protocol::DOCKER_PORT));
     tracing::info!(socket = %home.join("docker.sock").display(), transport = %cfg.transport, "Docker socket ready");

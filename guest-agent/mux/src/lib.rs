@@ -26,7 +26,9 @@ use std::io;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
@@ -54,12 +56,25 @@ pub enum MuxError {
     Yamux(#[from] yamux::ConnectionError),
 }
 
+/// The link, buffered both ways. yamux writes a frame's 12-byte header and its body as two
+/// writes and flushes after each frame, so a write buffer of one frame's size turns them into
+/// one write: on a link where every write is a packet (a vsock device, a serial port) that
+/// halves the packets. Reads are buffered for the handshake's lines and the headers.
+type Link<L> = BufReader<BufWriter<L>>;
+
+fn buffered<L: AsyncRead + AsyncWrite>(link: L) -> Link<L> {
+    BufReader::with_capacity(FRAME + 64, BufWriter::with_capacity(FRAME + 64, link))
+}
+
+/// The largest data frame yamux sends.
+const FRAME: usize = 64 * 1024;
+
 fn config() -> yamux::Config {
     let mut c = yamux::Config::default();
     // Docker clients open a connection per request and keep some (logs -f, attach) for long;
     // 512 concurrent streams is yamux's default and ours too, with at most 1 GiB of receive
     // windows in total (the default) so a flood of data cannot exhaust memory.
-    c.set_split_send_size(64 * 1024);
+    c.set_split_send_size(FRAME);
     c
 }
 
@@ -104,7 +119,7 @@ impl Session {
     where
         L: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut link = BufReader::new(link);
+        let mut link = buffered(link);
         let nonce: u64 = rand::random();
         let hello = format!("BERTH-MUX {VERSION} {nonce:016x}\n");
         let ok = format!("BERTH-MUX-OK {VERSION} {nonce:016x}");
@@ -216,7 +231,7 @@ where
     L: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(u32, MuxStream) + Clone + Send + 'static,
 {
-    let mut link = BufReader::new(link);
+    let mut link = buffered(link);
     let mut buf = Vec::new();
     let mut answered: Option<String> = None;
     loop {

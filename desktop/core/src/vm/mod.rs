@@ -69,6 +69,47 @@ pub struct MachineConfig {
     pub cid: u32,
 }
 
+/// Sets the guest's clock to the host's, over `transport`.
+pub async fn sync_clock(transport: &dyn Transport) -> Result<(), crate::control::ControlError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let unix_nanos = i64::try_from(now.as_nanos()).unwrap_or(i64::MAX);
+    crate::control::request_via(transport, &berth_protocol::Request::SetTime { unix_nanos }).await.map(|_| ())
+}
+
+/// Notices the host's wall clock jumping against its monotonic clock: the host slept (the
+/// monotonic clock stands still in suspend, the wall clock does not) or its clock was set. The
+/// guest's clock then needs setting again.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockWatch {
+    wall: std::time::SystemTime,
+    mono: Instant,
+}
+
+impl Default for ClockWatch {
+    fn default() -> Self {
+        ClockWatch { wall: std::time::SystemTime::now(), mono: Instant::now() }
+    }
+}
+
+impl ClockWatch {
+    /// How far the wall clock moved beyond the monotonic clock since the last look, when that
+    /// exceeds `threshold`.
+    pub fn jumped(&mut self, threshold: Duration) -> Option<Duration> {
+        self.jumped_at(std::time::SystemTime::now(), Instant::now(), threshold)
+    }
+
+    fn jumped_at(&mut self, wall: std::time::SystemTime, mono: Instant, threshold: Duration) -> Option<Duration> {
+        let walked = match wall.duration_since(self.wall) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let drift = (walked - mono.duration_since(self.mono).as_secs_f64()).abs();
+        self.wall = wall;
+        self.mono = mono;
+        (drift > threshold.as_secs_f64()).then(|| Duration::from_secs_f64(drift))
+    }
+}
+
 /// When each phase of a boot ended, in seconds since QEMU was started, seen from the host: the
 /// serial console's first output, init's first line, the engine started, the agent answering.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -461,6 +502,20 @@ mod tests {
         assert!(!qemu.wait().await.unwrap().success());
         // One that is already gone counts as the guest's own power-off.
         assert_eq!(escalate(&mut qemu, &qmp, quick()).await, StopStep::Guest);
+    }
+
+    #[test]
+    fn a_wall_clock_jump_is_noticed() {
+        let mut w = ClockWatch::default();
+        let (wall, mono) = (w.wall, w.mono);
+        let second = Duration::from_secs(1);
+        // Both clocks moved alike: nothing to do.
+        assert_eq!(w.jumped_at(wall + 10 * second, mono + 10 * second, second), None);
+        // The host slept an hour: the wall clock moved, the monotonic clock did not.
+        let d = w.jumped_at(wall + 3610 * second, mono + 11 * second, second).unwrap();
+        assert!((d.as_secs_f64() - 3599.0).abs() < 0.01, "{d:?}");
+        // The clock was set back.
+        assert!(w.jumped_at(wall + 3000 * second, mono + 12 * second, second).is_some());
     }
 
     #[test]
