@@ -249,6 +249,51 @@ fn leave_initramfs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The input device called `name` (e.g. the ACPI power button), as /dev/input/eventN.
+fn find_input(sys: &Path, name: &str) -> Option<std::path::PathBuf> {
+    fs::read_dir(sys).ok()?.flatten().find_map(|e| {
+        let file = e.file_name();
+        let is_event = file.to_string_lossy().starts_with("event");
+        let found = fs::read_to_string(e.path().join("device/name")).is_ok_and(|n| n.trim() == name);
+        (is_event && found).then(|| Path::new("/dev/input").join(file))
+    })
+}
+
+/// Whether one `struct input_event` (64-bit layout: two 8-byte time fields, then type, code
+/// and value) is a press of the power key.
+fn is_power_press(ev: &[u8; 24]) -> bool {
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    let kind = u16::from_ne_bytes([ev[16], ev[17]]);
+    let code = u16::from_ne_bytes([ev[18], ev[19]]);
+    let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+    kind == EV_KEY && code == KEY_POWER && value == 1
+}
+
+/// Turns a press of the ACPI power button (QEMU's `system_powerdown`, which the host uses when
+/// the agent does not answer) into SIGPWR for this init, which shuts down cleanly, as acpid
+/// would. A thread of its own blocks on the device; init's loop only waits for signals.
+fn watch_power_button() {
+    let Some(dev) = find_input(Path::new("/sys/class/input"), "Power Button") else {
+        log("no ACPI power button: QMP system_powerdown will not be heard");
+        return;
+    };
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut f = match fs::File::open(&dev) {
+            Ok(f) => f,
+            Err(e) => return log(&format!("{}: {e}", dev.display())),
+        };
+        let mut ev = [0u8; 24];
+        while f.read_exact(&mut ev).is_ok() {
+            if is_power_press(&ev) {
+                log("power button pressed");
+                let _ = nix::sys::signal::kill(Pid::this(), Signal::SIGPWR);
+            }
+        }
+    });
+}
+
 /// Entry point of `berth-agent init`.
 pub fn main() -> anyhow::Result<()> {
     if std::process::id() != 1 {
@@ -271,6 +316,8 @@ pub fn main() -> anyhow::Result<()> {
         set.add(s);
     }
     set.thread_block().context("blocking signals")?;
+    // After blocking: the watcher thread inherits the mask, so the signal reaches sigwait below.
+    watch_power_button();
     let mut engine = start_engine().map_err(|e| log(&format!("{e:#}"))).ok();
     loop {
         match set.wait() {
@@ -299,6 +346,29 @@ pub fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_power_button_is_found_and_its_press_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for (event, name) in [("event0", "AT Translated Set 2 keyboard"), ("event1", "Power Button")] {
+            fs::create_dir_all(dir.path().join(event).join("device")).unwrap();
+            fs::write(dir.path().join(event).join("device/name"), format!("{name}\n")).unwrap();
+        }
+        fs::create_dir_all(dir.path().join("input3/device")).unwrap();
+        fs::write(dir.path().join("input3/device/name"), "Power Button\n").unwrap();
+        assert_eq!(find_input(dir.path(), "Power Button"), Some("/dev/input/event1".into()));
+        let event = |kind: u16, code: u16, value: i32| {
+            let mut ev = [0u8; 24];
+            ev[16..18].copy_from_slice(&kind.to_ne_bytes());
+            ev[18..20].copy_from_slice(&code.to_ne_bytes());
+            ev[20..24].copy_from_slice(&value.to_ne_bytes());
+            ev
+        };
+        assert!(is_power_press(&event(1, 116, 1)));
+        assert!(!is_power_press(&event(1, 116, 0)), "a release is not a press");
+        assert!(!is_power_press(&event(0, 0, 0)), "a sync event");
+        assert!(!is_power_press(&event(1, 30, 1)), "another key");
+    }
 
     #[test]
     fn kernel_options_are_read() {

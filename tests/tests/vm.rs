@@ -249,7 +249,14 @@ fn transports_pass_the_conformance_suite_in_the_vm_and_data_survives_a_clean_shu
         })
         .await
         .unwrap();
-        assert_eq!(m.stop(Duration::from_secs(90)).await, StopStep::Guest);
+        // The ACPI power button (QMP system_powerdown) shuts the guest down cleanly as well.
+        let mut m = m;
+        berth_core::vm::qmp::Qmp::connect(&m.qmp).await.unwrap().powerdown().await.unwrap();
+        let exited = tokio::time::timeout(Duration::from_secs(90), m.wait()).await;
+        let log = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
+        assert!(exited.is_ok_and(|st| st.is_ok_and(|st| st.success())), "the power button was not heard:\n{log}");
+        assert!(log.contains("power button pressed") && log.contains("power off"), "{log}");
+        assert!(!log.contains("unmounting /var/lib/berth:"), "the data disk did not unmount cleanly:\n{log}");
     });
 }
 
@@ -367,6 +374,10 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     assert_eq!(report["state"], "running", "{report:#}");
     assert_eq!(report["vm"]["state"], "running", "QMP query-status: {report:#}");
     assert_eq!(report["vm"]["accel"], "tcg", "{report:#}");
+    // vhost-device-vsock is installed here, so `auto` picks hybrid vsock.
+    assert_eq!(report["vm"]["transport"], "hybrid", "{report:#}");
+    assert!(report["vm"]["boot"]["ready"].as_f64().is_some_and(|s| s > 0.0), "{report:#}");
+    assert!(report["agent"]["version"].as_str().is_some_and(|v| !v.is_empty()), "{report:#}");
     assert!(report["vm"]["qemu_version"].as_str().is_some_and(|v| !v.is_empty()), "{report:#}");
     assert_eq!(report["agent"]["containers_running"], 1, "{report:#}");
     assert_eq!(report["disk"]["size_bytes"], 4u64 << 30, "{report:#}");

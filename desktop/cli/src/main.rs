@@ -124,7 +124,7 @@ fn running_daemon(home: &Path) -> Option<i32> {
 /// command line naming our VM directory): it holds the data disk's lock. QEMU gets SIGTERM
 /// first, which it answers by exiting cleanly with its disk image flushed.
 async fn end_leftover_qemu(home: &Path) {
-    let Some(pid) = status::DaemonState::read(home).and_then(|s| s.vm?.qemu_pid) else { return };
+    let Some(pid) = status::DaemonState::read(home).and_then(|s| s.vm?.facts.qemu_pid) else { return };
     let pid = pid as i32;
     let vm_dir = home.join("vm").display().to_string();
     if !is_process(pid, &["qemu", &vm_dir]) {
@@ -181,12 +181,16 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
     let docker = berth_core::forward::socket::bind(&home.join("docker.sock")).await?;
     let mut machine = Machine::start(&cfg).await?;
     state.vm = Some(status::VmState {
-        qemu_pid: machine.qemu_pid(),
-        accel: machine.accel.accel.to_string(),
-        accel_forced: machine.accel.forced,
-        accel_reason: machine.accel.reason.clone(),
-        cpus: cfg.cpus,
-        memory_mib: cfg.memory_mib,
+        facts: status::VmFacts {
+            qemu_pid: machine.qemu_pid(),
+            accel: machine.accel.accel.to_string(),
+            accel_forced: machine.accel.forced,
+            accel_reason: machine.accel.reason.clone(),
+            transport: machine.transport.kind().to_string(),
+            cpus: cfg.cpus,
+            memory_mib: cfg.memory_mib,
+            boot: machine.boot.clone(),
+        },
         disk: cfg.dir.join("data.qcow2"),
         qemu_started_unix: machine.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
         booted_unix: status::now_unix(),
@@ -217,7 +221,7 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
     });
     tokio::spawn(berth_core::forward::socket::serve(control, machine.transport.clone(), berth_protocol::CONTROL_PORT));
     tokio::spawn(berth_core::forward::socket::serve(docker, machine.transport.clone(), berth_protocol::DOCKER_PORT));
-    tracing::info!(socket = %home.join("docker.sock").display(), transport = %cfg.transport, "Docker socket ready");
+    tracing::info!(socket = %home.join("docker.sock").display(), transport = %machine.transport.kind(), "Docker socket ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
@@ -345,7 +349,7 @@ async fn status(json: bool) -> anyhow::Result<()> {
 
 fn logs() -> anyhow::Result<()> {
     let home = home()?;
-    for f in ["vm/serial.log", "daemon.log"] {
+    for f in ["vm/serial.log", "vm/vsock-device.log", "daemon.log"] {
         println!("==> {f}");
         print!("{}", std::fs::read_to_string(home.join(f)).unwrap_or_default());
     }

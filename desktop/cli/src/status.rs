@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use berth_core::vm::BootTimes;
 use berth_core::vm::qmp::Qmp;
 use serde::{Deserialize, Serialize};
 
@@ -21,15 +22,26 @@ pub struct DaemonState {
     pub vm: Option<VmState>,
 }
 
+/// What the daemon knows of the VM it booted: kept in the state file and shown as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VmState {
+pub struct VmFacts {
     pub qemu_pid: Option<u32>,
     pub accel: String,
     /// Named by the user (flag or config) rather than picked by the probe.
     pub accel_forced: bool,
     pub accel_reason: String,
+    /// vsock, hybrid or serial.
+    pub transport: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// The boot's phases, in seconds since QEMU started.
+    pub boot: BootTimes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmState {
+    #[serde(flatten)]
+    pub facts: VmFacts,
     pub disk: PathBuf,
     /// When QEMU started, and when the agent first answered.
     pub qemu_started_unix: f64,
@@ -86,12 +98,8 @@ pub struct VmReport {
     pub state: Option<String>,
     /// From QMP `query-version`.
     pub qemu_version: Option<String>,
-    pub qemu_pid: Option<u32>,
-    pub accel: String,
-    pub accel_forced: bool,
-    pub accel_reason: String,
-    pub cpus: u32,
-    pub memory_mib: u32,
+    #[serde(flatten)]
+    pub facts: VmFacts,
     /// Since QEMU started.
     pub uptime_secs: f64,
     /// From QEMU's start to the agent's first answer.
@@ -147,12 +155,7 @@ pub async fn gather(home: &Path, pid: u32) -> Report {
     let mut vm = VmReport {
         state: None,
         qemu_version: None,
-        qemu_pid: vm_state.qemu_pid,
-        accel: vm_state.accel,
-        accel_forced: vm_state.accel_forced,
-        accel_reason: vm_state.accel_reason,
-        cpus: vm_state.cpus,
-        memory_mib: vm_state.memory_mib,
+        facts: vm_state.facts,
         uptime_secs: (now - vm_state.qemu_started_unix).max(0.0),
         boot_secs: (vm_state.booted_unix - vm_state.qemu_started_unix).max(0.0),
     };
@@ -271,17 +274,18 @@ pub fn render(r: &Report) -> String {
         out += &format!("  daemon     pid {}, up {}{rss}\n", d.pid, duration(d.uptime_secs));
     }
     if let Some(vm) = &r.vm {
-        let how = if vm.accel_forced { "as asked" } else { "probed" };
+        let how = if vm.facts.accel_forced { "as asked" } else { "probed" };
         out += &format!(
-            "  vm         {}, up {} (booted in {}), QEMU {} (pid {}), accelerator {} ({how})\n",
+            "  vm         {}, up {} (booted in {}), QEMU {} (pid {}), accelerator {} ({how}), transport {}\n",
             vm.state.as_deref().unwrap_or("unknown"),
             duration(vm.uptime_secs),
             duration(vm.boot_secs),
             vm.qemu_version.as_deref().unwrap_or("?"),
-            vm.qemu_pid.map_or("?".into(), |p| p.to_string()),
-            vm.accel,
+            vm.facts.qemu_pid.map_or("?".into(), |p| p.to_string()),
+            vm.facts.accel,
+            vm.facts.transport,
         );
-        out += &format!("  resources  {} cpus, {} MiB memory", vm.cpus, vm.memory_mib);
+        out += &format!("  resources  {} cpus, {} MiB memory", vm.facts.cpus, vm.facts.memory_mib);
         if let Some(d) = &r.disk {
             out += &format!(", disk {} ({} used on the host)", bytes(d.size_bytes), bytes(d.used_bytes));
         }
@@ -331,12 +335,16 @@ mod tests {
             vm: Some(VmReport {
                 state: Some("running".into()),
                 qemu_version: Some("7.2.22".into()),
-                qemu_pid: Some(8),
-                accel: "tcg".into(),
-                accel_forced: false,
-                accel_reason: "probe".into(),
-                cpus: 2,
-                memory_mib: 1024,
+                facts: VmFacts {
+                    qemu_pid: Some(8),
+                    accel: "tcg".into(),
+                    accel_forced: false,
+                    accel_reason: "probe".into(),
+                    transport: "hybrid".into(),
+                    cpus: 2,
+                    memory_mib: 1024,
+                    boot: BootTimes::default(),
+                },
                 uptime_secs: 70.0,
                 boot_secs: 6.5,
             }),
@@ -403,12 +411,16 @@ mod tests {
             pid: 1,
             started_unix: 2.5,
             vm: Some(VmState {
-                qemu_pid: Some(3),
-                accel: "tcg".into(),
-                accel_forced: true,
-                accel_reason: "asked for".into(),
-                cpus: 2,
-                memory_mib: 2048,
+                facts: VmFacts {
+                    qemu_pid: Some(3),
+                    accel: "tcg".into(),
+                    accel_forced: true,
+                    accel_reason: "asked for".into(),
+                    transport: "hybrid".into(),
+                    cpus: 2,
+                    memory_mib: 2048,
+                    boot: BootTimes::default(),
+                },
                 disk: "/x".into(),
                 qemu_started_unix: 3.0,
                 booted_unix: 4.0,

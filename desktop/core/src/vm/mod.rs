@@ -112,7 +112,7 @@ impl ClockWatch {
 
 /// When each phase of a boot ended, in seconds since QEMU was started, seen from the host: the
 /// serial console's first output, init's first line, the engine started, the agent answering.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BootTimes {
     pub console: Option<f64>,
     pub init: Option<f64>,
@@ -183,6 +183,21 @@ fn restrict(path: &Path) -> std::io::Result<bool> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(true)
+}
+
+/// How long the agent may take to answer once the serial log shows its engine started, before
+/// the host gives up on the chosen transport and uses the serial port (normally 1 to 2 s).
+const ANSWER_AFTER_ENGINE: Duration = Duration::from_secs(30);
+
+/// An error and its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// Which step of [`Machine::stop`] ended QEMU.
@@ -261,6 +276,10 @@ async fn start_vsock_device(vu: &Path, uds: &Path, cid: u32) -> Result<Child, Vm
     let program = transport::vsock_device_program().unwrap_or_else(|| PathBuf::from("vhost-device-vsock"));
     let mut cmd = Command::new(&program);
     cmd.args(["--guest-cid", &cid.to_string(), "--socket"]).arg(vu).arg("--uds-path").arg(uds);
+    // Its complaints go next to the serial log, for `berth logs` and bug reports.
+    let log = vu.with_file_name("vsock-device.log");
+    let log = std::fs::File::create(&log).map_err(|source| VmError::Io { path: log, source })?;
+    cmd.stderr(log);
     let mut device = spawn_tied(cmd, "the vsock device (cargo install vhost-device-vsock)", &program)?;
     let start = Instant::now();
     while !vu.exists() {
@@ -383,6 +402,7 @@ impl Machine {
         };
         let start = Instant::now();
         let mut private = [false, false];
+        let mut last_error;
         loop {
             // QEMU makes its sockets with the process umask; only the user may drive the VM.
             for (done, path) in private.iter_mut().zip([&m.qmp, &m.port]) {
@@ -390,13 +410,30 @@ impl Machine {
                     *done = restrict(path).map_err(io(path))?;
                 }
             }
-            m.boot.observe(&m.serial, start.elapsed().as_secs_f64());
+            let now = start.elapsed().as_secs_f64();
+            m.boot.observe(&m.serial, now);
             // A serial session waits for the agent rather than failing, so each try is bounded.
             let health = crate::control::request_via(m.transport.as_ref(), &berth_protocol::Request::Health);
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), health).await {
-                m.boot.ready = start.elapsed().as_secs_f64();
-                tracing::info!(transport = %cfg.transport, boot = ?m.boot, "the guest's agent answers");
-                return Ok(m);
+            match tokio::time::timeout(Duration::from_secs(2), health).await {
+                Ok(Ok(_)) => {
+                    m.boot.ready = start.elapsed().as_secs_f64();
+                    tracing::info!(transport = %m.transport.kind(), boot = ?m.boot, "the guest's agent answers");
+                    return Ok(m);
+                }
+                Ok(Err(e)) => last_error = error_chain(&e),
+                Err(_) => last_error = "no answer in 2 s".into(),
+            }
+            // The serial log says the engine runs, yet the transport does not reach it: fall
+            // back to the virtio-serial port every VM has, rather than fail the start.
+            if m.transport.kind() != transport::Kind::Serial
+                && m.boot.engine.is_some_and(|engine| now - engine > ANSWER_AFTER_ENGINE.as_secs_f64())
+            {
+                tracing::warn!(
+                    transport = %m.transport.kind(),
+                    last_error,
+                    "the agent runs but does not answer over this transport: falling back to the serial port"
+                );
+                m.transport = Arc::new(transport::mux::MuxTransport::serial(m.port.clone()));
             }
             if let Ok(Some(st)) = m.qemu.try_wait() {
                 return Err(VmError::Boot(format!(
@@ -407,9 +444,11 @@ impl Machine {
             if start.elapsed() > cfg.boot_timeout {
                 let _ = m.qemu.kill().await;
                 return Err(VmError::Boot(format!(
-                    "the guest did not answer within {} s (accelerator {}; try --accel tcg); serial log tail:\n{}",
+                    "the guest did not answer within {} s (accelerator {}, transport {}; last attempt: {last_error}); \
+                     serial log tail:\n{}",
                     cfg.boot_timeout.as_secs(),
                     m.accel.accel,
+                    m.transport.kind(),
                     tail(&m.serial, 20)
                 )));
             }
