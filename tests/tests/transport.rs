@@ -54,6 +54,24 @@ fn docker_cli_through_a_forwarded_socket_over_mux() {
     assert!(out.status.success());
     let out = docker(&["exec", "-i", "fwd", "wc", "-c"], Some(&vec![b'x'; 100_000]));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000");
+    // A TTY (run -it, exec -it, with the terminal's size) through it.
+    let in_terminal = |cmd: &str| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("stty rows 33 cols 101; {cmd}"), "/dev/null"])
+            .env("DOCKER_HOST", &host)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).replace('\r', "")
+    };
+    let out = in_terminal(&format!("docker run -it --rm {img} sh -c 'tty; stty size; exit 5'; echo rc=$?"));
+    assert!(out.contains("/dev/pts/0") && out.contains("33 101") && out.contains("rc=5"), "{out}");
+    let out = in_terminal("docker exec -it fwd sh -c 'tty; stty size'");
+    assert!(out.contains("/dev/pts/") && out.contains("33 101"), "{out}");
+    // Followed logs stream until the container ends.
+    let out = docker(&["run", "-d", &img, "sh", "-c", "echo a; sleep 1; echo b"], None);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = docker(&["logs", "-f", &id], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
     // A socket that is served already is not taken over.
     let err = rt.block_on(berth_core::forward::socket::bind(&forwarded)).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
