@@ -141,7 +141,7 @@ fn data_disk(opts: &HashMap<String, String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_engine() -> anyhow::Result<Child> {
+fn start_engine(log_filter: &str) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     // Not current_exe(): after leaving the initramfs that names the deleted original.
     let exe = Path::new("/bin/berth-agent");
@@ -152,6 +152,7 @@ fn start_engine() -> anyhow::Result<Child> {
     }
     let child = cmd
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("BERTH_LOG", log_filter)
         .args(["serve", "--data-root", DATA, "--listen", "unix:///run/berth/docker.sock"])
         // Every transport the host may pick: vsock ports, one mux session per connection on
         // MUX_PORT (hybrid vsock), the serial port's session (absent unless the host chose it).
@@ -318,7 +319,10 @@ pub fn main() -> anyhow::Result<()> {
     set.thread_block().context("blocking signals")?;
     // After blocking: the watcher thread inherits the mask, so the signal reaches sigwait below.
     watch_power_button();
-    let mut engine = start_engine().map_err(|e| log(&format!("{e:#}"))).ok();
+    // `berth.log=` on the kernel command line: the engine's log filter (BERTH_GUEST_LOG on the
+    // host sets it), for looking into the guest without rebuilding it.
+    let log_filter = opts.get("berth.log").cloned().unwrap_or_else(|| "info".into());
+    let mut engine = start_engine(&log_filter).map_err(|e| log(&format!("{e:#}"))).ok();
     loop {
         match set.wait() {
             Ok(Signal::SIGCHLD) => loop {
@@ -329,7 +333,7 @@ pub fn main() -> anyhow::Result<()> {
                         if engine.as_ref().is_some_and(|c| Some(Pid::from_raw(c.id() as i32)) == pid) {
                             log(&format!("engine exited ({status:?}); restarting"));
                             std::thread::sleep(Duration::from_secs(1));
-                            engine = start_engine().map_err(|e| log(&format!("{e:#}"))).ok();
+                            engine = start_engine(&log_filter).map_err(|e| log(&format!("{e:#}"))).ok();
                         }
                     }
                 }

@@ -185,6 +185,16 @@ fn restrict(path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// The guest kernel's command line; `guest_log` (BERTH_GUEST_LOG on the host) becomes the
+/// engine's log filter (`berth.log=`, read by the guest's init).
+fn kernel_cmdline(guest_log: Option<&str>) -> String {
+    let mut line = String::from("console=ttyS0 quiet panic=-1");
+    if let Some(filter) = guest_log.filter(|f| !f.is_empty() && !f.contains(char::is_whitespace)) {
+        line += &format!(" berth.log={filter}");
+    }
+    line
+}
+
 /// How long the agent may take to answer once the serial log shows its engine started, before
 /// the host gives up on the chosen transport and uses the serial port (normally 1 to 2 s).
 const ANSWER_AFTER_ENGINE: Duration = Duration::from_secs(30);
@@ -354,7 +364,8 @@ impl Machine {
             .arg(cfg.image.join("vmlinuz"))
             .arg("-initrd")
             .arg(cfg.image.join("initrd.img"))
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .arg("-append")
+            .arg(kernel_cmdline(std::env::var("BERTH_GUEST_LOG").ok().as_deref()))
             .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
@@ -423,6 +434,7 @@ impl Machine {
                 Ok(Err(e)) => last_error = error_chain(&e),
                 Err(_) => last_error = "no answer in 2 s".into(),
             }
+            tracing::debug!(secs = now, error = %last_error, "the agent does not answer yet");
             // The serial log says the engine runs, yet the transport does not reach it: fall
             // back to the virtio-serial port every VM has, rather than fail the start.
             if m.transport.kind() != transport::Kind::Serial
@@ -541,6 +553,16 @@ mod tests {
         assert!(!qemu.wait().await.unwrap().success());
         // One that is already gone counts as the guest's own power-off.
         assert_eq!(escalate(&mut qemu, &qmp, quick()).await, StopStep::Guest);
+    }
+
+    #[test]
+    fn the_guest_log_filter_reaches_the_kernel_command_line() {
+        assert_eq!(kernel_cmdline(None), "console=ttyS0 quiet panic=-1");
+        assert_eq!(
+            kernel_cmdline(Some("debug,yamux=trace")),
+            "console=ttyS0 quiet panic=-1 berth.log=debug,yamux=trace"
+        );
+        assert_eq!(kernel_cmdline(Some("a b")), "console=ttyS0 quiet panic=-1", "a space would split the option");
     }
 
     #[test]
