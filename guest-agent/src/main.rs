@@ -150,7 +150,11 @@ async fn serve(
         (&listeners.echo, berth_protocol::ECHO_PORT),
     ] {
         for spec in specs {
-            let bound = listen::bind(&listen::parse(spec)?).await?;
+            let addr = listen::parse(spec)?;
+            if matches!(addr, listen::ListenAddr::Serial(_)) {
+                anyhow::bail!("{spec}: a serial port carries only multiplexed sessions: use --mux {spec}");
+            }
+            let bound = listen::bind(&addr).await?;
             let services = services.clone();
             servers.push(tokio::spawn(listen::accept_loop(bound, stop.clone(), move |io| services.handle(port, io))));
         }

@@ -125,3 +125,16 @@ fn a_full_disk_fails_the_pull_cleanly_and_the_store_stays_usable() {
     a.ok(&["pull", &img]);
     assert_eq!(a.ok(&["run", "--rm", &img, "echo", "fits"]), "fits\n");
 }
+
+#[test]
+fn a_serial_port_is_refused_where_only_a_socket_will_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(berth_tests::agent_bin())
+        .args(["serve", "--listen", "serial://berth.0", "--data-root"])
+        .arg(dir.path().join("root"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serial://berth.0: a serial port carries only multiplexed sessions: use --mux"), "{err}");
+}

@@ -193,7 +193,6 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
         },
         disk: cfg.dir.join("data.qcow2"),
         qemu_started_unix: machine.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
-        booted_unix: status::now_unix(),
     });
     // Only `berth status` needs it: not worth killing a booted VM for.
     if let Err(e) = state.write(home) {
@@ -229,9 +228,7 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
         _ = int.recv() => {}
         st = machine.wait() => {
             let how = st.map_or_else(|e| e.to_string(), |s| s.to_string());
-            let tail = std::fs::read_to_string(&machine.serial).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("the VM stopped by itself (QEMU: {how}); the serial log's tail:\n{}", tail.join("\n"))
+            bail!("the VM stopped by itself (QEMU: {how}); the serial log's tail:\n{}", berth_core::vm::tail(&machine.serial, 10))
         }
     }
     tracing::info!("stopping the VM");
@@ -257,11 +254,11 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
     // A bad config file is reported here, not in the daemon's log.
     let r = a.resolve(&home)?;
     let sock = home.join("docker.sock");
-    if running_daemon(&home).is_some() && docker_answers(&sock).await {
-        println!("berth is running: export DOCKER_HOST=unix://{}", sock.display());
-        return Ok(());
-    }
-    if running_daemon(&home).is_none() && docker_answers(&sock).await {
+    if docker_answers(&sock).await {
+        if running_daemon(&home).is_some() {
+            println!("berth is running: export DOCKER_HOST=unix://{}", sock.display());
+            return Ok(());
+        }
         bail!("{} is in use by another server: stop it, or give Berth another BERTH_HOME", sock.display());
     }
     let exe = std::env::current_exe()?;

@@ -43,9 +43,8 @@ pub struct VmState {
     #[serde(flatten)]
     pub facts: VmFacts,
     pub disk: PathBuf,
-    /// When QEMU started, and when the agent first answered.
+    /// When QEMU started (the boot's phases in `facts.boot` count from here).
     pub qemu_started_unix: f64,
-    pub booted_unix: f64,
 }
 
 pub fn now_unix() -> f64 {
@@ -102,8 +101,6 @@ pub struct VmReport {
     pub facts: VmFacts,
     /// Since QEMU started.
     pub uptime_secs: f64,
-    /// From QEMU's start to the agent's first answer.
-    pub boot_secs: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -157,7 +154,6 @@ pub async fn gather(home: &Path, pid: u32) -> Report {
         qemu_version: None,
         facts: vm_state.facts,
         uptime_secs: (now - vm_state.qemu_started_unix).max(0.0),
-        boot_secs: (vm_state.booted_unix - vm_state.qemu_started_unix).max(0.0),
     };
     match Qmp::connect(&home.join("vm/qmp.sock")).await {
         Ok(qmp) => {
@@ -279,7 +275,7 @@ pub fn render(r: &Report) -> String {
             "  vm         {}, up {} (booted in {}), QEMU {} (pid {}), accelerator {} ({how}), transport {}\n",
             vm.state.as_deref().unwrap_or("unknown"),
             duration(vm.uptime_secs),
-            duration(vm.boot_secs),
+            duration(vm.facts.boot.ready),
             vm.qemu_version.as_deref().unwrap_or("?"),
             vm.facts.qemu_pid.map_or("?".into(), |p| p.to_string()),
             vm.facts.accel,
@@ -343,10 +339,9 @@ mod tests {
                     transport: "hybrid".into(),
                     cpus: 2,
                     memory_mib: 1024,
-                    boot: BootTimes::default(),
+                    boot: BootTimes { ready: 6.5, ..BootTimes::default() },
                 },
                 uptime_secs: 70.0,
-                boot_secs: 6.5,
             }),
             disk: Some(DiskReport { path: "/d.qcow2".into(), size_bytes: 4 << 30, used_bytes: 3 << 20 }),
             agent: Some(AgentReport {
@@ -423,7 +418,6 @@ mod tests {
                 },
                 disk: "/x".into(),
                 qemu_started_unix: 3.0,
-                booted_unix: 4.0,
             }),
         };
         s.write(dir.path()).unwrap();

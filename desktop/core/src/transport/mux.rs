@@ -74,16 +74,7 @@ impl Transport for MuxTransport {
     }
 
     fn connect(&self, port: u32) -> Connecting<'_> {
-        Box::pin(async move {
-            let session = self.session().await?;
-            match session.open(port).await {
-                Ok(s) => Ok(Box::new(s) as Stream),
-                Err(e) => {
-                    // The session ended under us: forget it so the next call makes a new one.
-                    self.session.lock().await.take();
-                    Err(e)
-                }
-            }
-        })
+        // A session that ended under us is closed, and the next call makes a new one.
+        Box::pin(async move { Ok(Box::new(self.session().await?.open(port).await?) as Stream) })
     }
 }

@@ -17,9 +17,8 @@ pub mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -166,7 +165,8 @@ pub struct Machine {
     pub started: std::time::SystemTime,
 }
 
-fn tail(path: &Path, n: usize) -> String {
+/// The last `n` lines of a log (the serial console's, for error messages).
+pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -175,14 +175,14 @@ fn tail(path: &Path, n: usize) -> String {
 /// The QEMU binary (x86-64 guests only, for now).
 const QEMU: &str = "qemu-system-x86_64";
 
-/// Makes `path` private to the user (0600); true when done.
-fn restrict(path: &Path) -> std::io::Result<bool> {
+/// Makes `path` private to the user (0600).
+fn restrict(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The guest kernel's command line; `guest_log` (BERTH_GUEST_LOG on the host) becomes the
@@ -418,7 +418,8 @@ impl Machine {
             // QEMU makes its sockets with the process umask; only the user may drive the VM.
             for (done, path) in private.iter_mut().zip([&m.qmp, &m.port]) {
                 if !*done && path.exists() {
-                    *done = restrict(path).map_err(io(path))?;
+                    restrict(path).map_err(io(path))?;
+                    *done = true;
                 }
             }
             let now = start.elapsed().as_secs_f64();
