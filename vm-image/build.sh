@@ -2,6 +2,7 @@
 # Builds Berth's guest: a kernel and an initramfs with berth-agent as /init.
 #   vm-image/build.sh OUT_DIR [ARCH]       ARCH: amd64 (default) or arm64
 #   vm-image/build.sh --repin [ARCH]       pin the archive's current kernel in packages.lock
+# When Debian has dropped the pinned kernel, the archive's current one is used and pinned.
 # Needs a Debian 12 build host (apt-get download, dpkg-deb, cpio) and a built berth-agent
 # ($BERTH_AGENT, else target/release, else target/debug; `berth start` passes the one beside
 # itself). Writes OUT_DIR/{vmlinuz,initrd.img,manifest.txt}.
@@ -39,19 +40,44 @@ CACHE="$OUT/debs"
 mkdir -p "$CACHE"
 step() { echo "==> $*" >&2; }
 
-# 1. The kernel package, pinned and verified.
-read -r KPKG KVER KSHA < <(grep '^linux-image-' "$HERE/packages.lock" | head -1)
-DEB="$CACHE/${KPKG}_${KVER}_${ARCH}.deb"
-if [ ! -f "$DEB" ] || ! echo "$KSHA  $DEB" | sha256sum -c --quiet 2>/dev/null; then
+# 1. The kernel package, pinned and verified. Debian keeps only current kernels in its pool:
+#    when the pinned one is gone, the archive's current version of the same package (or, when
+#    the package itself is gone, of the one the linux-image-cloud-ARCH metapackage now names)
+#    is taken instead. apt verifies it against the archive's signed index; the build says so,
+#    checks the download against the index's SHA256 and records the new pin in packages.lock.
+LOCK="$HERE/packages.lock"
+read -r KPKG KVER KSHA < <(grep '^linux-image-' "$LOCK" | head -1)
+cached() { [ -f "$CACHE/${1}_${2}_${ARCH}.deb" ] && echo "$3  $CACHE/${1}_${2}_${ARCH}.deb" | sha256sum -c --quiet 2>/dev/null; }
+download() { (cd "$CACHE" && apt-get download -q "$1=$2" >/dev/null 2>&1); }
+if ! cached "$KPKG" "$KVER" "$KSHA"; then
     step "downloading $KPKG $KVER"
-    if ! (cd "$CACHE" && apt-get download -q "$KPKG=$KVER" >/dev/null 2>&1); then
+    if ! download "$KPKG" "$KVER"; then
         apt-get update -qq >/dev/null 2>&1 || true
-        (cd "$CACHE" && apt-get download -q "$KPKG=$KVER" >/dev/null 2>&1) || {
-            echo "the pinned kernel $KPKG $KVER is no longer in the Debian archive: run vm-image/build.sh --repin" >&2
-            exit 1
-        }
+        if ! download "$KPKG" "$KVER"; then
+            NPKG=$KPKG
+            NVER=$(apt-cache policy "$NPKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
+            if [ -z "$NVER" ] || [ "$NVER" = "(none)" ]; then
+                NPKG=$(apt-cache depends "linux-image-cloud-$ARCH" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+                NVER=$(apt-cache policy "$NPKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
+            fi
+            NSHA=$(apt-cache show "$NPKG=$NVER" 2>/dev/null | awk '/^SHA256:/ {print $2; exit}')
+            if [ -z "$NPKG" ] || [ -z "$NVER" ] || [ "$NVER" = "(none)" ] || [ -z "$NSHA" ]; then
+                echo "the pinned kernel $KPKG $KVER is no longer in the Debian archive, and the archive names no current linux-image-cloud-$ARCH kernel (is apt's package list for Debian 12 reachable?)" >&2
+                exit 1
+            fi
+            step "the pinned kernel $KPKG $KVER is no longer in the Debian archive: using its current $NPKG $NVER instead (verified against the archive's signed index)"
+            cached "$NPKG" "$NVER" "$NSHA" || download "$NPKG" "$NVER" || { echo "downloading $NPKG $NVER failed" >&2; exit 1; }
+            KPKG=$NPKG KVER=$NVER KSHA=$NSHA
+            if [ -w "$LOCK" ]; then
+                { grep -v '^linux-image-' "$LOCK" || true; echo "$KPKG $KVER $KSHA"; } > "$LOCK.new" && mv "$LOCK.new" "$LOCK"
+                step "pinned $KPKG $KVER in $LOCK"
+            else
+                step "$LOCK is not writable: pin $KPKG $KVER $KSHA there by hand (or run build.sh --repin)"
+            fi
+        fi
     fi
 fi
+DEB="$CACHE/${KPKG}_${KVER}_${ARCH}.deb"
 echo "$KSHA  $DEB" | sha256sum -c --quiet || { echo "$DEB does not match its pinned sha256" >&2; exit 1; }
 
 # 2. Kernel and the modules the guest loads.

@@ -97,6 +97,10 @@ pub enum EngineError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Network(Box<crate::network::NetworkError>),
+    #[error(transparent)]
+    Security(#[from] crate::container::security::SecurityError),
+    #[error("setting up the container's cgroup")]
+    Cgroup(#[from] crate::container::cgroup::CgroupError),
     #[error("{context}")]
     Io {
         context: String,
@@ -137,7 +141,21 @@ impl EngineError {
             EngineError::Network(e) if matches!(**e, crate::network::NetworkError::BadPort(_)) => {
                 ErrorKind::InvalidArgument
             }
-            EngineError::Launch(_) | EngineError::Io { .. } | EngineError::Network(_) => ErrorKind::Internal,
+            EngineError::Security(e) => {
+                use crate::container::seccomp::SeccompError as Sc;
+                use crate::container::security::SecurityError as S;
+                match e {
+                    S::UnknownCapability { .. } | S::BadOption { .. } | S::DeviceInfo { .. } => {
+                        ErrorKind::InvalidArgument
+                    }
+                    S::Seccomp(Sc::Decode(_) | Sc::Invalid(_)) => ErrorKind::InvalidArgument,
+                    S::Device(crate::container::devices::DeviceError::BadRule(_)) => ErrorKind::InvalidArgument,
+                    S::Seccomp(_) | S::Device(_) => ErrorKind::Internal,
+                }
+            }
+            EngineError::Launch(_) | EngineError::Io { .. } | EngineError::Network(_) | EngineError::Cgroup(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -214,6 +232,8 @@ pub(crate) struct Ctr {
     pub cgroup: Mutex<Option<crate::container::cgroup::Cgroup>>,
     /// Listeners of the published ports while it runs.
     pub published: Mutex<Option<crate::network::ports::Published>>,
+    /// What its processes run under while it runs (`exec` takes the same).
+    pub confinement: Mutex<Option<crate::container::security::Confinement>>,
 }
 
 impl Ctr {
@@ -228,6 +248,7 @@ impl Ctr {
             op: tokio::sync::Mutex::new(()),
             cgroup: Mutex::new(None),
             published: Mutex::new(None),
+            confinement: Mutex::new(None),
         })
     }
 

@@ -154,8 +154,35 @@ pub struct HostConfig {
     pub extra_hosts: Vec<String>,
     #[serde(default, deserialize_with = "null_vec")]
     pub dns: Vec<String>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub cap_add: Option<Vec<String>>,
+    #[serde(default)]
+    pub cap_drop: Option<Vec<String>>,
+    /// `seccomp=unconfined`, `seccomp=<profile JSON>`, `no-new-privileges[:true|false]`, ...
+    #[serde(default)]
+    pub security_opt: Option<Vec<String>>,
+    /// `--device HOST[:CONTAINER[:PERMISSIONS]]`.
+    #[serde(default, deserialize_with = "null_vec")]
+    pub devices: Vec<DeviceMapping>,
+    /// `--device-cgroup-rule 'c 1:3 rwm'`.
+    #[serde(default)]
+    pub device_cgroup_rules: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
+}
+
+/// One `--device`: a device node of the engine's machine given to the container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeviceMapping {
+    #[serde(default)]
+    pub path_on_host: String,
+    #[serde(default)]
+    pub path_in_container: String,
+    #[serde(default)]
+    pub cgroup_permissions: String,
 }
 
 /// `rootfs` of an image config.

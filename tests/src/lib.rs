@@ -80,6 +80,13 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
+impl Registry {
+    /// Archives for `docker import` and `docker load` that `make-special.py` wrote (see there).
+    pub fn archive(&self, name: &str) -> PathBuf {
+        self._dir.path().join("archives").join(name)
+    }
+}
+
 fn http_ok(addr: &str, path: &str) -> bool {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
@@ -133,9 +140,11 @@ pub fn registry() -> &'static Registry {
     REG.get_or_init(|| {
         let (addr, dir) = start_registry("");
         assert!(eventually(20, || http_ok(&addr, "/v2/")), "registry on {addr} does not answer");
+        let archives = dir.path().join("archives");
+        std::fs::create_dir_all(&archives).unwrap();
         for script in ["make-images.sh", "make-special.py"] {
             let path = workspace().join("tests/fixtures").join(script);
-            let out = Command::new(path).arg(&addr).output().unwrap();
+            let out = Command::new(path).arg(&addr).arg(&archives).output().unwrap();
             assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Registry { addr, _dir: dir }
@@ -360,6 +369,23 @@ impl Agent {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// A raw HTTP/1.0 request on the socket, for loops too fast for a process each: (status,
+    /// body).
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        write!(s, "{method} {path} HTTP/1.0\r\nHost: berth\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(resp.len());
+        let status = String::from_utf8_lossy(&resp[..head_end])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, resp[head_end..].to_vec())
     }
 
     /// Pulls a fixture image from the shared registry; returns its full name.

@@ -344,6 +344,24 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     let run = home.docker(&["run", "--rm", &img, "uname", "-r"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stdout).contains("cloud-amd64"), "not the guest's kernel: {:?}", run);
+    // Confinement in the guest, where the device rules are an eBPF program on the cgroup v2
+    // hierarchy: the VM's data disk cannot be read raw, no user namespaces, no vsock, seccomp
+    // on; --privileged lifts all of it (the read is 512 bytes, nothing is written).
+    let probe = format!("{}/probe:latest", berth_tests::registry().addr);
+    assert!(home.docker(&["pull", &probe]).status.success());
+    let script =
+        "d=$(cat /sys/block/vda/dev); /probe mknod:/tmp/vda:b:${d%:*}:${d#*:} read:/tmp/vda unshare-user vsock seccomp";
+    let confined = home.docker(&["run", "--rm", &probe, "sh", "-c", script]);
+    let text = String::from_utf8_lossy(&confined.stdout);
+    assert!(confined.status.success(), "{}", String::from_utf8_lossy(&confined.stderr));
+    for want in ["read:/tmp/vda: EPERM", "unshare-user: EPERM", "vsock: EPERM", "Seccomp:\t2"] {
+        assert!(text.contains(want), "{want} in the VM: {text}");
+    }
+    let lifted = home.docker(&["run", "--rm", "--privileged", &probe, "sh", "-c", script]);
+    let text = String::from_utf8_lossy(&lifted.stdout);
+    for want in ["read:/tmp/vda: ok", "unshare-user: ok", "vsock: ok", "Seccomp:\t0"] {
+        assert!(text.contains(want), "{want} with --privileged in the VM: {text}");
+    }
     assert!(
         home.docker(&[
             "run",

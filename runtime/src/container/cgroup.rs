@@ -1,9 +1,11 @@
-//! Resource limits through cgroups: v2 (the VM's kernel) or v1 (some hosts), one directory
-//! per container under the engine's own cgroup.
+//! Resource limits and device rules through cgroups: v2 (the VM's kernel) or v1 (some
+//! hosts), one directory per container under the engine's own cgroup.
 
 use std::fs;
 use std::io;
 use std::path::PathBuf;
+
+use super::devices::Rule;
 
 /// Limits taken from a container's HostConfig.
 #[derive(Debug, Clone, Default)]
@@ -19,11 +21,17 @@ pub struct Limits {
 
 /// Errors setting up a container's cgroup.
 #[derive(Debug, thiserror::Error)]
-#[error("cgroup {path}: {source}")]
-pub struct CgroupError {
-    path: PathBuf,
-    #[source]
-    source: io::Error,
+pub enum CgroupError {
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup v1 devices controller is mounted: the engine cannot keep containers off the machine's devices")]
+    NoDevicesController,
+    #[error(transparent)]
+    Devices(#[from] super::devices::DeviceError),
 }
 
 /// A container's cgroup directories (one on v2, one per controller on v1).
@@ -62,6 +70,9 @@ fn read_kv(path: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// The v1 controllers a container gets a directory in.
+const V1_CONTROLLERS: &[&str] = &["devices", "memory", "cpu", "cpuacct", "pids"];
+
 fn own_path(controller: &str) -> String {
     let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     for line in text.lines() {
@@ -76,7 +87,11 @@ fn own_path(controller: &str) -> String {
 
 fn write(dir: &std::path::Path, file: &str, value: &str) -> Result<(), CgroupError> {
     let path = dir.join(file);
-    fs::write(&path, value).map_err(|source| CgroupError { path, source })
+    fs::write(&path, value).map_err(|source| CgroupError::Io { path, source })
+}
+
+fn create_dir(dir: &std::path::Path) -> Result<(), CgroupError> {
+    fs::create_dir_all(dir).map_err(|source| CgroupError::Io { path: dir.to_owned(), source })
 }
 
 pub fn is_v2() -> bool {
@@ -84,16 +99,35 @@ pub fn is_v2() -> bool {
 }
 
 impl Cgroup {
-    /// Creates the cgroup of container `id` and applies `limits`.
-    pub fn create(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
-        if is_v2() { Self::create_v2(id, limits) } else { Self::create_v1(id, limits) }
+    /// Creates the cgroup of container `id`, applies `limits`, and lets its processes open
+    /// only the devices `devices` allows.
+    pub fn create(id: &str, limits: &Limits, devices: &[Rule]) -> Result<Cgroup, CgroupError> {
+        let cg = if is_v2() { Self::create_v2(id, limits, devices) } else { Self::create_v1(id, limits, devices) };
+        if cg.is_err() {
+            // Whatever was made of it goes again.
+            Cgroup { dirs: Self::dirs_of(id), v2: is_v2() }.remove();
+        }
+        cg
     }
 
-    fn create_v2(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+    /// Where `id`'s cgroup directories are (or would be).
+    fn dirs_of(id: &str) -> Vec<PathBuf> {
+        if is_v2() {
+            vec![PathBuf::from(ROOT).join(own_path("").trim_start_matches('/')).join("berth").join(id)]
+        } else {
+            V1_CONTROLLERS
+                .iter()
+                .map(|c| PathBuf::from(ROOT).join(c).join(own_path(c).trim_start_matches('/')).join("berth").join(id))
+                .collect()
+        }
+    }
+
+    fn create_v2(id: &str, limits: &Limits, devices: &[Rule]) -> Result<Cgroup, CgroupError> {
         let own = own_path("");
         let base = PathBuf::from(ROOT).join(own.trim_start_matches('/')).join("berth");
         let dir = base.join(id);
-        fs::create_dir_all(&dir).map_err(|source| CgroupError { path: dir.clone(), source })?;
+        create_dir(&dir)?;
+        super::devices::attach(&dir, devices)?;
         // Controllers must be enabled on the way down; ignore those the kernel lacks.
         for d in [base.parent().map(PathBuf::from).unwrap_or_default(), base.clone()] {
             for c in ["+memory", "+cpu", "+pids"] {
@@ -120,16 +154,27 @@ impl Cgroup {
         Ok(Cgroup { dirs: vec![dir], v2: true })
     }
 
-    fn create_v1(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+    fn create_v1(id: &str, limits: &Limits, devices: &[Rule]) -> Result<Cgroup, CgroupError> {
+        if !PathBuf::from(ROOT).join("devices").join("devices.allow").exists() {
+            return Err(CgroupError::NoDevicesController);
+        }
         let mut dirs = Vec::new();
-        for ctrl in ["memory", "cpu", "cpuacct", "pids"] {
+        for ctrl in V1_CONTROLLERS {
             let mount = PathBuf::from(ROOT).join(ctrl);
             if !mount.is_dir() {
                 continue;
             }
             let dir = mount.join(own_path(ctrl).trim_start_matches('/')).join("berth").join(id);
-            fs::create_dir_all(&dir).map_err(|source| CgroupError { path: dir.clone(), source })?;
-            match ctrl {
+            create_dir(&dir)?;
+            match *ctrl {
+                "devices" => {
+                    // Deny everything, then allow the rules one by one (a new cgroup starts
+                    // with its parent's list).
+                    write(&dir, "devices.deny", "a")?;
+                    for rule in devices {
+                        write(&dir, "devices.allow", &rule.to_string())?;
+                    }
+                }
                 "memory" if limits.memory > 0 => {
                     write(&dir, "memory.limit_in_bytes", &limits.memory.to_string())?;
                     if limits.memory_swap > 0 {

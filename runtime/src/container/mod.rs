@@ -6,9 +6,12 @@
 //! again (a container that was running when the engine stopped is found exited).
 
 pub mod cgroup;
+pub mod devices;
 pub mod launch;
 pub mod logs;
 pub mod rootfs;
+pub mod seccomp;
+pub mod security;
 pub mod shim;
 
 use std::collections::BTreeMap;

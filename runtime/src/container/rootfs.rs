@@ -1,7 +1,12 @@
 //! Access to a container's root filesystem from the engine, for `export` and the archive API
 //! (`docker cp`): the running container's root through `/proc/<pid>/root`, or a stopped one's
-//! overlay mounted for the occasion. Paths inside are resolved with the container's symlinks
-//! kept inside its root.
+//! overlay mounted for the occasion.
+//!
+//! A running container can change its tree while the engine reads or writes it, so nothing
+//! here resolves a path twice: paths are resolved once inside the container's root
+//! ([`crate::fsutil::confined`]: `openat2` with `RESOLVE_IN_ROOT`), and the walk goes on from
+//! open descriptors. A directory swapped for a symlink to `/` halfway through a copy (the
+//! CVE-2018-15664 race) leads nowhere outside the container.
 
 use std::fs;
 use std::io::{self, Write};
@@ -10,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+use crate::fsutil::confined::{Confined, Dir, Inode};
 use crate::image::unpack::{self, Whiteouts};
 use crate::snapshot::OverlayMount;
 
@@ -40,9 +46,9 @@ impl RootView {
         Ok(RootView { root: at.to_owned(), mounted: true })
     }
 
-    /// Resolves `path` (absolute, as the container sees it) inside the root.
-    pub fn resolve(&self, path: &str, follow_last: bool) -> io::Result<PathBuf> {
-        unpack::resolve_in_root(&self.root, &unpack::path_parts(path), follow_last).map_err(io::Error::other)
+    /// The root, opened for confined access.
+    pub fn confined(&self) -> io::Result<Confined> {
+        Confined::open(&self.root)
     }
 }
 
@@ -102,42 +108,74 @@ pub fn go_file_mode(meta: &fs::Metadata) -> u32 {
 }
 
 pub fn stat(view: &RootView, path: &str) -> io::Result<PathStat> {
-    let resolved = view.resolve(path, false)?;
-    let meta = fs::symlink_metadata(&resolved)?;
+    let inode = view.confined()?.lookup(Path::new(path))?;
+    let meta = &inode.meta;
     let link_target =
-        if meta.file_type().is_symlink() { fs::read_link(&resolved)?.display().to_string() } else { String::new() };
+        if meta.file_type().is_symlink() { inode.read_link()?.display().to_string() } else { String::new() };
     let mtime =
         time::OffsetDateTime::from_unix_timestamp(meta.mtime()).map(crate::model::format_time).unwrap_or_default();
     let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
-    Ok(PathStat { name, size: meta.len() as i64, mode: go_file_mode(&meta), mtime, link_target })
+    Ok(PathStat { name, size: meta.len() as i64, mode: go_file_mode(meta), mtime, link_target })
+}
+
+/// A tar header for `meta` (owner, mode, mtime, type, device numbers; size for files).
+fn header_for(meta: &fs::Metadata) -> io::Result<tar::Header> {
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_char_device() || ft.is_block_device() {
+        let rdev = meta.rdev();
+        h.set_device_major(nix::sys::stat::major(rdev) as u32)?;
+        h.set_device_minor(nix::sys::stat::minor(rdev) as u32)?;
+    }
+    if !meta.is_file() {
+        h.set_size(0);
+    }
+    Ok(h)
+}
+
+/// Appends one inode (not a directory's contents) as `name`.
+fn append_inode<W: Write>(tar: &mut tar::Builder<W>, inode: &Inode, name: &Path) -> io::Result<()> {
+    let mut h = header_for(&inode.meta)?;
+    if inode.meta.file_type().is_symlink() {
+        tar.append_link(&mut h, name, inode.read_link()?)
+    } else if inode.meta.is_file() {
+        tar.append_data(&mut h, name, inode.open()?)
+    } else {
+        // Directories, devices, FIFOs, sockets: the header is all there is.
+        tar.append_data(&mut h, name, io::empty())
+    }
 }
 
 /// Writes a tar of `path` (named by its base name) into `out`. With `one_fs`, directories on
 /// other file systems (mount points: /proc, volumes) are written empty.
 pub fn tar_path(view: &RootView, path: &str, out: impl Write, one_fs: bool) -> io::Result<()> {
-    let resolved = view.resolve(path, false)?;
-    let base = if path.trim_end_matches('/').is_empty() || path == "/" {
+    let top = view.confined()?.lookup(Path::new(path))?;
+    let base = if path.trim_end_matches('/').is_empty() {
         PathBuf::new()
     } else {
         PathBuf::from(Path::new(path.trim_end_matches('/')).file_name().unwrap_or_default())
     };
     let mut tar = tar::Builder::new(out);
-    tar.follow_symlinks(false);
-    let root_dev = fs::symlink_metadata(&resolved)?.dev();
     if !base.as_os_str().is_empty() {
-        tar.append_path_with_name(&resolved, &base)?;
+        append_inode(&mut tar, &top, &base)?;
     }
-    if fs::symlink_metadata(&resolved)?.is_dir() {
-        let mut stack = vec![(resolved.clone(), base.clone())];
+    if top.meta.is_dir() {
+        let root_dev = top.meta.dev();
+        let mut stack: Vec<(Dir, PathBuf)> = vec![(top.open_dir()?, base)];
         while let Some((dir, name)) = stack.pop() {
-            let mut entries: Vec<_> = fs::read_dir(&dir)?.flatten().collect();
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let child_name = name.join(e.file_name());
-                let meta = fs::symlink_metadata(e.path())?;
-                tar.append_path_with_name(e.path(), &child_name)?;
-                if meta.is_dir() && (!one_fs || meta.dev() == root_dev) {
-                    stack.push((e.path(), child_name));
+            for child in dir.entries()? {
+                let inode = match dir.lookup(&child) {
+                    Ok(i) => i,
+                    // Gone since the listing (a running container's own churn).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                let child_name = name.join(&child);
+                append_inode(&mut tar, &inode, &child_name)?;
+                if inode.meta.is_dir() && (!one_fs || inode.meta.dev() == root_dev) {
+                    stack.push((inode.open_dir()?, child_name));
                 }
             }
         }
@@ -147,9 +185,11 @@ pub fn tar_path(view: &RootView, path: &str, out: impl Write, one_fs: bool) -> i
 
 /// Extracts the tar `body` into directory `path` of the container (which must exist).
 pub fn untar_into(view: &RootView, path: &str, body: &mut dyn io::Read) -> Result<(), String> {
-    let target = view.resolve(path, true).map_err(|e| e.to_string())?;
-    if !target.is_dir() {
+    let root = view.confined().map_err(|e| e.to_string())?;
+    let target =
+        root.lookup_follow(Path::new(path)).map_err(|e| format!("Could not find the file {path} in container: {e}"))?;
+    if !target.meta.is_dir() {
         return Err(format!("Could not find the file {path} in container"));
     }
-    unpack::apply_tar(body, &target, Whiteouts::Plain).map_err(|e| e.to_string())
+    unpack::apply_tar_in(body, &root, Path::new(path), Whiteouts::Plain).map_err(|e| e.to_string())
 }

@@ -37,7 +37,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::image::unpack::{path_parts, resolve_in_root};
+use crate::container::security::{self, Confinement, DeviceNode};
+use crate::fsutil::confined::{Confined, NodeKind};
 use crate::network::iface;
 use crate::snapshot::OverlayMount;
 
@@ -78,6 +79,15 @@ pub struct RunSpec {
     /// The address of `eth0` on the bridge (the engine has put `eth0` in the namespace).
     #[serde(default)]
     pub eth0: Option<crate::network::Eth0>,
+    /// Device nodes to create (`--device`, `--privileged`).
+    #[serde(default)]
+    pub devices: Vec<DeviceNode>,
+    /// `--privileged`: /sys and the cgroup file system writable.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Leave /proc and /sys paths unmasked (`--privileged`, `systempaths=unconfined`).
+    #[serde(default)]
+    pub unmasked_paths: bool,
     pub process: ProcessSpec,
 }
 
@@ -93,6 +103,9 @@ pub struct ProcessSpec {
     /// Initial terminal size (rows, columns), so the first program sees it before any resize.
     #[serde(default)]
     pub console_size: Option<(u16, u16)>,
+    /// Capabilities, seccomp and no_new_privs.
+    #[serde(default)]
+    pub confinement: Confinement,
 }
 
 /// What `exec` needs: the container's init pid to join.
@@ -103,19 +116,20 @@ pub struct ExecSpec {
     pub process: ProcessSpec,
 }
 
-/// Docker's default capability set; every other capability is dropped from the bounding set.
-const DEFAULT_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
-
 /// Entry point of `berth-agent shim run|exec SPEC`. Never returns.
 pub fn main(mode: &str, spec_path: &Path) -> ! {
     // SAFETY: the agent passed fds 3 and 4/5 by the protocol above; nothing else owns them.
     let mut status = unsafe { File::from_raw_fd(3) };
     let result =
         fs::read(spec_path).map_err(|e| format!("reading {}: {e}", spec_path.display())).and_then(|b| match mode {
-            "run" => serde_json::from_slice::<RunSpec>(&b).map_err(|e| e.to_string()).and_then(|s| run(s, &mut status)),
-            "exec" => {
-                serde_json::from_slice::<ExecSpec>(&b).map_err(|e| e.to_string()).and_then(|s| exec(s, &mut status))
-            }
+            "run" => serde_json::from_slice::<RunSpec>(&b).map_err(|e| e.to_string()).and_then(|mut s| {
+                s.process.confinement.read_filter()?;
+                run(s, &mut status)
+            }),
+            "exec" => serde_json::from_slice::<ExecSpec>(&b).map_err(|e| e.to_string()).and_then(|mut s| {
+                s.process.confinement.read_filter()?;
+                exec(s, &mut status)
+            }),
             other => Err(format!("unknown shim mode {other:?}")),
         });
     match result {
@@ -254,20 +268,24 @@ fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, String> {
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     mount_overlay(&spec.overlay, &spec.rootfs)?;
-    let root = &spec.rootfs;
+    let root = Confined::open(&spec.rootfs).map_err(|e| format!("opening the container's root: {e}"))?;
     for m in &spec.mounts {
-        mount_one(root, m)?;
+        mount_one(&root, m)?;
     }
-    mount_system(root, spec.shm_size)?;
+    mount_system(&root, spec.shm_size, spec.privileged)?;
     for (file, name) in &spec.etc_files {
-        let target = prepare_target(root, &format!("/etc/{name}"), false)?;
-        mnt(Some(&file.to_string_lossy()), &target, None, MsFlags::MS_BIND, None)?;
+        let target = prepare_target(&root, &format!("/etc/{name}"), false)?;
+        mnt(Some(&file.to_string_lossy()), &target.path(), None, MsFlags::MS_BIND, None)?;
     }
+    make_devices(&root, &spec.devices)?;
+    drop(root);
     if spec.readonly_rootfs {
-        mnt(None, root, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+        mnt(None, &spec.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
     }
-    pivot(root)?;
-    mask_proc();
+    pivot(&spec.rootfs)?;
+    if !spec.unmasked_paths {
+        mask_system_paths();
+    }
     if !spec.hostname.is_empty() {
         nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
     }
@@ -302,21 +320,54 @@ fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
-/// Resolves `dest` inside `root` (symlinks stay inside) and creates it as a dir or file.
-fn prepare_target(root: &Path, dest: &str, dir: bool) -> Result<PathBuf, String> {
-    let target = resolve_in_root(root, &path_parts(dest), true).map_err(|e| e.to_string())?;
-    if dir {
-        fs::create_dir_all(&target).map_err(|e| format!("creating mount point {dest}: {e}"))?;
-    } else if !target.exists() {
-        if let Some(p) = target.parent() {
-            fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-        }
-        File::create(&target).map_err(|e| format!("creating mount point {dest}: {e}"))?;
-    }
-    Ok(target)
+/// A mount point inside the container's root, held open: the mount goes onto this inode
+/// (through the descriptor's magic link), so a path component that a running container
+/// sharing a volume swaps for a symlink after the lookup cannot move it (CVE-2021-30465).
+struct Target {
+    fd: std::os::fd::OwnedFd,
+    dest: String,
 }
 
-fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
+impl Target {
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+/// Resolves `dest` inside `root` (symlinks stay inside) and creates it as a dir or file.
+fn prepare_target(root: &Confined, dest: &str, dir: bool) -> Result<Target, String> {
+    let rel = Path::new(dest);
+    let fd = if dir {
+        root.dir(rel, true).map_err(|e| format!("creating mount point {dest}: {e}"))?.into_fd()
+    } else {
+        match root.lookup_follow(rel) {
+            Ok(inode) => inode.into_fd(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = rel.parent().unwrap_or(Path::new("/"));
+                let name = rel.file_name().ok_or_else(|| format!("mount point {dest} has no name"))?;
+                let d = root.dir(parent, true).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                match d.create_file(name) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("creating mount point {dest}: {e}")),
+                }
+                root.lookup_follow(rel).map_err(|e| format!("mount point {dest}: {e}"))?.into_fd()
+            }
+            Err(e) => return Err(format!("mount point {dest}: {e}")),
+        }
+    };
+    Ok(Target { fd, dest: dest.to_owned() })
+}
+
+/// Makes the bind mount just made at `target` read-only. The descriptor still names the
+/// directory under the new mount, so the mount's root is looked up again.
+fn remount_readonly(root: &Confined, target: &Target) -> Result<(), String> {
+    let dir = root.lookup_follow(Path::new(&target.dest)).map_err(|e| format!("mount point {}: {e}", target.dest))?;
+    let again = Target { fd: dir.into_fd(), dest: target.dest.clone() };
+    mnt(None, &again.path(), None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)
+}
+
+fn mount_one(root: &Confined, m: &MountPoint) -> Result<(), String> {
     match m.kind.as_str() {
         "tmpfs" => {
             let target = prepare_target(root, &m.destination, true)?;
@@ -325,7 +376,7 @@ fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
             if m.readonly {
                 flags |= MsFlags::MS_RDONLY;
             }
-            mnt(Some("tmpfs"), &target, Some("tmpfs"), flags, Some(&opts))
+            mnt(Some("tmpfs"), &target.path(), Some("tmpfs"), flags, Some(&opts))
         }
         _ => {
             let is_dir = fs::metadata(&m.source).map(|md| md.is_dir()).map_err(|e| {
@@ -335,9 +386,9 @@ fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
                 )
             })?;
             let target = prepare_target(root, &m.destination, is_dir)?;
-            mnt(Some(&m.source.to_string_lossy()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            mnt(Some(&m.source.to_string_lossy()), &target.path(), None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
             if m.readonly {
-                mnt(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+                remount_readonly(root, &target)?;
             }
             Ok(())
         }
@@ -345,28 +396,34 @@ fn mount_one(root: &Path, m: &MountPoint) -> Result<(), String> {
 }
 
 /// /proc, /sys, a minimal /dev with its own devpts, /dev/shm and /dev/mqueue.
-fn mount_system(root: &Path, shm_size: u64) -> Result<(), String> {
+fn mount_system(root: &Confined, shm_size: u64, privileged: bool) -> Result<(), String> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    // Read-only /sys and cgroup file system, except for a privileged container.
+    let ro = if privileged { MsFlags::empty() } else { MsFlags::MS_RDONLY };
     let proc_dir = prepare_target(root, "/proc", true)?;
-    mnt(Some("proc"), &proc_dir, Some("proc"), nodev, None)?;
+    mnt(Some("proc"), &proc_dir.path(), Some("proc"), nodev, None)?;
     let sys = prepare_target(root, "/sys", true)?;
-    if mnt(Some("sysfs"), &sys, Some("sysfs"), nodev | MsFlags::MS_RDONLY, None).is_err() {
+    if mnt(Some("sysfs"), &sys.path(), Some("sysfs"), nodev | ro, None).is_err() {
         // Sharing the host's network namespace forbids a new sysfs: bind the host's, read-only.
-        mnt(Some("/sys"), &sys, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        mnt(None, &sys, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+        mnt(Some("/sys"), &sys.path(), None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        remount_readonly(root, &sys)?;
     }
     if crate::container::cgroup::is_v2() {
         let cg = prepare_target(root, "/sys/fs/cgroup", true)?;
-        let _ = mnt(Some("cgroup2"), &cg, Some("cgroup2"), nodev | MsFlags::MS_RDONLY, None);
+        let _ = mnt(Some("cgroup2"), &cg.path(), Some("cgroup2"), nodev | ro, None);
     }
-    let dev = prepare_target(root, "/dev", true)?;
+    let dev_target = prepare_target(root, "/dev", true)?;
     mnt(
         Some("tmpfs"),
-        &dev,
+        &dev_target.path(),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
+    // The fresh tmpfs is the engine's own: paths inside it can be used as they are, through
+    // a descriptor of its root (the one above still names the directory under it).
+    let dev_dir = root.dir(Path::new("/dev"), false).map_err(|e| format!("/dev: {e}"))?;
+    let dev = dev_dir.fd_path();
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
         File::create(&target).map_err(|e| format!("creating /dev/{node}: {e}"))?;
@@ -409,16 +466,55 @@ fn pivot(root: &Path) -> Result<(), String> {
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
-/// Hides kernel interfaces from the container, as dockerd's default profile does.
-fn mask_proc() {
-    for p in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"] {
-        let _ = mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>);
+/// Creates the device nodes `--device` and `--privileged` give the container (the standard
+/// ones are already there); whether they may be opened is the device rules' business.
+fn make_devices(root: &Confined, nodes: &[DeviceNode]) -> Result<(), String> {
+    for n in nodes {
+        let path = Path::new(&n.path);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };
+        let dir = root.dir(parent, true).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        if dir.stat(name).map_err(|e| format!("{}: {e}", n.path))?.is_some() {
+            continue;
+        }
+        let kind = if n.kind == 'b' { NodeKind::Block } else { NodeKind::Char };
+        dir.mknod(name, kind, n.major, n.minor).map_err(|e| format!("creating device {}: {e}", n.path))?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        dir.set_meta(name, n.uid, n.gid, n.mode, now).map_err(|e| format!("device {}: {e}", n.path))?;
     }
-    for p in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
-        if mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).is_ok() {
+    Ok(())
+}
+
+/// Hides kernel interfaces from the container, as dockerd does by default: these paths are
+/// covered (files with /dev/null, directories with an empty read-only tmpfs) or read-only.
+fn mask_system_paths() {
+    const MASKED: &[&str] = &[
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ];
+    const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+    for p in MASKED {
+        let Ok(meta) = fs::metadata(p) else { continue };
+        if meta.is_dir() {
+            let _ = mount(Some("tmpfs"), *p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>);
+        } else {
+            let _ = mount(Some("/dev/null"), *p, None::<&str>, MsFlags::MS_BIND, None::<&str>);
+        }
+    }
+    for p in READ_ONLY {
+        if mount(Some(*p), *p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).is_ok() {
             let _ = mount(
                 None::<&str>,
-                p,
+                *p,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
@@ -493,20 +589,6 @@ fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("exec: \"{cmd}\": executable file not found in $PATH"))
 }
 
-fn drop_capabilities() -> Result<(), String> {
-    let last: u32 =
-        fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
-    for cap in 0..=last {
-        if !DEFAULT_CAPS.contains(&cap) {
-            // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory is touched.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-                return Err(format!("dropping capability {cap}: {}", std::io::Error::last_os_error()));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Switches to the process's user, directory and session, and execs it.
 fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
     let prefix = "unable to start container process";
@@ -529,11 +611,12 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
     }
     let exe = find_executable(p.args.first().map(String::as_str).unwrap_or(""), &env)
         .map_err(|e| format!("{prefix}: {e}"))?;
-    drop_capabilities()?;
+    let keep = security::enter(&p.confinement).map_err(|e| format!("{prefix}: {e}"))?;
     let gids: Vec<Gid> = extra.into_iter().map(Gid::from_raw).collect();
     nix::unistd::setgroups(&gids).map_err(|e| format!("setgroups: {e}"))?;
     nix::unistd::setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid {gid}: {e}"))?;
     nix::unistd::setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid {uid}: {e}"))?;
+    security::finish(&p.confinement, &keep).map_err(|e| format!("{prefix}: {e}"))?;
     let cstr = |s: &str| CString::new(s).map_err(|_| format!("{prefix}: NUL byte in {s:?}"));
     let exe_c = cstr(&exe.to_string_lossy())?;
     let args: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;

@@ -82,8 +82,7 @@ impl Engine {
             archive::diff_tar(&upper, &mut scratch).map_err(io_ctx("writing the container's diff"))?;
             scratch.flush().map_err(io_ctx("writing the container's diff"))?;
             scratch.rewind().map_err(io_ctx("writing the container's diff"))?;
-            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&scratch));
-            Ok(archive::add_layer(&stores, std::path::Path::new(&path), parent_chain.as_deref(), None)?)
+            Ok(archive::add_layer(&stores, &mut scratch, "the container's diff", parent_chain.as_deref(), None)?)
         })
         .await
         .map_err(|e| EngineError::InvalidArgument(e.to_string()))??;
@@ -170,8 +169,7 @@ impl Engine {
         }
         let stores = self.inner.stores.clone();
         tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
-            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-            Ok(archive::import(&stores, std::path::Path::new(&path), reference.as_deref(), config, &comment)?.id)
+            Ok(archive::import(&stores, std::io::BufReader::new(file), reference.as_deref(), config, &comment)?.id)
         })
         .await
         .map_err(|e| EngineError::InvalidArgument(e.to_string()))?

@@ -153,6 +153,8 @@ impl Engine {
             config.hostname = id[..12].to_owned();
         }
         let mounts = self.resolve_mounts(&config, &host)?;
+        // Bad capabilities, security options or devices fail the create, as with dockerd.
+        crate::container::security::policy(&host)?;
         let name = {
             let map = self.inner.containers.lock().expect("containers lock");
             let name = match &req.name {
@@ -248,16 +250,28 @@ impl Engine {
                 return Err(e);
             }
         };
-        let spec = run_spec(ctr, &rec, overlay, etc_files, eth0, net);
+        let secured = match self.confine(ctr, &rec).await {
+            Ok(s) => s,
+            Err(e) => {
+                release(self);
+                return Err(e);
+            }
+        };
+        let (policy, confinement) = secured;
+        let mut spec = run_spec(ctr, &rec, overlay, etc_files, eth0, net);
+        spec.devices = policy.devices.clone();
+        spec.privileged = policy.privileged;
+        spec.unmasked_paths = policy.unmasked_paths;
+        spec.process.confinement = confinement.clone();
         let spec_path = ctr.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises"))
             .map_err(io_ctx("writing spec"))?;
         let limits = limits_of(&rec.host_config);
-        let cgroup = match Cgroup::create(&id, &limits) {
+        let cgroup = match Cgroup::create(&id, &limits, &policy.device_rules) {
             Ok(c) => c,
             Err(e) => {
                 release(self);
-                return Err(EngineError::Launch(launch::LaunchError::Setup(e.to_string())));
+                return Err(e.into());
             }
         };
         let cg = cgroup.clone();
@@ -292,6 +306,7 @@ impl Engine {
             }
         };
         *ctr.cgroup.lock().expect("lock") = Some(cgroup);
+        *ctr.confinement.lock().expect("lock") = Some(confinement);
         let net_record = match (&eth0, &published) {
             (Some(e), Some(p)) => NetRecord {
                 mode: "bridge".into(),
@@ -351,6 +366,23 @@ impl Engine {
         Ok(())
     }
 
+    /// The container's security policy, and its seccomp filter compiled for this start.
+    async fn confine(
+        &self,
+        ctr: &Ctr,
+        rec: &ContainerRecord,
+    ) -> Result<(crate::container::security::Policy, crate::container::security::Confinement), EngineError> {
+        let host = rec.host_config.clone();
+        let dir = ctr.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let policy = crate::container::security::policy(&host)?;
+            let confinement = policy.confinement(&dir)?;
+            Ok((policy, confinement))
+        })
+        .await
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
+    }
+
     /// Bridge networking: an address, and the published ports bound before the process exists,
     /// so a taken port fails the start cleanly (and releases the address).
     async fn prepare_network(
@@ -402,6 +434,7 @@ impl Engine {
             *q = super::StdinQueue::new();
         }
         *ctr.pty.lock().expect("lock") = None;
+        ctr.confinement.lock().expect("lock").take();
         if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
             cg.remove();
         }
@@ -713,6 +746,9 @@ fn run_spec(
         etc_files,
         shm_size: rec.host_config.shm_size.max(0) as u64,
         eth0,
+        devices: Vec::new(),
+        privileged: false,
+        unmasked_paths: false,
         process: ProcessSpec {
             args: argv(&rec.config),
             env: rec.config.env.clone(),
@@ -720,6 +756,7 @@ fn run_spec(
             user: rec.config.user.clone(),
             tty: rec.config.tty,
             console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
+            confinement: Default::default(),
         },
     }
 }

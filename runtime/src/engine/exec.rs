@@ -18,6 +18,8 @@ pub struct ExecConfig {
     pub attach_stdout: bool,
     pub attach_stderr: bool,
     pub console_size: Option<(u16, u16)>,
+    /// `docker exec --privileged`: every capability (the container's seccomp filter stays).
+    pub privileged: bool,
 }
 
 /// What `GET /exec/{id}/json` reports.
@@ -95,6 +97,16 @@ impl Engine {
             env.retain(|x| x.split('=').next() != Some(key));
             env.push(e.clone());
         }
+        // The container's own confinement; none means it is not (or no longer) running.
+        let mut confinement = ctr
+            .confinement
+            .lock()
+            .expect("lock")
+            .clone()
+            .ok_or_else(|| EngineError::Conflict(format!("Container {} is not running", rec.id)))?;
+        if info.config.privileged {
+            confinement.caps = None;
+        }
         let spec = ExecSpec {
             pid: rec.state.pid,
             host_network: rec.host_config.network_mode == "host",
@@ -111,6 +123,7 @@ impl Engine {
                 user: if info.config.user.is_empty() { rec.config.user.clone() } else { info.config.user.clone() },
                 tty: info.config.tty,
                 console_size: info.config.console_size,
+                confinement,
             },
         };
         let spec_path = ctr.dir.join(format!("exec-{id}.json"));

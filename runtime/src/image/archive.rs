@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::unpack::{self, Whiteouts};
 use super::{ImageError, ImageRecord, LayerRecord, familiar, io_err, parse_reference, tagged};
 use crate::Stores;
+use crate::fsutil::confined::Confined;
 use crate::model::{ImageConfig, now_rfc3339};
 use crate::snapshot::chain_ids;
 
@@ -112,16 +113,18 @@ pub fn save(
     Ok(())
 }
 
-/// Stores the layer tarball at `path` (any compression) and unpacks it as the snapshot on top of
-/// `parent_chain`; checks `expected_diff` when given. Returns the layer record.
+/// Stores the layer tarball read from `source` (any compression; `what` names it in errors)
+/// and unpacks it as the snapshot on top of `parent_chain`; checks `expected_diff` when
+/// given. Returns the layer record.
 pub fn add_layer(
     stores: &Stores,
-    path: &Path,
+    mut source: impl Read,
+    what: &str,
     parent_chain: Option<&str>,
     expected_diff: Option<&str>,
 ) -> Result<LayerRecord, ImageError> {
     let mut ingest = stores.content.ingest()?;
-    io::copy(&mut File::open(path).map_err(io_err(path))?, &mut ingest).map_err(io_err(path))?;
+    io::copy(&mut source, &mut ingest).map_err(io_err(Path::new(what)))?;
     let blob = ingest.commit(None)?;
     let staged = stores.snapshots.stage()?;
     let result = unpack::unpack(
@@ -189,8 +192,13 @@ pub fn record_image(
 /// Loads a docker-archive (already extracted, safely, into `dir`). Returns the loaded images
 /// with the names they were loaded under (familiar), or their IDs when untagged.
 pub fn load(stores: &Stores, dir: &Path) -> Result<Vec<String>, ImageError> {
-    let inside = |name: &str| -> Result<PathBuf, ImageError> {
-        Ok(unpack::resolve_in_root(dir, &unpack::path_parts(name), true)?)
+    // The archive's own names are resolved inside it: a manifest cannot point elsewhere.
+    let confined = Confined::open(dir).map_err(io_err(dir))?;
+    let inside = |name: &str| -> Result<File, ImageError> {
+        confined
+            .lookup_follow(Path::new(name))
+            .and_then(|i| i.open())
+            .map_err(|e| ImageError::Invalid(format!("{name}: {e}")))
     };
     let manifest_path = dir.join("manifest.json");
     let bytes = fs::read(&manifest_path)
@@ -199,8 +207,10 @@ pub fn load(stores: &Stores, dir: &Path) -> Result<Vec<String>, ImageError> {
         serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
     let mut loaded = Vec::new();
     for entry in manifest {
-        let config_bytes =
-            fs::read(inside(&entry.config)?).map_err(|e| ImageError::Invalid(format!("{}: {e}", entry.config)))?;
+        let mut config_bytes = Vec::new();
+        inside(&entry.config)?
+            .read_to_end(&mut config_bytes)
+            .map_err(|e| ImageError::Invalid(format!("{}: {e}", entry.config)))?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(ImageError::BadConfig)?;
         if config.rootfs.diff_ids.len() != entry.layers.len() {
             return Err(ImageError::Invalid(format!(
@@ -227,12 +237,13 @@ pub fn load(stores: &Stores, dir: &Path) -> Result<Vec<String>, ImageError> {
                     Some(l) => l,
                     // The snapshot is there but no blob to save it from later: store this one.
                     None => {
-                        add_layer(stores, &inside(layer_name)?, (i > 0).then(|| chains[i - 1].as_str()), Some(diff))?
+                        let parent = (i > 0).then(|| chains[i - 1].as_str());
+                        add_layer(stores, inside(layer_name)?, layer_name, parent, Some(diff))?
                     }
                 }
             } else {
                 let parent = if i == 0 { None } else { Some(chains[i - 1].as_str()) };
-                add_layer(stores, &inside(layer_name)?, parent, Some(diff))?
+                add_layer(stores, inside(layer_name)?, layer_name, parent, Some(diff))?
             };
             layers.push(layer);
         }
@@ -255,12 +266,12 @@ pub fn load(stores: &Stores, dir: &Path) -> Result<Vec<String>, ImageError> {
 /// `docker import`: a flat filesystem tarball becomes a one-layer image.
 pub fn import(
     stores: &Stores,
-    tarball: &Path,
+    tarball: impl Read,
     tag: Option<&str>,
     config: crate::model::ContainerConfig,
     comment: &str,
 ) -> Result<ImageRecord, ImageError> {
-    let layer = add_layer(stores, tarball, None, None)?;
+    let layer = add_layer(stores, tarball, "the imported archive", None, None)?;
     let image_config = ImageConfig {
         architecture: crate::model::go_arch().into(),
         os: "linux".into(),
@@ -354,7 +365,7 @@ mod tests {
         nix::sys::stat::mknod(&up.join("etc/gone"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
             .unwrap();
         fs::create_dir(up.join("opq")).unwrap();
-        unpack::xattr_set(&up.join("opq"), "trusted.overlay.opaque", b"y").unwrap();
+        crate::fsutil::confined::set_xattr_path(&up.join("opq"), "trusted.overlay.opaque", b"y", false).unwrap();
         let mut out = Vec::new();
         diff_tar(up, &mut out).unwrap();
         let mut names: Vec<String> = tar::Archive::new(&out[..])

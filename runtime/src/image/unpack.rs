@@ -1,10 +1,21 @@
-//! Layer unpacking: a layer tarball becomes a directory, confined to that directory.
+//! Layer unpacking: a tar stream becomes files under a root, confined to that root.
 //!
 //! Every path in the archive is resolved inside the target root the way the container will see
-//! it: `..` may not climb above the root (that is an error, as dockerd reports a breakout), and
-//! symlinks met on the way, absolute or relative, are followed *inside* the root, so no write
-//! can land outside it. Hard links must name a file inside the root. Device nodes are refused:
-//! a layer has no business creating them and the engine gives containers a /dev of its own.
+//! it: an entry name may not climb above the root with `..` (that is an error, as dockerd
+//! reports a breakout), and symlinks met on the way, absolute or relative, are followed
+//! *inside* the root (through [`crate::fsutil::confined`], so a concurrent change of the tree,
+//! as a running container can make during `docker cp`, cannot redirect a write). Hard links
+//! must name an inode inside the root.
+//!
+//! As dockerd running as root does, device nodes and FIFOs are created as the archive says
+//! (distribution images made with debootstrap carry `/dev/null` and friends): what makes them
+//! harmless is the container's device rules, which let a container open only the standard
+//! devices whatever nodes its file system holds.
+//!
+//! Sloppy but honest archives are read as Go's `archive/tar` (and so dockerd) reads them: a
+//! stream that ends right after the last member's data, with neither its padding nor the two
+//! end-of-archive blocks, is complete. A stream that ends inside a header, inside a member's
+//! data or partway through its padding is truncated, and an error.
 //!
 //! OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) become overlayfs whiteouts (a 0:0 character
 //! device, the `trusted.overlay.opaque` xattr) when unpacking into a snapshot, so the layer can
@@ -13,23 +24,20 @@
 //! The tar crate parses the archive; the file creation is ours, because the crate's own
 //! `unpack` neither confines symlinks inside a root nor knows about whiteouts.
 
-use std::ffi::OsStr;
-use std::fs;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
-use nix::sys::stat::{Mode, SFlag, mknod};
 use sha2::{Digest as _, Sha256};
+
+use crate::fsutil::confined::{Confined, Dir, NodeKind};
 
 /// Errors from unpacking one layer.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("layer entry {path:?} escapes the root")]
     Breakout { path: String },
-    #[error("layer entry {path:?} is a device node, which layers may not create")]
-    DeviceNode { path: String },
     #[error("layer entry {path:?}: hard link target {target:?} is not a file inside the root")]
     BadHardlink { path: String, target: String },
     #[error("layer entry name is {0} bytes long; the limit is 4096")]
@@ -38,20 +46,14 @@ pub enum UnpackError {
     HugeHeader(u64),
     #[error("layer uncompressed digest is {actual}, the image config says {expected}")]
     DiffIdMismatch { expected: String, actual: String },
-    #[error("too many levels of symbolic links resolving {0:?}")]
-    SymlinkLoop(String),
     #[error("reading the layer archive")]
     Archive(#[source] io::Error),
-    #[error("writing {path}")]
+    #[error("layer entry {path:?}")]
     Write {
-        path: PathBuf,
+        path: String,
         #[source]
         source: io::Error,
     },
-}
-
-fn werr(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Write { path: path.to_owned(), source }
 }
 
 /// How `.wh.` entries are treated.
@@ -59,12 +61,9 @@ fn werr(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
 pub enum Whiteouts {
     /// Convert to overlayfs whiteouts (unpacking an image layer into a snapshot).
     Overlay,
-    /// Delete the named file from the target (applying a layer onto a merged tree).
-    Apply,
     /// No whiteouts: `.wh.` names are ordinary files (`docker cp`, archive uploads).
     Plain,
 }
-
 /// Compression of a layer, from its first bytes (what dockerd does too: media types lie).
 pub fn decompressor<'a>(mut r: Box<dyn Read + Send + 'a>) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut magic = [0u8; 4];
@@ -90,13 +89,22 @@ pub fn decompressor<'a>(mut r: Box<dyn Read + Send + 'a>) -> io::Result<Box<dyn 
 /// The largest PAX or GNU long-name header accepted (the tar crate reads them into memory).
 pub const MAX_EXTENSION_HEADER: u64 = 1 << 20;
 
-/// Follows the tar block structure of the stream passing through it and fails on extension
-/// headers (PAX `x`/`g`, GNU `L`/`K`) larger than [`MAX_EXTENSION_HEADER`], before the tar
-/// crate would buffer them: a small compressed layer can otherwise declare gigabytes of header.
-struct HeaderGuard<R> {
+/// Follows the tar block structure of the stream passing through it, for two jobs the tar
+/// crate does not do:
+/// - it fails on extension headers (PAX `x`/`g`, GNU `L`/`K`) larger than
+///   [`MAX_EXTENSION_HEADER`], before the tar crate would buffer them: a small compressed
+///   layer can otherwise declare gigabytes of header;
+/// - when the stream ends exactly where a member's data ends, it supplies that member's
+///   padding, so the tar crate sees a clean end of archive where Go's reader (and so dockerd)
+///   sees one. Nothing it supplies passes the layer's digest, which reads below it.
+struct TarBlocks<R> {
     inner: R,
-    /// Bytes of entry data (padded to 512) before the next header block.
+    /// Bytes of the current member's data before its padding.
     data_left: u64,
+    /// Bytes of padding (to a 512-byte block) after the data.
+    pad_left: u64,
+    /// Whether any of the current padding came from the stream.
+    pad_started: bool,
     header: Vec<u8>,
     /// GNU sparse extension blocks still to come before the data.
     sparse_ext: bool,
@@ -122,11 +130,13 @@ fn pax_size(records: &[u8]) -> Option<u64> {
     })
 }
 
-impl<R: Read> HeaderGuard<R> {
+impl<R: Read> TarBlocks<R> {
     fn new(inner: R) -> Self {
-        HeaderGuard {
+        TarBlocks {
             inner,
             data_left: 0,
+            pad_left: 0,
+            pad_started: false,
             header: Vec::with_capacity(512),
             sparse_ext: false,
             pax: None,
@@ -160,7 +170,9 @@ impl<R: Read> HeaderGuard<R> {
                 self.sparse_ext = true;
             }
         }
-        self.data_left = size.div_ceil(512) * 512;
+        self.data_left = size;
+        self.pad_left = size.div_ceil(512) * 512 - size;
+        self.pad_started = false;
         if self.data_left == 0 {
             self.finish_pax();
         }
@@ -172,12 +184,9 @@ impl<R: Read> HeaderGuard<R> {
             self.pax_size = pax_size(&p);
         }
     }
-}
 
-impl<R: Read> Read for HeaderGuard<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut rest = &buf[..n];
+    /// Accounts for bytes that came from the stream.
+    fn track(&mut self, mut rest: &[u8]) -> io::Result<()> {
         while !rest.is_empty() {
             if self.data_left > 0 {
                 let take = (self.data_left.min(rest.len() as u64)) as usize;
@@ -189,6 +198,11 @@ impl<R: Read> Read for HeaderGuard<R> {
                 if self.data_left == 0 {
                     self.finish_pax();
                 }
+            } else if self.pad_left > 0 {
+                let take = (self.pad_left.min(rest.len() as u64)) as usize;
+                self.pad_left -= take as u64;
+                self.pad_started = true;
+                rest = &rest[take..];
             } else {
                 let take = (512 - self.header.len()).min(rest.len());
                 self.header.extend_from_slice(&rest[..take]);
@@ -198,6 +212,21 @@ impl<R: Read> Read for HeaderGuard<R> {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for TarBlocks<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.data_left == 0 && self.pad_left > 0 && !self.pad_started {
+            // The stream ended right after a member's data: its padding is implied.
+            let k = (self.pad_left.min(buf.len() as u64)) as usize;
+            buf[..k].fill(0);
+            self.pad_left -= k as u64;
+            return Ok(k);
+        }
+        self.track(&buf[..n])?;
         Ok(n)
     }
 }
@@ -252,7 +281,7 @@ pub fn unpack(
 }
 
 /// Lexically normalises an archive path to components below the root; `..` above it is an error.
-fn clean(path: &Path, shown: &str) -> Result<Vec<std::ffi::OsString>, UnpackError> {
+fn clean(path: &Path, shown: &str) -> Result<Vec<OsString>, UnpackError> {
     let mut out = Vec::new();
     for c in path.components() {
         match c {
@@ -268,112 +297,24 @@ fn clean(path: &Path, shown: &str) -> Result<Vec<std::ffi::OsString>, UnpackErro
     Ok(out)
 }
 
-/// The components of an absolute or relative path as [`resolve_in_root`] takes them (`..`
-/// kept, for it to clamp at the root).
-pub fn path_parts(path: &str) -> Vec<std::ffi::OsString> {
-    Path::new(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Resolves `parts` under `root`, following symlinks inside the root (absolute targets are
-/// relative to the root, `..` stops at it). The last component is followed only when
-/// `follow_last` is set. Returns a path that is inside `root` by construction.
-pub fn resolve_in_root(root: &Path, parts: &[std::ffi::OsString], follow_last: bool) -> Result<PathBuf, UnpackError> {
-    let mut pending: Vec<std::ffi::OsString> = parts.iter().rev().cloned().collect();
-    let mut done: Vec<std::ffi::OsString> = Vec::new();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            done.pop();
-            continue;
-        }
-        if part == "." || part.is_empty() {
-            continue;
-        }
-        let mut candidate = root.to_path_buf();
-        candidate.extend(&done);
-        candidate.push(&part);
-        let is_last = pending.is_empty();
-        match fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
-                hops += 1;
-                if hops > 40 {
-                    return Err(UnpackError::SymlinkLoop(candidate.display().to_string()));
-                }
-                let target = fs::read_link(&candidate).map_err(werr(&candidate))?;
-                if target.is_absolute() {
-                    done.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(s) => pending.push(s.to_owned()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => done.push(part),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(&done);
-    Ok(out)
-}
-
-/// Sets owner, mode and times of `path` from a tar header.
-fn set_meta(path: &Path, header: &tar::Header, is_symlink: bool) -> Result<(), UnpackError> {
-    let uid = header.uid().unwrap_or(0) as u32;
-    let gid = header.gid().unwrap_or(0) as u32;
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(werr(path))?;
-    if !is_symlink {
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(werr(path))?;
-    }
-    let mtime = header.mtime().unwrap_or(0) as i64;
-    let ts = nix::sys::time::TimeSpec::new(mtime, 0);
-    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, path, &ts, &ts, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| werr(path)(e.into()))?;
-    Ok(())
-}
-
-/// Removes whatever is at `path` unless it is a directory and `keep_dir` holds.
-fn clear_path(path: &Path, keep_dir: bool) -> Result<(), UnpackError> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() && keep_dir => Ok(()),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(werr(path)),
-        Ok(_) => fs::remove_file(path).map_err(werr(path)),
-        Err(_) => Ok(()),
-    }
-}
-
-fn make_whiteout(path: &Path) -> Result<(), UnpackError> {
-    clear_path(path, false)?;
-    mknod(path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| werr(path)(e.into()))
-}
-
-fn set_opaque(dir: &Path) -> Result<(), UnpackError> {
-    xattr_set(dir, "trusted.overlay.opaque", b"y").map_err(werr(dir))
-}
-
-/// Sets an extended attribute without following symlinks.
-pub(crate) fn xattr_set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let n = std::ffi::CString::new(name)?;
-    // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
-    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// Applies the entries of an uncompressed tar stream onto `root`, refusing huge extension
-/// headers before they are buffered.
+/// Applies the entries of an uncompressed tar stream onto `root`, a directory the caller
+/// trusts (a fresh snapshot or scratch directory); what is inside it is confined there.
 pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Result<(), UnpackError> {
-    apply_entries(&mut HeaderGuard::new(reader), root, whiteouts).map_err(|e| match e {
+    let confined = Confined::open(root).map_err(|source| UnpackError::Write { path: "/".into(), source })?;
+    apply_tar_in(reader, &confined, Path::new("/"), whiteouts)
+}
+
+/// Applies the entries of an uncompressed tar stream under `base`, a path inside `root`
+/// (entry names are relative to `base`; symlinks resolve inside `root`). Huge extension
+/// headers are refused before they are buffered.
+pub fn apply_tar_in(
+    reader: &mut dyn Read,
+    root: &Confined,
+    base: &Path,
+    whiteouts: Whiteouts,
+) -> Result<(), UnpackError> {
+    let mut x = Extractor { root, base: base.to_owned(), whiteouts, dirs: Vec::new(), parent: None };
+    x.run(&mut TarBlocks::new(reader)).map_err(|e| match e {
         // The guard's verdict travels through the tar crate as an io::Error.
         UnpackError::Archive(io) if io.get_ref().is_some_and(|i| i.is::<UnpackError>()) => {
             *io.into_inner().expect("checked").downcast::<UnpackError>().expect("checked")
@@ -382,116 +323,215 @@ pub fn apply_tar(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Re
     })
 }
 
-fn apply_entries(reader: &mut dyn Read, root: &Path, whiteouts: Whiteouts) -> Result<(), UnpackError> {
-    let mut archive = tar::Archive::new(reader);
-    let mut dirs: Vec<(PathBuf, tar::Header)> = Vec::new();
-    for entry in archive.entries().map_err(UnpackError::Archive)? {
-        let mut entry = entry.map_err(UnpackError::Archive)?;
+/// One archive being applied.
+struct Extractor<'a> {
+    root: &'a Confined,
+    base: PathBuf,
+    whiteouts: Whiteouts,
+    /// Directories made or met, with their headers: their metadata is set last, since
+    /// creating children changes a directory's mtime.
+    dirs: Vec<(PathBuf, tar::Header)>,
+    /// The last parent directory opened (entries come grouped by directory).
+    parent: Option<(PathBuf, Dir)>,
+}
+
+impl Extractor<'_> {
+    /// The open directory `rel` (inside the root), created with missing parents.
+    fn parent_dir(&mut self, rel: &Path, shown: &str) -> Result<&Dir, UnpackError> {
+        if self.parent.as_ref().is_none_or(|(p, _)| p != rel) {
+            let dir = self.root.dir(rel, true).map_err(|source| UnpackError::Write { path: shown.into(), source })?;
+            self.parent = Some((rel.to_owned(), dir));
+        }
+        Ok(&self.parent.as_ref().expect("just set").1)
+    }
+
+    /// Forgets the open parent when `changed` (a path this entry replaces or removes) is it
+    /// or one of its ancestors.
+    fn touched(&mut self, changed: &Path) {
+        if self.parent.as_ref().is_some_and(|(p, _)| p.starts_with(changed)) {
+            self.parent = None;
+        }
+    }
+
+    fn run(&mut self, reader: &mut dyn Read) -> Result<(), UnpackError> {
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(UnpackError::Archive)? {
+            let entry = entry.map_err(UnpackError::Archive)?;
+            self.entry(entry)?;
+        }
+        // Directory metadata last, deepest first. A directory a later entry replaced is gone.
+        for (rel, header) in std::mem::take(&mut self.dirs).iter().rev() {
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else { continue };
+            let shown = rel.display().to_string();
+            let werr = |source| UnpackError::Write { path: shown.clone(), source };
+            match self.root.dir(parent, false) {
+                Ok(d) => match set_meta(&d, name, header) {
+                    Err(UnpackError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                    other => other?,
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(werr(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, mut entry: tar::Entry<'_, &mut dyn Read>) -> Result<(), UnpackError> {
         let raw_path = entry.path_bytes().into_owned();
         if raw_path.len() > 4096 {
             return Err(UnpackError::NameTooLong(raw_path.len()));
         }
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let mut parts = clean(Path::new(OsStr::from_bytes(&raw_path)), &shown)?;
-        let Some(name) = parts.pop() else { continue };
-        let parent = resolve_in_root(root, &parts, true)?;
-        fs::create_dir_all(&parent).map_err(werr(&parent))?;
+        let Some(name) = parts.pop() else { return Ok(()) };
+        let mut parent_rel = self.base.clone();
+        parent_rel.extend(&parts);
+        let full = parent_rel.join(&name);
+        let werr = |source| UnpackError::Write { path: shown.clone(), source };
         let name_bytes = name.as_bytes();
 
-        if name_bytes == b".wh..wh..opq" && whiteouts != Whiteouts::Plain {
-            match whiteouts {
-                Whiteouts::Overlay => set_opaque(&parent)?,
-                Whiteouts::Apply | Whiteouts::Plain => {
-                    for child in fs::read_dir(&parent).map_err(werr(&parent))? {
-                        let child = child.map_err(werr(&parent))?.path();
-                        clear_path(&child, false)?;
-                    }
-                }
+        if self.whiteouts == Whiteouts::Overlay {
+            if name_bytes == b".wh..wh..opq" {
+                let parent = self.parent_dir(&parent_rel, &shown)?;
+                return parent.set_own_xattr("trusted.overlay.opaque", b"y").map_err(werr);
             }
-            continue;
-        }
-        if let Some(hidden) = name_bytes.strip_prefix(b".wh.").filter(|_| whiteouts != Whiteouts::Plain) {
-            let target = parent.join(OsStr::from_bytes(hidden));
-            match whiteouts {
-                Whiteouts::Overlay => make_whiteout(&target)?,
-                Whiteouts::Apply | Whiteouts::Plain => clear_path(&target, false)?,
+            if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
+                let hidden = OsStr::from_bytes(hidden);
+                self.touched(&parent_rel.join(hidden));
+                let parent = self.parent_dir(&parent_rel, &shown)?;
+                parent.remove(hidden, false).map_err(werr)?;
+                return parent.mknod(hidden, NodeKind::Char, 0, 0).map_err(werr);
             }
-            continue;
         }
 
-        let path = parent.join(&name);
         let header = entry.header().clone();
         let kind = header.entry_type();
+        if kind != tar::EntryType::Regular && kind != tar::EntryType::Continuous {
+            self.touched(&full);
+        }
+        // A hard link's target is resolved before its parent is opened, so an open parent
+        // stays cached across runs of files.
+        let link_source = if kind == tar::EntryType::Link {
+            let target_raw = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+            let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
+            let bad = || UnpackError::BadHardlink { path: shown.clone(), target: target_shown.clone() };
+            let target_parts = clean(Path::new(OsStr::from_bytes(&target_raw)), &target_shown).map_err(|_| bad())?;
+            let mut target_rel = self.base.clone();
+            target_rel.extend(&target_parts);
+            match self.root.lookup(&target_rel) {
+                Ok(inode) if !inode.meta.is_dir() => Some(inode),
+                _ => return Err(bad()),
+            }
+        } else {
+            None
+        };
+        let parent = self.parent_dir(&parent_rel, &shown)?;
         match kind {
             tar::EntryType::Directory => {
-                clear_path(&path, true)?;
-                if !path.is_dir() {
-                    fs::create_dir(&path).map_err(werr(&path))?;
+                if !parent.stat(&name).map_err(werr)?.is_some_and(|m| m.is_dir()) {
+                    parent.remove(&name, false).map_err(werr)?;
+                    parent.mkdir(&name).map_err(werr)?;
                 }
-                dirs.push((path.clone(), header));
+                self.dirs.push((full, header));
+                return Ok(());
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                clear_path(&path, false)?;
-                let mut f = fs::File::create(&path).map_err(werr(&path))?;
+                // A file over a directory replaces it, as dockerd does.
+                if parent.stat(&name).map_err(werr)?.is_some_and(|m| m.is_dir()) {
+                    self.touched(&full);
+                }
+                let parent = self.parent_dir(&parent_rel, &shown)?;
+                parent.remove(&name, false).map_err(werr)?;
+                let mut f = parent.create_file(&name).map_err(werr)?;
                 io::copy(&mut entry, &mut f).map_err(UnpackError::Archive)?;
-                set_meta(&path, &header, false)?;
+                set_file_meta(&f, &header).map_err(werr)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name().map_err(UnpackError::Archive)?.unwrap_or_default();
-                clear_path(&path, false)?;
-                symlink(&target, &path).map_err(werr(&path))?;
-                set_meta(&path, &header, true)?;
+                parent.remove(&name, false).map_err(werr)?;
+                parent.symlink(&name, &target).map_err(werr)?;
+                set_meta(parent, &name, &header).map_err(|e| relabel(e, &shown))?;
             }
             tar::EntryType::Link => {
-                let target_raw = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
-                let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
-                let bad = || UnpackError::BadHardlink { path: shown.clone(), target: target_shown.clone() };
-                let target_parts =
-                    clean(Path::new(OsStr::from_bytes(&target_raw)), &target_shown).map_err(|_| bad())?;
-                let target = resolve_in_root(root, &target_parts, false)?;
-                match fs::symlink_metadata(&target) {
-                    Ok(m) if !m.is_dir() => {}
-                    _ => return Err(bad()),
-                }
-                if target != path {
-                    clear_path(&path, false)?;
-                    fs::hard_link(&target, &path).map_err(werr(&path))?;
+                let source = link_source.expect("resolved above");
+                // A link to the entry's own inode (a tar that lists a file twice) is a no-op.
+                let same = parent.stat(&name).map_err(werr)?.is_some_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino() == source.meta.ino() && m.dev() == source.meta.dev()
+                });
+                if !same {
+                    parent.remove(&name, false).map_err(werr)?;
+                    parent.link(&source, &name).map_err(werr)?;
                 }
             }
-            tar::EntryType::Fifo => {
-                clear_path(&path, false)?;
-                mknod(&path, SFlag::S_IFIFO, Mode::from_bits_truncate(0o644), 0).map_err(|e| werr(&path)(e.into()))?;
-                set_meta(&path, &header, false)?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                return Err(UnpackError::DeviceNode { path: shown });
+            tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => {
+                let node = match kind {
+                    tar::EntryType::Fifo => NodeKind::Fifo,
+                    tar::EntryType::Char => NodeKind::Char,
+                    _ => NodeKind::Block,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                parent.remove(&name, false).map_err(werr)?;
+                parent.mknod(&name, node, major, minor).map_err(werr)?;
+                set_meta(parent, &name, &header).map_err(|e| relabel(e, &shown))?;
             }
             // PAX and GNU extension headers are consumed by the tar crate; anything else
             // (sockets, unknown types) has nothing to put on disk.
-            _ => continue,
+            _ => return Ok(()),
         }
         if let Ok(Some(exts)) = entry.pax_extensions() {
+            let parent = self.parent_dir(&parent_rel, &shown)?;
             for ext in exts.flatten() {
-                if let (Ok(key), Some(name)) = (ext.key(), ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")))
-                {
-                    let _ = key;
-                    if name.starts_with("security.") || name.starts_with("user.") {
-                        let _ = xattr_set(&path, name, ext.value_bytes());
-                    }
+                let Some(key) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) else { continue };
+                // Only what an unprivileged image may carry; trusted.* would speak to overlayfs.
+                if key.starts_with("security.") || key.starts_with("user.") {
+                    let _ = parent.set_xattr(&name, key, ext.value_bytes());
                 }
             }
         }
+        Ok(())
     }
-    // Directory metadata last: creating children changed their mtimes.
-    for (path, header) in dirs.iter().rev() {
-        set_meta(path, header, false)?;
+}
+
+fn relabel(e: UnpackError, shown: &str) -> UnpackError {
+    match e {
+        UnpackError::Write { source, .. } => UnpackError::Write { path: shown.into(), source },
+        other => other,
     }
-    Ok(())
+}
+
+/// Owner, mode and mtime from a tar header.
+fn header_meta(header: &tar::Header) -> (u32, u32, u32, i64) {
+    let uid = header.uid().unwrap_or(0) as u32;
+    let gid = header.gid().unwrap_or(0) as u32;
+    let mode = header.mode().unwrap_or(0o644) & 0o7777;
+    let mtime = header.mtime().unwrap_or(0) as i64;
+    (uid, gid, mode, mtime)
+}
+
+/// Sets owner, mode and times of `name` in `dir` from a tar header.
+fn set_meta(dir: &Dir, name: &OsStr, header: &tar::Header) -> Result<(), UnpackError> {
+    let (uid, gid, mode, mtime) = header_meta(header);
+    dir.set_meta(name, uid, gid, mode, mtime)
+        .map_err(|source| UnpackError::Write { path: name.to_string_lossy().into_owned(), source })
+}
+
+/// The same for a file being written (through its descriptor; chown before chmod, which
+/// chown would clear set-id bits from).
+fn set_file_meta(f: &std::fs::File, header: &tar::Header) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid, mode, mtime) = header_meta(header);
+    std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    let ts = nix::sys::time::TimeSpec::new(mtime, 0);
+    nix::sys::stat::futimens(f, &ts, &ts).map_err(io::Error::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -538,7 +578,10 @@ mod tests {
         let outer = tempfile::tempdir().unwrap();
         let root = outer.path().join("root");
         fs::create_dir(&root).unwrap();
+        let outer_inside = outer.path().strip_prefix("/").unwrap().to_str().unwrap().to_owned();
         let t = tar_with(|b| {
+            // The absolute target exists inside the root: the write lands there.
+            file(b, &format!("{outer_inside}/keep"), b"");
             link(b, tar::EntryType::Symlink, "abs", outer.path().to_str().unwrap());
             file(b, "abs/escaped", b"x");
             link(b, tar::EntryType::Symlink, "rel", "../../../..");
@@ -547,9 +590,20 @@ mod tests {
         unpack(&t[..], &root, Whiteouts::Overlay, None).unwrap();
         assert!(!outer.path().join("escaped").exists());
         assert!(!Path::new("/escaped2").exists());
-        let inside = root.join(outer.path().strip_prefix("/").unwrap()).join("escaped");
-        assert_eq!(fs::read(inside).unwrap(), b"x");
+        assert_eq!(fs::read(root.join(&outer_inside).join("escaped")).unwrap(), b"x");
         assert_eq!(fs::read(root.join("escaped2")).unwrap(), b"y");
+
+        // A symlink whose target is not in the layer fails the entry, as dockerd's chrooted
+        // unpacker does, and nothing is written outside.
+        let root2 = outer.path().join("root2");
+        fs::create_dir(&root2).unwrap();
+        let t = tar_with(|b| {
+            link(b, tar::EntryType::Symlink, "tmp", "/tmp");
+            file(b, "tmp/escaped3", b"z");
+        });
+        let err = unpack(&t[..], &root2, Whiteouts::Overlay, None).unwrap_err();
+        assert!(err.to_string().contains("tmp/escaped3"), "{err}");
+        assert!(!Path::new("/tmp/escaped3").exists());
     }
 
     #[test]
@@ -563,25 +617,125 @@ mod tests {
         assert!(matches!(err, UnpackError::BadHardlink { .. }), "{err}");
     }
 
+    fn node(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, major: u32, minor: u32) {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o666);
+        h.set_size(0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        b.append(&h, io::empty()).unwrap();
+    }
+
     #[test]
-    fn device_nodes_are_refused_and_whiteouts_converted() {
+    fn device_nodes_and_fifos_are_made_as_dockerd_makes_them() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let dir = tempfile::tempdir().unwrap();
         let t = tar_with(|b| {
-            let mut h = tar::Header::new_gnu();
-            h.set_path("dev/sda").unwrap();
-            h.set_entry_type(tar::EntryType::Block);
-            h.set_size(0);
-            h.set_cksum();
-            b.append(&h, io::empty()).unwrap();
+            node(b, "dev/null", tar::EntryType::Char, 1, 3);
+            node(b, "dev/loop0", tar::EntryType::Block, 7, 0);
+            node(b, "dev/initctl", tar::EntryType::Fifo, 0, 0);
         });
-        let err = unpack(&t[..], dir.path(), Whiteouts::Overlay, None).unwrap_err();
-        assert!(matches!(err, UnpackError::DeviceNode { .. }), "{err}");
+        unpack(&t[..], dir.path(), Whiteouts::Overlay, None).unwrap();
+        let null = fs::symlink_metadata(dir.path().join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+        assert_eq!(null.mode() & 0o7777, 0o666);
+        let lp = fs::symlink_metadata(dir.path().join("dev/loop0")).unwrap();
+        assert!(lp.file_type().is_block_device());
+        assert_eq!(lp.rdev(), nix::sys::stat::makedev(7, 0));
+        assert!(fs::symlink_metadata(dir.path().join("dev/initctl")).unwrap().file_type().is_fifo());
+    }
 
+    #[test]
+    fn whiteouts_become_overlay_whiteouts() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/gone"), b"x").unwrap();
         let t = tar_with(|b| file(b, "etc/.wh.gone", b""));
         unpack(&t[..], dir.path(), Whiteouts::Overlay, None).unwrap();
         let m = fs::symlink_metadata(dir.path().join("etc/gone")).unwrap();
-        use std::os::unix::fs::FileTypeExt;
         assert!(m.file_type().is_char_device());
+        assert_eq!(m.rdev(), 0);
+    }
+
+    /// A tar as some OCI tools write it: the stream stops right after the last member's data.
+    fn untrailed(t: &[u8], last_data: usize) -> Vec<u8> {
+        // Strip the two end blocks, then the last member's padding.
+        let body = &t[..t.len() - 1024];
+        let pad = (512 - last_data % 512) % 512;
+        body[..body.len() - pad].to_vec()
+    }
+
+    #[test]
+    fn a_stream_that_ends_after_the_last_data_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_with(|b| {
+            file(b, "first", b"1");
+            file(b, "last", b"hello");
+        });
+        let cut = untrailed(&t, 5);
+        assert_eq!(cut.len() % 512, 5);
+        let got = unpack(&cut[..], dir.path(), Whiteouts::Overlay, None).unwrap();
+        assert_eq!(fs::read(dir.path().join("last")).unwrap(), b"hello");
+        // The digest is of the bytes as they came, with nothing added.
+        assert_eq!(got.diff_id, crate::content::sha256_digest(&cut));
+        // The same through gzip.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &cut).unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        unpack(&gz.finish().unwrap()[..], dir2.path(), Whiteouts::Overlay, None).unwrap();
+        assert_eq!(fs::read(dir2.path().join("last")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn truncated_streams_are_errors() {
+        let t = tar_with(|b| file(b, "last", b"hello world"));
+        // Inside the data, and partway through the padding: both truncated (as Go's reader says).
+        for cut in [512 + 5, 512 + 11 + 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let err = unpack(&t[..cut], dir.path(), Whiteouts::Overlay, None).unwrap_err();
+            assert!(matches!(err, UnpackError::Archive(_)), "cut at {cut}: {err}");
+        }
+        // Inside a header.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(unpack(&t[..100], dir.path(), Whiteouts::Overlay, None).is_err());
+    }
+
+    #[test]
+    fn hard_links_name_the_inode_inside_the_root() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_with(|b| {
+            file(b, "bin/busybox", b"elf");
+            link(b, tar::EntryType::Link, "bin/sh", "bin/busybox");
+            link(b, tar::EntryType::Link, "bin/busybox", "bin/busybox");
+        });
+        unpack(&t[..], dir.path(), Whiteouts::Overlay, None).unwrap();
+        let a = fs::metadata(dir.path().join("bin/busybox")).unwrap();
+        let b = fs::metadata(dir.path().join("bin/sh")).unwrap();
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(a.nlink(), 2);
+    }
+
+    #[test]
+    fn a_file_replaces_a_directory_and_later_entries_see_the_change() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let t = tar_with(|b| {
+            file(b, "etc/passwd", b"root");
+            file(b, "d/x", b"1");
+            // d becomes a symlink to /etc (inside the root); d/y then lands in <root>/etc.
+            link(b, tar::EntryType::Symlink, "d", "/etc");
+            file(b, "d/y", b"2");
+        });
+        unpack(&t[..], &root, Whiteouts::Overlay, None).unwrap();
+        assert_eq!(fs::read(root.join("etc/y")).unwrap(), b"2");
+        assert!(fs::symlink_metadata(root.join("d")).unwrap().file_type().is_symlink());
     }
 
     #[test]

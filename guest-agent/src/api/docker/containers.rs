@@ -469,6 +469,7 @@ async fn exec_create(engine: Engine, id: &str, req: Request) -> Result<Response,
         attach_stdout: b("AttachStdout"),
         attach_stderr: b("AttachStderr"),
         console_size: berth_runtime::engine::console_size(v.get("ConsoleSize")),
+        privileged: b("Privileged"),
     };
     let exec_id = engine.exec_create(id, config)?;
     Ok((StatusCode::CREATED, Json(json!({"Id": exec_id}))).into_response())

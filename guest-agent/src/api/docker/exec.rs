@@ -122,7 +122,7 @@ pub async fn inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Re
         "OpenStdin": i.config.attach_stdin,
         "OpenStdout": i.config.attach_stdout,
         "OpenStderr": i.config.attach_stderr,
-        "ProcessConfig": {"tty": i.config.tty, "entrypoint": i.config.cmd.first(), "arguments": i.config.cmd.iter().skip(1).collect::<Vec<_>>(), "user": i.config.user, "privileged": false},
+        "ProcessConfig": {"tty": i.config.tty, "entrypoint": i.config.cmd.first(), "arguments": i.config.cmd.iter().skip(1).collect::<Vec<_>>(), "user": i.config.user, "privileged": i.config.privileged},
         "CanRemove": false,
         "DetachKeys": "",
     })))

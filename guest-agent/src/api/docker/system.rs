@@ -104,7 +104,8 @@ pub async fn info(State(engine): State<Engine>) -> Json<Value> {
         "LiveRestoreEnabled": false,
         "Isolation": "",
         "InitBinary": "",
-        "SecurityOptions": [],
+        // What every container gets unless it asks otherwise (the docker CLI shows this).
+        "SecurityOptions": ["name=seccomp,profile=builtin", "name=cgroupns"],
         "Warnings": [],
     }))
 }

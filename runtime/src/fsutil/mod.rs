@@ -1,4 +1,7 @@
-//! Small file-system helpers shared by the stores: durable atomic writes.
+//! File-system helpers shared by the engine: durable atomic writes, and work confined to an
+//! untrusted root ([`confined`]).
+
+pub mod confined;
 
 use std::fs;
 use std::io::{self, Write};
