@@ -4,6 +4,8 @@
 #   - pull + unpack of the same image from the same loopback registry, alternating, 5 rounds
 #   - idle resident memory of berth-agent (no containers) and of dockerd + containerd
 # Usage: benches/engine.sh [ROUNDS]     (./dev bench runs it; needs root and docker.io)
+# BERTH_BASELINE_AGENT=PATH adds another berth-agent (an earlier build, say) to the same
+# alternating rounds, on its own data root and bridge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-20}
@@ -26,11 +28,17 @@ for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.
 tests/fixtures/make-images.sh "$REG" >/dev/null
 
 ./target/release/berth-agent serve --listen "unix://$W/berth.sock" --data-root "$W/berth-root" 2>"$W/berth.log" & BERTH_PID=$!; PIDS+=($BERTH_PID)
+SOCKETS=(berth dockerd)
+if [ -n "${BERTH_BASELINE_AGENT:-}" ]; then
+    "$BERTH_BASELINE_AGENT" serve --listen "unix://$W/baseline.sock" --data-root "$W/baseline-root" \
+        --bridge-name bbase0 --bridge-ip 172.31.240.1/24 2>"$W/baseline.log" & PIDS+=($!)
+    SOCKETS+=(baseline)
+fi
 # The reference engine on its own socket and root, started by this script, with its default
 # bridge network and NAT, as Berth has.
 dockerd --host "unix://$W/dockerd.sock" --data-root "$W/dockerd-root" --exec-root "$W/dockerd-exec" \
     --pidfile "$W/dockerd.pid" >"$W/dockerd.log" 2>&1 & DOCKERD_PID=$!; PIDS+=($DOCKERD_PID)
-for s in berth dockerd; do
+for s in "${SOCKETS[@]}"; do
     for _ in $(seq 300); do DOCKER_HOST="unix://$W/$s.sock" docker version >/dev/null 2>&1 && break; sleep 0.1; done
 done
 sleep 2
@@ -42,10 +50,10 @@ for p in $(pgrep -P $DOCKERD_PID containerd || true); do   # the containerd dock
 done
 
 IMG="$REG/busybox:latest"
-python3 - "$W" "$IMG" "$ROUNDS" "$BERTH_IDLE" "$DOCKERD_IDLE" <<'PY'
+python3 - "$W" "$IMG" "$ROUNDS" "$BERTH_IDLE" "$DOCKERD_IDLE" "${SOCKETS[@]}" <<'PY'
 import os, statistics, subprocess, sys, time
 w, img, rounds, berth_idle, dockerd_idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-engines = {"berth": f"unix://{w}/berth.sock", "dockerd": f"unix://{w}/dockerd.sock"}
+engines = {name: f"unix://{w}/{name}.sock" for name in sys.argv[6:]}
 
 def docker(engine, *args):
     env = dict(os.environ, DOCKER_HOST=engines[engine])
@@ -71,7 +79,11 @@ for _ in range(rounds):
 
 def report(name, d):
     b, r = statistics.median(d["berth"]), statistics.median(d["dockerd"])
-    print(f"{name:<34} berth {b*1000:8.1f} ms   dockerd {r*1000:8.1f} ms   berth/dockerd {b/r:5.2f}")
+    line = f"{name:<34} berth {b*1000:8.1f} ms   dockerd {r*1000:8.1f} ms   berth/dockerd {b/r:5.2f}"
+    if "baseline" in d:
+        base = statistics.median(d["baseline"])
+        line += f"   baseline {base*1000:8.1f} ms   berth/baseline {b/base:5.2f}"
+    print(line)
 
 print(f"# {rounds} alternating rounds of `docker run --rm busybox true` (default bridge network on both), 5 of pull+unpack, medians")
 report("docker run --rm busybox true", runs)

@@ -315,8 +315,9 @@ pub fn policy(host: &HostConfig) -> Result<Policy, SecurityError> {
 }
 
 impl Policy {
-    /// Compiles the seccomp filter (if any) into `dir` and returns what the helper applies.
-    pub fn confinement(&self, dir: &Path) -> Result<Confinement, SecurityError> {
+    /// The seccomp filter (if any), compiled into the cache directory `cache` unless it is
+    /// there already, and what the helper applies.
+    pub fn confinement(&self, cache: &Path) -> Result<Confinement, SecurityError> {
         let profile = match &self.seccomp {
             Seccomp::Unconfined => None,
             Seccomp::Builtin => Some(std::borrow::Cow::Owned(Profile::builtin())),
@@ -329,9 +330,7 @@ impl Policy {
                     Some(c) => c.clone(),
                     None => caps::all().iter().map(|c| c.to_string()).collect(),
                 };
-                let path = dir.join("seccomp.bpf");
-                super::seccomp::compile(&p, &caps, &path)?;
-                Some(path)
+                Some(super::seccomp::cached(&p, &caps, cache)?)
             }
         };
         Ok(Confinement { caps: self.caps.clone(), no_new_privileges: self.no_new_privileges, seccomp, program: None })

@@ -404,9 +404,12 @@ fn mount_system(root: &Confined, shm_size: u64, privileged: bool) -> Result<(), 
     mnt(Some("proc"), &proc_dir.path(), Some("proc"), nodev, None)?;
     let sys = prepare_target(root, "/sys", true)?;
     if mnt(Some("sysfs"), &sys.path(), Some("sysfs"), nodev | ro, None).is_err() {
-        // Sharing the host's network namespace forbids a new sysfs: bind the host's, read-only.
+        // Sharing the host's network namespace forbids a new sysfs: bind the host's (read-only
+        // unless privileged).
         mnt(Some("/sys"), &sys.path(), None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        remount_readonly(root, &sys)?;
+        if !privileged {
+            remount_readonly(root, &sys)?;
+        }
     }
     if crate::container::cgroup::is_v2() {
         let cg = prepare_target(root, "/sys/fs/cgroup", true)?;

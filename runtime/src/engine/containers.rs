@@ -9,6 +9,7 @@ use super::{Ctr, Engine, EngineError, Lifecycle, Output, io_ctx};
 use crate::container::cgroup::{Cgroup, Limits};
 use crate::container::launch::{self};
 use crate::container::logs::{LogWriter, Stream};
+use crate::container::security::{Confinement, Policy};
 use crate::container::shim::{MountPoint, NetMode, ProcessSpec, RunSpec};
 use crate::container::{ContainerRecord, NetRecord, State, Status, argv, merge_config, parse_signal};
 use crate::image::ImageError;
@@ -250,22 +251,19 @@ impl Engine {
                 return Err(e);
             }
         };
-        let secured = match self.confine(ctr, &rec).await {
+        let (policy, confinement) = match self.confine(&rec).await {
             Ok(s) => s,
             Err(e) => {
                 release(self);
                 return Err(e);
             }
         };
-        let (policy, confinement) = secured;
-        let mut spec = run_spec(ctr, &rec, overlay, etc_files, eth0, net);
-        spec.devices = policy.devices.clone();
-        spec.privileged = policy.privileged;
-        spec.unmasked_paths = policy.unmasked_paths;
-        spec.process.confinement = confinement.clone();
+        let spec = run_spec(ctr, &rec, overlay, etc_files, eth0, net, &policy, confinement.clone());
         let spec_path = ctr.dir.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises"))
-            .map_err(io_ctx("writing spec"))?;
+        if let Err(e) = std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises")) {
+            release(self);
+            return Err(io_ctx("writing spec")(e));
+        }
         let limits = limits_of(&rec.host_config);
         let cgroup = match Cgroup::create(&id, &limits, &policy.device_rules) {
             Ok(c) => c,
@@ -366,17 +364,14 @@ impl Engine {
         Ok(())
     }
 
-    /// The container's security policy, and its seccomp filter compiled for this start.
-    async fn confine(
-        &self,
-        ctr: &Ctr,
-        rec: &ContainerRecord,
-    ) -> Result<(crate::container::security::Policy, crate::container::security::Confinement), EngineError> {
+    /// The container's security policy, and its seccomp filter (compiled once per profile and
+    /// capability set).
+    async fn confine(&self, rec: &ContainerRecord) -> Result<(Policy, Confinement), EngineError> {
         let host = rec.host_config.clone();
-        let dir = ctr.dir.clone();
+        let cache = self.inner.root.join("seccomp");
         tokio::task::spawn_blocking(move || {
             let policy = crate::container::security::policy(&host)?;
-            let confinement = policy.confinement(&dir)?;
+            let confinement = policy.confinement(&cache)?;
             Ok((policy, confinement))
         })
         .await
@@ -718,6 +713,7 @@ impl Engine {
 }
 
 /// What the helper needs to create the container's first process.
+#[allow(clippy::too_many_arguments)]
 fn run_spec(
     ctr: &Ctr,
     rec: &ContainerRecord,
@@ -725,6 +721,8 @@ fn run_spec(
     etc_files: Vec<(PathBuf, String)>,
     eth0: Option<network::Eth0>,
     net: NetMode,
+    policy: &Policy,
+    confinement: Confinement,
 ) -> RunSpec {
     RunSpec {
         rootfs: ctr.dir.join("rootfs"),
@@ -746,9 +744,9 @@ fn run_spec(
         etc_files,
         shm_size: rec.host_config.shm_size.max(0) as u64,
         eth0,
-        devices: Vec::new(),
-        privileged: false,
-        unmasked_paths: false,
+        devices: policy.devices.clone(),
+        privileged: policy.privileged,
+        unmasked_paths: policy.unmasked_paths,
         process: ProcessSpec {
             args: argv(&rec.config),
             env: rec.config.env.clone(),
@@ -756,7 +754,7 @@ fn run_spec(
             user: rec.config.user.clone(),
             tty: rec.config.tty,
             console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
-            confinement: Default::default(),
+            confinement,
         },
     }
 }
