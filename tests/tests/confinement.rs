@@ -48,6 +48,9 @@ fn the_default_confinement_is_docker_engines() {
     for refused in REFUSED_BY_DOCKER {
         assert_eq!(r[*refused], "EPERM", "{refused}: {r:?}");
     }
+    // What a user would try: busybox's unshare.
+    let (_, err) = a.fails(&["run", "--rm", &img, "unshare", "-U", "-r", "true"]);
+    assert!(err.contains("Operation not permitted"), "{err}");
     // clone3 answers ENOSYS, so libc falls back to clone (whose flags the filter can read).
     assert_eq!(r["clone3"], "ENOSYS");
     // Stricter than Docker 20.10: vsock sockets (in the VM they reach host services) and

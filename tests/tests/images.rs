@@ -116,3 +116,46 @@ fn login_and_pull_from_a_registry_with_basic_auth() {
     a.ok(&["pull", &img]);
     assert_eq!(a.ok(&["run", "--rm", &img, "echo", "private ok"]), "private ok\n");
 }
+
+/// Every fixture image Docker Engine 20.10 pulls and runs, Berth pulls and runs, with the same
+/// output (they are made by umoci and skopeo, by hand-written OCI layouts, by GNU tar with
+/// device nodes, and with untrailed layer streams); the zstd one only Berth takes (dockerd
+/// learnt zstd in 23.0). The hostile ones are refused by both, except `hostile:dotdot`, which
+/// dockerd clamps into the layer and Berth refuses.
+#[test]
+fn fixtures_pull_and_run_as_on_docker_engine() {
+    let a = Agent::start();
+    let reference = berth_tests::RefEngine::start();
+    let reg = &registry().addr;
+    for name in [
+        "busybox:latest",
+        "layered:latest",
+        "zstd/busybox:latest",
+        "multi/busybox:latest",
+        "sloppy/untrailed:latest",
+        "sloppy/untrailed:aligned",
+        "rootfs:latest",
+        "probe:latest",
+    ] {
+        let img = format!("{reg}/{name}");
+        a.ok(&["pull", "-q", &img]);
+        // The reference engine runs without a bridge here, so both run without a network.
+        let ours = a.ok(&["run", "--rm", "--network", "none", &img]);
+        let pulled = reference.docker(&["pull", "-q", &img]).status.success();
+        assert_eq!(pulled, !name.starts_with("zstd/"), "dockerd 20.10 on {name}");
+        if pulled {
+            assert_eq!(ours, reference.ok(&["run", "--rm", "--network", "none", &img]), "{name}");
+        }
+    }
+    for hostile in ["symlink", "hardlink", "diffid", "dotdot"] {
+        let img = format!("{reg}/hostile:{hostile}");
+        let theirs = reference.docker(&["pull", "-q", &img]).status.success();
+        let ours = a.docker(&["pull", "-q", &img]).status.success();
+        assert!(!ours, "Berth took hostile:{hostile}");
+        assert_eq!(theirs, hostile == "dotdot", "dockerd on hostile:{hostile}");
+    }
+    // A device node in a layer: both take it.
+    let img = format!("{reg}/hostile:device");
+    assert!(reference.docker(&["pull", "-q", &img]).status.success());
+    a.ok(&["pull", "-q", &img]);
+}
