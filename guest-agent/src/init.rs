@@ -159,6 +159,8 @@ fn start_engine(log_filter: &str) -> anyhow::Result<Child> {
         .args(["--listen", &format!("vsock://:{}", protocol::DOCKER_PORT)])
         .args(["--control", &format!("vsock://:{}", protocol::CONTROL_PORT)])
         .args(["--echo", &format!("vsock://:{}", protocol::ECHO_PORT)])
+        .args(["--ports", &format!("vsock://:{}", protocol::PORTS_PORT)])
+        .args(["--forward", &format!("vsock://:{}", protocol::FORWARD_PORT)])
         .args(["--mux", &format!("vsock://:{}", protocol::MUX_PORT)])
         .args(["--mux", &format!("serial://{}", protocol::SERIAL_PORT_NAME)])
         // QEMU's user network reaches the host's loopback at its gateway address.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use berth_protocol::{CONTROL_PORT, DOCKER_PORT, ECHO_PORT};
+use berth_protocol::{CONTROL_PORT, DOCKER_PORT, ECHO_PORT, FORWARD_PORT, PORTS_PORT};
 use berth_runtime::Engine;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -118,6 +118,8 @@ pub struct Services {
     pub engine: Arc<Engine>,
     /// Cancelled by a control `Shutdown`.
     pub shutdown: CancellationToken,
+    /// The host daemon's side of published ports.
+    pub ports: crate::api::ports::HostPorts,
 }
 
 impl Services {
@@ -129,6 +131,8 @@ impl Services {
                 drop(tokio::spawn(crate::api::control::connection(io, self.engine.clone(), self.shutdown.clone())))
             }
             ECHO_PORT => drop(tokio::spawn(echo(io))),
+            PORTS_PORT => drop(tokio::spawn(crate::api::ports::channel(io, self.ports.clone()))),
+            FORWARD_PORT => drop(tokio::spawn(crate::api::ports::forward(io, self.engine.clone()))),
             other => tracing::warn!(port = other, "a stream for a port nothing serves: closed"),
         }
     }

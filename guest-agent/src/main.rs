@@ -62,6 +62,12 @@ enum Command {
         /// (vsock://:PORT, unix:///PATH, serial://NAME). May repeat.
         #[arg(long)]
         mux: Vec<String>,
+        /// Where the host daemon's published-ports channel and its forwarded connections
+        /// arrive, for transports without multiplexing (vsock://:PORT). May repeat.
+        #[arg(long)]
+        ports: Vec<String>,
+        #[arg(long)]
+        forward: Vec<String>,
     },
     /// PID 1 of Berth's VM: mounts, modules, network, data disk, then runs `serve`.
     Init,
@@ -91,6 +97,8 @@ fn main() -> anyhow::Result<()> {
             control,
             echo,
             mux,
+            ports,
+            forward,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -100,7 +108,7 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
-            let listeners = Listeners { docker: listen, control, echo, mux };
+            let listeners = Listeners { docker: listen, control, echo, mux, ports, forward };
             rt.block_on(serve(listeners, data_root, insecure_registry, bridge, host_loopback))
         }
     }
@@ -113,12 +121,14 @@ fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     Ok((ip, prefix))
 }
 
-/// The `--listen`, `--control`, `--echo` and `--mux` addresses.
+/// The `--listen`, `--control`, `--echo`, `--mux`, `--ports` and `--forward` addresses.
 struct Listeners {
     docker: Vec<String>,
     control: Vec<String>,
     echo: Vec<String>,
     mux: Vec<String>,
+    ports: Vec<String>,
+    forward: Vec<String>,
 }
 
 async fn serve(
@@ -138,16 +148,23 @@ async fn serve(
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;
     let stop = CancellationToken::new();
+    // Published ports are listened on by the host daemon too, whenever one is connected (in
+    // the VM); with none, they stay the engine's own, as on any Linux machine.
+    let ports = api::ports::HostPorts::default();
+    engine.set_host_side(std::sync::Arc::new(ports.clone()));
     let services = listen::Services {
         docker: api::docker::router(engine.clone()),
         engine: std::sync::Arc::new(engine.clone()),
         shutdown: CancellationToken::new(),
+        ports,
     };
     let mut servers = Vec::new();
     for (specs, port) in [
         (&listeners.docker, berth_protocol::DOCKER_PORT),
         (&listeners.control, berth_protocol::CONTROL_PORT),
         (&listeners.echo, berth_protocol::ECHO_PORT),
+        (&listeners.ports, berth_protocol::PORTS_PORT),
+        (&listeners.forward, berth_protocol::FORWARD_PORT),
     ] {
         for spec in specs {
             let addr = listen::parse(spec)?;

@@ -160,6 +160,23 @@ impl EngineError {
     }
 }
 
+/// The ports a container record publishes, each with the container address it leads to.
+fn published_of(r: &ContainerRecord) -> Vec<(crate::network::ports::HostPort, std::net::SocketAddr)> {
+    let Ok(ip) = r.net.ip.parse::<std::net::IpAddr>() else { return vec![] };
+    let mut out = Vec::new();
+    for (key, bindings) in &r.net.ports {
+        let (cport, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+        let Ok(cport) = cport.parse::<u16>() else { continue };
+        for b in bindings {
+            if let (Ok(hip), Ok(hport)) = (b.host_ip.parse(), b.host_port.parse()) {
+                let p = crate::network::ports::HostPort { proto: proto.to_owned(), ip: hip, port: hport };
+                out.push((p, std::net::SocketAddr::new(ip, cport)));
+            }
+        }
+    }
+    out
+}
+
 pub(crate) fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
     let context = context.into();
     move |source| EngineError::Io { context, source }
@@ -277,6 +294,8 @@ pub(crate) struct Inner {
     pub shutting_down: AtomicBool,
     pub bridge: crate::network::Bridge,
     pub events: crate::events::Events,
+    /// The user's machine's side of published ports, when the engine runs in a VM.
+    pub host_side: Mutex<Option<Arc<dyn crate::network::ports::HostSide>>>,
 }
 
 /// The engine; cheap to clone.
@@ -314,6 +333,7 @@ impl Engine {
                 shutting_down: AtomicBool::new(false),
                 events: crate::events::Events::default(),
                 bridge: crate::network::Bridge::new(&config.bridge.name, config.bridge.gateway, config.bridge.prefix),
+                host_side: Mutex::new(None),
             }),
         };
         engine.load_containers()?;
@@ -330,6 +350,34 @@ impl Engine {
 
     pub fn events(&self) -> &crate::events::Events {
         &self.inner.events
+    }
+
+    /// Has published ports listened on by `host` too (the user's machine, from the VM), for
+    /// every container started from now on.
+    pub fn set_host_side(&self, host: Arc<dyn crate::network::ports::HostSide>) {
+        *self.inner.host_side.lock().expect("lock") = Some(host);
+    }
+
+    /// Every port the running containers publish, as the listening side sees them.
+    pub fn published_ports(&self) -> Vec<crate::network::ports::HostPort> {
+        let mut out: Vec<_> = self
+            .containers()
+            .into_iter()
+            .filter(|r| r.running())
+            .flat_map(|r| published_of(&r).into_iter().map(|(p, _)| p))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The container address a published port leads to, if a running container publishes it.
+    pub fn published_target(&self, port: &crate::network::ports::HostPort) -> Option<std::net::SocketAddr> {
+        self.containers()
+            .into_iter()
+            .filter(|r| r.running())
+            .flat_map(|r| published_of(&r))
+            .find_map(|(p, target)| (p == *port).then_some(target))
     }
 
     /// Emits a container event with dockerd's attributes (image, name, labels, extras).

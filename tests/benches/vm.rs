@@ -6,6 +6,10 @@
 //!    virtio-serial mux session, and for comparison a raw hybrid vsock connection per stream).
 //! 3. Docker API round trip through `$BERTH_HOME/docker.sock` (the daemon's forwarder) against
 //!    the same request sent straight over the transport, and the daemon's resident memory.
+//! 4. Published ports: throughput and connection latency of a container's TCP echo through
+//!    Berth's forwarding (the host listens, the serial mux carries each connection, the agent
+//!    connects to the container) against QEMU's own user-network `hostfwd` to the same
+//!    container in the same VM.
 //!
 //! `cargo bench -p berth-tests --bench vm` (`./dev bench-vm` builds the release binaries and
 //! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3).
@@ -62,6 +66,7 @@ fn config(dir: &Path, image: &Path) -> MachineConfig {
         boot_timeout: Duration::from_secs(180),
         transport: Kind::Hybrid,
         cid: 3,
+        hostfwd: Vec::new(),
     }
 }
 
@@ -193,6 +198,8 @@ fn main() {
         }
     });
 
+    ports_against_hostfwd(&rt, &image);
+
     // The real daemon, for the forwarder and its memory.
     let home = tempfile::tempdir().unwrap();
     let berth =
@@ -257,4 +264,98 @@ fn main() {
     );
     let out = berth(&["stop"]);
     assert!(out.status.success());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One connection: connect, one byte there and back, close; milliseconds.
+async fn connect_round_trip(port: u16) -> f64 {
+    let start = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Section 4: a TCP echo in a container, published (`-p`), reached through Berth's forwarding
+/// and through QEMU's `hostfwd` to the same published port in the guest.
+fn ports_against_hostfwd(rt: &tokio::runtime::Runtime, image: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let (published, hostfwd) = (free_port(), free_port());
+    let mut cfg = config(dir.path(), image);
+    cfg.transport = Kind::Serial;
+    // The guest side of the published port is the same number; slirp delivers to it.
+    cfg.hostfwd = vec![format!("tcp:127.0.0.1:{hostfwd}-:{published}")];
+    let reg = berth_tests::registry().addr.clone();
+    rt.block_on(async {
+        let m = Machine::start(&cfg).await.expect("boot");
+        tokio::spawn(berth_core::forward::ports::PortHost::new(m.transport.clone()).serve());
+        let sock = dir.path().join("docker.sock");
+        let listener = berth_core::forward::socket::bind(&sock).await.unwrap();
+        tokio::spawn(berth_core::forward::socket::serve(listener, m.transport.clone(), DOCKER_PORT));
+        let docker = |args: &[&str]| {
+            let out = Command::new("docker")
+                .args(args)
+                .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let probe = format!("{reg}/probe:latest");
+        docker(&["pull", "-q", &probe]);
+        docker(&["run", "-d", "-p", &format!("{published}:7777"), &probe, "/probe", "tcp-echo:7777"]);
+        for port in [published, hostfwd] {
+            let start = Instant::now();
+            loop {
+                let ok = tokio::time::timeout(Duration::from_secs(5), connect_round_trip(port)).await.is_ok();
+                if ok {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(60), "port {port} does not echo");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let connect = |port: u16| async move {
+            let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s) as berth_core::transport::Stream)
+        };
+        println!("\n## Published port: a container's TCP echo, 64 MiB through it (MiB/s), same VM, serial transport");
+        println!("| path | run 1 | run 2 | run 3 | median |");
+        println!("|---|---|---|---|---|");
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ours.push(throughput(connect(published), 64 << 20).await);
+            theirs.push(throughput(connect(hostfwd), 64 << 20).await);
+        }
+        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" | ");
+        let (mo, mt) = (median(&mut ours.clone()), median(&mut theirs.clone()));
+        println!("| Berth (host listener, serial mux, agent) | {} | {mo:.0} |", fmt(&ours));
+        println!("| QEMU hostfwd (slirp, the guest's proxy) | {} | {mt:.0} |", fmt(&theirs));
+        let (mut lo, mut lt) = (Vec::new(), Vec::new());
+        for i in 0..220 {
+            let a = connect_round_trip(published).await;
+            let b = connect_round_trip(hostfwd).await;
+            if i >= 20 {
+                lo.push(a);
+                lt.push(b);
+            }
+        }
+        println!("\n## Published port: connect, 1 byte there and back, close (200 alternating), ms");
+        println!("| path | median | p90 |");
+        println!("|---|---|---|");
+        println!("| Berth | {:.3} | {:.3} |", median(&mut lo), pct(&mut lo, 0.9));
+        println!("| QEMU hostfwd | {:.3} | {:.3} |", median(&mut lt), pct(&mut lt, 0.9));
+        println!(
+            "\nBerth/hostfwd: throughput {:.2}x, connection latency {:.2}x",
+            mo / mt,
+            median(&mut lo) / median(&mut lt)
+        );
+        m.stop(Duration::from_secs(60)).await;
+    });
 }

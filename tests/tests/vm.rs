@@ -145,6 +145,7 @@ async fn machine(dir: &Path, transport: Kind) -> Machine {
         boot_timeout: Duration::from_secs(180),
         transport,
         cid: 3,
+        hostfwd: Vec::new(),
     };
     let m = Machine::start(&cfg).await.unwrap_or_else(|e| panic!("booting over {transport}: {e}"));
     eprintln!("boot over {transport}: {:?}", m.boot);
@@ -389,21 +390,22 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
         exec = home.docker(&["exec", "keeper", "cat", "/d/f"]);
     }
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n", "{}", String::from_utf8_lossy(&exec.stderr));
+    published_ports_and_host_services(&home, &probe);
     let status = home.berth(&["status", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("berth status --json");
     assert_eq!(report["state"], "running", "{report:#}");
     assert_eq!(report["vm"]["state"], "running", "QMP query-status: {report:#}");
     assert_eq!(report["vm"]["accel"], "tcg", "{report:#}");
-    // vhost-device-vsock is installed here, so `auto` picks hybrid vsock.
-    assert_eq!(report["vm"]["transport"], "hybrid", "{report:#}");
+    // No /dev/vhost-vsock here, so `auto` picks the serial port (faster than hybrid vsock).
+    assert_eq!(report["vm"]["transport"], "serial", "{report:#}");
     assert!(report["vm"]["boot"]["ready"].as_f64().is_some_and(|s| s > 0.0), "{report:#}");
     assert!(report["agent"]["version"].as_str().is_some_and(|v| !v.is_empty()), "{report:#}");
     assert!(report["vm"]["qemu_version"].as_str().is_some_and(|v| !v.is_empty()), "{report:#}");
-    assert_eq!(report["agent"]["containers_running"], 1, "{report:#}");
+    assert_eq!(report["agent"]["containers_running"], 2, "{report:#}");
     assert_eq!(report["disk"]["size_bytes"], 4u64 << 30, "{report:#}");
     assert_eq!(report["vm"]["memory_mib"], 1024, "{report:#}");
     let text = home.berth(&["status"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("containers: 1 running"), "{text:?}");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("containers: 2 running"), "{text:?}");
 
     // A clean stop, and the volume is there after the next start.
     let stop = home.berth(&["stop"]);
@@ -418,6 +420,13 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     let out = home.berth(&["start", "--memory", "1024"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(home.0.path().join("vm/accel-probe.json").exists() || !std::path::Path::new("/dev/kvm").exists());
+    // The container with --restart always came back with the VM, and so did its port here.
+    let served = || {
+        let web = home.docker(&["port", "web", "80/tcp"]);
+        let addr = String::from_utf8_lossy(&web.stdout).trim().to_owned();
+        !addr.is_empty() && http_get(&addr).as_deref() == Some("served from the VM\n")
+    };
+    assert!(berth_tests::eventually(60, served), "web's port after a reboot");
     let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f"]);
     assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\n", "{}", String::from_utf8_lossy(&read.stderr));
     let ps = home.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
@@ -474,4 +483,113 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     assert_eq!(String::from_utf8_lossy(&read.stdout), "synced\n", "{}", String::from_utf8_lossy(&read.stderr));
     let logs = home.docker(&["logs", "talker"]);
     assert_eq!(logs.stdout, b"one\n", "logs survive restarts: {logs:?}");
+}
+
+/// `GET /` on `addr` (host:port) over plain TCP; the body.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.split_once("\r\n\r\n").filter(|(head, _)| head.contains(" 200 ")).map(|(_, body)| body.to_owned())
+}
+
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+}
+
+/// Published ports answer on this machine (TCP and UDP), a port taken here fails the start
+/// with dockerd's words and leaves nothing running, a restart brings the port back, a stop
+/// closes it; containers reach this machine's loopback services as host.docker.internal.
+fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
+    let (tcp, udp) = (free_port(false), free_port(true));
+    let script = "mkdir -p /www && echo served from the VM > /www/index.html && httpd -p 80 -h /www && exec /probe udp-echo:5353";
+    let (p_tcp, p_udp) = (format!("127.0.0.1:{tcp}:80"), format!("127.0.0.1:{udp}:5353/udp"));
+    let run = home.docker(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "web",
+        "-p",
+        &p_tcp,
+        "-p",
+        &p_udp,
+        probe,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let addr = format!("127.0.0.1:{tcp}");
+    assert!(berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from the VM\n")), "{addr}");
+    let port = home.docker(&["port", "web"]);
+    let port = String::from_utf8_lossy(&port.stdout);
+    assert!(
+        port.contains(&format!("80/tcp -> 127.0.0.1:{tcp}")) && port.contains(&format!("5353/udp -> 127.0.0.1:{udp}")),
+        "{port}"
+    );
+    let echo = || {
+        let mut socat = Command::new("socat")
+            .args(["-t", "3", "-", &format!("UDP:127.0.0.1:{udp}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("socat (Debian package socat)");
+        socat.stdin.take().unwrap().write_all(b"datagram through the VM\n").unwrap();
+        String::from_utf8_lossy(&socat.wait_with_output().unwrap().stdout).into_owned()
+    };
+    assert!(berth_tests::eventually(20, || echo() == "datagram through the VM\n"), "UDP echo on {udp}");
+
+    // Taken on this machine: dockerd's error, and no container left running.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = format!("127.0.0.1:{}:80", holder.local_addr().unwrap().port());
+    let taken = home.docker(&["run", "-d", "--name", "blocked", "-p", &held, probe, "sleep", "60"]);
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(!taken.status.success() && err.contains("port is already allocated"), "{err}");
+    let state = home.docker(&["inspect", "-f", "{{.State.Running}}", "blocked"]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "false");
+    assert!(home.docker(&["rm", "-f", "blocked"]).status.success());
+
+    // Restart brings the port back; stop closes it.
+    let restart = home.docker(&["restart", "-t", "1", "web"]);
+    assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
+    assert!(
+        berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from the VM\n")),
+        "after restart"
+    );
+    let once = home.docker(&["run", "-d", "--name", "brief", "-p", "127.0.0.1::80", probe, "sleep", "60"]);
+    assert!(once.status.success(), "{}", String::from_utf8_lossy(&once.stderr));
+    let brief = String::from_utf8_lossy(&home.docker(&["port", "brief", "80/tcp"]).stdout).trim().to_owned();
+    assert!(std::net::TcpStream::connect(&brief).is_ok(), "an engine-picked port listens here: {brief}");
+    assert!(home.docker(&["stop", "-t", "0", "brief"]).status.success());
+    assert!(berth_tests::eventually(10, || std::net::TcpStream::connect(&brief).is_err()), "{brief} still listens");
+
+    // A service on this machine's loopback, by name from a container.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sport = service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in service.incoming().flatten() {
+            let mut req = [0u8; 1024];
+            let _ = std::io::Read::read(&mut c, &mut req);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 20\r\n\r\nhello from the host\n");
+        }
+    });
+    for name in ["host.docker.internal", "gateway.docker.internal"] {
+        let url = format!("http://{name}:{sport}/");
+        let got = home.docker(&["run", "--rm", probe, "wget", "-qO-", &url]);
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout),
+            "hello from the host\n",
+            "{name}: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
 }

@@ -41,7 +41,7 @@ struct VmArgs {
     /// $BERTH_HOME/image].
     #[arg(long)]
     image: Option<PathBuf>,
-    /// How the host reaches the guest: auto (vsock, else hybrid, else serial), vsock, hybrid
+    /// How the host reaches the guest: auto (vsock, else serial), vsock, hybrid
     /// or serial [config: transport; default auto].
     #[arg(long)]
     transport: Option<berth_core::transport::Choice>,
@@ -153,6 +153,7 @@ fn machine_config(home: &Path, r: &Resolved) -> MachineConfig {
         boot_timeout: Duration::from_secs(180),
         transport: r.transport.resolve(),
         cid: 3,
+        hostfwd: Vec::new(),
     }
 }
 
@@ -220,6 +221,8 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
     });
     tokio::spawn(berth_core::forward::socket::serve(control, machine.transport.clone(), berth_protocol::CONTROL_PORT));
     tokio::spawn(berth_core::forward::socket::serve(docker, machine.transport.clone(), berth_protocol::DOCKER_PORT));
+    // Published ports: the guest says which, this machine listens and forwards.
+    tokio::spawn(berth_core::forward::ports::PortHost::new(machine.transport.clone()).serve());
     tracing::info!(socket = %home.join("docker.sock").display(), transport = %machine.transport.kind(), "Docker socket ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -11,7 +11,11 @@
 //!    `SetTime` (the host's clock, after boot and after the host sleeps), `Shutdown` (stop the
 //!    containers, sync, unmount, power off; answered before the VM goes down).
 //!
+//! Published ports have a channel of their own ([`ports`]).
+//!
 //! This crate has no OS dependencies, so the host side builds on macOS and Windows.
+
+pub mod ports;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +31,10 @@ pub const ECHO_PORT: u32 = 1025;
 /// The vsock port where the guest accepts multiplexed sessions (`berth-mux`): the hybrid vsock
 /// transport runs all its streams in one such session.
 pub const MUX_PORT: u32 = 1026;
+/// The vsock port of the published-ports channel ([`ports`]).
+pub const PORTS_PORT: u32 = 1027;
+/// The vsock port forwarded connections to published ports arrive on ([`ports`]).
+pub const FORWARD_PORT: u32 = 1028;
 /// The name of the virtio-serial port that carries a multiplexed session on hosts without vsock.
 pub const SERIAL_PORT_NAME: &str = "berth.0";
 /// The longest line either side accepts.

@@ -393,12 +393,14 @@ impl Engine {
         let eth0 = bridge.allocate(None).map_err(|e| EngineError::Network(Box::new(e)))?;
         let endpoint = format!("{} ({})", rec.name, &rec.id[..12]);
         let hc = &rec.host_config;
+        let host = self.inner.host_side.lock().expect("lock").clone();
         match network::ports::publish(
             &hc.port_bindings,
             hc.publish_all_ports,
             &rec.config.exposed_ports,
             eth0.address,
             &endpoint,
+            host,
         )
         .await
         {
@@ -433,7 +435,11 @@ impl Engine {
         if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
             cg.remove();
         }
-        ctr.published.lock().expect("lock").take();
+        // Closed before the next start can bind the same ports again.
+        let published = ctr.published.lock().expect("lock").take();
+        if let Some(p) = published {
+            p.close().await;
+        }
         if let Ok(ip) = ctr.snapshot().net.ip.parse() {
             self.inner.bridge.release(ip);
         }

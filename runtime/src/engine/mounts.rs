@@ -171,9 +171,30 @@ impl Engine {
         } else if !host_mode {
             hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
         }
+        // Where the user's machine is: in the VM, QEMU's address for the host (whose loopback
+        // services answer there); natively, the bridge's gateway. `host-gateway` in
+        // `--add-host` means the same, as with dockerd.
+        let host_addr = self
+            .inner
+            .stores
+            .host_loopback
+            .as_deref()
+            .map(str::to_owned)
+            .or_else(|| eth0.map(|e| e.gateway.to_string()));
+        let mut named = Vec::new();
         for extra in &rec.host_config.extra_hosts {
             if let Some((h, ip)) = extra.split_once(':') {
+                let ip = if ip == "host-gateway" { host_addr.as_deref().unwrap_or("127.0.0.1") } else { ip };
                 hosts.push_str(&format!("{ip}\t{h}\n"));
+                named.push(h.to_owned());
+            }
+        }
+        // As in Docker Desktop, the host by name (a name given with --add-host wins).
+        if let Some(addr) = &host_addr {
+            for name in ["host.docker.internal", "gateway.docker.internal"] {
+                if !named.iter().any(|n| n == name) {
+                    hosts.push_str(&format!("{addr}\t{name}\n"));
+                }
             }
         }
         std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;

@@ -1,10 +1,17 @@
 //! Published ports (`-p [ip:]host:container[/proto]`): the engine listens on the host side and
 //! forwards each TCP connection, or each UDP peer's datagrams, to the container's address, the
-//! way dockerd's userland proxy does. In the VM the host daemon forwards the same ports from
-//! the user's machine over vsock to these listeners.
+//! way dockerd's userland proxy does.
+//!
+//! In the VM the engine's "host" is the guest, and the user's machine is further out: a
+//! [`HostSide`] (the agent's ports channel to the host daemon) listens on the same address and
+//! port there before the container starts, so a port taken on the user's machine fails the
+//! start with dockerd's "port is already allocated", and forwards what it accepts to the
+//! container through the agent.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +21,56 @@ use tokio::task::JoinHandle;
 use super::NetworkError;
 use crate::model::PortBinding;
 
-/// The listeners of one container; they stop when this is dropped.
-#[derive(Debug, Default)]
+/// A published port as the listening side sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// What [`HostSide::open`] returns: `Err` with the user's machine's reason when it cannot
+/// listen there.
+pub type Opening = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The user's machine, when it is not the engine's: it listens on published ports too.
+pub trait HostSide: Send + Sync {
+    /// Listens on `port` on the user's machine.
+    fn open(&self, port: HostPort) -> Opening;
+    /// Stops listening there.
+    fn close(&self, port: HostPort);
+}
+
+/// The listeners of one container; they stop when this is dropped (on the user's machine too).
+#[derive(Default)]
 pub struct Published {
     tasks: Vec<JoinHandle<()>>,
     /// `"80/tcp"` → the bindings actually made (host ports filled in).
     pub bindings: BTreeMap<String, Vec<PortBinding>>,
+    host: Option<Arc<dyn HostSide>>,
+    /// What the user's machine listens on for this container.
+    opened: Vec<HostPort>,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published").field("bindings", &self.bindings).field("opened", &self.opened).finish()
+    }
+}
+
+impl Published {
+    /// Stops every listener and waits until each has let go of its socket, so the same ports
+    /// can be bound again at once (a restart); the user's machine closes them too.
+    pub async fn close(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 impl Drop for Published {
@@ -27,8 +78,37 @@ impl Drop for Published {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(h) = &self.host {
+            for p in self.opened.drain(..) {
+                h.close(p);
+            }
+        }
     }
 }
+
+/// A bound listener of either protocol.
+enum Listener {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Listener {
+    async fn bind(proto: &str, addr: SocketAddr) -> std::io::Result<(Listener, u16)> {
+        if proto == "tcp" {
+            let l = TcpListener::bind(addr).await?;
+            let p = l.local_addr()?.port();
+            Ok((Listener::Tcp(l), p))
+        } else {
+            let s = UdpSocket::bind(addr).await?;
+            let p = s.local_addr()?.port();
+            Ok((Listener::Udp(s), p))
+        }
+    }
+}
+
+/// How often a port the engine picked itself (`-p 80`) is picked again when the user's
+/// machine has it taken already.
+const EPHEMERAL_TRIES: usize = 8;
 
 /// Splits `"80/tcp"` into (80, "tcp").
 fn parse_port(key: &str) -> Result<(u16, String), NetworkError> {
@@ -40,14 +120,15 @@ fn parse_port(key: &str) -> Result<(u16, String), NetworkError> {
     }
 }
 
-/// Binds every requested port, then starts forwarding to `target`. Fails (binding nothing) if
-/// any host port is taken.
+/// Binds every requested port (and has `host` listen on it too), then starts forwarding to
+/// `target`. Fails (binding nothing, here or there) if any port is taken.
 pub async fn publish(
     requested: &BTreeMap<String, Option<Vec<PortBinding>>>,
     publish_all: bool,
     exposed: &BTreeMap<String, serde_json::Value>,
     target: Ipv4Addr,
     endpoint: &str,
+    host: Option<Arc<dyn HostSide>>,
 ) -> Result<Published, NetworkError> {
     let mut wanted: Vec<(String, PortBinding)> = Vec::new();
     for (key, bindings) in requested {
@@ -64,9 +145,9 @@ pub async fn publish(
             }
         }
     }
-    let mut published = Published::default();
-    let mut tcp = Vec::new();
-    let mut udp = Vec::new();
+    let mut published =
+        Published { tasks: Vec::new(), bindings: BTreeMap::new(), host: host.clone(), opened: Vec::new() };
+    let mut listeners = Vec::new();
     for (key, b) in wanted {
         let (cport, proto) = parse_port(&key)?;
         let ip: IpAddr = if b.host_ip.is_empty() {
@@ -85,35 +166,49 @@ pub async fn publish(
                 .map_err(|_| NetworkError::BadPort(b.host_port.clone()))?
         };
         let addr = SocketAddr::new(ip, hport);
-        let taken = |e: std::io::Error| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                NetworkError::PortAllocated { endpoint: endpoint.into(), addr: addr.to_string() }
-            } else {
-                NetworkError::Bind { addr: addr.to_string(), source: e }
+        let taken =
+            |addr: SocketAddr| NetworkError::PortAllocated { endpoint: endpoint.into(), addr: addr.to_string() };
+        let mut tries = 0;
+        let (listener, bound_port) = loop {
+            let (listener, bound_port) = Listener::bind(&proto, addr).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    taken(addr)
+                } else {
+                    NetworkError::Bind { addr: addr.to_string(), source: e }
+                }
+            })?;
+            let Some(h) = &host else { break (listener, bound_port) };
+            let wanted = HostPort { proto: proto.clone(), ip, port: bound_port };
+            match h.open(wanted.clone()).await {
+                Ok(()) => {
+                    published.opened.push(wanted);
+                    break (listener, bound_port);
+                }
+                // A port the engine picked: pick another, the user's machine has this one.
+                Err(why) if hport == 0 && tries < EPHEMERAL_TRIES => {
+                    tracing::debug!(port = bound_port, %why, "taken on the user's machine: picking another");
+                    tries += 1;
+                }
+                Err(why) => {
+                    tracing::info!(port = %SocketAddr::new(ip, bound_port), %why, "the user's machine refused the port");
+                    // Dropping `published` closes what the user's machine opened so far.
+                    return Err(taken(SocketAddr::new(ip, bound_port)));
+                }
             }
         };
-        let bound_port = if proto == "tcp" {
-            let l = TcpListener::bind(addr).await.map_err(taken)?;
-            let p = l.local_addr().map(|a| a.port()).unwrap_or(hport);
-            tcp.push((l, cport));
-            p
-        } else {
-            let s = UdpSocket::bind(addr).await.map_err(taken)?;
-            let p = s.local_addr().map(|a| a.port()).unwrap_or(hport);
-            udp.push((s, cport));
-            p
-        };
+        listeners.push((listener, cport));
         published
             .bindings
             .entry(key)
             .or_default()
             .push(PortBinding { host_ip: ip.to_string(), host_port: bound_port.to_string() });
     }
-    for (l, cport) in tcp {
-        published.tasks.push(tokio::spawn(forward_tcp(l, SocketAddr::new(IpAddr::V4(target), cport))));
-    }
-    for (s, cport) in udp {
-        published.tasks.push(tokio::spawn(forward_udp(s, SocketAddr::new(IpAddr::V4(target), cport))));
+    for (l, cport) in listeners {
+        let target = SocketAddr::new(IpAddr::V4(target), cport);
+        published.tasks.push(match l {
+            Listener::Tcp(l) => tokio::spawn(forward_tcp(l, target)),
+            Listener::Udp(s) => tokio::spawn(forward_udp(s, target)),
+        });
     }
     Ok(published)
 }
@@ -135,41 +230,50 @@ async fn forward_tcp(listener: TcpListener, target: SocketAddr) {
 }
 
 /// One socket per client towards the container, so replies find their way back; idle clients
-/// are forgotten after 90 s, as conntrack would.
+/// are forgotten after 90 s, as conntrack would. Only this task holds the listening socket
+/// (clients' tasks hand their replies back to it), so stopping it frees the port.
 async fn forward_udp(socket: UdpSocket, target: SocketAddr) {
-    let socket = Arc::new(socket);
-    let clients: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let (replies, mut replies_rx) = tokio::sync::mpsc::channel::<(SocketAddr, Option<Vec<u8>>)>(256);
+    // The clients' tasks end with this one: a JoinSet aborts its tasks when it is dropped.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 65536];
     loop {
-        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let upstream = {
-            let mut map = clients.lock().await;
-            match map.get(&peer) {
-                Some(s) => s.clone(),
-                None => {
-                    let Ok(s) = UdpSocket::bind("0.0.0.0:0").await else {
-                        continue;
-                    };
-                    if s.connect(target).await.is_err() {
-                        continue;
-                    }
-                    let s = Arc::new(s);
-                    map.insert(peer, s.clone());
-                    let (s2, socket2, clients2) = (s.clone(), socket.clone(), clients.clone());
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 65536];
-                        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(90), s2.recv(&mut buf)).await {
-                            let _ = socket2.send_to(&buf[..n], peer).await;
+        tokio::select! {
+            got = socket.recv_from(&mut buf) => {
+                let Ok((n, peer)) = got else { continue };
+                let upstream = match clients.entry(peer) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        let Ok(s) = UdpSocket::bind("0.0.0.0:0").await else { continue };
+                        if s.connect(target).await.is_err() {
+                            continue;
                         }
-                        clients2.lock().await.remove(&peer);
-                    });
-                    s
-                }
+                        let s = Arc::new(s);
+                        slot.insert(s.clone());
+                        let (replies, s2) = (replies.clone(), s.clone());
+                        tasks.spawn(async move {
+                            let mut buf = vec![0u8; 65536];
+                            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(90), s2.recv(&mut buf)).await {
+                                if replies.send((peer, Some(buf[..n].to_vec()))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = replies.send((peer, None)).await;
+                        });
+                        s
+                    }
+                };
+                let _ = upstream.send(&buf[..n]).await;
             }
-        };
-        let _ = upstream.send(&buf[..n]).await;
+            Some((peer, reply)) = replies_rx.recv() => match reply {
+                Some(d) => { let _ = socket.send_to(&d, peer).await; }
+                None => {
+                    clients.remove(&peer);
+                    while tasks.try_join_next().is_some() {}
+                }
+            },
+        }
     }
 }
 
@@ -186,7 +290,7 @@ mod tests {
             "80/tcp".to_string(),
             Some(vec![PortBinding { host_ip: "127.0.0.1".into(), host_port: port.to_string() }]),
         );
-        let err = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "web").await.unwrap_err();
+        let err = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "web", None).await.unwrap_err();
         assert!(err.to_string().contains("port is already allocated"), "{err}");
         assert!(matches!(parse_port("53/udp"), Ok((53, _))));
         assert!(parse_port("x/tcp").is_err());
@@ -205,7 +309,7 @@ mod tests {
             format!("{bport}/tcp"),
             Some(vec![PortBinding { host_ip: "127.0.0.1".into(), host_port: String::new() }]),
         );
-        let p = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "t").await.unwrap();
+        let p = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "t", None).await.unwrap();
         let hport: u16 = p.bindings[&format!("{bport}/tcp")][0].host_port.parse().unwrap();
         let mut c = TcpStream::connect(("127.0.0.1", hport)).await.unwrap();
         let mut got = Vec::new();

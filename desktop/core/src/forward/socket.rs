@@ -7,7 +7,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 use crate::transport::Transport;
@@ -39,29 +38,9 @@ pub async fn serve(listener: UnixListener, transport: Arc<dyn Transport>, port: 
         let transport = transport.clone();
         tokio::spawn(async move {
             match transport.connect(port).await {
-                Ok(guest) => relay(client, guest).await,
+                Ok(guest) => super::relay(client, guest).await,
                 Err(e) => tracing::warn!(error = %e, port, "forwarding: the guest is not reachable"),
             }
         });
     }
-}
-
-/// Copies both ways until both sides have ended; each end of input is passed on as a
-/// write shutdown.
-pub async fn relay<A, B>(a: A, b: B)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut a_rd, mut a_wr) = tokio::io::split(a);
-    let (mut b_rd, mut b_wr) = tokio::io::split(b);
-    let up = async {
-        let _ = tokio::io::copy(&mut a_rd, &mut b_wr).await;
-        let _ = b_wr.shutdown().await;
-    };
-    let down = async {
-        let _ = tokio::io::copy(&mut b_rd, &mut a_wr).await;
-        let _ = a_wr.shutdown().await;
-    };
-    tokio::join!(up, down);
 }

@@ -66,6 +66,9 @@ pub struct MachineConfig {
     pub transport: transport::Kind,
     /// The guest's vsock context id (native vsock: unique among the host's VMs).
     pub cid: u32,
+    /// QEMU user-network port forwards (`tcp:127.0.0.1:8022-:22`). Berth forwards published
+    /// ports itself; the benchmarks compare against these.
+    pub hostfwd: Vec<String>,
 }
 
 /// Sets the guest's clock to the host's, over `transport`.
@@ -366,7 +369,9 @@ impl Machine {
             .arg(cfg.image.join("initrd.img"))
             .arg("-append")
             .arg(kernel_cmdline(std::env::var("BERTH_GUEST_LOG").ok().as_deref()))
-            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
+            .arg("-netdev")
+            .arg(cfg.hostfwd.iter().fold("user,id=n0".to_string(), |n, f| format!("{n},hostfwd={f}")))
+            .args(["-device", "virtio-net-pci,netdev=n0"])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
             // The virtio-serial port, always there: the serial transport, and a way in for
