@@ -12,7 +12,8 @@
 //!    container in the same VM.
 //!
 //! `cargo bench -p berth-tests --bench vm` (`./dev bench-vm` builds the release binaries and
-//! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3).
+//! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3), and
+//! BERTH_BENCH_ONLY=ports for section 4 alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,6 +126,10 @@ async fn ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S,
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let image = image();
+    if std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("ports") {
+        ports_against_hostfwd(&rt, &image);
+        return;
+    }
     let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     println!("## Boot to a ready Docker API (TCG, 2 vCPUs, 1 GiB, release agent), seconds since QEMU started");
