@@ -161,6 +161,7 @@ fn start_engine(log_filter: &str) -> anyhow::Result<Child> {
         .args(["--echo", &format!("vsock://:{}", protocol::ECHO_PORT)])
         .args(["--ports", &format!("vsock://:{}", protocol::PORTS_PORT)])
         .args(["--forward", &format!("vsock://:{}", protocol::FORWARD_PORT)])
+        .args(["--shares", &format!("vsock://:{}", protocol::SHARES_PORT)])
         .args(["--mux", &format!("vsock://:{}", protocol::MUX_PORT)])
         .args(["--mux", &format!("serial://{}", protocol::SERIAL_PORT_NAME)])
         // QEMU's user network reaches the host's loopback at its gateway address.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use berth_protocol::{CONTROL_PORT, DOCKER_PORT, ECHO_PORT, FORWARD_PORT, PORTS_PORT};
+use berth_protocol::{CONTROL_PORT, DOCKER_PORT, ECHO_PORT, FORWARD_PORT, PORTS_PORT, SHARES_PORT};
 use berth_runtime::Engine;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -120,6 +120,8 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// The host daemon's side of published ports.
     pub ports: crate::api::ports::HostPorts,
+    /// Shared folders the host serves.
+    pub shares: crate::shares::Shares,
 }
 
 impl Services {
@@ -133,6 +135,10 @@ impl Services {
             ECHO_PORT => drop(tokio::spawn(echo(io))),
             PORTS_PORT => drop(tokio::spawn(crate::api::ports::channel(io, self.ports.clone()))),
             FORWARD_PORT => drop(tokio::spawn(crate::api::ports::forward(io, self.engine.clone()))),
+            SHARES_PORT => {
+                let shares = self.shares.clone();
+                drop(tokio::spawn(async move { shares.stream(io).await }))
+            }
             other => tracing::warn!(port = other, "a stream for a port nothing serves: closed"),
         }
     }

@@ -9,6 +9,7 @@ mod api;
 mod init;
 mod listen;
 mod serial;
+mod shares;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Docker Engine API.
@@ -68,6 +71,13 @@ enum Command {
         ports: Vec<String>,
         #[arg(long)]
         forward: Vec<String>,
+        /// Where the host's shared-folder streams arrive, likewise. May repeat.
+        #[arg(long)]
+        shares: Vec<String>,
+        /// Mount shared folders below this directory instead of at their own paths (for an
+        /// agent on the file server's own machine: tests).
+        #[arg(long, hide = true)]
+        share_prefix: Option<PathBuf>,
     },
     /// PID 1 of Berth's VM: mounts, modules, network, data disk, then runs `serve`.
     Init,
@@ -99,6 +109,8 @@ fn main() -> anyhow::Result<()> {
             mux,
             ports,
             forward,
+            shares,
+            share_prefix,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -108,8 +120,8 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
-            let listeners = Listeners { docker: listen, control, echo, mux, ports, forward };
-            rt.block_on(serve(listeners, data_root, insecure_registry, bridge, host_loopback))
+            let listeners = Listeners { docker: listen, control, echo, mux, ports, forward, shares };
+            rt.block_on(serve(listeners, data_root, insecure_registry, bridge, host_loopback, share_prefix))
         }
     }
 }
@@ -121,7 +133,7 @@ fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     Ok((ip, prefix))
 }
 
-/// The `--listen`, `--control`, `--echo`, `--mux`, `--ports` and `--forward` addresses.
+/// The addresses of every service (`--listen` is the Docker API's).
 struct Listeners {
     docker: Vec<String>,
     control: Vec<String>,
@@ -129,6 +141,7 @@ struct Listeners {
     mux: Vec<String>,
     ports: Vec<String>,
     forward: Vec<String>,
+    shares: Vec<String>,
 }
 
 async fn serve(
@@ -137,6 +150,7 @@ async fn serve(
     insecure: Vec<String>,
     bridge: BridgeConfig,
     host_loopback: Option<String>,
+    share_prefix: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
@@ -157,6 +171,7 @@ async fn serve(
         engine: std::sync::Arc::new(engine.clone()),
         shutdown: CancellationToken::new(),
         ports,
+        shares: shares::Shares::below(share_prefix),
     };
     let mut servers = Vec::new();
     for (specs, port) in [
@@ -165,6 +180,7 @@ async fn serve(
         (&listeners.echo, berth_protocol::ECHO_PORT),
         (&listeners.ports, berth_protocol::PORTS_PORT),
         (&listeners.forward, berth_protocol::FORWARD_PORT),
+        (&listeners.shares, berth_protocol::SHARES_PORT),
     ] {
         for spec in specs {
             let addr = listen::parse(spec)?;

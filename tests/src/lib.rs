@@ -198,6 +198,8 @@ pub struct Agent {
     pub subnet: String,
     bridge: String,
     child: Option<Child>,
+    /// More `serve` arguments.
+    extra: Vec<String>,
 }
 
 fn bridge_slot() -> u32 {
@@ -214,8 +216,18 @@ impl Agent {
     /// Starts an agent after `prepare` has run on its (empty) directory, e.g. to mount a small
     /// file system where the data root will be.
     pub fn start_with(prepare: impl FnOnce(&Path)) -> Agent {
+        Self::start_full(prepare, |_| vec![])
+    }
+
+    /// Starts an agent with more `serve` arguments, made from its directory.
+    pub fn start_args(args: impl FnOnce(&Path) -> Vec<String>) -> Agent {
+        Self::start_full(|_| {}, args)
+    }
+
+    fn start_full(prepare: impl FnOnce(&Path), args: impl FnOnce(&Path) -> Vec<String>) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
+        let extra = args(dir.path());
         let slot = bridge_slot();
         let mut agent = Agent {
             socket: dir.path().join("docker.sock"),
@@ -223,6 +235,7 @@ impl Agent {
             subnet: format!("172.30.{slot}."),
             bridge: format!("bt{slot}"),
             child: None,
+            extra,
         };
         agent.spawn();
         agent
@@ -271,6 +284,7 @@ impl Agent {
             .arg(format!("unix://{}", self.control_socket().display()))
             .arg("--mux")
             .arg(format!("unix://{}", self.mux_socket().display()))
+            .args(&self.extra)
             .arg("--echo")
             .arg(format!("unix://{}", self.dir.path().join("echo.sock").display()))
             .env("BERTH_LOG", "info")

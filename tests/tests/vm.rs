@@ -391,6 +391,7 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     }
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n", "{}", String::from_utf8_lossy(&exec.stderr));
     published_ports_and_host_services(&home, &probe);
+    shared_folders(&home, &img);
     let status = home.berth(&["status", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("berth status --json");
     assert_eq!(report["state"], "running", "{report:#}");
@@ -592,4 +593,36 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
             String::from_utf8_lossy(&got.stderr)
         );
     }
+}
+
+/// The default shares (the home and the temporary directory) mounted in the guest at the same
+/// paths: a container bind-mounts a directory of this machine by its own path and reads,
+/// writes, and sees this machine's edits; a read-only bind refuses writes.
+fn shared_folders(home: &BerthHome, img: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input"), "from this machine\n").unwrap();
+    let bind = format!("{}:/app", dir.path().display());
+    let run = |args: &[&str]| {
+        let out = home.docker(args);
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let script = "cat /app/input && echo from the VM > /app/output && mkdir -p /app/d/e && ln -s output /app/link && stat -c %s /app/input";
+    assert_eq!(run(&["run", "--rm", "-v", &bind, img, "sh", "-c", script]), "from this machine\n18\n");
+    assert_eq!(std::fs::read_to_string(dir.path().join("output")).unwrap(), "from the VM\n");
+    assert!(dir.path().join("d/e").is_dir());
+    assert_eq!(std::fs::read_link(dir.path().join("link")).unwrap(), std::path::Path::new("output"));
+    // An edit made here reaches a running container.
+    run(&["run", "-d", "--name", "reader", "-v", &bind, img, "sleep", "300"]);
+    std::fs::write(dir.path().join("input"), "edited here\n").unwrap();
+    let seen = || {
+        let out = home.docker(&["exec", "reader", "cat", "/app/input"]);
+        String::from_utf8_lossy(&out.stdout) == "edited here\n"
+    };
+    assert!(berth_tests::eventually(10, seen), "the edit did not reach the container");
+    run(&["rm", "-f", "reader"]);
+    let ro = format!("{}:/app:ro", dir.path().display());
+    let denied = home.docker(&["run", "--rm", "-v", &ro, img, "sh", "-c", "echo x > /app/nope"]);
+    assert!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("Read-only file system"));
+    assert!(!dir.path().join("nope").exists());
 }

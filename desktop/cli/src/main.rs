@@ -45,6 +45,11 @@ struct VmArgs {
     /// or serial [config: transport; default auto].
     #[arg(long)]
     transport: Option<berth_core::transport::Choice>,
+    /// A directory to share with the guest, mounted there at the same path (`PATH` or
+    /// `PATH:ro`); may repeat, and replaces the default ones [config: shares; default the
+    /// home directory and the temporary directory].
+    #[arg(long = "share", value_name = "PATH[:ro]")]
+    shares: Vec<String>,
 }
 
 impl VmArgs {
@@ -57,7 +62,9 @@ impl VmArgs {
             accel: self.accel,
             image: self.image.clone(),
             transport: self.transport,
+            shares: (!self.shares.is_empty()).then(|| self.shares.clone()),
         };
+        flags.check().map_err(anyhow::Error::msg)?;
         Ok(flags.over(&VmSettings::load(&home.join("config.toml"))?))
     }
 }
@@ -223,6 +230,26 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
     tokio::spawn(berth_core::forward::socket::serve(docker, machine.transport.clone(), berth_protocol::DOCKER_PORT));
     // Published ports: the guest says which, this machine listens and forwards.
     tokio::spawn(berth_core::forward::ports::PortHost::new(machine.transport.clone()).serve());
+    // Shared folders: a missing one is left out (and said), the rest are served.
+    let present: Vec<_> = settings
+        .shares
+        .iter()
+        .filter(|s| {
+            let ok = s.path.is_dir();
+            if !ok {
+                tracing::warn!(path = %s.path.display(), "shared folder is not a directory here: not shared");
+            }
+            ok
+        })
+        .cloned()
+        .collect();
+    match berth_core::forward::files::FileServer::new(&present) {
+        Ok(server) => {
+            tracing::info!(shares = ?present.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(), "sharing folders with the guest");
+            tokio::spawn(server.serve(machine.transport.clone()));
+        }
+        Err(e) => tracing::error!(error = %e, "shared folders"),
+    }
     tracing::info!(socket = %home.join("docker.sock").display(), transport = %machine.transport.kind(), "Docker socket ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -289,6 +316,10 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
         ])
         .arg("--image")
         .arg(&image)
+        .args(r.shares.iter().flat_map(|s| {
+            let spec = format!("{}{}", s.path.display(), if s.read_only { ":ro" } else { "" });
+            ["--share".to_string(), spec]
+        }))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

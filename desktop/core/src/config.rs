@@ -8,6 +8,7 @@
 //! accel = "auto"     # auto, kvm, hvf, whpx or tcg
 //! image = "image"    # guest image directory; relative to BERTH_HOME
 //! transport = "auto" # auto, vsock, hybrid or serial (see crate::transport)
+//! shares = ["/Users/me", "/Volumes/data:ro"]  # default: the home and temporary directories
 //! ```
 //!
 //! Unknown keys are refused rather than ignored, so a typo (`memroy`) does not silently give
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::forward::files::ShareSpec;
 use crate::transport::Choice;
 use crate::vm::accel::AccelChoice;
 
@@ -52,6 +54,9 @@ pub struct VmSettings {
     pub accel: Option<AccelChoice>,
     pub image: Option<PathBuf>,
     pub transport: Option<Choice>,
+    /// Directories shared with the guest, `PATH` or `PATH:ro`; given, they replace the
+    /// default ones (the home directory and the temporary directory).
+    pub shares: Option<Vec<String>>,
 }
 
 /// The settings in force, every one decided.
@@ -64,6 +69,21 @@ pub struct Resolved {
     /// None: the default image directory.
     pub image: Option<PathBuf>,
     pub transport: Choice,
+    pub shares: Vec<ShareSpec>,
+}
+
+/// `PATH` or `PATH:ro` (`:rw` too) as a share.
+pub fn parse_share(s: &str) -> Result<ShareSpec, String> {
+    let (path, read_only) = match s.rsplit_once(':') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        _ => (s, false),
+    };
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(format!("shared folder {s:?}: the path must be absolute"));
+    }
+    Ok(ShareSpec { path, read_only })
 }
 
 impl VmSettings {
@@ -80,6 +100,7 @@ impl VmSettings {
         if let (Some(image), Some(dir)) = (&s.image, path.parent()) {
             s.image = Some(dir.join(image));
         }
+        s.check().map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
         Ok(s)
     }
 
@@ -95,7 +116,20 @@ impl VmSettings {
             accel: self.accel.or(file.accel).unwrap_or_default(),
             image: self.image.clone().or_else(|| file.image.clone()),
             transport: self.transport.or(file.transport).unwrap_or_default(),
+            shares: match self.shares.as_ref().or(file.shares.as_ref()) {
+                // Checked when read (`check`): bad entries never get this far.
+                Some(list) => list.iter().filter_map(|s| parse_share(s).ok()).collect(),
+                None => crate::forward::files::default_shares(),
+            },
         }
+    }
+
+    /// Refuses share entries that do not parse, naming them.
+    pub fn check(&self) -> Result<(), String> {
+        for s in self.shares.iter().flatten() {
+            parse_share(s)?;
+        }
+        Ok(())
     }
 }
 
@@ -114,7 +148,7 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(
             &path,
-            "# mine\ncpus = 4\nmemory = 4096\naccel = \"tcg\"\nimage = \"img\"\ntransport = \"serial\"\n",
+            "# mine\ncpus = 4\nmemory = 4096\naccel = \"tcg\"\nimage = \"img\"\ntransport = \"serial\"\nshares = [\"/srv:ro\", \"/work\"]\n",
         )
         .unwrap();
         let file = VmSettings::load(&path).unwrap();
@@ -130,6 +164,10 @@ mod tests {
                 accel: AccelChoice::Forced(Accel::Tcg),
                 image: Some(dir.path().join("img")),
                 transport: Choice::Kind(crate::transport::Kind::Serial),
+                shares: vec![
+                    ShareSpec { path: "/srv".into(), read_only: true },
+                    ShareSpec { path: "/work".into(), read_only: false },
+                ],
             }
         );
         let flags = VmSettings { cpus: n(1), disk: n(8), accel: Some(AccelChoice::Auto), ..Default::default() };
@@ -145,9 +183,13 @@ mod tests {
                 disk_gib: 32,
                 accel: AccelChoice::Auto,
                 image: None,
-                transport: Choice::Auto
+                transport: Choice::Auto,
+                shares: crate::forward::files::default_shares(),
             }
         );
+        assert!(defaults.shares.iter().any(|s| s.path == std::env::temp_dir()), "{:?}", defaults.shares);
+        assert!(parse_share("relative").is_err());
+        assert_eq!(parse_share("/a:b").unwrap().path, PathBuf::from("/a:b"));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! This crate has no OS dependencies, so the host side builds on macOS and Windows.
 
 pub mod ports;
+pub mod shares;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,8 @@ pub const MUX_PORT: u32 = 1026;
 pub const PORTS_PORT: u32 = 1027;
 /// The vsock port forwarded connections to published ports arrive on ([`ports`]).
 pub const FORWARD_PORT: u32 = 1028;
+/// The vsock port of the shared-folder streams ([`shares`]).
+pub const SHARES_PORT: u32 = 1029;
 /// The name of the virtio-serial port that carries a multiplexed session on hosts without vsock.
 pub const SERIAL_PORT_NAME: &str = "berth.0";
 /// The longest line either side accepts.

@@ -1,6 +1,7 @@
-//! What the host forwards into the guest: the Docker socket ([`socket`]) and published ports
-//! ([`ports`]); shared folders come next.
+//! What the host forwards into the guest: the Docker socket ([`socket`]), published ports
+//! ([`ports`]) and shared folders ([`files`]).
 
+pub mod files;
 pub mod ports;
 #[cfg(unix)]
 pub mod socket;

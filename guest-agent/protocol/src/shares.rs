@@ -1,0 +1,360 @@
+//! Shared folders: directories of the user's machine, mounted in the guest at the same paths
+//! (so `docker run -v "$PWD:/app"` needs no rewriting), served by the host daemon's file
+//! server and reached through FUSE in the guest.
+//!
+//! The host opens the streams (it is the mux session's client), then answers calls on them:
+//!
+//! 1. The host opens a few streams to [`SHARES_PORT`](crate::SHARES_PORT) and sends
+//!    [`Message::Hello`] on each, with the shares and their root nodes. The guest answers
+//!    [`Message::Ready`], mounts every share it has not mounted yet, and from then on sends
+//!    [`Message::Call`]s on whichever stream is least busy; the host answers each with a
+//!    [`Message::Answer`] of the same id, in any order (a slow read does not hold up a stat).
+//! 2. The host watches the directories the guest has looked into and sends
+//!    [`Message::Changed`] when something changes there behind the guest's back, so the
+//!    guest drops what it cached and raises the change for the container's watchers.
+//!
+//! A node is one file-system object of the host (one inode on unix hosts, so hard links are
+//! one node); the host keeps the paths it knows for each and drops a node once the guest has
+//! forgotten it. Errors are Linux errno numbers, whatever the host's own are.
+//!
+//! Frames are a 4-byte big-endian length and a [postcard] encoding: data in reads and
+//! writes is copied as bytes, not number by number as JSON would.
+
+use serde::{Deserialize, Serialize};
+
+/// The version of this protocol; a change an older peer cannot read bumps it.
+pub const VERSION: u32 = 1;
+/// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
+pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
+/// The largest read or write in one call.
+pub const MAX_IO: usize = 1 << 20;
+
+/// A node: one file-system object the host serves.
+pub type Node = u64;
+/// An open file or directory on the host.
+pub type Handle = u64;
+
+/// A shared directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The host's absolute path, which is also where the guest mounts it.
+    pub path: String,
+    /// The node of its root.
+    pub root: Node,
+    pub read_only: bool,
+}
+
+/// A point in time (seconds and nanoseconds since 1970).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Time {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// A node's attributes, as `stat` gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub node: Node,
+    pub kind: Kind,
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    /// Permission bits (and set-id, sticky).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+/// A name in a directory with its node (a lookup, a readdirplus entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+/// A time to set: now (the host's clock) or the one given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(Time),
+}
+
+/// Who creates a node in the guest: the host gives it to them where it may (it runs as
+/// root), else it stays the host user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What `setattr` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// An open handle to change it through (a file may be unlinked and still open).
+    pub handle: Option<Handle>,
+}
+
+/// What the guest asks. Names are single path components, as bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Lookup {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// The guest dropped `count` references to `node` (no answer).
+    Forget {
+        node: Node,
+        count: u64,
+    },
+    GetAttr {
+        node: Node,
+        handle: Option<Handle>,
+    },
+    SetAttr {
+        node: Node,
+        set: SetAttr,
+    },
+    ReadLink {
+        node: Node,
+    },
+    /// A regular file or a FIFO (device nodes are refused: the host would make them).
+    MkNod {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        owner: Owner,
+    },
+    MkDir {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        owner: Owner,
+    },
+    Unlink {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    RmDir {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Symlink {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+        owner: Owner,
+    },
+    Rename {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        new_parent: Node,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+        /// Linux's RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2).
+        flags: u32,
+    },
+    Link {
+        node: Node,
+        new_parent: Node,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+    },
+    /// Opens a file; `flags` are Linux's `O_*` access and `O_TRUNC`/`O_APPEND`.
+    Open {
+        node: Node,
+        flags: i32,
+    },
+    Create {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        flags: i32,
+        owner: Owner,
+    },
+    Read {
+        handle: Handle,
+        offset: u64,
+        size: u32,
+    },
+    Write {
+        handle: Handle,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Makes the handle's writes durable on the host's disk.
+    Fsync {
+        handle: Handle,
+        data_only: bool,
+    },
+    Release {
+        handle: Handle,
+    },
+    /// Lists a directory: entries from `offset` on (an index), each with its attributes.
+    /// With `plus` every entry counts as a lookup (the guest forgets what it cannot use).
+    ReadDir {
+        node: Node,
+        offset: u64,
+        plus: bool,
+    },
+    StatFs {
+        node: Node,
+    },
+}
+
+/// The host's answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Ok,
+    Entry(DirEntry),
+    Attr(Attr),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    Written(u32),
+    Opened(Handle),
+    Created {
+        entry: DirEntry,
+        handle: Handle,
+    },
+    /// Entries from the offset asked, and whether the listing goes on after them.
+    Dir {
+        entries: Vec<DirEntry>,
+        more: bool,
+    },
+    StatFs {
+        blocks: u64,
+        bfree: u64,
+        bavail: u64,
+        files: u64,
+        ffree: u64,
+        bsize: u32,
+        namelen: u32,
+    },
+}
+
+/// A frame on a shares stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Host to guest, first on every stream.
+    Hello { version: u32, shares: Vec<Share> },
+    /// Guest to host, the answer to the hello.
+    Ready { version: u32 },
+    /// Guest to host.
+    Call { id: u64, request: Request },
+    /// Host to guest: the result of call `id`, or a Linux errno.
+    Answer { id: u64, result: Result<Reply, i32> },
+    /// Host to guest: `node` changed on the host (its attributes or data; with `name`, the
+    /// entry `name` in directory `node` appeared, went or was replaced).
+    Changed {
+        node: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+}
+
+/// Errors reading a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("a frame of {0} bytes is over the limit of {MAX_FRAME}")]
+    TooLong(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// A message as a frame (length and body).
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let body = postcard::to_stdvec(msg).expect("share messages serialise");
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The length a frame's 4-byte header announces, checked against the limit.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let n = u32::from_be_bytes(header) as usize;
+    if n > MAX_FRAME { Err(FrameError::TooLong(n)) } else { Ok(n) }
+}
+
+/// A frame's body as a message.
+pub fn decode(body: &[u8]) -> Result<Message, FrameError> {
+    postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Linux errno numbers, for answers (the host's own numbers differ on macOS and Windows).
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
+    pub const EACCES: i32 = 13;
+    pub const EBUSY: i32 = 16;
+    pub const EEXIST: i32 = 17;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const ETXTBSY: i32 = 26;
+    pub const EFBIG: i32 = 27;
+    pub const ENOSPC: i32 = 28;
+    pub const EROFS: i32 = 30;
+    pub const EMLINK: i32 = 31;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOSYS: i32 = 38;
+    pub const ENOTEMPTY: i32 = 39;
+    pub const ELOOP: i32 = 40;
+    pub const ENOTSUP: i32 = 95;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_carry_bytes_as_bytes() {
+        let data = vec![7u8; 100_000];
+        let m = Message::Call { id: 9, request: Request::Write { handle: 3, offset: 1 << 33, data: data.clone() } };
+        let f = encode(&m);
+        assert!(f.len() < data.len() + 32, "bytes are copied, not encoded one by one");
+        let n = frame_len(f[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n, f.len() - 4);
+        assert_eq!(decode(&f[4..]).unwrap(), m);
+        let a = Message::Answer { id: 9, result: Err(errno::ENOENT) };
+        assert_eq!(decode(&encode(&a)[4..]).unwrap(), a);
+        assert!(matches!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()), Err(FrameError::TooLong(_))));
+        assert!(decode(b"\xff\xff").is_err());
+    }
+}

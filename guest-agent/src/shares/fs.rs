@@ -1,0 +1,575 @@
+//! One shared folder as a FUSE file system (the `fuser` crate speaks the kernel's FUSE
+//! protocol; every operation becomes a call to the host's file server).
+//!
+//! fuser calls these methods on its own thread; each one hands its reply object to a task on
+//! the agent's runtime and returns at once, so many operations are in flight together and a
+//! slow one (a large read) does not stall the rest.
+//!
+//! Inode numbers are the host's node numbers, except that the share's root is FUSE's root
+//! (1). Attributes and entries are cached by the kernel for [`TTL`]; the host's change
+//! notices invalidate them sooner ([`Changes`]). Data goes through the page cache (reads of a
+//! file unchanged on the host come from memory; the kernel drops cached pages when it sees
+//! the size or mtime change), while writes go to the host at once, so an edit made in a
+//! container is on the host when the write returns.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_protocol::shares::{self as proto, Attr, Kind, Owner, Reply, Request, SetTime, Share};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request as FuseRequest, TimeOrNow,
+};
+
+use super::Shares;
+
+/// How long the kernel may trust what it was told about a node or a name.
+const TTL: Duration = Duration::from_secs(1);
+
+/// The file system of one share.
+struct ShareFs {
+    shares: Shares,
+    /// The host's node of the share's root (it may change if the host serves it anew).
+    root: Arc<AtomicU64>,
+    rt: tokio::runtime::Handle,
+}
+
+fn time(t: proto::Time) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::new(t.secs.unsigned_abs(), 0)
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(proto::Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }),
+            Err(e) => SetTime::At(proto::Time { secs: -(e.duration().as_secs() as i64), nanos: 0 }),
+        },
+    }
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn err(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+fn owner(req: &FuseRequest) -> Owner {
+    Owner { uid: req.uid(), gid: req.gid() }
+}
+
+impl ShareFs {
+    /// The host's node for a kernel inode.
+    fn node(&self, ino: INodeNo) -> u64 {
+        if ino == INodeNo::ROOT { self.root.load(Ordering::Relaxed) } else { ino.0 }
+    }
+
+    fn ino(&self, node: u64) -> INodeNo {
+        if node == self.root.load(Ordering::Relaxed) { INodeNo::ROOT } else { INodeNo(node) }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: self.ino(a.node),
+            size: a.size,
+            blocks: a.blocks,
+            atime: time(a.atime),
+            mtime: time(a.mtime),
+            ctime: time(a.ctime),
+            crtime: time(a.ctime),
+            kind: kind(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: a.blksize.max(512),
+            flags: 0,
+        }
+    }
+
+    /// Runs `request` on the agent's runtime and hands the result to `then`.
+    fn call(&self, request: Request, then: impl FnOnce(Result<Reply, i32>) + Send + 'static) {
+        let shares = self.shares.clone();
+        self.rt.spawn(async move { then(shares.call(request).await) });
+    }
+
+    /// A call whose answer is an entry.
+    fn entry_call(self: &Arc<Self>, request: Request, reply: ReplyEntry) {
+        let me = self.clone();
+        self.call(request, move |r| match r {
+            Ok(Reply::Entry(e)) => reply.entry(&TTL, &me.attr(&e.attr), Generation(0)),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn empty_call(&self, request: Request, reply: ReplyEmpty) {
+        self.call(request, move |r| match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn list(
+        self: &Arc<Self>,
+        ino: INodeNo,
+        offset: u64,
+        plus: bool,
+        mut add: impl FnMut(&Self, u64, &[u8], Option<&Attr>, FileType) -> bool + Send + 'static,
+        done: impl FnOnce(Result<(), i32>) + Send + 'static,
+    ) {
+        // Kernel offsets 0 and 1 are "." and ".."; the host's listing starts after them.
+        let me = self.clone();
+        let node = self.node(ino);
+        let mut next = offset;
+        if next == 0 {
+            if add(&me, 1, b".", None, FileType::Directory) {
+                return done(Ok(()));
+            }
+            next = 1;
+        }
+        if next == 1 {
+            if add(&me, 2, b"..", None, FileType::Directory) {
+                return done(Ok(()));
+            }
+            next = 2;
+        }
+        let host_offset = next - 2;
+        self.call(Request::ReadDir { node, offset: host_offset, plus }, move |r| match r {
+            Ok(Reply::Dir { entries, .. }) => {
+                let mut full_at = None;
+                for (i, e) in entries.iter().enumerate() {
+                    let k = host_offset + i as u64 + 3;
+                    if add(&me, k, &e.name, Some(&e.attr), kind(e.attr.kind)) {
+                        full_at = Some(i);
+                        break;
+                    }
+                }
+                // The host counted every entry it sent as looked up; give back what did not fit.
+                if plus && let Some(i) = full_at {
+                    for e in &entries[i..] {
+                        let s = me.shares.clone();
+                        let node = e.attr.node;
+                        me.rt.spawn(async move { s.call(Request::Forget { node, count: 1 }).await });
+                    }
+                }
+                done(Ok(()))
+            }
+            Ok(_) => done(Err(proto::errno::EIO)),
+            Err(e) => done(Err(e)),
+        });
+    }
+}
+
+/// The `Filesystem` fuser drives: a shared handle on [`ShareFs`].
+struct Fs(Arc<ShareFs>);
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &FuseRequest, config: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_BIG_WRITES,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        let _ = config.set_max_write(proto::MAX_IO as u32);
+        let _ = config.set_max_readahead(proto::MAX_IO as u32);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = self.0.node(parent);
+        self.0.entry_call(Request::Lookup { parent, name: name.as_bytes().to_vec() }, reply);
+    }
+
+    fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
+        if ino != INodeNo::ROOT {
+            self.0.call(Request::Forget { node: ino.0, count: nlookup }, |_| {});
+        }
+    }
+
+    fn getattr(&self, _req: &FuseRequest, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let me = self.0.clone();
+        let node = self.0.node(ino);
+        self.0.call(Request::GetAttr { node, handle: fh.map(|h| h.0) }, move |r| match r {
+            Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &FuseRequest,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = proto::SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            handle: fh.map(|h| h.0),
+        };
+        let me = self.0.clone();
+        let node = self.0.node(ino);
+        self.0.call(Request::SetAttr { node, set }, move |r| match r {
+            Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn readlink(&self, _req: &FuseRequest, ino: INodeNo, reply: ReplyData) {
+        self.0.call(Request::ReadLink { node: self.0.node(ino) }, move |r| match r {
+            Ok(Reply::Data(d)) => reply.data(&d),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = Request::MkNod {
+            parent: self.0.node(parent),
+            name: name.as_bytes().to_vec(),
+            mode: mode & !(umask & 0o777),
+            owner: owner(req),
+        };
+        self.0.entry_call(r, reply);
+    }
+
+    fn mkdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let r = Request::MkDir {
+            parent: self.0.node(parent),
+            name: name.as_bytes().to_vec(),
+            mode: mode & !(umask & 0o777),
+            owner: owner(req),
+        };
+        self.0.entry_call(r, reply);
+    }
+
+    fn unlink(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.0.empty_call(Request::Unlink { parent: self.0.node(parent), name: name.as_bytes().to_vec() }, reply);
+    }
+
+    fn rmdir(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.0.empty_call(Request::RmDir { parent: self.0.node(parent), name: name.as_bytes().to_vec() }, reply);
+    }
+
+    fn symlink(&self, req: &FuseRequest, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = Request::Symlink {
+            parent: self.0.node(parent),
+            name: link_name.as_bytes().to_vec(),
+            target: target.as_os_str().as_bytes().to_vec(),
+            owner: owner(req),
+        };
+        self.0.entry_call(r, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = Request::Rename {
+            parent: self.0.node(parent),
+            name: name.as_bytes().to_vec(),
+            new_parent: self.0.node(newparent),
+            new_name: newname.as_bytes().to_vec(),
+            flags: flags.bits(),
+        };
+        self.0.empty_call(r, reply);
+    }
+
+    fn link(&self, _req: &FuseRequest, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = Request::Link {
+            node: self.0.node(ino),
+            new_parent: self.0.node(newparent),
+            new_name: newname.as_bytes().to_vec(),
+        };
+        self.0.entry_call(r, reply);
+    }
+
+    fn open(&self, _req: &FuseRequest, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
+        self.0.call(Request::Open { node: self.0.node(ino), flags: flags.0 }, move |r| match r {
+            Ok(Reply::Opened(h)) => reply.opened(FileHandle(h), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn create(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let me = self.0.clone();
+        let r = Request::Create {
+            parent: self.0.node(parent),
+            name: name.as_bytes().to_vec(),
+            mode: mode & !(umask & 0o777),
+            flags,
+            owner: owner(req),
+        };
+        self.0.call(r, move |r| match r {
+            Ok(Reply::Created { entry, handle }) => {
+                reply.created(&TTL, &me.attr(&entry.attr), Generation(0), FileHandle(handle), FopenFlags::empty())
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.0.call(Request::Read { handle: fh.0, offset, size }, move |r| match r {
+            Ok(Reply::Data(d)) => reply.data(&d),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.0.call(Request::Write { handle: fh.0, offset, data: data.to_vec() }, move |r| match r {
+            Ok(Reply::Written(n)) => reply.written(n),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes reached the host when they returned: nothing is held back to flush.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.call(Request::Release { handle: fh.0 }, |_| {});
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &FuseRequest, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.0.empty_call(Request::Fsync { handle: fh.0, data_only: datasync }, reply);
+    }
+
+    fn readdir(&self, _req: &FuseRequest, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
+        let r2 = reply.clone();
+        self.0.list(
+            ino,
+            offset,
+            false,
+            move |me, next, name, attr, ft| {
+                let ino =
+                    attr.map_or(INodeNo(u64::MAX), |a| if a.node == 0 { INodeNo(u64::MAX) } else { me.ino(a.node) });
+                reply.lock().expect("lock").as_mut().is_some_and(|r| r.add(ino, next, ft, OsStr::from_bytes(name)))
+            },
+            move |res| {
+                if let Some(r) = r2.lock().expect("lock").take() {
+                    match res {
+                        Ok(()) => r.ok(),
+                        Err(e) => r.error(err(e)),
+                    }
+                }
+            },
+        );
+    }
+
+    fn readdirplus(&self, _req: &FuseRequest, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
+        let r2 = reply.clone();
+        let dir = self.0.node(ino);
+        self.0.list(
+            ino,
+            offset,
+            true,
+            move |me, next, name, attr, _ft| {
+                let fa = match attr {
+                    Some(a) => me.attr(a),
+                    // "." and "..": the kernel does not make entries of these.
+                    None => me.attr(&Attr {
+                        node: dir,
+                        kind: Kind::Dir,
+                        size: 0,
+                        blocks: 0,
+                        atime: Default::default(),
+                        mtime: Default::default(),
+                        ctime: Default::default(),
+                        perm: 0o755,
+                        nlink: 2,
+                        uid: 0,
+                        gid: 0,
+                        rdev: 0,
+                        blksize: 4096,
+                    }),
+                };
+                reply
+                    .lock()
+                    .expect("lock")
+                    .as_mut()
+                    .is_some_and(|r| r.add(fa.ino, next, OsStr::from_bytes(name), &TTL, &fa, Generation(0)))
+            },
+            move |res| {
+                if let Some(r) = r2.lock().expect("lock").take() {
+                    match res {
+                        Ok(()) => r.ok(),
+                        Err(e) => r.error(err(e)),
+                    }
+                }
+            },
+        );
+    }
+
+    fn statfs(&self, _req: &FuseRequest, ino: INodeNo, reply: ReplyStatfs) {
+        self.0.call(Request::StatFs { node: self.0.node(ino) }, move |r| match r {
+            Ok(Reply::StatFs { blocks, bfree, bavail, files, ffree, bsize, namelen }) => {
+                reply.statfs(blocks, bfree, bavail, files, ffree, bsize, namelen, bsize)
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+}
+
+/// What the host's change notices do in the guest: drop the kernel's cached attributes, data
+/// and names.
+pub struct Changes {
+    notifier: fuser::Notifier,
+}
+
+impl Changes {
+    pub fn changed(&self, node: u64, name: &[u8], root: u64) {
+        let ino = if node == root { INodeNo::ROOT } else { INodeNo(node) };
+        let done = if name.is_empty() {
+            self.notifier.inval_inode(ino, 0, 0)
+        } else {
+            self.notifier.inval_entry(ino, OsStr::from_bytes(name))
+        };
+        // ENOENT: the kernel holds nothing of it, which is fine.
+        if let Err(e) = done
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(error = %e, node, "invalidating a shared folder's cache");
+        }
+    }
+}
+
+/// Mounts `share` at `at` (made if missing) and serves it from the host.
+pub fn mount(
+    shares: Shares,
+    share: &Share,
+    at: &Path,
+) -> std::io::Result<(Arc<AtomicU64>, fuser::BackgroundSession, Option<Changes>)> {
+    std::fs::create_dir_all(at)?;
+    let root = Arc::new(AtomicU64::new(share.root));
+    let fs = ShareFs { shares, root: root.clone(), rt: tokio::runtime::Handle::current() };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("berth".into()),
+        MountOption::Subtype("berth-share".into()),
+        // The kernel checks permissions against the host's modes and owners, as on a disk.
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        if share.read_only { MountOption::RO } else { MountOption::RW },
+    ];
+    // Containers run as any user: let every one in (the kernel still checks permissions).
+    config.acl = fuser::SessionACL::All;
+    let session = fuser::spawn_mount(Fs(Arc::new(fs)), at, &config)?;
+    let changes = Changes { notifier: session.notifier() };
+    Ok((root, session, Some(changes)))
+}

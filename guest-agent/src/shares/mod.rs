@@ -1,0 +1,203 @@
+//! Shared folders in the guest (the protocol is `berth_protocol::shares`): the streams the
+//! host's file server opens, the calls sent on them, and one FUSE mount per share at the
+//! host's own path ([`fs`]).
+//!
+//! The host keeps several streams open; each is a [`Lane`]. A call goes out on the lane with
+//! the fewest calls in flight and waits for the answer with its id. When the last lane goes
+//! (the transport restarts), calls wait a while for the host to come back before they fail.
+
+mod fs;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_protocol::shares::{self as proto, Message, Reply, Request, Share, errno};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::listen::BoxIo;
+
+/// How long a call waits for a host that has gone (a transport that restarts comes back in
+/// well under this).
+const NO_HOST_WAIT: Duration = Duration::from_secs(30);
+/// How long a call waits for its answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, i32>>>>>;
+
+/// One stream to the host's file server.
+struct Lane {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    in_flight: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Inner {
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    lane_added: tokio::sync::Notify,
+    ids: AtomicU64,
+    /// Mounted shares by path, and the host's root node of each.
+    mounts: Mutex<HashMap<String, Mounted>>,
+    /// Where shares are mounted: at their own paths (in the VM), or below this directory (an
+    /// agent on the same machine as the file server, in tests).
+    prefix: Option<std::path::PathBuf>,
+}
+
+struct Mounted {
+    root: Arc<AtomicU64>,
+    notifier: Option<fs::Changes>,
+    _session: fuser::BackgroundSession,
+}
+
+/// The guest's side of shared folders; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Shares(Arc<Inner>);
+
+impl Shares {
+    /// Shares mounted at their paths below `prefix` rather than at the paths themselves.
+    pub fn below(prefix: Option<std::path::PathBuf>) -> Shares {
+        Shares(Arc::new(Inner { prefix, ..Default::default() }))
+    }
+
+    /// Sends `request` to the host and waits for its answer (a Linux errno on failure).
+    pub async fn call(&self, request: Request) -> Result<Reply, i32> {
+        let lane = self.lane().await.ok_or(errno::EIO)?;
+        let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
+        let forget = matches!(request, Request::Forget { .. });
+        let (tx, rx) = oneshot::channel();
+        if !forget {
+            lane.pending.lock().expect("lock").insert(id, tx);
+        }
+        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sent = lane.frames.send(proto::encode(&Message::Call { id, request })).is_ok();
+        if forget || !sent {
+            lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+            lane.pending.lock().expect("lock").remove(&id);
+            return if sent { Ok(Reply::Ok) } else { Err(errno::EIO) };
+        }
+        let answer = tokio::time::timeout(CALL_TIMEOUT, rx).await;
+        lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match answer {
+            Ok(Ok(result)) => result,
+            // The lane went (its calls fail), or the host did not answer.
+            _ => {
+                lane.pending.lock().expect("lock").remove(&id);
+                Err(errno::EIO)
+            }
+        }
+    }
+
+    /// The least busy lane, waiting a while for one when there is none.
+    async fn lane(&self) -> Option<Arc<Lane>> {
+        let deadline = tokio::time::Instant::now() + NO_HOST_WAIT;
+        loop {
+            let notified = self.0.lane_added.notified();
+            {
+                let lanes = self.0.lanes.lock().expect("lock");
+                if let Some(l) = lanes.iter().min_by_key(|l| l.in_flight.load(Ordering::Relaxed)) {
+                    return Some(l.clone());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Serves one stream the host opened to the shares port, until it closes.
+    pub async fn stream(&self, io: BoxIo) {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let shares = match read_message(&mut rd).await {
+            Ok(Some(Message::Hello { version, shares })) if version == proto::VERSION => shares,
+            other => {
+                tracing::warn!(?other, "shares: not a hello of version {}", proto::VERSION);
+                return;
+            }
+        };
+        if wr.write_all(&proto::encode(&Message::Ready { version: proto::VERSION })).await.is_err() {
+            return;
+        }
+        self.mount_all(&shares);
+        let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let lane = Arc::new(Lane { frames, pending: Pending::default(), in_flight: AtomicUsize::new(0) });
+        self.0.lanes.lock().expect("lock").push(lane.clone());
+        self.0.lane_added.notify_waiters();
+        let writer = tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                if wr.write_all(&f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match read_message(&mut rd).await {
+                Ok(Some(Message::Answer { id, result })) => {
+                    if let Some(tx) = lane.pending.lock().expect("lock").remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Ok(Some(Message::Changed { node, name })) => self.changed(node, &name),
+                Ok(Some(other)) => tracing::warn!(?other, "shares: unexpected message from the host"),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(error = %e, "shares stream failed");
+                    break;
+                }
+            }
+        }
+        writer.abort();
+        self.0.lanes.lock().expect("lock").retain(|l| !Arc::ptr_eq(l, &lane));
+        // Calls waiting on this lane fail now rather than at their timeout.
+        lane.pending.lock().expect("lock").clear();
+        tracing::info!("shares stream closed");
+    }
+
+    /// Mounts every share not mounted yet, at its path.
+    fn mount_all(&self, shares: &[Share]) {
+        let mut mounts = self.0.mounts.lock().expect("lock");
+        for share in shares {
+            if let Some(m) = mounts.get(&share.path) {
+                // The same share again (another lane, or the host reconnected).
+                m.root.store(share.root, Ordering::Relaxed);
+                continue;
+            }
+            let at = match &self.0.prefix {
+                Some(p) => p.join(share.path.trim_start_matches('/')),
+                None => std::path::PathBuf::from(&share.path),
+            };
+            match fs::mount(self.clone(), share, &at) {
+                Ok((root, session, notifier)) => {
+                    tracing::info!(path = %share.path, read_only = share.read_only, "shared folder mounted");
+                    mounts.insert(share.path.clone(), Mounted { root, notifier, _session: session });
+                }
+                Err(e) => tracing::error!(path = %share.path, error = %e, "mounting a shared folder"),
+            }
+        }
+    }
+
+    /// The host says `node` (or the entry `name` in it) changed behind the guest's back.
+    fn changed(&self, node: u64, name: &[u8]) {
+        let mounts = self.0.mounts.lock().expect("lock");
+        for m in mounts.values() {
+            if let Some(n) = &m.notifier {
+                n.changed(node, name, m.root.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+async fn read_message<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Message>> {
+    let mut header = [0u8; 4];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = proto::frame_len(header).map_err(std::io::Error::other)?;
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).await?;
+    proto::decode(&body).map(Some).map_err(std::io::Error::other)
+}

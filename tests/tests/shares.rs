@@ -1,0 +1,212 @@
+//! Shared folders end to end on one machine: the host's file server (berth-core) serves a
+//! directory over a mux session to a native agent, which mounts it with FUSE (below a prefix:
+//! at the directory's own path it would hide the directory from the server), and containers
+//! bind-mount it. Every correctness case is checked on the host's own copy of the files.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::forward::files::{FileServer, ShareSpec};
+use berth_core::transport::mux::MuxTransport;
+use berth_tests::{Agent, eventually};
+
+/// An agent whose shares mount below `<its dir>/guest`, a host directory served to it, and
+/// the path where the guest sees that directory.
+struct Setup {
+    agent: Agent,
+    host: tempfile::TempDir,
+    seen: PathBuf,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Setup {
+    fn new(read_only: bool) -> Setup {
+        let agent = Agent::start_args(|dir| vec!["--share-prefix".into(), dir.join("guest").display().to_string()]);
+        let host = tempfile::tempdir().unwrap();
+        let seen = agent.dir.path().join("guest").join(host.path().strip_prefix("/").unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = FileServer::new(&[ShareSpec { path: host.path().to_owned(), read_only }]).unwrap();
+        let transport = Arc::new(MuxTransport::serial(agent.mux_socket()));
+        rt.spawn(server.serve(transport));
+        let s = Setup { agent, host, seen, _rt: rt };
+        let ok = eventually(20, || s.mounted());
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let ours: Vec<&str> = mounts.lines().filter(|l| l.contains("fuse") || l.contains(".tmp")).collect();
+        assert!(ok, "the share was not mounted at {}: {}\nmounts: {ours:#?}", s.seen.display(), s.agent.log());
+        s
+    }
+
+    fn mounted(&self) -> bool {
+        std::fs::read_to_string("/proc/self/mounts").unwrap_or_default().lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() > 2 && f[0] == "berth" && f[1] == self.seen.to_str().unwrap() && f[2].starts_with("fuse")
+        })
+    }
+
+    fn host(&self, rel: &str) -> PathBuf {
+        self.host.path().join(rel)
+    }
+
+    fn guest(&self, rel: &str) -> PathBuf {
+        self.seen.join(rel)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.seen).status();
+    }
+}
+
+#[test]
+fn files_behave_as_on_a_disk() {
+    let s = Setup::new(false);
+    // Read what the host has; write what the host sees at once.
+    std::fs::write(s.host("from-host"), "made on the host\n").unwrap();
+    assert_eq!(std::fs::read_to_string(s.guest("from-host")).unwrap(), "made on the host\n");
+    std::fs::write(s.guest("from-guest"), "made in the guest\n").unwrap();
+    assert_eq!(std::fs::read_to_string(s.host("from-guest")).unwrap(), "made in the guest\n");
+
+    // Permission bits, ownership and times.
+    std::fs::set_permissions(s.guest("from-guest"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    assert_eq!(std::fs::metadata(s.host("from-guest")).unwrap().mode() & 0o777, 0o751);
+    std::os::unix::fs::chown(s.guest("from-guest"), Some(1234), Some(2345)).unwrap();
+    let m = std::fs::metadata(s.host("from-guest")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 2345));
+    let t = filetime_of(1_600_000_000);
+    std::fs::File::options().write(true).open(s.guest("from-guest")).unwrap().set_modified(t).unwrap();
+    assert_eq!(std::fs::metadata(s.host("from-guest")).unwrap().mtime(), 1_600_000_000);
+    assert_eq!(std::fs::metadata(s.guest("from-guest")).unwrap().mtime(), 1_600_000_000);
+
+    // Directories, listing, rename, symlinks, hard links.
+    std::fs::create_dir_all(s.guest("a/b/c")).unwrap();
+    std::fs::write(s.guest("a/b/c/f"), "f").unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(s.guest("a/b/c")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["f"]);
+    std::fs::rename(s.guest("a/b"), s.guest("a/moved")).unwrap();
+    assert_eq!(std::fs::read_to_string(s.host("a/moved/c/f")).unwrap(), "f");
+    assert_eq!(std::fs::read_to_string(s.guest("a/moved/c/f")).unwrap(), "f");
+    std::os::unix::fs::symlink("moved/c/f", s.guest("a/link")).unwrap();
+    assert_eq!(std::fs::read_link(s.host("a/link")).unwrap(), Path::new("moved/c/f"));
+    assert_eq!(std::fs::read_to_string(s.guest("a/link")).unwrap(), "f", "followed in the guest");
+    std::fs::hard_link(s.guest("a/moved/c/f"), s.guest("a/hard")).unwrap();
+    let (g1, g2) = (std::fs::metadata(s.guest("a/hard")).unwrap(), std::fs::metadata(s.guest("a/moved/c/f")).unwrap());
+    assert_eq!(g1.ino(), g2.ino(), "one inode by both names");
+    assert_eq!(g1.nlink(), 2);
+    assert_eq!(
+        std::fs::metadata(s.host("a/hard")).unwrap().ino(),
+        std::fs::metadata(s.host("a/moved/c/f")).unwrap().ino()
+    );
+
+    // Rename over an open file, and unlink while open: the open file goes on as it was.
+    std::fs::write(s.guest("old"), "old contents").unwrap();
+    std::fs::write(s.guest("new"), "new contents").unwrap();
+    let mut open = std::fs::File::open(s.guest("old")).unwrap();
+    std::fs::rename(s.guest("new"), s.guest("old")).unwrap();
+    let mut got = String::new();
+    open.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "old contents");
+    assert_eq!(std::fs::read_to_string(s.guest("old")).unwrap(), "new contents");
+    let mut open = std::fs::File::options().read(true).write(true).open(s.guest("old")).unwrap();
+    std::fs::remove_file(s.guest("old")).unwrap();
+    assert!(!s.host("old").exists());
+    open.write_all(b"still there").unwrap();
+    open.seek(SeekFrom::Start(0)).unwrap();
+    let mut got = String::new();
+    open.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "still theres");
+
+    // Past 4 GiB (sparse), and fsync meaning on the host's disk.
+    let mut big = std::fs::File::create(s.guest("big")).unwrap();
+    big.seek(SeekFrom::Start(5 << 30)).unwrap();
+    big.write_all(b"tail").unwrap();
+    big.sync_all().unwrap();
+    assert_eq!(std::fs::metadata(s.host("big")).unwrap().len(), (5 << 30) + 4);
+    let mut tail = [0u8; 4];
+    let mut h = std::fs::File::open(s.host("big")).unwrap();
+    h.seek(SeekFrom::Start(5 << 30)).unwrap();
+    h.read_exact(&mut tail).unwrap();
+    assert_eq!(&tail, b"tail");
+
+    // Concurrent writers to one file, each its own region.
+    let f = std::fs::File::create(s.guest("shared")).unwrap();
+    f.set_len(8 * 65536).unwrap();
+    let writers: Vec<_> = (0..8u8)
+        .map(|i| {
+            let p = s.guest("shared");
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::options().write(true).open(p).unwrap();
+                f.seek(SeekFrom::Start(i as u64 * 65536)).unwrap();
+                f.write_all(&vec![b'a' + i; 65536]).unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let all = std::fs::read(s.host("shared")).unwrap();
+    for i in 0..8u8 {
+        assert!(all[i as usize * 65536..(i as usize + 1) * 65536].iter().all(|b| *b == b'a' + i), "region {i}");
+    }
+
+    // Host edits are seen (within the cache's time to live at most).
+    std::fs::write(s.host("from-host"), "changed on the host\n").unwrap();
+    assert!(
+        eventually(5, || std::fs::read_to_string(s.guest("from-host")).unwrap_or_default() == "changed on the host\n")
+    );
+}
+
+fn filetime_of(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[test]
+fn containers_use_shared_folders_and_cannot_leave_them() {
+    let s = Setup::new(false);
+    let img = s.agent.pull("busybox:latest");
+    std::fs::write(s.host("input"), "from the host\n").unwrap();
+    let bind = format!("{}:/app", s.seen.display());
+    let out = s.agent.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind,
+        &img,
+        "sh",
+        "-c",
+        "cat /app/input; echo from the container > /app/output",
+    ]);
+    assert_eq!(out, "from the host\n");
+    assert_eq!(std::fs::read_to_string(s.host("output")).unwrap(), "from the container\n");
+    // Read-only binds refuse writes.
+    let ro = format!("{}:/app:ro", s.seen.display());
+    let (_, err) = s.agent.fails(&["run", "--rm", "-v", &ro, &img, "sh", "-c", "echo x > /app/nope"]);
+    assert!(err.contains("Read-only file system"), "{err}");
+    // A symlink the container makes is followed in the container: writing through one to
+    // /etc lands in the container's /etc, never the host's.
+    let script = "ln -s /etc /app/evil && echo planted > /app/evil/berth-planted && cat /etc/berth-planted";
+    assert_eq!(s.agent.ok(&["run", "--rm", "-v", &bind, &img, "sh", "-c", script]), "planted\n");
+    assert!(!Path::new("/etc/berth-planted").exists(), "written into the host's /etc");
+    assert_eq!(std::fs::read_link(s.host("evil")).unwrap(), Path::new("/etc"));
+    // A device node cannot be made in a shared folder (it would be made on the host).
+    let (_, err) = s.agent.fails(&["run", "--rm", "-v", &bind, &img, "mknod", "/app/dev", "b", "7", "0"]);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(!s.host("dev").exists());
+    // `..` cannot climb out of the mount.
+    let out = s.agent.ok(&["run", "--rm", "-v", &bind, &img, "ls", "/app/.."]);
+    assert!(out.contains("app") && out.contains("etc"), "the container's own root: {out}");
+}
+
+#[test]
+fn a_read_only_share_refuses_writes() {
+    let s = Setup::new(true);
+    std::fs::write(s.host("f"), "x").unwrap();
+    assert_eq!(std::fs::read_to_string(s.guest("f")).unwrap(), "x");
+    let err = std::fs::write(s.guest("g"), "y").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+}
