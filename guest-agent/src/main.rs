@@ -118,13 +118,18 @@ fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            // Four workers, not two: a worker in a system call on a shared folder waits for the
+            // FUSE answer, which other workers must carry from the host.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
             let listeners = Listeners { docker: listen, control, echo, mux, ports, forward, shares };
             rt.block_on(serve(listeners, data_root, insecure_registry, bridge, host_loopback, share_prefix))
         }
     }
 }
+
+/// How long containers restarted with the engine wait for the host's shared folders.
+const SHARES_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     let (ip, prefix) = s.split_once('/').ok_or("expected ADDRESS/PREFIX, e.g. 172.29.0.1/16")?;
@@ -208,7 +213,24 @@ async fn serve(
         mux = ?listeners.mux,
         "berth-agent serving"
     );
-    engine.start_restartable().await;
+    // Containers that come back with the engine may bind shared folders: in the VM they wait
+    // (a while) for the host's file server, which connects right after the agent answers, so
+    // their bind mounts are of the shares and not of empty directories under them.
+    let restart = {
+        let (engine, shares, wait) = (engine.clone(), services.shares.clone(), !listeners.shares.is_empty());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if wait {
+                tokio::select! {
+                    greeted = shares.greeted(SHARES_WAIT) => if !greeted {
+                        tracing::info!("no shared folders from the host yet: restarting containers without them");
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
+            engine.start_restartable().await;
+        })
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -218,6 +240,8 @@ async fn serve(
         _ = shutdown_requested.cancelled() => tracing::info!("shutdown requested over the control channel"),
     }
     stop.cancel();
+    // Done at once if it was still waiting; containers it was starting are stopped next.
+    let _ = restart.await;
     engine.shutdown().await;
     for s in servers {
         s.abort();

@@ -10,10 +10,13 @@
 //!    Berth's forwarding (the host listens, the serial mux carries each connection, the agent
 //!    connects to the container) against QEMU's own user-network `hostfwd` to the same
 //!    container in the same VM.
+//! 5. Shared folders: the same file work in a container on Berth's shared folder, on QEMU's
+//!    virtiofs (virtiofsd, the in-kernel FUSE transport over shared memory; Linux hosts only)
+//!    and on the guest's own disk (a volume), timed inside the container.
 //!
 //! `cargo bench -p berth-tests --bench vm` (`./dev bench-vm` builds the release binaries and
 //! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3), and
-//! BERTH_BENCH_ONLY=ports for section 4 alone.
+//! BERTH_BENCH_ONLY=ports or =shares for section 4 or 5 alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,6 +71,7 @@ fn config(dir: &Path, image: &Path) -> MachineConfig {
         transport: Kind::Hybrid,
         cid: 3,
         hostfwd: Vec::new(),
+        qemu_args: Vec::new(),
     }
 }
 
@@ -128,6 +132,10 @@ fn main() {
     let image = image();
     if std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("ports") {
         ports_against_hostfwd(&rt, &image);
+        return;
+    }
+    if std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("shares") {
+        shares_against_virtiofs(&rt, &image);
         return;
     }
     let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
@@ -363,4 +371,126 @@ fn ports_against_hostfwd(rt: &tokio::runtime::Runtime, image: &Path) {
         );
         m.stop(Duration::from_secs(60)).await;
     });
+}
+
+/// The file work of section 5, run in `/w` with `/probe clock` around each step: a line
+/// "STEP START END" (monotonic nanoseconds) per step. Caches are dropped before each read, so
+/// reads come from wherever the files live.
+const FILE_WORK: &str = r#"
+cd /w || exit 1
+t() { s=$(/probe clock); "$@" >/dev/null || exit 1; echo "$STEP $s $(/probe clock)"; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+STEP=write-64MiB t dd if=/dev/zero of=big bs=1M count=64 conv=fsync
+drop; STEP=read-64MiB t cat big
+STEP=create-1000 t sh -c 'for d in 0 1 2 3 4 5 6 7 8 9; do mkdir d$d; for f in $(seq 100); do echo x > d$d/f$f; done; done'
+drop; STEP=find-1000 t find . -type f
+drop; STEP=read-1000 t tar cf - .
+STEP=remove-1000 t rm -rf d0 d1 d2 d3 d4 d5 d6 d7 d8 d9 big
+"#;
+
+/// Section 5: the same file work on Berth's shared folder, on virtiofs, and on the guest's
+/// disk, in one VM.
+fn shares_against_virtiofs(rt: &tokio::runtime::Runtime, image: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("berth-share"), dir.path().join("virtiofs-share"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    let vfs_sock = dir.path().join("virtiofs.sock");
+    // Debian's QEMU ships the C virtiofsd; cache=auto is its default and what libvirt uses.
+    let mut virtiofsd = Command::new("/usr/lib/qemu/virtiofsd")
+        .arg(format!("--socket-path={}", vfs_sock.display()))
+        .args(["-o", &format!("source={}", theirs.display()), "-o", "cache=auto"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("/usr/lib/qemu/virtiofsd (Debian's qemu-system-common)");
+    let start = Instant::now();
+    while !vfs_sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "virtiofsd did not make its socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut cfg = config(dir.path(), image);
+    // The transport the daemon picks here (no vsock: the serial port); virtiofs needs the
+    // guest's memory shared, which that transport does not set up itself.
+    cfg.transport = Kind::Serial;
+    let mem = format!("{}M", cfg.memory_mib);
+    cfg.qemu_args = [
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-numa",
+        "node,memdev=mem",
+        "-chardev",
+        &format!("socket,id=vfs,path={}", vfs_sock.display()),
+        "-device",
+        "vhost-user-fs-pci,chardev=vfs,tag=bench",
+    ]
+    .map(String::from)
+    .to_vec();
+    let reg = berth_tests::registry().addr.clone();
+    rt.block_on(async {
+        let m = Machine::start(&cfg).await.expect("boot");
+        let share = berth_core::forward::files::ShareSpec { path: ours.clone(), read_only: false };
+        let server = berth_core::forward::files::FileServer::new(&[share]).unwrap();
+        tokio::spawn(server.serve(m.transport.clone()));
+        let sock = dir.path().join("docker.sock");
+        let listener = berth_core::forward::socket::bind(&sock).await.unwrap();
+        tokio::spawn(berth_core::forward::socket::serve(listener, m.transport.clone(), DOCKER_PORT));
+        let docker = |args: &[&str]| {
+            let out = Command::new("docker")
+                .args(args)
+                .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let probe = format!("{reg}/probe:latest");
+        docker(&["pull", "-q", &probe]);
+        // The share is mounted once the file server's hello reaches the agent.
+        std::fs::write(ours.join("ready"), "").unwrap();
+        let bind = format!("{}:/w", ours.display());
+        let start = Instant::now();
+        while docker(&["run", "--rm", "-v", &bind, &probe, "ls", "/w"]).trim() != "ready" {
+            assert!(start.elapsed() < Duration::from_secs(60), "the shared folder is not mounted");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        std::fs::remove_file(ours.join("ready")).unwrap();
+        let targets: [(&str, Vec<String>); 3] = [
+            ("Berth shared folder", vec!["-v".into(), bind.clone()]),
+            ("virtiofs (virtiofsd, cache=auto)", vec![]),
+            ("guest disk (a volume)", vec!["-v".into(), "benchvol:/w".into()]),
+        ];
+        let mut results: Vec<Vec<(String, f64)>> = Vec::new();
+        for (i, (_, args)) in targets.iter().enumerate() {
+            let script = if i == 1 {
+                format!("mkdir -p /w && mount -t virtiofs bench /w && {FILE_WORK}")
+            } else {
+                FILE_WORK.to_string()
+            };
+            let mut run = vec!["run", "--rm", "--privileged"];
+            run.extend(args.iter().map(String::as_str));
+            run.extend([probe.as_str(), "sh", "-c", &script]);
+            let out = docker(&run);
+            let steps = out
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split_whitespace();
+                    let (name, a, b) = (f.next()?, f.next()?.parse::<f64>().ok()?, f.next()?.parse::<f64>().ok()?);
+                    Some((name.to_string(), (b - a) / 1e6))
+                })
+                .collect::<Vec<_>>();
+            assert_eq!(steps.len(), 6, "the file work did not finish: {out}");
+            results.push(steps);
+        }
+        println!("\n## Shared folders: the same file work in a container, ms (serial transport, TCG)");
+        println!("| step | {} | {} | {} | Berth/virtiofs | Berth/disk |", targets[0].0, targets[1].0, targets[2].0);
+        println!("|---|---|---|---|---|---|");
+        for (k, (step, ours)) in results[0].iter().enumerate() {
+            let (vfs, disk) = (results[1][k].1, results[2][k].1);
+            println!("| {step} | {ours:.0} | {vfs:.0} | {disk:.0} | {:.2} | {:.2} |", ours / vfs, ours / disk);
+        }
+        m.stop(Duration::from_secs(60)).await;
+    });
+    let _ = virtiofsd.kill();
+    let _ = virtiofsd.wait();
 }

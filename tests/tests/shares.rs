@@ -210,3 +210,43 @@ fn a_read_only_share_refuses_writes() {
     let err = std::fs::write(s.guest("g"), "y").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 }
+
+/// An edit made on the host reaches a container's inotify watch (as hot reloaders use it),
+/// for a changed file and for a new one.
+#[test]
+fn host_edits_raise_inotify_events_in_containers() {
+    let s = Setup::new(false);
+    let img = s.agent.pull("probe:latest");
+    std::fs::write(s.host("watched.txt"), "v1\n").unwrap();
+    let bind = format!("{}:/app", s.seen.display());
+    // The probe prints "watching /app" once its watch is set, then "MASK<tab>NAME" per event.
+    s.agent.ok(&["run", "-d", "--name", "watcher", "-v", &bind, &img, "/probe", "watch:/app"]);
+    let logs = || s.agent.ok(&["logs", "watcher"]);
+    assert!(eventually(10, || logs().contains("watching /app")), "the watch: {}", logs());
+    let events = |name: &str| logs().lines().filter(|l| l.ends_with(&format!("\t{name}"))).count();
+    std::fs::write(s.host("watched.txt"), "v2\n").unwrap();
+    assert!(eventually(10, || events("watched.txt") > 0), "no event for the edit: {}", logs());
+    std::fs::write(s.host("created.txt"), "new\n").unwrap();
+    assert!(eventually(10, || events("created.txt") > 0), "no event for the new file: {}", logs());
+    // The container reads the new contents (the notice dropped the cached pages).
+    assert_eq!(s.agent.ok(&["exec", "watcher", "cat", "/app/watched.txt"]), "v2\n");
+    // A file removed on the host shows as a change of its directory (the watched one itself,
+    // so an event without a name), and is gone for the container.
+    let dir_events = || logs().lines().filter(|l| l.ends_with('\t')).count();
+    let before = dir_events();
+    std::fs::remove_file(s.host("created.txt")).unwrap();
+    assert!(eventually(10, || dir_events() > before), "no event for the removal: {}", logs());
+    let ls = s.agent.ok(&["exec", "watcher", "ls", "/app"]);
+    assert!(!ls.contains("created.txt") && ls.contains("watched.txt"), "{ls}");
+    // A file the container writes itself raises its own events once, not a second time
+    // from the host's echo of the same change.
+    let before = events("own.txt");
+    assert_eq!(before, 0);
+    s.agent.ok(&["exec", "watcher", "sh", "-c", "echo x > /app/own.txt"]);
+    assert!(eventually(10, || events("own.txt") > 0), "the container's own write: {}", logs());
+    std::thread::sleep(Duration::from_secs(2));
+    let own: Vec<String> = logs().lines().filter(|l| l.ends_with("\town.txt")).map(String::from).collect();
+    // One write, one IN_MODIFY (0x2): a raise of the host's echo of it would be a second.
+    assert_eq!(own.iter().filter(|l| l.starts_with("2\t")).count(), 1, "an echo of the container's own write: {own:?}");
+    s.agent.ok(&["rm", "-f", "watcher"]);
+}

@@ -146,6 +146,7 @@ async fn machine(dir: &Path, transport: Kind) -> Machine {
         transport,
         cid: 3,
         hostfwd: Vec::new(),
+        qemu_args: Vec::new(),
     };
     let m = Machine::start(&cfg).await.unwrap_or_else(|e| panic!("booting over {transport}: {e}"));
     eprintln!("boot over {transport}: {:?}", m.boot);
@@ -391,7 +392,7 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     }
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n", "{}", String::from_utf8_lossy(&exec.stderr));
     published_ports_and_host_services(&home, &probe);
-    shared_folders(&home, &img);
+    shared_folders(&home, &img, &probe);
     let status = home.berth(&["status", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("berth status --json");
     assert_eq!(report["state"], "running", "{report:#}");
@@ -425,7 +426,7 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     let served = || {
         let web = home.docker(&["port", "web", "80/tcp"]);
         let addr = String::from_utf8_lossy(&web.stdout).trim().to_owned();
-        !addr.is_empty() && http_get(&addr).as_deref() == Some("served from the VM\n")
+        !addr.is_empty() && http_get(&addr).as_deref() == Some("served from a shared folder\n")
     };
     assert!(berth_tests::eventually(60, served), "web's port after a reboot");
     let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f"]);
@@ -510,7 +511,13 @@ fn free_port(udp: bool) -> u16 {
 /// closes it; containers reach this machine's loopback services as host.docker.internal.
 fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     let (tcp, udp) = (free_port(false), free_port(true));
-    let script = "mkdir -p /www && echo served from the VM > /www/index.html && httpd -p 80 -h /www && exec /probe udp-echo:5353";
+    // The page is in a folder of this machine (the home's temp directory is shared), so after
+    // a reboot it is served only if the container came back after the shares were mounted.
+    let www = home.0.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "served from a shared folder\n").unwrap();
+    let bind = format!("{}:/www", www.display());
+    let script = "httpd -p 80 -h /www && exec /probe udp-echo:5353";
     let (p_tcp, p_udp) = (format!("127.0.0.1:{tcp}:80"), format!("127.0.0.1:{udp}:5353/udp"));
     let run = home.docker(&[
         "run",
@@ -519,6 +526,8 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
         "always",
         "--name",
         "web",
+        "-v",
+        &bind,
         "-p",
         &p_tcp,
         "-p",
@@ -530,7 +539,10 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     ]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let addr = format!("127.0.0.1:{tcp}");
-    assert!(berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from the VM\n")), "{addr}");
+    assert!(
+        berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from a shared folder\n")),
+        "{addr}"
+    );
     let port = home.docker(&["port", "web"]);
     let port = String::from_utf8_lossy(&port.stdout);
     assert!(
@@ -563,7 +575,7 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     let restart = home.docker(&["restart", "-t", "1", "web"]);
     assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
     assert!(
-        berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from the VM\n")),
+        berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from a shared folder\n")),
         "after restart"
     );
     let once = home.docker(&["run", "-d", "--name", "brief", "-p", "127.0.0.1::80", probe, "sleep", "60"]);
@@ -598,7 +610,7 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
 /// The default shares (the home and the temporary directory) mounted in the guest at the same
 /// paths: a container bind-mounts a directory of this machine by its own path and reads,
 /// writes, and sees this machine's edits; a read-only bind refuses writes.
-fn shared_folders(home: &BerthHome, img: &str) {
+fn shared_folders(home: &BerthHome, img: &str, probe: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("input"), "from this machine\n").unwrap();
     let bind = format!("{}:/app", dir.path().display());
@@ -621,6 +633,13 @@ fn shared_folders(home: &BerthHome, img: &str) {
     };
     assert!(berth_tests::eventually(10, seen), "the edit did not reach the container");
     run(&["rm", "-f", "reader"]);
+    // And a container's inotify watch sees it (as hot reloaders use it).
+    run(&["run", "-d", "--name", "watcher", "-v", &bind, probe, "/probe", "watch:/app"]);
+    let logs = || String::from_utf8_lossy(&home.docker(&["logs", "watcher"]).stdout).into_owned();
+    assert!(berth_tests::eventually(20, || logs().contains("watching /app")), "{}", logs());
+    std::fs::write(dir.path().join("input"), "edited again\n").unwrap();
+    assert!(berth_tests::eventually(10, || logs().contains("\tinput\n")), "no inotify event: {}", logs());
+    run(&["rm", "-f", "watcher"]);
     let ro = format!("{}:/app:ro", dir.path().display());
     let denied = home.docker(&["run", "--rm", "-v", &ro, img, "sh", "-c", "echo x > /app/nope"]);
     assert!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("Read-only file system"));

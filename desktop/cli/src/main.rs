@@ -161,6 +161,7 @@ fn machine_config(home: &Path, r: &Resolved) -> MachineConfig {
         transport: r.transport.resolve(),
         cid: 3,
         hostfwd: Vec::new(),
+        qemu_args: Vec::new(),
     }
 }
 

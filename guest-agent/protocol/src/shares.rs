@@ -276,13 +276,24 @@ pub enum Message {
     Call { id: u64, request: Request },
     /// Host to guest: the result of call `id`, or a Linux errno.
     Answer { id: u64, result: Result<Reply, i32> },
-    /// Host to guest: `node` changed on the host (its attributes or data; with `name`, the
-    /// entry `name` in directory `node` appeared, went or was replaced).
+    /// Host to guest: something in share `root` changed on the host behind the guest's back.
+    /// The guest drops what it cached of each of `stale`, then raises the change at `path`
+    /// (below the share's root; empty for none) for the containers' file watchers.
     Changed {
-        node: Node,
+        root: Node,
+        stale: Vec<Stale>,
         #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
+        path: Vec<u8>,
     },
+}
+
+/// What the guest's kernel may hold that a change on the host made wrong: a node's attributes
+/// and data (`name` empty), or the entry `name` in directory `node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stale {
+    pub node: Node,
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
 }
 
 /// Errors reading a frame.

@@ -253,6 +253,20 @@ impl Filesystem for Fs {
         };
         let me = self.0.clone();
         let node = self.0.node(ino);
+        let only_mtime =
+            set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.size.is_none() && set.atime.is_none();
+        if only_mtime
+            && let Some(SetTime::At(t)) = set.mtime
+            && t.secs == 0
+            && self.0.shares.is_raise(t.nanos)
+        {
+            // The agent raising a host change (see [`raise`]): the host keeps its times.
+            return self.0.call(Request::GetAttr { node, handle: None }, move |r| match r {
+                Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(err(e)),
+            });
+        }
         self.0.call(Request::SetAttr { node, set }, move |r| match r {
             Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
             Ok(_) => reply.error(Errno::EIO),
@@ -546,6 +560,35 @@ impl Changes {
             tracing::debug!(error = %e, node, "invalidating a shared folder's cache");
         }
     }
+}
+
+/// Raises a change the host made at `path` (in the share mounted at `at`) for the containers'
+/// inotify watches: the kernel raises IN_MODIFY for a file whose modification time is set, so
+/// the agent sets it, through the mount, to a value marked as a raise, and [`ShareFs`] answers
+/// that call itself (nothing reaches the host, nothing changes). A path that is gone raises
+/// the change at its directory.
+///
+/// A FUSE file system has no way to raise inotify events of its own (its invalidation notices
+/// raise none), so this is the one way in: without it a container's file watcher would see a
+/// host editor's saves only if it polls.
+pub fn raise(shares: &Shares, at: &Path, path: &Path) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mut target = at.join(path);
+    while target != at && std::fs::symlink_metadata(&target).is_err() {
+        match target.parent() {
+            Some(p) => target = p.to_owned(),
+            None => return,
+        }
+    }
+    let mark = shares.raise_mark();
+    let mtime = TimeSpec::new(0, mark as _);
+    if let Err(e) =
+        utimensat(nix::fcntl::AT_FDCWD, &target, &TimeSpec::UTIME_OMIT, &mtime, UtimensatFlags::NoFollowSymlink)
+    {
+        tracing::debug!(path = %target.display(), error = %e, "raising a host change");
+    }
+    shares.raised(mark);
 }
 
 /// Mounts `share` at `at` (made if missing) and serves it from the host.

@@ -8,12 +8,13 @@
 
 mod fs;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use berth_protocol::shares::{self as proto, Message, Reply, Request, Share, errno};
+use berth_protocol::shares::{self as proto, Message, Reply, Request, Share, Stale, errno};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,18 +39,34 @@ struct Lane {
 struct Inner {
     lanes: Mutex<Vec<Arc<Lane>>>,
     lane_added: tokio::sync::Notify,
+    /// A host has said which shares there are (and they are mounted).
+    greeted: std::sync::atomic::AtomicBool,
     ids: AtomicU64,
     /// Mounted shares by path, and the host's root node of each.
     mounts: Mutex<HashMap<String, Mounted>>,
     /// Where shares are mounted: at their own paths (in the VM), or below this directory (an
     /// agent on the same machine as the file server, in tests).
     prefix: Option<std::path::PathBuf>,
+    /// The marks of the raises under way (see [`fs::raise`]), and the last one given.
+    raises: Mutex<HashSet<u32>>,
+    raise_seq: AtomicU32,
+    /// Where host changes go to be raised, one at a time, by one thread.
+    raiser: OnceLock<std::sync::mpsc::Sender<Notice>>,
 }
 
 struct Mounted {
     root: Arc<AtomicU64>,
-    notifier: Option<fs::Changes>,
+    /// Where it is mounted here.
+    at: PathBuf,
+    notifier: Option<Arc<fs::Changes>>,
     _session: fuser::BackgroundSession,
+}
+
+/// A change on the host, as the lane that read it hands it on.
+struct Notice {
+    root: u64,
+    stale: Vec<Stale>,
+    path: PathBuf,
 }
 
 /// The guest's side of shared folders; cheap to clone.
@@ -90,6 +107,21 @@ impl Shares {
         }
     }
 
+    /// Waits until a host has connected and its shares are mounted, for at most `within`;
+    /// whether one has.
+    pub async fn greeted(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.0.lane_added.notified();
+            if self.0.greeted.load(Ordering::SeqCst) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.0.greeted.load(Ordering::SeqCst);
+            }
+        }
+    }
+
     /// The least busy lane, waiting a while for one when there is none.
     async fn lane(&self) -> Option<Arc<Lane>> {
         let deadline = tokio::time::Instant::now() + NO_HOST_WAIT;
@@ -124,6 +156,7 @@ impl Shares {
         let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let lane = Arc::new(Lane { frames, pending: Pending::default(), in_flight: AtomicUsize::new(0) });
         self.0.lanes.lock().expect("lock").push(lane.clone());
+        self.0.greeted.store(true, Ordering::SeqCst);
         self.0.lane_added.notify_waiters();
         let writer = tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
@@ -139,7 +172,7 @@ impl Shares {
                         let _ = tx.send(result);
                     }
                 }
-                Ok(Some(Message::Changed { node, name })) => self.changed(node, &name),
+                Ok(Some(Message::Changed { root, stale, path })) => self.changed(root, stale, &path),
                 Ok(Some(other)) => tracing::warn!(?other, "shares: unexpected message from the host"),
                 Ok(None) => break,
                 Err(e) => {
@@ -171,21 +204,76 @@ impl Shares {
             match fs::mount(self.clone(), share, &at) {
                 Ok((root, session, notifier)) => {
                     tracing::info!(path = %share.path, read_only = share.read_only, "shared folder mounted");
-                    mounts.insert(share.path.clone(), Mounted { root, notifier, _session: session });
+                    mounts.insert(
+                        share.path.clone(),
+                        Mounted { root, at, notifier: notifier.map(Arc::new), _session: session },
+                    );
                 }
                 Err(e) => tracing::error!(path = %share.path, error = %e, "mounting a shared folder"),
             }
         }
     }
 
-    /// The host says `node` (or the entry `name` in it) changed behind the guest's back.
-    fn changed(&self, node: u64, name: &[u8]) {
-        let mounts = self.0.mounts.lock().expect("lock");
-        for m in mounts.values() {
-            if let Some(n) = &m.notifier {
-                n.changed(node, name, m.root.load(Ordering::Relaxed));
-            }
-        }
+    /// The host says something in share `root` changed behind the guest's back: the kernel's
+    /// caches of it go, and the change is raised at `path` for the containers' watchers.
+    ///
+    /// Both happen on a thread of their own, never on the lane that read the notice: the
+    /// kernel takes a directory's lock to drop an entry from it, and a lookup in that
+    /// directory holds the lock until its answer comes, on a lane.
+    fn changed(&self, root: u64, stale: Vec<Stale>, path: &[u8]) {
+        use std::os::unix::ffi::OsStrExt;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
+        let raiser = self.0.raiser.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Notice>();
+            let me = self.clone();
+            std::thread::spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    // A burst (a checkout, a build's output) is raised once per path.
+                    let (mut raise, mut seen) = (Vec::new(), HashSet::new());
+                    for n in batch {
+                        let found = {
+                            let mounts = me.0.mounts.lock().expect("lock");
+                            mounts
+                                .values()
+                                .find(|m| m.root.load(Ordering::Relaxed) == n.root)
+                                .map(|m| (m.notifier.clone(), m.at.clone()))
+                        };
+                        let Some((notifier, at)) = found else { continue };
+                        if let Some(notifier) = notifier {
+                            for s in &n.stale {
+                                notifier.changed(s.node, &s.name, n.root);
+                            }
+                        }
+                        if seen.insert((at.clone(), n.path.clone())) {
+                            raise.push((at, n.path));
+                        }
+                    }
+                    for (at, path) in raise {
+                        fs::raise(&me, &at, &path);
+                    }
+                }
+            });
+            tx
+        });
+        let _ = raiser.send(Notice { root, stale, path });
+    }
+
+    /// A new mark for a raise (never 0), counted as under way until [`Shares::raised`].
+    fn raise_mark(&self) -> u32 {
+        let mark = self.0.raise_seq.fetch_add(1, Ordering::Relaxed) % 999_999_999 + 1;
+        self.0.raises.lock().expect("lock").insert(mark);
+        mark
+    }
+
+    fn raised(&self, mark: u32) {
+        self.0.raises.lock().expect("lock").remove(&mark);
+    }
+
+    /// Whether a modification time of `nanos` past the epoch is the mark of a raise under way.
+    fn is_raise(&self, nanos: u32) -> bool {
+        self.0.raises.lock().expect("lock").contains(&nanos)
     }
 }
 

@@ -69,6 +69,9 @@ pub struct MachineConfig {
     /// QEMU user-network port forwards (`tcp:127.0.0.1:8022-:22`). Berth forwards published
     /// ports itself; the benchmarks compare against these.
     pub hostfwd: Vec<String>,
+    /// More QEMU arguments, appended as they are (the benchmarks attach a virtiofs device to
+    /// compare shared folders with).
+    pub qemu_args: Vec<String>,
 }
 
 /// Sets the guest's clock to the host's, over `transport`.
@@ -402,6 +405,7 @@ impl Machine {
             }
             transport::Kind::Serial => (None, None, Arc::new(transport::mux::MuxTransport::serial(port.clone()))),
         };
+        qemu.args(&cfg.qemu_args);
         let qemu = spawn_tied(qemu, "QEMU", Path::new(QEMU))?;
         let started = std::time::SystemTime::now();
         let mut m = Machine {

@@ -8,8 +8,10 @@
 
 mod nodes;
 pub mod ops;
+pub mod watch;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::transport::Transport;
 use nodes::Nodes;
-use ops::{Errno, child, io_errno};
+use ops::{Dir, Errno, child, component, io_errno};
 
 /// How many streams the server keeps open: calls spread over them.
 pub const STREAMS: usize = 4;
@@ -52,10 +54,19 @@ pub enum FilesError {
 
 struct Shared {
     shares: Vec<Share>,
+    /// Each share's real path on this machine (its symlinks resolved), and the directory
+    /// opened there, which every operation in the share starts from.
+    roots: Vec<PathBuf>,
+    dirs: Vec<Dir>,
     read_only: Vec<bool>,
     nodes: Mutex<Nodes>,
-    files: Mutex<HashMap<proto::Handle, Arc<File>>>,
+    /// Open files, with the path each was opened by (to mark the guest's writes).
+    files: Mutex<HashMap<proto::Handle, (Arc<File>, PathBuf)>>,
     handles: AtomicU64,
+    watch: Arc<watch::Watch>,
+    changes: Mutex<Option<mpsc::UnboundedReceiver<watch::Change>>>,
+    /// Where notices go: the writers of the open streams.
+    notices: Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>,
 }
 
 /// The file server; cheap to clone.
@@ -69,28 +80,46 @@ impl FileServer {
         let mut nodes = Nodes::default();
         let mut out = Vec::new();
         let mut read_only = Vec::new();
+        let mut roots = Vec::new();
+        let mut dirs = Vec::new();
         for (i, s) in shares.iter().enumerate() {
             if !s.path.is_absolute() {
                 return Err(FilesError::Relative(s.path.display().to_string()));
             }
             let err = |source| FilesError::Share { path: s.path.display().to_string(), source };
             let path = std::fs::canonicalize(&s.path).map_err(err)?;
-            let meta = std::fs::metadata(&path).map_err(err)?;
-            if !meta.is_dir() {
+            if !std::fs::metadata(&path).map_err(err)?.is_dir() {
                 return Err(err(std::io::Error::from(std::io::ErrorKind::NotADirectory)));
             }
+            let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority()).map_err(err)?;
+            let meta = dir.dir_metadata().map_err(err)?;
             let root = nodes.add_root(&path, &meta, i);
+            dirs.push(dir);
             // The guest mounts it where the user named it (a symlinked /tmp on macOS is still
             // /tmp to the user), and this side works on the real path.
             out.push(Share { path: s.path.display().to_string(), root, read_only: s.read_only });
             read_only.push(s.read_only);
+            roots.push(path);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watch = watch::Watch::new(move |c| {
+            let _ = tx.send(c);
+        });
+        // The roots are watched from the start (a container may watch one before it looks in).
+        for r in &roots {
+            watch.dir(r);
         }
         Ok(FileServer(Arc::new(Shared {
             shares: out,
+            roots,
+            dirs,
             read_only,
             nodes: Mutex::new(nodes),
             files: Mutex::new(HashMap::new()),
             handles: AtomicU64::new(1),
+            watch,
+            changes: Mutex::new(Some(rx)),
+            notices: Mutex::new(Vec::new()),
         })))
     }
 
@@ -100,6 +129,15 @@ impl FileServer {
 
     /// Keeps [`STREAMS`] streams to the guest up for as long as the daemon runs.
     pub async fn serve(self, transport: Arc<dyn Transport>) {
+        let changes = self.0.changes.lock().expect("lock").take();
+        if let Some(mut changes) = changes {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(c) = changes.recv().await {
+                    me.notify(c);
+                }
+            });
+        }
         let mut lanes = Vec::new();
         for lane in 0..STREAMS {
             let (me, transport) = (self.clone(), transport.clone());
@@ -133,6 +171,7 @@ impl FileServer {
             }
         }
         let (answers, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        self.0.notices.lock().expect("lock").push(answers.clone());
         let writer = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 if wr.write_all(&frame).await.is_err() {
@@ -163,64 +202,133 @@ impl FileServer {
         result
     }
 
-    fn path(&self, node: Node) -> Result<PathBuf, Errno> {
-        self.0.nodes.lock().expect("lock").path(node).ok_or(errno::ENOENT)
+    /// Where `node` is: its share, its path on this machine, and its path below the share's
+    /// root.
+    fn locate(&self, node: Node) -> Result<(usize, PathBuf, PathBuf), Errno> {
+        let (i, path) = self.0.nodes.lock().expect("lock").place(node).ok_or(errno::ENOENT)?;
+        let rel = path.strip_prefix(&self.0.roots[i]).map_err(|_| errno::ENOENT)?.to_owned();
+        Ok((i, path, rel))
     }
 
-    /// The path of directory `node`, checked to be a directory itself and not a symlink to
-    /// one: a name looked up in it cannot go through a link out of the share.
-    fn dir(&self, node: Node) -> Result<PathBuf, Errno> {
-        let path = self.path(node)?;
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => Ok(path),
-            Ok(_) => Err(errno::ENOTDIR),
-            Err(e) => Err(io_errno(e)),
+    /// `rel` (a directory below share `i`'s root) opened beneath the root, not through a
+    /// symlink at its end.
+    fn open_dir(&self, i: usize, rel: &Path) -> Result<Dir, Errno> {
+        use cap_fs_ext::DirExt;
+        let root = &self.0.dirs[i];
+        if rel.as_os_str().is_empty() { root.try_clone() } else { root.open_dir_nofollow(rel) }.map_err(io_errno)
+    }
+
+    /// Directory `node`, opened (a symlink is not one: no name is looked up through a link),
+    /// and its path on this machine.
+    fn dir(&self, node: Node) -> Result<(Dir, PathBuf), Errno> {
+        let (i, path, rel) = self.locate(node)?;
+        Ok((self.open_dir(i, &rel)?, path))
+    }
+
+    /// Node `node` as the directory it is in (opened) and its name there (`.` for a share's
+    /// root), with its path on this machine.
+    fn at(&self, node: Node) -> Result<(Dir, OsString, PathBuf), Errno> {
+        let (i, path, rel) = self.locate(node)?;
+        match (rel.parent(), rel.file_name()) {
+            (Some(parent), Some(name)) => Ok((self.open_dir(i, parent)?, name.to_owned(), path)),
+            _ => Ok((self.open_dir(i, Path::new(""))?, ".".into(), path)),
         }
     }
 
     fn file(&self, handle: proto::Handle) -> Result<Arc<File>, Errno> {
-        self.0.files.lock().expect("lock").get(&handle).cloned().ok_or(errno::EBADF)
+        self.0.files.lock().expect("lock").get(&handle).map(|(f, _)| f.clone()).ok_or(errno::EBADF)
     }
 
-    fn new_handle(&self, f: File) -> proto::Handle {
+    fn new_handle(&self, f: File, path: PathBuf) -> proto::Handle {
         let h = self.0.handles.fetch_add(1, Ordering::Relaxed);
-        self.0.files.lock().expect("lock").insert(h, Arc::new(f));
+        self.0.files.lock().expect("lock").insert(h, (Arc::new(f), path));
         h
+    }
+
+    /// The guest is changing `path` (and so its directory's entries): not news for it later.
+    fn mark(&self, path: &Path) {
+        self.0.watch.mark(path);
+        if let Some(dir) = path.parent() {
+            self.0.watch.mark(dir);
+        }
+    }
+
+    fn mark_handle(&self, handle: proto::Handle) {
+        let path = self.0.files.lock().expect("lock").get(&handle).map(|(_, p)| p.clone());
+        if let Some(p) = path {
+            self.0.watch.mark(&p);
+        }
+    }
+
+    /// A change made on this machine, as a notice to the guest: what its kernel may hold
+    /// wrong now (the node at the path; for an entry that came or went, its directory's
+    /// listing and that name in it), and the path to raise the change at.
+    fn notify(&self, change: watch::Change) {
+        let (path, entry) = match &change {
+            watch::Change::Modified(p) => (p, false),
+            watch::Change::Entry(p) => (p, true),
+        };
+        let Some((i, root)) = self.0.roots.iter().enumerate().find(|(_, r)| path.starts_with(r)) else { return };
+        let notice = {
+            let nodes = self.0.nodes.lock().expect("lock");
+            let mut stale = Vec::new();
+            if let Some(node) = nodes.node_of(path) {
+                stale.push(proto::Stale { node, name: Vec::new() });
+            }
+            if entry
+                && path != root
+                && let (Some(dir), Some(name)) = (path.parent().and_then(|d| nodes.node_of(d)), path.file_name())
+            {
+                stale.push(proto::Stale { node: dir, name: path_bytes(Path::new(name)) });
+                stale.push(proto::Stale { node: dir, name: Vec::new() });
+            }
+            let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
+            Message::Changed { root: self.0.shares[i].root, stale, path: path_bytes(rel) }
+        };
+        let mut sinks = self.0.notices.lock().expect("lock");
+        sinks.retain(|s| !s.is_closed());
+        if let Some(sink) = sinks.first() {
+            let _ = sink.send(proto::encode(&notice));
+        }
     }
 
     /// Whether `node` lies in a read-only share (writes are refused with EROFS).
     fn writable(&self, node: Node) -> Result<(), Errno> {
-        let path = self.path(node)?;
-        let ro = self
-            .0
-            .shares
-            .iter()
-            .zip(&self.0.read_only)
-            .any(|(s, ro)| *ro && std::fs::canonicalize(&s.path).map(|p| path.starts_with(p)).unwrap_or(false));
-        if ro { Err(errno::EROFS) } else { Ok(()) }
+        let (i, _) = self.0.nodes.lock().expect("lock").place(node).ok_or(errno::ENOENT)?;
+        if self.0.read_only[i] { Err(errno::EROFS) } else { Ok(()) }
     }
 
-    /// The entry for `name` in `parent` as it is now, its node's count raised.
-    fn lookup(&self, parent: Node, name: &[u8]) -> Result<proto::DirEntry, Errno> {
-        let path = child(&self.dir(parent)?, name)?;
-        let meta = std::fs::symlink_metadata(&path).map_err(io_errno)?;
+    /// The entry for `name` in directory `dir` (at `dir_path`, node `parent`) as it is now,
+    /// its node's count raised.
+    fn lookup_in(&self, dir: &Dir, dir_path: &Path, parent: Node, name: &[u8]) -> Result<proto::DirEntry, Errno> {
+        let meta = ops::meta(dir, &component(name)?)?;
+        let path = child(dir_path, name)?;
         let node = self.0.nodes.lock().expect("lock").looked_up(parent, &path, &meta);
         Ok(ops::entry(name.to_vec(), node, &meta))
     }
 
+    /// [`Self::lookup_in`] from the parent's node.
+    fn lookup(&self, parent: Node, name: &[u8]) -> Result<proto::DirEntry, Errno> {
+        let (dir, dir_path) = self.dir(parent)?;
+        self.0.watch.dir(&dir_path);
+        self.lookup_in(&dir, &dir_path, parent, name)
+    }
+
     /// The entry for `name` in `dir` without counting a lookup (a plain listing: its node
     /// number is the node's if the guest holds it, else 0).
-    fn peek(&self, dir: &Path, name: &[u8]) -> Result<proto::DirEntry, Errno> {
-        let path = child(dir, name)?;
-        let meta = std::fs::symlink_metadata(&path).map_err(io_errno)?;
-        let node = self.0.nodes.lock().expect("lock").node_of(&path).unwrap_or(0);
+    fn peek(&self, dir: &Dir, dir_path: &Path, name: &[u8]) -> Result<proto::DirEntry, Errno> {
+        let meta = ops::meta(dir, &component(name)?)?;
+        let node = self.0.nodes.lock().expect("lock").node_of(&child(dir_path, name)?).unwrap_or(0);
         Ok(ops::entry(name.to_vec(), node, &meta))
     }
 
     fn attr(&self, node: Node, handle: Option<proto::Handle>) -> Result<proto::Attr, Errno> {
         let meta = match handle.map(|h| self.file(h)) {
-            Some(Ok(f)) => f.metadata().map_err(io_errno)?,
-            _ => std::fs::symlink_metadata(self.path(node)?).map_err(io_errno)?,
+            Some(Ok(f)) => ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?),
+            _ => {
+                let (dir, name, _) = self.at(node)?;
+                ops::meta(&dir, &name)?
+            }
         };
         Ok(ops::attr(node, &meta))
     }
@@ -236,103 +344,128 @@ impl FileServer {
             Request::GetAttr { node, handle } => self.attr(node, handle).map(Reply::Attr),
             Request::SetAttr { node, set } => {
                 self.writable(node)?;
-                let path = self.path(node).ok();
+                let at = self.at(node).ok();
+                if let Some((_, _, p)) = &at {
+                    self.0.watch.mark(p);
+                }
                 let file = set.handle.and_then(|h| self.file(h).ok());
-                ops::set_attr(path.as_deref(), file.as_deref(), &set)?;
+                ops::set_attr(at.as_ref().map(|(d, n, _)| (d, n.as_os_str())), file.as_deref(), &set)?;
                 self.attr(node, set.handle).map(Reply::Attr)
             }
-            Request::ReadLink { node } => ops::read_link(&self.path(node)?).map(Reply::Data),
+            Request::ReadLink { node } => {
+                let (dir, name, _) = self.at(node)?;
+                ops::read_link(&dir, &name).map(Reply::Data)
+            }
             Request::MkNod { parent, name, mode, owner } => {
                 self.writable(parent)?;
-                let path = child(&self.dir(parent)?, &name)?;
+                let (dir, dir_path) = self.dir(parent)?;
+                let n = component(&name)?;
+                self.mark(&dir_path.join(&n));
                 match mode & 0o170000 {
-                    0o100000 | 0 => drop(ops::open(&path, 0o1 | 0o200, Some(mode))?),
-                    0o010000 => ops::mkfifo(&path, mode & 0o7777)?,
+                    0o100000 | 0 => drop(ops::open(&dir, &n, 0o1 | 0o200, Some(mode))?),
+                    0o010000 => ops::mkfifo(&dir, &n, mode & 0o7777)?,
                     // Device nodes and sockets would be made on this machine: no.
                     _ => return Err(errno::EPERM),
                 }
-                ops::give(&path, owner);
-                self.lookup(parent, &name).map(Reply::Entry)
+                ops::give(&dir, &n, owner);
+                self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
             }
             Request::MkDir { parent, name, mode, owner } => {
                 self.writable(parent)?;
-                let path = child(&self.dir(parent)?, &name)?;
-                std::fs::create_dir(&path).map_err(io_errno)?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777));
-                }
-                #[cfg(not(unix))]
-                let _ = mode;
-                ops::give(&path, owner);
-                self.lookup(parent, &name).map(Reply::Entry)
+                let (dir, dir_path) = self.dir(parent)?;
+                let n = component(&name)?;
+                self.mark(&dir_path.join(&n));
+                ops::mkdir(&dir, &n, mode)?;
+                ops::give(&dir, &n, owner);
+                self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
             }
             Request::Unlink { parent, name } => {
                 self.writable(parent)?;
-                let path = child(&self.dir(parent)?, &name)?;
-                std::fs::remove_file(&path).map_err(io_errno)?;
+                let (dir, dir_path) = self.dir(parent)?;
+                let n = component(&name)?;
+                let path = dir_path.join(&n);
+                self.mark(&path);
+                dir.remove_file(&n).map_err(io_errno)?;
                 self.0.nodes.lock().expect("lock").gone(&path);
                 Ok(Reply::Ok)
             }
             Request::RmDir { parent, name } => {
                 self.writable(parent)?;
-                let path = child(&self.dir(parent)?, &name)?;
-                std::fs::remove_dir(&path).map_err(io_errno)?;
+                let (dir, dir_path) = self.dir(parent)?;
+                let n = component(&name)?;
+                let path = dir_path.join(&n);
+                self.mark(&path);
+                dir.remove_dir(&n).map_err(io_errno)?;
                 self.0.nodes.lock().expect("lock").gone(&path);
                 Ok(Reply::Ok)
             }
             Request::Symlink { parent, name, target, owner } => {
                 self.writable(parent)?;
-                let path = child(&self.dir(parent)?, &name)?;
-                ops::symlink(&target, &path)?;
-                ops::give(&path, owner);
-                self.lookup(parent, &name).map(Reply::Entry)
+                let (dir, dir_path) = self.dir(parent)?;
+                let n = component(&name)?;
+                self.mark(&dir_path.join(&n));
+                ops::symlink(&dir, &n, &target)?;
+                ops::give(&dir, &n, owner);
+                self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
             }
             Request::Rename { parent, name, new_parent, new_name, flags } => {
                 self.writable(parent)?;
                 self.writable(new_parent)?;
-                let from = child(&self.dir(parent)?, &name)?;
-                let to = child(&self.dir(new_parent)?, &new_name)?;
+                let (from_dir, from_path) = self.dir(parent)?;
+                let (to_dir, to_path) = self.dir(new_parent)?;
+                let (fname, tname) = (component(&name)?, component(&new_name)?);
+                let (from, to) = (from_path.join(&fname), to_path.join(&tname));
                 const NOREPLACE: u32 = 1;
                 if flags & !NOREPLACE != 0 {
                     // RENAME_EXCHANGE and the like have no portable form.
                     return Err(errno::EINVAL);
                 }
-                if flags & NOREPLACE != 0 && std::fs::symlink_metadata(&to).is_ok() {
+                if flags & NOREPLACE != 0 && ops::meta(&to_dir, &tname).is_ok() {
                     return Err(errno::EEXIST);
                 }
-                std::fs::rename(&from, &to).map_err(io_errno)?;
+                self.mark(&from);
+                self.mark(&to);
+                from_dir.rename(&fname, &to_dir, &tname).map_err(io_errno)?;
                 self.0.nodes.lock().expect("lock").renamed(&from, &to);
                 Ok(Reply::Ok)
             }
             Request::Link { node, new_parent, new_name } => {
                 self.writable(new_parent)?;
-                let from = self.path(node)?;
-                let to = child(&self.dir(new_parent)?, &new_name)?;
-                std::fs::hard_link(&from, &to).map_err(io_errno)?;
-                self.lookup(new_parent, &new_name).map(Reply::Entry)
+                let (from_dir, from_name, _) = self.at(node)?;
+                let (to_dir, to_path) = self.dir(new_parent)?;
+                let n = component(&new_name)?;
+                self.mark(&to_path.join(&n));
+                from_dir.hard_link(&from_name, &to_dir, &n).map_err(io_errno)?;
+                self.lookup_in(&to_dir, &to_path, new_parent, &new_name).map(Reply::Entry)
             }
             Request::Open { node, flags } => {
                 if flags & 0o3 != 0 || flags & 0o1000 != 0 {
                     self.writable(node)?;
                 }
-                let f = ops::open(&self.path(node)?, flags, None)?;
-                Ok(Reply::Opened(self.new_handle(f)))
+                let (dir, name, path) = self.at(node)?;
+                if flags & 0o1000 != 0 {
+                    self.mark(&path);
+                }
+                let f = ops::open(&dir, &name, flags, None)?;
+                Ok(Reply::Opened(self.new_handle(f, path)))
             }
             Request::Create { parent, name, mode, flags, owner } => {
                 self.writable(parent)?;
-                let path = child(&self.dir(parent)?, &name)?;
-                let f = ops::open(&path, flags, Some(mode))?;
-                ops::give(&path, owner);
-                let entry = self.lookup(parent, &name)?;
-                Ok(Reply::Created { entry, handle: self.new_handle(f) })
+                let (dir, dir_path) = self.dir(parent)?;
+                let n = component(&name)?;
+                let path = dir_path.join(&n);
+                self.mark(&path);
+                let f = ops::open(&dir, &n, flags, Some(mode))?;
+                ops::give(&dir, &n, owner);
+                let entry = self.lookup_in(&dir, &dir_path, parent, &name)?;
+                Ok(Reply::Created { entry, handle: self.new_handle(f, path) })
             }
             Request::Read { handle, offset, size } => {
                 let f = self.file(handle)?;
                 ops::read_at(&f, offset, size.min(proto::MAX_IO as u32)).map(Reply::Data)
             }
             Request::Write { handle, offset, data } => {
+                self.mark_handle(handle);
                 let f = self.file(handle)?;
                 ops::write_at(&f, offset, &data).map(Reply::Written)
             }
@@ -346,21 +479,29 @@ impl FileServer {
                 Ok(Reply::Ok)
             }
             Request::ReadDir { node, offset, plus } => {
-                let dir = self.dir(node)?;
+                let (dir, dir_path) = self.dir(node)?;
+                self.0.watch.dir(&dir_path);
                 let names = ops::list(&dir)?;
                 let start = (offset as usize).min(names.len());
                 let end = (start + DIR_BATCH).min(names.len());
                 let mut entries = Vec::with_capacity(end - start);
                 for name in &names[start..end] {
                     // A name that went between the listing and now is left out.
-                    let e = if plus { self.lookup(node, name) } else { self.peek(&dir, name) };
+                    let e = if plus {
+                        self.lookup_in(&dir, &dir_path, node, name)
+                    } else {
+                        self.peek(&dir, &dir_path, name)
+                    };
                     if let Ok(e) = e {
                         entries.push(e);
                     }
                 }
                 Ok(Reply::Dir { entries, more: end < names.len() })
             }
-            Request::StatFs { node } => ops::statfs(&self.path(node)?),
+            Request::StatFs { node } => {
+                let (i, _, _) = self.locate(node)?;
+                ops::statfs(&self.open_dir(i, Path::new(""))?)
+            }
         }
     }
 
@@ -368,6 +509,17 @@ impl FileServer {
     pub fn nodes(&self) -> usize {
         self.0.nodes.lock().expect("lock").len()
     }
+}
+
+/// A path's bytes (as the guest's file names are bytes).
+fn path_bytes(p: &Path) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        p.as_os_str().as_bytes().to_vec()
+    }
+    #[cfg(not(unix))]
+    p.to_string_lossy().replace('\\', "/").into_bytes()
 }
 
 /// Reads one frame; `None` at the end of the stream.
@@ -566,6 +718,51 @@ mod tests {
         assert_eq!(s.call(m).unwrap_err(), errno::EPERM);
         // A node nobody looked up does not exist.
         assert_eq!(s.call(Request::GetAttr { node: 999_999, handle: None }).unwrap_err(), errno::ENOENT);
+    }
+
+    /// The guest holds nodes deep in a directory that is then replaced by a symlink out of
+    /// the share (by this machine, or by a container racing its own renames): the nodes' paths
+    /// now lead outside, and nothing done through them may reach there.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_leads_nowhere() {
+        let outer = tempfile::tempdir().unwrap();
+        let share = outer.path().join("share");
+        std::fs::create_dir_all(share.join("a/etc")).unwrap();
+        std::fs::create_dir_all(outer.path().join("etc")).unwrap();
+        std::fs::write(outer.path().join("etc/secret"), "secret").unwrap();
+        std::fs::write(share.join("a/etc/secret"), "inside").unwrap();
+        let (s, root) = server(&share);
+        let a = entry(s.call(Request::Lookup { parent: root, name: b"a".to_vec() }));
+        let etc = entry(s.call(Request::Lookup { parent: a.attr.node, name: b"etc".to_vec() }));
+        let secret = entry(s.call(Request::Lookup { parent: etc.attr.node, name: b"secret".to_vec() }));
+        // `a` becomes a link to the share's parent: `a/etc` names outer/etc now.
+        std::fs::rename(share.join("a"), share.join("moved")).unwrap();
+        std::os::unix::fs::symlink(outer.path(), share.join("a")).unwrap();
+        let escaped = |r: &Result<Reply, Errno>| matches!(r, Ok(Reply::Data(d)) if d == b"secret");
+        let open = s.call(Request::Open { node: secret.attr.node, flags: 0 });
+        if let Ok(Reply::Opened(h)) = open {
+            let r = s.call(Request::Read { handle: h, offset: 0, size: 64 });
+            assert!(!escaped(&r), "read outside the share through a swapped directory");
+        }
+        assert!(s.call(Request::Lookup { parent: etc.attr.node, name: b"secret".to_vec() }).is_err());
+        assert!(s.call(Request::ReadDir { node: etc.attr.node, offset: 0, plus: false }).is_err());
+        let c = Request::Create {
+            parent: etc.attr.node,
+            name: b"planted".to_vec(),
+            mode: 0o644,
+            flags: 0o1,
+            owner: Owner::default(),
+        };
+        assert!(s.call(c).is_err());
+        assert!(!outer.path().join("etc/planted").exists());
+        let chmod = SetAttr { mode: Some(0o777), ..Default::default() };
+        let _ = s.call(Request::SetAttr { node: secret.attr.node, set: chmod });
+        let unlink = s.call(Request::Unlink { parent: etc.attr.node, name: b"secret".to_vec() });
+        assert!(unlink.is_err());
+        use std::os::unix::fs::PermissionsExt;
+        let outside = std::fs::metadata(outer.path().join("etc/secret")).unwrap();
+        assert_ne!(outside.permissions().mode() & 0o777, 0o777, "chmod reached outside the share");
+        assert_eq!(std::fs::read_to_string(outer.path().join("etc/secret")).unwrap(), "secret");
     }
 
     #[test]

@@ -22,10 +22,10 @@ pub enum Key {
 
 impl Key {
     /// The key of the object `meta` describes, found at `path`.
-    pub fn of(path: &Path, meta: &std::fs::Metadata) -> Key {
+    pub fn of(path: &Path, meta: &cap_std::fs::Metadata) -> Key {
         #[cfg(unix)]
         {
-            use std::os::unix::fs::MetadataExt;
+            use cap_std::fs::MetadataExt;
             let _ = path;
             Key::Inode { dev: meta.dev(), ino: meta.ino() }
         }
@@ -52,12 +52,14 @@ struct Entry {
 pub struct Nodes {
     by_id: HashMap<Node, Entry>,
     by_key: HashMap<Key, Node>,
+    /// The node each known path names now (the latest one looked up there).
+    by_path: HashMap<PathBuf, Node>,
     next: Node,
 }
 
 impl Nodes {
     /// A share's root: a node that is never forgotten.
-    pub fn add_root(&mut self, path: &Path, meta: &std::fs::Metadata, share: usize) -> Node {
+    pub fn add_root(&mut self, path: &Path, meta: &cap_std::fs::Metadata, share: usize) -> Node {
         let id = self.insert(Key::of(path, meta), path, share);
         if let Some(e) = self.by_id.get_mut(&id) {
             e.lookups = u64::MAX;
@@ -70,18 +72,27 @@ impl Nodes {
         self.next = self.next.max(1) + 1;
         let id = self.next;
         self.by_key.insert(key.clone(), id);
+        self.by_path.insert(path.to_owned(), id);
         self.by_id.insert(id, Entry { key, paths: vec![path.to_owned()], lookups: 0, share });
         id
     }
 
     /// The node for the object at `path` (inside the share of `parent`), its count raised.
-    pub fn looked_up(&mut self, parent: Node, path: &Path, meta: &std::fs::Metadata) -> Node {
+    pub fn looked_up(&mut self, parent: Node, path: &Path, meta: &cap_std::fs::Metadata) -> Node {
         let share = self.by_id.get(&parent).map_or(0, |e| e.share);
         let key = Key::of(path, meta);
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
             None => self.insert(key, path, share),
         };
+        // Whatever the path named before (changed on the host since) it names this now.
+        if let Some(old) = self.by_path.insert(path.to_owned(), id)
+            && old != id
+            && let Some(e) = self.by_id.get_mut(&old)
+            && e.lookups != u64::MAX
+        {
+            e.paths.retain(|p| p != path);
+        }
         let e = self.by_id.get_mut(&id).expect("just found or made");
         if !e.paths.iter().any(|p| p == path) {
             e.paths.insert(0, path.to_owned());
@@ -102,20 +113,27 @@ impl Nodes {
             if self.by_key.get(&e.key) == Some(&id) {
                 self.by_key.remove(&e.key);
             }
+            for p in &e.paths {
+                if self.by_path.get(p) == Some(&id) {
+                    self.by_path.remove(p);
+                }
+            }
         }
     }
 
-    /// A path `id` is known by.
-    pub fn path(&self, id: Node) -> Option<PathBuf> {
-        self.by_id.get(&id).and_then(|e| e.paths.first().cloned())
+    /// The share `id` is in, and a path it is known by.
+    pub fn place(&self, id: Node) -> Option<(usize, PathBuf)> {
+        self.by_id.get(&id).and_then(|e| Some((e.share, e.paths.first()?.clone())))
     }
 
     /// `path` no longer names anything (unlinked, or moved away).
     pub fn gone(&mut self, path: &Path) {
-        for e in self.by_id.values_mut() {
-            if e.paths.len() > 1 || e.lookups != u64::MAX {
-                e.paths.retain(|p| p != path);
-            }
+        let Some(id) = self.by_path.get(path).copied() else { return };
+        let Some(e) = self.by_id.get_mut(&id) else { return };
+        // A root keeps its one path.
+        if e.paths.len() > 1 || e.lookups != u64::MAX {
+            e.paths.retain(|p| p != path);
+            self.by_path.remove(path);
         }
     }
 
@@ -123,10 +141,15 @@ impl Nodes {
     /// before is gone).
     pub fn renamed(&mut self, from: &Path, to: &Path) {
         self.gone(to);
-        for e in self.by_id.values_mut() {
+        for (id, e) in self.by_id.iter_mut() {
             for p in e.paths.iter_mut() {
                 if let Ok(rest) = p.strip_prefix(from) {
-                    *p = if rest.as_os_str().is_empty() { to.to_owned() } else { to.join(rest) };
+                    let moved = if rest.as_os_str().is_empty() { to.to_owned() } else { to.join(rest) };
+                    if self.by_path.get(p.as_path()) == Some(id) {
+                        self.by_path.remove(p.as_path());
+                    }
+                    self.by_path.insert(moved.clone(), *id);
+                    *p = moved;
                 }
             }
         }
@@ -134,11 +157,51 @@ impl Nodes {
 
     /// The node a path is known by, if any.
     pub fn node_of(&self, path: &Path) -> Option<Node> {
-        self.by_id.iter().find(|(_, e)| e.paths.iter().any(|p| p == path)).map(|(id, _)| *id)
+        self.by_path.get(path).copied()
     }
 
     /// How many nodes are held.
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(p: &Path) -> cap_std::fs::Metadata {
+        cap_std::fs::Metadata::from_just_metadata(std::fs::metadata(p).unwrap())
+    }
+
+    #[test]
+    fn paths_follow_lookups_renames_and_removals() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("f"), "x").unwrap();
+        let mut nodes = Nodes::default();
+        let root = nodes.add_root(d.path(), &meta(d.path()), 0);
+        let na = nodes.looked_up(root, &a, &meta(&a));
+        let nf = nodes.looked_up(na, &a.join("f"), &meta(&a.join("f")));
+        assert_eq!(nodes.node_of(&a.join("f")), Some(nf));
+        std::fs::rename(&a, &b).unwrap();
+        nodes.renamed(&a, &b);
+        assert_eq!(nodes.node_of(&b.join("f")), Some(nf));
+        assert_eq!(nodes.node_of(&a.join("f")), None);
+        assert_eq!(nodes.place(na), Some((0, b.clone())));
+        // Replaced on the host behind the guest's back: the path names the new object.
+        std::fs::remove_file(b.join("f")).unwrap();
+        std::fs::write(b.join("f"), "y").unwrap();
+        let nf2 = nodes.looked_up(na, &b.join("f"), &meta(&b.join("f")));
+        assert_eq!(nodes.node_of(&b.join("f")), Some(nf2));
+        nodes.gone(&b.join("f"));
+        assert_eq!(nodes.node_of(&b.join("f")), None);
+        // The root keeps its path.
+        nodes.gone(d.path());
+        assert_eq!(nodes.node_of(d.path()), Some(root));
+        nodes.forget(nf, 1);
+        nodes.forget(nf2, 1);
+        assert_eq!(nodes.len(), 2);
     }
 }

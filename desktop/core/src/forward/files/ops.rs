@@ -1,21 +1,25 @@
-//! The file operations the guest calls, on the host's file system with `std::fs` only (so
-//! the server builds for macOS and Windows hosts too), confined to the shares.
+//! The file operations the guest calls, on this machine's file system, confined to the
+//! shares. Built on `cap-std`, so the server builds for macOS and Windows hosts too.
 //!
-//! Confinement: a node's path was found by looking up one plain name at a time from a share's
-//! root, and names are checked to be single components, so no path leaves a share by `..`.
-//! Symlinks are never followed here: a lookup reports a symlink as one, and the guest's kernel
-//! follows it in the guest (where `/etc` is the container's), not on this machine; files are
-//! opened with `O_NOFOLLOW`, and ownership and times are set on the link itself. Hard links
-//! can only join nodes the guest already holds, which are inside the shares.
+//! Confinement: every operation works in a directory handle ([`Dir`]) that `cap-std` opened
+//! beneath the share's root, on one plain name in it. `cap-std` resolves a path without ever
+//! leaving the directory it starts from, whatever its components are or become while it
+//! resolves (`openat2` with `RESOLVE_BENEATH` on Linux, a walk of no-follow opens elsewhere),
+//! so a directory of a node's path that is replaced by a symlink (on this machine, or by a
+//! container racing its own renames) cannot take an operation out of the share: the node's
+//! path is only where to look. Names are checked to be single components. A symlink at the
+//! end of a path is never followed here: a lookup reports it as one, and the guest's kernel
+//! follows it in the guest (where `/etc` is the container's); files open without following,
+//! ownership and times are set on the link itself.
 
-use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-#[cfg(not(unix))]
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_protocol::shares::{Attr, DirEntry, Kind, Owner, SetAttr, SetTime, Time, errno};
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt, SystemTimeSpec};
+pub use cap_std::fs::{Dir, Metadata};
 
 /// An error as the guest gets it: a Linux errno.
 pub type Errno = i32;
@@ -52,8 +56,8 @@ pub fn io_errno(e: io::Error) -> Errno {
     errno_of(&e)
 }
 
-/// `name` as a single path component under `dir`, or EINVAL/ENAMETOOLONG.
-pub fn child(dir: &Path, name: &[u8]) -> Result<PathBuf, Errno> {
+/// `name` as a single path component, or EINVAL/ENAMETOOLONG.
+pub fn component(name: &[u8]) -> Result<OsString, Errno> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
         return Err(errno::EINVAL);
     }
@@ -61,35 +65,44 @@ pub fn child(dir: &Path, name: &[u8]) -> Result<PathBuf, Errno> {
         return Err(errno::ENAMETOOLONG);
     }
     #[cfg(unix)]
-    let name = {
+    {
         use std::os::unix::ffi::OsStrExt;
-        OsStr::from_bytes(name)
-    };
+        Ok(OsStr::from_bytes(name).to_owned())
+    }
     #[cfg(not(unix))]
-    let name = {
+    {
         let s = std::str::from_utf8(name).map_err(|_| errno::EINVAL)?;
         if s.contains('\\') || s.contains(':') {
             return Err(errno::EINVAL);
         }
-        OsStr::new(s)
-    };
-    Ok(dir.join(name))
+        Ok(OsString::from(s))
+    }
+}
+
+/// `name` (a single component) under `dir`.
+pub fn child(dir: &Path, name: &[u8]) -> Result<PathBuf, Errno> {
+    Ok(dir.join(component(name)?))
+}
+
+/// What `name` in `dir` is, without following a symlink.
+pub fn meta(dir: &Dir, name: &OsStr) -> Result<Metadata, Errno> {
+    if name == "." { dir.dir_metadata() } else { dir.symlink_metadata(name) }.map_err(io_errno)
 }
 
 #[cfg(not(unix))]
-fn time_of(t: io::Result<SystemTime>) -> Time {
-    match t.ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+fn time_of(t: io::Result<cap_std::time::SystemTime>) -> Time {
+    match t.ok().and_then(|t| t.into_std().duration_since(std::time::UNIX_EPOCH).ok()) {
         Some(d) => Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
         None => Time::default(),
     }
 }
 
 /// The attributes of `meta`, for node `node`.
-pub fn attr(node: u64, meta: &fs::Metadata) -> Attr {
+pub fn attr(node: u64, meta: &Metadata) -> Attr {
     let ft = meta.file_type();
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        use cap_std::fs::{FileTypeExt, MetadataExt};
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_symlink() {
@@ -154,7 +167,7 @@ pub fn attr(node: u64, meta: &fs::Metadata) -> Attr {
     }
 }
 
-pub fn entry(name: Vec<u8>, node: u64, meta: &fs::Metadata) -> DirEntry {
+pub fn entry(name: Vec<u8>, node: u64, meta: &Metadata) -> DirEntry {
     DirEntry { name, attr: attr(node, meta) }
 }
 
@@ -168,9 +181,9 @@ mod oflags {
     pub const TRUNC: i32 = 0o1000;
 }
 
-/// Opens `path` as the guest asked, never through a symlink at its end.
-pub fn open(path: &Path, flags: i32, create: Option<u32>) -> Result<File, Errno> {
-    let mut o = OpenOptions::new();
+/// Opens `name` in `dir` as the guest asked, never through a symlink at its end.
+pub fn open(dir: &Dir, name: &OsStr, flags: i32, create: Option<u32>) -> Result<File, Errno> {
+    let mut o = cap_std::fs::OpenOptions::new();
     match flags & oflags::ACCMODE {
         oflags::WRONLY => o.write(true),
         oflags::RDWR => o.read(true).write(true),
@@ -191,74 +204,107 @@ pub fn open(path: &Path, flags: i32, create: Option<u32>) -> Result<File, Errno>
         }
         #[cfg(unix)]
         {
-            use std::os::unix::fs::OpenOptionsExt;
+            use cap_std::fs::OpenOptionsExt;
             o.mode(mode & 0o7777);
         }
         #[cfg(not(unix))]
         let _ = mode;
     }
     let _ = oflags::CREAT;
+    o.follow(FollowSymlinks::No);
+    dir.open_with(name, &o).map(cap_std::fs::File::into_std).map_err(io_errno)
+}
+
+/// A directory `name` in `dir` with `mode`.
+pub fn mkdir(dir: &Dir, name: &OsStr, mode: u32) -> Result<(), Errno> {
+    let mut b = cap_std::fs::DirBuilder::new();
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+        use cap_std::fs::DirBuilderExt;
+        b.mode(mode & 0o7777);
     }
-    o.open(path).map_err(io_errno)
+    #[cfg(not(unix))]
+    let _ = mode;
+    dir.create_dir_with(name, &b).map_err(io_errno)
 }
 
 /// Hands a node the guest made to the guest's user, where this host may (it runs as root);
 /// otherwise it stays the host user's.
-pub fn give(path: &Path, owner: Owner) {
+pub fn give(dir: &Dir, name: &OsStr, owner: Owner) {
     #[cfg(unix)]
     if nix::unistd::geteuid().is_root() {
-        let _ = std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid));
+        let _ = chown(dir, name, Some(owner.uid), Some(owner.gid));
     }
     #[cfg(not(unix))]
-    let _ = (path, owner);
+    let _ = (dir, name, owner);
 }
 
-/// Applies `set` to `path` (or to `file`, open on it). Returns nothing; the caller stats.
-pub fn set_attr(path: Option<&Path>, file: Option<&File>, set: &SetAttr) -> Result<(), Errno> {
-    let need_path = || path.ok_or(errno::ENOENT);
+/// `fchownat` on one name in `dir`, the link itself if it is one.
+#[cfg(unix)]
+fn chown(dir: &Dir, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<(), Errno> {
+    use nix::unistd::{Gid, Uid};
+    let flags = if name == "." { nix::fcntl::AtFlags::AT_EMPTY_PATH } else { nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW };
+    let name: &OsStr = if name == "." { OsStr::new("") } else { name };
+    nix::unistd::fchownat(dir, name, uid.map(Uid::from_raw), gid.map(Gid::from_raw), flags).map_err(|e| e as i32)
+}
+
+fn time_spec(t: Option<SetTime>) -> Option<SystemTimeSpec> {
+    let at = |t: Time| {
+        let epoch = std::time::UNIX_EPOCH;
+        let std = if t.secs >= 0 {
+            epoch + std::time::Duration::new(t.secs as u64, t.nanos)
+        } else {
+            epoch - std::time::Duration::from_secs(t.secs.unsigned_abs())
+                + std::time::Duration::from_nanos(t.nanos.into())
+        };
+        SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(std))
+    };
+    match t? {
+        SetTime::Now => Some(SystemTimeSpec::SymbolicNow),
+        SetTime::At(t) => Some(at(t)),
+    }
+}
+
+/// Applies `set` to `name` in `dir` (or to `file`, open on it). Returns nothing; the caller
+/// stats.
+pub fn set_attr(at: Option<(&Dir, &OsStr)>, file: Option<&File>, set: &SetAttr) -> Result<(), Errno> {
+    let need = || at.ok_or(errno::ENOENT);
     if let Some(size) = set.size {
         match file {
             Some(f) => f.set_len(size).map_err(io_errno)?,
-            None => open(need_path()?, oflags::WRONLY, None)?.set_len(size).map_err(io_errno)?,
+            None => {
+                let (dir, name) = need()?;
+                open(dir, name, oflags::WRONLY, None)?.set_len(size).map_err(io_errno)?
+            }
         }
     }
     #[cfg(unix)]
     if set.uid.is_some() || set.gid.is_some() {
-        std::os::unix::fs::lchown(need_path()?, set.uid, set.gid).map_err(io_errno)?;
+        let (dir, name) = need()?;
+        chown(dir, name, set.uid, set.gid)?;
     }
     if let Some(mode) = set.mode {
-        let p = need_path()?;
-        let meta = fs::symlink_metadata(p).map_err(io_errno)?;
+        let (dir, name) = need()?;
+        let m = meta(dir, name)?;
         // Linux has no mode on symlinks to change.
-        if !meta.file_type().is_symlink() {
+        if !m.file_type().is_symlink() {
             #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(p, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_errno)?;
-            }
+            let perm = {
+                use cap_std::fs::PermissionsExt;
+                cap_std::fs::Permissions::from_mode(mode & 0o7777)
+            };
             #[cfg(not(unix))]
-            {
-                let mut perm = meta.permissions();
+            let perm = {
+                let mut perm = m.permissions();
                 perm.set_readonly(mode & 0o222 == 0);
-                fs::set_permissions(p, perm).map_err(io_errno)?;
-            }
+                perm
+            };
+            dir.set_permissions(name, perm).map_err(io_errno)?;
         }
     }
     if set.atime.is_some() || set.mtime.is_some() {
-        let p = need_path()?;
-        let meta = fs::symlink_metadata(p).map_err(io_errno)?;
-        let pick = |t: Option<SetTime>, keep: filetime::FileTime| match t {
-            None => keep,
-            Some(SetTime::Now) => filetime::FileTime::now(),
-            Some(SetTime::At(t)) => filetime::FileTime::from_unix_time(t.secs, t.nanos),
-        };
-        let atime = pick(set.atime, filetime::FileTime::from_last_access_time(&meta));
-        let mtime = pick(set.mtime, filetime::FileTime::from_last_modification_time(&meta));
-        filetime::set_symlink_file_times(p, atime, mtime).map_err(io_errno)?;
+        let (dir, name) = need()?;
+        dir.set_symlink_times(name, time_spec(set.atime), time_spec(set.mtime)).map_err(io_errno)?;
     }
     Ok(())
 }
@@ -300,21 +346,22 @@ pub fn write_at(f: &File, offset: u64, data: &[u8]) -> Result<u32, Errno> {
     Ok(done as u32)
 }
 
-pub fn symlink(target: &[u8], at: &Path) -> Result<(), Errno> {
+/// A symlink `name` in `dir` to `target`, as the guest wrote it (it resolves in the guest).
+pub fn symlink(dir: &Dir, name: &OsStr, target: &[u8]) -> Result<(), Errno> {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), at).map_err(io_errno)
+        dir.symlink_contents(OsStr::from_bytes(target), name).map_err(io_errno)
     }
     #[cfg(windows)]
     {
         let t = std::str::from_utf8(target).map_err(|_| errno::EINVAL)?;
-        std::os::windows::fs::symlink_file(t, at).map_err(io_errno)
+        dir.symlink_file(t, name).map_err(io_errno)
     }
 }
 
-pub fn read_link(path: &Path) -> Result<Vec<u8>, Errno> {
-    let t = fs::read_link(path).map_err(io_errno)?;
+pub fn read_link(dir: &Dir, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    let t = dir.read_link_contents(name).map_err(io_errno)?;
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
@@ -325,22 +372,22 @@ pub fn read_link(path: &Path) -> Result<Vec<u8>, Errno> {
 }
 
 /// A FIFO (the only special file a guest may make here).
-pub fn mkfifo(path: &Path, mode: u32) -> Result<(), Errno> {
+pub fn mkfifo(dir: &Dir, name: &OsStr, mode: u32) -> Result<(), Errno> {
     #[cfg(unix)]
     {
-        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode as _)).map_err(|e| e as i32)
+        nix::unistd::mkfifoat(dir, name, nix::sys::stat::Mode::from_bits_truncate(mode as _)).map_err(|e| e as i32)
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, mode);
+        let _ = (dir, name, mode);
         Err(errno::EPERM)
     }
 }
 
 /// The names in `dir`, sorted (so offsets mean the same between calls while it is unchanged).
-pub fn list(dir: &Path) -> Result<Vec<Vec<u8>>, Errno> {
+pub fn list(dir: &Dir) -> Result<Vec<Vec<u8>>, Errno> {
     let mut names = Vec::new();
-    for e in fs::read_dir(dir).map_err(io_errno)? {
+    for e in dir.entries().map_err(io_errno)? {
         let e = e.map_err(io_errno)?;
         #[cfg(unix)]
         {
@@ -355,10 +402,10 @@ pub fn list(dir: &Path) -> Result<Vec<Vec<u8>>, Errno> {
 }
 
 /// The file system's sizes, for `statfs` (in 4 KiB blocks).
-pub fn statfs(path: &Path) -> Result<berth_protocol::shares::Reply, Errno> {
+pub fn statfs(dir: &Dir) -> Result<berth_protocol::shares::Reply, Errno> {
     #[cfg(unix)]
     {
-        let s = nix::sys::statvfs::statvfs(path).map_err(|e| e as i32)?;
+        let s = nix::sys::statvfs::fstatvfs(dir).map_err(|e| e as i32)?;
         let frag = s.fragment_size() as u64;
         Ok(berth_protocol::shares::Reply::StatFs {
             blocks: s.blocks() as u64 * frag / 4096,
@@ -372,7 +419,7 @@ pub fn statfs(path: &Path) -> Result<berth_protocol::shares::Reply, Errno> {
     }
     #[cfg(not(unix))]
     {
-        let _ = path;
+        let _ = dir;
         Ok(berth_protocol::shares::Reply::StatFs {
             blocks: 1 << 28,
             bfree: 1 << 27,
