@@ -6,6 +6,9 @@
 # Needs a Debian 12 build host (apt-get download, dpkg-deb, cpio) and a built berth-agent
 # ($BERTH_AGENT, else target/release, else target/debug; `berth start` passes the one beside
 # itself). Writes OUT_DIR/{vmlinuz,initrd.img,manifest.txt}.
+# BERTH_GUEST_KERNEL=generic builds on Debian's generic kernel (the one linux-image-ARCH names
+# now, not pinned) with modules-generic.txt (9p) added: the shared-folder benchmark
+# boots it to measure QEMU's 9p beside Berth's share. The product's guest is the cloud kernel.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -46,7 +49,19 @@ step() { echo "==> $*" >&2; }
 #    is taken instead. apt verifies it against the archive's signed index; the build says so,
 #    checks the download against the index's SHA256 and records the new pin in packages.lock.
 LOCK="$HERE/packages.lock"
-read -r KPKG KVER KSHA < <(grep '^linux-image-' "$LOCK" | head -1)
+MODULES=("$HERE/modules.txt")
+PIN=yes
+case "${BERTH_GUEST_KERNEL:-cloud}" in
+    cloud) read -r KPKG KVER KSHA < <(grep '^linux-image-' "$LOCK" | head -1) ;;
+    generic)
+        KPKG=$(apt-cache depends "linux-image-$ARCH" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+        KVER=$(apt-cache policy "$KPKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        KSHA=$(apt-cache show "$KPKG=$KVER" 2>/dev/null | awk '/^SHA256:/ {print $2; exit}')
+        [ -n "$KPKG" ] && [ -n "$KSHA" ] || { echo "apt names no current linux-image-$ARCH kernel (is apt's package list for Debian 12 reachable?)" >&2; exit 1; }
+        PIN=no
+        MODULES+=("$HERE/modules-generic.txt") ;;
+    *) echo "BERTH_GUEST_KERNEL=$BERTH_GUEST_KERNEL: cloud or generic" >&2; exit 2 ;;
+esac
 cached() { [ -f "$CACHE/${1}_${2}_${ARCH}.deb" ] && echo "$3  $CACHE/${1}_${2}_${ARCH}.deb" | sha256sum -c --quiet 2>/dev/null; }
 download() { (cd "$CACHE" && apt-get download -q "$1=$2" >/dev/null 2>&1); }
 if ! cached "$KPKG" "$KVER" "$KSHA"; then
@@ -54,6 +69,7 @@ if ! cached "$KPKG" "$KVER" "$KSHA"; then
     if ! download "$KPKG" "$KVER"; then
         apt-get update -qq >/dev/null 2>&1 || true
         if ! download "$KPKG" "$KVER"; then
+            [ "$PIN" = yes ] || { echo "downloading $KPKG $KVER failed" >&2; exit 1; }
             NPKG=$KPKG
             NVER=$(apt-cache policy "$NPKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
             if [ -z "$NVER" ] || [ "$NVER" = "(none)" ]; then
@@ -90,7 +106,7 @@ cp "$WORK/k/boot/vmlinuz-$KREL" "$OUT/vmlinuz"
 R="$WORK/initramfs"
 mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,etc,var/lib,lib/modules,"lib/$LIBDIR",lib64}
 : > "$R/lib/modules/berth.modules"
-grep -v '^#' "$HERE/modules.txt" | while read -r m; do
+cat "${MODULES[@]}" | grep -v '^#' | while read -r m; do
     [ -n "$m" ] || continue
     src="$WORK/k/lib/modules/$KREL/$m"
     [ -f "$src" ] || { echo "module $m is not in $KPKG" >&2; exit 1; }

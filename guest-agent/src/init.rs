@@ -70,21 +70,37 @@ fn mount_basics() {
     mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None);
 }
 
-/// Loads the modules listed (file names under /lib/modules, one a line) in order.
+/// Loads the modules listed (file names under /lib/modules, one a line) in order. A module
+/// that fails is tried again after the others, as long as a pass loads something: a module
+/// whose need is listed after it (a kernel that builds in less, as Debian's generic kernel
+/// does with crc32c) still loads, and only what never loads is logged.
 fn load_modules(list: &Path) {
     let Ok(text) = fs::read_to_string(list) else {
         log(&format!("no module list at {}", list.display()));
         return;
     };
-    for name in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let load = |name: &str| {
         let path = Path::new("/lib/modules").join(name);
-        let result = fs::File::open(&path)
+        fs::File::open(&path)
             .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-            .and_then(|f| nix::kmod::finit_module(&f, &CString::default(), nix::kmod::ModuleInitFlags::empty()));
-        match result {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => log(&format!("loading module {name}: {e}")),
+            .and_then(|f| nix::kmod::finit_module(&f, &CString::default(), nix::kmod::ModuleInitFlags::empty()))
+    };
+    let mut pending: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    loop {
+        let failed: Vec<(&str, nix::errno::Errno)> = pending
+            .iter()
+            .filter_map(|name| match load(name) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => None,
+                Err(e) => Some((*name, e)),
+            })
+            .collect();
+        if failed.is_empty() || failed.len() == pending.len() {
+            for (name, e) in failed {
+                log(&format!("loading module {name}: {e}"));
+            }
+            return;
         }
+        pending = failed.into_iter().map(|(name, _)| name).collect();
     }
 }
 

@@ -11,12 +11,14 @@
 //!    connects to the container) against QEMU's own user-network `hostfwd` to the same
 //!    container in the same VM.
 //! 5. Shared folders: the same file work in a container on Berth's shared folder, on QEMU's
-//!    virtiofs (virtiofsd, the in-kernel FUSE transport over shared memory; Linux hosts only)
-//!    and on the guest's own disk (a volume), timed inside the container.
+//!    9p (`-fsdev local` + virtio-9p, mounted as Lima mounts it), on QEMU's virtiofs
+//!    (virtiofsd; Linux hosts only) and on the guest's own disk (a volume), timed inside the
+//!    container, in one VM booted on Debian's generic kernel (the cloud kernel has no 9p).
 //!
 //! `cargo bench -p berth-tests --bench vm` (`./dev bench-vm` builds the release binaries and
 //! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3), and
-//! BERTH_BENCH_ONLY=ports or =shares for section 4 or 5 alone.
+//! BERTH_BENCH_ONLY=ports or =shares for section 4 or 5 alone; BERTH_BENCH_SHARES=Berth,disk
+//! runs section 5 on those targets only (figures, no ratios).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -135,7 +137,7 @@ fn main() {
         return;
     }
     if std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("shares") {
-        shares_against_virtiofs(&rt, &image);
+        shares_side_by_side(&rt);
         return;
     }
     let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
@@ -374,32 +376,94 @@ fn ports_against_hostfwd(rt: &tokio::runtime::Runtime, image: &Path) {
 }
 
 /// The file work of section 5, run in `/w` with `/probe clock` around each step: a line
-/// "STEP START END" (monotonic nanoseconds) per step. Caches are dropped before each read, so
-/// reads come from wherever the files live.
+/// "STEP START END" (monotonic nanoseconds) per step. Caches are dropped before each cold
+/// step, so those read from wherever the files live. `/src.tar` is a real git repository.
 const FILE_WORK: &str = r#"
 cd /w || exit 1
 t() { s=$(/probe clock); "$@" >/dev/null || exit 1; echo "$STEP $s $(/probe clock)"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+git() { /usr/bin/git -c safe.directory='*' -C /w/repo "$@"; }
 STEP=write-64MiB t dd if=/dev/zero of=big bs=1M count=64 conv=fsync
 drop; STEP=read-64MiB t cat big
-STEP=create-1000 t sh -c 'for d in 0 1 2 3 4 5 6 7 8 9; do mkdir d$d; for f in $(seq 100); do echo x > d$d/f$f; done; done'
-drop; STEP=find-1000 t find . -type f
-drop; STEP=read-1000 t tar cf - .
-STEP=remove-1000 t rm -rf d0 d1 d2 d3 d4 d5 d6 d7 d8 d9 big
+rm big
+mkdir many
+STEP=create-10000 t sh -c 'for d in $(seq 100); do mkdir many/d$d; for f in $(seq 100); do echo x > many/d$d/f$f; done; done'
+drop; STEP=stat-readdir-10000-cold t ls -lR many
+STEP=stat-readdir-10000-warm t ls -lR many
+STEP=remove-10000 t rm -rf many
+STEP=untar-repo t tar xf /src.tar
+STEP=git-status-first t git status
+STEP=git-status-again t git status
+drop; STEP=git-status-cold t git status
 "#;
+const FILE_STEPS: usize = 10;
 
-/// Section 5: the same file work on Berth's shared folder, on virtiofs, and on the guest's
-/// disk, in one VM.
-fn shares_against_virtiofs(rt: &tokio::runtime::Runtime, image: &Path) {
+/// An image for the file work: the probe, Debian's git with its libraries, and `/src.tar`, a
+/// clone of a real repository (BERTH_BENCH_REPO, else pyenv's checkout if the machine has
+/// one, else this project's). Made with `docker cp -` and `docker commit`, so Berth's own
+/// archive and commit paths build it. Returns a line that describes the repository.
+fn file_work_image(docker: &dyn Fn(&[&str]) -> String, host: &str, probe: &str, staging: &Path) -> String {
+    let repo = std::env::var_os("BERTH_BENCH_REPO").map(PathBuf::from).unwrap_or_else(|| {
+        let pyenv = PathBuf::from("/root/.pyenv");
+        if pyenv.join(".git").exists() { pyenv } else { workspace() }
+    });
+    let clone = staging.join("clone/repo");
+    let ok = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(Command::new("git").args(["clone", "-q", "--no-local"]).arg(&repo).arg(&clone));
+    let files = ok(Command::new("git").arg("-C").arg(&clone).arg("ls-files")).lines().count();
+    let root = staging.join("root");
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    ok(Command::new("tar").arg("-C").arg(clone.parent().unwrap()).arg("-cf").arg(root.join("src.tar")).arg("repo"));
+    let size = std::fs::metadata(root.join("src.tar")).unwrap().len();
+    std::fs::copy("/usr/bin/git", root.join("usr/bin/git")).unwrap();
+    for line in ok(Command::new("ldd").arg("/usr/bin/git")).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
+        let dest = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(lib, dest).unwrap();
+    }
+    docker(&["create", "--name", "bench-files", probe, "true"]);
+    let tar = Command::new("tar").arg("-C").arg(&root).args(["-cf", "-", "."]).output().unwrap();
+    let mut cp = Command::new("docker")
+        .args(["cp", "-", "bench-files:/"])
+        .env("DOCKER_HOST", host)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    cp.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    assert!(cp.wait().unwrap().success(), "docker cp - bench-files:/");
+    docker(&["commit", "bench-files", "bench-files:latest"]);
+    docker(&["rm", "bench-files"]);
+    format!("{} ({files} files, a {:.1} MiB tar with .git)", repo.display(), size as f64 / (1 << 20) as f64)
+}
+
+/// Section 5: the same file work on Berth's shared folder, on 9p, on virtiofs and on the
+/// guest's disk, in one VM on Debian's generic kernel.
+fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
+    let image = workspace().join("target/vm-image-bench-generic");
+    let out = Command::new(workspace().join("vm-image/build.sh"))
+        .arg(&image)
+        .env("BERTH_AGENT", release("berth-agent"))
+        .env("BERTH_GUEST_KERNEL", "generic")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "vm-image/build.sh (generic kernel): {}", String::from_utf8_lossy(&out.stderr));
     let dir = tempfile::tempdir().unwrap();
-    let (ours, theirs) = (dir.path().join("berth-share"), dir.path().join("virtiofs-share"));
-    std::fs::create_dir_all(&ours).unwrap();
-    std::fs::create_dir_all(&theirs).unwrap();
+    let [ours, nine, vfs] = ["berth-share", "9p-share", "virtiofs-share"].map(|d| dir.path().join(d));
+    for d in [&ours, &nine, &vfs] {
+        std::fs::create_dir_all(d).unwrap();
+    }
     let vfs_sock = dir.path().join("virtiofs.sock");
     // Debian's QEMU ships the C virtiofsd; cache=auto is its default and what libvirt uses.
     let mut virtiofsd = Command::new("/usr/lib/qemu/virtiofsd")
         .arg(format!("--socket-path={}", vfs_sock.display()))
-        .args(["-o", &format!("source={}", theirs.display()), "-o", "cache=auto"])
+        .args(["-o", &format!("source={}", vfs.display()), "-o", "cache=auto"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -409,22 +473,26 @@ fn shares_against_virtiofs(rt: &tokio::runtime::Runtime, image: &Path) {
         assert!(start.elapsed() < Duration::from_secs(10), "virtiofsd did not make its socket");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut cfg = config(dir.path(), image);
+    let mut cfg = config(dir.path(), &image);
     // The transport the daemon picks here (no vsock: the serial port); virtiofs needs the
     // guest's memory shared, which that transport does not set up itself.
     cfg.transport = Kind::Serial;
     let mem = format!("{}M", cfg.memory_mib);
     cfg.qemu_args = [
-        "-object",
-        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-        "-numa",
-        "node,memdev=mem",
-        "-chardev",
-        &format!("socket,id=vfs,path={}", vfs_sock.display()),
-        "-device",
-        "vhost-user-fs-pci,chardev=vfs,tag=bench",
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-numa".into(),
+        "node,memdev=mem".into(),
+        "-chardev".into(),
+        format!("socket,id=vfs,path={}", vfs_sock.display()),
+        "-device".into(),
+        "vhost-user-fs-pci,chardev=vfs,tag=benchfs".into(),
+        // Lima's 9p defaults: security_model=none, 9p2000.L, msize 128 KiB, cache=mmap.
+        "-fsdev".into(),
+        format!("local,id=p9,path={},security_model=none", nine.display()),
+        "-device".into(),
+        "virtio-9p-pci,fsdev=p9,mount_tag=bench9p".into(),
     ]
-    .map(String::from)
     .to_vec();
     let reg = berth_tests::registry().addr.clone();
     rt.block_on(async {
@@ -435,17 +503,15 @@ fn shares_against_virtiofs(rt: &tokio::runtime::Runtime, image: &Path) {
         let sock = dir.path().join("docker.sock");
         let listener = berth_core::forward::socket::bind(&sock).await.unwrap();
         tokio::spawn(berth_core::forward::socket::serve(listener, m.transport.clone(), DOCKER_PORT));
+        let host = format!("unix://{}", sock.display());
         let docker = |args: &[&str]| {
-            let out = Command::new("docker")
-                .args(args)
-                .env("DOCKER_HOST", format!("unix://{}", sock.display()))
-                .output()
-                .unwrap();
+            let out = Command::new("docker").args(args).env("DOCKER_HOST", &host).output().unwrap();
             assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         let probe = format!("{reg}/probe:latest");
         docker(&["pull", "-q", &probe]);
+        let repo = file_work_image(&docker, &host, &probe, &dir.path().join("staging"));
         // The share is mounted once the file server's hello reaches the agent.
         std::fs::write(ours.join("ready"), "").unwrap();
         let bind = format!("{}:/w", ours.display());
@@ -455,21 +521,22 @@ fn shares_against_virtiofs(rt: &tokio::runtime::Runtime, image: &Path) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         std::fs::remove_file(ours.join("ready")).unwrap();
-        let targets: [(&str, Vec<String>); 3] = [
-            ("Berth shared folder", vec!["-v".into(), bind.clone()]),
-            ("virtiofs (virtiofsd, cache=auto)", vec![]),
-            ("guest disk (a volume)", vec!["-v".into(), "benchvol:/w".into()]),
+        let targets: [(&str, &[&str], &str); 4] = [
+            ("Berth", &["-v", &bind], ""),
+            ("9p", &[], "mkdir -p /w && mount -t 9p -o trans=virtio,version=9p2000.L,msize=131072,cache=mmap bench9p /w && "),
+            ("virtiofs", &[], "mkdir -p /w && mount -t virtiofs benchfs /w && "),
+            ("disk", &["-v", "benchvol:/w"], ""),
         ];
+        // BERTH_BENCH_SHARES=Berth (or a list) runs only those, for quick turns while tuning.
+        let only = std::env::var("BERTH_BENCH_SHARES").ok();
+        let picked = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == name));
         let mut results: Vec<Vec<(String, f64)>> = Vec::new();
-        for (i, (_, args)) in targets.iter().enumerate() {
-            let script = if i == 1 {
-                format!("mkdir -p /w && mount -t virtiofs bench /w && {FILE_WORK}")
-            } else {
-                FILE_WORK.to_string()
-            };
+        for (name, args, mount) in targets.iter().filter(|t| picked(t.0)) {
+            eprintln!("file work on {name}");
+            let script = format!("{mount}{FILE_WORK}");
             let mut run = vec!["run", "--rm", "--privileged"];
-            run.extend(args.iter().map(String::as_str));
-            run.extend([probe.as_str(), "sh", "-c", &script]);
+            run.extend(args.iter().copied());
+            run.extend(["bench-files:latest", "sh", "-c", &script]);
             let out = docker(&run);
             let steps = out
                 .lines()
@@ -479,16 +546,41 @@ fn shares_against_virtiofs(rt: &tokio::runtime::Runtime, image: &Path) {
                     Some((name.to_string(), (b - a) / 1e6))
                 })
                 .collect::<Vec<_>>();
-            assert_eq!(steps.len(), 6, "the file work did not finish: {out}");
+            assert_eq!(steps.len(), FILE_STEPS, "the file work on {name} did not finish: {out}");
             results.push(steps);
         }
-        println!("\n## Shared folders: the same file work in a container, ms (serial transport, TCG)");
-        println!("| step | {} | {} | {} | Berth/virtiofs | Berth/disk |", targets[0].0, targets[1].0, targets[2].0);
-        println!("|---|---|---|---|---|---|");
-        for (k, (step, ours)) in results[0].iter().enumerate() {
-            let (vfs, disk) = (results[1][k].1, results[2][k].1);
-            println!("| {step} | {ours:.0} | {vfs:.0} | {disk:.0} | {:.2} | {:.2} |", ours / vfs, ours / disk);
+        if only.is_some() {
+            println!("\n## Shared folders, only {}: ms", only.as_deref().unwrap_or_default());
+            for (k, (step, _)) in results[0].iter().enumerate() {
+                println!("| {step} | {} |", results.iter().map(|r| format!("{:.0}", r[k].1)).collect::<Vec<_>>().join(" | "));
+            }
+            m.stop(Duration::from_secs(60)).await;
+            return;
         }
+        println!("\n## Shared folders: the same file work in a container, ms (generic kernel, serial transport, TCG)");
+        println!("Repository: {repo}. virtiofs: virtiofsd cache=auto. 9p: Lima's defaults.");
+        println!("| step | Berth | 9p | virtiofs | disk | 9p/Berth | virtiofs/Berth | Berth/disk |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (k, (step, ours)) in results[0].iter().enumerate() {
+            let (p9, vfs, disk) = (results[1][k].1, results[2][k].1, results[3][k].1);
+            println!(
+                "| {step} | {ours:.0} | {p9:.0} | {vfs:.0} | {disk:.0} | {:.2} | {:.2} | {:.2} |",
+                p9 / ours,
+                vfs / ours,
+                ours / disk
+            );
+        }
+        // The metadata-heavy steps, as one figure each: the geometric mean of their ratios.
+        let meta = |col: usize, f: &dyn Fn(f64, f64) -> f64| {
+            let r: Vec<f64> = (2..FILE_STEPS).map(|k| f(results[0][k].1, results[col][k].1).ln()).collect();
+            (r.iter().sum::<f64>() / r.len() as f64).exp()
+        };
+        println!(
+            "Metadata steps (create .. git status, geometric mean): Berth is {:.2}x as fast as 9p, {:.2}x as fast as virtiofs, and takes {:.2}x the disk's time",
+            meta(1, &|b, o| o / b),
+            meta(2, &|b, o| o / b),
+            meta(3, &|b, o| b / o)
+        );
         m.stop(Duration::from_secs(60)).await;
     });
     let _ = virtiofsd.kill();

@@ -250,3 +250,40 @@ fn host_edits_raise_inotify_events_in_containers() {
     assert_eq!(own.iter().filter(|l| l.starts_with("2\t")).count(), 1, "an echo of the container's own write: {own:?}");
     s.agent.ok(&["rm", "-f", "watcher"]);
 }
+
+/// Many files in many directories, listed and then removed with `rm -rf` (which unlinks
+/// while it reads each directory): nothing is skipped and the tree is gone on the host.
+/// Each directory holds more entries than one read of it returns (a page on Linux 6.1, 32
+/// KiB on later kernels), so `rm` reads again after it has removed some.
+#[test]
+fn a_large_tree_is_listed_and_removed_whole() {
+    let s = Setup::new(false);
+    let img = s.agent.pull("busybox:latest");
+    let bind = format!("{}:/w", s.seen.display());
+    let make = "mkdir /w/many && cd /w/many && for d in $(seq 1 6); do mkdir d$d; \
+                for f in $(seq 1 500); do echo $f > d$d/f$f; done; done; ls -lR /w/many | grep -c '^-'";
+    assert_eq!(s.agent.ok(&["run", "--rm", "-v", &bind, &img, "sh", "-c", make]).trim(), "3000");
+    let count = walkdir_files(&s.host("many"));
+    assert_eq!(count, 3000, "the host sees every file");
+    // The kernel forgets the share's inodes (as under memory pressure); they are looked up anew.
+    drop_caches();
+    assert_eq!(walkdir_files(&s.guest("many")), 3000, "the guest lists every file after forgetting");
+    let out = s.agent.ok(&["run", "--rm", "-v", &bind, &img, "sh", "-c", "rm -rf /w/many && echo gone"]);
+    assert_eq!(out, "gone\n");
+    assert!(!s.host("many").exists(), "removed on the host too");
+}
+
+fn walkdir_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() { walkdir_files(&e.path()) } else { 1 }
+        })
+        .sum()
+}
+
+fn drop_caches() {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}

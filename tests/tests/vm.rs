@@ -489,13 +489,19 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
 
 /// `GET /` on `addr` (host:port) over plain TCP; the body.
 fn http_get(addr: &str) -> Option<String> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
+    let resp = http_raw(addr).ok()?;
     resp.split_once("\r\n\r\n").filter(|(head, _)| head.contains(" 200 ")).map(|(_, body)| body.to_owned())
+}
+
+/// The whole answer to `GET /` at `addr`, or what went wrong.
+fn http_raw(addr: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp)
 }
 
 fn free_port(udp: bool) -> u16 {
@@ -541,7 +547,9 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     let addr = format!("127.0.0.1:{tcp}");
     assert!(
         berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from a shared folder\n")),
-        "{addr}"
+        "{addr} answered {:?}; the container: {}",
+        http_raw(&addr),
+        String::from_utf8_lossy(&home.docker(&["logs", "web"]).stderr)
     );
     let port = home.docker(&["port", "web"]);
     let port = String::from_utf8_lossy(&port.stdout);

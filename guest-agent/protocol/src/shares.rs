@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -221,13 +221,21 @@ pub enum Request {
         handle: Handle,
         data_only: bool,
     },
+    /// Closes an open file or directory.
     Release {
         handle: Handle,
     },
-    /// Lists a directory: entries from `offset` on (an index), each with its attributes.
-    /// With `plus` every entry counts as a lookup (the guest forgets what it cannot use).
-    ReadDir {
+    /// Opens a directory for listing: the handle holds the names it had when listed from
+    /// offset 0, so entries removed while the guest walks it (as `rm -rf` does) do not
+    /// shift the offsets of the rest. Released with [`Request::Release`].
+    OpenDir {
         node: Node,
+    },
+    /// Lists an open directory: entries from `offset` on (an index into its names), each
+    /// with its attributes; offset 0 takes the names anew (a rewind). With `plus` every
+    /// entry counts as a lookup (the guest forgets what it cannot use).
+    ReadDir {
+        handle: Handle,
         offset: u64,
         plus: bool,
     },
@@ -249,9 +257,10 @@ pub enum Reply {
         entry: DirEntry,
         handle: Handle,
     },
-    /// Entries from the offset asked, and whether the listing goes on after them.
+    /// Entries from the offset asked, each with its index in the listing (a name removed
+    /// since is left out, and the rest keep theirs), and whether the listing goes on.
     Dir {
-        entries: Vec<DirEntry>,
+        entries: Vec<(u64, DirEntry)>,
         more: bool,
     },
     StatFs {

@@ -107,10 +107,10 @@ impl ShareFs {
         }
     }
 
-    /// Runs `request` on the agent's runtime and hands the result to `then`.
+    /// Sends `request` to the host and hands the result to `then` (on the reader of the
+    /// stream the answer comes on; on the runtime if it has to wait for the host).
     fn call(&self, request: Request, then: impl FnOnce(Result<Reply, i32>) + Send + 'static) {
-        let shares = self.shares.clone();
-        self.rt.spawn(async move { then(shares.call(request).await) });
+        self.shares.call(request, Box::new(then), &self.rt);
     }
 
     /// A call whose answer is an entry.
@@ -119,6 +119,37 @@ impl ShareFs {
         self.call(request, move |r| match r {
             Ok(Reply::Entry(e)) => reply.entry(&TTL, &me.attr(&e.attr), Generation(0)),
             Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    /// A lookup: a name that is not there is answered as node 0, which the kernel keeps as a
+    /// negative entry for [`TTL`] (a build or `git status` asks for the same missing names
+    /// again and again; the host's change notices drop the entry when the name appears).
+    fn lookup_call(self: &Arc<Self>, request: Request, reply: ReplyEntry) {
+        let me = self.clone();
+        self.call(request, move |r| match r {
+            Ok(Reply::Entry(e)) => reply.entry(&TTL, &me.attr(&e.attr), Generation(0)),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(proto::errno::ENOENT) => {
+                let mut none = me.attr(&Attr {
+                    node: 0,
+                    kind: Kind::File,
+                    size: 0,
+                    blocks: 0,
+                    atime: Default::default(),
+                    mtime: Default::default(),
+                    ctime: Default::default(),
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 4096,
+                });
+                none.ino = INodeNo(0);
+                reply.entry(&TTL, &none, Generation(0))
+            }
             Err(e) => reply.error(err(e)),
         });
     }
@@ -132,7 +163,7 @@ impl ShareFs {
 
     fn list(
         self: &Arc<Self>,
-        ino: INodeNo,
+        handle: FileHandle,
         offset: u64,
         plus: bool,
         mut add: impl FnMut(&Self, u64, &[u8], Option<&Attr>, FileType) -> bool + Send + 'static,
@@ -140,7 +171,6 @@ impl ShareFs {
     ) {
         // Kernel offsets 0 and 1 are "." and ".."; the host's listing starts after them.
         let me = self.clone();
-        let node = self.node(ino);
         let mut next = offset;
         if next == 0 {
             if add(&me, 1, b".", None, FileType::Directory) {
@@ -155,22 +185,20 @@ impl ShareFs {
             next = 2;
         }
         let host_offset = next - 2;
-        self.call(Request::ReadDir { node, offset: host_offset, plus }, move |r| match r {
+        self.call(Request::ReadDir { handle: handle.0, offset: host_offset, plus }, move |r| match r {
             Ok(Reply::Dir { entries, .. }) => {
                 let mut full_at = None;
-                for (i, e) in entries.iter().enumerate() {
-                    let k = host_offset + i as u64 + 3;
-                    if add(&me, k, &e.name, Some(&e.attr), kind(e.attr.kind)) {
+                for (i, (index, e)) in entries.iter().enumerate() {
+                    // The kernel asks for the next entry by this offset: the one after it.
+                    if add(&me, index + 3, &e.name, Some(&e.attr), kind(e.attr.kind)) {
                         full_at = Some(i);
                         break;
                     }
                 }
                 // The host counted every entry it sent as looked up; give back what did not fit.
                 if plus && let Some(i) = full_at {
-                    for e in &entries[i..] {
-                        let s = me.shares.clone();
-                        let node = e.attr.node;
-                        me.rt.spawn(async move { s.call(Request::Forget { node, count: 1 }).await });
+                    for (_, e) in &entries[i..] {
+                        me.call(Request::Forget { node: e.attr.node, count: 1 }, |_| {});
                     }
                 }
                 done(Ok(()))
@@ -205,7 +233,7 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.0.node(parent);
-        self.0.entry_call(Request::Lookup { parent, name: name.as_bytes().to_vec() }, reply);
+        self.0.lookup_call(Request::Lookup { parent, name: name.as_bytes().to_vec() }, reply);
     }
 
     fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
@@ -438,8 +466,10 @@ impl Filesystem for Fs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reached the host when they returned: nothing is held back to flush.
-        reply.ok();
+        // Writes reached the host when they returned: nothing is held back to flush. ENOSYS
+        // tells the kernel so, and it sends no more flushes (one trip to the agent fewer per
+        // close).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -460,11 +490,31 @@ impl Filesystem for Fs {
         self.0.empty_call(Request::Fsync { handle: fh.0, data_only: datasync }, reply);
     }
 
-    fn readdir(&self, _req: &FuseRequest, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+    fn opendir(&self, _req: &FuseRequest, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
+        self.0.call(Request::OpenDir { node: self.0.node(ino) }, move |r| match r {
+            Ok(Reply::Opened(h)) => reply.opened(FileHandle(h), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: fuser::OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.call(Request::Release { handle: fh.0 }, |_| {});
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &FuseRequest, _ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
         let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
         let r2 = reply.clone();
         self.0.list(
-            ino,
+            fh,
             offset,
             false,
             move |me, next, name, attr, ft| {
@@ -483,12 +533,12 @@ impl Filesystem for Fs {
         );
     }
 
-    fn readdirplus(&self, _req: &FuseRequest, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
         let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
         let r2 = reply.clone();
         let dir = self.0.node(ino);
         self.0.list(
-            ino,
+            fh,
             offset,
             true,
             move |me, next, name, attr, _ft| {
@@ -613,6 +663,39 @@ pub fn mount(
     // Containers run as any user: let every one in (the kernel still checks permissions).
     config.acl = fuser::SessionACL::All;
     let session = fuser::spawn_mount(Fs(Arc::new(fs)), at, &config)?;
+    read_ahead(at, proto::MAX_IO / 1024);
     let changes = Changes { notifier: session.notifier() };
     Ok((root, session, Some(changes)))
+}
+
+/// Lets the kernel read ahead up to `kib` KiB in the share mounted at `at`. FUSE takes the
+/// smaller of its mount's read-ahead (128 KiB by default) and what the file system asked for,
+/// so a sequential read would go to the host in 128 KiB calls; larger ones make fewer trips.
+/// The mount's device is found in /proc/self/mountinfo, as a stat of the mount point would be
+/// a call to a host that is not answering yet.
+fn read_ahead(at: &Path, kib: usize) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    // Mount points are written with spaces, tabs, newlines and backslashes as octal escapes.
+    let escaped: String = at
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    let device = info
+        .lines()
+        .rev()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let device = f.nth(2)?;
+            (f.nth(1)? == escaped).then_some(device)
+        })
+        .next();
+    let Some(device) = device else { return };
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, kib.to_string()) {
+        tracing::debug!(knob, error = %e, "raising a shared folder's read-ahead");
+    }
 }

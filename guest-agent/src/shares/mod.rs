@@ -3,8 +3,11 @@
 //! host's own path ([`fs`]).
 //!
 //! The host keeps several streams open; each is a [`Lane`]. A call goes out on the lane with
-//! the fewest calls in flight and waits for the answer with its id. When the last lane goes
-//! (the transport restarts), calls wait a while for the host to come back before they fail.
+//! the fewest calls in flight, and the lane's reader hands the answer with its id straight to
+//! the call's continuation (which answers the kernel): no task is woken per call, as each
+//! wake-up is a context switch that costs tens of microseconds under emulation. When the last
+//! lane goes (the transport restarts), calls wait a while for the host to come back before
+//! they fail.
 
 mod fs;
 
@@ -12,11 +15,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_protocol::shares::{self as proto, Message, Reply, Request, Share, Stale, errno};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::listen::BoxIo;
 
@@ -26,13 +29,34 @@ const NO_HOST_WAIT: Duration = Duration::from_secs(30);
 /// How long a call waits for its answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, i32>>>>>;
+/// What is done with a call's answer (or its errno).
+pub type Then = Box<dyn FnOnce(Result<Reply, i32>) + Send>;
+
+/// A call sent and not answered yet.
+struct Waiting {
+    then: Then,
+    since: Instant,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
 
 /// One stream to the host's file server.
 struct Lane {
     frames: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     in_flight: AtomicUsize,
+}
+
+impl Lane {
+    /// Hands call `id` its answer (once: a late or unknown answer is dropped).
+    fn answered(&self, id: u64, result: Result<Reply, i32>) {
+        // Taken out first: the continuation may make calls of its own.
+        let waiting = self.pending.lock().expect("lock").remove(&id);
+        if let Some(w) = waiting {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            (w.then)(result);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -79,31 +103,37 @@ impl Shares {
         Shares(Arc::new(Inner { prefix, ..Default::default() }))
     }
 
-    /// Sends `request` to the host and waits for its answer (a Linux errno on failure).
-    pub async fn call(&self, request: Request) -> Result<Reply, i32> {
-        let lane = self.lane().await.ok_or(errno::EIO)?;
-        let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
-        let forget = matches!(request, Request::Forget { .. });
-        let (tx, rx) = oneshot::channel();
-        if !forget {
-            lane.pending.lock().expect("lock").insert(id, tx);
-        }
-        lane.in_flight.fetch_add(1, Ordering::Relaxed);
-        let sent = lane.frames.send(proto::encode(&Message::Call { id, request })).is_ok();
-        if forget || !sent {
-            lane.in_flight.fetch_sub(1, Ordering::Relaxed);
-            lane.pending.lock().expect("lock").remove(&id);
-            return if sent { Ok(Reply::Ok) } else { Err(errno::EIO) };
-        }
-        let answer = tokio::time::timeout(CALL_TIMEOUT, rx).await;
-        lane.in_flight.fetch_sub(1, Ordering::Relaxed);
-        match answer {
-            Ok(Ok(result)) => result,
-            // The lane went (its calls fail), or the host did not answer.
-            _ => {
-                lane.pending.lock().expect("lock").remove(&id);
-                Err(errno::EIO)
+    /// Sends `request` to the host on the least busy lane; `then` gets the answer, on the
+    /// lane's reader. With no lane (no host, or it is reconnecting), a task on `rt` waits a
+    /// while for one.
+    pub fn call(&self, request: Request, then: Then, rt: &tokio::runtime::Handle) {
+        let lane =
+            self.0.lanes.lock().expect("lock").iter().min_by_key(|l| l.in_flight.load(Ordering::Relaxed)).cloned();
+        match lane {
+            Some(lane) => self.send(&lane, request, then),
+            None => {
+                let me = self.clone();
+                rt.spawn(async move {
+                    match me.lane().await {
+                        Some(lane) => me.send(&lane, request, then),
+                        None => then(Err(errno::EIO)),
+                    }
+                });
             }
+        }
+    }
+
+    fn send(&self, lane: &Lane, request: Request, then: Then) {
+        let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
+        if matches!(request, Request::Forget { .. }) {
+            // Never answered.
+            let sent = lane.frames.send(proto::encode(&Message::Call { id, request })).is_ok();
+            return then(if sent { Ok(Reply::Ok) } else { Err(errno::EIO) });
+        }
+        lane.pending.lock().expect("lock").insert(id, Waiting { then, since: Instant::now() });
+        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        if lane.frames.send(proto::encode(&Message::Call { id, request })).is_err() {
+            lane.answered(id, Err(errno::EIO));
         }
     }
 
@@ -155,6 +185,23 @@ impl Shares {
         self.mount_all(&shares);
         let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let lane = Arc::new(Lane { frames, pending: Pending::default(), in_flight: AtomicUsize::new(0) });
+        // Calls the host never answers fail after a while (the lane stays).
+        let sweeper = {
+            let lane = lane.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CALL_TIMEOUT / 4).await;
+                    let late: Vec<u64> = {
+                        let pending = lane.pending.lock().expect("lock");
+                        pending.iter().filter(|(_, w)| w.since.elapsed() > CALL_TIMEOUT).map(|(id, _)| *id).collect()
+                    };
+                    for id in late {
+                        tracing::warn!(id, "shares: the host did not answer a call");
+                        lane.answered(id, Err(errno::EIO));
+                    }
+                }
+            })
+        };
         self.0.lanes.lock().expect("lock").push(lane.clone());
         self.0.greeted.store(true, Ordering::SeqCst);
         self.0.lane_added.notify_waiters();
@@ -167,11 +214,7 @@ impl Shares {
         });
         loop {
             match read_message(&mut rd).await {
-                Ok(Some(Message::Answer { id, result })) => {
-                    if let Some(tx) = lane.pending.lock().expect("lock").remove(&id) {
-                        let _ = tx.send(result);
-                    }
-                }
+                Ok(Some(Message::Answer { id, result })) => lane.answered(id, result),
                 Ok(Some(Message::Changed { root, stale, path })) => self.changed(root, stale, &path),
                 Ok(Some(other)) => tracing::warn!(?other, "shares: unexpected message from the host"),
                 Ok(None) => break,
@@ -182,9 +225,13 @@ impl Shares {
             }
         }
         writer.abort();
+        sweeper.abort();
         self.0.lanes.lock().expect("lock").retain(|l| !Arc::ptr_eq(l, &lane));
         // Calls waiting on this lane fail now rather than at their timeout.
-        lane.pending.lock().expect("lock").clear();
+        let waiting: Vec<Waiting> = lane.pending.lock().expect("lock").drain().map(|(_, w)| w).collect();
+        for w in waiting {
+            (w.then)(Err(errno::EIO));
+        }
         tracing::info!("shares stream closed");
     }
 

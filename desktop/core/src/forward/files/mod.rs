@@ -52,6 +52,9 @@ pub enum FilesError {
     Relative(String),
 }
 
+/// An open directory: its node and its names as they were when last read from the start.
+type Listing = (Node, Arc<Vec<Vec<u8>>>);
+
 struct Shared {
     shares: Vec<Share>,
     /// Each share's real path on this machine (its symlinks resolved), and the directory
@@ -62,6 +65,8 @@ struct Shared {
     nodes: Mutex<Nodes>,
     /// Open files, with the path each was opened by (to mark the guest's writes).
     files: Mutex<HashMap<proto::Handle, (Arc<File>, PathBuf)>>,
+    /// Open directories: each one's node and the names it had when last listed from the start.
+    listings: Mutex<HashMap<proto::Handle, Listing>>,
     handles: AtomicU64,
     watch: Arc<watch::Watch>,
     changes: Mutex<Option<mpsc::UnboundedReceiver<watch::Change>>>,
@@ -116,6 +121,7 @@ impl FileServer {
             read_only,
             nodes: Mutex::new(nodes),
             files: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             handles: AtomicU64::new(1),
             watch,
             changes: Mutex::new(Some(rx)),
@@ -476,24 +482,40 @@ impl FileServer {
             }
             Request::Release { handle } => {
                 self.0.files.lock().expect("lock").remove(&handle);
+                self.0.listings.lock().expect("lock").remove(&handle);
                 Ok(Reply::Ok)
             }
-            Request::ReadDir { node, offset, plus } => {
+            Request::OpenDir { node } => {
                 let (dir, dir_path) = self.dir(node)?;
                 self.0.watch.dir(&dir_path);
-                let names = ops::list(&dir)?;
+                let names = Arc::new(ops::list(&dir)?);
+                let h = self.0.handles.fetch_add(1, Ordering::Relaxed);
+                self.0.listings.lock().expect("lock").insert(h, (node, names));
+                Ok(Reply::Opened(h))
+            }
+            Request::ReadDir { handle, offset, plus } => {
+                let (node, mut names) =
+                    self.0.listings.lock().expect("lock").get(&handle).cloned().ok_or(errno::EBADF)?;
+                let (dir, dir_path) = self.dir(node)?;
+                if offset == 0 {
+                    // A rewind (or the first read): the names as they are now.
+                    names = Arc::new(ops::list(&dir)?);
+                    if let Some(l) = self.0.listings.lock().expect("lock").get_mut(&handle) {
+                        l.1 = names.clone();
+                    }
+                }
                 let start = (offset as usize).min(names.len());
                 let end = (start + DIR_BATCH).min(names.len());
                 let mut entries = Vec::with_capacity(end - start);
-                for name in &names[start..end] {
-                    // A name that went between the listing and now is left out.
+                for (i, name) in names[start..end].iter().enumerate() {
+                    // A name that went since the listing is left out.
                     let e = if plus {
                         self.lookup_in(&dir, &dir_path, node, name)
                     } else {
                         self.peek(&dir, &dir_path, name)
                     };
                     if let Ok(e) = e {
-                        entries.push(e);
+                        entries.push(((start + i) as u64, e));
                     }
                 }
                 Ok(Reply::Dir { entries, more: end < names.len() })
@@ -599,14 +621,65 @@ mod tests {
         assert_eq!(std::fs::metadata(d.path().join("a.txt")).unwrap().len(), far + 3);
         s.call(Request::Release { handle: h }).unwrap();
         entry(s.call(Request::MkDir { parent: root, name: b"sub".to_vec(), mode: 0o755, owner }));
-        match s.call(Request::ReadDir { node: root, offset: 0, plus: true }).unwrap() {
+        let dir = match s.call(Request::OpenDir { node: root }).unwrap() {
+            Reply::Opened(h) => h,
+            other => panic!("{other:?}"),
+        };
+        match s.call(Request::ReadDir { handle: dir, offset: 0, plus: true }).unwrap() {
             Reply::Dir { entries, more } => {
-                let names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
+                let names: Vec<_> = entries.iter().map(|(_, e)| e.name.clone()).collect();
                 assert_eq!(names, vec![b"a.txt".to_vec(), b"sub".to_vec()]);
                 assert!(!more);
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Removing entries while listing (as `rm -rf` does, one batch at a time) neither skips
+    /// nor repeats the rest; a rewind lists what is there now.
+    #[test]
+    fn a_directory_listed_while_its_entries_go_yields_each_of_the_rest_once() {
+        let d = tempfile::tempdir().unwrap();
+        let count = DIR_BATCH * 2 + 10;
+        for i in 0..count {
+            std::fs::write(d.path().join(format!("f{i:04}")), "").unwrap();
+        }
+        let (s, root) = server(d.path());
+        let dir = match s.call(Request::OpenDir { node: root }).unwrap() {
+            Reply::Opened(h) => h,
+            other => panic!("{other:?}"),
+        };
+        let read = |offset: u64| match s.call(Request::ReadDir { handle: dir, offset, plus: false }).unwrap() {
+            Reply::Dir { entries, more } => (entries, more),
+            other => panic!("{other:?}"),
+        };
+        let (mut seen, mut offset) = (Vec::new(), 0);
+        loop {
+            let (entries, more) = read(offset);
+            for (i, e) in &entries {
+                let name = String::from_utf8(e.name.clone()).unwrap();
+                // Each entry is removed once listed, and so is one not listed yet.
+                std::fs::remove_file(d.path().join(&name)).unwrap();
+                seen.push(name);
+                offset = i + 1;
+            }
+            if let Some(later) = (0..count).map(|i| format!("f{i:04}")).rev().find(|n| d.path().join(n).exists()) {
+                std::fs::remove_file(d.path().join(later)).unwrap();
+            }
+            if !more {
+                break;
+            }
+        }
+        let mut unique = seen.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "an entry listed twice");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "entries skipped: left on disk");
+        std::fs::write(d.path().join("new"), "").unwrap();
+        let (entries, more) = read(0);
+        assert_eq!(entries.iter().map(|(_, e)| e.name.as_slice()).collect::<Vec<_>>(), [b"new"]);
+        assert!(!more);
+        s.call(Request::Release { handle: dir }).unwrap();
+        assert_eq!(s.call(Request::ReadDir { handle: dir, offset: 0, plus: false }).unwrap_err(), errno::EBADF);
     }
 
     #[test]
@@ -699,10 +772,7 @@ mod tests {
             s.call(Request::Lookup { parent: out.attr.node, name: b"secret".to_vec() }).unwrap_err(),
             errno::ENOTDIR
         );
-        assert_eq!(
-            s.call(Request::ReadDir { node: out.attr.node, offset: 0, plus: true }).unwrap_err(),
-            errno::ENOTDIR
-        );
+        assert_eq!(s.call(Request::OpenDir { node: out.attr.node }).unwrap_err(), errno::ENOTDIR);
         assert_eq!(s.call(Request::Open { node: out.attr.node, flags: 0 }).unwrap_err(), errno::ELOOP);
         let c = Request::Create {
             parent: out.attr.node,
@@ -745,7 +815,7 @@ mod tests {
             assert!(!escaped(&r), "read outside the share through a swapped directory");
         }
         assert!(s.call(Request::Lookup { parent: etc.attr.node, name: b"secret".to_vec() }).is_err());
-        assert!(s.call(Request::ReadDir { node: etc.attr.node, offset: 0, plus: false }).is_err());
+        assert!(s.call(Request::OpenDir { node: etc.attr.node }).is_err());
         let c = Request::Create {
             parent: etc.attr.node,
             name: b"planted".to_vec(),
