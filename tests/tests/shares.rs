@@ -251,6 +251,26 @@ fn host_edits_raise_inotify_events_in_containers() {
     s.agent.ok(&["rm", "-f", "watcher"]);
 }
 
+/// A name looked for and missing is remembered by the guest's kernel (a negative entry), and
+/// forgotten when the host makes it: the file shows in the guest, and so does one made in a
+/// directory the guest had only looked into.
+#[test]
+fn a_missing_name_shows_once_the_host_makes_it() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.host("sub")).unwrap();
+    for _ in 0..3 {
+        assert!(!s.guest("late.txt").exists() && !s.guest("sub/late.txt").exists());
+    }
+    std::fs::write(s.host("late.txt"), "here\n").unwrap();
+    std::fs::write(s.host("sub/late.txt"), "here too\n").unwrap();
+    assert!(eventually(10, || s.guest("late.txt").exists()), "the new file stays missing in the guest");
+    assert!(eventually(10, || s.guest("sub/late.txt").exists()), "the new file stays missing in sub");
+    assert_eq!(std::fs::read_to_string(s.guest("sub/late.txt")).unwrap(), "here too\n");
+    // And the other way: a name the guest has seen goes when the host removes it.
+    std::fs::remove_file(s.host("late.txt")).unwrap();
+    assert!(eventually(10, || !s.guest("late.txt").exists()), "a removed file stays in the guest");
+}
+
 /// Many files in many directories, listed and then removed with `rm -rf` (which unlinks
 /// while it reads each directory): nothing is skipped and the tree is gone on the host.
 /// Each directory holds more entries than one read of it returns (a page on Linux 6.1, 32
