@@ -334,6 +334,22 @@ pub fn decode(body: &[u8]) -> Result<Message, FrameError> {
     postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
+/// Reads one frame from `r`; `None` at the end of the stream.
+#[cfg(feature = "tokio")]
+pub async fn read_message<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Message>> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = frame_len(header).map_err(std::io::Error::other)?;
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).await?;
+    decode(&body).map(Some).map_err(std::io::Error::other)
+}
+
 /// Linux errno numbers, for answers (the host's own numbers differ on macOS and Windows).
 pub mod errno {
     pub const EPERM: i32 = 1;

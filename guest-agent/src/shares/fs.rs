@@ -69,6 +69,26 @@ fn kind(k: Kind) -> FileType {
     }
 }
 
+/// Attributes for what the host gave none for: "." and ".." in a listing (a directory), and
+/// the base of a negative entry.
+fn dir_attr(node: u64) -> Attr {
+    Attr {
+        node,
+        kind: Kind::Dir,
+        size: 0,
+        blocks: 0,
+        atime: Default::default(),
+        mtime: Default::default(),
+        ctime: Default::default(),
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+    }
+}
+
 fn err(e: i32) -> Errno {
     Errno::from_i32(e)
 }
@@ -113,43 +133,40 @@ impl ShareFs {
         self.shares.call(request, Box::new(then), &self.rt);
     }
 
-    /// A call whose answer is an entry.
+    /// A call whose answer is an entry. A lookup of a name that is not there is answered as
+    /// node 0, which the kernel keeps as a negative entry for [`TTL`] (a build or `git status`
+    /// asks for the same missing names again and again; the host's change notices drop the
+    /// entry when the name appears).
     fn entry_call(self: &Arc<Self>, request: Request, reply: ReplyEntry) {
         let me = self.clone();
+        let lookup = matches!(request, Request::Lookup { .. });
         self.call(request, move |r| match r {
             Ok(Reply::Entry(e)) => reply.entry(&TTL, &me.attr(&e.attr), Generation(0)),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(proto::errno::ENOENT) if lookup => {
+                let none = Attr { node: 0, kind: Kind::File, perm: 0, nlink: 0, ..dir_attr(0) };
+                let mut none = me.attr(&none);
+                none.ino = INodeNo(0);
+                reply.entry(&TTL, &none, Generation(0))
+            }
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn data_call(&self, request: Request, reply: ReplyData) {
+        self.call(request, move |r| match r {
+            Ok(Reply::Data(d)) => reply.data(&d),
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
         });
     }
 
-    /// A lookup: a name that is not there is answered as node 0, which the kernel keeps as a
-    /// negative entry for [`TTL`] (a build or `git status` asks for the same missing names
-    /// again and again; the host's change notices drop the entry when the name appears).
-    fn lookup_call(self: &Arc<Self>, request: Request, reply: ReplyEntry) {
+    /// A call whose answer is a node's attributes.
+    fn attr_call(self: &Arc<Self>, request: Request, reply: ReplyAttr) {
         let me = self.clone();
         self.call(request, move |r| match r {
-            Ok(Reply::Entry(e)) => reply.entry(&TTL, &me.attr(&e.attr), Generation(0)),
+            Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
             Ok(_) => reply.error(Errno::EIO),
-            Err(proto::errno::ENOENT) => {
-                let mut none = me.attr(&Attr {
-                    node: 0,
-                    kind: Kind::File,
-                    size: 0,
-                    blocks: 0,
-                    atime: Default::default(),
-                    mtime: Default::default(),
-                    ctime: Default::default(),
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    blksize: 4096,
-                });
-                none.ino = INodeNo(0);
-                reply.entry(&TTL, &none, Generation(0))
-            }
             Err(e) => reply.error(err(e)),
         });
     }
@@ -233,7 +250,7 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.0.node(parent);
-        self.0.lookup_call(Request::Lookup { parent, name: name.as_bytes().to_vec() }, reply);
+        self.0.entry_call(Request::Lookup { parent, name: name.as_bytes().to_vec() }, reply);
     }
 
     fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
@@ -243,13 +260,8 @@ impl Filesystem for Fs {
     }
 
     fn getattr(&self, _req: &FuseRequest, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let me = self.0.clone();
         let node = self.0.node(ino);
-        self.0.call(Request::GetAttr { node, handle: fh.map(|h| h.0) }, move |r| match r {
-            Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
-        });
+        self.0.attr_call(Request::GetAttr { node, handle: fh.map(|h| h.0) }, reply);
     }
 
     fn setattr(
@@ -279,7 +291,6 @@ impl Filesystem for Fs {
             mtime: mtime.map(set_time),
             handle: fh.map(|h| h.0),
         };
-        let me = self.0.clone();
         let node = self.0.node(ino);
         let only_mtime =
             set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.size.is_none() && set.atime.is_none();
@@ -289,25 +300,13 @@ impl Filesystem for Fs {
             && self.0.shares.is_raise(t.nanos)
         {
             // The agent raising a host change (see [`raise`]): the host keeps its times.
-            return self.0.call(Request::GetAttr { node, handle: None }, move |r| match r {
-                Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
-                Ok(_) => reply.error(Errno::EIO),
-                Err(e) => reply.error(err(e)),
-            });
+            return self.0.attr_call(Request::GetAttr { node, handle: None }, reply);
         }
-        self.0.call(Request::SetAttr { node, set }, move |r| match r {
-            Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
-        });
+        self.0.attr_call(Request::SetAttr { node, set }, reply);
     }
 
     fn readlink(&self, _req: &FuseRequest, ino: INodeNo, reply: ReplyData) {
-        self.0.call(Request::ReadLink { node: self.0.node(ino) }, move |r| match r {
-            Ok(Reply::Data(d)) => reply.data(&d),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
-        });
+        self.0.data_call(Request::ReadLink { node: self.0.node(ino) }, reply);
     }
 
     fn mknod(
@@ -432,11 +431,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.0.call(Request::Read { handle: fh.0, offset, size }, move |r| match r {
-            Ok(Reply::Data(d)) => reply.data(&d),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
-        });
+        self.0.data_call(Request::Read { handle: fh.0, offset, size }, reply);
     }
 
     fn write(
@@ -545,21 +540,7 @@ impl Filesystem for Fs {
                 let fa = match attr {
                     Some(a) => me.attr(a),
                     // "." and "..": the kernel does not make entries of these.
-                    None => me.attr(&Attr {
-                        node: dir,
-                        kind: Kind::Dir,
-                        size: 0,
-                        blocks: 0,
-                        atime: Default::default(),
-                        mtime: Default::default(),
-                        ctime: Default::default(),
-                        perm: 0o755,
-                        nlink: 2,
-                        uid: 0,
-                        gid: 0,
-                        rdev: 0,
-                        blksize: 4096,
-                    }),
+                    None => me.attr(&dir_attr(dir)),
                 };
                 reply
                     .lock()

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use berth_protocol::shares::{self as proto, Message, Reply, Request, Share, Stale, errno};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use berth_protocol::shares::{self as proto, Message, Reply, Request, Share, Stale, errno, read_message};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::listen::BoxIo;
@@ -322,17 +322,4 @@ impl Shares {
     fn is_raise(&self, nanos: u32) -> bool {
         self.0.raises.lock().expect("lock").contains(&nanos)
     }
-}
-
-async fn read_message<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Message>> {
-    let mut header = [0u8; 4];
-    match r.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let n = proto::frame_len(header).map_err(std::io::Error::other)?;
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await?;
-    proto::decode(&body).map(Some).map_err(std::io::Error::other)
 }

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_protocol::SHARES_PORT;
-use berth_protocol::shares::{self as proto, Message, Node, Reply, Request, Share, errno};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use berth_protocol::shares::{self as proto, Message, Node, Reply, Request, Share, errno, read_message};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::transport::Transport;
@@ -542,20 +542,6 @@ fn path_bytes(p: &Path) -> Vec<u8> {
     }
     #[cfg(not(unix))]
     p.to_string_lossy().replace('\\', "/").into_bytes()
-}
-
-/// Reads one frame; `None` at the end of the stream.
-pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Message>> {
-    let mut header = [0u8; 4];
-    match r.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let n = proto::frame_len(header).map_err(std::io::Error::other)?;
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await?;
-    proto::decode(&body).map(Some).map_err(std::io::Error::other)
 }
 
 /// The default shares: the user's home directory and the system's temporary directory.
