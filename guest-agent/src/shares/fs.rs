@@ -171,6 +171,15 @@ impl ShareFs {
         });
     }
 
+    /// A call whose answer is a handle (of a file or a directory listing).
+    fn open_call(&self, request: Request, reply: ReplyOpen) {
+        self.call(request, move |r| match r {
+            Ok(Reply::Opened(h)) => reply.opened(FileHandle(h), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
     fn empty_call(&self, request: Request, reply: ReplyEmpty) {
         self.call(request, move |r| match r {
             Ok(_) => reply.ok(),
@@ -386,11 +395,7 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &FuseRequest, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
-        self.0.call(Request::Open { node: self.0.node(ino), flags: flags.0 }, move |r| match r {
-            Ok(Reply::Opened(h)) => reply.opened(FileHandle(h), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
-        });
+        self.0.open_call(Request::Open { node: self.0.node(ino), flags: flags.0 }, reply);
     }
 
     fn create(
@@ -486,11 +491,7 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, _req: &FuseRequest, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
-        self.0.call(Request::OpenDir { node: self.0.node(ino) }, move |r| match r {
-            Ok(Reply::Opened(h)) => reply.opened(FileHandle(h), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
-        });
+        self.0.open_call(Request::OpenDir { node: self.0.node(ino) }, reply);
     }
 
     fn releasedir(
