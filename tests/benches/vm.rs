@@ -550,6 +550,7 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
             results.push(steps);
         }
         if only.is_some() {
+            assert!(!results.is_empty(), "BERTH_BENCH_SHARES names none of Berth, 9p, virtiofs, disk");
             println!("\n## Shared folders, only {}: ms", only.as_deref().unwrap_or_default());
             for (k, (step, _)) in results[0].iter().enumerate() {
                 println!("| {step} | {} |", results.iter().map(|r| format!("{:.0}", r[k].1)).collect::<Vec<_>>().join(" | "));

@@ -144,8 +144,8 @@ impl ShareFs {
             Ok(Reply::Entry(e)) => reply.entry(&TTL, &me.attr(&e.attr), Generation(0)),
             Ok(_) => reply.error(Errno::EIO),
             Err(proto::errno::ENOENT) if lookup => {
-                let none = Attr { node: 0, kind: Kind::File, perm: 0, nlink: 0, ..dir_attr(0) };
-                let mut none = me.attr(&none);
+                // Only the node number (0) and the time to live mean anything here.
+                let mut none = me.attr(&dir_attr(0));
                 none.ino = INodeNo(0);
                 reply.entry(&TTL, &none, Generation(0))
             }

@@ -13,7 +13,7 @@ mod fs;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ struct Lane {
     frames: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     in_flight: AtomicUsize,
+    /// The stream has ended; calls put in now are failed by their sender.
+    closed: AtomicBool,
 }
 
 impl Lane {
@@ -107,9 +109,7 @@ impl Shares {
     /// lane's reader. With no lane (no host, or it is reconnecting), a task on `rt` waits a
     /// while for one.
     pub fn call(&self, request: Request, then: Then, rt: &tokio::runtime::Handle) {
-        let lane =
-            self.0.lanes.lock().expect("lock").iter().min_by_key(|l| l.in_flight.load(Ordering::Relaxed)).cloned();
-        match lane {
+        match self.least_busy() {
             Some(lane) => self.send(&lane, request, then),
             None => {
                 let me = self.clone();
@@ -123,6 +123,11 @@ impl Shares {
         }
     }
 
+    /// The lane with the fewest calls in flight, if there is one.
+    fn least_busy(&self) -> Option<Arc<Lane>> {
+        self.0.lanes.lock().expect("lock").iter().min_by_key(|l| l.in_flight.load(Ordering::Relaxed)).cloned()
+    }
+
     fn send(&self, lane: &Lane, request: Request, then: Then) {
         let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
         if matches!(request, Request::Forget { .. }) {
@@ -132,7 +137,11 @@ impl Shares {
         }
         lane.pending.lock().expect("lock").insert(id, Waiting { then, since: Instant::now() });
         lane.in_flight.fetch_add(1, Ordering::Relaxed);
-        if lane.frames.send(proto::encode(&Message::Call { id, request })).is_err() {
+        // A lane closing meanwhile fails what it holds once it is marked closed: a call put in
+        // after that fails here, or no answer would ever come for it.
+        if lane.frames.send(proto::encode(&Message::Call { id, request })).is_err()
+            || lane.closed.load(Ordering::SeqCst)
+        {
             lane.answered(id, Err(errno::EIO));
         }
     }
@@ -157,11 +166,8 @@ impl Shares {
         let deadline = tokio::time::Instant::now() + NO_HOST_WAIT;
         loop {
             let notified = self.0.lane_added.notified();
-            {
-                let lanes = self.0.lanes.lock().expect("lock");
-                if let Some(l) = lanes.iter().min_by_key(|l| l.in_flight.load(Ordering::Relaxed)) {
-                    return Some(l.clone());
-                }
+            if let Some(l) = self.least_busy() {
+                return Some(l);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;
@@ -184,7 +190,12 @@ impl Shares {
         }
         self.mount_all(&shares);
         let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let lane = Arc::new(Lane { frames, pending: Pending::default(), in_flight: AtomicUsize::new(0) });
+        let lane = Arc::new(Lane {
+            frames,
+            pending: Pending::default(),
+            in_flight: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
         // Calls the host never answers fail after a while (the lane stays).
         let sweeper = {
             let lane = lane.clone();
@@ -228,6 +239,7 @@ impl Shares {
         sweeper.abort();
         self.0.lanes.lock().expect("lock").retain(|l| !Arc::ptr_eq(l, &lane));
         // Calls waiting on this lane fail now rather than at their timeout.
+        lane.closed.store(true, Ordering::SeqCst);
         let waiting: Vec<Waiting> = lane.pending.lock().expect("lock").drain().map(|(_, w)| w).collect();
         for w in waiting {
             (w.then)(Err(errno::EIO));

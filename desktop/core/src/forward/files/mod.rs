@@ -53,7 +53,7 @@ pub enum FilesError {
 }
 
 /// An open directory: its node and its names as they were when last read from the start.
-type Listing = (Node, Arc<Vec<Vec<u8>>>);
+type Listing = (Node, Option<Arc<Vec<Vec<u8>>>>);
 
 struct Shared {
     shares: Vec<Share>,
@@ -65,7 +65,8 @@ struct Shared {
     nodes: Mutex<Nodes>,
     /// Open files, with the path each was opened by (to mark the guest's writes).
     files: Mutex<HashMap<proto::Handle, (Arc<File>, PathBuf)>>,
-    /// Open directories: each one's node and the names it had when last listed from the start.
+    /// Open directories: each one's node and the names it had when last listed from the start
+    /// (none until the first read).
     listings: Mutex<HashMap<proto::Handle, Listing>>,
     handles: AtomicU64,
     watch: Arc<watch::Watch>,
@@ -486,24 +487,28 @@ impl FileServer {
                 Ok(Reply::Ok)
             }
             Request::OpenDir { node } => {
-                let (dir, dir_path) = self.dir(node)?;
+                // Opened to check it is a directory in the share; read at the first ReadDir,
+                // which comes right after.
+                let (_, dir_path) = self.dir(node)?;
                 self.0.watch.dir(&dir_path);
-                let names = Arc::new(ops::list(&dir)?);
                 let h = self.0.handles.fetch_add(1, Ordering::Relaxed);
-                self.0.listings.lock().expect("lock").insert(h, (node, names));
+                self.0.listings.lock().expect("lock").insert(h, (node, None));
                 Ok(Reply::Opened(h))
             }
             Request::ReadDir { handle, offset, plus } => {
-                let (node, mut names) =
-                    self.0.listings.lock().expect("lock").get(&handle).cloned().ok_or(errno::EBADF)?;
+                let (node, held) = self.0.listings.lock().expect("lock").get(&handle).cloned().ok_or(errno::EBADF)?;
                 let (dir, dir_path) = self.dir(node)?;
-                if offset == 0 {
-                    // A rewind (or the first read): the names as they are now.
-                    names = Arc::new(ops::list(&dir)?);
-                    if let Some(l) = self.0.listings.lock().expect("lock").get_mut(&handle) {
-                        l.1 = names.clone();
+                let names = match held {
+                    Some(names) if offset != 0 => names,
+                    // The first read, or a rewind: the names as they are now.
+                    _ => {
+                        let names = Arc::new(ops::list(&dir)?);
+                        if let Some(l) = self.0.listings.lock().expect("lock").get_mut(&handle) {
+                            l.1 = Some(names.clone());
+                        }
+                        names
                     }
-                }
+                };
                 let start = (offset as usize).min(names.len());
                 let end = (start + DIR_BATCH).min(names.len());
                 let mut entries = Vec::with_capacity(end - start);
@@ -657,6 +662,7 @@ mod tests {
             }
         }
         let mut unique = seen.clone();
+        unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), seen.len(), "an entry listed twice");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "entries skipped: left on disk");
