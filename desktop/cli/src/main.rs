@@ -1,6 +1,7 @@
 //! `berth`: start, stop and inspect Berth's VM, and serve its Docker socket at
 //! `$BERTH_HOME/docker.sock`.
 
+mod config;
 mod status;
 
 use std::num::NonZeroU32;
@@ -85,6 +86,25 @@ enum Cmd {
     Logs,
     /// Run the VM and serve the Docker socket in the foreground (what `start` runs).
     Daemon(VmArgs),
+    /// Show the settings in $BERTH_HOME/config.toml and those in force, or change them.
+    Config {
+        /// One JSON object (file, resolved, defaults, keys) instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<ConfigCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Change settings: `berth config set cpus=4 memory=4096 shares=/work,/data:ro`; `KEY=`
+    /// goes back to the default. Keys: cpus, memory (MiB), disk (GiB), accel, transport,
+    /// image, shares. Checked before they are written; they apply at the next `berth start`.
+    Set {
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        pairs: Vec<String>,
+    },
 }
 
 fn home() -> anyhow::Result<PathBuf> {
@@ -402,6 +422,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Status { json } => status(json).await,
             Cmd::Logs => logs(),
             Cmd::Daemon(a) => daemon(a).await,
+            Cmd::Config { json, action: None } => config::show(&home()?, json),
+            Cmd::Config { action: Some(ConfigCmd::Set { pairs }), .. } => config::set(&home()?, &pairs),
         }
     })
 }

@@ -172,7 +172,9 @@ fn unix(t: &str) -> i64 {
     parse_time(t).map(|t| t.unix_timestamp()).unwrap_or(0)
 }
 
-fn summary(i: &ImageRecord, labels: Value) -> Value {
+/// One image as `GET /images/json` and `GET /system/df` list it.
+pub(super) fn summary(engine: &Engine, i: &ImageRecord) -> Value {
+    let labels = engine.image_config(&i.id).map(|c| json!(c.config.labels)).unwrap_or(json!({}));
     json!({
         "Id": i.id,
         "ParentId": i.parent,
@@ -231,8 +233,7 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
                 continue;
             }
         }
-        let labels = engine.image_config(&img.id).map(|c| json!(c.config.labels)).unwrap_or(json!({}));
-        out.push(summary(&img, labels));
+        out.push(summary(&engine, &img));
     }
     Ok(Json(Value::Array(out)))
 }

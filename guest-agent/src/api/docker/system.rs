@@ -182,7 +182,8 @@ pub async fn events(State(engine): State<Engine>, Q(q): Q<super::Query>) -> Resu
 }
 
 pub async fn df(State(engine): State<Engine>) -> Json<Value> {
-    let images: Vec<Value> = engine.images().iter().map(|i| json!({"Id": i.id, "Size": i.size(), "RepoTags": i.repo_tags.iter().map(|t| berth_runtime::image::familiar(t)).collect::<Vec<_>>(), "SharedSize": -1, "Containers": -1, "Created": 0})).collect();
+    // Whole summaries, as in the lists: typed clients (bollard, docker-py's models) need every field.
+    let images: Vec<Value> = engine.images().iter().map(|i| super::images::summary(&engine, i)).collect();
     let layers: u64 = engine.images().iter().map(|i| i.size()).sum();
     let root = engine.root().join("snapshots/active");
     let containers: Vec<Value> = engine
@@ -199,9 +200,9 @@ pub async fn df(State(engine): State<Engine>) -> Json<Value> {
         .unwrap_or_default()
         .iter()
         .map(|v| {
-            let size = berth_runtime::snapshot::disk_usage(&v.volume.mountpoint);
-            json!({"Name": v.volume.name, "Driver": "local", "Mountpoint": v.volume.mountpoint,
-                   "UsageData": {"Size": size, "RefCount": v.users.len()}})
+            let mut one = super::volumes::volume_json(v);
+            one["UsageData"]["Size"] = json!(berth_runtime::snapshot::disk_usage(&v.volume.mountpoint));
+            one
         })
         .collect();
     Json(

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use super::{ApiError, Query, qbool};
 
-fn volume_json(v: &VolumeInfo) -> Value {
+/// One volume as `GET /volumes` lists it (`GET /system/df` adds its size).
+pub(super) fn volume_json(v: &VolumeInfo) -> Value {
     let vol = &v.volume;
     json!({
         "Name": vol.name,
