@@ -199,6 +199,7 @@ def main():
     wait_for("the dashboard shows the engine", lambda: "API" in tid("view-dashboard").text, timeout=30)
     card = text("vm-card")
     check("CPUs" in card and "Memory" in card and "used of" in card, "the VM card shows CPUs, memory and disk use")
+    check(not tid("drawer").is_displayed(), "the logs/shell drawer is hidden until asked for")
     shot("02-dashboard")
 
     # 2. The tray follows the VM.

@@ -86,4 +86,5 @@ describe("settings", () => {
 
 it("tail keeps the last lines", () => {
   expect(tail("a\nb\nc\n", 2)).toBe("b\nc");
+  expect(tail("\x1b[2m2026\x1b[0m \x1b[33m WARN\x1b[0m x", 1)).toBe("2026  WARN x");
 });

@@ -197,8 +197,9 @@ export function pendingRestart(saved: Settings, running: { cpus: number; memory_
   return out;
 }
 
-/** The last `n` lines of a text, for error messages that carry a whole log. */
+/** The last `n` lines of a text, for error messages that carry a whole log (colours removed). */
 export function tail(text: string, n: number): string {
-  const lines = text.trimEnd().split("\n");
+  // eslint-disable-next-line no-control-regex
+  const lines = text.replace(/\x1b\[[0-9;]*[A-Za-z]/g, "").trimEnd().split("\n");
   return lines.slice(-n).join("\n");
 }
