@@ -46,6 +46,17 @@ fn named_volumes_outlive_containers_and_are_shared() {
     };
     assert_eq!(row("Local Volumes").map(|r| r[2].clone()), Some("1".into()), "{df}");
     assert_eq!(row("Containers").map(|r| r[1].clone()), Some("1".into()), "{df}");
+    // The API's records are whole, as in the lists (typed clients such as bollard need every field).
+    let (code, body) = a.http("GET", "/system/df", None);
+    assert_eq!(code, 200, "{body}");
+    let df: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let vol = df["Volumes"].as_array().unwrap().iter().find(|v| v["Name"] == "shared").expect("shared in df").clone();
+    assert_eq!((vol["Scope"].as_str(), vol["Labels"]["k"].as_str()), (Some("local"), Some("v")), "{vol}");
+    assert!(vol["UsageData"]["Size"].as_i64().unwrap() > 0 && vol["UsageData"]["RefCount"] == 1, "{vol}");
+    let image = &df["Images"][0];
+    for field in ["ParentId", "RepoDigests", "Labels", "Created", "Containers"] {
+        assert!(!image[field].is_null(), "df image lacks {field}: {image}");
+    }
     a.ok(&["rm", "reader"]);
     // The data is a directory on the engine's disk, outside every container.
     let data = a.data_root().join("volumes/shared/_data/a");

@@ -295,24 +295,17 @@ pub struct Volume {
     pub used_by: Vec<String>,
 }
 
-/// Volumes with their sizes (from `system df`) and the containers that use them.
+/// Volumes with their sizes and the containers that use them: `system df` lists every volume
+/// whole, with its size, so one call gives both.
 pub async fn volumes(d: &Docker) -> anyhow::Result<Vec<Volume>> {
     let df = d.df(None::<q::DataUsageOptions>).await.context("asking the engine for disk use")?;
-    let sizes: HashMap<String, i64> = df
-        .volumes
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|v| Some((v.name, v.usage_data?.size)))
-        .filter(|(_, s)| *s >= 0)
-        .collect();
     let users = containers(d).await?;
-    let list = d.list_volumes(None::<q::ListVolumesOptions>).await?;
-    Ok(list
+    Ok(df
         .volumes
         .unwrap_or_default()
         .into_iter()
         .map(|v| Volume {
-            size: sizes.get(&v.name).copied(),
+            size: v.usage_data.map(|u| u.size).filter(|s| *s >= 0),
             used_by: users.iter().filter(|c| c.volumes.contains(&v.name)).map(|c| c.name.clone()).collect(),
             name: v.name,
             driver: v.driver,

@@ -68,8 +68,26 @@ export function shellPanel(c: Container): Panel {
         term.write(data);
       });
       if (closed) void api.closeShell(session);
+      // One write in flight at a time, what is typed meanwhile sent after it as one piece:
+      // each call is its own task on the Rust side, so calls in parallel could land out of order.
+      let queued = "";
+      let writing = false;
+      const send = async () => {
+        writing = true;
+        while (queued !== "" && session !== null) {
+          const data = queued;
+          queued = "";
+          try {
+            await api.shellInput(session, data);
+          } catch (e) {
+            fill(status, errorBox((e as Error).message));
+          }
+        }
+        writing = false;
+      };
       term.onData((d) => {
-        if (session !== null) void api.shellInput(session, d).catch((e) => fill(status, errorBox((e as Error).message)));
+        queued += d;
+        if (!writing) void send();
       });
       term.focus();
     } catch (e) {
