@@ -94,8 +94,9 @@ export WEBKIT_DISABLE_COMPOSITING_MODE=1 WEBKIT_DISABLE_DMABUF_RENDERER=1 LIBGL_
 export BERTH_BIN="$ROOT/target/debug/berth" BERTH_HOME="$BERTH_HOME" BERTH_LOG=info
 tauri-driver --port 4444 >"$WORK/driver.log" 2>&1 &
 for _ in \$(seq 100); do curl -s http://127.0.0.1:4444/status >/dev/null 2>&1 && break; sleep 0.1; done
+# Bounded (it takes about 3 minutes here): a hang fails the run with its log, not CI's clock.
 BERTH_APP="$APP" REG="$REG" SHOTS="$OUT" SNI_OUT="$WORK/sni.jsonl" PATH="$PATH" \
-    "$VENV/bin/python" "$ROOT/tests/gui/e2e.py"
+    timeout --kill-after=20 15m "$VENV/bin/python" "$ROOT/tests/gui/e2e.py"
 rc=\$?
 kill \$(jobs -p) 2>/dev/null
 exit \$rc

@@ -107,6 +107,9 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// A build's `RUN` failed: dockerd's message, and the exit code the client passes on.
+    #[error("{message}")]
+    CommandFailed { message: String, code: i64 },
 }
 
 impl EngineError {
@@ -114,7 +117,9 @@ impl EngineError {
         match self {
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::Conflict(_) => ErrorKind::Conflict,
-            EngineError::InvalidArgument(_) | EngineError::Spec(_) => ErrorKind::InvalidArgument,
+            EngineError::InvalidArgument(_) | EngineError::Spec(_) | EngineError::CommandFailed { .. } => {
+                ErrorKind::InvalidArgument
+            }
             EngineError::NotModified(_) => ErrorKind::NotModified,
             EngineError::Image(e) => match e {
                 ImageError::NotFound(_) | ImageError::ManifestUnknown(_) | ImageError::Denied { .. } => {
@@ -296,6 +301,8 @@ pub(crate) struct Inner {
     pub events: crate::events::Events,
     /// The user's machine's side of published ports, when the engine runs in a VM.
     pub host_side: Mutex<Option<Arc<dyn crate::network::ports::HostSide>>>,
+    /// The classic builder's layer cache.
+    pub build_cache: Mutex<crate::build::cache::BuildCache>,
 }
 
 /// The engine; cheap to clone.
@@ -334,6 +341,7 @@ impl Engine {
                 events: crate::events::Events::default(),
                 bridge: crate::network::Bridge::new(&config.bridge.name, config.bridge.gateway, config.bridge.prefix),
                 host_side: Mutex::new(None),
+                build_cache: Mutex::new(crate::build::cache::BuildCache::open(&root.join("builder"))?),
             }),
         };
         engine.load_containers()?;

@@ -9,6 +9,7 @@
 //!     └──── networks ────► network (bridge, NAT, published ports)
 //! ```
 
+pub mod build;
 pub mod container;
 pub mod content;
 pub mod engine;

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// The longest one docker or berth command may take in a test (a pull or a first VM start
+/// under TCG take well under a minute here); past it the command is killed and the test fails.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
 extern "C" fn kill_children() {
     if let Ok(pids) = CHILDREN.lock() {
         for pid in pids.iter() {
@@ -336,16 +340,9 @@ impl Agent {
         let mut cmd = Command::new("docker");
         cmd.args(args)
             .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("the docker CLI must be installed");
-        if let Some(data) = stdin {
-            let mut w = child.stdin.take().unwrap();
-            w.write_all(data).unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"));
+        output_within(&mut cmd, COMMAND_LIMIT, stdin)
+            .unwrap_or_else(|e| panic!("{e}\nagent log tail: {}", tail(&self.log(), 30)))
     }
 
     /// Runs docker and asserts success; returns stdout.
@@ -489,12 +486,11 @@ impl RefEngine {
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .args(args)
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
             .env("DOCKER_HOST", format!("unix://{}/docker.sock", self.dir.path().display()))
-            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-            .output()
-            .unwrap()
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"));
+        output_within(&mut cmd, COMMAND_LIMIT, None).unwrap_or_else(|e| panic!("dockerd: {e}"))
     }
 
     #[track_caller]
@@ -530,4 +526,53 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// Runs `cmd` to its end with `stdin` fed to it, but for `limit` at most: a command that hangs
+/// is killed and reported as an error naming it, so a stuck test fails with a reason instead
+/// of holding CI until its deadline.
+pub fn output_within(cmd: &mut Command, limit: Duration, stdin: Option<&[u8]>) -> Result<Output, String> {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{:?}", cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("{what}: {e}"))?;
+    let feed = stdin.map(|data| {
+        let mut w = child.stdin.take().expect("piped stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        })
+    });
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("{what}: {e}"))? {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+            return Err(format!(
+                "{what} did not finish within {} s (killed)\nstdout: {}\nstderr: {}",
+                limit.as_secs(),
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(f) = feed {
+        let _ = f.join();
+    }
+    Ok(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
 }

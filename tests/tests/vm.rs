@@ -164,18 +164,9 @@ async fn forward(dir: &Path, name: &str, t: Arc<dyn Transport>) -> String {
 
 /// The docker CLI against `host`, with `stdin`.
 fn docker_at(host: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
-    let mut child = Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", host)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(data) = stdin {
-        child.stdin.take().unwrap().write_all(data).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new("docker");
+    cmd.args(args).env("DOCKER_HOST", host);
+    berth_tests::output_within(&mut cmd, berth_tests::COMMAND_LIMIT, stdin).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -267,17 +258,30 @@ struct BerthHome(tempfile::TempDir);
 
 impl BerthHome {
     fn berth(&self, args: &[&str]) -> std::process::Output {
-        let bin = workspace().join("target/debug/berth");
-        Command::new(bin).args(args).env("BERTH_HOME", self.0.path()).output().expect("berth is built by cargo build")
+        let mut cmd = Command::new(workspace().join("target/debug/berth"));
+        cmd.args(args).env("BERTH_HOME", self.0.path());
+        self.bounded(&mut cmd, None)
     }
 
     fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker")
-            .args(args)
+        self.docker_stdin(args, None)
+    }
+
+    fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
             .env("DOCKER_HOST", format!("unix://{}", self.0.path().join("docker.sock").display()))
-            .env("DOCKER_CONFIG", self.0.path().join("docker-config"))
-            .output()
-            .unwrap()
+            .env("DOCKER_CONFIG", self.0.path().join("docker-config"));
+        self.bounded(&mut cmd, stdin)
+    }
+
+    /// Runs `cmd` for [`berth_tests::COMMAND_LIMIT`] at most; a hang fails the test with the
+    /// daemon's log tail.
+    fn bounded(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> std::process::Output {
+        berth_tests::output_within(cmd, berth_tests::COMMAND_LIMIT, stdin).unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(self.0.path().join("daemon.log")).unwrap_or_default();
+            panic!("{e}\ndaemon log tail:\n{}", berth_tests::tail(&log, 40))
+        })
     }
 
     fn status(&self) -> serde_json::Value {
@@ -439,15 +443,7 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     assert!(talk.status.success(), "{talk:?}");
     let logs = home.docker(&["logs", "talker"]);
     assert_eq!((&logs.stdout[..], &logs.stderr[..]), (&b"one\n"[..], &b"two\n"[..]), "{logs:?}");
-    let mut cat = Command::new("docker")
-        .args(["run", "--rm", "-i", &img, "sh", "-c", "cat; echo end"])
-        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    cat.stdin.take().unwrap().write_all(b"through berth\n").unwrap();
-    let out = cat.wait_with_output().unwrap();
+    let out = home.docker_stdin(&["run", "--rm", "-i", &img, "sh", "-c", "cat; echo end"], Some(b"through berth\n"));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through berth\nend\n");
 
     // QEMU killed with SIGKILL: the daemon says so and exits; data synced before it is there
@@ -558,14 +554,10 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
         "{port}"
     );
     let echo = || {
-        let mut socat = Command::new("socat")
-            .args(["-t", "3", "-", &format!("UDP:127.0.0.1:{udp}")])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("socat (Debian package socat)");
-        socat.stdin.take().unwrap().write_all(b"datagram through the VM\n").unwrap();
-        String::from_utf8_lossy(&socat.wait_with_output().unwrap().stdout).into_owned()
+        let mut socat = Command::new("socat");
+        socat.args(["-T", "5", "-t", "3", "-", &format!("UDP:127.0.0.1:{udp}")]);
+        let out = home.bounded(&mut socat, Some(b"datagram through the VM\n"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(berth_tests::eventually(20, || echo() == "datagram through the VM\n"), "UDP echo on {udp}");
 

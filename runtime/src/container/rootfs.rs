@@ -46,6 +46,12 @@ impl RootView {
         Ok(RootView { root: at.to_owned(), mounted: true })
     }
 
+    /// A directory of the engine's own used as a root (a build context): nothing below it is
+    /// trusted.
+    pub fn dir(root: &Path) -> RootView {
+        RootView { root: root.to_owned(), mounted: false }
+    }
+
     /// The root, opened for confined access.
     pub fn confined(&self) -> io::Result<Confined> {
         Confined::open(&self.root)
@@ -151,12 +157,18 @@ fn append_inode<W: Write>(tar: &mut tar::Builder<W>, inode: &Inode, name: &Path)
 /// Writes a tar of `path` (named by its base name) into `out`. With `one_fs`, directories on
 /// other file systems (mount points: /proc, volumes) are written empty.
 pub fn tar_path(view: &RootView, path: &str, out: impl Write, one_fs: bool) -> io::Result<()> {
-    let top = view.confined()?.lookup(Path::new(path))?;
     let base = if path.trim_end_matches('/').is_empty() {
         PathBuf::new()
     } else {
         PathBuf::from(Path::new(path.trim_end_matches('/')).file_name().unwrap_or_default())
     };
+    tar_path_as(view, path, &base, out, one_fs)
+}
+
+/// Writes a tar of `path` with its top named `base` (empty: a directory's contents only).
+pub fn tar_path_as(view: &RootView, path: &str, base: &Path, out: impl Write, one_fs: bool) -> io::Result<()> {
+    let top = view.confined()?.lookup(Path::new(path))?;
+    let base = base.to_owned();
     let mut tar = tar::Builder::new(out);
     if !base.as_os_str().is_empty() {
         append_inode(&mut tar, &top, &base)?;

@@ -5,8 +5,9 @@ use std::fs::File;
 use std::io::{Seek, Write};
 
 use super::{Engine, EngineError, io_ctx};
+use crate::container::ContainerRecord;
 use crate::container::rootfs::{self, PathStat, RootView};
-use crate::image::{self, ImageError, LayerRecord, archive, parse_reference, tagged};
+use crate::image::{self, ImageError, ImageRecord, LayerRecord, archive, parse_reference, tagged};
 use crate::model::{ContainerConfig, History, ImageConfig, apply_change, now_rfc3339};
 use crate::snapshot::chain_ids;
 
@@ -41,7 +42,7 @@ impl Engine {
         Ok(f)
     }
 
-    fn root_view(&self, id: &str) -> Result<RootView, EngineError> {
+    pub(crate) fn root_view(&self, id: &str) -> Result<RootView, EngineError> {
         let ctr = self.ctr(id)?;
         let rec = ctr.snapshot();
         if rec.running() && rec.state.pid > 0 {
@@ -74,6 +75,36 @@ impl Engine {
         run.hostname.clear();
         run.image = String::new();
         let tag = opts.reference.as_deref().map(|r| parse_reference(r).map(|r| tagged(&r))).transpose()?;
+        config.config = run;
+        config.created = Some(now_rfc3339());
+        if !opts.author.is_empty() {
+            config.author = Some(opts.author.clone());
+        }
+        let history = History {
+            created: config.created.clone(),
+            created_by: Some(format!("{} {}", rec.path, rec.args.join(" "))),
+            comment: (!opts.comment.is_empty()).then(|| opts.comment.clone()),
+            author: None,
+            empty_layer: false,
+        };
+        config.extra.insert("container".into(), serde_json::json!(rec.id));
+        let tags: Vec<String> = tag.into_iter().collect();
+        let img = self.commit_layer(&rec, &base, config, history, &tags, &opts.comment).await?;
+        self.container_event(&rec, "commit", &[("comment", &opts.comment)]);
+        Ok(img.id)
+    }
+
+    /// The container's changes as a layer over `base`, recorded as an image with `config`
+    /// (whose layers and history this completes) and tagged `tags` (normalised).
+    pub(crate) async fn commit_layer(
+        &self,
+        rec: &ContainerRecord,
+        base: &ImageRecord,
+        mut config: ImageConfig,
+        history: History,
+        tags: &[String],
+        comment: &str,
+    ) -> Result<ImageRecord, EngineError> {
         let upper = self.inner.stores.snapshots.active_upper(&rec.id);
         let stores = self.inner.stores.clone();
         let mut scratch = self.scratch_file()?;
@@ -86,28 +117,13 @@ impl Engine {
         })
         .await
         .map_err(|e| EngineError::InvalidArgument(e.to_string()))??;
-        config.config = run;
         config.rootfs.diff_ids.push(layer.diff_id.clone());
-        config.created = Some(now_rfc3339());
-        if !opts.author.is_empty() {
-            config.author = Some(opts.author.clone());
-        }
-        config.history.push(History {
-            created: config.created.clone(),
-            created_by: Some(format!("{} {}", rec.path, rec.args.join(" "))),
-            comment: (!opts.comment.is_empty()).then(|| opts.comment.clone()),
-            author: None,
-            empty_layer: false,
-        });
-        config.extra.insert("container".into(), serde_json::json!(rec.id));
+        config.history.push(history);
         let mut layers = base.layers.clone();
         layers.push(layer);
         debug_assert_eq!(chain_ids(&config.rootfs.diff_ids).last(), layers.last().map(|l| &l.chain_id));
         let bytes = serde_json::to_vec(&config).expect("config serialises");
-        let tags: Vec<String> = tag.into_iter().collect();
-        let img = archive::record_image(&self.inner.stores, &bytes, layers, &tags, &base.id, &opts.comment)?;
-        self.container_event(&rec, "commit", &[("comment", &opts.comment)]);
-        Ok(img.id)
+        Ok(archive::record_image(&self.inner.stores, &bytes, layers, tags, &base.id, comment)?)
     }
 
     /// `docker save`: a docker-archive of the named images, in an unlinked file.

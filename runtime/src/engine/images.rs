@@ -103,10 +103,28 @@ impl Engine {
         out.extend(rec.repo_digests.iter().map(|d| RemovedImage::Untagged(familiar(d))));
         images.remove(&rec.id)?;
         out.push(RemovedImage::Deleted(rec.id.clone()));
+        // As dockerd: untagged parents (a build's intermediate images) that nothing else
+        // needs go with it.
+        let in_use = self.images_in_use();
+        let mut parent = rec.parent.clone();
+        while let Some(p) = images.get(&parent).cloned() {
+            if !p.repo_tags.is_empty() || in_use.contains(&p.id) || images.all().any(|i| i.parent == p.id) {
+                break;
+            }
+            images.remove(&p.id)?;
+            out.push(RemovedImage::Deleted(p.id.clone()));
+            parent = p.parent;
+        }
         drop(images);
         self.inner.events.emit("image", "delete", &rec.id, &[("name", name)]);
         self.collect_garbage();
         Ok(out)
+    }
+
+    /// Whether an image is some other image's parent (an intermediate image of a build, which
+    /// `docker images` hides and `image prune` keeps).
+    pub fn has_children(&self, id: &str) -> bool {
+        self.inner.stores.images.lock().expect("image store lock").all().any(|i| i.parent == id)
     }
 
     /// Deletes layers and blobs no image references any more.
@@ -142,18 +160,32 @@ impl Engine {
     /// `docker image prune`: dangling images (all unused ones with `all`).
     pub fn prune_images(&self, all: bool) -> Result<(Vec<RemovedImage>, u64), EngineError> {
         let in_use = self.images_in_use();
-        let candidates: Vec<ImageRecord> =
-            self.images().into_iter().filter(|i| !in_use.contains(&i.id) && (all || i.repo_tags.is_empty())).collect();
         let mut out = Vec::new();
         let mut freed = 0;
-        for img in candidates {
-            freed += img.size();
+        // Leaves first, again and again: removing an image can make its parent a leaf.
+        loop {
             let mut images = self.inner.stores.images.lock().expect("image store lock");
-            for t in &img.repo_tags {
-                out.push(RemovedImage::Untagged(familiar(t)));
+            let parents: HashSet<String> = images.all().map(|i| i.parent.clone()).collect();
+            let victims: Vec<ImageRecord> = images
+                .all()
+                .filter(|i| !in_use.contains(&i.id) && !parents.contains(&i.id) && (all || i.repo_tags.is_empty()))
+                .cloned()
+                .collect();
+            if victims.is_empty() {
+                break;
             }
-            images.remove(&img.id)?;
-            out.push(RemovedImage::Deleted(img.id.clone()));
+            for img in victims {
+                let shared: HashSet<String> = images
+                    .get(&img.parent)
+                    .map(|p| p.layers.iter().map(|l| l.chain_id.clone()).collect())
+                    .unwrap_or_default();
+                freed += img.layers.iter().filter(|l| !shared.contains(&l.chain_id)).map(|l| l.size).sum::<u64>();
+                for t in &img.repo_tags {
+                    out.push(RemovedImage::Untagged(familiar(t)));
+                }
+                images.remove(&img.id)?;
+                out.push(RemovedImage::Deleted(img.id.clone()));
+            }
         }
         self.collect_garbage();
         Ok((out, freed))

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{ApiError, Query};
 
 /// Every value of `key` in a raw query string (`changes` may repeat).
-fn all(raw: &str, key: &str) -> Vec<String> {
+pub(super) fn all(raw: &str, key: &str) -> Vec<String> {
     form_urlencoded::parse(raw.as_bytes()).filter(|(k, _)| k == key).map(|(_, v)| v.into_owned()).collect()
 }
 
@@ -31,7 +31,7 @@ fn file_response(file: File, content_type: &'static str) -> Response {
 }
 
 /// Writes a request body into a scratch file of the engine.
-async fn body_to_file(engine: &Engine, body: Body) -> Result<File, ApiError> {
+pub(super) async fn body_to_file(engine: &Engine, body: Body) -> Result<File, ApiError> {
     let mut file = engine.scratch_file()?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {

@@ -21,13 +21,22 @@ fn credentials(headers: &HeaderMap) -> Credentials {
     let Some(raw) = headers.get("X-Registry-Auth").and_then(|v| v.to_str().ok()) else {
         return Credentials::default();
     };
+    credentials_of(&decode_header_json(raw))
+}
+
+/// A header's base64 (URL-safe or standard, padded or not) JSON; `null` if it is neither.
+pub(super) fn decode_header_json(raw: &str) -> Value {
     let raw = raw.trim();
     let bytes = base64::engine::general_purpose::URL_SAFE
         .decode(raw)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.trim_end_matches('=')))
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(raw))
         .unwrap_or_default();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+/// Docker's `AuthConfig` object as credentials.
+pub(super) fn credentials_of(v: &Value) -> Credentials {
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
     let (mut username, mut password) = (s("username"), s("password"));
     if username.is_empty()
@@ -58,7 +67,7 @@ fn human(n: u64) -> String {
 }
 
 /// A progress line as dockerd's JSON message.
-fn progress_json(p: &Progress) -> Value {
+pub(super) fn progress_json(p: &Progress) -> Value {
     let mut v = json!({"status": p.status});
     if let Some(id) = &p.id {
         v["id"] = json!(id);
@@ -78,7 +87,7 @@ fn progress_json(p: &Progress) -> Value {
     v
 }
 
-fn line(v: &Value) -> bytes::Bytes {
+pub(super) fn line(v: &Value) -> bytes::Bytes {
     let mut b = serde_json::to_vec(v).expect("json");
     b.extend_from_slice(b"\r\n");
     b.into()
@@ -214,10 +223,19 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
     let filters = super::filters(&q)?;
     let dangling = filters.get("dangling").map(|d| d.to_string().contains("true"));
     let reference: Vec<String> = super::containers::filter_values(&filters, "reference");
+    let all = super::qbool(&q, "all");
     let mut out = Vec::new();
-    for img in engine.images() {
+    let images = engine.images();
+    let parents: std::collections::HashSet<&str> = images.iter().map(|i| i.parent.as_str()).collect();
+    for img in images.iter().cloned() {
+        // Untagged parents of other images are a build's intermediate images: hidden without
+        // `-a`, and never dangling (as dockerd lists them).
+        let intermediate = img.repo_tags.is_empty() && parents.contains(img.id.as_str());
+        if intermediate && !all {
+            continue;
+        }
         if let Some(d) = dangling
-            && d != img.repo_tags.is_empty()
+            && d != (img.repo_tags.is_empty() && !intermediate)
         {
             continue;
         }

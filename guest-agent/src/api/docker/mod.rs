@@ -5,6 +5,7 @@
 //! dockerd does; [`error::ApiError`] is the one place engine errors become HTTP statuses.
 
 mod archive;
+mod build;
 mod containers;
 mod error;
 mod exec;
@@ -121,6 +122,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/volumes/{name}", get(volumes::inspect).delete(volumes::remove))
         .route("/networks", get(system::networks))
         .route("/commit", post(archive::commit))
+        .route("/build", post(build::build))
+        .route("/build/prune", post(build::prune))
         .fallback(not_found)
         .with_state(engine);
     // The version prefix must be stripped before routing, so the middleware wraps the router.

@@ -25,7 +25,15 @@ pub async fn auth(State(engine): State<Engine>, body: axum::body::Bytes) -> Resu
 }
 
 pub async fn ping() -> Response {
-    ([(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"), (header::PRAGMA, "no-cache")], "OK")
+    // Builder-Version 1: the docker CLI sends builds to the classic builder's `POST /build`.
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+            (header::PRAGMA, "no-cache"),
+            (header::HeaderName::from_static("builder-version"), "1"),
+        ],
+        "OK",
+    )
         .into_response()
 }
 
@@ -183,8 +191,16 @@ pub async fn events(State(engine): State<Engine>, Q(q): Q<super::Query>) -> Resu
 
 pub async fn df(State(engine): State<Engine>) -> Json<Value> {
     // Whole summaries, as in the lists: typed clients (bollard, docker-py's models) need every field.
-    let images: Vec<Value> = engine.images().iter().map(|i| super::images::summary(&engine, i)).collect();
-    let layers: u64 = engine.images().iter().map(|i| i.size()).sum();
+    // Images only the build cache keeps are listed as build cache, not twice.
+    let usage = engine.build_cache_usage();
+    let cached: std::collections::HashSet<&str> = usage.iter().map(|(e, _, _)| e.image.as_str()).collect();
+    let all_images = engine.images();
+    let images: Vec<Value> = all_images
+        .iter()
+        .filter(|i| !cached.contains(i.id.as_str()))
+        .map(|i| super::images::summary(&engine, i))
+        .collect();
+    let layers: u64 = all_images.iter().map(|i| i.size()).sum();
     let root = engine.root().join("snapshots/active");
     let containers: Vec<Value> = engine
         .containers()
@@ -205,8 +221,16 @@ pub async fn df(State(engine): State<Engine>) -> Json<Value> {
             one
         })
         .collect();
+    let cache: Vec<Value> = usage
+        .iter()
+        .map(|(e, size, in_use)| {
+            json!({"ID": e.image.trim_start_matches("sha256:"), "Parent": "", "Type": "regular",
+                   "Description": e.description, "InUse": in_use, "Shared": false, "Size": size,
+                   "CreatedAt": e.created, "LastUsedAt": e.last_used, "UsageCount": e.usage_count})
+        })
+        .collect();
     Json(
-        json!({"LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": []}),
+        json!({"LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": cache}),
     )
 }
 
