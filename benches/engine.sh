@@ -2,6 +2,8 @@
 # Berth vs Docker Engine on this machine, side by side in one run.
 #   - `docker run --rm busybox true`, alternating the engines, N rounds (default 20)
 #   - pull + unpack of the same image from the same loopback registry, alternating, 5 rounds
+#   - `docker build` of one Dockerfile (COPY of 200 files, two RUNs, config steps) through the
+#     classic builder, cold (--no-cache) and cached (unchanged), alternating, 5 rounds
 #   - idle resident memory of berth-agent (no containers) and of dockerd + containerd
 # Usage: benches/engine.sh [ROUNDS]     (./dev bench runs it; needs root and docker.io)
 # BERTH_BASELINE_AGENT=PATH adds another berth-agent (an earlier build, say) to the same
@@ -77,6 +79,23 @@ for _ in range(rounds):
     for e in engines:
         runs[e].append(docker(e, "run", "--rm", img, "true"))
 
+ctx = os.path.join(w, "build-ctx")
+os.makedirs(os.path.join(ctx, "src"), exist_ok=True)
+for i in range(200):
+    with open(os.path.join(ctx, "src", f"f{i}.txt"), "w") as f:
+        f.write(f"file {i}\n" * 50)
+with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+    f.write(f"FROM {img}\nENV APP=/app\nWORKDIR /app\nCOPY src/ ./src/\n"
+            "RUN cat src/*.txt | wc -l > /lines && mkdir -p /out\n"
+            "RUN for i in $(seq 100); do echo $i > /out/$i; done\nLABEL bench=build\nCMD [\"cat\", \"/lines\"]\n")
+cold = {e: [] for e in engines}
+cached = {e: [] for e in engines}
+os.environ["DOCKER_BUILDKIT"] = "0"
+for _ in range(5):
+    for e in engines:
+        cold[e].append(docker(e, "build", "--no-cache", "-q", "-t", "bench-build", ctx))
+        cached[e].append(docker(e, "build", "-q", "-t", "bench-build", ctx))
+
 def report(name, d):
     b, r = statistics.median(d["berth"]), statistics.median(d["dockerd"])
     line = f"{name:<34} berth {b*1000:8.1f} ms   dockerd {r*1000:8.1f} ms   berth/dockerd {b/r:5.2f}"
@@ -88,5 +107,7 @@ def report(name, d):
 print(f"# {rounds} alternating rounds of `docker run --rm busybox true` (default bridge network on both), 5 of pull+unpack, medians")
 report("docker run --rm busybox true", runs)
 report("docker pull (pull + unpack)", pulls)
+report("docker build, cold (--no-cache)", cold)
+report("docker build, cached (unchanged)", cached)
 print(f"{'idle resident memory':<34} berth {berth_idle/1024:8.1f} MiB  dockerd+containerd {dockerd_idle/1024:8.1f} MiB")
 PY

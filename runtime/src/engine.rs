@@ -9,6 +9,7 @@ mod images;
 mod io;
 mod mounts;
 mod stats;
+mod update;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,7 @@ pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;
 pub use io::{AttachIo, LogStream};
 pub use stats::StatsSample;
+pub use update::{Change, ChangeKind, Update};
 pub use volumes::VolumeInfo;
 
 use crate::Stores;

@@ -297,3 +297,118 @@ fn stats_and_top_read_the_containers_cgroup() {
     let (_, err) = a.fails(&["top", "busy"]);
     assert!(err.contains("is not running"), "{err}");
 }
+
+#[test]
+fn pause_update_and_diff() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    // A counter that stops while paused.
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        &img,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tick; sleep 0.05; done",
+    ]);
+    assert!(eventually(10, || a.docker(&["exec", "ticker", "cat", "/tick"]).status.success()));
+    a.ok(&["pause", "ticker"]);
+    let st = inspect(&a, "ticker");
+    assert_eq!((st["State"]["Status"].as_str(), st["State"]["Paused"].as_bool()), (Some("paused"), Some(true)));
+    assert!(a.ok(&["ps", "--format", "{{.Status}}"]).contains("(Paused)"));
+    let (_, err) = a.fails(&["exec", "ticker", "true"]);
+    assert!(err.contains("is paused, unpause the container before exec"), "{err}");
+    let (_, err) = a.fails(&["pause", "ticker"]);
+    assert!(err.contains("is already paused"), "{err}");
+    // Frozen: the file does not move (read through the archive API, which needs no exec).
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str| {
+        let to = dir.path().join(name);
+        a.ok(&["cp", "ticker:/tick", to.to_str().unwrap()]);
+        std::fs::read_to_string(to).unwrap()
+    };
+    let first = read("a");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(read("b"), first, "a paused container kept running");
+    a.ok(&["unpause", "ticker"]);
+    assert!(eventually(10, || read("c") != first), "unpause did not resume it");
+    assert_eq!(inspect(&a, "ticker")["State"]["Status"], "running");
+    // A paused container stops (thawed to take its signal).
+    a.ok(&["pause", "ticker"]);
+    a.ok(&["stop", "-t", "1", "ticker"]);
+    assert_eq!(inspect(&a, "ticker")["State"]["Status"], "exited");
+    assert_eq!(inspect(&a, "ticker")["State"]["Paused"], false);
+
+    // update: limits reach the running container's cgroup; the restart policy is kept.
+    a.ok(&["run", "-d", "--name", "limited", "-m", "64m", &img, "sleep", "300"]);
+    a.ok(&[
+        "update",
+        "--memory",
+        "96m",
+        "--memory-swap",
+        "192m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "50",
+        "--restart",
+        "on-failure:3",
+        "limited",
+    ]);
+    let hc = &inspect(&a, "limited")["HostConfig"];
+    assert_eq!(hc["Memory"], 96 << 20);
+    assert_eq!(hc["NanoCpus"], 500_000_000);
+    assert_eq!(hc["PidsLimit"], 50);
+    assert_eq!(hc["RestartPolicy"]["Name"], "on-failure");
+    assert_eq!(hc["RestartPolicy"]["MaximumRetryCount"], 3);
+    let stats = a.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "limited"]);
+    assert!(stats.contains("96MiB"), "the cgroup kept its old limit: {stats}");
+    let (_, err) = a.fails(&["update", "--memory", "1m", "limited"]);
+    assert!(err.contains("Minimum memory limit allowed is 6MB"), "{err}");
+
+    // diff: added, changed and deleted paths, as docker diff prints them.
+    a.ok(&[
+        "run",
+        "--name",
+        "changer",
+        &img,
+        "sh",
+        "-c",
+        "mkdir /made; echo x > /made/f; echo y >> /etc/hostname.new; rm /etc/group; touch /bin/busybox",
+    ]);
+    let diff = a.ok(&["diff", "changer"]);
+    for want in ["A /made", "A /made/f", "D /etc/group", "C /etc", "C /bin", "C /bin/busybox"] {
+        assert!(diff.lines().any(|l| l == want), "{want} in:\n{diff}");
+    }
+
+    // Swarm endpoints answer as on an engine that is not a swarm manager.
+    let (status, body) = a.http("GET", "/services", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("This node is not a swarm manager"), "{body}");
+    let (status, body) = a.http("GET", "/no/such/endpoint", None);
+    assert_eq!(status, 404, "{body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["message"].is_string()), "{body}");
+}
+
+#[test]
+fn log_drivers_as_dockerd_has_them() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&["run", "--name", "plain", &img, "echo", "kept"]);
+    let lc = &inspect(&a, "plain")["HostConfig"]["LogConfig"];
+    assert_eq!(lc["Type"], "json-file", "{lc}");
+    assert_eq!(a.ok(&["logs", "plain"]), "kept\n");
+    // none: the output still reaches an attached client, nothing is kept.
+    assert_eq!(a.ok(&["run", "--name", "quiet", "--log-driver", "none", &img, "echo", "live"]), "live\n");
+    assert_eq!(inspect(&a, "quiet")["HostConfig"]["LogConfig"]["Type"], "none");
+    let (_, err) = a.fails(&["logs", "quiet"]);
+    assert!(err.contains("configured logging driver does not support reading"), "{err}");
+    a.ok(&["run", "--name", "local", "--log-driver", "local", "--log-opt", "max-size=10m", &img, "echo", "local"]);
+    assert_eq!(a.ok(&["logs", "local"]), "local\n");
+    let (_, err) = a.fails(&["run", "--log-driver", "nosuch", &img, "true"]);
+    assert!(err.contains("logger: no log driver named 'nosuch' is registered"), "{err}");
+    let (_, err) = a.fails(&["run", "--log-opt", "bogus=1", &img, "true"]);
+    assert!(err.contains("unknown log opt 'bogus' for json-file log driver"), "{err}");
+}

@@ -71,7 +71,7 @@ fn read_kv(path: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// The v1 controllers a container gets a directory in.
-const V1_CONTROLLERS: &[&str] = &["devices", "memory", "cpu", "cpuacct", "pids"];
+const V1_CONTROLLERS: &[&str] = &["devices", "memory", "cpu", "cpuacct", "pids", "freezer"];
 
 fn own_path(controller: &str) -> String {
     let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -92,6 +92,56 @@ fn write(dir: &std::path::Path, file: &str, value: &str) -> Result<(), CgroupErr
 
 fn create_dir(dir: &std::path::Path) -> Result<(), CgroupError> {
     fs::create_dir_all(dir).map_err(|source| CgroupError::Io { path: dir.to_owned(), source })
+}
+
+/// Writes `limits` into a v2 cgroup.
+fn apply_v2(dir: &std::path::Path, limits: &Limits) -> Result<(), CgroupError> {
+    if limits.memory > 0 {
+        write(dir, "memory.max", &limits.memory.to_string())?;
+        if limits.memory_swap > 0 {
+            let swap = (limits.memory_swap - limits.memory).max(0);
+            let _ = write(dir, "memory.swap.max", &swap.to_string());
+        }
+    }
+    if let Some((quota, period)) = cpu_quota(limits) {
+        write(dir, "cpu.max", &format!("{quota} {period}"))?;
+    }
+    if limits.cpu_shares > 0 {
+        let weight = 1 + ((limits.cpu_shares.clamp(2, 262144) - 2) * 9999) / 262142;
+        write(dir, "cpu.weight", &weight.to_string())?;
+    }
+    if let Some(p) = limits.pids.filter(|p| *p > 0) {
+        write(dir, "pids.max", &p.to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes `limits` into the v1 cgroup of `controller`.
+fn apply_v1(controller: &str, dir: &std::path::Path, limits: &Limits) -> Result<(), CgroupError> {
+    match controller {
+        "memory" if limits.memory > 0 => {
+            write(dir, "memory.limit_in_bytes", &limits.memory.to_string())?;
+            if limits.memory_swap > 0 {
+                let _ = write(dir, "memory.memsw.limit_in_bytes", &limits.memory_swap.to_string());
+            }
+        }
+        "cpu" => {
+            if let Some((quota, period)) = cpu_quota(limits) {
+                write(dir, "cpu.cfs_period_us", &period.to_string())?;
+                write(dir, "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+            if limits.cpu_shares > 0 {
+                write(dir, "cpu.shares", &limits.cpu_shares.to_string())?;
+            }
+        }
+        "pids" => {
+            if let Some(p) = limits.pids.filter(|p| *p > 0) {
+                write(dir, "pids.max", &p.to_string())?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 pub fn is_v2() -> bool {
@@ -134,23 +184,7 @@ impl Cgroup {
                 let _ = fs::write(d.join("cgroup.subtree_control"), c);
             }
         }
-        if limits.memory > 0 {
-            write(&dir, "memory.max", &limits.memory.to_string())?;
-            if limits.memory_swap > 0 {
-                let swap = (limits.memory_swap - limits.memory).max(0);
-                let _ = write(&dir, "memory.swap.max", &swap.to_string());
-            }
-        }
-        if let Some((quota, period)) = cpu_quota(limits) {
-            write(&dir, "cpu.max", &format!("{quota} {period}"))?;
-        }
-        if limits.cpu_shares > 0 {
-            let weight = 1 + ((limits.cpu_shares.clamp(2, 262144) - 2) * 9999) / 262142;
-            write(&dir, "cpu.weight", &weight.to_string())?;
-        }
-        if let Some(p) = limits.pids.filter(|p| *p > 0) {
-            write(&dir, "pids.max", &p.to_string())?;
-        }
+        apply_v2(&dir, limits)?;
         Ok(Cgroup { dirs: vec![dir], v2: true })
     }
 
@@ -175,31 +209,53 @@ impl Cgroup {
                         write(&dir, "devices.allow", &rule.to_string())?;
                     }
                 }
-                "memory" if limits.memory > 0 => {
-                    write(&dir, "memory.limit_in_bytes", &limits.memory.to_string())?;
-                    if limits.memory_swap > 0 {
-                        let _ = write(&dir, "memory.memsw.limit_in_bytes", &limits.memory_swap.to_string());
-                    }
-                }
-                "cpu" => {
-                    if let Some((quota, period)) = cpu_quota(limits) {
-                        write(&dir, "cpu.cfs_period_us", &period.to_string())?;
-                        write(&dir, "cpu.cfs_quota_us", &quota.to_string())?;
-                    }
-                    if limits.cpu_shares > 0 {
-                        write(&dir, "cpu.shares", &limits.cpu_shares.to_string())?;
-                    }
-                }
-                "pids" => {
-                    if let Some(p) = limits.pids.filter(|p| *p > 0) {
-                        write(&dir, "pids.max", &p.to_string())?;
-                    }
-                }
-                _ => {}
+                other => apply_v1(other, &dir, limits)?,
             }
             dirs.push(dir);
         }
         Ok(Cgroup { dirs, v2: false })
+    }
+
+    /// Changes the limits of a running container (`docker update`).
+    pub fn set_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
+        if self.v2 {
+            return self.dirs.first().map(|d| apply_v2(d, limits)).unwrap_or(Ok(()));
+        }
+        for ctrl in ["memory", "cpu", "pids"] {
+            if let Some(d) = self.dir_of(ctrl) {
+                apply_v1(ctrl, d, limits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes (`docker pause`) or thaws every process of the cgroup; returns once the kernel
+    /// says the whole group is in that state.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let (dir, file, value, done) = if self.v2 {
+            let d = self.dirs.first().cloned().unwrap_or_default();
+            (d, "cgroup.freeze", if frozen { "1" } else { "0" }, if frozen { "frozen 1" } else { "frozen 0" })
+        } else {
+            let d = self.dir_of("freezer").cloned().unwrap_or_default();
+            (d, "freezer.state", if frozen { "FROZEN" } else { "THAWED" }, if frozen { "FROZEN" } else { "THAWED" })
+        };
+        write(&dir, file, value)?;
+        let state_file = if self.v2 { "cgroup.events" } else { "freezer.state" };
+        for _ in 0..2000 {
+            let now = fs::read_to_string(dir.join(state_file)).unwrap_or_default();
+            if now.lines().any(|l| l.trim() == done) {
+                return Ok(());
+            }
+            // v1 may stop at FREEZING while a task resists; asking again moves it on.
+            if !self.v2 && frozen {
+                let _ = fs::write(dir.join(file), value);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(CgroupError::Io {
+            path: dir.join(state_file),
+            source: io::Error::new(io::ErrorKind::TimedOut, format!("the cgroup did not reach {done}")),
+        })
     }
 
     /// Moves process `pid` into the cgroup.

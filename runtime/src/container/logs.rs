@@ -29,22 +29,81 @@ const MAX_LINE: usize = 16 * 1024;
 /// Appends lines to a container's log file, cutting the byte stream at newlines.
 #[derive(Debug)]
 pub struct LogWriter {
-    file: File,
+    /// `None` for the `none` driver: nothing is kept.
+    file: Option<File>,
     partial: [Vec<u8>; 2],
+}
+
+/// The log drivers this engine has; `local` keeps json-file's format here.
+pub const DRIVERS: &[&str] = &["json-file", "local", "none"];
+
+/// Drivers dockerd has that need services outside the VM.
+const ELSEWHERE: &[&str] =
+    &["syslog", "journald", "gelf", "fluentd", "awslogs", "splunk", "etwlogs", "gcplogs", "logentries"];
+
+/// Options json-file and local take.
+const FILE_OPTS: &[&str] = &[
+    "max-size",
+    "max-file",
+    "compress",
+    "labels",
+    "labels-regex",
+    "env",
+    "env-regex",
+    "tag",
+    "mode",
+    "max-buffer-size",
+];
+
+/// The log driver a container was created with (`json-file` for records older than drivers).
+pub fn driver_of(hc: &crate::model::HostConfig) -> String {
+    hc.extra
+        .get("LogConfig")
+        .and_then(|c| c.get("Type"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .unwrap_or("json-file")
+        .to_owned()
+}
+
+/// Checks a `LogConfig` (`Type` and `Config`) as dockerd does at create, and gives the type
+/// (`json-file` when none is named).
+pub fn check_config(kind: &str, opts: &std::collections::BTreeMap<String, String>) -> Result<String, String> {
+    let kind = if kind.is_empty() { "json-file" } else { kind };
+    if ELSEWHERE.contains(&kind) {
+        return Err(format!(
+            "logger: the {kind} log driver is not available in Berth's VM: use json-file, local or none"
+        ));
+    }
+    if !DRIVERS.contains(&kind) {
+        return Err(format!("logger: no log driver named '{kind}' is registered"));
+    }
+    for key in opts.keys() {
+        if kind == "none" || !FILE_OPTS.contains(&key.as_str()) {
+            return Err(format!("unknown log opt '{key}' for {kind} log driver"));
+        }
+    }
+    Ok(kind.to_owned())
 }
 
 impl LogWriter {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogWriter { file, partial: [Vec::new(), Vec::new()] })
+        Ok(LogWriter { file: Some(file), partial: [Vec::new(), Vec::new()] })
+    }
+
+    /// A writer that keeps nothing (the `none` driver).
+    pub fn discard() -> Self {
+        LogWriter { file: None, partial: [Vec::new(), Vec::new()] }
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
         let line =
             LogLine { log: String::from_utf8_lossy(bytes).into_owned(), stream, time: crate::model::now_rfc3339() };
         let mut json = serde_json::to_vec(&line).map_err(io::Error::other)?;
         json.push(b'\n');
-        self.file.write_all(&json)
+        file.write_all(&json)
     }
 
     /// Records a chunk of output.

@@ -57,6 +57,16 @@ pub struct State {
     pub finished_at: String,
     #[serde(default)]
     pub oom_killed: bool,
+    /// Frozen by `docker pause` (the status stays running underneath).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl State {
+    /// The status as Docker shows it: `paused` for a frozen running container.
+    pub fn status_str(&self) -> &'static str {
+        if self.paused && self.status == Status::Running { "paused" } else { self.status.as_str() }
+    }
 }
 
 /// A mount as inspect reports it.

@@ -145,7 +145,14 @@ impl Engine {
         };
         let image_config = self.image_config(&image.id)?;
         let mut config = merge_config(&req.config, &image_config)?;
-        let host = req.host_config;
+        let mut host = req.host_config;
+        let log = host.extra.get("LogConfig").cloned().unwrap_or(serde_json::Value::Null);
+        let log_opts: std::collections::BTreeMap<String, String> =
+            log.get("Config").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+        let driver =
+            crate::container::logs::check_config(log.get("Type").and_then(|t| t.as_str()).unwrap_or(""), &log_opts)
+                .map_err(EngineError::InvalidArgument)?;
+        host.extra.insert("LogConfig".into(), serde_json::json!({"Type": driver, "Config": log_opts}));
         if network::parse_mode(&host.network_mode).is_none() {
             return Err(EngineError::NotFound(format!("network {} not found", host.network_mode)));
         }
@@ -332,6 +339,7 @@ impl Engine {
                 started_at: now_rfc3339(),
                 finished_at: String::new(),
                 oom_killed: false,
+                paused: false,
             };
             r.manually_stopped = false;
             r.net = net_record;
@@ -340,7 +348,12 @@ impl Engine {
         tracing::info!(container = %id, pid, "started");
 
         let log_path = ctr.dir.join(format!("{id}-json.log"));
-        let writer = Arc::new(std::sync::Mutex::new(LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?));
+        let writer = if crate::container::logs::driver_of(&rec.host_config) == "none" {
+            LogWriter::discard()
+        } else {
+            LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?
+        };
+        let writer = Arc::new(std::sync::Mutex::new(writer));
         let mut pumps =
             vec![tokio::spawn(super::io::pump(launched.io.stdout, Stream::Stdout, ctr.output.clone(), writer.clone()))];
         if let Some(err) = launched.io.stderr {
@@ -449,6 +462,7 @@ impl Engine {
             r.state.pid = 0;
             r.state.exit_code = code;
             r.state.finished_at = now_rfc3339();
+            r.state.paused = false;
         }) {
             Ok(r) => r,
             Err(e) => {
@@ -514,6 +528,10 @@ impl Engine {
         self.container_event(&rec, "kill", &[("signal", &sig.to_string())]);
         // SAFETY: kill(2) with a pid the engine started and a valid signal number.
         unsafe { libc::kill(rec.state.pid, sig) };
+        // A frozen process takes its signal when thawed (dockerd thaws after SIGKILL).
+        if rec.state.paused && sig == libc::SIGKILL {
+            self.thaw(&ctr)?;
+        }
         Ok(())
     }
 
@@ -534,6 +552,10 @@ impl Engine {
         let exits = life.borrow().exits;
         // SAFETY: kill(2) on the container's pid.
         unsafe { libc::kill(rec.state.pid, sig) };
+        if rec.state.paused {
+            // Stopping a paused container thaws it so it can take the signal, as dockerd does.
+            self.thaw(&ctr)?;
+        }
         let exited = async {
             while life.borrow_and_update().exits == exits {
                 if life.changed().await.is_err() {
@@ -766,7 +788,7 @@ fn run_spec(
 }
 
 /// The cgroup limits a HostConfig asks for.
-fn limits_of(hc: &crate::model::HostConfig) -> Limits {
+pub(crate) fn limits_of(hc: &crate::model::HostConfig) -> Limits {
     Limits {
         memory: hc.memory,
         memory_swap: hc.memory_swap,

@@ -52,6 +52,12 @@ impl Engine {
         if !rec.running() {
             return Err(EngineError::Conflict(format!("Container {} is not running", rec.id)));
         }
+        if rec.state.paused {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                rec.id
+            )));
+        }
         if config.cmd.is_empty() {
             return Err(EngineError::InvalidArgument("No exec command specified".into()));
         }

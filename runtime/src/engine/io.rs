@@ -57,6 +57,9 @@ impl Engine {
     pub fn logs(&self, name_or_id: &str, q: LogQuery, follow: bool) -> Result<LogStream, EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let rec = ctr.snapshot();
+        if logs::driver_of(&rec.host_config) == "none" {
+            return Err(EngineError::InvalidArgument("configured logging driver does not support reading".into()));
+        }
         let path = ctr.dir.join(format!("{}-json.log", rec.id));
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut life = ctr.life.subscribe();

@@ -108,9 +108,9 @@ fn inspect_json(rec: &ContainerRecord, root: &std::path::Path) -> Value {
         "Path": rec.path,
         "Args": rec.args,
         "State": {
-            "Status": st.status.as_str(),
+            "Status": st.status_str(),
             "Running": rec.running(),
-            "Paused": false,
+            "Paused": st.paused,
             "Restarting": st.status == Status::Restarting,
             "OOMKilled": st.oom_killed,
             "Dead": st.status == Status::Dead,
@@ -160,6 +160,7 @@ fn ago(t: &str) -> String {
 
 fn status_text(rec: &ContainerRecord) -> String {
     match rec.state.status {
+        Status::Running if rec.state.paused => format!("Up {} (Paused)", ago(&rec.state.started_at)),
         Status::Running => format!("Up {}", ago(&rec.state.started_at)),
         Status::Restarting => format!("Restarting ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at)),
         Status::Exited if !rec.state.finished_at.is_empty() => {
@@ -182,7 +183,7 @@ fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
         return false;
     }
     let statuses = filter_values(filters, "status");
-    if !statuses.is_empty() && !statuses.iter().any(|s| s == rec.state.status.as_str()) {
+    if !statuses.is_empty() && !statuses.iter().any(|s| s == rec.state.status_str()) {
         return false;
     }
     let exited = filter_values(filters, "exited");
@@ -247,7 +248,7 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
             "Created": parse_time(&rec.created).map(|t| t.unix_timestamp()).unwrap_or(0),
             "Ports": ports,
             "Labels": rec.config.labels,
-            "State": rec.state.status.as_str(),
+            "State": rec.state.status_str(),
             "Status": status_text(&rec),
             "HostConfig": {"NetworkMode": if rec.host_config.network_mode.is_empty() { "bridge" } else { &rec.host_config.network_mode }},
             "NetworkSettings": {"Networks": network_settings(&rec)["Networks"].clone()},
@@ -333,11 +334,52 @@ pub async fn dispatch(
         (Method::GET, "archive") => super::archive::get_archive(engine, &id, &q).await,
         (Method::PUT, "archive") => super::archive::put_archive(engine, &id, &q, req).await,
         (Method::GET, "top") => super::stats::top(engine, &id),
+        (Method::POST, "pause") => {
+            engine.pause(&id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Method::POST, "unpause") => {
+            engine.unpause(&id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Method::POST, "update") => update(engine, &id, req).await,
+        (Method::GET, "changes") => {
+            let changes = engine.changes(&id).await?;
+            let list: Vec<Value> = changes.iter().map(|c| json!({"Path": c.path, "Kind": c.kind as u8})).collect();
+            Ok(Json(Value::Array(list)).into_response())
+        }
         (Method::GET, "stats") => super::stats::stats(engine, &id, &q).await,
         _ => {
             Err(ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {method} /containers/{id}/{action}")))
         }
     }
+}
+
+/// `POST /containers/{id}/update`: resources and the restart policy.
+async fn update(engine: Engine, id: &str, req: Request) -> Result<Response, ApiError> {
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .map_err(|e| ApiError::invalid(format!("reading the request body: {e}")))?;
+    let v: Value = parse_json(&body)?;
+    let num = |k: &str| v.get(k).and_then(Value::as_i64).filter(|n| *n != 0 || k == "PidsLimit");
+    let restart_policy = match v.get("RestartPolicy") {
+        Some(p) if p.get("Name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) => Some(
+            serde_json::from_value(p.clone()).map_err(|e| ApiError::invalid(format!("invalid RestartPolicy: {e}")))?,
+        ),
+        _ => None,
+    };
+    let u = berth_runtime::engine::Update {
+        memory: num("Memory"),
+        memory_swap: num("MemorySwap"),
+        nano_cpus: num("NanoCpus"),
+        cpu_shares: num("CpuShares"),
+        cpu_quota: num("CpuQuota"),
+        cpu_period: num("CpuPeriod"),
+        pids_limit: num("PidsLimit"),
+        restart_policy,
+    };
+    let warnings = engine.update(id, u).await?;
+    Ok(Json(json!({"Warnings": warnings})).into_response())
 }
 
 pub fn dims(q: &Query) -> Result<(u16, u16), ApiError> {

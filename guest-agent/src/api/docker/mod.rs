@@ -89,6 +89,14 @@ async fn versioned(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Swarm's endpoints on an engine that is no swarm manager: dockerd's 503.
+async fn not_swarm() -> ApiError {
+    ApiError::status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
+    )
+}
+
 async fn not_found(req: Request) -> ApiError {
     ApiError::status(StatusCode::NOT_FOUND, format!("page not found: {} {}", req.method(), req.uri().path()))
 }
@@ -122,6 +130,19 @@ pub fn router(engine: Engine) -> Router {
         .route("/volumes/{name}", get(volumes::inspect).delete(volumes::remove))
         .route("/networks", get(system::networks))
         .route("/commit", post(archive::commit))
+        .route("/swarm", any(not_swarm))
+        .route("/swarm/{*rest}", any(not_swarm))
+        .route("/nodes", any(not_swarm))
+        .route("/nodes/{*rest}", any(not_swarm))
+        .route("/services", any(not_swarm))
+        .route("/services/{*rest}", any(not_swarm))
+        .route("/tasks", any(not_swarm))
+        .route("/tasks/{*rest}", any(not_swarm))
+        .route("/secrets", any(not_swarm))
+        .route("/secrets/{*rest}", any(not_swarm))
+        .route("/configs", any(not_swarm))
+        .route("/configs/{*rest}", any(not_swarm))
+        .route("/plugins", get(|| async { axum::Json(serde_json::json!([])) }))
         .route("/build", post(build::build))
         .route("/build/prune", post(build::prune))
         .fallback(not_found)

@@ -208,7 +208,7 @@ pub async fn df(State(engine): State<Engine>) -> Json<Value> {
         .map(|c| {
             let size_rw = berth_runtime::snapshot::disk_usage(&root.join(&c.id).join("upper"));
             json!({"Id": c.id, "Names": [format!("/{}", c.name)], "Image": c.config.image, "ImageID": c.image_id,
-                   "State": c.state.status.as_str(), "SizeRw": size_rw, "SizeRootFs": size_rw, "Mounts": []})
+                   "State": c.state.status_str(), "SizeRw": size_rw, "SizeRootFs": size_rw, "Mounts": []})
         })
         .collect();
     let volumes: Vec<Value> = engine
