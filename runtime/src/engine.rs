@@ -5,6 +5,7 @@
 mod archive;
 mod containers;
 mod exec;
+mod health;
 mod images;
 mod io;
 mod mounts;

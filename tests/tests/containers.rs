@@ -412,3 +412,55 @@ fn log_drivers_as_dockerd_has_them() {
     let (_, err) = a.fails(&["run", "--log-opt", "bogus=1", &img, "true"]);
     assert!(err.contains("unknown log opt 'bogus' for json-file log driver"), "{err}");
 }
+
+#[test]
+fn health_checks_run_and_report() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    // Healthy once the file exists; the check counts its runs.
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "checked",
+        "--health-cmd",
+        "echo probe >> /runs; test -e /ready",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        &img,
+        "sh",
+        "-c",
+        "sleep 1; touch /ready; sleep 300",
+    ]);
+    let health = |name: &str| inspect(&a, name)["State"]["Health"].clone();
+    assert!(eventually(20, || health("checked")["Status"] == "healthy"), "{}", health("checked"));
+    let h = health("checked");
+    assert!(h["Log"].as_array().is_some_and(|l| !l.is_empty() && l.len() <= 5), "{h}");
+    assert_eq!(h["FailingStreak"], 0);
+    assert!(a.ok(&["ps", "--format", "{{.Status}}"]).contains("(healthy)"));
+    // Failing twice in a row: unhealthy, with the probe's output and exit code kept.
+    a.ok(&["exec", "checked", "rm", "/ready"]);
+    assert!(eventually(20, || health("checked")["Status"] == "unhealthy"), "{}", health("checked"));
+    let last = health("checked")["Log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["ExitCode"], 1, "{last}");
+    // The image's check comes with it; NONE turns it off; events tell each change.
+    a.ok(&["run", "-d", "--name", "off", "--no-healthcheck", &img, "sleep", "300"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(health("off").is_null(), "{}", health("off"));
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    let until = until.to_string();
+    let events = a.ok(&[
+        "events",
+        "--since",
+        "1970-01-01",
+        "--until",
+        &until,
+        "--filter",
+        "container=checked",
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert!(events.contains("health_status: healthy") && events.contains("health_status: unhealthy"), "{events}");
+}

@@ -60,6 +60,30 @@ pub struct State {
     /// Frozen by `docker pause` (the status stays running underneath).
     #[serde(default)]
     pub paused: bool,
+    /// The health check's verdict, for containers that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// Docker's `State.Health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Health {
+    /// `starting`, `healthy` or `unhealthy`.
+    pub status: String,
+    pub failing_streak: u64,
+    /// The last five probes.
+    pub log: Vec<HealthProbe>,
+}
+
+/// One probe of a health check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthProbe {
+    pub start: String,
+    pub end: String,
+    pub exit_code: i64,
+    pub output: String,
 }
 
 impl State {
@@ -179,6 +203,22 @@ pub fn merge_config(req: &ContainerConfig, image: &ImageConfig) -> Result<Contai
     }
     if out.stop_signal.is_none() {
         out.stop_signal = img.stop_signal.clone();
+    }
+    // The image's health check, unless the request brings one; `--health-*` flags alone
+    // (an empty Test) change only the timings of the image's check.
+    if let Some(hc) = img.extra.get("Healthcheck") {
+        match out.extra.get_mut("Healthcheck") {
+            None => {
+                out.extra.insert("Healthcheck".into(), hc.clone());
+            }
+            Some(mine) => {
+                if mine.get("Test").and_then(|t| t.as_array()).is_none_or(|t| t.is_empty())
+                    && let Some(test) = hc.get("Test")
+                {
+                    mine["Test"] = test.clone();
+                }
+            }
+        }
     }
     Ok(out)
 }

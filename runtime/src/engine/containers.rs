@@ -340,11 +340,13 @@ impl Engine {
                 finished_at: String::new(),
                 oom_killed: false,
                 paused: false,
+                health: None,
             };
             r.manually_stopped = false;
             r.net = net_record;
         })?;
         self.container_event(&ctr.snapshot(), "start", &[]);
+        self.watch_health(ctr);
         tracing::info!(container = %id, pid, "started");
 
         let log_path = ctr.dir.join(format!("{id}-json.log"));

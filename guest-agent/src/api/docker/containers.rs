@@ -119,6 +119,7 @@ fn inspect_json(rec: &ContainerRecord, root: &std::path::Path) -> Value {
             "Error": st.error,
             "StartedAt": if st.started_at.is_empty() { ZERO_TIME } else { &st.started_at },
             "FinishedAt": if st.finished_at.is_empty() { ZERO_TIME } else { &st.finished_at },
+            "Health": st.health,
         },
         "Image": rec.image_id,
         "ResolvConfPath": dir.join("resolv.conf"),
@@ -161,7 +162,11 @@ fn ago(t: &str) -> String {
 fn status_text(rec: &ContainerRecord) -> String {
     match rec.state.status {
         Status::Running if rec.state.paused => format!("Up {} (Paused)", ago(&rec.state.started_at)),
-        Status::Running => format!("Up {}", ago(&rec.state.started_at)),
+        Status::Running => match rec.state.health.as_ref().map(|h| h.status.as_str()) {
+            Some("starting") => format!("Up {} (health: starting)", ago(&rec.state.started_at)),
+            Some(h) => format!("Up {} ({h})", ago(&rec.state.started_at)),
+            None => format!("Up {}", ago(&rec.state.started_at)),
+        },
         Status::Restarting => format!("Restarting ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at)),
         Status::Exited if !rec.state.finished_at.is_empty() => {
             format!("Exited ({}) {} ago", rec.state.exit_code, ago(&rec.state.finished_at))
