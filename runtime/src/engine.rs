@@ -9,6 +9,7 @@ mod health;
 mod images;
 mod io;
 mod mounts;
+mod networks;
 mod stats;
 mod update;
 mod volumes;
@@ -26,6 +27,7 @@ pub use containers::{CreateRequest, WaitCondition, console_size};
 pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;
 pub use io::{AttachIo, LogStream};
+pub use networks::{NetworkCreate, NetworkInfo, mode_name, on_network};
 pub use stats::StatsSample;
 pub use update::{Change, ChangeKind, Update};
 pub use volumes::VolumeInfo;
@@ -76,6 +78,7 @@ pub enum ErrorKind {
     Conflict,
     InvalidArgument,
     NotModified,
+    Forbidden,
     Internal,
 }
 
@@ -90,6 +93,8 @@ pub enum EngineError {
     InvalidArgument(String),
     #[error("{0}")]
     NotModified(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -124,6 +129,7 @@ impl EngineError {
                 ErrorKind::InvalidArgument
             }
             EngineError::NotModified(_) => ErrorKind::NotModified,
+            EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::Image(e) => match e {
                 ImageError::NotFound(_) | ImageError::ManifestUnknown(_) | ImageError::Denied { .. } => {
                     ErrorKind::NotFound
@@ -300,7 +306,10 @@ pub(crate) struct Inner {
     pub containers: Mutex<BTreeMap<String, Arc<Ctr>>>,
     pub execs: Mutex<HashMap<String, Arc<exec::Exec>>>,
     pub shutting_down: AtomicBool,
-    pub bridge: crate::network::Bridge,
+    pub bridge: Arc<crate::network::Bridge>,
+    /// User-defined networks by ID.
+    pub networks: Mutex<BTreeMap<String, Arc<crate::network::user::UserNetwork>>>,
+    pub network_store: crate::network::user::NetworkStore,
     pub events: crate::events::Events,
     /// The user's machine's side of published ports, when the engine runs in a VM.
     pub host_side: Mutex<Option<Arc<dyn crate::network::ports::HostSide>>>,
@@ -332,6 +341,8 @@ impl Engine {
             insecure_registries: Arc::new(config.insecure_registries.clone()),
             host_loopback: config.host_loopback.as_deref().map(Arc::from),
         };
+        let (network_store, network_records) = crate::network::user::NetworkStore::open(&root.join("networks"))
+            .map_err(|e| EngineError::Network(Box::new(e)))?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 root: root.clone(),
@@ -342,11 +353,20 @@ impl Engine {
                 execs: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
                 events: crate::events::Events::default(),
-                bridge: crate::network::Bridge::new(&config.bridge.name, config.bridge.gateway, config.bridge.prefix),
+                bridge: Arc::new(crate::network::Bridge::new(
+                    &config.bridge.name,
+                    config.bridge.gateway,
+                    config.bridge.prefix,
+                )),
+                networks: Mutex::new(BTreeMap::new()),
+                network_store,
                 host_side: Mutex::new(None),
                 build_cache: Mutex::new(crate::build::cache::BuildCache::open(&root.join("builder"))?),
             }),
         };
+        for rec in network_records {
+            engine.insert_network(rec);
+        }
         engine.load_containers()?;
         Ok(engine)
     }

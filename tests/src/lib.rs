@@ -421,6 +421,28 @@ impl Agent {
         for rule in rules {
             let _ = Command::new("iptables").arg("-w").args(rule).output();
         }
+        // The bridges of the user-defined networks it made, and every rule naming them (or
+        // this agent's default bridge, in the isolation chain).
+        let mut names = vec![b.to_owned()];
+        for e in std::fs::read_dir(self.data_root().join("networks")).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().trim_end_matches(".json").to_owned();
+            if id.len() >= 12 {
+                let bridge = format!("br-{}", &id[..12]);
+                let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+                names.push(bridge);
+            }
+        }
+        for table in ["filter", "nat"] {
+            let Ok(out) = Command::new("iptables").args(["-w", "-t", table, "-S"]).output() else { continue };
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if words.first() == Some(&"-A") && names.iter().any(|n| words.contains(&n.as_str())) {
+                    let mut del = vec!["-w", "-t", table, "-D"];
+                    del.extend_from_slice(&words[1..]);
+                    let _ = Command::new("iptables").args(&del).output();
+                }
+            }
+        }
     }
 }
 

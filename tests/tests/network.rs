@@ -178,3 +178,127 @@ fn published_tcp_and_udp_ports() {
     a.ok(&["rm", "-f", "udp"]);
     let _ = std::io::stdout().flush();
 }
+
+/// User-defined networks: IPAM as asked, containers finding each other by name and alias
+/// through the network's DNS (and the world through it too), no traffic between networks,
+/// inspect as dockerd shows it, rm and prune.
+#[test]
+fn user_networks_with_dns_ipam_and_isolation() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let third: u8 = a.subnet.split('.').nth(2).unwrap().parse().unwrap();
+    // A subnet of its own per test agent (they share this machine's network namespace).
+    let subnet = format!("10.{}.{}.0/24", 200 + third / 100, third);
+    let prefix = format!("10.{}.{}.", 200 + third / 100, third);
+    let net = a.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet,
+        "--ip-range",
+        &format!("{prefix}128/25"),
+        "--label",
+        "k=v",
+        "appnet",
+    ]);
+    assert_eq!(net.trim().len(), 64, "{net}");
+    let (_, err) = a.fails(&["network", "create", "appnet"]);
+    assert!(err.contains("network with name appnet already exists"), "{err}");
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "appnet",
+        "--network-alias",
+        "database",
+        &img,
+        "sh",
+        "-c",
+        "while true; do echo from-db | nc -l -p 5432; done",
+    ]);
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "pinned",
+        "--network",
+        "appnet",
+        "--ip",
+        &format!("{prefix}10"),
+        &img,
+        "sleep",
+        "300",
+    ]);
+    let db_ip = a.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.appnet.IPAddress}}", "db"]).trim().to_owned();
+    let last: u8 = db_ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(db_ip.starts_with(&prefix) && last >= 128, "--ip-range not honoured: {db_ip}");
+    assert_eq!(
+        a.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.appnet.IPAddress}}", "pinned"]).trim(),
+        format!("{prefix}10")
+    );
+    // By name, by alias, and by name.network, from a third container.
+    for name in ["db", "database", "db.appnet"] {
+        let got = a.docker(&["run", "--rm", "--network", "appnet", &img, "nc", name, "5432"]);
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout),
+            "from-db\n",
+            "{name}: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
+    let looked = a.ok(&["run", "--rm", "--network", "appnet", &img, "nslookup", "pinned"]);
+    assert!(looked.contains(&format!("{prefix}10")), "{looked}");
+    // A name that is no container goes to the engine's resolvers, which do not know it.
+    a.fails(&["run", "--rm", "--network", "appnet", &img, "nslookup", "nosuchcontainer"]);
+    // Inspect: the network with its pool and containers; the container's endpoint.
+    let v: serde_json::Value = serde_json::from_str(&a.ok(&["network", "inspect", "appnet"])).unwrap();
+    let n = &v[0];
+    assert_eq!(n["IPAM"]["Config"][0]["Subnet"], subnet.as_str());
+    assert_eq!(n["IPAM"]["Config"][0]["Gateway"], format!("{prefix}1"));
+    assert_eq!(n["Labels"]["k"], "v");
+    assert_eq!(n["Containers"].as_object().unwrap().len(), 2, "{n}");
+    let ep: serde_json::Value =
+        serde_json::from_str(&a.ok(&["inspect", "-f", "{{json .NetworkSettings.Networks.appnet}}", "db"])).unwrap();
+    assert!(ep["Aliases"].as_array().unwrap().iter().any(|x| x == "database"), "{ep}");
+    assert_eq!(ep["NetworkID"], n["Id"]);
+    assert_eq!(ep["Gateway"], format!("{prefix}1"));
+    // Isolation: the default bridge cannot reach the user network, nor it the default one.
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "outside",
+        &img,
+        "sh",
+        "-c",
+        "while true; do echo from-outside | nc -l -p 7001; done",
+    ]);
+    let outside_ip = a.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "outside"]).trim().to_owned();
+    let cross = a.docker(&["run", "--rm", &img, "nc", "-w", "2", &db_ip, "5432"]);
+    assert!(cross.stdout.is_empty(), "the default bridge reached appnet: {cross:?}");
+    let cross = a.docker(&["run", "--rm", "--network", "appnet", &img, "nc", "-w", "2", &outside_ip, "7001"]);
+    assert!(cross.stdout.is_empty(), "appnet reached the default bridge: {cross:?}");
+    // ls with filters; rm refused while in use; prune takes the unused only.
+    a.ok(&["network", "create", "spare"]);
+    let ls = a.ok(&["network", "ls", "--filter", "label=k=v", "--format", "{{.Name}}"]);
+    assert_eq!(ls.trim(), "appnet");
+    let all = a.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    for want in ["bridge bridge", "host host", "none null", "appnet bridge", "spare bridge"] {
+        assert!(all.contains(want), "{want} in {all}");
+    }
+    let (_, err) = a.fails(&["network", "rm", "appnet"]);
+    assert!(err.contains("has active endpoints"), "{err}");
+    let (_, err) = a.fails(&["network", "rm", "bridge"]);
+    assert!(err.contains("pre-defined network and cannot be removed"), "{err}");
+    let pruned = a.ok(&["network", "prune", "-f"]);
+    assert!(pruned.contains("spare") && !pruned.contains("appnet"), "{pruned}");
+    a.ok(&["rm", "-f", "db", "pinned", "outside"]);
+    a.ok(&["network", "rm", "appnet"]);
+    let bridges = sh("ip -o link show type bridge").stdout;
+    assert!(
+        !String::from_utf8_lossy(&bridges).contains(&format!("br-{}", &net.trim()[..12])),
+        "the bridge outlived its network"
+    );
+}

@@ -678,6 +678,7 @@ impl Builder<'_> {
                 ..Default::default()
             },
             host_config: HostConfig { network_mode: self.opts.network_mode.clone(), ..Default::default() },
+            endpoints: BTreeMap::new(),
         };
         Ok(self.engine.create(req).await?.0)
     }

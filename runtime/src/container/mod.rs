@@ -141,6 +141,20 @@ pub struct ContainerRecord {
     /// Set when the user stopped it (restart policies leave it alone then).
     #[serde(default)]
     pub manually_stopped: bool,
+    /// Per network (by name): what the create asked for (`NetworkingConfig.EndpointsConfig`).
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// A container's settings on one network.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Names it is found by on the network besides its own.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip`: the address it asks for.
+    #[serde(default)]
+    pub ipv4: String,
 }
 
 impl ContainerRecord {

@@ -23,6 +23,8 @@ pub struct CreateRequest {
     pub name: Option<String>,
     pub config: ContainerConfig,
     pub host_config: HostConfig,
+    /// `NetworkingConfig.EndpointsConfig`, by network name.
+    pub endpoints: std::collections::BTreeMap<String, crate::container::Endpoint>,
 }
 
 /// `POST /containers/{id}/wait?condition=`.
@@ -153,8 +155,27 @@ impl Engine {
             crate::container::logs::check_config(log.get("Type").and_then(|t| t.as_str()).unwrap_or(""), &log_opts)
                 .map_err(EngineError::InvalidArgument)?;
         host.extra.insert("LogConfig".into(), serde_json::json!({"Type": driver, "Config": log_opts}));
-        if network::parse_mode(&host.network_mode).is_none() {
-            return Err(EngineError::NotFound(format!("network {} not found", host.network_mode)));
+        let attach = self.attach_of(&host.network_mode)?;
+        let endpoints = req.endpoints;
+        for ep in endpoints.values().filter(|e| !e.ipv4.is_empty()) {
+            match &attach {
+                super::networks::Attach::Bridge(_, Some(n)) if n.record.user_subnet => {
+                    ep.ipv4
+                        .parse::<std::net::Ipv4Addr>()
+                        .map_err(|_| EngineError::InvalidArgument(format!("invalid IPv4 address: {}", ep.ipv4)))?;
+                }
+                super::networks::Attach::Bridge(_, Some(_)) => {
+                    return Err(EngineError::InvalidArgument(
+                        "user specified IP address is supported only when connecting to networks with user configured subnets"
+                            .into(),
+                    ));
+                }
+                _ => {
+                    return Err(EngineError::InvalidArgument(
+                        "user specified IP address is supported on user defined networks only".into(),
+                    ));
+                }
+            }
         }
         let id = random_id();
         if config.hostname.is_empty() {
@@ -208,6 +229,7 @@ impl Engine {
             net: NetRecord::default(),
             chain: image.chain(),
             manually_stopped: false,
+            endpoints,
         };
         let ctr = Ctr::new(rec, dir);
         ctr.update(|_| {})?;
@@ -243,15 +265,27 @@ impl Engine {
     async fn start_locked(&self, ctr: &Arc<Ctr>, rec: ContainerRecord) -> Result<(), EngineError> {
         let id = rec.id.clone();
         let overlay = self.inner.stores.snapshots.prepare(&id, &rec.chain).map_err(ImageError::from)?;
-        let mode = network::parse_mode(&rec.host_config.network_mode).unwrap_or(network::Mode::Bridge);
+        let (mode, bridge, user_net) = match self.attach_of(&rec.host_config.network_mode)? {
+            super::networks::Attach::Bridge(b, n) => (network::Mode::Bridge, Some(b), n),
+            super::networks::Attach::None => (network::Mode::None, None, None),
+            super::networks::Attach::Host => (network::Mode::Host, None, None),
+        };
         let net = if mode == network::Mode::Host { NetMode::Host } else { NetMode::New };
-        let (eth0, published) = self.prepare_network(&rec, mode).await?;
-        let release = |engine: &Engine| {
-            if let Some(e) = &eth0 {
-                engine.inner.bridge.release(e.address);
+        if let Some(n) = &user_net {
+            self.ensure_network(n).await?;
+        }
+        let preferred = user_net
+            .as_ref()
+            .and_then(|n| rec.endpoints.get(&n.record.name).or(rec.endpoints.get(&rec.host_config.network_mode)))
+            .and_then(|e| e.ipv4.parse().ok());
+        let (eth0, published) = self.prepare_network(&rec, bridge.clone(), preferred).await?;
+        let release = |_: &Engine| {
+            if let (Some(e), Some(b)) = (&eth0, &bridge) {
+                b.release(e.address);
             }
         };
-        let etc_files = match self.write_etc_files(ctr, &rec, eth0.as_ref()) {
+        let nameserver = user_net.as_ref().map(|n| n.record.pool.gateway);
+        let etc_files = match self.write_etc_files(ctr, &rec, eth0.as_ref(), nameserver) {
             Ok(f) => f,
             Err(e) => {
                 release(self);
@@ -280,7 +314,7 @@ impl Engine {
             }
         };
         let cg = cgroup.clone();
-        let bridge = &self.inner.bridge;
+        let attach_bridge = bridge.clone();
         let id2 = id.clone();
         let launched = launch::launch(
             &self.inner.helper,
@@ -290,8 +324,8 @@ impl Engine {
             rec.config.open_stdin,
             move |pid| async move {
                 cg.add(pid).map_err(|e| e.to_string())?;
-                if let Some(e) = &eth0 {
-                    bridge.attach(&id2, pid, e).await.map_err(|e| e.to_string())?;
+                if let (Some(e), Some(b)) = (&eth0, &attach_bridge) {
+                    b.attach(&id2, pid, e).await.map_err(|e| e.to_string())?;
                 }
                 Ok(())
             },
@@ -314,7 +348,7 @@ impl Engine {
         *ctr.confinement.lock().expect("lock") = Some(confinement);
         let net_record = match (&eth0, &published) {
             (Some(e), Some(p)) => NetRecord {
-                mode: "bridge".into(),
+                mode: user_net.as_ref().map(|n| n.record.name.clone()).unwrap_or_else(|| "bridge".into()),
                 ip: e.address.to_string(),
                 gateway: e.gateway.to_string(),
                 prefix: e.prefix,
@@ -398,14 +432,12 @@ impl Engine {
     async fn prepare_network(
         &self,
         rec: &ContainerRecord,
-        mode: network::Mode,
+        bridge: Option<Arc<network::Bridge>>,
+        preferred: Option<std::net::Ipv4Addr>,
     ) -> Result<(Option<network::Eth0>, Option<network::ports::Published>), EngineError> {
-        if mode != network::Mode::Bridge {
-            return Ok((None, None));
-        }
-        let bridge = &self.inner.bridge;
+        let Some(bridge) = bridge else { return Ok((None, None)) };
         bridge.ensure().await.map_err(|e| EngineError::Network(Box::new(e)))?;
-        let eth0 = bridge.allocate(None).map_err(|e| EngineError::Network(Box::new(e)))?;
+        let eth0 = bridge.allocate(preferred).map_err(|e| EngineError::Network(Box::new(e)))?;
         let endpoint = format!("{} ({})", rec.name, &rec.id[..12]);
         let hc = &rec.host_config;
         let host = self.inner.host_side.lock().expect("lock").clone();
@@ -455,8 +487,12 @@ impl Engine {
         if let Some(p) = published {
             p.close().await;
         }
-        if let Ok(ip) = ctr.snapshot().net.ip.parse() {
-            self.inner.bridge.release(ip);
+        let net = ctr.snapshot().net;
+        if let Ok(ip) = net.ip.parse() {
+            match self.user_network(&net.mode) {
+                Some(n) if net.mode != "bridge" => n.bridge.release(ip),
+                _ => self.inner.bridge.release(ip),
+            }
         }
         let rec = match ctr.update(|r| {
             r.net = NetRecord::default();

@@ -150,6 +150,7 @@ impl Engine {
         ctr: &Ctr,
         rec: &ContainerRecord,
         eth0: Option<&network::Eth0>,
+        nameserver: Option<std::net::Ipv4Addr>,
     ) -> Result<Vec<(PathBuf, String)>, EngineError> {
         let host_mode = rec.host_config.network_mode == "host";
         let hostname_path = ctr.dir.join("hostname");
@@ -200,6 +201,9 @@ impl Engine {
         std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;
         let resolv = if !rec.host_config.dns.is_empty() {
             rec.host_config.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+        } else if let Some(ns) = nameserver {
+            // A user-defined network's embedded DNS server, on its gateway.
+            format!("nameserver {ns}\noptions ndots:0\n")
         } else if host_mode {
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
         } else {

@@ -11,8 +11,10 @@
 //! Links and NAT rules are made with iproute2's `ip` and `iptables`, the standard tools for the
 //! job, from a tokio task; see docs/architecture.md for why and for the plan to move to netlink.
 
+pub mod dns;
 pub mod iface;
 pub mod ports;
+pub mod user;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -37,6 +39,8 @@ pub enum NetworkError {
     PortAllocated { endpoint: String, addr: String },
     #[error("invalid port specification: {0:?}")]
     BadPort(String),
+    #[error("{0}")]
+    BadAddress(String),
     #[error("binding {addr}")]
     Bind {
         addr: String,
@@ -80,9 +84,18 @@ pub struct Bridge {
     pub name: String,
     pub gateway: Ipv4Addr,
     pub prefix: u8,
+    /// Where addresses are taken from, when narrower than the subnet (`--ip-range`).
+    pub range: Option<(Ipv4Addr, u8)>,
+    /// For a user-defined network: the engine's default bridge, which it is isolated from.
+    pub isolated_from: Option<String>,
+    /// No traffic out of the subnet (`--internal`).
+    pub internal: bool,
     used: Mutex<HashSet<Ipv4Addr>>,
     ready: tokio::sync::OnceCell<()>,
 }
+
+/// The chain every bridge's isolation rules live in, jumped to first from `FORWARD`.
+const ISOLATION: &str = "BERTH-ISOLATION";
 
 async fn run(args: &[&str]) -> Result<(), NetworkError> {
     let out = tokio::process::Command::new(args[0])
@@ -124,9 +137,66 @@ impl Bridge {
             name: name.to_owned(),
             gateway,
             prefix,
+            range: None,
+            isolated_from: None,
+            internal: false,
             used: Mutex::new(HashSet::new()),
             ready: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The bridge of a user-defined network, kept apart from the engine's other bridges.
+    pub fn user(name: &str, pool: &user::Pool, default_bridge: &str, internal: bool) -> Bridge {
+        let mut b = Bridge::new(name, pool.gateway, pool.prefix);
+        b.range = pool.range;
+        b.isolated_from = Some(default_bridge.to_owned());
+        b.internal = internal;
+        b
+    }
+
+    /// Traffic between this bridge and any other of the engine's is dropped; within it, and
+    /// out to the world, it flows (as dockerd's DOCKER-ISOLATION chains have it).
+    async fn isolate(&self, default_bridge: &str) -> Result<(), NetworkError> {
+        let _ = run(&["iptables", "-w", "-N", ISOLATION]).await;
+        let me = self.name.as_str();
+        ensure_rule("filter", ISOLATION, &["-i", me, "-o", me, "-j", "RETURN"], true).await?;
+        for other in ["br-+", default_bridge] {
+            ensure_rule("filter", ISOLATION, &["-i", me, "-o", other, "-j", "DROP"], false).await?;
+            ensure_rule("filter", ISOLATION, &["-i", other, "-o", me, "-j", "DROP"], false).await?;
+        }
+        if self.internal {
+            ensure_rule("filter", ISOLATION, &["-i", me, "!", "-o", me, "-j", "DROP"], false).await?;
+            ensure_rule("filter", ISOLATION, &["-o", me, "!", "-i", me, "-j", "DROP"], false).await?;
+        }
+        // First in FORWARD, above the ACCEPT rules every bridge adds.
+        let _ = run(&["iptables", "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
+        run(&["iptables", "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await
+    }
+
+    /// Removes the bridge and every rule it added.
+    pub async fn teardown(&self) {
+        let me = self.name.as_str();
+        let subnet = self.subnet();
+        let rules: Vec<(&str, &str, Vec<&str>)> = vec![
+            ("nat", "POSTROUTING", vec!["-s", &subnet, "!", "-o", me, "-j", "MASQUERADE"]),
+            ("filter", "FORWARD", vec!["-i", me, "-j", "ACCEPT"]),
+            ("filter", "FORWARD", vec!["-o", me, "-j", "ACCEPT"]),
+            ("filter", ISOLATION, vec!["-i", me, "-o", me, "-j", "RETURN"]),
+            ("filter", ISOLATION, vec!["-i", me, "!", "-o", me, "-j", "DROP"]),
+            ("filter", ISOLATION, vec!["-o", me, "!", "-i", me, "-j", "DROP"]),
+        ];
+        let default = self.isolated_from.clone().unwrap_or_default();
+        let mut all = rules;
+        for other in ["br-+", default.as_str()] {
+            all.push(("filter", ISOLATION, vec!["-i", me, "-o", other, "-j", "DROP"]));
+            all.push(("filter", ISOLATION, vec!["-i", other, "-o", me, "-j", "DROP"]));
+        }
+        for (table, chain, rule) in all {
+            let mut del = vec!["iptables", "-w", "-t", table, "-D", chain];
+            del.extend_from_slice(&rule);
+            while run(&del).await.is_ok() {}
+        }
+        let _ = run(&["ip", "link", "del", me]).await;
     }
 
     fn subnet(&self) -> String {
@@ -147,10 +217,24 @@ impl Bridge {
                 std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                     .map_err(|source| NetworkError::Spawn { command: "enable ip_forward".into(), source })?;
                 let subnet = self.subnet();
-                ensure_rule("nat", "POSTROUTING", &["-s", &subnet, "!", "-o", &self.name, "-j", "MASQUERADE"], false)
+                if !self.internal {
+                    ensure_rule(
+                        "nat",
+                        "POSTROUTING",
+                        &["-s", &subnet, "!", "-o", &self.name, "-j", "MASQUERADE"],
+                        false,
+                    )
                     .await?;
+                }
                 ensure_rule("filter", "FORWARD", &["-i", &self.name, "-j", "ACCEPT"], true).await?;
                 ensure_rule("filter", "FORWARD", &["-o", &self.name, "-j", "ACCEPT"], true).await?;
+                if let Some(default) = &self.isolated_from {
+                    self.isolate(default).await?;
+                } else if run(&["iptables", "-w", "-n", "-L", ISOLATION]).await.is_ok() {
+                    // User networks came first: their isolation stays above this bridge's ACCEPTs.
+                    let _ = run(&["iptables", "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
+                    run(&["iptables", "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await?;
+                }
                 tracing::info!(bridge = %self.name, subnet = %subnet, "bridge network ready");
                 Ok(())
             })
@@ -163,15 +247,30 @@ impl Bridge {
         let mut used = self.used.lock().expect("ipam lock");
         let base = u32::from(self.gateway) & u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
         let size = 1u32 << (32 - self.prefix as u32);
-        let candidate =
-            preferred.filter(|p| !used.contains(p) && *p != self.gateway && u32::from(*p) & !(size - 1) == base);
-        let address = match candidate {
-            Some(p) => p,
-            None => (2..size - 1)
-                .map(|i| Ipv4Addr::from(base + i))
-                .find(|a| !used.contains(a) && *a != self.gateway)
-                .ok_or_else(|| NetworkError::Exhausted(self.subnet()))?,
+        let in_subnet = |a: Ipv4Addr| u32::from(a) & !(size - 1) == base;
+        if let Some(p) = preferred {
+            if !in_subnet(p) || p == self.gateway {
+                return Err(NetworkError::BadAddress(format!(
+                    "no configured subnet or ip-range contain the IP address {p}"
+                )));
+            }
+            if used.contains(&p) {
+                return Err(NetworkError::BadAddress("Address already in use".into()));
+            }
+            used.insert(p);
+            return Ok(Eth0 { address: p, prefix: self.prefix, gateway: self.gateway });
+        }
+        let (from, count) = match self.range {
+            Some((r, p)) => (u32::from(r) & user::mask(p), 1u32 << (32 - p as u32)),
+            None => (base, size),
         };
+        let address = (0..count)
+            .map(|i| Ipv4Addr::from(from.wrapping_add(i)))
+            .find(|a| {
+                let n = u32::from(*a);
+                in_subnet(*a) && n > base + 1 && n < base + size - 1 && *a != self.gateway && !used.contains(a)
+            })
+            .ok_or_else(|| NetworkError::Exhausted(self.subnet()))?;
         used.insert(address);
         Ok(Eth0 { address, prefix: self.prefix, gateway: self.gateway })
     }

@@ -37,14 +37,18 @@ pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, body: Bytes) -
         Some(Value::Null) | None => HostConfig::default(),
         Some(h) => serde_json::from_value(h).map_err(|e| ApiError::invalid(format!("invalid HostConfig: {e}")))?,
     };
-    obj.remove("NetworkingConfig");
+    let endpoints: std::collections::BTreeMap<String, berth_runtime::container::Endpoint> = obj
+        .remove("NetworkingConfig")
+        .and_then(|n| n.get("EndpointsConfig").and_then(Value::as_object).cloned())
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), super::networks::endpoint_of(Some(v)))).collect())
+        .unwrap_or_default();
     let config: ContainerConfig =
         serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))?;
     if config.image.is_empty() {
         return Err(ApiError::invalid("config cannot be empty in order to create a container"));
     }
     let (id, warnings) =
-        engine.create(CreateRequest { name: q.get("name").cloned(), config, host_config: host }).await?;
+        engine.create(CreateRequest { name: q.get("name").cloned(), config, host_config: host, endpoints }).await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warnings": warnings}))).into_response())
 }
 
@@ -74,25 +78,50 @@ fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
         .collect()
 }
 
-fn network_settings(rec: &ContainerRecord) -> Value {
-    let mode = if rec.host_config.network_mode.is_empty() || rec.host_config.network_mode == "default" {
-        "bridge".to_owned()
-    } else {
-        rec.host_config.network_mode.clone()
-    };
+fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
+    let mode = berth_runtime::engine::mode_name(&rec.host_config.network_mode).to_owned();
+    let network = engine.network(&mode).ok();
+    let name = network.as_ref().map(|n| n.name.clone()).unwrap_or(mode.clone());
+    let id = network.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+    let ep = rec.endpoints.get(&name).or(rec.endpoints.get(&rec.host_config.network_mode)).cloned().unwrap_or_default();
+    let running = rec.running() && !rec.net.ip.is_empty();
+    let mut aliases = ep.aliases.clone();
+    if network.as_ref().is_some_and(|n| !n.builtin) && !aliases.contains(&rec.id[..12].to_owned()) {
+        aliases.push(rec.id[..12].to_owned());
+    }
+    let user_net = network.as_ref().is_some_and(|n| !n.builtin);
+    let one = json!({
+        "IPAMConfig": if ep.ipv4.is_empty() { Value::Null } else { json!({"IPv4Address": ep.ipv4}) },
+        "Links": null,
+        "Aliases": if user_net { json!(aliases) } else { Value::Null },
+        "MacAddress": rec.net.mac,
+        "DriverOpts": null,
+        "NetworkID": id,
+        "EndpointID": if running { super::networks::endpoint_id(&rec.id, &id) } else { String::new() },
+        "Gateway": rec.net.gateway,
+        "IPAddress": rec.net.ip,
+        "IPPrefixLen": rec.net.prefix,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": if user_net { json!([rec.name.clone(), rec.id[..12].to_owned()].into_iter().chain(ep.aliases.iter().cloned()).collect::<Vec<_>>()) } else { Value::Null },
+    });
+    let default = name == "bridge";
     json!({
         "Bridge": "",
         "SandboxID": "",
         "Ports": ports_json(rec),
-        "IPAddress": rec.net.ip,
-        "Gateway": rec.net.gateway,
-        "IPPrefixLen": rec.net.prefix,
-        "MacAddress": rec.net.mac,
-        "Networks": { mode: {"IPAddress": rec.net.ip, "Gateway": rec.net.gateway, "IPPrefixLen": rec.net.prefix, "MacAddress": rec.net.mac, "NetworkID": rec.host_config.network_mode} },
+        "SandboxKey": "",
+        "EndpointID": if default && running { super::networks::endpoint_id(&rec.id, &id) } else { String::new() },
+        "IPAddress": if default { rec.net.ip.clone() } else { String::new() },
+        "Gateway": if default { rec.net.gateway.clone() } else { String::new() },
+        "IPPrefixLen": if default { rec.net.prefix } else { 0 },
+        "MacAddress": if default { rec.net.mac.clone() } else { String::new() },
+        "Networks": { name: one },
     })
 }
 
-fn inspect_json(rec: &ContainerRecord, root: &std::path::Path) -> Value {
+fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) -> Value {
     let st = &rec.state;
     let dir = root.join("containers").join(&rec.id);
     let mut host = serde_json::to_value(&rec.host_config).unwrap_or(Value::Null);
@@ -138,7 +167,7 @@ fn inspect_json(rec: &ContainerRecord, root: &std::path::Path) -> Value {
         "GraphDriver": {"Name": "overlay2", "Data": null},
         "Mounts": mounts_json(rec),
         "Config": rec.config,
-        "NetworkSettings": network_settings(rec),
+        "NetworkSettings": network_settings(engine, rec),
     })
 }
 
@@ -256,7 +285,7 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
             "State": rec.state.status_str(),
             "Status": status_text(&rec),
             "HostConfig": {"NetworkMode": if rec.host_config.network_mode.is_empty() { "bridge" } else { &rec.host_config.network_mode }},
-            "NetworkSettings": {"Networks": network_settings(&rec)["Networks"].clone()},
+            "NetworkSettings": {"Networks": network_settings(&engine, &rec)["Networks"].clone()},
             "Mounts": mounts_json(&rec),
         }));
         if limit.is_some_and(|l| out.len() as i64 >= l) {
@@ -304,7 +333,9 @@ pub async fn dispatch(
     let method = req.method().clone();
     let timeout = q.get("t").or(q.get("timeout")).and_then(|t| t.parse::<i64>().ok());
     match (method.clone(), action.as_str()) {
-        (Method::GET, "json") => Ok(Json(inspect_json(&engine.container(&id)?, engine.root())).into_response()),
+        (Method::GET, "json") => {
+            Ok(Json(inspect_json(&engine, &engine.container(&id)?, engine.root())).into_response())
+        }
         (Method::POST, "start") => {
             engine.start(&id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())

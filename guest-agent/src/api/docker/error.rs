@@ -30,6 +30,7 @@ impl From<EngineError> for ApiError {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorKind::NotModified => StatusCode::NOT_MODIFIED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         // The full chain: dockerd's messages name the cause after the context.

@@ -10,6 +10,7 @@ mod containers;
 mod error;
 mod exec;
 mod images;
+mod networks;
 mod stats;
 mod stream;
 mod system;
@@ -128,7 +129,12 @@ pub fn router(engine: Engine) -> Router {
         .route("/volumes/create", post(volumes::create))
         .route("/volumes/prune", post(volumes::prune))
         .route("/volumes/{name}", get(volumes::inspect).delete(volumes::remove))
-        .route("/networks", get(system::networks))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route("/networks/prune", post(networks::prune))
+        .route("/networks/{id}", get(networks::inspect).delete(networks::remove))
+        .route("/networks/{id}/connect", post(networks::connect))
+        .route("/networks/{id}/disconnect", post(networks::disconnect))
         .route("/commit", post(archive::commit))
         .route("/swarm", any(not_swarm))
         .route("/swarm/{*rest}", any(not_swarm))

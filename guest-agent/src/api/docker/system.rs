@@ -233,11 +233,3 @@ pub async fn df(State(engine): State<Engine>) -> Json<Value> {
         json!({"LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": cache}),
     )
 }
-
-pub async fn networks() -> Json<Value> {
-    Json(json!([
-        {"Name": "bridge", "Id": "bridge", "Driver": "bridge", "Scope": "local", "Internal": false, "Attachable": false, "IPAM": {"Driver": "default", "Config": []}, "Containers": {}, "Options": {}, "Labels": {}},
-        {"Name": "host", "Id": "host", "Driver": "host", "Scope": "local", "Internal": false, "Attachable": false, "IPAM": {"Driver": "default", "Config": []}, "Containers": {}, "Options": {}, "Labels": {}},
-        {"Name": "none", "Id": "none", "Driver": "null", "Scope": "local", "Internal": false, "Attachable": false, "IPAM": {"Driver": "default", "Config": []}, "Containers": {}, "Options": {}, "Labels": {}}
-    ]))
-}

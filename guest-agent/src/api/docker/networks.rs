@@ -1,0 +1,184 @@
+//! `/networks`: list (with dockerd's filters), inspect (with the containers on it), create
+//! (bridge driver, IPAM subnet, gateway and range), remove, prune, connect and disconnect.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query as Q, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use berth_runtime::Engine;
+use berth_runtime::container::Endpoint;
+use berth_runtime::engine::{NetworkCreate, NetworkInfo};
+use serde_json::{Value, json};
+
+use super::containers::filter_values;
+use super::error::parse_json;
+use super::{ApiError, Query};
+
+/// A network as dockerd's `NetworkResource` has it.
+pub(super) fn network_json(n: &NetworkInfo, with_containers: bool) -> Value {
+    let config: Vec<Value> = n
+        .ipam
+        .iter()
+        .map(|(subnet, gateway, range)| {
+            let mut c = json!({"Subnet": subnet, "Gateway": gateway});
+            if let Some(r) = range {
+                c["IPRange"] = json!(r);
+            }
+            c
+        })
+        .collect();
+    let mut containers = serde_json::Map::new();
+    if with_containers {
+        for c in n.containers.iter().filter(|c| c.running() && !c.net.ip.is_empty()) {
+            containers.insert(
+                c.id.clone(),
+                json!({"Name": c.name, "EndpointID": endpoint_id(&c.id, &n.id), "MacAddress": c.net.mac,
+                       "IPv4Address": format!("{}/{}", c.net.ip, c.net.prefix), "IPv6Address": ""}),
+            );
+        }
+    }
+    let created = if n.created.is_empty() { "0001-01-01T00:00:00Z".to_owned() } else { n.created.clone() };
+    json!({
+        "Name": n.name,
+        "Id": n.id,
+        "Created": created,
+        "Scope": "local",
+        "Driver": n.driver,
+        "EnableIPv6": false,
+        "IPAM": {"Driver": "default", "Options": null, "Config": config},
+        "Internal": n.internal,
+        "Attachable": n.attachable,
+        "Ingress": false,
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": false,
+        "Containers": containers,
+        "Options": n.options,
+        "Labels": n.labels,
+    })
+}
+
+/// A stable endpoint ID for a container on a network.
+pub(super) fn endpoint_id(container: &str, network: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("{container}/{network}")))
+}
+
+fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
+    match want.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(want),
+    }
+}
+
+pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
+    let filters = super::filters(&q)?;
+    let names = filter_values(&filters, "name");
+    let ids = filter_values(&filters, "id");
+    let labels = filter_values(&filters, "label");
+    let drivers = filter_values(&filters, "driver");
+    let kinds = filter_values(&filters, "type");
+    let dangling = filter_values(&filters, "dangling");
+    let out: Vec<Value> = engine
+        .networks()
+        .iter()
+        .filter(|n| names.is_empty() || names.iter().any(|x| n.name.contains(x.as_str())))
+        .filter(|n| ids.is_empty() || ids.iter().any(|x| n.id.starts_with(x.as_str())))
+        .filter(|n| labels.iter().all(|l| label_matches(&n.labels, l)))
+        .filter(|n| drivers.is_empty() || drivers.contains(&n.driver))
+        .filter(|n| kinds.is_empty() || kinds.iter().any(|k| (k == "builtin") == n.builtin))
+        .filter(|n| {
+            dangling.is_empty() || dangling.iter().any(|d| (d == "true") == (!n.builtin && n.containers.is_empty()))
+        })
+        .map(|n| network_json(n, false))
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+pub async fn inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(network_json(&engine.network(&id)?, true)))
+}
+
+pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Response, ApiError> {
+    let v: Value = parse_json(&body)?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let map = |k: &str| -> Result<BTreeMap<String, String>, ApiError> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(m) => serde_json::from_value(m.clone()).map_err(|e| ApiError::invalid(format!("invalid {k}: {e}"))),
+        }
+    };
+    if v.get("EnableIPv6").and_then(Value::as_bool) == Some(true) {
+        return Err(ApiError::invalid("IPv6 networks are not supported by Berth yet"));
+    }
+    let ipam = v.get("IPAM").and_then(|i| i.get("Config")).and_then(Value::as_array).and_then(|c| c.first()).cloned();
+    let field = |k: &str| {
+        ipam.as_ref().and_then(|c| c.get(k)).and_then(Value::as_str).filter(|x| !x.is_empty()).map(str::to_owned)
+    };
+    let req = NetworkCreate {
+        name: s("Name"),
+        driver: s("Driver"),
+        internal: v.get("Internal").and_then(Value::as_bool).unwrap_or(false),
+        attachable: v.get("Attachable").and_then(Value::as_bool).unwrap_or(false),
+        labels: map("Labels")?,
+        options: map("Options")?,
+        subnet: field("Subnet"),
+        gateway: field("Gateway"),
+        ip_range: field("IPRange"),
+    };
+    let id = engine.network_create(req).await?;
+    Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warning": ""}))).into_response())
+}
+
+pub async fn remove(State(engine): State<Engine>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    engine.network_remove(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
+    let filters = super::filters(&q)?;
+    let labels = filter_values(&filters, "label");
+    let not_labels = filter_values(&filters, "label!");
+    let removed = engine
+        .network_prune(|n| {
+            !labels.iter().all(|l| label_matches(&n.labels, l))
+                || not_labels.iter().any(|l| label_matches(&n.labels, l))
+        })
+        .await?;
+    Ok(Json(json!({"NetworksDeleted": removed})))
+}
+
+/// An `EndpointConfig` (or `EndpointSettings`) as the engine keeps it.
+pub(super) fn endpoint_of(v: Option<&Value>) -> Endpoint {
+    let Some(v) = v else { return Endpoint::default() };
+    Endpoint {
+        aliases: v.get("Aliases").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default(),
+        ipv4: v.get("IPAMConfig").and_then(|i| i.get("IPv4Address")).and_then(Value::as_str).unwrap_or("").to_owned(),
+    }
+}
+
+pub async fn connect(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let v: Value = parse_json(&body)?;
+    let container =
+        v.get("Container").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("Container is required"))?;
+    engine.network_connect(&id, container, endpoint_of(v.get("EndpointConfig"))).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn disconnect(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let v: Value = parse_json(&body)?;
+    let container =
+        v.get("Container").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("Container is required"))?;
+    engine.network_disconnect(&id, container).await?;
+    Ok(StatusCode::OK)
+}

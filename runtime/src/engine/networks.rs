@@ -1,0 +1,419 @@
+//! Networks as the API sees them: the built-in `bridge`, `host` and `none`, and user-defined
+//! bridge networks ([`crate::network::user`]) with IPAM, created, listed, inspected, removed,
+//! pruned, and joined by containers (which find each other there through its DNS server).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::{Engine, EngineError, Inner};
+use crate::container::{ContainerRecord, Endpoint};
+use crate::network::user::{self, NetworkRecord, Pool, UserNetwork};
+use crate::network::{Bridge, Mode};
+
+/// What `POST /networks/create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkCreate {
+    pub name: String,
+    pub driver: String,
+    pub internal: bool,
+    pub attachable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    /// `Subnet`, `Gateway`, `IPRange` of the first IPAM config, as given.
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+}
+
+/// A network as inspect and list show it.
+#[derive(Debug, Clone)]
+pub struct NetworkInfo {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub driver: String,
+    pub builtin: bool,
+    pub internal: bool,
+    pub attachable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    /// (subnet, gateway, ip range) in CIDR text; none for host and none.
+    pub ipam: Option<(String, String, Option<String>)>,
+    /// Containers on it: (record) — running ones carry their address in `net`.
+    pub containers: Vec<ContainerRecord>,
+}
+
+/// Where a container's network mode leads.
+pub(crate) enum Attach {
+    Bridge(Arc<Bridge>, Option<Arc<UserNetwork>>),
+    None,
+    Host,
+}
+
+fn builtin_id(root: &std::path::Path, name: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(root.to_string_lossy().as_bytes());
+    h.update(b"\0network\0");
+    h.update(name.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The name a network mode means: `bridge` for the default one.
+pub fn mode_name(mode: &str) -> &str {
+    match mode {
+        "" | "default" => "bridge",
+        m => m,
+    }
+}
+
+impl Engine {
+    pub(crate) fn insert_network(&self, rec: NetworkRecord) -> Arc<UserNetwork> {
+        let bridge = Arc::new(Bridge::user(&rec.bridge_name(), &rec.pool, &self.inner.bridge.name, rec.internal));
+        let net = Arc::new(UserNetwork { record: rec, bridge, dns: Mutex::new(None) });
+        self.inner.networks.lock().expect("networks lock").insert(net.record.id.clone(), net.clone());
+        net
+    }
+
+    /// A user-defined network by name, full ID or unique ID prefix.
+    pub(crate) fn user_network(&self, name_or_id: &str) -> Option<Arc<UserNetwork>> {
+        let nets = self.inner.networks.lock().expect("networks lock");
+        if let Some(n) = nets.values().find(|n| n.record.name == name_or_id || n.record.id == name_or_id) {
+            return Some(n.clone());
+        }
+        let mut by_prefix = nets.values().filter(|n| !name_or_id.is_empty() && n.record.id.starts_with(name_or_id));
+        match (by_prefix.next(), by_prefix.next()) {
+            (Some(n), None) => Some(n.clone()),
+            _ => None,
+        }
+    }
+
+    /// Resolves a container's network mode.
+    pub(crate) fn attach_of(&self, mode: &str) -> Result<Attach, EngineError> {
+        match crate::network::parse_mode(mode) {
+            Some(Mode::Bridge) => Ok(Attach::Bridge(self.inner.bridge.clone(), None)),
+            Some(Mode::None) => Ok(Attach::None),
+            Some(Mode::Host) => Ok(Attach::Host),
+            None => match self.user_network(mode) {
+                Some(n) => Ok(Attach::Bridge(n.bridge.clone(), Some(n))),
+                None => Err(EngineError::NotFound(format!("network {mode} not found"))),
+            },
+        }
+    }
+
+    /// Brings a user network's bridge and DNS server up (once).
+    pub(crate) async fn ensure_network(&self, net: &Arc<UserNetwork>) -> Result<(), EngineError> {
+        net.bridge.ensure().await.map_err(|e| EngineError::Network(Box::new(e)))?;
+        let mut dns = net.dns.lock().expect("dns lock");
+        if dns.is_none() {
+            let weak = Arc::downgrade(&self.inner);
+            let name = net.record.name.clone();
+            let lookup: crate::network::dns::Lookup = Arc::new(move |q: &str| resolve(&weak.upgrade()?, &name, q));
+            match crate::network::dns::serve(net.record.pool.gateway, &net.record.name, lookup) {
+                Ok(server) => *dns = Some(server),
+                Err(e) => {
+                    return Err(EngineError::Io {
+                        context: format!(
+                            "starting the DNS server of network {} on {}:53",
+                            net.record.name, net.record.pool.gateway
+                        ),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `docker network create`.
+    pub async fn network_create(&self, req: NetworkCreate) -> Result<String, EngineError> {
+        if req.name.is_empty() || !crate::names::valid_container_name(&req.name) {
+            return Err(EngineError::InvalidArgument(format!("invalid network name: {:?}", req.name)));
+        }
+        if crate::network::parse_mode(&req.name).is_some() && req.name != "default" {
+            return Err(EngineError::Conflict(format!("network with name {} already exists", req.name)));
+        }
+        if self.user_network(&req.name).is_some_and(|n| n.record.name == req.name) {
+            return Err(EngineError::Conflict(format!("network with name {} already exists", req.name)));
+        }
+        match req.driver.as_str() {
+            "" | "bridge" => {}
+            other => {
+                return Err(EngineError::NotFound(format!(
+                    "plugin \"{other}\" not found: Berth has the bridge driver only"
+                )));
+            }
+        }
+        let taken: Vec<(Ipv4Addr, u8)> = {
+            let nets = self.inner.networks.lock().expect("networks lock");
+            let default = (
+                Ipv4Addr::from(u32::from(self.inner.bridge.gateway) & user::mask(self.inner.bridge.prefix)),
+                self.inner.bridge.prefix,
+            );
+            nets.values()
+                .map(|n| (n.record.pool.subnet, n.record.pool.prefix))
+                .chain(std::iter::once(default))
+                .chain(user::routed_subnets())
+                .collect()
+        };
+        let user_subnet = req.subnet.is_some();
+        let (subnet, prefix) = match &req.subnet {
+            Some(s) => {
+                let parsed = user::parse_cidr(s).ok_or_else(|| EngineError::InvalidArgument(format!("invalid subnet {s}: a.b.c.d/n (n at most 30)")))?;
+                if let Some(t) = taken.iter().find(|t| user::overlaps(parsed, **t)) {
+                    return Err(EngineError::Conflict(format!(
+                        "Pool overlaps with other one on this address space ({}/{} is in use)",
+                        t.0, t.1
+                    )));
+                }
+                parsed
+            }
+            None => user::free_subnet(&taken).ok_or_else(|| {
+                EngineError::Conflict("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network".into())
+            })?,
+        };
+        let in_subnet = |ip: Ipv4Addr| user::overlaps((ip, 32), (subnet, prefix));
+        let gateway = match &req.gateway {
+            Some(g) => {
+                let ip: Ipv4Addr =
+                    g.parse().map_err(|_| EngineError::InvalidArgument(format!("invalid gateway {g}")))?;
+                if !in_subnet(ip) {
+                    return Err(EngineError::InvalidArgument(format!("no matching subnet for gateway {g}")));
+                }
+                ip
+            }
+            None => Ipv4Addr::from(u32::from(subnet) + 1),
+        };
+        let range = match &req.ip_range {
+            Some(r) => {
+                let parsed =
+                    user::parse_cidr(r).ok_or_else(|| EngineError::InvalidArgument(format!("invalid ip-range {r}")))?;
+                if !in_subnet(parsed.0) || parsed.1 < prefix {
+                    return Err(EngineError::InvalidArgument(format!("no matching subnet for range {r}")));
+                }
+                Some(parsed)
+            }
+            None => None,
+        };
+        let rec = NetworkRecord {
+            id: crate::names::random_id(),
+            name: req.name.clone(),
+            created: crate::model::now_rfc3339(),
+            driver: "bridge".into(),
+            pool: Pool { subnet, prefix, gateway, range },
+            user_subnet,
+            internal: req.internal,
+            attachable: req.attachable,
+            labels: req.labels,
+            options: req.options,
+        };
+        self.inner.network_store.save(&rec).map_err(|e| EngineError::Network(Box::new(e)))?;
+        let id = rec.id.clone();
+        self.insert_network(rec);
+        self.inner.events.emit("network", "create", &id, &[("name", &req.name), ("type", "bridge")]);
+        Ok(id)
+    }
+
+    fn info_of(&self, net: &UserNetwork, containers: &[ContainerRecord]) -> NetworkInfo {
+        let r = &net.record;
+        NetworkInfo {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            created: r.created.clone(),
+            driver: r.driver.clone(),
+            builtin: false,
+            internal: r.internal,
+            attachable: r.attachable,
+            labels: r.labels.clone(),
+            options: r.options.clone(),
+            ipam: Some((
+                r.pool.subnet_text(),
+                r.pool.gateway.to_string(),
+                r.pool.range.map(|(ip, p)| format!("{ip}/{p}")),
+            )),
+            containers: containers.iter().filter(|c| on_network(c, &r.name, &r.id)).cloned().collect(),
+        }
+    }
+
+    /// Every network: the built-in ones first.
+    pub fn networks(&self) -> Vec<NetworkInfo> {
+        let containers = self.containers();
+        let root = self.root().to_owned();
+        let b = &self.inner.bridge;
+        let builtin = |name: &str, ipam: Option<(String, String, Option<String>)>| NetworkInfo {
+            id: builtin_id(&root, name),
+            name: name.into(),
+            created: String::new(),
+            driver: if name == "none" { "null".into() } else { name.into() },
+            builtin: true,
+            internal: false,
+            attachable: false,
+            labels: BTreeMap::new(),
+            options: BTreeMap::new(),
+            ipam,
+            containers: containers.iter().filter(|c| mode_name(&c.host_config.network_mode) == name).cloned().collect(),
+        };
+        let subnet = format!("{}/{}", Ipv4Addr::from(u32::from(b.gateway) & user::mask(b.prefix)), b.prefix);
+        let mut out = vec![
+            builtin("bridge", Some((subnet, b.gateway.to_string(), None))),
+            builtin("host", None),
+            builtin("none", None),
+        ];
+        let nets: Vec<Arc<UserNetwork>> =
+            self.inner.networks.lock().expect("networks lock").values().cloned().collect();
+        let mut users: Vec<NetworkInfo> = nets.iter().map(|n| self.info_of(n, &containers)).collect();
+        users.sort_by(|a, b| a.created.cmp(&b.created));
+        out.extend(users);
+        out
+    }
+
+    /// One network by name, ID or ID prefix.
+    pub fn network(&self, name_or_id: &str) -> Result<NetworkInfo, EngineError> {
+        let all = self.networks();
+        if let Some(n) = all.iter().find(|n| n.name == name_or_id || n.id == name_or_id) {
+            return Ok(n.clone());
+        }
+        let matches: Vec<&NetworkInfo> =
+            all.iter().filter(|n| !name_or_id.is_empty() && n.id.starts_with(name_or_id)).collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(EngineError::NotFound(format!("network {name_or_id} not found"))),
+            _ => Err(EngineError::InvalidArgument(format!(
+                "network {name_or_id} is ambiguous ({} matches found based on ID prefix)",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// `docker network rm`.
+    pub async fn network_remove(&self, name_or_id: &str) -> Result<(), EngineError> {
+        let info = self.network(name_or_id)?;
+        if info.builtin {
+            return Err(EngineError::Forbidden(format!(
+                "{} is a pre-defined network and cannot be removed",
+                info.name
+            )));
+        }
+        if !info.containers.is_empty() {
+            return Err(EngineError::Forbidden(format!(
+                "error while removing network: network {} id {} has active endpoints",
+                info.name, info.id
+            )));
+        }
+        let net = self.inner.networks.lock().expect("networks lock").remove(&info.id);
+        if let Some(net) = net {
+            net.dns.lock().expect("dns lock").take();
+            net.bridge.teardown().await;
+        }
+        self.inner.network_store.remove(&info.id);
+        self.inner.events.emit("network", "destroy", &info.id, &[("name", &info.name), ("type", "bridge")]);
+        Ok(())
+    }
+
+    /// `docker network prune`: user networks no container uses; returns their names.
+    pub async fn network_prune(&self, keep: impl Fn(&NetworkInfo) -> bool) -> Result<Vec<String>, EngineError> {
+        let mut out = Vec::new();
+        for n in self.networks() {
+            if n.builtin || !n.containers.is_empty() || keep(&n) {
+                continue;
+            }
+            self.network_remove(&n.id).await?;
+            out.push(n.name);
+        }
+        Ok(out)
+    }
+
+    /// `docker network connect` of a container that is not running: it joins when it starts.
+    /// (A running container's second interface is not done yet; that is refused.)
+    pub async fn network_connect(&self, network: &str, container: &str, ep: Endpoint) -> Result<(), EngineError> {
+        let info = self.network(network)?;
+        let ctr = self.ctr(container)?;
+        let rec = ctr.snapshot();
+        if on_network(&rec, &info.name, &info.id) {
+            return Err(EngineError::Forbidden(format!(
+                "endpoint with name {} already exists in network {}",
+                rec.name, info.name
+            )));
+        }
+        if rec.running() {
+            return Err(EngineError::Conflict(format!(
+                "container {} is running: Berth joins a container to another network while it is stopped only (stop it, connect, start)",
+                rec.name
+            )));
+        }
+        if info.name == "host" || mode_name(&rec.host_config.network_mode) == "host" {
+            return Err(EngineError::InvalidArgument(
+                "container cannot be disconnected from host network or connected to host network".into(),
+            ));
+        }
+        // One network per container here: connecting moves it.
+        let rec = ctr.update(|r| {
+            r.host_config.network_mode = info.name.clone();
+            r.endpoints.clear();
+            r.endpoints.insert(info.name.clone(), ep);
+        })?;
+        self.inner.events.emit(
+            "network",
+            "connect",
+            &info.id,
+            &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
+        );
+        Ok(())
+    }
+
+    /// `docker network disconnect` of a container that is not running: it goes back to `none`.
+    pub async fn network_disconnect(&self, network: &str, container: &str) -> Result<(), EngineError> {
+        let info = self.network(network)?;
+        let ctr = self.ctr(container)?;
+        let rec = ctr.snapshot();
+        if !on_network(&rec, &info.name, &info.id) {
+            return Err(EngineError::Forbidden(format!(
+                "container {} is not connected to network {}",
+                rec.id, info.name
+            )));
+        }
+        if rec.running() {
+            return Err(EngineError::Conflict(format!(
+                "container {} is running: Berth changes a container's network while it is stopped only",
+                rec.name
+            )));
+        }
+        let rec = ctr.update(|r| {
+            r.host_config.network_mode = "none".into();
+            r.endpoints.clear();
+        })?;
+        self.inner.events.emit(
+            "network",
+            "disconnect",
+            &info.id,
+            &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
+        );
+        Ok(())
+    }
+}
+
+/// Whether a container is on the network `name` (ID `id`).
+pub fn on_network(c: &ContainerRecord, name: &str, id: &str) -> bool {
+    let mode = mode_name(&c.host_config.network_mode);
+    mode == name || mode == id || (mode.len() >= 12 && id.starts_with(mode))
+}
+
+/// The DNS server's lookup: a running container on network `net` named `q` (its name, an
+/// alias, its short ID or hostname).
+fn resolve(inner: &Arc<Inner>, net: &str, q: &str) -> Option<Ipv4Addr> {
+    let engine = Engine { inner: inner.clone() };
+    let id = engine.user_network(net)?.record.id.clone();
+    engine
+        .containers()
+        .into_iter()
+        .filter(|c| c.running() && on_network(c, net, &id))
+        .find(|c| {
+            c.name.eq_ignore_ascii_case(q)
+                || c.config.hostname.eq_ignore_ascii_case(q)
+                || (q.len() >= 12 && c.id.starts_with(q))
+                || c.endpoints.values().any(|e| e.aliases.iter().any(|a| a.eq_ignore_ascii_case(q)))
+        })
+        .and_then(|c| c.net.ip.parse().ok())
+}

@@ -1,0 +1,163 @@
+//! User-defined networks (`docker network create`): each is a Linux bridge of its own
+//! (`br-<id>`) with its own subnet, NAT out, no forwarding to or from any other of the
+//! engine's bridges, and an embedded DNS server on its gateway ([`super::dns`]) that answers
+//! for the containers on it by name, alias and short ID.
+//!
+//! Records are kept in `networks/<id>.json`; bridges are made when a container first needs
+//! one, and removed with the network.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Bridge, NetworkError};
+
+/// One IPAM pool of a network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pool {
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// `IPRange`: where container addresses are taken from.
+    #[serde(default)]
+    pub range: Option<(Ipv4Addr, u8)>,
+}
+
+impl Pool {
+    pub fn subnet_text(&self) -> String {
+        format!("{}/{}", self.subnet, self.prefix)
+    }
+}
+
+/// What is kept of a user-defined network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub driver: String,
+    pub pool: Pool,
+    /// Whether the subnet was given by the user (only then may containers ask for an `--ip`).
+    pub user_subnet: bool,
+    pub internal: bool,
+    pub attachable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+}
+
+impl NetworkRecord {
+    /// The Linux bridge's name.
+    pub fn bridge_name(&self) -> String {
+        format!("br-{}", &self.id[..12])
+    }
+}
+
+/// A network with its live parts.
+pub struct UserNetwork {
+    pub record: NetworkRecord,
+    pub bridge: Arc<Bridge>,
+    /// The DNS server, once the bridge is up.
+    pub dns: Mutex<Option<super::dns::Server>>,
+}
+
+/// Parses `a.b.c.d/n` into its network address and prefix.
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, prefix) = s.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30)?;
+    Some((Ipv4Addr::from(u32::from(ip) & mask(prefix)), prefix))
+}
+
+pub fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0)
+}
+
+/// Whether two subnets overlap.
+pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let m = mask(a.1.min(b.1));
+    u32::from(a.0) & m == u32::from(b.0) & m
+}
+
+/// Subnets on this machine's routes (`/proc/net/route`), which a new network must not take.
+pub fn routed_subnets() -> Vec<(Ipv4Addr, u8)> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let m = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            if m == 0 {
+                return None;
+            }
+            // The file holds the addresses' bytes read as little-endian words.
+            Some((Ipv4Addr::from(dest.to_le_bytes()), m.count_ones() as u8))
+        })
+        .collect()
+}
+
+/// The first free subnet of dockerd's default pools (172.18-28.0.0/16, then
+/// 192.168.N.0/20) that overlaps none of `taken`.
+pub fn free_subnet(taken: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
+    let candidates = (18..=28)
+        .map(|b| (Ipv4Addr::new(172, b, 0, 0), 16))
+        .chain((0..16).map(|i| (Ipv4Addr::new(192, 168, i * 16, 0), 20)));
+    candidates.into_iter().find(|c| !taken.iter().any(|t| overlaps(*c, *t)))
+}
+
+/// The store of network records.
+#[derive(Debug)]
+pub struct NetworkStore {
+    dir: PathBuf,
+}
+
+impl NetworkStore {
+    pub fn open(dir: &Path) -> Result<(NetworkStore, Vec<NetworkRecord>), NetworkError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| NetworkError::Spawn { command: "creating networks dir".into(), source })?;
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(bytes) = std::fs::read(e.path()) else { continue };
+            match serde_json::from_slice::<NetworkRecord>(&bytes) {
+                Ok(r) => out.push(r),
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "skipping unreadable network record")
+                }
+            }
+        }
+        Ok((NetworkStore { dir: dir.to_owned() }, out))
+    }
+
+    pub fn save(&self, rec: &NetworkRecord) -> Result<(), NetworkError> {
+        let path = self.dir.join(format!("{}.json", rec.id));
+        crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(rec).expect("record serialises"))
+            .map_err(|source| NetworkError::Spawn { command: format!("saving {}", path.display()), source })
+    }
+
+    pub fn remove(&self, id: &str) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_parse_overlap_and_are_picked_around_what_is_taken() {
+        assert_eq!(parse_cidr("10.1.2.3/24"), Some((Ipv4Addr::new(10, 1, 2, 0), 24)));
+        assert_eq!(parse_cidr("10.1.2.3"), None);
+        assert_eq!(parse_cidr("10.1.2.3/31"), None);
+        assert!(overlaps((Ipv4Addr::new(172, 18, 0, 0), 16), (Ipv4Addr::new(172, 18, 5, 0), 24)));
+        assert!(!overlaps((Ipv4Addr::new(172, 18, 0, 0), 16), (Ipv4Addr::new(172, 19, 0, 0), 16)));
+        let taken = [(Ipv4Addr::new(172, 18, 0, 0), 16), (Ipv4Addr::new(172, 19, 3, 0), 24)];
+        assert_eq!(free_subnet(&taken), Some((Ipv4Addr::new(172, 20, 0, 0), 16)));
+        // Routes of this machine parse: at least loopback-less hosts have their default's subnet.
+        for (ip, p) in routed_subnets() {
+            assert!(p <= 32, "{ip}/{p}");
+        }
+    }
+}
