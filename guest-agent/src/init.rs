@@ -115,6 +115,7 @@ fn network(opts: &HashMap<String, String>) {
         address: addr.parse().unwrap_or(std::net::Ipv4Addr::new(10, 0, 2, 15)),
         prefix: prefix.parse().unwrap_or(24),
         gateway: parse("berth.gw", "10.0.2.2").parse().unwrap_or(std::net::Ipv4Addr::new(10, 0, 2, 2)),
+        mac: None,
     };
     match berth_runtime::network::iface::configure("eth0", &eth0) {
         Ok(()) => log(&format!("eth0 {}/{} via {}", eth0.address, eth0.prefix, eth0.gateway)),

@@ -464,3 +464,80 @@ fn health_checks_run_and_report() {
     ]);
     assert!(events.contains("health_status: healthy") && events.contains("health_status: unhealthy"), "{events}");
 }
+
+#[test]
+fn oom_runtime_mac_and_links() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    // The kernel's OOM killer: exit 137, State.OOMKilled, an oom event.
+    let out = a.docker(&[
+        "run",
+        "--name",
+        "hog",
+        "-m",
+        "16m",
+        "--memory-swap",
+        "16m",
+        &img,
+        "sh",
+        "-c",
+        "head -c 200m /dev/zero | tail",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(inspect(&a, "hog")["State"]["OOMKilled"], true);
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let events = a.ok(&[
+        "events",
+        "--since",
+        "1970-01-01",
+        "--until",
+        &until,
+        "--filter",
+        "container=hog",
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert!(events.lines().any(|l| l == "oom"), "{events}");
+    a.ok(&["run", "--name", "fine", &img, "true"]);
+    assert_eq!(inspect(&a, "fine")["State"]["OOMKilled"], false);
+    // --runtime: runc is the one there is.
+    assert_eq!(inspect(&a, "fine")["HostConfig"]["Runtime"], "runc");
+    let (_, err) = a.fails(&["run", "--runtime", "kata", &img, "true"]);
+    assert!(err.contains("unknown or invalid runtime name: kata"), "{err}");
+    // --mac-address reaches eth0 and inspect.
+    let mac = a.ok(&["run", "--rm", "--mac-address", "02:42:de:ad:be:ef", &img, "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(mac.trim(), "02:42:de:ad:be:ef");
+    let (_, err) = a.fails(&["run", "--rm", "--mac-address", "nonsense", &img, "true"]);
+    assert!(err.contains("nonsense"), "{err}");
+    // --link: the name in /etc/hosts and dockerd's variables.
+    a.ok(&["run", "-d", "--name", "db", "-e", "SECRET=s3", "--expose", "5432", &img, "sleep", "300"]);
+    let ip = a.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"]).trim().to_owned();
+    let seen = a.ok(&[
+        "run",
+        "--rm",
+        "--name",
+        "web",
+        "--link",
+        "db:database",
+        &img,
+        "sh",
+        "-c",
+        "grep database /etc/hosts; env | sort",
+    ]);
+    assert!(
+        seen.lines().next().is_some_and(|l| l.starts_with(&ip) && l.contains("database") && l.contains(" db")),
+        "{seen}"
+    );
+    for want in [
+        format!("DATABASE_PORT=tcp://{ip}:5432"),
+        format!("DATABASE_PORT_5432_TCP_ADDR={ip}"),
+        "DATABASE_PORT_5432_TCP_PORT=5432".to_owned(),
+        "DATABASE_ENV_SECRET=s3".to_owned(),
+        "DATABASE_NAME=/web/database".to_owned(),
+    ] {
+        assert!(seen.lines().any(|l| l == want), "{want} in:\n{seen}");
+    }
+    a.ok(&["stop", "-t", "0", "db"]);
+    let (_, err) = a.fails(&["run", "--rm", "--link", "db", &img, "true"]);
+    assert!(err.contains("Cannot link to a non running container"), "{err}");
+}

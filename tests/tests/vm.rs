@@ -395,6 +395,27 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
         exec = home.docker(&["exec", "keeper", "cat", "/d/f"]);
     }
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n", "{}", String::from_utf8_lossy(&exec.stderr));
+    // A build through the VM (the context crosses the transport), and containers finding
+    // each other by name on a user-defined network there.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {img}\nRUN echo built in the VM > /f\nCMD [\"cat\", \"/f\"]\n"),
+    )
+    .unwrap();
+    let built = home.docker(&["build", "-t", "vmbuilt", ctx.path().to_str().unwrap()]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert_eq!(String::from_utf8_lossy(&home.docker(&["run", "--rm", "vmbuilt"]).stdout), "built in the VM\n");
+    assert!(home.docker(&["network", "create", "vmnet"]).status.success());
+    assert!(home.docker(&["run", "-d", "--name", "peer", "--network", "vmnet", &img, "sleep", "600"]).status.success());
+    let ping = home.docker(&["run", "--rm", "--network", "vmnet", &img, "ping", "-c", "1", "peer"]);
+    assert!(
+        ping.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    assert!(home.docker(&["rm", "-f", "peer"]).status.success());
     published_ports_and_host_services(&home, &probe);
     shared_folders(&home, &img, &probe);
     let status = home.berth(&["status", "--json"]);

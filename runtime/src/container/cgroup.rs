@@ -320,6 +320,19 @@ impl Cgroup {
     }
 
     /// Removes the cgroup directories (they must be empty of processes).
+    /// How many times the kernel's OOM killer killed in this cgroup (`oom_kill` of v2's
+    /// `memory.events`, or of v1's `memory.oom_control`).
+    pub fn oom_kills(&self) -> u64 {
+        let (file, dir) =
+            if self.v2 { ("memory.events", self.dirs.first()) } else { ("memory.oom_control", self.dir_of("memory")) };
+        let Some(dir) = dir else { return 0 };
+        fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
     pub fn remove(&self) {
         for d in &self.dirs {
             let _ = fs::remove_dir(d);

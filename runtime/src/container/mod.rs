@@ -155,6 +155,9 @@ pub struct Endpoint {
     /// `--ip`: the address it asks for.
     #[serde(default)]
     pub ipv4: String,
+    /// `--mac-address`.
+    #[serde(default)]
+    pub mac: String,
 }
 
 impl ContainerRecord {

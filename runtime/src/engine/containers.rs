@@ -155,8 +155,22 @@ impl Engine {
             crate::container::logs::check_config(log.get("Type").and_then(|t| t.as_str()).unwrap_or(""), &log_opts)
                 .map_err(EngineError::InvalidArgument)?;
         host.extra.insert("LogConfig".into(), serde_json::json!({"Type": driver, "Config": log_opts}));
+        // One runtime, reported as dockerd's default (`--runtime runc` is accepted).
+        match host.extra.get("Runtime").and_then(|r| r.as_str()).unwrap_or("") {
+            "" | "runc" => {
+                host.extra.insert("Runtime".into(), serde_json::json!("runc"));
+            }
+            other => return Err(EngineError::InvalidArgument(format!("unknown or invalid runtime name: {other}"))),
+        }
         let attach = self.attach_of(&host.network_mode)?;
         let endpoints = req.endpoints;
+        let macs =
+            endpoints.values().map(|e| e.mac.as_str()).chain(config.extra.get("MacAddress").and_then(|m| m.as_str()));
+        for mac in macs.filter(|m| !m.is_empty()) {
+            if network::parse_mac(mac).is_none() {
+                return Err(EngineError::InvalidArgument(format!("invalid MAC address: {mac}")));
+            }
+        }
         for ep in endpoints.values().filter(|e| !e.ipv4.is_empty()) {
             match &attach {
                 super::networks::Attach::Bridge(_, Some(n)) if n.record.user_subnet => {
@@ -264,6 +278,11 @@ impl Engine {
 
     async fn start_locked(&self, ctr: &Arc<Ctr>, rec: ContainerRecord) -> Result<(), EngineError> {
         let id = rec.id.clone();
+        // Legacy links: the linked containers' addresses in /etc/hosts and their ports and
+        // environment as variables (for this run; not kept in the record, as dockerd).
+        let (link_hosts, link_env) = self.links_of(&rec)?;
+        let mut rec = rec;
+        rec.config.env.extend(link_env);
         let overlay = self.inner.stores.snapshots.prepare(&id, &rec.chain).map_err(ImageError::from)?;
         let (mode, bridge, user_net) = match self.attach_of(&rec.host_config.network_mode)? {
             super::networks::Attach::Bridge(b, n) => (network::Mode::Bridge, Some(b), n),
@@ -278,14 +297,22 @@ impl Engine {
             .as_ref()
             .and_then(|n| rec.endpoints.get(&n.record.name).or(rec.endpoints.get(&rec.host_config.network_mode)))
             .and_then(|e| e.ipv4.parse().ok());
-        let (eth0, published) = self.prepare_network(&rec, bridge.clone(), preferred).await?;
+        let mac = rec
+            .endpoints
+            .values()
+            .find_map(|e| network::parse_mac(&e.mac))
+            .or_else(|| rec.config.extra.get("MacAddress").and_then(|m| m.as_str()).and_then(network::parse_mac));
+        let (mut eth0, published) = self.prepare_network(&rec, bridge.clone(), preferred).await?;
+        if let Some(e) = eth0.as_mut() {
+            e.mac = mac;
+        }
         let release = |_: &Engine| {
             if let (Some(e), Some(b)) = (&eth0, &bridge) {
                 b.release(e.address);
             }
         };
         let nameserver = user_net.as_ref().map(|n| n.record.pool.gateway);
-        let etc_files = match self.write_etc_files(ctr, &rec, eth0.as_ref(), nameserver) {
+        let etc_files = match self.write_etc_files(ctr, &rec, eth0.as_ref(), nameserver, &link_hosts) {
             Ok(f) => f,
             Err(e) => {
                 release(self);
@@ -352,7 +379,7 @@ impl Engine {
                 ip: e.address.to_string(),
                 gateway: e.gateway.to_string(),
                 prefix: e.prefix,
-                mac: network::mac_for(e.address),
+                mac: e.mac_text(),
                 ports: p.bindings.clone(),
             },
             _ => NetRecord {
@@ -427,6 +454,59 @@ impl Engine {
         .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 
+    /// `HostConfig.Links` (`name[:alias]`): /etc/hosts lines and environment variables, as
+    /// dockerd makes them (`ALIAS_PORT_80_TCP_ADDR`, `ALIAS_ENV_X`, `ALIAS_NAME`, ...).
+    fn links_of(&self, rec: &ContainerRecord) -> Result<(Vec<String>, Vec<String>), EngineError> {
+        let links: Vec<String> =
+            rec.host_config.extra.get("Links").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
+        let (mut hosts, mut env) = (Vec::new(), Vec::new());
+        for link in links {
+            let (name, alias) = link.split_once(':').unwrap_or((&link, &link));
+            let name = name.trim_start_matches('/');
+            let alias = alias.rsplit('/').next().unwrap_or(alias);
+            let other = self
+                .container(name)
+                .map_err(|_| EngineError::InvalidArgument(format!("could not get container for {name}")))?;
+            if !other.running() || other.net.ip.is_empty() {
+                return Err(EngineError::InvalidArgument(format!(
+                    "Cannot link to a non running container: /{} AS /{}/{alias}",
+                    other.name, rec.name
+                )));
+            }
+            let ip = &other.net.ip;
+            hosts.push(format!("{ip}\t{alias} {} {}", &other.id[..12], other.name));
+            let prefix = alias.to_ascii_uppercase().replace(['-', '.'], "_");
+            env.push(format!("{prefix}_NAME=/{}/{alias}", rec.name));
+            let mut ports: Vec<(u16, String)> = other
+                .config
+                .exposed_ports
+                .keys()
+                .filter_map(|p| {
+                    let (n, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                    Some((n.parse().ok()?, proto.to_owned()))
+                })
+                .collect();
+            ports.sort();
+            if let Some((port, proto)) = ports.first() {
+                env.push(format!("{prefix}_PORT={proto}://{ip}:{port}"));
+            }
+            for (port, proto) in &ports {
+                let key = format!("{prefix}_PORT_{port}_{}", proto.to_ascii_uppercase());
+                env.push(format!("{key}={proto}://{ip}:{port}"));
+                env.push(format!("{key}_ADDR={ip}"));
+                env.push(format!("{key}_PORT={port}"));
+                env.push(format!("{key}_PROTO={proto}"));
+            }
+            for e in &other.config.env {
+                let key = e.split('=').next().unwrap_or("");
+                if !matches!(key, "HOME" | "PATH" | "HOSTNAME") {
+                    env.push(format!("{prefix}_ENV_{e}"));
+                }
+            }
+        }
+        Ok((hosts, env))
+    }
+
     /// Bridge networking: an address, and the published ports bound before the process exists,
     /// so a taken port fails the start cleanly (and releases the address).
     async fn prepare_network(
@@ -479,7 +559,9 @@ impl Engine {
         }
         *ctr.pty.lock().expect("lock") = None;
         ctr.confinement.lock().expect("lock").take();
+        let mut oom_killed = false;
         if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
+            oom_killed = cg.oom_kills() > 0;
             cg.remove();
         }
         // Closed before the next start can bind the same ports again.
@@ -501,6 +583,7 @@ impl Engine {
             r.state.exit_code = code;
             r.state.finished_at = now_rfc3339();
             r.state.paused = false;
+            r.state.oom_killed = oom_killed;
         }) {
             Ok(r) => r,
             Err(e) => {
@@ -508,6 +591,9 @@ impl Engine {
                 ctr.snapshot()
             }
         };
+        if oom_killed {
+            self.container_event(&rec, "oom", &[]);
+        }
         self.container_event(&rec, "die", &[("exitCode", &code.to_string())]);
         tracing::info!(container = %rec.id, code, "exited");
         ctr.life.send_modify(|l| {

@@ -151,6 +151,7 @@ impl Engine {
         rec: &ContainerRecord,
         eth0: Option<&network::Eth0>,
         nameserver: Option<std::net::Ipv4Addr>,
+        links: &[String],
     ) -> Result<Vec<(PathBuf, String)>, EngineError> {
         let host_mode = rec.host_config.network_mode == "host";
         let hostname_path = ctr.dir.join("hostname");
@@ -197,6 +198,10 @@ impl Engine {
                     hosts.push_str(&format!("{addr}\t{name}\n"));
                 }
             }
+        }
+        for l in links {
+            hosts.push_str(l);
+            hosts.push('\n');
         }
         std::fs::write(&hosts_path, hosts).map_err(io_ctx("writing hosts"))?;
         let resolv = if !rec.host_config.dns.is_empty() {

@@ -76,6 +76,25 @@ pub struct Eth0 {
     pub address: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+    /// `--mac-address`; dockerd's `02:42:<ip>` when `None`.
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Eth0 {
+    pub fn mac_text(&self) -> String {
+        match self.mac {
+            Some(m) => m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            None => mac_for(self.address),
+        }
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> =
+        s.split(':').map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2)).collect::<Option<_>>()?;
+    parts.try_into().ok()
 }
 
 /// The bridge network and its address allocator.
@@ -258,7 +277,7 @@ impl Bridge {
                 return Err(NetworkError::BadAddress("Address already in use".into()));
             }
             used.insert(p);
-            return Ok(Eth0 { address: p, prefix: self.prefix, gateway: self.gateway });
+            return Ok(Eth0 { address: p, prefix: self.prefix, gateway: self.gateway, mac: None });
         }
         let (from, count) = match self.range {
             Some((r, p)) => (u32::from(r) & user::mask(p), 1u32 << (32 - p as u32)),
@@ -272,7 +291,7 @@ impl Bridge {
             })
             .ok_or_else(|| NetworkError::Exhausted(self.subnet()))?;
         used.insert(address);
-        Ok(Eth0 { address, prefix: self.prefix, gateway: self.gateway })
+        Ok(Eth0 { address, prefix: self.prefix, gateway: self.gateway, mac: None })
     }
 
     pub fn release(&self, ip: Ipv4Addr) {
@@ -285,7 +304,7 @@ impl Bridge {
         let host = format!("vb{}", &id[..12.min(id.len())]);
         let _ = run(&["ip", "link", "del", &host]).await;
         let pid = pid.to_string();
-        let mac = mac_for(eth0.address);
+        let mac = eth0.mac_text();
         run(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", &pid])
             .await?;
         run(&["ip", "link", "set", &host, "master", &self.name, "up"]).await?;

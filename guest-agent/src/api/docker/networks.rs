@@ -156,6 +156,7 @@ pub(super) fn endpoint_of(v: Option<&Value>) -> Endpoint {
     Endpoint {
         aliases: v.get("Aliases").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default(),
         ipv4: v.get("IPAMConfig").and_then(|i| i.get("IPv4Address")).and_then(Value::as_str).unwrap_or("").to_owned(),
+        mac: v.get("MacAddress").and_then(Value::as_str).unwrap_or("").to_owned(),
     }
 }
 
