@@ -541,3 +541,39 @@ fn oom_runtime_mac_and_links() {
     let (_, err) = a.fails(&["run", "--rm", "--link", "db", &img, "true"]);
     assert!(err.contains("Cannot link to a non running container"), "{err}");
 }
+
+#[test]
+fn prune_filters_as_dockerd_takes_them() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&["create", "--name", "keep-me", "--label", "keep=yes", &img, "true"]);
+    a.ok(&["create", "--name", "old-one", "--label", "team=a", &img, "true"]);
+    a.ok(&["create", "--name", "other", &img, "true"]);
+    // until: nothing is older than an hour ago.
+    let out = a.ok(&["container", "prune", "-f", "--filter", "until=1h"]);
+    assert!(!out.contains(&a.ok(&["inspect", "-f", "{{.Id}}", "other"]).trim().to_owned()), "{out}");
+    assert_eq!(a.ok(&["ps", "-aq"]).lines().count(), 3);
+    // label and label!.
+    a.ok(&["container", "prune", "-f", "--filter", "label=team=a"]);
+    let names = a.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!names.contains("old-one") && names.contains("other"), "{names}");
+    a.ok(&["container", "prune", "-f", "--filter", "label!=keep"]);
+    assert_eq!(a.ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "keep-me");
+    let (_, err) = a.fails(&["container", "prune", "-f", "--filter", "bogus=1"]);
+    assert!(err.contains("Invalid filter 'bogus'"), "{err}");
+    // Volumes and networks by label; images by until (the fixture is older than now+1s).
+    a.ok(&["volume", "create", "--label", "tmp=1", "v-tmp"]);
+    a.ok(&["volume", "create", "v-kept"]);
+    a.ok(&["volume", "prune", "-f", "--filter", "all=true", "--filter", "label=tmp"]);
+    let vols = a.ok(&["volume", "ls", "-q"]);
+    assert!(!vols.contains("v-tmp") && vols.contains("v-kept"), "{vols}");
+    a.ok(&["network", "create", "--label", "tmp=1", "n-tmp"]);
+    a.ok(&["network", "create", "n-kept"]);
+    a.ok(&["network", "prune", "-f", "--filter", "label=tmp"]);
+    let nets = a.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!nets.contains("n-tmp") && nets.contains("n-kept"), "{nets}");
+    a.ok(&["network", "rm", "n-kept"]);
+    a.ok(&["rm", "keep-me"]);
+    a.ok(&["image", "prune", "-af", "--filter", "until=2000-01-01"]);
+    assert!(!a.ok(&["images", "-q"]).trim().is_empty(), "until kept nothing back");
+}

@@ -158,7 +158,12 @@ impl Engine {
     }
 
     /// `docker image prune`: dangling images (all unused ones with `all`).
-    pub fn prune_images(&self, all: bool) -> Result<(Vec<RemovedImage>, u64), EngineError> {
+    /// `docker image prune`: dangling images (all unused ones with `all`) that `select` picks.
+    pub fn prune_images(
+        &self,
+        all: bool,
+        select: impl Fn(&ImageRecord, &crate::model::ImageConfig) -> bool,
+    ) -> Result<(Vec<RemovedImage>, u64), EngineError> {
         let in_use = self.images_in_use();
         let mut out = Vec::new();
         let mut freed = 0;
@@ -169,6 +174,7 @@ impl Engine {
             let victims: Vec<ImageRecord> = images
                 .all()
                 .filter(|i| !in_use.contains(&i.id) && !parents.contains(&i.id) && (all || i.repo_tags.is_empty()))
+                .filter(|i| self.image_config(&i.id).is_ok_and(|c| select(i, &c)))
                 .cloned()
                 .collect();
             if victims.is_empty() {

@@ -46,11 +46,15 @@ impl Engine {
     }
 
     /// Removes unused volumes (anonymous only unless `all`); returns names and bytes freed.
-    pub fn volume_prune(&self, all: bool) -> Result<(Vec<String>, u64), EngineError> {
+    pub fn volume_prune(
+        &self,
+        all: bool,
+        select: impl Fn(&crate::volume::Volume) -> bool,
+    ) -> Result<(Vec<String>, u64), EngineError> {
         let mut removed = Vec::new();
         let mut bytes = 0;
         for info in self.volumes()? {
-            if info.users.is_empty() && (all || info.volume.anonymous) {
+            if info.users.is_empty() && (all || info.volume.anonymous) && select(&info.volume) {
                 bytes += crate::snapshot::disk_usage(&info.volume.mountpoint);
                 self.inner.volumes.remove(&info.volume.name)?;
                 removed.push(info.volume.name);

@@ -313,14 +313,22 @@ pub async fn delete(
 }
 
 /// `POST /containers/prune`.
-pub async fn prune(State(engine): State<Engine>) -> Result<Json<Value>, ApiError> {
+pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
+    let filter = super::prune::PruneFilter::parse(&q, &[])?;
     let mut deleted = Vec::new();
+    let mut freed = 0;
+    let active = engine.root().join("snapshots/active");
     for rec in engine.containers() {
-        if !rec.running() && engine.remove(&rec.id, false, false).await.is_ok() {
+        if rec.running() || !filter.selects(&rec.created, &rec.config.labels) {
+            continue;
+        }
+        let size = berth_runtime::snapshot::disk_usage(&active.join(&rec.id).join("upper"));
+        if engine.remove(&rec.id, false, false).await.is_ok() {
             deleted.push(rec.id);
+            freed += size;
         }
     }
-    Ok(Json(json!({"ContainersDeleted": deleted, "SpaceReclaimed": 0})))
+    Ok(Json(json!({"ContainersDeleted": deleted, "SpaceReclaimed": freed})))
 }
 
 /// `/containers/{id}/{action}`.

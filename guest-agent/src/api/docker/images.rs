@@ -329,9 +329,10 @@ pub async fn dispatch(
 
 /// `POST /images/prune`.
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q.get("filters").and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
-    let all = filters.get("dangling").is_some_and(|d| d.to_string().contains("false"));
-    let (removed, freed) = engine.prune_images(all)?;
+    let filter = super::prune::PruneFilter::parse(&q, &["dangling"])?;
+    let all = filter.flag("dangling") == Some(false);
+    let (removed, freed) =
+        engine.prune_images(all, |rec, config| filter.selects(&rec.created, &config.config.labels))?;
     let list: Vec<Value> = removed
         .into_iter()
         .map(|r| match r {

@@ -11,6 +11,7 @@ mod error;
 mod exec;
 mod images;
 mod networks;
+mod prune;
 mod stats;
 mod stream;
 mod system;

@@ -138,15 +138,8 @@ pub async fn remove(State(engine): State<Engine>, Path(id): Path<String>) -> Res
 }
 
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters = super::filters(&q)?;
-    let labels = filter_values(&filters, "label");
-    let not_labels = filter_values(&filters, "label!");
-    let removed = engine
-        .network_prune(|n| {
-            !labels.iter().all(|l| label_matches(&n.labels, l))
-                || not_labels.iter().any(|l| label_matches(&n.labels, l))
-        })
-        .await?;
+    let filter = super::prune::PruneFilter::parse(&q, &[])?;
+    let removed = engine.network_prune(|n| !filter.selects(&n.created, &n.labels)).await?;
     Ok(Json(json!({"NetworksDeleted": removed})))
 }
 

@@ -61,8 +61,8 @@ pub async fn remove(
 }
 
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
-    let filters: Value = q.get("filters").and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
-    let all = filters.get("all").is_some_and(|a| a.to_string().contains("true"));
-    let (removed, freed) = engine.volume_prune(all)?;
+    let filter = super::prune::PruneFilter::parse(&q, &["all"])?;
+    let all = filter.flag("all") == Some(true);
+    let (removed, freed) = engine.volume_prune(all, |v| filter.selects(&v.created, &v.labels))?;
     Ok(Json(json!({"VolumesDeleted": removed, "SpaceReclaimed": freed})))
 }
