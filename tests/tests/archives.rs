@@ -114,3 +114,28 @@ fn export_import_and_cp() {
     assert!(err.contains("Could not find the file"), "{err}");
     a.ok(&["rm", "-f", "live"]);
 }
+
+/// `docker cp` of a stopped container reaches its volumes and binds (mounted for the copy, as
+/// dockerd does), not the layer under them; a read-only bind stays read-only.
+#[test]
+fn cp_goes_through_volumes_and_binds_of_a_stopped_container() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("ro.txt"), "read only\n").unwrap();
+    let ro = format!("{}:/ro:ro", host.path().display());
+    a.ok(&["run", "--name", "holder", "-v", "data:/data", "-v", &ro, &img, "sh", "-c", "echo in-volume > /data/f"]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("f");
+    a.ok(&["cp", "holder:/data/f", dest.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "in-volume\n");
+    let src = out.path().join("new.txt");
+    std::fs::write(&src, "copied in\n").unwrap();
+    a.ok(&["cp", src.to_str().unwrap(), "holder:/data/"]);
+    assert_eq!(a.ok(&["run", "--rm", "-v", "data:/d", &img, "cat", "/d/new.txt"]), "copied in\n");
+    a.ok(&["cp", "holder:/ro/ro.txt", out.path().join("ro.txt").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(out.path().join("ro.txt")).unwrap(), "read only\n");
+    let (_, err) = a.fails(&["cp", src.to_str().unwrap(), "holder:/ro/"]);
+    assert!(!err.is_empty());
+    assert!(!host.path().join("new.txt").exists(), "a read-only bind was written");
+}

@@ -53,6 +53,43 @@ impl Engine {
         RootView::mount(&overlay, &at).map_err(io_ctx(format!("mounting the root of {}", rec.id)))
     }
 
+    /// The root the archive API works in: a stopped container's with its volumes and binds
+    /// mounted where the container has them (a running one's shows them already), so `docker
+    /// cp` reaches a volume's files, as with dockerd. Each mount point is resolved inside the
+    /// root and the mount made on that very directory (through its descriptor), so an image's
+    /// symlink cannot send a mount elsewhere on the machine.
+    pub(crate) fn archive_view(&self, id: &str) -> Result<RootView, EngineError> {
+        let view = self.root_view(id)?;
+        let rec = self.container(id)?;
+        if rec.running() && rec.state.pid > 0 {
+            return Ok(view);
+        }
+        use nix::mount::{MsFlags, mount};
+        for m in rec.mounts.iter().filter(|m| m.kind == "volume" || m.kind == "bind") {
+            if !std::path::Path::new(&m.source).is_dir() {
+                continue;
+            }
+            let root = view.confined().map_err(io_ctx("opening the container's root"))?;
+            let dir = root
+                .dir(std::path::Path::new(&m.destination), true)
+                .map_err(io_ctx(format!("making the mount point {}", m.destination)))?;
+            let target = dir.fd_path();
+            let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+            mount(Some(m.source.as_str()), &target, None::<&str>, bind, None::<&str>)
+                .map_err(|e| io_ctx(format!("mounting {} at {}", m.source, m.destination))(e.into()))?;
+            if !m.rw {
+                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                // Resolved again, confined, to the mount just made.
+                let mounted = root
+                    .dir(std::path::Path::new(&m.destination), false)
+                    .map_err(io_ctx(format!("opening the mount point {}", m.destination)))?;
+                mount(None::<&str>, &mounted.fd_path(), None::<&str>, ro, None::<&str>)
+                    .map_err(|e| io_ctx(format!("making {} read-only", m.destination))(e.into()))?;
+            }
+        }
+        Ok(view)
+    }
+
     /// `docker commit`: the container's changes become a layer on its image.
     pub async fn commit(&self, container: &str, opts: CommitOptions) -> Result<String, EngineError> {
         let rec = self.container(container)?;
@@ -206,14 +243,14 @@ impl Engine {
 
     /// `HEAD /containers/{id}/archive`.
     pub fn archive_stat(&self, container: &str, path: &str) -> Result<PathStat, EngineError> {
-        let view = self.root_view(container)?;
+        let view = self.archive_view(container)?;
         rootfs::stat(&view, path)
             .map_err(|e| EngineError::NotFound(format!("Could not find the file {path} in container {container}: {e}")))
     }
 
     /// `GET /containers/{id}/archive`: the path as a tar, and its stat.
     pub async fn archive_get(&self, container: &str, path: &str) -> Result<(File, PathStat), EngineError> {
-        let view = self.root_view(container)?;
+        let view = self.archive_view(container)?;
         let stat = rootfs::stat(&view, path).map_err(|e| {
             EngineError::NotFound(format!("Could not find the file {path} in container {container}: {e}"))
         })?;
@@ -230,7 +267,7 @@ impl Engine {
 
     /// `PUT /containers/{id}/archive`: extracts a tar (written to `file`) into a directory.
     pub async fn archive_put(&self, container: &str, path: &str, file: File) -> Result<(), EngineError> {
-        let view = self.root_view(container)?;
+        let view = self.archive_view(container)?;
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
             let mut reader = unpack_reader(file)?;
