@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 pub use archive::CommitOptions;
 pub use containers::{CreateRequest, WaitCondition, console_size};
@@ -251,7 +251,7 @@ impl StdinQueue {
 pub(crate) struct Ctr {
     pub rec: Mutex<ContainerRecord>,
     pub dir: PathBuf,
-    pub output: broadcast::Sender<Output>,
+    pub output: Arc<io::Fanout>,
     /// Input for the container's stdin. Attach may write before the process exists (`docker
     /// run -i` attaches, then starts), so input queues here and a pump started with the process
     /// feeds it; `None` closes the process's stdin. A fresh queue is made for every run.
@@ -272,7 +272,7 @@ impl Ctr {
         Arc::new(Ctr {
             rec: Mutex::new(rec),
             dir,
-            output: broadcast::channel(1024).0,
+            output: Arc::new(io::Fanout::default()),
             stdin: Mutex::new(StdinQueue::new()),
             pty: Mutex::new(None),
             life: watch::channel(Lifecycle::default()).0,

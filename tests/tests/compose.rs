@@ -1,44 +1,23 @@
 //! Debian's docker-compose (1.29, on docker-py) brings a multi-service app up against the
 //! engine and takes it down: a project network where services reach each other by name, a
 //! named volume two services share, a published port, depends_on order, and `down -v`
-//! leaving nothing behind.
+//! leaving nothing behind. (The same project runs through the VM in `vm.rs`.)
 
 use std::process::Command;
 
 use berth_tests::{Agent, eventually};
 
-const PROJECT: &str = r#"version: "3.8"
-services:
-  writer:
-    image: ${IMG}
-    command: ["sh", "-c", "echo hello-compose > /data/index.html; sleep 300"]
-    volumes:
-      - shared:/data
-  web:
-    image: ${IMG}
-    command: ["httpd", "-f", "-p", "80", "-h", "/data"]
-    depends_on:
-      - writer
-    ports:
-      - "127.0.0.1:${PORT}:80"
-    volumes:
-      - shared:/data:ro
-volumes:
-  shared:
-"#;
-
 #[test]
 fn compose_brings_an_app_up_and_down() {
     let a = Agent::start();
     let img = a.pull("busybox:latest");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("docker-compose.yml"), PROJECT).unwrap();
+    let dir = berth_tests::workspace().join("tests/fixtures/compose");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let compose = |args: &[&str]| {
         let mut cmd = Command::new("docker-compose");
         cmd.args(["-p", "demo"])
             .args(args)
-            .current_dir(dir.path())
+            .current_dir(&dir)
             .env("DOCKER_HOST", format!("unix://{}", a.socket.display()))
             .env("IMG", &img)
             .env("PORT", &port);

@@ -90,3 +90,25 @@ fn exec_with_env_user_workdir_and_tty() {
     let (_, err) = a.fails(&["exec", "box", "true"]);
     assert!(err.contains("is not running"), "{err}");
 }
+
+/// An attached client gets every byte, however fast the container writes and however slowly
+/// the client reads (the output waits for it, as with dockerd).
+#[test]
+fn attached_output_is_lossless() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let out = a.docker(&["run", "--rm", &img, "seq", "1", "300000"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 300_000);
+    assert_eq!(lines.last(), Some(&"300000"));
+    // A client that reads slowly: a pipe through a reader that sleeps at the start.
+    let slow = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker run --rm {img} sh -c 'seq 1 500000; seq 1 500000 >&2' 2>&1 | (sleep 2; wc -l)"))
+        .env("DOCKER_HOST", format!("unix://{}", a.socket.display()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&slow.stdout).trim(), "1000000");
+}

@@ -416,6 +416,7 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
         String::from_utf8_lossy(&ping.stderr)
     );
     assert!(home.docker(&["rm", "-f", "peer"]).status.success());
+    compose_through_the_vm(&home, &img);
     published_ports_and_host_services(&home, &probe);
     shared_folders(&home, &img, &probe);
     let status = home.berth(&["status", "--json"]);
@@ -502,6 +503,32 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     assert_eq!(String::from_utf8_lossy(&read.stdout), "synced\n", "{}", String::from_utf8_lossy(&read.stderr));
     let logs = home.docker(&["logs", "talker"]);
     assert_eq!(logs.stdout, b"one\n", "logs survive restarts: {logs:?}");
+}
+
+/// docker-compose's project of `compose.rs` through the VM: up (project network, shared
+/// volume, a port published on this machine), services by name, down.
+fn compose_through_the_vm(home: &BerthHome, img: &str) {
+    let port = free_port(false).to_string();
+    let compose = |args: &[&str]| {
+        let mut cmd = Command::new("docker-compose");
+        cmd.args(["-p", "vmdemo"])
+            .args(args)
+            .current_dir(workspace().join("tests/fixtures/compose"))
+            .env("DOCKER_HOST", format!("unix://{}", home.0.path().join("docker.sock").display()))
+            .env("IMG", img)
+            .env("PORT", &port);
+        let out = home.bounded(&mut cmd, None);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "docker-compose {args:?}: {text}");
+        text
+    };
+    compose(&["up", "-d"]);
+    let addr = format!("127.0.0.1:{port}");
+    assert!(berth_tests::eventually(60, || http_get(&addr).as_deref() == Some("hello-compose\n")), "compose's port");
+    assert!(compose(&["exec", "-T", "writer", "wget", "-qO-", "http://web/"]).contains("hello-compose"));
+    compose(&["down", "-v"]);
+    let left = home.docker(&["ps", "-aq", "--filter", "label=com.docker.compose.project=vmdemo"]);
+    assert!(left.stdout.is_empty(), "{left:?}");
 }
 
 /// `GET /` on `addr` (host:port) over plain TCP; the body.

@@ -433,7 +433,7 @@ impl Engine {
             if let Ok(mut w) = writer.lock() {
                 let _ = w.flush_partial();
             }
-            let _ = ctr2.output.send(Output::End);
+            ctr2.output.send(Output::End).await;
             let code = status.map(launch::exit_code).unwrap_or(-1);
             engine.on_exit(ctr2, code).await;
         });

@@ -6,15 +6,50 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use super::{Engine, EngineError, Output, io_ctx};
 use crate::container::launch::Pty;
 use crate::container::logs::{self, LogQuery, LogWriter, Stream};
 
+/// A container's live output fanned out to its attached clients. Each client has a bounded
+/// queue and the pump waits for room in every one, so no client loses bytes: a client that
+/// reads slowly slows the container's output, as an attached client of dockerd does. A client
+/// that goes away is dropped; `End` closes every queue.
+#[derive(Debug, Default)]
+pub(crate) struct Fanout {
+    clients: std::sync::Mutex<Vec<mpsc::Sender<Output>>>,
+}
+
+/// Chunks a client may have queued before the container's output waits for it.
+const CLIENT_QUEUE: usize = 64;
+
+impl Fanout {
+    pub fn subscribe(&self) -> mpsc::Receiver<Output> {
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        self.clients.lock().expect("fanout lock").push(tx);
+        rx
+    }
+
+    pub async fn send(&self, out: Output) {
+        let end = matches!(out, Output::End);
+        let clients: Vec<mpsc::Sender<Output>> = self.clients.lock().expect("fanout lock").clone();
+        let mut gone = false;
+        for c in &clients {
+            gone |= c.send(out.clone()).await.is_err();
+        }
+        let mut list = self.clients.lock().expect("fanout lock");
+        if end {
+            list.clear();
+        } else if gone {
+            list.retain(|c| !c.is_closed());
+        }
+    }
+}
+
 /// The live ends an attach gets.
 pub struct AttachIo {
-    pub output: broadcast::Receiver<Output>,
+    pub output: mpsc::Receiver<Output>,
     pub tty: bool,
     pub running: bool,
 }
@@ -111,7 +146,7 @@ impl Engine {
 pub(super) async fn pump(
     mut r: Box<dyn AsyncRead + Send + Unpin>,
     stream: Stream,
-    tx: broadcast::Sender<Output>,
+    tx: Arc<Fanout>,
     log: Arc<std::sync::Mutex<LogWriter>>,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
@@ -125,7 +160,7 @@ pub(super) async fn pump(
                 {
                     tracing::warn!(error = %e, "writing container log");
                 }
-                let _ = tx.send(Output::Data(stream, chunk));
+                tx.send(Output::Data(stream, chunk)).await;
             }
         }
     }

@@ -484,7 +484,7 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
         let mut output = io.output;
         loop {
             match output.recv().await {
-                Ok(Output::Data(stream, data)) => {
+                Some(Output::Data(stream, data)) => {
                     let wanted = match stream {
                         Stream::Stdout => want_out,
                         Stream::Stderr => want_err,
@@ -497,10 +497,7 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
                         break;
                     }
                 }
-                Ok(Output::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(lost = n, "attach client fell behind")
-                }
+                Some(Output::End) | None => break,
             }
         }
         let _ = wr.shutdown().await;
