@@ -482,22 +482,17 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
             });
         }
         let mut output = io.output;
-        loop {
-            match output.recv().await {
-                Some(Output::Data(stream, data)) => {
-                    let wanted = match stream {
-                        Stream::Stdout => want_out,
-                        Stream::Stderr => want_err,
-                    };
-                    if !wanted {
-                        continue;
-                    }
-                    let bytes = if tty { data } else { frame(stream as u8, &data) };
-                    if wr.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Output::End) | None => break,
+        while let Some(Output::Data(stream, data)) = output.recv().await {
+            let wanted = match stream {
+                Stream::Stdout => want_out,
+                Stream::Stderr => want_err,
+            };
+            if !wanted {
+                continue;
+            }
+            let bytes = if tty { data } else { frame(stream as u8, &data) };
+            if wr.write_all(&bytes).await.is_err() {
+                break;
             }
         }
         let _ = wr.shutdown().await;
