@@ -425,18 +425,22 @@ impl Engine {
         let engine = self.clone();
         let ctr2 = ctr.clone();
         let mut helper = launched.helper;
-        tokio::spawn(async move {
-            let status = helper.wait().await;
-            for p in pumps {
-                let _ = p.await;
-            }
-            if let Ok(mut w) = writer.lock() {
-                let _ = w.flush_partial();
-            }
-            ctr2.output.send(Output::End).await;
-            let code = status.map(launch::exit_code).unwrap_or(-1);
-            engine.on_exit(ctr2, code).await;
-        });
+        let span = tracing::info_span!("container", id = %&id[..12]);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let status = helper.wait().await;
+                for p in pumps {
+                    let _ = p.await;
+                }
+                if let Ok(mut w) = writer.lock() {
+                    let _ = w.flush_partial();
+                }
+                ctr2.output.send(Output::End).await;
+                let code = status.map(launch::exit_code).unwrap_or(-1);
+                engine.on_exit(ctr2, code).await;
+            },
+            span,
+        ));
         Ok(())
     }
 

@@ -82,7 +82,13 @@ async fn versioned(mut req: Request, next: Next) -> Response {
             }
         }
     }
-    let mut resp = next.run(req).await;
+    // One span per request: what the engine logs while serving it carries the method and path.
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "served")
+    });
     let h = resp.headers_mut();
     h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
