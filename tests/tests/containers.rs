@@ -2,6 +2,23 @@
 
 use berth_tests::{Agent, eventually};
 
+/// The actions of every event of `container` so far.
+fn actions(a: &Agent, container: &str) -> String {
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    let filter = format!("container={container}");
+    a.ok(&[
+        "events",
+        "--since",
+        "1970-01-01",
+        "--until",
+        &until.to_string(),
+        "--filter",
+        &filter,
+        "--format",
+        "{{.Action}}",
+    ])
+}
+
 fn inspect(a: &Agent, name: &str) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(&a.ok(&["inspect", name])).unwrap();
     v[0].clone()
@@ -449,19 +466,7 @@ fn health_checks_run_and_report() {
     a.ok(&["run", "-d", "--name", "off", "--no-healthcheck", &img, "sleep", "300"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(health("off").is_null(), "{}", health("off"));
-    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
-    let until = until.to_string();
-    let events = a.ok(&[
-        "events",
-        "--since",
-        "1970-01-01",
-        "--until",
-        &until,
-        "--filter",
-        "container=checked",
-        "--format",
-        "{{.Action}}",
-    ]);
+    let events = actions(&a, "checked");
     assert!(events.contains("health_status: healthy") && events.contains("health_status: unhealthy"), "{events}");
 }
 
@@ -485,18 +490,7 @@ fn oom_runtime_mac_and_links() {
     ]);
     assert_eq!(out.status.code(), Some(137), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(inspect(&a, "hog")["State"]["OOMKilled"], true);
-    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
-    let events = a.ok(&[
-        "events",
-        "--since",
-        "1970-01-01",
-        "--until",
-        &until,
-        "--filter",
-        "container=hog",
-        "--format",
-        "{{.Action}}",
-    ]);
+    let events = actions(&a, "hog");
     assert!(events.lines().any(|l| l == "oom"), "{events}");
     a.ok(&["run", "--name", "fine", &img, "true"]);
     assert_eq!(inspect(&a, "fine")["State"]["OOMKilled"], false);

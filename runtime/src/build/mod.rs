@@ -773,6 +773,38 @@ impl Builder<'_> {
         self.advance(st, image, false)
     }
 
+    /// After the work on a step's created container (`work`): its changes committed as the
+    /// step's image (unless the work failed), the container removed, the cache told, and the
+    /// stage moved on.
+    async fn commit_step(
+        &self,
+        st: &mut Stage,
+        id: &str,
+        base: &ImageRecord,
+        created_by: &str,
+        key_step: &str,
+        work: Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let committed = match work {
+            Ok(()) => {
+                let rec = self.engine.container(id)?;
+                let mut config = st.config.clone();
+                config.created = Some(now_rfc3339());
+                let history = History {
+                    created: config.created.clone(),
+                    created_by: Some(created_by.to_owned()),
+                    ..Default::default()
+                };
+                self.engine.commit_layer(&rec, base, config, history, &[], "").await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = self.engine.remove(id, true, true).await;
+        let image = committed?;
+        self.remember(&base.id, key_step, &image, created_by);
+        self.advance(st, image, false)
+    }
+
     async fn workdir_step(&mut self, st: &mut Stage, ins: &Instruction) -> Result<(), EngineError> {
         let dir = words::word(&ins_text(ins), &Self::lookup(st), self.escape).map_err(invalid)?;
         let current = st.config.config.working_dir.clone();
@@ -812,19 +844,10 @@ impl Builder<'_> {
             joined_io(
                 tokio::task::spawn_blocking(move || view.confined()?.dir(Path::new(&path), true).map(|_| ())).await,
                 "making the WORKDIR",
-            )?;
-            let rec = self.engine.container(&id)?;
-            let mut config = st.config.clone();
-            config.created = Some(now_rfc3339());
-            let history =
-                History { created: config.created.clone(), created_by: Some(created_by.clone()), ..Default::default() };
-            self.engine.commit_layer(&rec, &base, config, history, &[], "").await
+            )
         }
         .await;
-        let _ = self.engine.remove(&id, true, true).await;
-        let image = result?;
-        self.remember(&base.id, &key_step, &image, &created_by);
-        self.advance(st, image, false)
+        self.commit_step(st, &id, &base, &created_by, &key_step, result).await
     }
 
     async fn copy_step(&mut self, st: &mut Stage, ins: &Instruction) -> Result<(), EngineError> {
@@ -1036,18 +1059,10 @@ impl Builder<'_> {
                 .await,
             )?;
             drop(view);
-            let rec = self.engine.container(&id)?;
-            let mut config = st.config.clone();
-            config.created = Some(now_rfc3339());
-            let history =
-                History { created: config.created.clone(), created_by: Some(created_by.clone()), ..Default::default() };
-            self.engine.commit_layer(&rec, &base, config, history, &[], "").await
+            Ok(())
         }
         .await;
-        let _ = self.engine.remove(&id, true, true).await;
-        let image = result?;
-        self.remember(&base.id, &key_step, &image, &created_by);
-        self.advance(st, image, false)
+        self.commit_step(st, &id, &base, &created_by, &key_step, result).await
     }
 }
 

@@ -153,15 +153,24 @@ pub(super) fn endpoint_of(v: Option<&Value>) -> Endpoint {
     }
 }
 
+/// The body of connect and disconnect: the object, and its `Container`.
+fn container_in(body: &[u8]) -> Result<(Value, String), ApiError> {
+    let v: Value = parse_json(body)?;
+    let container = v
+        .get("Container")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("Container is required"))?
+        .to_owned();
+    Ok((v, container))
+}
+
 pub async fn connect(
     State(engine): State<Engine>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let v: Value = parse_json(&body)?;
-    let container =
-        v.get("Container").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("Container is required"))?;
-    engine.network_connect(&id, container, endpoint_of(v.get("EndpointConfig"))).await?;
+    let (v, container) = container_in(&body)?;
+    engine.network_connect(&id, &container, endpoint_of(v.get("EndpointConfig"))).await?;
     Ok(StatusCode::OK)
 }
 
@@ -170,9 +179,7 @@ pub async fn disconnect(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let v: Value = parse_json(&body)?;
-    let container =
-        v.get("Container").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("Container is required"))?;
-    engine.network_disconnect(&id, container).await?;
+    let (_, container) = container_in(&body)?;
+    engine.network_disconnect(&id, &container).await?;
     Ok(StatusCode::OK)
 }
