@@ -147,11 +147,9 @@ impl EngineError {
                 VolumeError::InUse { .. } => ErrorKind::Conflict,
                 VolumeError::Io { .. } => ErrorKind::Internal,
             },
-            EngineError::Launch(LaunchError::Start(m) | LaunchError::ExecStart(m))
-                if m.contains("executable file not found") || m.contains("no such file") =>
-            {
-                ErrorKind::InvalidArgument
-            }
+            EngineError::Launch(
+                LaunchError::Start { missing_command: true, .. } | LaunchError::ExecStart { missing_command: true, .. },
+            ) => ErrorKind::InvalidArgument,
             EngineError::Network(e) if matches!(**e, crate::network::NetworkError::BadPort(_)) => {
                 ErrorKind::InvalidArgument
             }

@@ -36,6 +36,10 @@ fn run_reports_output_and_exit_codes() {
     let (code, err) = a.fails(&["run", "--rm", &img, "no-such-command"]);
     assert_eq!(code, 127, "{err}");
     assert!(err.contains("executable file not found in $PATH"), "{err}");
+    // A file that is not executable: dockerd's 126 (the command is there, it cannot run).
+    let (code, err) = a.fails(&["run", "--rm", &img, "/etc/passwd"]);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
     // --rm removed everything.
     assert!(a.ok(&["ps", "-aq"]).trim().is_empty());
 }

@@ -26,11 +26,11 @@ pub enum LaunchError {
     #[error("container helper: {0}")]
     Helper(String),
     /// The child reported why it could not exec (dockerd's "OCI runtime create failed").
-    #[error("failed to create task for container: OCI runtime create failed: {0}: unknown")]
-    Start(String),
+    #[error("failed to create task for container: OCI runtime create failed: {message}: unknown")]
+    Start { message: String, missing_command: bool },
     /// The same for an exec (dockerd's "OCI runtime exec failed").
-    #[error("OCI runtime exec failed: exec failed: {0}: unknown")]
-    ExecStart(String),
+    #[error("OCI runtime exec failed: exec failed: {message}: unknown")]
+    ExecStart { message: String, missing_command: bool },
     #[error("setting up the container process: {0}")]
     Setup(String),
     #[error("container I/O")]
@@ -236,11 +236,17 @@ where
             });
         }
     }
-    let mut failure = String::new();
-    pipe::Receiver::from_owned_fd(err_r)?.read_to_string(&mut failure).await?;
-    if !failure.is_empty() {
+    let mut failure = Vec::new();
+    pipe::Receiver::from_owned_fd(err_r)?.read_to_end(&mut failure).await?;
+    if let Some((&kind, message)) = failure.split_first() {
         let _ = helper_child.wait().await;
-        return Err(if mode == "exec" { LaunchError::ExecStart(failure) } else { LaunchError::Start(failure) });
+        let message = String::from_utf8_lossy(message).into_owned();
+        let missing_command = kind == super::shim::FAILURE_MISSING;
+        return Err(if mode == "exec" {
+            LaunchError::ExecStart { message, missing_command }
+        } else {
+            LaunchError::Start { message, missing_command }
+        });
     }
     let io = io.ok_or_else(|| LaunchError::Helper("the container did not send its terminal".into()))?;
     Ok(Launched { pid, helper: helper_child, io })

@@ -189,12 +189,32 @@ fn exec(spec: ExecSpec, status: &mut File) -> Result<i32, String> {
     })
 }
 
+/// Why a container's (or exec's) process could not be started, as the helper's child reports
+/// it to the engine.
+#[derive(Debug)]
+pub struct ChildFailure {
+    /// The command is not there (dockerd's exit code 127 and a client error, not a server one).
+    pub missing_command: bool,
+    pub message: String,
+}
+
+impl From<String> for ChildFailure {
+    fn from(message: String) -> Self {
+        ChildFailure { missing_command: false, message }
+    }
+}
+
+/// The kind byte that opens a failure report: the command is missing.
+pub const FAILURE_MISSING: u8 = b'M';
+/// Any other failure.
+pub const FAILURE_OTHER: u8 = b'E';
+
 /// Forks; the child waits for the agent's go byte and runs `child`; the parent reports the
 /// pid and returns the child's exit status as an exit code.
 fn fork_and_wait(
     status: &mut File,
     console: bool,
-    child: impl FnOnce() -> Result<std::convert::Infallible, String>,
+    child: impl FnOnce() -> Result<std::convert::Infallible, ChildFailure>,
 ) -> Result<i32, String> {
     // SAFETY: this helper is single-threaded (it never spawns a thread), so fork is sound.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
@@ -211,13 +231,16 @@ fn fork_and_wait(
             }
             drop(go);
             let set_cloexec = nix::fcntl::fcntl(&errors, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-            let msg = match set_cloexec {
-                Err(e) => format!("fcntl: {e}"),
+            let failure = match set_cloexec {
+                Err(e) => ChildFailure::from(format!("fcntl: {e}")),
                 Ok(_) => match child() {
-                    Err(msg) => msg,
+                    Err(f) => f,
                 },
             };
-            let _ = errors.write_all(msg.as_bytes());
+            // One kind byte, then the message (see `launch::read_failure`).
+            let kind = if failure.missing_command { FAILURE_MISSING } else { FAILURE_OTHER };
+            let _ = errors.write_all(&[kind]);
+            let _ = errors.write_all(failure.message.as_bytes());
             std::process::exit(127);
         }
         ForkResult::Parent { child } => {
@@ -263,7 +286,7 @@ fn mnt(
 }
 
 /// In the child, inside the new namespaces: builds the root filesystem, pivots and execs.
-fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, String> {
+fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, ChildFailure> {
     // The agent has put us in our cgroup: make it the root of a cgroup namespace.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
@@ -593,7 +616,7 @@ fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf, String> {
 }
 
 /// Switches to the process's user, directory and session, and execs it.
-fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
+fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, ChildFailure> {
     let prefix = "unable to start container process";
     let (uid, gid, extra, home) = lookup_user(&p.user).map_err(|e| format!("{prefix}: {e}"))?;
     let mut env = p.env.clone();
@@ -609,11 +632,13 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
         console(uid, p.console_size).map_err(|e| format!("{prefix}: setting up the terminal: {e}"))?;
         // SAFETY: TIOCSCTTY on our stdin, the pty slave just made our stdio.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!("{prefix}: setting the controlling terminal: {}", std::io::Error::last_os_error()));
+            return Err(
+                format!("{prefix}: setting the controlling terminal: {}", std::io::Error::last_os_error()).into()
+            );
         }
     }
     let exe = find_executable(p.args.first().map(String::as_str).unwrap_or(""), &env)
-        .map_err(|e| format!("{prefix}: {e}"))?;
+        .map_err(|e| ChildFailure { missing_command: true, message: format!("{prefix}: {e}") })?;
     let keep = security::enter(&p.confinement).map_err(|e| format!("{prefix}: {e}"))?;
     let gids: Vec<Gid> = extra.into_iter().map(Gid::from_raw).collect();
     nix::unistd::setgroups(&gids).map_err(|e| format!("setgroups: {e}"))?;
@@ -625,7 +650,11 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
     let args: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let envs: Vec<CString> = env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
     let err = nix::unistd::execve(&exe_c, &args, &envs).unwrap_err();
-    Err(format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase()))
+    Err(ChildFailure {
+        // A script whose interpreter is missing is as missing as the command, to dockerd (127).
+        missing_command: err == nix::errno::Errno::ENOENT,
+        message: format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase()),
+    })
 }
 
 /// Opens a pty in the container's devpts, makes the slave this process's stdio (owned by

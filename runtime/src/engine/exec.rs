@@ -155,8 +155,8 @@ impl Engine {
             Ok(l) => l,
             Err(e) => {
                 // As dockerd: the exec ends with 127 when the command is missing, else 126.
-                let msg = e.to_string();
-                let code = if msg.contains("not found") || msg.contains("no such file") { 127 } else { 126 };
+                let missing = matches!(e, launch::LaunchError::ExecStart { missing_command: true, .. });
+                let code = if missing { 127 } else { 126 };
                 exec.info.lock().expect("exec lock").exit_code = Some(code);
                 return Err(e.into());
             }
