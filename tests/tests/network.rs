@@ -280,6 +280,19 @@ fn user_networks_with_dns_ipam_and_isolation() {
     assert!(cross.stdout.is_empty(), "the default bridge reached appnet: {cross:?}");
     let cross = a.docker(&["run", "--rm", "--network", "appnet", &img, "nc", "-w", "2", &outside_ip, "7001"]);
     assert!(cross.stdout.is_empty(), "appnet reached the default bridge: {cross:?}");
+    // connect: a stopped container joins (with an alias) and is found by it once started; a
+    // second user-defined network is refused, not swapped in.
+    a.ok(&["create", "--name", "mover", &img, "sleep", "300"]);
+    a.ok(&["network", "connect", "--alias", "moved", "appnet", "mover"]);
+    a.ok(&["start", "mover"]);
+    let found = a.ok(&["run", "--rm", "--network", "appnet", &img, "nslookup", "moved"]);
+    assert!(found.contains(&prefix), "{found}");
+    a.ok(&["stop", "-t", "0", "mover"]);
+    a.ok(&["network", "create", "second"]);
+    let (_, err) = a.fails(&["network", "connect", "second", "mover"]);
+    assert!(err.contains("one user-defined network at a time"), "{err}");
+    a.ok(&["network", "rm", "second"]);
+    a.ok(&["rm", "mover"]);
     // ls with filters; rm refused while in use; prune takes the unused only.
     a.ok(&["network", "create", "spare"]);
     let ls = a.ok(&["network", "ls", "--filter", "label=k=v", "--format", "{{.Name}}"]);

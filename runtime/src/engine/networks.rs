@@ -348,7 +348,15 @@ impl Engine {
                 "container cannot be disconnected from host network or connected to host network".into(),
             ));
         }
-        // One network per container here: connecting moves it.
+        // One network per container here: connecting moves it off the default bridge (or
+        // none); a second user-defined network is refused rather than swapped in silently.
+        let current = mode_name(&rec.host_config.network_mode).to_owned();
+        if current != "bridge" && current != "none" {
+            return Err(EngineError::Conflict(format!(
+                "container {} is on network {current} already: Berth puts a container on one user-defined network at a time",
+                rec.name
+            )));
+        }
         let rec = ctr.update(|r| {
             r.host_config.network_mode = info.name.clone();
             r.endpoints.clear();
