@@ -575,3 +575,39 @@ fn prune_filters_as_dockerd_takes_them() {
     a.ok(&["image", "prune", "-af", "--filter", "until=2000-01-01"]);
     assert!(!a.ok(&["images", "-q"]).trim().is_empty(), "until kept nothing back");
 }
+
+#[test]
+fn json_file_logs_rotate_at_max_size() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    // 3 files of about 4 KiB at most: the oldest lines go, the newest stay, in order.
+    a.ok(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-opt",
+        "max-size=4k",
+        "--log-opt",
+        "max-file=3",
+        &img,
+        "sh",
+        "-c",
+        "seq 1 3000",
+    ]);
+    let logs = a.ok(&["logs", "chatty"]);
+    let lines: Vec<u32> = logs.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(lines.last(), Some(&3000));
+    assert!(lines.len() < 1500 && lines.len() > 100, "{} lines kept", lines.len());
+    assert!(lines.windows(2).all(|w| w[1] == w[0] + 1), "lines out of order or missing within what is kept");
+    let dir = a.data_root().join("containers").join(a.ok(&["inspect", "-f", "{{.Id}}", "chatty"]).trim());
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-json.log"))
+        .count();
+    assert_eq!(files, 3);
+    let (_, err) = a.fails(&["run", "--log-opt", "max-size=lots", &img, "true"]);
+    assert!(err.contains("invalid max-size: lots"), "{err}");
+    let (_, err) = a.fails(&["run", "--log-opt", "max-file=2", &img, "true"]);
+    assert!(err.contains("max-file cannot be set without max-size"), "{err}");
+}

@@ -32,6 +32,61 @@ pub struct LogWriter {
     /// `None` for the `none` driver: nothing is kept.
     file: Option<File>,
     partial: [Vec<u8>; 2],
+    path: std::path::PathBuf,
+    rotation: Rotation,
+    size: u64,
+}
+
+/// `max-size` and `max-file` of json-file and local: past `max_size` bytes the file becomes
+/// `<name>.1` (older ones `.2`, ...), keeping `max_files` files in all, as dockerd rotates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_size: Option<u64>,
+    pub max_files: u32,
+}
+
+/// A size as the log options write it: `10m`, `512k`, `1g`, or bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.trim_end_matches('b').chars().last()? {
+        'k' => (&s[..s.trim_end_matches('b').len() - 1], 1u64 << 10),
+        'm' => (&s[..s.trim_end_matches('b').len() - 1], 1 << 20),
+        'g' => (&s[..s.trim_end_matches('b').len() - 1], 1 << 30),
+        _ => (s.as_str(), 1),
+    };
+    let n: f64 = num.parse().ok()?;
+    (n > 0.0).then_some((n * mult as f64) as u64)
+}
+
+impl Rotation {
+    /// From a container's log options; errors name the bad option.
+    pub fn of(opts: &std::collections::BTreeMap<String, String>) -> Result<Rotation, String> {
+        let max_size = match opts.get("max-size") {
+            Some(v) if v != "-1" => Some(parse_size(v).ok_or_else(|| format!("invalid max-size: {v}"))?),
+            _ => None,
+        };
+        let max_files = match opts.get("max-file") {
+            Some(v) => {
+                v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| format!("invalid value for max-file: {v}"))?
+            }
+            None => 1,
+        };
+        if max_files > 1 && max_size.is_none() {
+            return Err("max-file cannot be set without max-size".into());
+        }
+        Ok(Rotation { max_size, max_files })
+    }
+}
+
+/// The files of a log, oldest first (the rotated ones, then the live one).
+pub fn files_of(path: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = (1..100)
+        .map(|i| std::path::PathBuf::from(format!("{}.{i}", path.display())))
+        .take_while(|p| p.exists())
+        .collect();
+    out.reverse();
+    out.push(path.to_owned());
+    out
 }
 
 /// The log drivers this engine has; `local` keeps json-file's format here.
@@ -88,13 +143,43 @@ pub fn check_config(kind: &str, opts: &std::collections::BTreeMap<String, String
 
 impl LogWriter {
     pub fn open(path: &Path) -> io::Result<Self> {
+        Self::open_rotating(path, Rotation::default())
+    }
+
+    pub fn open_rotating(path: &Path, rotation: Rotation) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogWriter { file: Some(file), partial: [Vec::new(), Vec::new()] })
+        let size = file.metadata()?.len();
+        Ok(LogWriter { file: Some(file), partial: [Vec::new(), Vec::new()], path: path.to_owned(), rotation, size })
     }
 
     /// A writer that keeps nothing (the `none` driver).
     pub fn discard() -> Self {
-        LogWriter { file: None, partial: [Vec::new(), Vec::new()] }
+        LogWriter {
+            file: None,
+            partial: [Vec::new(), Vec::new()],
+            path: Default::default(),
+            rotation: Rotation::default(),
+            size: 0,
+        }
+    }
+
+    /// Moves the full file aside (`.1`, older ones up by one, the oldest dropped) and starts
+    /// an empty one; with one file allowed, the file is emptied.
+    fn rotate(&mut self) -> io::Result<()> {
+        let name = |i: u32| std::path::PathBuf::from(format!("{}.{i}", self.path.display()));
+        let keep = self.rotation.max_files;
+        if keep > 1 {
+            let _ = std::fs::remove_file(name(keep - 1));
+            for i in (1..keep - 1).rev() {
+                let _ = std::fs::rename(name(i), name(i + 1));
+            }
+            std::fs::rename(&self.path, name(1))?;
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+        } else if let Some(f) = &self.file {
+            f.set_len(0)?;
+        }
+        self.size = 0;
+        Ok(())
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
@@ -103,7 +188,12 @@ impl LogWriter {
             LogLine { log: String::from_utf8_lossy(bytes).into_owned(), stream, time: crate::model::now_rfc3339() };
         let mut json = serde_json::to_vec(&line).map_err(io::Error::other)?;
         json.push(b'\n');
-        file.write_all(&json)
+        file.write_all(&json)?;
+        self.size += json.len() as u64;
+        if self.rotation.max_size.is_some_and(|m| self.size >= m) {
+            self.rotate()?;
+        }
+        Ok(())
     }
 
     /// Records a chunk of output.
@@ -165,10 +255,17 @@ impl LogQuery {
 
 /// Reads the lines of `path` that `q` wants, and the byte offset where reading stopped.
 pub fn read(path: &Path, q: &LogQuery) -> io::Result<(Vec<LogLine>, u64)> {
-    let (mut out, offset) = match read_from(path, 0, q) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], 0)),
+    let mut out = Vec::new();
+    for old in files_of(path).iter().filter(|p| p.as_path() != path) {
+        if let Ok((lines, _)) = read_from(old, 0, q) {
+            out.extend(lines);
+        }
+    }
+    let (live, offset) = match read_from(path, 0, q) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (vec![], 0),
         r => r?,
     };
+    out.extend(live);
     if let Some(t) = q.tail {
         let skip = out.len().saturating_sub(t);
         out.drain(..skip);

@@ -154,6 +154,7 @@ impl Engine {
         let driver =
             crate::container::logs::check_config(log.get("Type").and_then(|t| t.as_str()).unwrap_or(""), &log_opts)
                 .map_err(EngineError::InvalidArgument)?;
+        crate::container::logs::Rotation::of(&log_opts).map_err(EngineError::InvalidArgument)?;
         host.extra.insert("LogConfig".into(), serde_json::json!({"Type": driver, "Config": log_opts}));
         // One runtime, reported as dockerd's default (`--runtime runc` is accepted).
         match host.extra.get("Runtime").and_then(|r| r.as_str()).unwrap_or("") {
@@ -414,7 +415,15 @@ impl Engine {
         let writer = if crate::container::logs::driver_of(&rec.host_config) == "none" {
             LogWriter::discard()
         } else {
-            LogWriter::open(&log_path).map_err(io_ctx("opening the log"))?
+            let opts: std::collections::BTreeMap<String, String> = rec
+                .host_config
+                .extra
+                .get("LogConfig")
+                .and_then(|c| c.get("Config"))
+                .and_then(|c| serde_json::from_value(c.clone()).ok())
+                .unwrap_or_default();
+            let rotation = crate::container::logs::Rotation::of(&opts).unwrap_or_default();
+            LogWriter::open_rotating(&log_path, rotation).map_err(io_ctx("opening the log"))?
         };
         let writer = Arc::new(std::sync::Mutex::new(writer));
         let mut pumps =

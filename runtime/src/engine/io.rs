@@ -121,6 +121,18 @@ impl Engine {
                 let running = ctr.snapshot().running();
                 let changed = life.has_changed().unwrap_or(true);
                 let _ = life.borrow_and_update();
+                // Rotated since the last read: the rest of the old file (now `.1`), then the new.
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() < offset) {
+                    let old = std::path::PathBuf::from(format!("{}.1", path.display()));
+                    if let Ok((lines, _)) = logs::read_from(&old, offset, &live_q) {
+                        for l in lines {
+                            if tx.send(l).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    offset = 0;
+                }
                 if let Ok((lines, next)) = logs::read_from(&path, offset, &live_q) {
                     offset = next;
                     for l in lines {
