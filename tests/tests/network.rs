@@ -85,11 +85,29 @@ fn traffic_leaving_the_bridge_is_masqueraded() {
             .into_owned();
         !got.is_empty()
     });
+    // A user-defined network goes out the same way; an --internal one does not go out at all.
+    a.ok(&["network", "create", "--subnet", &format!("10.251.{n}.0/24"), "outnet"]);
+    a.ok(&["network", "create", "--internal", "--subnet", &format!("10.252.{n}.0/24"), "innet"]);
+    let reach = |net: &str| {
+        String::from_utf8_lossy(
+            &a.docker(&["run", "--rm", "--network", net, &img, "nc", "-w", "2", &target, "7777"]).stdout,
+        )
+        .into_owned()
+    };
+    let mut via_user = String::new();
+    let user_ok = eventually(15, || {
+        via_user = reach("outnet");
+        !via_user.is_empty()
+    });
+    let via_internal = reach("innet");
     let _ = server.0.kill();
     let _ = server.0.wait();
     let _ = sh(&format!("ip netns del {ns}; ip link del {veth} 2>/dev/null"));
     assert!(ok, "the container could not reach the outside host");
     assert_eq!(got, format!("seen 10.250.{n}.1\n"), "source address was not masqueraded");
+    assert!(user_ok && via_user == format!("seen 10.250.{n}.1\n"), "from a user network: {via_user:?}");
+    assert!(via_internal.is_empty(), "an --internal network reached the outside: {via_internal:?}");
+    a.ok(&["network", "rm", "outnet", "innet"]);
 }
 
 /// Kills the outside server even when an assertion fails first.
