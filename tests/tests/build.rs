@@ -23,13 +23,13 @@ FROM $REG/busybox:latest AS build
 WORKDIR /src
 COPY . .
 RUN test ! -e x.secret && echo "built $(cat hello.txt)" > /out.txt \
-    && echo building on stdout && echo and on stderr >&2
+    && echo made > /made.secret && echo building on stdout && echo and on stderr >&2
 FROM ${REG}/busybox:latest
 ARG GREETING=hi
 ENV APP_HOME=/app SPACED="a b"
 LABEL org.example.k="v 1"
 WORKDIR $APP_HOME
-COPY --from=build /out.txt ./
+COPY --from=build /out.txt /made.secret ./
 COPY --chown=1000:1001 sub/ ./sub/
 ADD archive.tar.gz /unpacked/
 RUN echo "$GREETING from $(pwd)" > greeting
@@ -124,6 +124,8 @@ fn every_instruction_builds_as_on_docker_engine() {
     assert_eq!(c["Healthcheck"]["Retries"], 2);
     assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
     // COPY --chown, a directory's contents, ADD's unpacking, ownership of what was created.
+    // .dockerignore is the context's: it does not filter what COPY --from takes from a stage.
+    assert_eq!(a.ok(&["run", "--rm", "mine/app:v1", "cat made.secret"]), "made\n");
     let files = a.ok(&["run", "--rm", "mine/app:v1", "ls -ln sub sub/deeper; cat /unpacked/inside.txt"]);
     assert!(files.contains("1000     1001") && files.contains("a.txt") && files.contains("b.txt"), "{files}");
     assert!(files.ends_with("from the archive"), "{files}");
@@ -289,9 +291,18 @@ fn raw_api_builds_honour_dockerignore_and_scratch() {
     add(&mut tar, "secret.key", "private");
     add(&mut tar, "logs/a.log", "noise");
     add(&mut tar, "logs/keep", "kept");
-    let (status, body) = a.request("POST", "/build?t=scratchy&q=1", &tar.into_inner().unwrap());
+    let context = tar.into_inner().unwrap();
+    let (status, body) = a.request("POST", "/build?t=scratchy&q=1", &context);
     let body = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(status, 200, "{body}");
+    // Sent again: the COPY on scratch comes from the cache, the same image.
+    let (_, again) = a.request("POST", "/build?t=scratchy", &context);
+    let again = String::from_utf8_lossy(&again).into_owned();
+    assert!(again.contains("Using cache"), "{again}");
+    let id = |text: &str| {
+        text.split("\"stream\":\"").filter_map(|s| s.strip_prefix("sha256:")).map(|s| s[..12].to_owned()).next()
+    };
+    assert!(id(&body).is_some_and(|i| again.contains(&format!("Successfully built {i}"))), "{body}\n{again}");
     assert!(!body.contains("Step 1/2"), "q=1 prints only the ID: {body}");
     assert!(body.contains("\"stream\":\"sha256:"), "{body}");
     let v: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", "scratchy"])).unwrap();

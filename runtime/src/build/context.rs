@@ -197,8 +197,8 @@ pub struct Source<'a> {
 
 /// Writes the sources into `out` as one tar, rewritten by `rewrite`; returns the content hash
 /// (paths, types, modes, owners, link targets and bytes, not times), as dockerd's cache uses.
-pub fn copy_tar(sources: &[Source<'_>], rewrite: Rewrite, scratch: &mut File, out: &mut File) -> io::Result<String> {
-    let mut tar = tar::Builder::new(&mut *out);
+pub fn copy_tar(sources: &[Source<'_>], rewrite: Rewrite, scratch: &mut File, out: impl Write) -> io::Result<String> {
+    let mut tar = tar::Builder::new(out);
     let mut digests: BTreeMap<PathBuf, String> = BTreeMap::new();
     for src in sources {
         scratch.set_len(0)?;
@@ -246,9 +246,7 @@ pub fn copy_tar(sources: &[Source<'_>], rewrite: Rewrite, scratch: &mut File, ou
             }
         }
     }
-    tar.finish()?;
-    drop(tar);
-    out.flush()?;
+    tar.into_inner()?.flush()?;
     let mut h = Sha256::new();
     for (path, digest) in &digests {
         h.update(path.to_string_lossy().as_bytes());

@@ -723,6 +723,9 @@ impl Builder<'_> {
         if let Some(hit) = self.cached(st, &created_by) {
             return self.advance(st, hit, true);
         }
+        // The parent the cache was asked about (empty for `FROM scratch`), not the bare image
+        // `base` may record for it.
+        let parent = st.id().to_owned();
         let base = self.base(st).await?;
         let id = self.container(&base, &st.config.config, argv, env).await?;
         self.say(format!(" ---> Running in {}\n", &id[..12]));
@@ -756,98 +759,100 @@ impl Builder<'_> {
                 code,
             });
         }
-        let rec = self.engine.container(&id)?;
-        let mut config = st.config.clone();
-        config.created = Some(now_rfc3339());
-        let history =
-            History { created: config.created.clone(), created_by: Some(created_by.clone()), ..Default::default() };
-        let parent = st.id().to_owned();
-        let key_step = created_by.clone();
-        let image = self.engine.commit_layer(&rec, &base, config, history, &[], "").await;
+        let image = self.commit_container(st, &id, &base, &created_by).await;
         if self.opts.remove || self.opts.force_remove {
             let _ = self.engine.remove(&id, true, true).await;
             self.say(format!("Removing intermediate container {}\n", &id[..12]));
         }
         let image = image?;
-        self.remember(&parent, &key_step, &image, &created_by);
+        self.remember(&parent, &created_by, &image, &created_by);
         self.advance(st, image, false)
     }
 
-    /// After the work on a step's created container (`work`): its changes committed as the
-    /// step's image (unless the work failed), the container removed, the cache told, and the
-    /// stage moved on.
+    /// The step container's changes as the step's image, with `st`'s config.
+    async fn commit_container(
+        &self,
+        st: &Stage,
+        id: &str,
+        base: &ImageRecord,
+        created_by: &str,
+    ) -> Result<ImageRecord, EngineError> {
+        let rec = self.engine.container(id)?;
+        let mut config = st.config.clone();
+        config.created = Some(now_rfc3339());
+        let history =
+            History { created: config.created.clone(), created_by: Some(created_by.to_owned()), ..Default::default() };
+        self.engine.commit_layer(&rec, base, config, history, &[], "").await
+    }
+
+    /// After the work on a step's created, never started, container (`work`): its changes
+    /// committed as the step's image (unless the work failed), the container removed, the
+    /// cache told (under `parent`, as it was asked), and the stage moved on.
+    #[allow(clippy::too_many_arguments)]
     async fn commit_step(
         &self,
         st: &mut Stage,
         id: &str,
+        parent: &str,
         base: &ImageRecord,
         created_by: &str,
         key_step: &str,
         work: Result<(), EngineError>,
     ) -> Result<(), EngineError> {
         let committed = match work {
-            Ok(()) => {
-                let rec = self.engine.container(id)?;
-                let mut config = st.config.clone();
-                config.created = Some(now_rfc3339());
-                let history = History {
-                    created: config.created.clone(),
-                    created_by: Some(created_by.to_owned()),
-                    ..Default::default()
-                };
-                self.engine.commit_layer(&rec, base, config, history, &[], "").await
-            }
+            Ok(()) => self.commit_container(st, id, base, created_by).await,
             Err(e) => Err(e),
         };
         let _ = self.engine.remove(id, true, true).await;
         let image = committed?;
-        self.remember(&base.id, key_step, &image, created_by);
+        self.remember(parent, key_step, &image, created_by);
         self.advance(st, image, false)
     }
 
     async fn workdir_step(&mut self, st: &mut Stage, ins: &Instruction) -> Result<(), EngineError> {
         let dir = words::word(&ins_text(ins), &Self::lookup(st), self.escape).map_err(invalid)?;
         let current = st.config.config.working_dir.clone();
-        let joined = if dir.starts_with('/') {
+        let absolute = if dir.starts_with('/') {
             PathBuf::from(&dir)
         } else {
             Path::new(if current.is_empty() { "/" } else { &current }).join(&dir)
         };
-        let clean = format!("/{}", context::clean(&joined.to_string_lossy()).unwrap_or_default().display());
+        let clean = format!("/{}", context::clean(&absolute.to_string_lossy()).unwrap_or_default().display());
         st.config.config.working_dir = clean.clone();
         let created_by = format!("/bin/sh -c #(nop) WORKDIR {clean}");
         let key_step = created_by.clone();
         if let Some(hit) = self.cached(st, &key_step) {
             return self.advance(st, hit, true);
         }
-        // The directory is made in a layer when the image lacks it, as dockerd does.
-        let exists = match &st.image {
-            None => false,
-            Some(img) => {
-                let id = self.container(img, &st.config.config, vec!["WORKDIR".into()], vec![]).await?;
-                let view = self.engine.root_view(&id)?;
-                let found =
-                    view.confined().and_then(|r| r.lookup_follow(Path::new(&clean))).is_ok_and(|i| i.meta.is_dir());
-                drop(view);
-                let _ = self.engine.remove(&id, true, true).await;
-                found
-            }
-        };
-        if exists {
-            return self.meta_image(st, &created_by).await.map(|_| ());
-        }
+        // The directory is made in a layer when the image lacks it, as dockerd does; when it
+        // is there already, the step changes the config only.
+        let parent = st.id().to_owned();
         let base = self.base(st).await?;
         let id = self.container(&base, &st.config.config, vec!["WORKDIR".into()], vec![]).await?;
-        let result = async {
+        let made = async {
             let view = self.engine.root_view(&id)?;
             let path = clean.clone();
-            joined_io(
-                tokio::task::spawn_blocking(move || view.confined()?.dir(Path::new(&path), true).map(|_| ())).await,
-                "making the WORKDIR",
+            joined(
+                tokio::task::spawn_blocking(move || -> Result<bool, EngineError> {
+                    let root = view.confined().map_err(io_ctx("opening the container's root"))?;
+                    if root.lookup_follow(Path::new(&path)).is_ok_and(|i| i.meta.is_dir()) {
+                        return Ok(false);
+                    }
+                    root.dir(Path::new(&path), true).map_err(io_ctx("making the WORKDIR"))?;
+                    Ok(true)
+                })
+                .await,
             )
         }
         .await;
-        self.commit_step(st, &id, &base, &created_by, &key_step, result).await
+        match made {
+            Ok(false) => {
+                let _ = self.engine.remove(&id, true, true).await;
+                self.meta_image(st, &created_by).await.map(|_| ())
+            }
+            Ok(true) => self.commit_step(st, &id, &parent, &base, &created_by, &key_step, Ok(())).await,
+            Err(e) => self.commit_step(st, &id, &parent, &base, &created_by, &key_step, Err(e)).await,
+        }
     }
 
     async fn copy_step(&mut self, st: &mut Stage, ins: &Instruction) -> Result<(), EngineError> {
@@ -941,6 +946,7 @@ impl Builder<'_> {
         }
         // The content hash, as the cache key takes it (names as the sources have them).
         let ctx = self.ctx.clone();
+        let from_context = ins.flag("from").is_none();
         let views = Arc::new(views);
         let (hash, kinds) = {
             let (views, srcs) = (views.clone(), srcs.clone());
@@ -951,21 +957,18 @@ impl Builder<'_> {
                         .iter()
                         .map(|(v, p, _)| views[*v].confined().and_then(|r| r.lookup(p)).is_ok_and(|i| i.meta.is_dir()))
                         .collect();
-                    let sources: Vec<Source<'_>> = srcs
-                        .iter()
-                        .zip(&kinds)
-                        .map(|((v, p, _), dir)| Source {
-                            view: &views[*v],
-                            path: p.clone(),
-                            name: if *dir { PathBuf::new() } else { PathBuf::from(p.file_name().unwrap_or_default()) },
-                            ignore: (*v == 0).then_some(&ctx.ignore),
-                        })
-                        .collect();
+                    // Hashed as written, into nothing: only the hash is wanted here.
+                    let sources = sources_of(&srcs, &kinds, &views, from_context.then_some(&ctx.ignore), |p| {
+                        PathBuf::from(p.file_name().unwrap_or_default())
+                    });
                     let mut scratch = engine.scratch_file()?;
-                    let mut out = engine.scratch_file()?;
-                    let hash =
-                        context::copy_tar(&sources, Rewrite { owner: None, mode: chmod }, &mut scratch, &mut out)
-                            .map_err(io_ctx("reading the sources"))?;
+                    let hash = context::copy_tar(
+                        &sources,
+                        Rewrite { owner: None, mode: chmod },
+                        &mut scratch,
+                        std::io::sink(),
+                    )
+                    .map_err(io_ctx("reading the sources"))?;
                     Ok((hash, kinds))
                 })
                 .await,
@@ -987,6 +990,7 @@ impl Builder<'_> {
         if let Some(hit) = self.cached(st, &key_step) {
             return self.advance(st, hit, true);
         }
+        let parent = st.id().to_owned();
         let base = self.base(st).await?;
         let id = self.container(&base, &st.config.config, vec![kw.clone()], vec![]).await?;
         let result = async {
@@ -1018,7 +1022,7 @@ impl Builder<'_> {
                     }
                     let into_text = into.to_string_lossy().into_owned();
                     // Archives ADD unpacks go straight in; the rest as one rewritten tar.
-                    for (v, p, archive) in srcs.iter().filter(|s| s.2) {
+                    for (v, p, _) in srcs.iter().filter(|s| s.2) {
                         let file = views[*v]
                             .confined()
                             .and_then(|r| r.lookup(p))
@@ -1026,26 +1030,12 @@ impl Builder<'_> {
                             .map_err(io_ctx(format!("opening {}", p.display())))?;
                         let mut reader = crate::image::unpack::decompressor(Box::new(std::io::BufReader::new(file)))
                             .map_err(io_ctx(format!("reading {}", p.display())))?;
-                        debug_assert!(*archive);
                         rootfs::untar_into(&view, &into_text, &mut reader).map_err(EngineError::InvalidArgument)?;
                     }
-                    let sources: Vec<Source<'_>> = srcs
-                        .iter()
-                        .zip(&kinds)
-                        .filter(|((_, _, archive), _)| !archive)
-                        .map(|((v, p, _), dir)| Source {
-                            view: &views[*v],
-                            path: p.clone(),
-                            name: if *dir {
-                                PathBuf::new()
-                            } else if dest_is_dir {
-                                PathBuf::from(p.file_name().unwrap_or_default())
-                            } else {
-                                PathBuf::from(dest.file_name().unwrap_or_default())
-                            },
-                            ignore: (*v == 0).then_some(&ctx.ignore),
-                        })
-                        .collect();
+                    let sources = sources_of(&srcs, &kinds, &views, from_context.then_some(&ctx.ignore), |p| {
+                        let named = if dest_is_dir { p } else { dest.as_path() };
+                        PathBuf::from(named.file_name().unwrap_or_default())
+                    });
                     if !sources.is_empty() {
                         let mut scratch = engine.scratch_file()?;
                         let mut out = engine.scratch_file()?;
@@ -1062,8 +1052,31 @@ impl Builder<'_> {
             Ok(())
         }
         .await;
-        self.commit_step(st, &id, &base, &created_by, &key_step, result).await
+        self.commit_step(st, &id, &parent, &base, &created_by, &key_step, result).await
     }
+}
+
+/// The sources to copy that are not archives to unpack: (view index, path, archive) with
+/// whether each is a directory (`kinds`); a directory's contents go in as they are, anything
+/// else is named by `name(path)`. `ignore` is the context's ignore file, for sources from the
+/// context (view 0), none with `--from`.
+fn sources_of<'a>(
+    srcs: &[(usize, PathBuf, bool)],
+    kinds: &[bool],
+    views: &'a [RootView],
+    ignore: Option<&'a context::Ignore>,
+    name: impl Fn(&Path) -> PathBuf,
+) -> Vec<Source<'a>> {
+    srcs.iter()
+        .zip(kinds)
+        .filter(|((_, _, archive), _)| !archive)
+        .map(|((v, p, _), dir)| Source {
+            view: &views[*v],
+            path: p.clone(),
+            name: if *dir { PathBuf::new() } else { name(p) },
+            ignore: ignore.filter(|_| *v == 0),
+        })
+        .collect()
 }
 
 /// A directory for downloads, removed on drop.
