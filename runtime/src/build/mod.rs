@@ -137,18 +137,19 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let scratch = self.root().join("tmp");
         std::fs::create_dir_all(&scratch).map_err(io_ctx("creating the scratch dir"))?;
-        let ctx = joined(
+        let name = if opts.dockerfile.is_empty() { "Dockerfile".to_owned() } else { opts.dockerfile.clone() };
+        let (ctx, text) = joined(
             tokio::task::spawn_blocking(move || {
                 let reader = std::io::BufReader::new(context);
-                Context::unpack(reader, &scratch).map_err(EngineError::InvalidArgument)
+                let ctx = Context::unpack(reader, &scratch).map_err(EngineError::InvalidArgument)?;
+                let text = ctx
+                    .read(&name)
+                    .map_err(EngineError::InvalidArgument)?
+                    .ok_or_else(|| invalid(format!("Cannot locate specified Dockerfile: {name}")))?;
+                Ok((ctx, text))
             })
             .await,
         )?;
-        let name = if opts.dockerfile.is_empty() { "Dockerfile" } else { opts.dockerfile.as_str() };
-        let text = ctx
-            .read(name)
-            .map_err(EngineError::InvalidArgument)?
-            .ok_or_else(|| invalid(format!("Cannot locate specified Dockerfile: {name}")))?;
         let df = dockerfile::parse(&String::from_utf8_lossy(&text)).map_err(|e| invalid(e.to_string()))?;
         let mut builder = Builder {
             engine: self,
@@ -197,11 +198,7 @@ impl Engine {
                 .find(|i| i.repo_tags.is_empty() && !parents.contains(&i.id) && !in_use.contains(&i.id))
                 .cloned();
             let Some(v) = victim else { break };
-            let parent_layers: BTreeSet<String> = images
-                .get(&v.parent)
-                .map(|p| p.layers.iter().map(|l| l.chain_id.clone()).collect())
-                .unwrap_or_default();
-            freed += v.layers.iter().filter(|l| !parent_layers.contains(&l.chain_id)).map(|l| l.size).sum::<u64>();
+            freed += images.own_size(&v);
             images.remove(&v.id)?;
             removed.push(v.id);
         }
@@ -220,13 +217,7 @@ impl Engine {
             .filter_map(|e| {
                 // A tagged image is the user's, listed with the images; the rest is cache.
                 let img = images.get(&e.image).filter(|i| i.repo_tags.is_empty())?;
-                let parent: BTreeSet<String> = images
-                    .get(&img.parent)
-                    .map(|p| p.layers.iter().map(|l| l.chain_id.clone()).collect())
-                    .unwrap_or_default();
-                let size = img.layers.iter().filter(|l| !parent.contains(&l.chain_id)).map(|l| l.size).sum();
-                let used = in_use.contains(&img.id);
-                Some((e, size, used))
+                Some((e, images.own_size(img), in_use.contains(&img.id)))
             })
             .collect()
     }

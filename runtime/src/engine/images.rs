@@ -181,11 +181,7 @@ impl Engine {
                 break;
             }
             for img in victims {
-                let shared: HashSet<String> = images
-                    .get(&img.parent)
-                    .map(|p| p.layers.iter().map(|l| l.chain_id.clone()).collect())
-                    .unwrap_or_default();
-                freed += img.layers.iter().filter(|l| !shared.contains(&l.chain_id)).map(|l| l.size).sum::<u64>();
+                freed += images.own_size(&img);
                 for t in &img.repo_tags {
                     out.push(RemovedImage::Untagged(familiar(t)));
                 }

@@ -269,6 +269,16 @@ impl Engine {
         out
     }
 
+    /// A network's name, ID and whether it is built in, without its containers (for each
+    /// container's inspect and list entry).
+    pub fn network_identity(&self, name_or_id: &str) -> Option<(String, String, bool)> {
+        let name = mode_name(name_or_id);
+        if matches!(name, "bridge" | "host" | "none") {
+            return Some((name.to_owned(), builtin_id(self.root(), name), true));
+        }
+        self.user_network(name).map(|n| (n.record.name.clone(), n.record.id.clone(), false))
+    }
+
     /// One network by name, ID or ID prefix.
     pub fn network(&self, name_or_id: &str) -> Result<NetworkInfo, EngineError> {
         let all = self.networks();

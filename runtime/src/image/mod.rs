@@ -188,6 +188,14 @@ impl ImageStore {
     }
 
     /// Writes `rec` (durably) and indexes it.
+    /// Bytes of `img`'s layers that its parent image does not have (what removing it alone
+    /// frees, as prune reports it).
+    pub fn own_size(&self, img: &ImageRecord) -> u64 {
+        let parent = self.get(&img.parent);
+        let shared = |chain: &str| parent.is_some_and(|p| p.layers.iter().any(|l| l.chain_id == chain));
+        img.layers.iter().filter(|l| !shared(&l.chain_id)).map(|l| l.size).sum()
+    }
+
     pub fn put(&mut self, rec: ImageRecord) -> Result<(), ImageError> {
         let path = self.dir.join(format!("{}.json", &rec.id["sha256:".len()..]));
         let bytes = serde_json::to_vec_pretty(&rec).expect("image record serialises");

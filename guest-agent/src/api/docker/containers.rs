@@ -80,16 +80,14 @@ fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
 
 fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
     let mode = berth_runtime::engine::mode_name(&rec.host_config.network_mode).to_owned();
-    let network = engine.network(&mode).ok();
-    let name = network.as_ref().map(|n| n.name.clone()).unwrap_or(mode.clone());
-    let id = network.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+    let (name, id, builtin) = engine.network_identity(&mode).unwrap_or((mode, String::new(), true));
     let ep = rec.endpoints.get(&name).or(rec.endpoints.get(&rec.host_config.network_mode)).cloned().unwrap_or_default();
     let running = rec.running() && !rec.net.ip.is_empty();
     let mut aliases = ep.aliases.clone();
-    if network.as_ref().is_some_and(|n| !n.builtin) && !aliases.contains(&rec.id[..12].to_owned()) {
+    let user_net = !builtin;
+    if user_net && !aliases.contains(&rec.id[..12].to_owned()) {
         aliases.push(rec.id[..12].to_owned());
     }
-    let user_net = network.as_ref().is_some_and(|n| !n.builtin);
     let one = json!({
         "IPAMConfig": if ep.ipv4.is_empty() { Value::Null } else { json!({"IPv4Address": ep.ipv4}) },
         "Links": null,
