@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query as Q, RawQuery, State};
-use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use berth_runtime::Engine;
 use berth_runtime::build::{BuildEvent, BuildOptions};
-use berth_runtime::{Engine, EngineError};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::archive::{all, body_to_file};
-use super::images::{credentials_of, decode_header_json, line, progress_json};
+use super::images::{credentials_of, decode_header_json, progress_json};
 use super::{ApiError, Query, qbool};
 
 fn json_map<T: serde::de::DeserializeOwned>(q: &Query, key: &str) -> Result<BTreeMap<String, T>, ApiError> {
@@ -30,18 +30,6 @@ fn event_json(e: &BuildEvent) -> Value {
         BuildEvent::Stream(s) => json!({"stream": s}),
         BuildEvent::Pull(p) => progress_json(p),
         BuildEvent::Aux(id) => json!({"aux": {"ID": id}}),
-    }
-}
-
-fn error_json(e: EngineError) -> Value {
-    let code = match &e {
-        EngineError::CommandFailed { code, .. } => Some(*code),
-        _ => None,
-    };
-    let msg = ApiError::from(e).message;
-    match code {
-        Some(c) => json!({"errorDetail": {"code": c, "message": msg}, "error": msg}),
-        None => json!({"errorDetail": {"message": msg}, "error": msg}),
     }
 }
 
@@ -101,34 +89,9 @@ pub async fn build(
         credentials,
     };
     let file = body_to_file(&engine, body).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<BuildEvent>();
+    let (tx, rx) = mpsc::unbounded_channel::<BuildEvent>();
     let task = tokio::spawn(async move { engine.build(file, opts, tx).await });
-    // Until the first line, an error is an HTTP error (a bad context or Dockerfile), as dockerd.
-    // The channel closes only when the build is over, so no event means it ended already.
-    let first = rx.recv().await;
-    let task = match first {
-        Some(_) => Some(task),
-        None => match task.await {
-            Ok(Err(e)) => return Err(e.into()),
-            Err(e) => return Err(ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-            Ok(Ok(_)) => None,
-        },
-    };
-    let stream = futures_util::stream::unfold((first, rx, task), |(pending, mut rx, task)| async move {
-        if let Some(e) = pending {
-            return Some((Ok::<_, std::io::Error>(line(&event_json(&e))), (None, rx, task)));
-        }
-        if let Some(e) = rx.recv().await {
-            return Some((Ok(line(&event_json(&e))), (None, rx, task)));
-        }
-        let task = task?;
-        match task.await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some((Ok(line(&error_json(e))), (None, rx, None))),
-            Err(e) => Some((Ok(line(&json!({"error": e.to_string()}))), (None, rx, None))),
-        }
-    });
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+    super::stream::json_progress(rx, task, event_json).await
 }
 
 /// `POST /build/prune`: the layer cache and the images only it kept.

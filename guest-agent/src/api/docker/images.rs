@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query as Q, RawQuery, Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use berth_runtime::Engine;
@@ -87,12 +87,6 @@ pub(super) fn progress_json(p: &Progress) -> Value {
     v
 }
 
-pub(super) fn line(v: &Value) -> bytes::Bytes {
-    let mut b = serde_json::to_vec(v).expect("json");
-    b.extend_from_slice(b"\r\n");
-    b.into()
-}
-
 /// `POST /images/create?fromImage=&tag=` (pull), streaming progress.
 pub async fn create(
     State(engine): State<Engine>,
@@ -117,64 +111,12 @@ pub async fn create(
         format!("{from}:{tag}")
     };
     let creds = credentials(&headers);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+    let (tx, rx) = mpsc::unbounded_channel::<Progress>();
     let task = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.pull(&name, &creds, &tx).await })
     };
-    // Until the first progress line, an error is an HTTP error (dockerd does the same).
-    let mut task = Some(task);
-    let first = tokio::select! {
-        p = rx.recv() => p,
-        r = task.as_mut().expect("set") => {
-            task = None;
-            match r {
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-                Ok(Ok(_)) => rx.recv().await,
-            }
-        }
-    };
-    if first.is_none() {
-        // The sender is gone before any line: the pull ended; report its result as a status.
-        if let Some(t) = task.take() {
-            match t.await {
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => {
-                    return Err(ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
-                }
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-    let stream = async_stream(first, rx, task);
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
-}
-
-type PullTask = tokio::task::JoinHandle<Result<ImageRecord, berth_runtime::EngineError>>;
-
-fn async_stream(
-    first: Option<Progress>,
-    rx: mpsc::UnboundedReceiver<Progress>,
-    task: Option<PullTask>,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
-    futures_util::stream::unfold((first, rx, task), |(pending, mut rx, task)| async move {
-        if let Some(p) = pending {
-            return Some((Ok(line(&progress_json(&p))), (None, rx, task)));
-        }
-        if let Some(p) = rx.recv().await {
-            return Some((Ok(line(&progress_json(&p))), (None, rx, task)));
-        }
-        let task = task?;
-        match task.await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => {
-                let msg = ApiError::from(e).message;
-                Some((Ok(line(&json!({"errorDetail": {"message": msg}, "error": msg}))), (None, rx, None)))
-            }
-            Err(e) => Some((Ok(line(&json!({"error": e.to_string()}))), (None, rx, None))),
-        }
-    })
+    super::stream::json_progress(rx, task, progress_json).await
 }
 
 fn unix(t: &str) -> i64 {

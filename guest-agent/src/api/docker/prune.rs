@@ -30,7 +30,7 @@ fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
 /// `until`'s value in Unix seconds.
 fn until_of(s: &str) -> Option<i64> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if let Some(ns) = berth_runtime::build::go_duration(s)
+    if let Some(ns) = berth_runtime::model::go_duration(s)
         && s.chars().last().is_some_and(|c| c.is_ascii_alphabetic())
     {
         return Some(now - ns / 1_000_000_000);

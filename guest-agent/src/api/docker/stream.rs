@@ -4,6 +4,8 @@
 //! TTY, output is multiplexed: each frame is an 8-byte header `[stream, 0, 0, 0, len (u32,
 //! big-endian)]` followed by `len` bytes, stream 1 for stdout and 2 for stderr. With a TTY
 //! the bytes go as they are.
+//!
+//! Pulls and builds answer a JSON progress stream, one object per line ([`json_progress`]).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -41,6 +43,63 @@ pub fn upgrade(req: &mut Request, tty: bool) -> Result<(hyper::upgrade::OnUpgrad
     h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(tty)));
     Ok((on, resp))
+}
+
+/// The last line of a progress stream whose operation failed: dockerd's `errorDetail` (with
+/// the exit code of a build's failed RUN, which the docker CLI exits with).
+fn error_line(e: berth_runtime::EngineError) -> serde_json::Value {
+    let code = match &e {
+        berth_runtime::EngineError::CommandFailed { code, .. } => Some(*code),
+        _ => None,
+    };
+    let msg = ApiError::from(e).message;
+    match code {
+        Some(c) => serde_json::json!({"errorDetail": {"code": c, "message": msg}, "error": msg}),
+        None => serde_json::json!({"errorDetail": {"message": msg}, "error": msg}),
+    }
+}
+
+fn json_line(v: &serde_json::Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).expect("json");
+    b.extend_from_slice(b"\r\n");
+    b.into()
+}
+
+/// Answers an operation that reports progress on `rx` and ends with `task`'s result, as dockerd
+/// answers pulls and builds: an error before the first line is an HTTP error; after it, the
+/// stream's last line. (The channel closes only when the operation is over, so no first line
+/// means it has ended.)
+pub async fn json_progress<E: Send + 'static, T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<E>,
+    task: tokio::task::JoinHandle<Result<T, berth_runtime::EngineError>>,
+    line_of: fn(&E) -> serde_json::Value,
+) -> Result<Response, ApiError> {
+    let first = rx.recv().await;
+    let task = match first {
+        Some(_) => Some(task),
+        None => match task.await {
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            Ok(Ok(_)) => None,
+        },
+    };
+    let stream = futures_util::stream::unfold((first, rx, task), move |(pending, mut rx, task)| async move {
+        if let Some(e) = pending {
+            return Some((Ok::<_, std::io::Error>(json_line(&line_of(&e))), (None, rx, task)));
+        }
+        if let Some(e) = rx.recv().await {
+            return Some((Ok(json_line(&line_of(&e))), (None, rx, task)));
+        }
+        let line = match task?.await {
+            Ok(Ok(_)) => return None,
+            Ok(Err(e)) => error_line(e),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        };
+        Some((Ok(json_line(&line)), (None, rx, None)))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
 }
 
 #[cfg(test)]
