@@ -121,6 +121,19 @@ fn files_behave_as_on_a_disk() {
     open.read_to_string(&mut got).unwrap();
     assert_eq!(got, "still theres");
 
+    // renameat2: RENAME_EXCHANGE swaps two names at once (a file and a directory here), and
+    // RENAME_NOREPLACE refuses a name that is there.
+    std::fs::write(s.guest("swap-file"), "file").unwrap();
+    std::fs::create_dir(s.guest("swap-dir")).unwrap();
+    std::fs::write(s.guest("swap-dir/in"), "in").unwrap();
+    renameat2(&s.guest("swap-file"), &s.guest("swap-dir"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(std::fs::read_to_string(s.host("swap-dir")).unwrap(), "file");
+    assert_eq!(std::fs::read_to_string(s.guest("swap-file/in")).unwrap(), "in");
+    assert_eq!(std::fs::read_to_string(s.guest("swap-dir")).unwrap(), "file");
+    let refused = renameat2(&s.guest("swap-dir"), &s.guest("swap-file"), libc::RENAME_NOREPLACE).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EEXIST));
+    assert!(s.host("swap-file/in").exists() && s.host("swap-dir").is_file());
+
     // Past 4 GiB (sparse), and fsync meaning on the host's disk.
     let mut big = std::fs::File::create(s.guest("big")).unwrap();
     big.seek(SeekFrom::Start(5 << 30)).unwrap();
@@ -159,6 +172,16 @@ fn files_behave_as_on_a_disk() {
     assert!(
         eventually(5, || std::fs::read_to_string(s.guest("from-host")).unwrap_or_default() == "changed on the host\n")
     );
+}
+
+/// `renameat2(2)`, which std has no call for.
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let (from, to) =
+        (std::ffi::CString::new(from.as_os_str().as_bytes())?, std::ffi::CString::new(to.as_os_str().as_bytes())?);
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn filetime_of(secs: u64) -> std::time::SystemTime {

@@ -422,18 +422,15 @@ impl FileServer {
                 let (to_dir, to_path) = self.dir(new_parent)?;
                 let (fname, tname) = (component(&name)?, component(&new_name)?);
                 let (from, to) = (from_path.join(&fname), to_path.join(&tname));
-                const NOREPLACE: u32 = 1;
-                if flags & !NOREPLACE != 0 {
-                    // RENAME_EXCHANGE and the like have no portable form.
-                    return Err(errno::EINVAL);
-                }
-                if flags & NOREPLACE != 0 && ops::meta(&to_dir, &tname).is_ok() {
-                    return Err(errno::EEXIST);
-                }
                 self.mark(&from);
                 self.mark(&to);
-                from_dir.rename(&fname, &to_dir, &tname).map_err(io_errno)?;
-                self.0.nodes.lock().expect("lock").renamed(&from, &to);
+                ops::rename(&from_dir, &fname, &to_dir, &tname, flags)?;
+                let mut nodes = self.0.nodes.lock().expect("lock");
+                if flags & ops::RENAME_EXCHANGE != 0 {
+                    nodes.exchanged(&from, &to)
+                } else {
+                    nodes.renamed(&from, &to)
+                }
                 Ok(Reply::Ok)
             }
             Request::Link { node, new_parent, new_name } => {
@@ -706,6 +703,48 @@ mod tests {
         let r =
             Request::Rename { parent: root, name: b"x".to_vec(), new_parent: root, new_name: b"y".to_vec(), flags: 1 };
         assert_eq!(s.call(r), Err(errno::EEXIST));
+        // RENAME_EXCHANGE swaps two names at once, a file with a directory here; the nodes
+        // follow their files (a name looked up before the swap leads to what it now names).
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        std::fs::write(d.path().join("dir/inner"), "inner").unwrap();
+        let x = entry(s.call(Request::Lookup { parent: root, name: b"x".to_vec() }));
+        let dir = entry(s.call(Request::Lookup { parent: root, name: b"dir".to_vec() }));
+        let inner = entry(s.call(Request::Lookup { parent: dir.attr.node, name: b"inner".to_vec() }));
+        let r = Request::Rename {
+            parent: root,
+            name: b"x".to_vec(),
+            new_parent: root,
+            new_name: b"dir".to_vec(),
+            flags: 2,
+        };
+        s.call(r).unwrap();
+        assert_eq!(std::fs::read_to_string(d.path().join("dir")).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(d.path().join("x/inner")).unwrap(), "inner");
+        let now_x = entry(s.call(Request::Lookup { parent: root, name: b"x".to_vec() }));
+        assert_eq!((now_x.attr.node, now_x.attr.kind), (dir.attr.node, Kind::Dir));
+        let h = match s.call(Request::Open { node: inner.attr.node, flags: 0 }).unwrap() {
+            Reply::Opened(h) => h,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(s.call(Request::Read { handle: h, offset: 0, size: 10 }).unwrap(), Reply::Data(b"inner".to_vec()));
+        let now_dir = entry(s.call(Request::Lookup { parent: root, name: b"dir".to_vec() }));
+        assert_eq!(now_dir.attr.node, x.attr.node);
+        // Both flags at once, or a flag the host does not know, is EINVAL (as renameat2 says).
+        for flags in [3, 4] {
+            let r =
+                Request::Rename { parent: root, name: b"x".to_vec(), new_parent: root, new_name: b"y".to_vec(), flags };
+            assert_eq!(s.call(r), Err(errno::EINVAL), "flags {flags}");
+        }
+        // An exchange with a name that is not there is ENOENT, and nothing moves.
+        let r = Request::Rename {
+            parent: root,
+            name: b"y".to_vec(),
+            new_parent: root,
+            new_name: b"none".to_vec(),
+            flags: 2,
+        };
+        assert_eq!(s.call(r), Err(errno::ENOENT));
+        assert!(d.path().join("y").exists());
     }
 
     #[test]

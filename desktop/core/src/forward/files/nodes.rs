@@ -155,6 +155,33 @@ impl Nodes {
         }
     }
 
+    /// `a` and `b` were exchanged (RENAME_EXCHANGE): what was at or under one is now at or
+    /// under the other. Neither is under the other (the host refuses that exchange).
+    pub fn exchanged(&mut self, a: &Path, b: &Path) {
+        let mut moves = Vec::new();
+        for (id, e) in self.by_id.iter_mut() {
+            for p in e.paths.iter_mut() {
+                let (rest, to) = match (p.strip_prefix(a), p.strip_prefix(b)) {
+                    (Ok(rest), _) => (rest, b),
+                    (_, Ok(rest)) => (rest, a),
+                    _ => continue,
+                };
+                let moved = if rest.as_os_str().is_empty() { to.to_owned() } else { to.join(rest) };
+                moves.push((std::mem::replace(p, moved.clone()), moved, *id));
+            }
+        }
+        // Every old path goes before any new one comes: one side's old paths are the other's
+        // new ones.
+        for (old, _, id) in &moves {
+            if self.by_path.get(old.as_path()) == Some(id) {
+                self.by_path.remove(old.as_path());
+            }
+        }
+        for (_, moved, id) in moves {
+            self.by_path.insert(moved, id);
+        }
+    }
+
     /// The node a path is known by, if any.
     pub fn node_of(&self, path: &Path) -> Option<Node> {
         self.by_path.get(path).copied()

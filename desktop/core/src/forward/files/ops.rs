@@ -215,6 +215,41 @@ pub fn open(dir: &Dir, name: &OsStr, flags: i32, create: Option<u32>) -> Result<
     dir.open_with(name, &o).map(cap_std::fs::File::into_std).map_err(io_errno)
 }
 
+/// Linux's `renameat2` flags, as the guest sends them.
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// Renames `from` in `from_dir` to `to` in `to_dir` with Linux's `RENAME_NOREPLACE` and
+/// `RENAME_EXCHANGE`: `renameat2` on Linux, `renameatx_np` (RENAME_EXCL, RENAME_SWAP) on
+/// macOS, both atomic. Elsewhere (Windows) an exchange is EINVAL, as on a Linux file system
+/// without it, and no-replace is a check before the rename.
+pub fn rename(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr, flags: u32) -> Result<(), Errno> {
+    if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+        || flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == RENAME_NOREPLACE | RENAME_EXCHANGE
+    {
+        return Err(errno::EINVAL);
+    }
+    if flags == 0 {
+        return from_dir.rename(from, to_dir, to).map_err(io_errno);
+    }
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        use rustix::fs::RenameFlags;
+        let how = if flags & RENAME_EXCHANGE != 0 { RenameFlags::EXCHANGE } else { RenameFlags::NOREPLACE };
+        rustix::fs::renameat_with(from_dir, from, to_dir, to, how).map_err(|e| errno_of(&e.into()))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    {
+        if flags & RENAME_EXCHANGE != 0 {
+            return Err(errno::EINVAL);
+        }
+        if meta(to_dir, to).is_ok() {
+            return Err(errno::EEXIST);
+        }
+        from_dir.rename(from, to_dir, to).map_err(io_errno)
+    }
+}
+
 /// A directory `name` in `dir` with `mode`.
 pub fn mkdir(dir: &Dir, name: &OsStr, mode: u32) -> Result<(), Errno> {
     let mut b = cap_std::fs::DirBuilder::new();
