@@ -61,6 +61,40 @@ pub struct OverlayMount {
     pub work: PathBuf,
 }
 
+impl OverlayMount {
+    /// Mounts this overlay at `target` (made if missing). The one place the engine and the
+    /// container shim mount overlays.
+    ///
+    /// Each directory is named to the kernel by a descriptor held open for the call
+    /// (`/proc/self/fd/N`) rather than by its path: the options must fit in one page, which a
+    /// hundred layers below a long store path overflow, and a store path holding `,` or `:`
+    /// (the options' separators) would be misread. Linux 6.5's `lowerdir+` (one layer per
+    /// `fsconfig` call) would lift the limit too, but the guest runs 6.1, and a `chdir` to the
+    /// layers' parent (the usual way round) changes the directory of every thread of the
+    /// engine.
+    pub fn mount(&self, target: &Path) -> io::Result<()> {
+        use nix::fcntl::{OFlag, open};
+        use std::os::fd::{AsRawFd, OwnedFd};
+        fs::create_dir_all(target)?;
+        let hold = |p: &Path| -> io::Result<OwnedFd> {
+            open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("opening {}: {e}", p.display())))
+        };
+        let name = |fd: &OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let lower = self.lower.iter().map(|p| hold(p)).collect::<io::Result<Vec<_>>>()?;
+        let (upper, work) = (hold(&self.upper)?, hold(&self.work)?);
+        let lower: Vec<String> = lower.iter().map(name).collect();
+        let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), name(&upper), name(&work));
+        nix::mount::mount(Some("overlay"), target, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str()))
+            .map_err(|e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("mounting the overlay of {} layers on {}: {e}", self.lower.len(), target.display()),
+                )
+            })
+    }
+}
+
 /// The snapshot store rooted at one directory.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {

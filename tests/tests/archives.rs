@@ -139,3 +139,63 @@ fn cp_goes_through_volumes_and_binds_of_a_stopped_container() {
     assert!(!err.is_empty());
     assert!(!host.path().join("new.txt").exists(), "a read-only bind was written");
 }
+
+/// An image of 125 layers (dockerd's most), written here as `docker save` writes it, loaded,
+/// run, and copied from while stopped. The overlay's options name each layer; 125 paths of
+/// the store do not fit in the one page the kernel takes, so they are named by descriptor.
+#[test]
+fn an_image_of_125_layers_runs_and_copies() {
+    use sha2::{Digest, Sha256};
+    const LAYERS: usize = 125;
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = tar::Builder::new(Vec::new());
+    let add = |archive: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        archive.append_data(&mut h, name, data).unwrap();
+    };
+    let mut diff_ids = Vec::new();
+    let mut layer_names = Vec::new();
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    for i in 0..LAYERS {
+        let mut layer = tar::Builder::new(Vec::new());
+        if i == 0 {
+            add(&mut layer, "bin/busybox", &busybox, 0o755);
+        }
+        add(&mut layer, &format!("layers/{i:03}"), format!("layer {i}\n").as_bytes(), 0o644);
+        let layer = layer.into_inner().unwrap();
+        diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&layer))));
+        let name = format!("{i:03}/layer.tar");
+        add(&mut archive, &name, &layer, 0o644);
+        layer_names.push(name);
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/busybox", "cat", "/layers/000", "/layers/062", "/layers/124"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    })
+    .to_string();
+    let config_name = format!("{}.json", hex::encode(Sha256::digest(config.as_bytes())));
+    add(&mut archive, &config_name, config.as_bytes(), 0o644);
+    let manifest =
+        serde_json::json!([{"Config": config_name, "RepoTags": ["many:layers"], "Layers": layer_names}]).to_string();
+    add(&mut archive, "manifest.json", manifest.as_bytes(), 0o644);
+    let path = dir.path().join("many.tar");
+    std::fs::write(&path, archive.into_inner().unwrap()).unwrap();
+
+    let a = Agent::start();
+    let out = a.ok(&["load", "-i", path.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: many:layers"), "{out}");
+    let layers = a.ok(&["image", "inspect", "-f", "{{len .RootFS.Layers}}", "many:layers"]);
+    assert_eq!(layers.trim(), LAYERS.to_string());
+    assert_eq!(a.ok(&["run", "--rm", "many:layers"]), "layer 0\nlayer 62\nlayer 124\n");
+    // A stopped container's root is mounted by the engine itself for `docker cp`.
+    a.ok(&["create", "--name", "stopped", "many:layers"]);
+    let out = dir.path().join("out");
+    a.ok(&["cp", "stopped:/layers/124", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "layer 124\n");
+    a.ok(&["rm", "stopped"]);
+}

@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MntFlags, umount2};
 
 use crate::fsutil::confined::{Confined, Dir, Inode};
 use crate::image::unpack::{self, Whiteouts};
@@ -34,15 +34,7 @@ impl RootView {
 
     /// Mounts a stopped container's overlay at `at`.
     pub fn mount(overlay: &OverlayMount, at: &Path) -> io::Result<RootView> {
-        fs::create_dir_all(at)?;
-        let lower: Vec<String> = overlay.lower.iter().map(|p| p.display().to_string()).collect();
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            overlay.upper.display(),
-            overlay.work.display()
-        );
-        mount(Some("overlay"), at, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(io::Error::from)?;
+        overlay.mount(at)?;
         Ok(RootView { root: at.to_owned(), mounted: true })
     }
 

@@ -290,7 +290,7 @@ fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, ChildFail
     // The agent has put us in our cgroup: make it the root of a cgroup namespace.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
-    mount_overlay(&spec.overlay, &spec.rootfs)?;
+    spec.overlay.mount(&spec.rootfs).map_err(|e| e.to_string())?;
     let root = Confined::open(&spec.rootfs).map_err(|e| format!("opening the container's root: {e}"))?;
     for m in &spec.mounts {
         mount_one(&root, m)?;
@@ -319,28 +319,6 @@ fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, ChildFail
         iface::configure("eth0", eth0)?;
     }
     exec_process(&spec.process)
-}
-
-fn mount_overlay(o: &OverlayMount, target: &Path) -> Result<(), String> {
-    fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
-    // Long lower lists overflow the one-page mount data: name layers relative to their
-    // common parent and mount from there.
-    let base = o.lower.first().and_then(|p| p.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
-    let relative = base.as_ref().filter(|b| o.lower.iter().all(|l| l.starts_with(b)));
-    let lower: Vec<String> = o
-        .lower
-        .iter()
-        .map(|l| match relative {
-            Some(b) => l.strip_prefix(b).unwrap_or(l).display().to_string(),
-            None => l.display().to_string(),
-        })
-        .collect();
-    if let Some(b) = relative {
-        nix::unistd::chdir(b.as_path()).map_err(|e| format!("chdir {}: {e}", b.display()))?;
-    }
-    let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), o.upper.display(), o.work.display());
-    mnt(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(&data))?;
-    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
 /// A mount point inside the container's root, held open: the mount goes onto this inode
