@@ -114,18 +114,18 @@ cat "${MODULES[@]}" | grep -v '^#' | while read -r m; do
     basename "$m" >> "$R/lib/modules/berth.modules"
 done
 
-# 3. berth-agent as /init; mke2fs for the data disk; ip and iptables (legacy backend, whose
-#    modules the guest loads) for bridge networking; and their libraries.
-step "adding berth-agent ($AGENT), mke2fs, ip, iptables"
+# 3. berth-agent as /init; mke2fs for the data disk; iptables (legacy backend, whose modules
+#    the guest loads) for bridge networking's NAT and filter rules (links and addresses are
+#    the engine's own netlink calls); and their libraries.
+step "adding berth-agent ($AGENT), mke2fs, iptables"
 cp "$AGENT" "$R/bin/berth-agent"
 strip --strip-debug "$R/bin/berth-agent"
 cp /sbin/mke2fs "$R/sbin/mke2fs"
 mkdir -p "$R/usr/sbin" "$R/usr/lib/$LIBDIR"
-cp -L /bin/ip "$R/sbin/ip"
 cp -L /usr/sbin/xtables-legacy-multi "$R/usr/sbin/xtables-legacy-multi"
 ln -s xtables-legacy-multi "$R/usr/sbin/iptables"
 cp -a "/usr/lib/$LIBDIR/xtables" "$R/usr/lib/$LIBDIR/"
-for bin in "$AGENT" /sbin/mke2fs /bin/ip /usr/sbin/xtables-legacy-multi; do
+for bin in "$AGENT" /sbin/mke2fs /usr/sbin/xtables-legacy-multi; do
     ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do cp -L "$lib" "$R/lib/$LIBDIR/"; done
 done
 cp -L "$LOADER" "$R$LOADER"

@@ -8,11 +8,12 @@
 //! masqueraded (iptables `nat/POSTROUTING`), so containers reach whatever the engine reaches.
 //! Published ports are forwarded by the engine itself ([`ports`]).
 //!
-//! Links and NAT rules are made with iproute2's `ip` and `iptables`, the standard tools for the
-//! job, from a tokio task; see docs/architecture.md for why and for the plan to move to netlink.
+//! Links and addresses are made through netlink ([`link`]); NAT and filter rules with
+//! `iptables`, from a tokio task (see docs/architecture.md for why).
 
 pub mod dns;
 pub mod iface;
+mod link;
 pub mod ports;
 pub mod user;
 
@@ -30,6 +31,12 @@ pub enum NetworkError {
         command: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("network setup: {what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
     },
     #[error("no free address left in {0}")]
     Exhausted(String),
@@ -83,10 +90,13 @@ pub struct Eth0 {
 
 impl Eth0 {
     pub fn mac_text(&self) -> String {
-        match self.mac {
-            Some(m) => m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
-            None => mac_for(self.address),
-        }
+        self.mac_bytes().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
+    /// The MAC: `--mac-address`, or dockerd's `02:42` followed by the IPv4 address.
+    pub fn mac_bytes(&self) -> [u8; 6] {
+        let o = self.address.octets();
+        self.mac.unwrap_or([0x02, 0x42, o[0], o[1], o[2], o[3]])
     }
 }
 
@@ -142,12 +152,6 @@ async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> R
     let mut add = vec!["iptables", "-w", "-t", table, if insert { "-I" } else { "-A" }, chain];
     add.extend_from_slice(rule);
     run(&add).await
-}
-
-/// Docker's MAC scheme: 02:42 followed by the IPv4 address.
-pub fn mac_for(ip: Ipv4Addr) -> String {
-    let o = ip.octets();
-    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
 impl Bridge {
@@ -215,7 +219,9 @@ impl Bridge {
             del.extend_from_slice(&rule);
             while run(&del).await.is_ok() {}
         }
-        let _ = run(&["ip", "link", "del", me]).await;
+        if let Err(e) = link::delete(me).await {
+            tracing::warn!(bridge = %me, error = %e, "removing the bridge");
+        }
     }
 
     fn subnet(&self) -> String {
@@ -227,12 +233,7 @@ impl Bridge {
     pub async fn ensure(&self) -> Result<(), NetworkError> {
         self.ready
             .get_or_try_init(|| async {
-                if run(&["ip", "link", "show", &self.name]).await.is_err() {
-                    run(&["ip", "link", "add", &self.name, "type", "bridge"]).await?;
-                }
-                let addr = format!("{}/{}", self.gateway, self.prefix);
-                let _ = run(&["ip", "addr", "add", &addr, "dev", &self.name]).await;
-                run(&["ip", "link", "set", &self.name, "up"]).await?;
+                link::ensure_bridge(&self.name, self.gateway, self.prefix).await?;
                 std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                     .map_err(|source| NetworkError::Spawn { command: "enable ip_forward".into(), source })?;
                 let subnet = self.subnet();
@@ -302,12 +303,7 @@ impl Bridge {
     /// attaches the host end to the bridge. Returns the host end's name.
     pub async fn attach(&self, id: &str, pid: i32, eth0: &Eth0) -> Result<String, NetworkError> {
         let host = format!("vb{}", &id[..12.min(id.len())]);
-        let _ = run(&["ip", "link", "del", &host]).await;
-        let pid = pid.to_string();
-        let mac = eth0.mac_text();
-        run(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", &pid])
-            .await?;
-        run(&["ip", "link", "set", &host, "master", &self.name, "up"]).await?;
+        link::veth_into(&host, &self.name, "eth0", eth0.mac_bytes(), pid as u32).await?;
         Ok(host)
     }
 }
@@ -326,7 +322,14 @@ mod tests {
         b.release(a.address);
         assert_eq!(b.allocate(None).unwrap().address, Ipv4Addr::new(172, 29, 0, 2));
         assert_eq!(b.allocate(Some(Ipv4Addr::new(172, 29, 9, 9))).unwrap().address, Ipv4Addr::new(172, 29, 9, 9));
-        assert_eq!(mac_for(Ipv4Addr::new(172, 17, 0, 2)), "02:42:ac:11:00:02");
+        let e = Eth0 {
+            address: Ipv4Addr::new(172, 17, 0, 2),
+            prefix: 16,
+            gateway: Ipv4Addr::new(172, 17, 0, 1),
+            mac: None,
+        };
+        assert_eq!(e.mac_text(), "02:42:ac:11:00:02");
+        assert_eq!(Eth0 { mac: Some([0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc]), ..e }.mac_text(), "12:34:56:78:9a:bc");
         assert_eq!(b.subnet(), "172.29.0.0/16");
     }
 }
