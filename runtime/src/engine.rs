@@ -115,6 +115,9 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// Work handed to a blocking thread panicked or was cancelled.
+    #[error("an engine task failed")]
+    Task(#[from] tokio::task::JoinError),
     /// A build's `RUN` failed: dockerd's message, and the exit code the client passes on.
     #[error("{message}")]
     CommandFailed { message: String, code: i64 },
@@ -165,9 +168,11 @@ impl EngineError {
                     S::Seccomp(_) | S::Device(_) => ErrorKind::Internal,
                 }
             }
-            EngineError::Launch(_) | EngineError::Io { .. } | EngineError::Network(_) | EngineError::Cgroup(_) => {
-                ErrorKind::Internal
-            }
+            EngineError::Launch(_)
+            | EngineError::Io { .. }
+            | EngineError::Network(_)
+            | EngineError::Cgroup(_)
+            | EngineError::Task(_) => ErrorKind::Internal,
         }
     }
 }
@@ -187,6 +192,16 @@ fn published_of(r: &ContainerRecord) -> Vec<(crate::network::ports::HostPort, st
         }
     }
     out
+}
+
+/// Runs `f` (filesystem work that may take long: a tree removed, walked or written) on one
+/// of tokio's blocking threads, so the runtime's few workers go on answering other requests.
+pub(crate) async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, EngineError>
+where
+    T: Send + 'static,
+    E: Into<EngineError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await?.map_err(Into::into)
 }
 
 pub(crate) fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {

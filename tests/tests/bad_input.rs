@@ -131,6 +131,30 @@ fn a_full_disk_fails_the_pull_cleanly_and_the_store_stays_usable() {
     assert!(grown.success());
     a.ok(&["pull", &img]);
     assert_eq!(a.ok(&["run", "--rm", &img, "echo", "fits"]), "fits\n");
+    // A `docker cp` that fills the disk names the cause (the engine's own failure, not the
+    // client's), and the container goes on working.
+    a.ok(&["create", "--name", "target", &img, "cat", "/tmp/small"]);
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![7u8; 40 << 20]).unwrap();
+    let (_, err) = a.fails(&["cp", big.to_str().unwrap(), "target:/tmp/"]);
+    assert!(err.contains("No space left on device"), "{err}");
+    let small = dir.path().join("small");
+    std::fs::write(&small, "still works\n").unwrap();
+    a.ok(&["cp", small.to_str().unwrap(), "target:/tmp/"]);
+    assert_eq!(a.ok(&["start", "-a", "target"]), "still works\n");
+    // Into a directory that is not there: dockerd's 404.
+    let tar = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let (status, body) = a.request("PUT", "/containers/target/archive?path=/no/such/dir", &tar);
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("Could not find the file /no/such/dir in container target"));
 }
 
 #[test]

@@ -1021,7 +1021,7 @@ impl Builder<'_> {
                             .map_err(io_ctx(format!("opening {}", p.display())))?;
                         let mut reader = crate::image::unpack::decompressor(Box::new(std::io::BufReader::new(file)))
                             .map_err(io_ctx(format!("reading {}", p.display())))?;
-                        rootfs::untar_into(&view, &into_text, &mut reader).map_err(EngineError::InvalidArgument)?;
+                        rootfs::untar_into(&view, &into_text, &mut reader)?;
                     }
                     let sources = sources_of(&srcs, &kinds, &views, from_context.then_some(&ctx.ignore), |p| {
                         let named = if dest_is_dir { p } else { dest.as_path() };
@@ -1033,7 +1033,7 @@ impl Builder<'_> {
                         context::copy_tar(&sources, Rewrite { owner, mode: chmod }, &mut scratch, &mut out)
                             .map_err(io_ctx("reading the sources"))?;
                         out.rewind().map_err(io_ctx("rewinding"))?;
-                        rootfs::untar_into(&view, &into_text, &mut out).map_err(EngineError::InvalidArgument)?;
+                        rootfs::untar_into(&view, &into_text, &mut out)?;
                     }
                     Ok(view)
                 })

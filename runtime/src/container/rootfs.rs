@@ -188,12 +188,36 @@ pub fn tar_path_as(view: &RootView, path: &str, base: &Path, out: impl Write, on
 }
 
 /// Extracts the tar `body` into directory `path` of the container (which must exist).
-pub fn untar_into(view: &RootView, path: &str, body: &mut dyn io::Read) -> Result<(), String> {
-    let root = view.confined().map_err(|e| e.to_string())?;
-    let target =
-        root.lookup_follow(Path::new(path)).map_err(|e| format!("Could not find the file {path} in container: {e}"))?;
-    if !target.meta.is_dir() {
-        return Err(format!("Could not find the file {path} in container"));
+pub fn untar_into(view: &RootView, path: &str, body: &mut dyn io::Read) -> Result<(), UntarError> {
+    let root = view.confined().map_err(UntarError::Root)?;
+    match root.lookup_follow(Path::new(path)) {
+        Ok(target) if target.meta.is_dir() => {}
+        _ => return Err(UntarError::NoDirectory(path.to_owned())),
     }
-    unpack::apply_tar_in(body, &root, Path::new(path), Whiteouts::Plain).map_err(|e| e.to_string())
+    Ok(unpack::apply_tar_in(body, &root, Path::new(path), Whiteouts::Plain)?)
+}
+
+/// Why an archive could not be extracted into a container.
+#[derive(Debug, thiserror::Error)]
+pub enum UntarError {
+    #[error("Could not find the file {0} in container")]
+    NoDirectory(String),
+    #[error("opening the container's root")]
+    Root(#[source] io::Error),
+    #[error(transparent)]
+    Unpack(#[from] unpack::UnpackError),
+}
+
+impl From<UntarError> for crate::EngineError {
+    /// A missing directory is the client's 404, a hostile or unreadable archive its 400; a
+    /// write that failed here (a full disk, say) is the engine's own 500, with its cause.
+    fn from(e: UntarError) -> Self {
+        use crate::EngineError as E;
+        match e {
+            UntarError::NoDirectory(_) => E::NotFound(e.to_string()),
+            UntarError::Root(source) => E::Io { context: "opening the container's root".into(), source },
+            UntarError::Unpack(u @ unpack::UnpackError::Write { .. }) => E::Image(u.into()),
+            UntarError::Unpack(u) => E::InvalidArgument(u.to_string()),
+        }
+    }
 }

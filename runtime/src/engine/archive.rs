@@ -146,14 +146,13 @@ impl Engine {
         let stores = self.inner.stores.clone();
         let mut scratch = self.scratch_file()?;
         let parent_chain = base.layers.last().map(|l| l.chain_id.clone());
-        let layer: LayerRecord = tokio::task::spawn_blocking(move || -> Result<LayerRecord, EngineError> {
+        let layer: LayerRecord = super::blocking(move || -> Result<LayerRecord, EngineError> {
             archive::diff_tar(&upper, &mut scratch).map_err(io_ctx("writing the container's diff"))?;
             scratch.flush().map_err(io_ctx("writing the container's diff"))?;
             scratch.rewind().map_err(io_ctx("writing the container's diff"))?;
             Ok(archive::add_layer(&stores, &mut scratch, "the container's diff", parent_chain.as_deref(), None)?)
         })
-        .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))??;
+        .await?;
         config.rootfs.diff_ids.push(layer.diff_id.clone());
         config.history.push(history);
         let mut layers = base.layers.clone();
@@ -185,27 +184,25 @@ impl Engine {
         let stores = self.inner.stores.clone();
         let scratch = self.scratch()?;
         let mut file = self.scratch_file()?;
-        tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
+        super::blocking(move || -> Result<File, EngineError> {
             archive::save(&stores, &images, &scratch, &mut file)?;
             file.rewind().map_err(io_ctx("rewinding the archive"))?;
             Ok(file)
         })
         .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 
     /// `docker load` from an archive already written to `file`.
     pub async fn load(&self, file: File) -> Result<Vec<String>, EngineError> {
         let stores = self.inner.stores.clone();
         let scratch = self.scratch()?;
-        tokio::task::spawn_blocking(move || -> Result<Vec<String>, EngineError> {
+        super::blocking(move || -> Result<Vec<String>, EngineError> {
             let dir = archive::extract_upload(std::io::BufReader::new(file), &scratch)?;
             let result = archive::load(&stores, &dir);
             let _ = std::fs::remove_dir_all(&dir);
             Ok(result?)
         })
         .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 
     /// `docker import` of a filesystem tarball written to `file`.
@@ -221,24 +218,22 @@ impl Engine {
             apply_change(&mut config, c).map_err(EngineError::InvalidArgument)?;
         }
         let stores = self.inner.stores.clone();
-        tokio::task::spawn_blocking(move || -> Result<String, EngineError> {
+        super::blocking(move || -> Result<String, EngineError> {
             Ok(archive::import(&stores, std::io::BufReader::new(file), reference.as_deref(), config, &comment)?.id)
         })
         .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 
     /// `docker export`: the container's filesystem as a tar, in an unlinked file.
     pub async fn export(&self, container: &str) -> Result<File, EngineError> {
         let view = self.root_view(container)?;
         let mut file = self.scratch_file()?;
-        tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
+        super::blocking(move || -> Result<File, EngineError> {
             rootfs::tar_path(&view, "/", &mut file, true).map_err(io_ctx("writing the export"))?;
             file.rewind().map_err(io_ctx("rewinding the export"))?;
             Ok(file)
         })
         .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 
     /// `HEAD /containers/{id}/archive`.
@@ -256,25 +251,28 @@ impl Engine {
         })?;
         let mut file = self.scratch_file()?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<(File, PathStat), EngineError> {
+        super::blocking(move || -> Result<(File, PathStat), EngineError> {
             rootfs::tar_path(&view, &path, &mut file, false).map_err(io_ctx("writing the archive"))?;
             file.rewind().map_err(io_ctx("rewinding the archive"))?;
             Ok((file, stat))
         })
         .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 
     /// `PUT /containers/{id}/archive`: extracts a tar (written to `file`) into a directory.
     pub async fn archive_put(&self, container: &str, path: &str, file: File) -> Result<(), EngineError> {
         let view = self.archive_view(container)?;
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+        let (path, name) = (path.to_owned(), container.to_owned());
+        super::blocking(move || -> Result<(), EngineError> {
             let mut reader = unpack_reader(file)?;
-            rootfs::untar_into(&view, &path, &mut reader).map_err(EngineError::InvalidArgument)
+            rootfs::untar_into(&view, &path, &mut reader).map_err(|e| match e {
+                rootfs::UntarError::NoDirectory(p) => {
+                    EngineError::NotFound(format!("Could not find the file {p} in container {name}"))
+                }
+                e => e.into(),
+            })
         })
         .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 }
 

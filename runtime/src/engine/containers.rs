@@ -458,13 +458,12 @@ impl Engine {
     async fn confine(&self, rec: &ContainerRecord) -> Result<(Policy, Confinement), EngineError> {
         let host = rec.host_config.clone();
         let cache = self.inner.root.join("seccomp");
-        tokio::task::spawn_blocking(move || {
+        super::blocking(move || -> Result<_, EngineError> {
             let policy = crate::container::security::policy(&host)?;
             let confinement = policy.confinement(&cache)?;
             Ok((policy, confinement))
         })
         .await
-        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
     }
 
     /// `HostConfig.Links` (`name[:alias]`): /etc/hosts lines and environment variables, as
@@ -780,8 +779,12 @@ impl Engine {
             return Ok(());
         }
         self.inner.containers.lock().expect("containers lock").remove(&rec.id);
-        let _ = std::fs::remove_dir_all(&ctr.dir);
-        self.inner.stores.snapshots.remove_active(&rec.id).map_err(ImageError::from)?;
+        let (dir, snapshots, id) = (ctr.dir.clone(), self.inner.stores.snapshots.clone(), rec.id.clone());
+        super::blocking(move || {
+            let _ = std::fs::remove_dir_all(&dir);
+            snapshots.remove_active(&id).map_err(ImageError::from)
+        })
+        .await?;
         if remove_volumes {
             for m in rec.mounts.iter().filter(|m| m.kind == "volume") {
                 if let Ok(v) = self.inner.volumes.get(&m.name)

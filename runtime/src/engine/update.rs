@@ -59,9 +59,7 @@ impl Engine {
             return Err(EngineError::Conflict(format!("Container {} is already paused", rec.id)));
         }
         let cgroup = self.running_cgroup(&ctr)?;
-        tokio::task::spawn_blocking(move || cgroup.freeze(true))
-            .await
-            .map_err(|e| EngineError::InvalidArgument(e.to_string()))??;
+        super::blocking(move || cgroup.freeze(true)).await?;
         let rec = ctr.update(|r| r.state.paused = true)?;
         self.container_event(&rec, "pause", &[]);
         Ok(())
@@ -131,9 +129,7 @@ impl Engine {
         if before.running() {
             let cgroup = self.running_cgroup(&ctr)?;
             let limits = limits_of(&hc);
-            tokio::task::spawn_blocking(move || cgroup.set_limits(&limits))
-                .await
-                .map_err(|e| EngineError::InvalidArgument(e.to_string()))??;
+            super::blocking(move || cgroup.set_limits(&limits)).await?;
         }
         let rec = ctr.update(|r| r.host_config = hc)?;
         self.container_event(&rec, "update", &[]);
@@ -145,10 +141,7 @@ impl Engine {
         let rec = self.container(name_or_id)?;
         let upper = self.inner.stores.snapshots.active_upper(&rec.id);
         let lower: Vec<PathBuf> = rec.chain.iter().rev().map(|c| self.inner.stores.snapshots.layer_dir(c)).collect();
-        tokio::task::spawn_blocking(move || diff(&upper, &lower))
-            .await
-            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?
-            .map_err(super::io_ctx("reading the container's changes"))
+        super::blocking(move || diff(&upper, &lower).map_err(super::io_ctx("reading the container's changes"))).await
     }
 }
 

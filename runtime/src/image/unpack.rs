@@ -25,7 +25,7 @@
 //! `unpack` neither confines symlinks inside a root nor knows about whiteouts.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -323,6 +323,36 @@ pub fn apply_tar_in(
     })
 }
 
+/// Which end of a copy failed: a short archive is the client's fault, a full disk is not.
+enum Side {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// `io::copy`, but telling a failed read of the archive from a failed write of the file
+/// (std's copy returns both as one `io::Error`).
+fn copy_entry(from: &mut dyn Read, to: &mut impl Write) -> Result<(), Side> {
+    /// Remembers whether the error came from the writer.
+    struct Marked<'a, W> {
+        inner: &'a mut W,
+        failed: bool,
+    }
+    impl<W: Write> Write for Marked<'_, W> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.inner.write(buf).inspect_err(|_| self.failed = true)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush().inspect_err(|_| self.failed = true)
+        }
+    }
+    let mut to = Marked { inner: to, failed: false };
+    match io::copy(from, &mut to) {
+        Ok(_) => Ok(()),
+        Err(e) if to.failed => Err(Side::Write(e)),
+        Err(e) => Err(Side::Read(e)),
+    }
+}
+
 /// One archive being applied.
 struct Extractor<'a> {
     root: &'a Confined,
@@ -443,7 +473,10 @@ impl Extractor<'_> {
                 let parent = self.parent_dir(&parent_rel, &shown)?;
                 parent.remove(&name, false).map_err(werr)?;
                 let mut f = parent.create_file(&name).map_err(werr)?;
-                io::copy(&mut entry, &mut f).map_err(UnpackError::Archive)?;
+                copy_entry(&mut entry, &mut f).map_err(|e| match e {
+                    Side::Read(e) => UnpackError::Archive(e),
+                    Side::Write(source) => UnpackError::Write { path: shown.clone(), source },
+                })?;
                 set_file_meta(&f, &header).map_err(werr)?;
             }
             tar::EntryType::Symlink => {

@@ -96,8 +96,6 @@ pub async fn build(
 
 /// `POST /build/prune`: the layer cache and the images only it kept.
 pub async fn prune(State(engine): State<Engine>) -> Result<Json<Value>, ApiError> {
-    let (removed, freed) = tokio::task::spawn_blocking(move || engine.prune_build_cache())
-        .await
-        .map_err(|e| ApiError::status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let (removed, freed) = super::blocking(move || Ok(engine.prune_build_cache()?)).await?;
     Ok(Json(json!({"CachesDeleted": removed, "SpaceReclaimed": freed})))
 }

@@ -320,7 +320,8 @@ pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<
         if rec.running() || !filter.selects(&rec.created, &rec.config.labels) {
             continue;
         }
-        let size = berth_runtime::snapshot::disk_usage(&active.join(&rec.id).join("upper"));
+        let upper = active.join(&rec.id).join("upper");
+        let size = super::blocking(move || Ok(berth_runtime::snapshot::disk_usage(&upper))).await?;
         if engine.remove(&rec.id, false, false).await.is_ok() {
             deleted.push(rec.id);
             freed += size;

@@ -72,3 +72,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     }
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))
 }
+
+/// Runs an engine call that does long filesystem work (trees removed, walked or measured) on
+/// one of tokio's blocking threads, so the runtime's few workers go on answering the rest.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, format!("an engine task failed: {e}")))?
+}

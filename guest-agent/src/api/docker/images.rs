@@ -253,7 +253,8 @@ pub async fn dispatch(
         }
         (&Method::GET, Some((name, "get"))) => super::archive::save(engine, vec![name.to_owned()]).await,
         (&Method::DELETE, _) => {
-            let removed = engine.remove_image(&rest, qbool(&q, "force"))?;
+            let (e, name, force) = (engine.clone(), rest.clone(), qbool(&q, "force"));
+            let removed = super::blocking(move || Ok(e.remove_image(&name, force)?)).await?;
             let out: Vec<Value> = removed
                 .into_iter()
                 .map(|r| match r {
@@ -273,8 +274,10 @@ pub async fn dispatch(
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
     let filter = super::prune::PruneFilter::parse(&q, &["dangling"])?;
     let all = filter.flag("dangling") == Some(false);
-    let (removed, freed) =
-        engine.prune_images(all, |rec, config| filter.selects(&rec.created, &config.config.labels))?;
+    let (removed, freed) = super::blocking(move || {
+        Ok(engine.prune_images(all, |rec, config| filter.selects(&rec.created, &config.config.labels))?)
+    })
+    .await?;
     let list: Vec<Value> = removed
         .into_iter()
         .map(|r| match r {

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use berth_runtime::Engine;
 
-pub use error::ApiError;
+pub use error::{ApiError, blocking};
 
 /// The newest API version served.
 pub const API_VERSION: &str = "1.45";

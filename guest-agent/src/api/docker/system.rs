@@ -189,7 +189,12 @@ pub async fn events(State(engine): State<Engine>, Q(q): Q<super::Query>) -> Resu
     Ok(([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(body)).into_response())
 }
 
-pub async fn df(State(engine): State<Engine>) -> Json<Value> {
+/// `GET /system/df`: measured on a blocking thread (it walks every writable layer and volume).
+pub async fn df(State(engine): State<Engine>) -> Result<Json<Value>, super::ApiError> {
+    super::blocking(move || Ok(usage(&engine))).await
+}
+
+fn usage(engine: &Engine) -> Json<Value> {
     // Whole summaries, as in the lists: typed clients (bollard, docker-py's models) need every field.
     // Images only the build cache keeps are listed as build cache, not twice.
     let usage = engine.build_cache_usage();
@@ -198,7 +203,7 @@ pub async fn df(State(engine): State<Engine>) -> Json<Value> {
     let images: Vec<Value> = all_images
         .iter()
         .filter(|i| !cached.contains(i.id.as_str()))
-        .map(|i| super::images::summary(&engine, i))
+        .map(|i| super::images::summary(engine, i))
         .collect();
     let layers: u64 = all_images.iter().map(|i| i.size()).sum();
     let root = engine.root().join("snapshots/active");

@@ -56,13 +56,15 @@ pub async fn remove(
     Path(name): Path<String>,
     Q(q): Q<Query>,
 ) -> Result<StatusCode, ApiError> {
-    engine.volume_remove(&name, qbool(&q, "force"))?;
+    let force = qbool(&q, "force");
+    super::blocking(move || Ok(engine.volume_remove(&name, force)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
     let filter = super::prune::PruneFilter::parse(&q, &["all"])?;
     let all = filter.flag("all") == Some(true);
-    let (removed, freed) = engine.volume_prune(all, |v| filter.selects(&v.created, &v.labels))?;
+    let (removed, freed) =
+        super::blocking(move || Ok(engine.volume_prune(all, |v| filter.selects(&v.created, &v.labels))?)).await?;
     Ok(Json(json!({"VolumesDeleted": removed, "SpaceReclaimed": freed})))
 }
