@@ -134,6 +134,43 @@ fn files_behave_as_on_a_disk() {
     assert_eq!(refused.raw_os_error(), Some(libc::EEXIST));
     assert!(s.host("swap-file/in").exists() && s.host("swap-dir").is_file());
 
+    // Extended attributes: `user.` ones are the host file's own, both ways; a directory has
+    // them too; other namespaces never reach the host (a container cannot give the host's
+    // files capabilities) and the host's own are not shown.
+    std::fs::write(s.guest("x"), "x").unwrap();
+    xattr_set(&s.guest("x"), "user.origin", b"guest", 0).unwrap();
+    assert_eq!(xattr_get(&s.host("x"), "user.origin").unwrap(), b"guest");
+    xattr_set(&s.host("x"), "user.tag", b"from the host", 0).unwrap();
+    xattr_set(&s.host("x"), "trusted.secret", b"host only", 0).unwrap();
+    assert_eq!(xattr_get(&s.guest("x"), "user.tag").unwrap(), b"from the host");
+    let mut names = xattr_list(&s.guest("x")).unwrap();
+    names.sort();
+    assert_eq!(names, ["user.origin", "user.tag"]);
+    assert_eq!(xattr_get(&s.guest("x"), "trusted.secret").unwrap_err().raw_os_error(), Some(libc::ENODATA));
+    // A valid VFS_CAP_REVISION_2 value granting cap_net_bind_service (the kernel checks it).
+    let cap = [[0, 0, 0, 2], 1024u32.to_le_bytes(), [0; 4], [0; 4], [0; 4]].concat();
+    let caps = xattr_set(&s.guest("x"), "security.capability", &cap, 0).unwrap_err();
+    assert_eq!(caps.raw_os_error(), Some(libc::EOPNOTSUPP), "{caps}");
+    assert!(xattr_get(&s.host("x"), "security.capability").is_err());
+    let exists = xattr_set(&s.guest("x"), "user.tag", b"again", libc::XATTR_CREATE).unwrap_err();
+    assert_eq!(exists.raw_os_error(), Some(libc::EEXIST));
+    xattr_remove(&s.guest("x"), "user.tag").unwrap();
+    assert_eq!(xattr_get(&s.host("x"), "user.tag").unwrap_err().raw_os_error(), Some(libc::ENODATA));
+    xattr_set(&s.guest("swap-file"), "user.dir", b"d", 0).unwrap();
+    assert_eq!(xattr_get(&s.host("swap-file"), "user.dir").unwrap(), b"d");
+    xattr_set(&s.seen, "user.root", b"r", 0).unwrap();
+    assert_eq!(xattr_get(s.host.path(), "user.root").unwrap(), b"r");
+    std::os::unix::fs::symlink("x", s.guest("x-link")).unwrap();
+    let on_link = xattr_set(&s.guest("x-link"), "user.l", b"l", 0).unwrap_err();
+    assert_eq!(on_link.raw_os_error(), Some(libc::EPERM), "{on_link}");
+    assert!(xattr_get(&s.host("x"), "user.l").is_err(), "the link's target was changed");
+    // A value larger than the answer's buffer: ERANGE, as from a disk.
+    xattr_set(&s.guest("x"), "user.big", &[b'v'; 3000], 0).unwrap();
+    let mut small = [0u8; 16];
+    let c = c_path(&s.guest("x"));
+    let n = unsafe { libc::getxattr(c.as_ptr(), c"user.big".as_ptr(), small.as_mut_ptr().cast(), small.len()) };
+    assert_eq!((n, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ERANGE)));
+
     // Past 4 GiB (sparse), and fsync meaning on the host's disk.
     let mut big = std::fs::File::create(s.guest("big")).unwrap();
     big.seek(SeekFrom::Start(5 << 30)).unwrap();
@@ -184,6 +221,56 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+fn c_path(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// `lsetxattr(2)`, `lgetxattr(2)`, `llistxattr(2)` and `lremovexattr(2)`, as a tool would call
+/// them (on a symlink itself, never its target).
+fn xattr_set(p: &Path, name: &str, value: &[u8], flags: libc::c_int) -> std::io::Result<()> {
+    let (p, n) = (c_path(p), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid C strings and a buffer of the length given.
+    let r = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn xattr_get(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let (p, n) = (c_path(p), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: as above.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn xattr_list(p: &Path) -> std::io::Result<Vec<String>> {
+    let p = c_path(p);
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: as above.
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(buf[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into())
+        .collect())
+}
+
+fn xattr_remove(p: &Path, name: &str) -> std::io::Result<()> {
+    let (p, n) = (c_path(p), std::ffi::CString::new(name).unwrap());
+    // SAFETY: as above.
+    if unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn filetime_of(secs: u64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs(secs)
 }
@@ -232,6 +319,10 @@ fn a_read_only_share_refuses_writes() {
     assert_eq!(std::fs::read_to_string(s.guest("f")).unwrap(), "x");
     let err = std::fs::write(s.guest("g"), "y").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = xattr_set(&s.guest("f"), "user.a", b"a", 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    xattr_set(&s.host("f"), "user.b", b"b", 0).unwrap();
+    assert_eq!(xattr_get(&s.guest("f"), "user.b").unwrap(), b"b");
 }
 
 /// An edit made on the host reaches a container's inotify watch (as hot reloaders use it),

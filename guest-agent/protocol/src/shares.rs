@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -242,6 +242,31 @@ pub enum Request {
     StatFs {
         node: Node,
     },
+    /// The value of extended attribute `name` (always in the `user.` namespace: the guest
+    /// answers every other one itself), as [`Reply::Data`]; ENODATA when it has none.
+    GetXattr {
+        node: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// The node's `user.` attribute names, each ending in a NUL, as [`Reply::Data`].
+    ListXattr {
+        node: Node,
+    },
+    /// Sets a `user.` attribute; `flags` are Linux's XATTR_CREATE (1) and XATTR_REPLACE (2).
+    SetXattr {
+        node: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: u32,
+    },
+    RemoveXattr {
+        node: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
 }
 
 /// The host's answer to a request.
@@ -355,6 +380,7 @@ pub mod errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const E2BIG: i32 = 7;
     pub const EBADF: i32 = 9;
     pub const EACCES: i32 = 13;
     pub const EBUSY: i32 = 16;
@@ -368,10 +394,12 @@ pub mod errno {
     pub const ENOSPC: i32 = 28;
     pub const EROFS: i32 = 30;
     pub const EMLINK: i32 = 31;
+    pub const ERANGE: i32 = 34;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOSYS: i32 = 38;
     pub const ENOTEMPTY: i32 = 39;
     pub const ELOOP: i32 = 40;
+    pub const ENODATA: i32 = 61;
     pub const ENOTSUP: i32 = 95;
 }
 

@@ -23,7 +23,7 @@ use berth_protocol::shares::{self as proto, Attr, Kind, Owner, Reply, Request, S
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request as FuseRequest, TimeOrNow,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request as FuseRequest, TimeOrNow,
 };
 
 use super::Shares;
@@ -568,6 +568,66 @@ impl Filesystem for Fs {
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
         });
+    }
+
+    /// Only `user.` attributes are the host's; every other name is answered here, with no
+    /// trip: the kernel asks for `security.capability` before each write, and for ACLs and
+    /// labels on `ls -l`, and a container must not give the host's files capabilities.
+    fn getxattr(&self, _req: &FuseRequest, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !is_user_xattr(name) {
+            return reply.error(err(proto::errno::ENODATA));
+        }
+        let request = Request::GetXattr { node: self.0.node(ino), name: name.as_bytes().to_vec() };
+        self.0.call(request, move |r| xattr_reply(r, size, reply));
+    }
+
+    fn listxattr(&self, _req: &FuseRequest, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.0.call(Request::ListXattr { node: self.0.node(ino) }, move |r| xattr_reply(r, size, reply));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &FuseRequest,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if !is_user_xattr(name) {
+            return reply.error(err(proto::errno::ENOTSUP));
+        }
+        let request = Request::SetXattr {
+            node: self.0.node(ino),
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+            flags: flags as u32,
+        };
+        self.0.empty_call(request, reply);
+    }
+
+    fn removexattr(&self, _req: &FuseRequest, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !is_user_xattr(name) {
+            return reply.error(err(proto::errno::ENODATA));
+        }
+        self.0.empty_call(Request::RemoveXattr { node: self.0.node(ino), name: name.as_bytes().to_vec() }, reply);
+    }
+}
+
+fn is_user_xattr(name: &OsStr) -> bool {
+    name.as_bytes().strip_prefix(b"user.").is_some_and(|rest| !rest.is_empty())
+}
+
+/// A value or a list of names as the kernel asks for it: its size when `size` is 0, else the
+/// bytes if they fit in `size`.
+fn xattr_reply(r: Result<Reply, i32>, size: u32, reply: ReplyXattr) {
+    match r {
+        Ok(Reply::Data(d)) if size == 0 => reply.size(d.len() as u32),
+        Ok(Reply::Data(d)) if d.len() > size as usize => reply.error(err(proto::errno::ERANGE)),
+        Ok(Reply::Data(d)) => reply.data(&d),
+        Ok(_) => reply.error(Errno::EIO),
+        Err(e) => reply.error(err(e)),
     }
 }
 

@@ -9,6 +9,7 @@
 mod nodes;
 pub mod ops;
 pub mod watch;
+mod xattr;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -521,6 +522,26 @@ impl FileServer {
                     }
                 }
                 Ok(Reply::Dir { entries, more: end < names.len() })
+            }
+            Request::GetXattr { node, name } => {
+                let (dir, n, _) = self.at(node)?;
+                xattr::get(&dir, &n, &name).map(Reply::Data)
+            }
+            Request::ListXattr { node } => {
+                let (dir, n, _) = self.at(node)?;
+                xattr::list(&dir, &n).map(Reply::Data)
+            }
+            Request::SetXattr { node, name, value, flags } => {
+                self.writable(node)?;
+                let (dir, n, path) = self.at(node)?;
+                self.0.watch.mark(&path);
+                xattr::set(&dir, &n, &name, &value, flags).map(|()| Reply::Ok)
+            }
+            Request::RemoveXattr { node, name } => {
+                self.writable(node)?;
+                let (dir, n, path) = self.at(node)?;
+                self.0.watch.mark(&path);
+                xattr::remove(&dir, &n, &name).map(|()| Reply::Ok)
             }
             Request::StatFs { node } => {
                 let (i, _, _) = self.locate(node)?;
