@@ -323,6 +323,23 @@ fn a_read_only_share_refuses_writes() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     xattr_set(&s.host("f"), "user.b", b"b", 0).unwrap();
     assert_eq!(xattr_get(&s.guest("f"), "user.b").unwrap(), b"b");
+    // `access(W_OK)` says so too, as on any read-only mount.
+    let c = c_path(&s.guest("f"));
+    assert_eq!(unsafe { libc::access(c.as_ptr(), libc::W_OK) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EROFS));
+    // Host edits still reach a container's watch: the raise has a writable way in that
+    // containers do not.
+    let img = s.agent.pull("probe:latest");
+    let bind = format!("{}:/app", s.seen.display());
+    s.agent.ok(&["run", "-d", "--name", "ro-watcher", "-v", &bind, &img, "/probe", "watch:/app"]);
+    let logs = || s.agent.ok(&["logs", "ro-watcher"]);
+    assert!(eventually(10, || logs().contains("watching /app")), "the watch: {}", logs());
+    std::fs::write(s.host("f"), "edited").unwrap();
+    assert!(eventually(10, || logs().lines().any(|l| l.ends_with("\tf"))), "no event for the edit: {}", logs());
+    assert_eq!(s.agent.ok(&["exec", "ro-watcher", "cat", "/app/f"]), "edited");
+    let (_, err) = s.agent.fails(&["exec", "ro-watcher", "sh", "-c", "echo x > /app/f"]);
+    assert!(err.contains("Read-only file system"), "{err}");
+    s.agent.ok(&["rm", "-f", "ro-watcher"]);
 }
 
 /// An edit made on the host reaches a container's inotify watch (as hot reloaders use it),
@@ -362,6 +379,29 @@ fn host_edits_raise_inotify_events_in_containers() {
     let own: Vec<String> = logs().lines().filter(|l| l.ends_with("\town.txt")).map(String::from).collect();
     // One write, one IN_MODIFY (0x2): a raise of the host's echo of it would be a second.
     assert_eq!(own.iter().filter(|l| l.starts_with("2\t")).count(), 1, "an echo of the container's own write: {own:?}");
+    // A watched file removed on the host, and one replaced by a rename (as editors save),
+    // are deleted for their watchers (IN_DELETE_SELF, 0x400), as on a disk.
+    for (name, how) in [("doomed.txt", "remove"), ("saved.txt", "rename")] {
+        std::fs::write(s.host(name), "old\n").unwrap();
+        let watcher = format!("watch-{how}");
+        s.agent.ok(&["run", "-d", "--name", &watcher, "-v", &bind, &img, "/probe", &format!("watch:/app/{name}")]);
+        let logs = || s.agent.ok(&["logs", &watcher]);
+        assert!(eventually(10, || logs().contains("watching")), "the watch: {}", logs());
+        if how == "remove" {
+            std::fs::remove_file(s.host(name)).unwrap();
+        } else {
+            std::fs::write(s.host("saved.tmp"), "new\n").unwrap();
+            std::fs::rename(s.host("saved.tmp"), s.host(name)).unwrap();
+        }
+        let deleted = || {
+            logs()
+                .lines()
+                .any(|l| u32::from_str_radix(l.split('\t').next().unwrap_or(""), 16).is_ok_and(|m| m & 0x400 != 0))
+        };
+        assert!(eventually(10, deleted), "no IN_DELETE_SELF after the host's {how}: {}", logs());
+        s.agent.ok(&["rm", "-f", &watcher]);
+    }
+    assert_eq!(s.agent.ok(&["run", "--rm", "-v", &bind, &img, "cat", "/app/saved.txt"]), "new\n");
     s.agent.ok(&["rm", "-f", "watcher"]);
 }
 

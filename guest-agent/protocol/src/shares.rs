@@ -322,12 +322,15 @@ pub enum Message {
 }
 
 /// What the guest's kernel may hold that a change on the host made wrong: a node's attributes
-/// and data (`name` empty), or the entry `name` in directory `node`.
+/// and data (`name` empty), or the entry `name` in directory `node`. A nonzero `gone` is the
+/// node that entry named before the host removed it (or put another file there): the guest
+/// drops it as deleted, so watchers of that file see it go (IN_DELETE_SELF), as on a disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stale {
     pub node: Node,
     #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
+    pub gone: Node,
 }
 
 /// Errors reading a frame.

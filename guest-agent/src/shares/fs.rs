@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -638,18 +638,23 @@ pub struct Changes {
 }
 
 impl Changes {
-    pub fn changed(&self, node: u64, name: &[u8], root: u64) {
-        let ino = if node == root { INodeNo::ROOT } else { INodeNo(node) };
-        let done = if name.is_empty() {
-            self.notifier.inval_inode(ino, 0, 0)
+    pub fn changed(&self, stale: &proto::Stale, root: u64) {
+        let ino = |node| if node == root { INodeNo::ROOT } else { INodeNo(node) };
+        let (node, name) = (ino(stale.node), OsStr::from_bytes(&stale.name));
+        let done = if stale.name.is_empty() {
+            self.notifier.inval_inode(node, 0, 0)
+        } else if stale.gone != 0 {
+            // Drops the entry and, if the kernel still has it there, deletes the file as an
+            // unlink would: its watchers get IN_DELETE_SELF.
+            self.notifier.delete(node, ino(stale.gone), name)
         } else {
-            self.notifier.inval_entry(ino, OsStr::from_bytes(name))
+            self.notifier.inval_entry(node, name)
         };
         // ENOENT: the kernel holds nothing of it, which is fine.
         if let Err(e) = done
             && e.raw_os_error() != Some(libc::ENOENT)
         {
-            tracing::debug!(error = %e, node, "invalidating a shared folder's cache");
+            tracing::debug!(error = %e, node = stale.node, "invalidating a shared folder's cache");
         }
     }
 }
@@ -700,7 +705,8 @@ pub fn mount(
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
-        if share.read_only { MountOption::RO } else { MountOption::RW },
+        // Read-only shares are made so by a read-only bind of this mount (see `mount_all`).
+        MountOption::RW,
     ];
     // Containers run as any user: let every one in (the kernel still checks permissions).
     config.acl = fuser::SessionACL::All;
@@ -708,6 +714,30 @@ pub fn mount(
     read_ahead(at, proto::MAX_IO / 1024);
     let changes = Changes { notifier: session.notifier() };
     Ok((root, session, Some(changes)))
+}
+
+/// A read-only bind mount of a share, unmounted when dropped.
+pub struct ReadOnlyView(PathBuf);
+
+impl ReadOnlyView {
+    /// Shows the share mounted at `from` at `at` too, read-only (and still without devices or
+    /// set-id programs).
+    pub fn bind(from: &Path, at: &Path) -> std::io::Result<ReadOnlyView> {
+        use nix::mount::{MsFlags, mount};
+        std::fs::create_dir_all(at)?;
+        mount(Some(from), at, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        let view = ReadOnlyView(at.to_owned());
+        let flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mount(None::<&str>, at, None::<&str>, flags, None::<&str>)?;
+        Ok(view)
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// Lets the kernel read ahead up to `kib` KiB in the share mounted at `at`. FUSE takes the

@@ -82,9 +82,12 @@ struct Inner {
 
 struct Mounted {
     root: Arc<AtomicU64>,
-    /// Where it is mounted here.
-    at: PathBuf,
+    /// Where it is mounted writable here: its path, or for a read-only share a private place
+    /// (host changes are raised through it).
+    raise_at: PathBuf,
     notifier: Option<Arc<fs::Changes>>,
+    /// A read-only share's view at its path (dropped before the session unmounts).
+    _view: Option<fs::ReadOnlyView>,
     _session: fuser::BackgroundSession,
 }
 
@@ -260,12 +263,31 @@ impl Shares {
                 Some(p) => p.join(share.path.trim_start_matches('/')),
                 None => std::path::PathBuf::from(&share.path),
             };
-            match fs::mount(self.clone(), share, &at) {
-                Ok((root, session, notifier)) => {
+            // A read-only share is mounted writable where only the agent sees it, and shown
+            // at its path through a read-only bind: the kernel refuses writes there (EROFS,
+            // `access(W_OK)` too) while raises of host changes, which set a time, still have
+            // a writable mount to go through (the host refuses writes to it in any case).
+            let private = share.read_only.then(|| {
+                let base = match &self.0.prefix {
+                    Some(p) => p.join(".writable"),
+                    None => PathBuf::from("/run/berth/shares"),
+                };
+                base.join(mounts.len().to_string())
+            });
+            let mounted = fs::mount(self.clone(), share, private.as_deref().unwrap_or(&at)).and_then(|m| {
+                let view = match &private {
+                    Some(p) => Some(fs::ReadOnlyView::bind(p, &at)?),
+                    None => None,
+                };
+                Ok((m, view))
+            });
+            match mounted {
+                Ok(((root, session, notifier), view)) => {
                     tracing::info!(path = %share.path, read_only = share.read_only, "shared folder mounted");
+                    let raise_at = private.unwrap_or(at);
                     mounts.insert(
                         share.path.clone(),
-                        Mounted { root, at, notifier: notifier.map(Arc::new), _session: session },
+                        Mounted { root, raise_at, notifier: notifier.map(Arc::new), _view: view, _session: session },
                     );
                 }
                 Err(e) => tracing::error!(path = %share.path, error = %e, "mounting a shared folder"),
@@ -297,12 +319,12 @@ impl Shares {
                             mounts
                                 .values()
                                 .find(|m| m.root.load(Ordering::Relaxed) == n.root)
-                                .map(|m| (m.notifier.clone(), m.at.clone()))
+                                .map(|m| (m.notifier.clone(), m.raise_at.clone()))
                         };
                         let Some((notifier, at)) = found else { continue };
                         if let Some(notifier) = notifier {
                             for s in &n.stale {
-                                notifier.changed(s.node, &s.name, n.root);
+                                notifier.changed(s, n.root);
                             }
                         }
                         if seen.insert((at.clone(), n.path.clone())) {

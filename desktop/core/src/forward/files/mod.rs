@@ -280,15 +280,24 @@ impl FileServer {
         let notice = {
             let nodes = self.0.nodes.lock().expect("lock");
             let mut stale = Vec::new();
-            if let Some(node) = nodes.node_of(path) {
-                stale.push(proto::Stale { node, name: Vec::new() });
+            let held = nodes.node_of(path);
+            if let Some(node) = held {
+                stale.push(proto::Stale { node, name: Vec::new(), gone: 0 });
             }
             if entry
                 && path != root
                 && let (Some(dir), Some(name)) = (path.parent().and_then(|d| nodes.node_of(d)), path.file_name())
             {
-                stale.push(proto::Stale { node: dir, name: path_bytes(Path::new(name)) });
-                stale.push(proto::Stale { node: dir, name: Vec::new() });
+                // The node the guest holds for the name is gone if the name is, or now names
+                // another object (an editor's save by rename).
+                let gone = held.filter(|&n| {
+                    let now = std::fs::symlink_metadata(path).ok();
+                    now.is_none_or(|m| {
+                        nodes.key(n) != Some(&nodes::Key::of(path, &cap_std::fs::Metadata::from_just_metadata(m)))
+                    })
+                });
+                stale.push(proto::Stale { node: dir, name: path_bytes(Path::new(name)), gone: gone.unwrap_or(0) });
+                stale.push(proto::Stale { node: dir, name: Vec::new(), gone: 0 });
             }
             let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
             Message::Changed { root: self.0.shares[i].root, stale, path: path_bytes(rel) }

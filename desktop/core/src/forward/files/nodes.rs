@@ -182,6 +182,11 @@ impl Nodes {
         }
     }
 
+    /// What host object node `id` stands for.
+    pub fn key(&self, id: Node) -> Option<&Key> {
+        self.by_id.get(&id).map(|e| &e.key)
+    }
+
     /// The node a path is known by, if any.
     pub fn node_of(&self, path: &Path) -> Option<Node> {
         self.by_path.get(path).copied()
