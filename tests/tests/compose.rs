@@ -1,7 +1,7 @@
 //! Debian's docker-compose (1.29, on docker-py) brings a multi-service app up against the
 //! engine and takes it down: a project network where services reach each other by name, a
-//! named volume two services share, a published port, depends_on order, and `down -v`
-//! leaving nothing behind. (The same project runs through the VM in `vm.rs`.)
+//! second network one of them is also on, a named volume two services share, a published
+//! port, depends_on order, and `down -v` leaving nothing behind. (The same project runs through the VM in `vm.rs`.)
 
 use std::process::Command;
 
@@ -40,6 +40,11 @@ fn compose_brings_an_app_up_and_down() {
     // Services find each other by name on the project network.
     let (ok, text) = compose(&["exec", "-T", "writer", "wget", "-qO-", "http://web/"]);
     assert!(ok && text.contains("hello-compose"), "{text}");
+    // A service on two networks reaches one only there; one on the first alone does not.
+    let (ok, text) = compose(&["exec", "-T", "writer", "wget", "-qO-", "http://store/"]);
+    assert!(ok && text.contains("from-back"), "{text}");
+    let (ok, text) = compose(&["exec", "-T", "web", "wget", "-T", "2", "-qO-", "http://store/"]);
+    assert!(!ok && !text.contains("from-back"), "web reached a network it is not on: {text}");
     let (ok, text) = compose(&["ps"]);
     assert!(ok && text.contains("demo_web_1") && text.contains("Up"), "{text}");
     let nets = a.ok(&["network", "ls", "--format", "{{.Name}}"]);
@@ -51,6 +56,7 @@ fn compose_brings_an_app_up_and_down() {
     let (ok, text) = compose(&["down", "-v"]);
     assert!(ok, "docker-compose down: {text}");
     assert!(a.ok(&["ps", "-aq"]).trim().is_empty(), "{}", a.ok(&["ps", "-a"]));
-    assert!(!a.ok(&["network", "ls", "--format", "{{.Name}}"]).contains("demo_default"));
+    let nets = a.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!nets.contains("demo_default") && !nets.contains("demo_back"), "{nets}");
     assert!(!a.ok(&["volume", "ls", "--format", "{{.Name}}"]).contains("demo_shared"));
 }

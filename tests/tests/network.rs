@@ -298,19 +298,84 @@ fn user_networks_with_dns_ipam_and_isolation() {
     assert!(cross.stdout.is_empty(), "the default bridge reached appnet: {cross:?}");
     let cross = a.docker(&["run", "--rm", "--network", "appnet", &img, "nc", "-w", "2", &outside_ip, "7001"]);
     assert!(cross.stdout.is_empty(), "appnet reached the default bridge: {cross:?}");
-    // connect: a stopped container joins (with an alias) and is found by it once started; a
-    // second user-defined network is refused, not swapped in.
+    // connect: a stopped container on the default bridge joins (with an alias), keeps the
+    // bridge, and is found by the alias once started.
     a.ok(&["create", "--name", "mover", &img, "sleep", "300"]);
     a.ok(&["network", "connect", "--alias", "moved", "appnet", "mover"]);
     a.ok(&["start", "mover"]);
     let found = a.ok(&["run", "--rm", "--network", "appnet", &img, "nslookup", "moved"]);
     assert!(found.contains(&prefix), "{found}");
-    a.ok(&["stop", "-t", "0", "mover"]);
-    a.ok(&["network", "create", "second"]);
-    let (_, err) = a.fails(&["network", "connect", "second", "mover"]);
-    assert!(err.contains("one user-defined network at a time"), "{err}");
+    let nets: serde_json::Value =
+        serde_json::from_str(&a.ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", "mover"])).unwrap();
+    assert!(nets["bridge"]["IPAddress"].as_str().unwrap().starts_with(&a.subnet), "{nets}");
+    assert!(nets["appnet"]["IPAddress"].as_str().unwrap().starts_with(&prefix), "{nets}");
+    a.ok(&["rm", "-f", "mover"]);
+
+    // A second user-defined network: a running container joins it at once (an interface
+    // there, names found through either network's DNS server, both ways) and leaves it at once.
+    let subnet2 = format!("10.{}.{}.0/24", 210 + third / 100, third);
+    let prefix2 = format!("10.{}.{}.", 210 + third / 100, third);
+    a.ok(&["network", "create", "--subnet", &subnet2, "second"]);
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "only2",
+        "--network",
+        "second",
+        &img,
+        "sh",
+        "-c",
+        "while true; do echo from-second | nc -l -p 7002; done",
+    ]);
+    let reach = |from: &str, to: &str, port: &str| {
+        String::from_utf8_lossy(&a.docker(&["exec", from, "nc", "-w", "2", to, port]).stdout).into_owned()
+    };
+    assert_eq!(reach("db", "only2", "7002"), "", "db reached second before joining it");
+    a.ok(&["network", "connect", "--alias", "db2", "second", "db"]);
+    let nets: serde_json::Value =
+        serde_json::from_str(&a.ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", "db"])).unwrap();
+    let db_ip2 = nets["second"]["IPAddress"].as_str().unwrap().to_owned();
+    assert!(db_ip2.starts_with(&prefix2), "{nets}");
+    assert_eq!(nets["appnet"]["IPAddress"], db_ip.as_str(), "{nets}");
+    assert_eq!(nets["second"]["Gateway"], format!("{prefix2}1"));
+    assert!(a.ok(&["exec", "db", "ip", "-o", "-4", "addr"]).contains(&format!("eth1    inet {db_ip2}/24")));
+    assert_eq!(reach("db", "only2", "7002"), "from-second\n");
+    assert_eq!(reach("db", "only2.second", "7002"), "from-second\n");
+    let looked = a.ok(&["exec", "only2", "nslookup", "db2"]);
+    assert!(looked.contains(&db_ip2), "{looked}");
+    let members =
+        a.ok(&["network", "inspect", "-f", "{{range .Containers}}{{.Name}}={{.IPv4Address}} {{end}}", "second"]);
+    assert!(members.contains(&format!("db={db_ip2}/24")) && members.contains("only2="), "{members}");
+    // Started on two networks at once (`--network` twice).
+    let both = a.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "appnet",
+        "--network",
+        "second",
+        &img,
+        "sh",
+        "-c",
+        "nc -w 2 only2 7002 && nc -w 2 database 5432",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&both.stdout),
+        "from-second\nfrom-db\n",
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    // Its first network stays while it runs; the second goes at once.
+    let (_, err) = a.fails(&["network", "disconnect", "appnet", "db"]);
+    assert!(err.contains("first network"), "{err}");
+    a.ok(&["network", "disconnect", "second", "db"]);
+    assert!(!a.ok(&["exec", "db", "ip", "-o", "-4", "addr"]).contains("eth1"));
+    assert_eq!(reach("db", "only2", "7002"), "", "db still reaches second");
+    let members = a.ok(&["network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{end}}", "second"]);
+    assert_eq!(members.trim(), "only2");
+    a.ok(&["rm", "-f", "only2"]);
     a.ok(&["network", "rm", "second"]);
-    a.ok(&["rm", "mover"]);
     // ls with filters; rm refused while in use; prune takes the unused only.
     a.ok(&["network", "create", "spare"]);
     let ls = a.ok(&["network", "ls", "--filter", "label=k=v", "--format", "{{.Name}}"]);

@@ -117,7 +117,25 @@ pub struct NetRecord {
     pub mac: String,
     /// `"80/tcp"` → bindings actually made.
     pub ports: BTreeMap<String, Vec<crate::model::PortBinding>>,
+    /// Its other networks (by name), each an interface of its own (`eth1`, ...).
+    #[serde(default)]
+    pub others: BTreeMap<String, Attachment>,
 }
+
+/// A running container's interface on a network other than its first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub ip: String,
+    pub gateway: String,
+    pub prefix: u8,
+    pub mac: String,
+    /// The interface in the container (`eth1`, ...) and the veth end on the bridge.
+    pub iface: String,
+    pub link: String,
+}
+
+/// A running container's address on one network: (ip, prefix, gateway, mac).
+pub type Address<'a> = (&'a str, u8, &'a str, &'a str);
 
 /// Everything the engine keeps about a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +181,18 @@ pub struct Endpoint {
 impl ContainerRecord {
     pub fn running(&self) -> bool {
         matches!(self.state.status, Status::Running | Status::Restarting)
+    }
+
+    /// Its address on network `name` while it runs.
+    pub fn address_on(&self, name: &str) -> Option<Address<'_>> {
+        let n = &self.net;
+        if n.ip.is_empty() {
+            None
+        } else if n.mode == name {
+            Some((&n.ip, n.prefix, &n.gateway, &n.mac))
+        } else {
+            n.others.get(name).map(|a| (a.ip.as_str(), a.prefix, a.gateway.as_str(), a.mac.as_str()))
+        }
     }
 }
 

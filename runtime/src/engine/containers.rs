@@ -307,12 +307,28 @@ impl Engine {
         if let Some(e) = eth0.as_mut() {
             e.mac = mac;
         }
+        let extras = if eth0.is_some() {
+            match self.prepare_extras(&rec).await {
+                Ok(x) => x,
+                Err(e) => {
+                    if let (Some(e), Some(b)) = (&eth0, &bridge) {
+                        b.release(e.address);
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let extras = Arc::new(extras);
         let release = |_: &Engine| {
             if let (Some(e), Some(b)) = (&eth0, &bridge) {
                 b.release(e.address);
             }
+            super::networks::release(&extras);
         };
-        let nameserver = user_net.as_ref().map(|n| n.record.pool.gateway);
+        // A user-defined network's DNS server: the first network's, or the first of the others.
+        let nameserver = user_net.as_ref().map(|n| n.record.pool.gateway).or(extras.first().map(|x| x.eth.gateway));
         let etc_files = match self.write_etc_files(ctr, &rec, eth0.as_ref(), nameserver, &link_hosts) {
             Ok(f) => f,
             Err(e) => {
@@ -344,6 +360,7 @@ impl Engine {
         let cg = cgroup.clone();
         let attach_bridge = bridge.clone();
         let id2 = id.clone();
+        let plugged = extras.clone();
         let launched = launch::launch(
             &self.inner.helper,
             "run",
@@ -354,6 +371,9 @@ impl Engine {
                 cg.add(pid).map_err(|e| e.to_string())?;
                 if let (Some(e), Some(b)) = (&eth0, &attach_bridge) {
                     b.attach(&id2, pid, e).await.map_err(|e| e.to_string())?;
+                }
+                for x in plugged.iter() {
+                    super::networks::plug(pid, x).await.map_err(|e| e.to_string())?;
                 }
                 Ok(())
             },
@@ -382,6 +402,7 @@ impl Engine {
                 prefix: e.prefix,
                 mac: e.mac_text(),
                 ports: p.bindings.clone(),
+                others: extras.iter().map(|x| (x.name().to_owned(), x.attachment())).collect(),
             },
             _ => NetRecord {
                 mode: if mode == network::Mode::Host { "host" } else { "none" }.into(),
@@ -581,7 +602,9 @@ impl Engine {
         if let Some(p) = published {
             p.close().await;
         }
-        let net = ctr.snapshot().net;
+        let snapshot = ctr.snapshot();
+        super::networks::release_others(self, &snapshot);
+        let net = snapshot.net;
         if let Ok(ip) = net.ip.parse() {
             match self.user_network(&net.mode) {
                 Some(n) if net.mode != "bridge" => n.bridge.release(ip),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Inner};
-use crate::container::{ContainerRecord, Endpoint};
+use crate::container::{Attachment, ContainerRecord, Endpoint};
 use crate::network::user::{self, NetworkRecord, Pool, UserNetwork};
 use crate::network::{Bridge, Mode};
 
@@ -110,7 +110,8 @@ impl Engine {
         if dns.is_none() {
             let weak = Arc::downgrade(&self.inner);
             let name = net.record.name.clone();
-            let lookup: crate::network::dns::Lookup = Arc::new(move |q: &str| resolve(&weak.upgrade()?, &name, q));
+            let lookup: crate::network::dns::Lookup =
+                Arc::new(move |q: &str, asker: Ipv4Addr| resolve(&weak.upgrade()?, &name, q, asker));
             match crate::network::dns::serve(net.record.pool.gateway, &net.record.name, lookup) {
                 Ok(server) => *dns = Some(server),
                 Err(e) => {
@@ -335,11 +336,13 @@ impl Engine {
         Ok(out)
     }
 
-    /// `docker network connect` of a container that is not running: it joins when it starts.
-    /// (A running container's second interface is not done yet; that is refused.)
+    /// `docker network connect`. A stopped container joins when it starts; a running one
+    /// gets an interface on the network at once (`eth1`, ...). A container on no network
+    /// (`none`) moves to this one.
     pub async fn network_connect(&self, network: &str, container: &str, ep: Endpoint) -> Result<(), EngineError> {
         let info = self.network(network)?;
         let ctr = self.ctr(container)?;
+        let _op = ctr.op.lock().await;
         let rec = ctr.snapshot();
         if on_network(&rec, &info.name, &info.id) {
             return Err(EngineError::Forbidden(format!(
@@ -347,31 +350,33 @@ impl Engine {
                 rec.name, info.name
             )));
         }
-        if rec.running() {
-            return Err(EngineError::Conflict(format!(
-                "container {} is running: Berth joins a container to another network while it is stopped only (stop it, connect, start)",
-                rec.name
-            )));
-        }
         if info.name == "host" || mode_name(&rec.host_config.network_mode) == "host" {
             return Err(EngineError::InvalidArgument(
                 "container cannot be disconnected from host network or connected to host network".into(),
             ));
         }
-        // One network per container here: connecting moves it off the default bridge (or
-        // none); a second user-defined network is refused rather than swapped in silently.
         let current = mode_name(&rec.host_config.network_mode).to_owned();
-        if current != "bridge" && current != "none" {
-            return Err(EngineError::Conflict(format!(
-                "container {} is on network {current} already: Berth puts a container on one user-defined network at a time",
-                rec.name
-            )));
-        }
-        let rec = ctr.update(|r| {
-            r.host_config.network_mode = info.name.clone();
-            r.endpoints.clear();
-            r.endpoints.insert(info.name.clone(), ep);
-        })?;
+        let rec = if current == "none" && !rec.running() {
+            ctr.update(|r| {
+                r.host_config.network_mode = info.name.clone();
+                r.endpoints.clear();
+                r.endpoints.insert(info.name.clone(), ep);
+            })?
+        } else {
+            let Some(net) = self.user_network(&info.id).filter(|_| current != "none") else {
+                return Err(EngineError::Conflict(format!(
+                    "container {}: Berth adds only user-defined networks to a container, and none to a running one on `none`",
+                    rec.name
+                )));
+            };
+            if rec.running() {
+                self.connect_running(&ctr, &rec, net, &current, ep).await?
+            } else {
+                ctr.update(|r| {
+                    r.endpoints.insert(info.name.clone(), ep);
+                })?
+            }
+        };
         self.inner.events.emit(
             "network",
             "connect",
@@ -381,10 +386,13 @@ impl Engine {
         Ok(())
     }
 
-    /// `docker network disconnect` of a container that is not running: it goes back to `none`.
+    /// `docker network disconnect`. A running container loses that interface at once (its
+    /// first network stays while it runs); a stopped one leaves the network, and the next of
+    /// its networks, or `none`, becomes its first.
     pub async fn network_disconnect(&self, network: &str, container: &str) -> Result<(), EngineError> {
         let info = self.network(network)?;
         let ctr = self.ctr(container)?;
+        let _op = ctr.op.lock().await;
         let rec = ctr.snapshot();
         if !on_network(&rec, &info.name, &info.id) {
             return Err(EngineError::Forbidden(format!(
@@ -392,15 +400,28 @@ impl Engine {
                 rec.id, info.name
             )));
         }
-        if rec.running() {
+        let primary = on_primary(&rec, &info.name, &info.id);
+        if rec.running() && primary {
             return Err(EngineError::Conflict(format!(
-                "container {} is running: Berth changes a container's network while it is stopped only",
+                "container {} is running: Berth takes a container off its first network while it is stopped only",
                 rec.name
             )));
         }
+        if let Some(a) = rec.net.others.get(&info.name) {
+            if let Err(e) = crate::network::detach(&a.link).await {
+                tracing::warn!(link = %a.link, error = %e, "removing a container's interface");
+            }
+            if let (Some(n), Ok(ip)) = (self.user_network(&info.id), a.ip.parse()) {
+                n.bridge.release(ip);
+            }
+        }
+        let named = |k: &String| k == &info.name || k == &info.id || (k.len() >= 12 && info.id.starts_with(k.as_str()));
         let rec = ctr.update(|r| {
-            r.host_config.network_mode = "none".into();
-            r.endpoints.clear();
+            r.endpoints.retain(|k, _| !named(k));
+            r.net.others.remove(&info.name);
+            if primary {
+                r.host_config.network_mode = r.endpoints.keys().next().cloned().unwrap_or_else(|| "none".into());
+            }
         })?;
         self.inner.events.emit(
             "network",
@@ -410,28 +431,211 @@ impl Engine {
         );
         Ok(())
     }
+
+    /// A running container joins `net`: an interface of its own, up before this returns.
+    async fn connect_running(
+        &self,
+        ctr: &super::Ctr,
+        rec: &ContainerRecord,
+        net: Arc<UserNetwork>,
+        current: &str,
+        ep: Endpoint,
+    ) -> Result<ContainerRecord, EngineError> {
+        let used: Vec<&str> = rec.net.others.values().map(|a| a.iface.as_str()).collect();
+        let slot = (1..=MAX_EXTRA).find(|i| !used.contains(&format!("eth{i}").as_str())).ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "container {} is on {} networks, the most Berth joins",
+                rec.name,
+                MAX_EXTRA + 1
+            ))
+        })?;
+        let extra = self.take_address(rec, net, &ep, slot).await?;
+        if let Err(e) = plug(rec.state.pid, &extra).await {
+            unplug(&[extra]).await;
+            return Err(e);
+        }
+        let (name, gateway, attachment) = (extra.name().to_owned(), extra.eth.gateway, extra.attachment());
+        let had_dns = self.user_network(current).is_some() || !rec.net.others.is_empty();
+        let rec = ctr.update(|r| {
+            r.endpoints.insert(name.clone(), ep);
+            r.net.others.insert(name, attachment);
+        })?;
+        // A container that had only the default bridge now has a network with a DNS server:
+        // its resolver points there (which forwards every other name).
+        if !had_dns && rec.host_config.dns.is_empty() {
+            let text = format!("nameserver {gateway}\noptions ndots:0\n");
+            std::fs::write(ctr.dir.join("resolv.conf"), text).map_err(super::io_ctx("writing resolv.conf"))?;
+        }
+        Ok(rec)
+    }
+
+    /// A container's networks after its first: the user-defined ones its endpoints name.
+    pub(crate) fn extra_networks(&self, rec: &ContainerRecord) -> Vec<(Arc<UserNetwork>, Endpoint)> {
+        let first = self.user_network(mode_name(&rec.host_config.network_mode)).map(|n| n.record.id.clone());
+        let mut out: Vec<(Arc<UserNetwork>, Endpoint)> = Vec::new();
+        for (key, ep) in &rec.endpoints {
+            if let Some(n) = self.user_network(key)
+                && Some(&n.record.id) != first.as_ref()
+                && !out.iter().any(|(o, _)| o.record.id == n.record.id)
+            {
+                out.push((n, ep.clone()));
+            }
+        }
+        out
+    }
+
+    /// Addresses on a container's other networks, taken before it starts (given back if any
+    /// of them cannot be).
+    pub(crate) async fn prepare_extras(&self, rec: &ContainerRecord) -> Result<Vec<Extra>, EngineError> {
+        let nets = self.extra_networks(rec);
+        if nets.len() > MAX_EXTRA {
+            return Err(EngineError::InvalidArgument(format!(
+                "container {} is on {} networks; Berth joins a container to at most {}",
+                rec.name,
+                nets.len() + 1,
+                MAX_EXTRA + 1
+            )));
+        }
+        let mut out = Vec::new();
+        for (slot, (net, ep)) in nets.into_iter().enumerate() {
+            match self.take_address(rec, net, &ep, slot + 1).await {
+                Ok(x) => out.push(x),
+                Err(e) => {
+                    release(&out);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// An address on `net` for interface `eth<slot>` of container `rec`.
+    async fn take_address(
+        &self,
+        rec: &ContainerRecord,
+        net: Arc<UserNetwork>,
+        ep: &Endpoint,
+        slot: usize,
+    ) -> Result<Extra, EngineError> {
+        self.ensure_network(&net).await?;
+        let mut eth = net.bridge.allocate(ep.ipv4.parse().ok()).map_err(|e| EngineError::Network(Box::new(e)))?;
+        eth.mac = crate::network::parse_mac(&ep.mac);
+        Ok(Extra { net, eth, iface: format!("eth{slot}"), link: format!("vx{}{slot}", &rec.id[..11]) })
+    }
 }
 
-/// Whether a container is on the network `name` (ID `id`).
-pub fn on_network(c: &ContainerRecord, name: &str, id: &str) -> bool {
+/// The most networks a container joins after its first (interfaces `eth1` to `eth9`).
+const MAX_EXTRA: usize = 9;
+
+/// A container's place on one of its other networks: the address taken there, its interface
+/// in the container and the veth end on the network's bridge.
+pub(crate) struct Extra {
+    net: Arc<UserNetwork>,
+    pub(crate) eth: crate::network::Eth0,
+    iface: String,
+    link: String,
+}
+
+impl Extra {
+    pub(crate) fn name(&self) -> &str {
+        &self.net.record.name
+    }
+
+    pub(crate) fn attachment(&self) -> Attachment {
+        Attachment {
+            ip: self.eth.address.to_string(),
+            gateway: self.eth.gateway.to_string(),
+            prefix: self.eth.prefix,
+            mac: self.eth.mac_text(),
+            iface: self.iface.clone(),
+            link: self.link.clone(),
+        }
+    }
+}
+
+/// Gives the addresses back.
+pub(crate) fn release(extras: &[Extra]) {
+    for x in extras {
+        x.net.bridge.release(x.eth.address);
+    }
+}
+
+/// Removes the interfaces (if made) and gives the addresses back.
+async fn unplug(extras: &[Extra]) {
+    for x in extras {
+        let _ = crate::network::detach(&x.link).await;
+    }
+    release(extras);
+}
+
+/// The interface for `x` in the network namespace of process `pid`: a veth pair on the
+/// network's bridge, the container's end addressed and up (no route beyond its subnet: the
+/// default route stays on the first network, as with dockerd).
+pub(crate) async fn plug(pid: i32, x: &Extra) -> Result<(), EngineError> {
+    x.net.bridge.attach_as(&x.link, &x.iface, pid, &x.eth).await.map_err(|e| EngineError::Network(Box::new(e)))?;
+    let (iface, eth) = (x.iface.clone(), x.eth);
+    super::blocking(move || {
+        crate::network::iface::address_in(pid, &iface, &eth)
+            .map_err(|e| EngineError::Network(Box::new(crate::network::NetworkError::BadAddress(e))))
+    })
+    .await
+}
+
+/// The addresses a stopped container held on its other networks, given back.
+pub(crate) fn release_others(engine: &Engine, rec: &ContainerRecord) {
+    for (name, a) in &rec.net.others {
+        if let (Some(n), Ok(ip)) = (engine.user_network(name), a.ip.parse()) {
+            n.bridge.release(ip);
+        }
+    }
+}
+
+/// Whether network `name` (ID `id`) is the container's first.
+fn on_primary(c: &ContainerRecord, name: &str, id: &str) -> bool {
     let mode = mode_name(&c.host_config.network_mode);
     mode == name || mode == id || (mode.len() >= 12 && id.starts_with(mode))
 }
 
-/// The DNS server's lookup: a running container on network `net` named `q` (its name, an
-/// alias, its short ID or hostname).
-fn resolve(inner: &Arc<Inner>, net: &str, q: &str) -> Option<Ipv4Addr> {
+/// Whether a container is on the network `name` (ID `id`): its first, or one its endpoints name.
+pub fn on_network(c: &ContainerRecord, name: &str, id: &str) -> bool {
+    on_primary(c, name, id)
+        || (name != "bridge"
+            && c.endpoints.keys().any(|k| k == name || k == id || (k.len() >= 12 && id.starts_with(k.as_str()))))
+}
+
+/// The DNS server's lookup on network `net` for a query from `asker`: a running container
+/// named `q` (its name, an alias on that network, its short ID or hostname), looked for on
+/// `net`, then on the asker's other user-defined networks (its resolver is one network's
+/// server, as dockerd's is one for all); `name.network` looks on that network only. The
+/// answer is the container's address on the network it was found on.
+fn resolve(inner: &Arc<Inner>, net: &str, q: &str, asker: Ipv4Addr) -> Option<Ipv4Addr> {
     let engine = Engine { inner: inner.clone() };
-    let id = engine.user_network(net)?.record.id.clone();
-    engine
-        .containers()
-        .into_iter()
-        .filter(|c| c.running() && on_network(c, net, &id))
-        .find(|c| {
-            c.name.eq_ignore_ascii_case(q)
-                || c.config.hostname.eq_ignore_ascii_case(q)
-                || (q.len() >= 12 && c.id.starts_with(q))
-                || c.endpoints.values().any(|e| e.aliases.iter().any(|a| a.eq_ignore_ascii_case(q)))
-        })
-        .and_then(|c| c.net.ip.parse().ok())
+    let running: Vec<ContainerRecord> = engine.containers().into_iter().filter(|c| c.running()).collect();
+    let asker = asker.to_string();
+    let mut nets = vec![net.to_owned()];
+    if let Some(me) = running.iter().find(|c| c.address_on(net).is_some_and(|a| a.0 == asker)) {
+        nets.extend(
+            std::iter::once(&me.net.mode).chain(me.net.others.keys()).filter(|n| *n != net && *n != "bridge").cloned(),
+        );
+    }
+    let (q, nets) = match q.rsplit_once('.') {
+        Some((name, scope)) if nets.iter().any(|n| n.eq_ignore_ascii_case(scope)) => (name, vec![scope.to_owned()]),
+        _ => (q, nets),
+    };
+    nets.iter().find_map(|n| {
+        let id = engine.user_network(n).map(|u| u.record.id.clone()).unwrap_or_default();
+        running
+            .iter()
+            .filter(|c| c.address_on(n).is_some())
+            .find(|c| {
+                c.name.eq_ignore_ascii_case(q)
+                    || c.config.hostname.eq_ignore_ascii_case(q)
+                    || (q.len() >= 12 && c.id.starts_with(q))
+                    || c.endpoints
+                        .iter()
+                        .filter(|(k, _)| *k == n || **k == id || (k.len() >= 12 && id.starts_with(k.as_str())))
+                        .any(|(_, e)| e.aliases.iter().any(|a| a.eq_ignore_ascii_case(q)))
+            })
+            .and_then(|c| c.address_on(n)?.0.parse().ok())
+    })
 }

@@ -14,8 +14,8 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::net::UdpSocket;
 
-/// Resolves a name (lower case, no trailing dot) on the network.
-pub type Lookup = Arc<dyn Fn(&str) -> Option<Ipv4Addr> + Send + Sync>;
+/// Resolves a name (lower case, no trailing dot) for the asker at the address given.
+pub type Lookup = Arc<dyn Fn(&str, Ipv4Addr) -> Option<Ipv4Addr> + Send + Sync>;
 
 /// A running server; stopped on drop.
 #[derive(Debug)]
@@ -54,7 +54,11 @@ pub fn serve(addr: Ipv4Addr, network: &str, lookup: Lookup) -> std::io::Result<S
         loop {
             let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
             let query = buf[..n].to_vec();
-            match answer(&query, &suffix, &lookup) {
+            let asker = match peer.ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            };
+            match answer(&query, &suffix, &lookup, asker) {
                 Some(reply) => {
                     let _ = sock.send_to(&reply, peer).await;
                 }
@@ -75,7 +79,7 @@ pub fn serve(addr: Ipv4Addr, network: &str, lookup: Lookup) -> std::io::Result<S
 }
 
 /// The reply to a query for a container on the network, or `None` to forward it.
-fn answer(query: &[u8], suffix: &str, lookup: &Lookup) -> Option<Vec<u8>> {
+fn answer(query: &[u8], suffix: &str, lookup: &Lookup, asker: Ipv4Addr) -> Option<Vec<u8>> {
     let msg = match Message::from_vec(query) {
         Ok(m) => m,
         Err(_) => return failure(query, ResponseCode::FormErr),
@@ -86,7 +90,7 @@ fn answer(query: &[u8], suffix: &str, lookup: &Lookup) -> Option<Vec<u8>> {
     let q = msg.queries.first()?;
     let full = q.name().to_utf8().trim_end_matches('.').to_ascii_lowercase();
     let name = full.strip_suffix(suffix).unwrap_or(&full);
-    let ip = lookup(name)?;
+    let ip = lookup(name, asker)?;
     let mut reply = Message::response(msg.metadata.id, OpCode::Query);
     reply.metadata.recursion_desired = msg.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
@@ -136,7 +140,10 @@ mod tests {
 
     #[test]
     fn containers_are_answered_and_the_rest_forwarded() {
-        let lookup: Lookup = Arc::new(|n| (n == "web").then_some(Ipv4Addr::new(172, 18, 0, 2)));
+        let lookup: Lookup = Arc::new(|n, asker| {
+            (n == "web" && asker == Ipv4Addr::new(172, 18, 0, 9)).then_some(Ipv4Addr::new(172, 18, 0, 2))
+        });
+        let answer = |q: &[u8], suffix: &str, lookup: &Lookup| answer(q, suffix, lookup, Ipv4Addr::new(172, 18, 0, 9));
         let reply = Message::from_vec(&answer(&ask("web.", RecordType::A), ".net", &lookup).unwrap()).unwrap();
         assert_eq!(reply.answers.len(), 1);
         assert_eq!(reply.answers[0].data, RData::A(A(Ipv4Addr::new(172, 18, 0, 2))));

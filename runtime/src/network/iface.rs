@@ -1,6 +1,7 @@
 //! Network interface setup with plain ioctls (address, netmask, up, default route), for the
 //! places where neither a netlink runtime nor `ip` is at hand: a container's helper just
-//! before it execs, and the guest's init. They act on the caller's network namespace.
+//! before it execs, the guest's init, and a running container's second and later networks
+//! (from a thread that joins its namespace). They act on the calling thread's namespace.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 
@@ -72,8 +73,8 @@ struct RtEntry {
     rt_irtt: libc::c_ushort,
 }
 
-/// Gives interface `name` its address and brings it up, then routes everything via the gateway.
-pub fn configure(name: &str, e: &super::Eth0) -> Result<(), String> {
+/// Gives interface `name` its address (and so a route to its subnet) and brings it up.
+pub fn address(name: &str, e: &super::Eth0) -> Result<(), String> {
     let sock = IoctlSocket::new()?;
     let mut req = ifreq(name);
     req.ifr_ifru.ifru_addr = sockaddr_in(e.address);
@@ -81,7 +82,29 @@ pub fn configure(name: &str, e: &super::Eth0) -> Result<(), String> {
     let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - e.prefix as u32).unwrap_or(0));
     req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
     sock.ioctl(libc::SIOCSIFNETMASK, &req, &format!("setting the netmask of {name}"))?;
-    up(name)?;
+    up(name)
+}
+
+/// [`address`] for interface `name` in the network namespace of process `pid`, from a thread
+/// that joins that namespace (only the thread does: the rest of the engine stays where it
+/// is). For a container's second and later networks, which have no default route.
+pub fn address_in(pid: i32, name: &str, e: &super::Eth0) -> Result<(), String> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|err| format!("opening the network namespace of process {pid}: {err}"))?;
+    let (name, e) = (name.to_owned(), *e);
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|err| format!("joining the network namespace of process {pid}: {err}"))?;
+        address(&name, &e)
+    })
+    .join()
+    .map_err(|_| "configuring an interface: the thread panicked".to_owned())?
+}
+
+/// Gives interface `name` its address and brings it up, then routes everything via the gateway.
+pub fn configure(name: &str, e: &super::Eth0) -> Result<(), String> {
+    address(name, e)?;
+    let sock = IoctlSocket::new()?;
     let route = RtEntry {
         rt_pad1: 0,
         rt_dst: sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED),

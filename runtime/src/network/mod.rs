@@ -6,7 +6,8 @@
 //! does), attaches the host end to the bridge, and the container's helper configures `eth0`
 //! (address, up, default route) from inside before it execs. Traffic leaving the bridge is
 //! masqueraded (iptables `nat/POSTROUTING`), so containers reach whatever the engine reaches.
-//! Published ports are forwarded by the engine itself ([`ports`]).
+//! A container's other networks get `eth1`, `eth2`, ... the same way (see
+//! `engine::networks`). Published ports are forwarded by the engine itself ([`ports`]).
 //!
 //! Links and addresses are made through netlink ([`link`]); NAT and filter rules with
 //! `iptables`, from a tokio task (see docs/architecture.md for why).
@@ -303,9 +304,19 @@ impl Bridge {
     /// attaches the host end to the bridge. Returns the host end's name.
     pub async fn attach(&self, id: &str, pid: i32, eth0: &Eth0) -> Result<String, NetworkError> {
         let host = format!("vb{}", &id[..12.min(id.len())]);
-        link::veth_into(&host, &self.name, "eth0", eth0.mac_bytes(), pid as u32).await?;
+        self.attach_as(&host, "eth0", pid, eth0).await?;
         Ok(host)
     }
+
+    /// A veth pair for process `pid`: `iface` in its namespace, `link` on this bridge.
+    pub async fn attach_as(&self, link: &str, iface: &str, pid: i32, e: &Eth0) -> Result<(), NetworkError> {
+        link::veth_into(link, &self.name, iface, e.mac_bytes(), pid as u32).await
+    }
+}
+
+/// Removes a container's veth pair by its end on a bridge (its other end goes with it).
+pub async fn detach(link: &str) -> Result<(), NetworkError> {
+    link::delete(link).await
 }
 
 #[cfg(test)]

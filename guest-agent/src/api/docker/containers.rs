@@ -8,7 +8,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_runtime::Engine;
 use berth_runtime::container::logs::{LogQuery, Stream};
-use berth_runtime::container::{ContainerRecord, Status};
+use berth_runtime::container::{ContainerRecord, Endpoint, Status};
 use berth_runtime::engine::{CreateRequest, ExecConfig, Output, WaitCondition};
 use berth_runtime::model::{ContainerConfig, HostConfig, parse_time};
 use serde_json::{Value, json};
@@ -81,30 +81,20 @@ fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
 fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
     let mode = berth_runtime::engine::mode_name(&rec.host_config.network_mode).to_owned();
     let (name, id, builtin) = engine.network_identity(&mode).unwrap_or((mode, String::new(), true));
-    let ep = rec.endpoints.get(&name).or(rec.endpoints.get(&rec.host_config.network_mode)).cloned().unwrap_or_default();
-    let running = rec.running() && !rec.net.ip.is_empty();
-    let mut aliases = ep.aliases.clone();
-    let user_net = !builtin;
-    if user_net && !aliases.contains(&rec.id[..12].to_owned()) {
-        aliases.push(rec.id[..12].to_owned());
+    let mut networks = serde_json::Map::new();
+    let first_ep = rec.endpoints.get(&name).or(rec.endpoints.get(&rec.host_config.network_mode)).cloned();
+    networks.insert(name.clone(), endpoint_json(rec, &name, &id, !builtin, &first_ep.unwrap_or_default()));
+    // Its other networks, each with the address it has there while it runs.
+    for (key, ep) in &rec.endpoints {
+        if let Some((n, nid, false)) = engine.network_identity(key)
+            && n != name
+            && !networks.contains_key(&n)
+        {
+            networks.insert(n.clone(), endpoint_json(rec, &n, &nid, true, ep));
+        }
     }
-    let one = json!({
-        "IPAMConfig": if ep.ipv4.is_empty() { Value::Null } else { json!({"IPv4Address": ep.ipv4}) },
-        "Links": null,
-        "Aliases": if user_net { json!(aliases) } else { Value::Null },
-        "MacAddress": rec.net.mac,
-        "DriverOpts": null,
-        "NetworkID": id,
-        "EndpointID": if running { super::networks::endpoint_id(&rec.id, &id) } else { String::new() },
-        "Gateway": rec.net.gateway,
-        "IPAddress": rec.net.ip,
-        "IPPrefixLen": rec.net.prefix,
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
-        "DNSNames": if user_net { json!([rec.name.clone(), rec.id[..12].to_owned()].into_iter().chain(ep.aliases.iter().cloned()).collect::<Vec<_>>()) } else { Value::Null },
-    });
     let default = name == "bridge";
+    let running = rec.running() && !rec.net.ip.is_empty();
     json!({
         "Bridge": "",
         "SandboxID": "",
@@ -115,7 +105,32 @@ fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
         "Gateway": if default { rec.net.gateway.clone() } else { String::new() },
         "IPPrefixLen": if default { rec.net.prefix } else { 0 },
         "MacAddress": if default { rec.net.mac.clone() } else { String::new() },
-        "Networks": { name: one },
+        "Networks": networks,
+    })
+}
+
+/// One entry of `NetworkSettings.Networks`: the container on network `name` (ID `id`).
+fn endpoint_json(rec: &ContainerRecord, name: &str, id: &str, user_net: bool, ep: &Endpoint) -> Value {
+    let (ip, prefix, gateway, mac) = rec.address_on(name).unwrap_or(("", 0, "", ""));
+    let mut aliases = ep.aliases.clone();
+    if user_net && !aliases.contains(&rec.id[..12].to_owned()) {
+        aliases.push(rec.id[..12].to_owned());
+    }
+    json!({
+        "IPAMConfig": if ep.ipv4.is_empty() { Value::Null } else { json!({"IPv4Address": ep.ipv4}) },
+        "Links": null,
+        "Aliases": if user_net { json!(aliases) } else { Value::Null },
+        "MacAddress": mac,
+        "DriverOpts": null,
+        "NetworkID": id,
+        "EndpointID": if ip.is_empty() { String::new() } else { super::networks::endpoint_id(&rec.id, id) },
+        "Gateway": gateway,
+        "IPAddress": ip,
+        "IPPrefixLen": prefix,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": if user_net { json!([rec.name.clone(), rec.id[..12].to_owned()].into_iter().chain(ep.aliases.iter().cloned()).collect::<Vec<_>>()) } else { Value::Null },
     })
 }
 

@@ -32,11 +32,12 @@ pub(super) fn network_json(n: &NetworkInfo, with_containers: bool) -> Value {
         .collect();
     let mut containers = serde_json::Map::new();
     if with_containers {
-        for c in n.containers.iter().filter(|c| c.running() && !c.net.ip.is_empty()) {
+        for c in n.containers.iter().filter(|c| c.running()) {
+            let Some((ip, prefix, _, mac)) = c.address_on(&n.name) else { continue };
             containers.insert(
                 c.id.clone(),
-                json!({"Name": c.name, "EndpointID": endpoint_id(&c.id, &n.id), "MacAddress": c.net.mac,
-                       "IPv4Address": format!("{}/{}", c.net.ip, c.net.prefix), "IPv6Address": ""}),
+                json!({"Name": c.name, "EndpointID": endpoint_id(&c.id, &n.id), "MacAddress": mac,
+                       "IPv4Address": format!("{ip}/{prefix}"), "IPv6Address": ""}),
             );
         }
     }
