@@ -134,9 +134,10 @@ impl EngineError {
             EngineError::NotModified(_) => ErrorKind::NotModified,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::Image(e) => match e {
-                ImageError::NotFound(_) | ImageError::ManifestUnknown(_) | ImageError::Denied { .. } => {
-                    ErrorKind::NotFound
-                }
+                ImageError::NotFound(_)
+                | ImageError::NoLocalTag(_)
+                | ImageError::ManifestUnknown(_)
+                | ImageError::Denied { .. } => ErrorKind::NotFound,
                 ImageError::InvalidReference(_) | ImageError::Invalid(_) | ImageError::NoPlatform { .. } => {
                     ErrorKind::InvalidArgument
                 }

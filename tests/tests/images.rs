@@ -159,3 +159,75 @@ fn fixtures_pull_and_run_as_on_docker_engine() {
     assert!(reference.docker(&["pull", "-q", &img]).status.success());
     a.ok(&["pull", "-q", &img]);
 }
+
+/// `docker push` to a real registry: an image built here (its plain layers gzipped on the
+/// way) is pulled back by Docker Engine and by a second Berth with the same image ID and runs;
+/// blobs skopeo copies out match their digests; a second push finds every layer there; a push
+/// without a tag (`--all-tags`) pushes each tag; a tag that is not here is dockerd's error; a
+/// registry that wants credentials takes them from `docker login`.
+#[test]
+fn images_are_pushed_and_pull_back_the_same() {
+    use berth_tests::{AUTH_PASSWORD, AUTH_USER, auth_registry};
+    let a = Agent::start();
+    let base = a.pull("busybox:latest");
+    let reg = &registry().addr;
+    let repo = format!("{reg}/pushed/app{}", std::process::id());
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {base}\nRUN echo built-here > /built\n")).unwrap();
+    a.ok(&["build", "-q", "-t", &format!("{repo}:1"), ctx.path().to_str().unwrap()]);
+    let out = a.ok(&["push", &format!("{repo}:1")]);
+    assert!(out.contains(&format!("The push refers to repository [{repo}]")), "{out}");
+    assert!(out.contains("Pushed") && out.contains("1: digest: sha256:"), "{out}");
+    let id = a.ok(&["inspect", "-f", "{{.Id}}", &format!("{repo}:1")]);
+    let digests = a.ok(&["inspect", "-f", "{{json .RepoDigests}}", &format!("{repo}:1")]);
+    assert!(digests.contains(&format!("{repo}@sha256:")), "{digests}");
+
+    // Read back by the reference engine and by another Berth: the same image, and it runs.
+    let d = berth_tests::RefEngine::start();
+    d.ok(&["pull", &format!("{repo}:1")]);
+    assert_eq!(d.ok(&["inspect", "-f", "{{.Id}}", &format!("{repo}:1")]), id);
+    assert_eq!(d.ok(&["run", "--rm", "--network", "none", &format!("{repo}:1"), "cat", "/built"]), "built-here\n");
+    let b = Agent::start();
+    b.ok(&["pull", &format!("{repo}:1")]);
+    assert_eq!(b.ok(&["inspect", "-f", "{{.Id}}", &format!("{repo}:1")]), id);
+    assert_eq!(b.ok(&["run", "--rm", &format!("{repo}:1"), "cat", "/built"]), "built-here\n");
+    // skopeo checks every blob's digest as it copies.
+    let dir = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false", &format!("docker://{repo}:1")])
+        .arg(format!("dir:{}", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
+
+    // Again: nothing to send.
+    let again = a.ok(&["push", &format!("{repo}:1")]);
+    assert!(again.contains("Layer already exists") && !again.contains("Pushed"), "{again}");
+    // Every tag of the repository.
+    a.ok(&["tag", &format!("{repo}:1"), &format!("{repo}:2")]);
+    let all = a.ok(&["push", "--all-tags", &repo]);
+    assert!(all.contains("1: digest:") && all.contains("2: digest:"), "{all}");
+    b.ok(&["pull", &format!("{repo}:2")]);
+    // A pulled image goes up as the blobs it came as: same layer digests, same ID.
+    let copy = format!("{repo}-pulled:1");
+    a.ok(&["tag", &base, &copy]);
+    a.ok(&["push", &copy]);
+    d.ok(&["pull", &copy]);
+    assert_eq!(d.ok(&["inspect", "-f", "{{.Id}}", &copy]), a.ok(&["inspect", "-f", "{{.Id}}", &base]));
+    let (_, err) = a.fails(&["push", &format!("{reg}/pushed/nothing:1")]);
+    assert!(err.contains(&format!("An image does not exist locally with the tag: {reg}/pushed/nothing")), "{err}");
+
+    // A registry that wants credentials: refused without, taken after `docker login`.
+    let auth = &auth_registry().addr;
+    let private = format!("{auth}/private/pushed:1");
+    a.ok(&["tag", &format!("{repo}:1"), &private]);
+    let (_, err) = a.fails(&["push", &private]);
+    assert!(err.to_lowercase().contains("unauthorized") || err.contains("denied"), "{err}");
+    let out = a.docker_stdin(
+        &["login", "-u", AUTH_USER, "--password-stdin", auth],
+        Some(format!("{AUTH_PASSWORD}\n").as_bytes()),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = a.ok(&["push", &private]);
+    assert!(out.contains("1: digest:"), "{out}");
+}

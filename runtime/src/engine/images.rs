@@ -29,6 +29,25 @@ impl Engine {
         Ok(rec)
     }
 
+    /// `docker push`: `name` with `tag`, or every tag of its repository when `tag` is empty
+    /// (as dockerd does); progress for each goes to `progress`.
+    pub async fn push(
+        &self,
+        name: &str,
+        tag: &str,
+        creds: &Credentials,
+        progress: &mpsc::UnboundedSender<Progress>,
+    ) -> Result<(), EngineError> {
+        let scratch = self.inner.root.join("tmp");
+        std::fs::create_dir_all(&scratch).map_err(super::io_ctx("creating the scratch dir"))?;
+        for t in crate::image::push::tags_to_push(&self.inner.stores, name, tag)? {
+            crate::image::push::push(&self.inner.stores, &t, creds, &scratch, progress).await?;
+            let shown = crate::image::familiar(&t);
+            self.inner.events.emit("image", "push", &shown, &[("name", &shown)]);
+        }
+        Ok(())
+    }
+
     /// `docker login`: checks the credentials against the registry.
     pub async fn login(&self, server: &str, creds: &Credentials) -> Result<(), EngineError> {
         Ok(crate::image::pull::login(&self.inner.stores, server, creds).await?)

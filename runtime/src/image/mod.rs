@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod pull;
+pub mod push;
 pub mod unpack;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,8 @@ pub enum ImageError {
     InvalidReference(String),
     #[error("No such image: {0}")]
     NotFound(String),
+    #[error("An image does not exist locally with the tag: {0}")]
+    NoLocalTag(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]

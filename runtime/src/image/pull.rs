@@ -37,10 +37,12 @@ pub struct Progress {
     pub status: String,
     pub current: Option<u64>,
     pub total: Option<u64>,
+    /// A closing result, as dockerd's `aux` field carries it (a push's tag, digest and size).
+    pub aux: Option<serde_json::Value>,
 }
 
 impl Progress {
-    fn msg(id: Option<&str>, status: impl Into<String>) -> Self {
+    pub(super) fn msg(id: Option<&str>, status: impl Into<String>) -> Self {
         Progress { id: id.map(str::to_owned), status: status.into(), ..Default::default() }
     }
 }
@@ -54,7 +56,20 @@ pub struct Credentials {
     pub token: String,
 }
 
-fn is_loopback(registry: &str) -> bool {
+impl Credentials {
+    /// As oci-client takes them: a token, a user and password, or none.
+    pub(super) fn auth(&self) -> RegistryAuth {
+        if !self.token.is_empty() {
+            RegistryAuth::Bearer(self.token.clone())
+        } else if !self.username.is_empty() {
+            RegistryAuth::Basic(self.username.clone(), self.password.clone())
+        } else {
+            RegistryAuth::Anonymous
+        }
+    }
+}
+
+pub(super) fn is_loopback(registry: &str) -> bool {
     let host = registry
         .rsplit_once(':')
         .map(|(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { registry })
@@ -65,7 +80,7 @@ fn is_loopback(registry: &str) -> bool {
 
 /// Points a loopback registry at the user's machine when the engine runs in a VM; the image
 /// keeps its name (`127.0.0.1:5000/app`), only the connection goes elsewhere.
-fn redirect_loopback(reference: &mut Reference, host: Option<&str>) {
+pub(super) fn redirect_loopback(reference: &mut Reference, host: Option<&str>) {
     let Some(host) = host else { return };
     let registry = reference.registry().to_owned();
     if is_loopback(&registry) {
@@ -92,7 +107,7 @@ fn platform_resolver(entries: &[ImageIndexEntry]) -> Option<String> {
         .map(|e| e.digest.clone())
 }
 
-fn client_for(reference: &Reference, insecure: &[String]) -> Client {
+pub(super) fn client_for(reference: &Reference, insecure: &[String]) -> Client {
     let registry = reference.resolve_registry().to_owned();
     let protocol = if is_loopback(&registry)
         || is_loopback(reference.registry())
@@ -105,7 +120,7 @@ fn client_for(reference: &Reference, insecure: &[String]) -> Client {
     Client::new(ClientConfig { protocol, platform_resolver: Some(Box::new(platform_resolver)), ..Default::default() })
 }
 
-fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError {
+pub(super) fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError {
     let shown = familiar(&tagged(reference));
     match &e {
         OciDistributionError::ImageManifestNotFoundError(_) => ImageError::ManifestUnknown(shown),
@@ -135,7 +150,7 @@ fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError 
     }
 }
 
-fn short(digest: &str) -> String {
+pub(super) fn short(digest: &str) -> String {
     digest.strip_prefix("sha256:").unwrap_or(digest).chars().take(12).collect()
 }
 
@@ -185,13 +200,7 @@ pub async fn pull(
     let mut reference = parse_reference(name)?;
     redirect_loopback(&mut reference, stores.host_loopback.as_deref());
     let client = client_for(&reference, &stores.insecure_registries);
-    let auth = if !creds.token.is_empty() {
-        RegistryAuth::Bearer(creds.token.clone())
-    } else if !creds.username.is_empty() {
-        RegistryAuth::Basic(creds.username.clone(), creds.password.clone())
-    } else {
-        RegistryAuth::Anonymous
-    };
+    let auth = creds.auth();
     let tag_shown =
         reference.digest().map(str::to_owned).or(reference.tag().map(str::to_owned)).unwrap_or_else(|| "latest".into());
     let (manifest, manifest_digest, list_digest) = client
@@ -350,6 +359,7 @@ async fn download(
                 status: "Downloading".into(),
                 current: Some(done),
                 total,
+                aux: None,
             });
         }
     }

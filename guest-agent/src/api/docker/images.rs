@@ -68,6 +68,9 @@ fn human(n: u64) -> String {
 
 /// A progress line as dockerd's JSON message.
 pub(super) fn progress_json(p: &Progress) -> Value {
+    if let Some(aux) = &p.aux {
+        return json!({"progressDetail": {}, "aux": aux});
+    }
     let mut v = json!({"status": p.status});
     if let Some(id) = &p.id {
         v["id"] = json!(id);
@@ -252,6 +255,13 @@ pub async fn dispatch(
             Ok(axum::http::StatusCode::CREATED.into_response())
         }
         (&Method::GET, Some((name, "get"))) => super::archive::save(engine, vec![name.to_owned()]).await,
+        (&Method::POST, Some((name, "push"))) => {
+            let (name, tag) = (name.to_owned(), q.get("tag").cloned().unwrap_or_default());
+            let creds = credentials(req.headers());
+            let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+            let task = tokio::spawn(async move { engine.push(&name, &tag, &creds, &tx).await });
+            super::stream::json_progress(rx, task, progress_json).await
+        }
         (&Method::DELETE, _) => {
             let (e, name, force) = (engine.clone(), rest.clone(), qbool(&q, "force"));
             let removed = super::blocking(move || Ok(e.remove_image(&name, force)?)).await?;
