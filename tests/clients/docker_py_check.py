@@ -31,6 +31,8 @@ img = client.images.pull(image)
 check("images.pull", image in img.tags or any(t.startswith(image.split(":")[0]) for t in img.tags), img.tags)
 check("images.list", any(i.id == img.id for i in client.images.list()))
 check("images.get attrs", client.images.get(image).attrs["Config"]["Cmd"] is not None)
+rd = client.images.get_registry_data(image)
+check("get_registry_data", rd.id.startswith("sha256:") and rd.has_platform("linux/amd64"), rd.attrs)
 
 # A build from a tar made here, with a build arg; the stream docker-py reads.
 dockerfile = f"FROM {image}\nARG WHO=nobody\nENV WHO=$WHO\nRUN echo built by $WHO > /built\nCMD [\"cat\", \"/built\"]\n"
@@ -103,6 +105,15 @@ df = client.df()
 check("df", {"Images", "Containers", "Volumes", "BuildCache"} <= set(df), df.keys())
 pruned = client.containers.prune()
 check("containers.prune", "SpaceReclaimed" in pruned, pruned)
+# Push what was built to the registry the image came from, and pull it back.
+repo = image.rsplit(":", 1)[0] + "-py-pushed"
+built.tag(repo, "1")
+pushed = [l for l in client.images.push(repo, "1", stream=True, decode=True)]
+check("images.push", any("aux" in l and l["aux"].get("Digest", "").startswith("sha256:") for l in pushed), pushed)
+check("images.push error-free", not any("error" in l for l in pushed), pushed)
+client.images.remove(f"{repo}:1")
+check("pull what was pushed", client.images.pull(repo, tag="1").id == built.id)
+client.images.remove(f"{repo}:1")
 client.images.remove("py/built:1")
 try:
     client.images.get("py/built:1")

@@ -231,3 +231,29 @@ fn images_are_pushed_and_pull_back_the_same() {
     let out = a.ok(&["push", &private]);
     assert!(out.contains("1: digest:"), "{out}");
 }
+
+/// `GET /distribution/{name}/json` (docker-py's `get_registry_data`): the registry's
+/// descriptor, with the digest skopeo sees, and the platforms of an index or of one manifest.
+#[test]
+fn distribution_inspect_tells_what_the_registry_has() {
+    let a = Agent::start();
+    let reg = &registry().addr;
+    for (name, many) in [("busybox:latest", false), ("multi/busybox:latest", true)] {
+        let (status, body) = a.request("GET", &format!("/distribution/{reg}/{name}/json"), b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let raw = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{reg}/{name}")])
+            .output()
+            .unwrap();
+        assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+        let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw.stdout)));
+        assert_eq!(v["Descriptor"]["digest"], digest.as_str(), "{v}");
+        assert_eq!(v["Descriptor"]["size"], raw.stdout.len(), "{v}");
+        let platforms = v["Platforms"].as_array().unwrap();
+        assert!(platforms.iter().any(|p| p["os"] == "linux" && p["architecture"] == "amd64"), "{v}");
+        assert_eq!(platforms.len() > 1, many, "{v}");
+    }
+    let (status, body) = a.request("GET", &format!("/distribution/{reg}/no/such:image/json"), b"");
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+}

@@ -48,6 +48,15 @@ impl Engine {
         Ok(())
     }
 
+    /// `GET /distribution/{name}/json`: what the registry has for `name`.
+    pub async fn distribution(
+        &self,
+        name: &str,
+        creds: &Credentials,
+    ) -> Result<crate::image::pull::Distribution, EngineError> {
+        Ok(crate::image::pull::distribution(&self.inner.stores, name, creds).await?)
+    }
+
     /// `docker login`: checks the credentials against the registry.
     pub async fn login(&self, server: &str, creds: &Credentials) -> Result<(), EngineError> {
         Ok(crate::image::pull::login(&self.inner.stores, server, creds).await?)

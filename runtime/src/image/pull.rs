@@ -331,6 +331,62 @@ pub async fn pull(
     Ok(rec)
 }
 
+/// What `GET /distribution/{name}/json` tells: the manifest (or index) a reference names in
+/// its registry, and the platforms it has.
+#[derive(Debug, Clone)]
+pub struct Distribution {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    /// (architecture, os, variant)
+    pub platforms: Vec<(String, String, Option<String>)>,
+}
+
+/// Looks `name` up in its registry without pulling it (`docker manifest`'s and docker-py's
+/// `get_registry_data`): an index lists its platforms; a single manifest's comes from its
+/// config.
+pub async fn distribution(stores: &Stores, name: &str, creds: &Credentials) -> Result<Distribution, ImageError> {
+    const ACCEPTED: [&str; 4] = [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ];
+    let mut reference = parse_reference(name)?;
+    redirect_loopback(&mut reference, stores.host_loopback.as_deref());
+    let client = client_for(&reference, &stores.insecure_registries);
+    let (raw, digest) = client
+        .pull_manifest_raw(&reference, &creds.auth(), &ACCEPTED)
+        .await
+        .map_err(|e| registry_error(&reference, e))?;
+    let doc: serde_json::Value = serde_json::from_slice(&raw).map_err(ImageError::BadConfig)?;
+    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let mut media_type = text(&doc, "mediaType");
+    let platforms = if let Some(entries) = doc.get("manifests").and_then(|m| m.as_array()) {
+        if media_type.is_empty() {
+            media_type = ACCEPTED[0].into();
+        }
+        entries
+            .iter()
+            .filter_map(|e| e.get("platform"))
+            .map(|p| {
+                (text(p, "architecture"), text(p, "os"), p.get("variant").and_then(|v| v.as_str()).map(str::to_owned))
+            })
+            .collect()
+    } else {
+        if media_type.is_empty() {
+            media_type = ACCEPTED[2].into();
+        }
+        let config: OciDescriptor =
+            serde_json::from_value(doc.get("config").cloned().unwrap_or_default()).map_err(ImageError::BadConfig)?;
+        let mut bytes = Vec::new();
+        client.pull_blob(&reference, &config, &mut bytes).await.map_err(|e| registry_error(&reference, e))?;
+        let c: serde_json::Value = serde_json::from_slice(&bytes).map_err(ImageError::BadConfig)?;
+        vec![(text(&c, "architecture"), text(&c, "os"), c.get("variant").and_then(|v| v.as_str()).map(str::to_owned))]
+    };
+    Ok(Distribution { media_type, digest, size: raw.len() as u64, platforms })
+}
+
 /// Downloads one layer blob into the content store (skipped when already there).
 async fn download(
     client: &Client,

@@ -90,6 +90,33 @@ pub(super) fn progress_json(p: &Progress) -> Value {
     v
 }
 
+/// `GET /distribution/{name}/json`: the registry's descriptor of `name` and its platforms.
+pub async fn distribution(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let name = name.strip_suffix("/json").ok_or_else(|| {
+        ApiError::status(axum::http::StatusCode::NOT_FOUND, format!("page not found: GET /distribution/{name}"))
+    })?;
+    let d = engine.distribution(name, &credentials(&headers)).await?;
+    let platforms: Vec<Value> = d
+        .platforms
+        .iter()
+        .map(|(arch, os, variant)| {
+            let mut p = json!({"architecture": arch, "os": os});
+            if let Some(v) = variant {
+                p["variant"] = json!(v);
+            }
+            p
+        })
+        .collect();
+    Ok(Json(json!({
+        "Descriptor": {"mediaType": d.media_type, "digest": d.digest, "size": d.size},
+        "Platforms": platforms,
+    })))
+}
+
 /// `POST /images/create?fromImage=&tag=` (pull), streaming progress.
 pub async fn create(
     State(engine): State<Engine>,

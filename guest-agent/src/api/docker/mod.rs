@@ -124,6 +124,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/images/get", get(archive::save_many))
         .route("/images/load", post(archive::load))
         .route("/images/{*rest}", any(images::dispatch))
+        .route("/distribution/{*rest}", get(images::distribution))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
         .route("/containers/prune", post(containers::prune))
