@@ -1,7 +1,9 @@
-//! `berth`: start, stop and inspect Berth's VM, and serve its Docker socket at
-//! `$BERTH_HOME/docker.sock`.
+//! `berth`: start, stop and inspect Berth's VM, serve its Docker socket at
+//! `$BERTH_HOME/docker.sock`, and drive the engine there with docker's everyday verbs
+//! ([`docker`]).
 
 mod config;
+mod docker;
 mod status;
 
 use std::num::NonZeroU32;
@@ -72,18 +74,37 @@ impl VmArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start the VM in the background and return once the Docker socket answers.
-    Start(VmArgs),
-    /// Stop the VM cleanly (containers stopped, data synced).
-    Stop,
+    /// Start the VM in the background and return once the Docker socket answers; with
+    /// container names, start those containers instead.
+    Start {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Containers to start (the VM must be running).
+        containers: Vec<String>,
+    },
+    /// Stop the VM cleanly (containers stopped, data synced); with container names, stop
+    /// those containers instead.
+    Stop {
+        /// Seconds a container has to stop before it is killed.
+        #[arg(short, long)]
+        time: Option<i32>,
+        containers: Vec<String>,
+    },
     /// VM state (QMP), versions, uptime and resources, and what the agent says.
     Status {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// The VM's serial console and the daemon's log.
-    Logs,
+    /// The VM's serial console and the daemon's log; with a container, that container's
+    /// output (`-f` follows it, `--tail N` shows the last lines).
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, default_value = "all")]
+        tail: String,
+        container: Option<String>,
+    },
     /// Run the VM and serve the Docker socket in the foreground (what `start` runs).
     Daemon(VmArgs),
     /// Show the settings in $BERTH_HOME/config.toml and those in force, or change them.
@@ -94,6 +115,8 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<ConfigCmd>,
     },
+    #[command(flatten)]
+    Engine(docker::Verb),
 }
 
 #[derive(Subcommand)]
@@ -417,15 +440,41 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async {
-        match cli.command {
-            Cmd::Start(a) => start(a).await,
-            Cmd::Stop => stop().await,
-            Cmd::Status { json } => status(json).await,
-            Cmd::Logs => logs(),
-            Cmd::Daemon(a) => daemon(a).await,
-            Cmd::Config { json, action: None } => config::show(&home()?, json),
-            Cmd::Config { action: Some(ConfigCmd::Set { pairs }), .. } => config::set(&home()?, &pairs),
+    let engine = |verb: docker::Verb| -> anyhow::Result<()> {
+        let code = rt.block_on(async { docker::run(&home()?, verb).await });
+        match code {
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            // One line, no trace: what is wrong and, where there is one, what to do.
+            Err(e) => {
+                eprintln!("{e:#}");
+                std::process::exit(match e.downcast_ref::<docker::RunFailed>() {
+                    Some(_) => 125,
+                    None => 1,
+                })
+            }
         }
-    })
+    };
+    match cli.command {
+        Cmd::Start { containers, .. } if !containers.is_empty() => engine(docker::Verb::Start { containers }),
+        Cmd::Stop { time, containers } if !containers.is_empty() => {
+            engine(docker::Verb::Stop { time, containers })
+        }
+        Cmd::Logs { follow, tail, container: Some(container) } => {
+            engine(docker::Verb::Logs { follow, tail, container })
+        }
+        Cmd::Engine(verb) => engine(verb),
+        command => rt.block_on(async {
+            match command {
+                Cmd::Start { vm, .. } => start(vm).await,
+                Cmd::Stop { .. } => stop().await,
+                Cmd::Status { json } => status(json).await,
+                Cmd::Logs { .. } => logs(),
+                Cmd::Daemon(a) => daemon(a).await,
+                Cmd::Config { json, action: None } => config::show(&home()?, json),
+                Cmd::Config { action: Some(ConfigCmd::Set { pairs }), .. } => config::set(&home()?, &pairs),
+                Cmd::Engine(_) => unreachable!("handled above"),
+            }
+        }),
+    }
 }
