@@ -61,7 +61,8 @@ fn verbs_drive_the_engine_as_docker_does() {
     assert!(images.contains(&format!("{reg}/busybox")) && images.contains("latest"), "{images}");
     let id = a.ok(&["inspect", "-f", "{{.Id}}", &img]).trim().to_owned();
     assert_eq!(ok(&a, &["images", "-q"]).trim(), &id["sha256:".len()..][..12]);
-    let row: serde_json::Value = serde_json::from_str(ok(&a, &["images", "--format", "json"]).lines().next().unwrap()).unwrap();
+    let row: serde_json::Value =
+        serde_json::from_str(ok(&a, &["images", "--format", "json"]).lines().next().unwrap()).unwrap();
     assert_eq!(row["Repository"], format!("{reg}/busybox"));
 
     // run: output, exit codes, stdin, environment, a working directory.
@@ -71,7 +72,8 @@ fn verbs_drive_the_engine_as_docker_does() {
     assert_eq!(text(&failed.stderr), "to-stderr\n");
     let piped = berth_in(&a, &["run", "-i", "--rm", &img, "tr", "a-z", "A-Z"], Some(b"shout\n"));
     assert_eq!(text(&piped.stdout), "SHOUT\n", "{}", text(&piped.stderr));
-    let env = ok(&a, &["run", "--rm", "-e", "X=1", "-w", "/tmp", "-u", "1234", &img, "sh", "-c", "echo $X $(pwd) $(id -u)"]);
+    let env =
+        ok(&a, &["run", "--rm", "-e", "X=1", "-w", "/tmp", "-u", "1234", &img, "sh", "-c", "echo $X $(pwd) $(id -u)"]);
     assert_eq!(env, "1 /tmp 1234\n");
     assert!(a.ok(&["ps", "-aq"]).trim().is_empty(), "--rm left a container");
 
@@ -80,7 +82,20 @@ fn verbs_drive_the_engine_as_docker_does() {
     let publish = format!("127.0.0.1:{port}:80");
     let id = ok(
         &a,
-        &["run", "-d", "--name", "web", "-p", &publish, "-v", "webdata:/data", &img, "sh", "-c", "echo served > /data/index.html; echo started; httpd -f -p 80 -h /data"],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &publish,
+            "-v",
+            "webdata:/data",
+            &img,
+            "sh",
+            "-c",
+            "echo served > /data/index.html; echo started; httpd -f -p 80 -h /data",
+        ],
     );
     assert_eq!(id.trim().len(), 64, "{id}");
     let ps = ok(&a, &["ps"]);
@@ -151,7 +166,12 @@ fn verbs_drive_the_engine_as_docker_does() {
     assert!(!err.contains("Backtrace") && !err.contains("panicked"), "{err}");
     let bad_flag = berth(&a, &["ps", "--no-such-flag"]);
     assert_eq!(bad_flag.status.code(), Some(2));
-    let gone = Command::new(berth_bin()).args(["ps"]).env("BERTH_HOME", a.dir.path().join("empty-home")).env_remove("BERTH_DOCKER_HOST").output().unwrap();
+    let gone = Command::new(berth_bin())
+        .args(["ps"])
+        .env("BERTH_HOME", a.dir.path().join("empty-home"))
+        .env_remove("BERTH_DOCKER_HOST")
+        .output()
+        .unwrap();
     assert_eq!(gone.status.code(), Some(1));
     assert_eq!(text(&gone.stderr).trim(), "the Berth VM is not running: run `berth start`");
 }
@@ -200,8 +220,106 @@ print("exit", os.waitstatus_to_exitcode(status))
         assert!(out.status.success(), "{mode}: {}{}", text(&out.stdout), text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), code, "{mode}: {}", text(&out.stderr));
     }
+    // A pull on a terminal redraws each layer's line in place (cursor movements), where
+    // off a terminal it prints plain lines (the other test).
+    let reg = &berth_tests::registry().addr;
+    let pull = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "pull", sys.argv[2]])
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(repr(out))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", pull, berth_bin().to_str().unwrap(), &format!("{reg}/layered:latest")])
+        .env("BERTH_DOCKER_HOST", format!("unix://{}", a.socket.display()))
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown} {}", text(&out.stderr));
+    assert!(shown.contains("\\x1b[") && shown.contains("Pull complete"), "{shown}");
     // Detached, the container goes on; its shell is still there to attach to.
     let ps = a.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.contains("sess Up"), "{ps}");
     a.ok(&["rm", "-f", "sess"]);
+}
+
+/// The docker CLI reaches Berth through the `berth` context (`berth context use`), through
+/// `berth env`'s line and through `berth docker`; `berth completion` writes scripts shells
+/// load.
+#[test]
+fn the_docker_cli_finds_berth_through_its_context() {
+    let a = Agent::start();
+    let home = a.dir.path().join("ctx-home");
+    std::fs::create_dir_all(&home).unwrap();
+    // The VM's socket, here the native agent's.
+    std::os::unix::fs::symlink(&a.socket, home.join("docker.sock")).unwrap();
+    let config = a.dir.path().join("ctx-docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("config.json"), r#"{"auths": {"example.com": {}}}"#).unwrap();
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .env("BERTH_HOME", &home)
+            .env("DOCKER_CONFIG", &config)
+            .env_remove("DOCKER_HOST")
+            .env_remove("BERTH_DOCKER_HOST")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program:?} {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let docker = std::path::Path::new("docker");
+    assert_eq!(run(&berth_bin(), &["context", "use"]).trim(), "berth");
+    let contexts = run(docker, &["context", "ls", "--format", "{{.Name}} {{.Current}} {{.DockerEndpoint}}"]);
+    assert!(contexts.contains(&format!("berth true unix://{}", home.join("docker.sock").display())), "{contexts}");
+    let version = run(docker, &["version", "--format", "{{.Server.Version}}"]);
+    assert_eq!(version.trim(), a.ok(&["version", "--format", "{{.Server.Version}}"]).trim());
+    a.ok(&["create", "--name", "seen-by-context", &a.pull("busybox:latest"), "true"]);
+    assert!(run(docker, &["ps", "-a", "--format", "{{.Names}}"]).contains("seen-by-context"));
+    // The rest of config.json is kept; `default` goes back.
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(config.join("config.json")).unwrap()).unwrap();
+    assert_eq!((kept["currentContext"].as_str(), kept["auths"].get("example.com").is_some()), (Some("berth"), true));
+    run(&berth_bin(), &["context", "use", "default"]);
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(config.join("config.json")).unwrap()).unwrap();
+    assert!(kept.get("currentContext").is_none(), "{kept}");
+    // berth docker and berth env.
+    assert!(run(&berth_bin(), &["docker", "ps", "-a", "--format", "{{.Names}}"]).contains("seen-by-context"));
+    let env = run(&berth_bin(), &["env", "--shell", "bash"]);
+    let line = env.lines().next().unwrap();
+    assert_eq!(line, format!("export DOCKER_HOST=unix://{}", home.join("docker.sock").display()));
+    let via_env = Command::new("sh")
+        .args(["-c", &format!("{line}; docker ps -a --format '{{{{.Names}}}}'")])
+        .env("DOCKER_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(text(&via_env.stdout).contains("seen-by-context"), "{}", text(&via_env.stderr));
+    // Completion scripts, loaded by the shells themselves where they are installed.
+    let bash = run(&berth_bin(), &["completion", "bash"]);
+    assert!(bash.contains("complete") && bash.contains("berth"), "{bash}");
+    let loaded = Command::new("bash")
+        .args(["-c", "source /dev/stdin && complete -p berth"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(bash.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(text(&loaded.stdout).contains("berth"), "bash did not load the completion");
+    for shell in ["zsh", "fish", "powershell"] {
+        assert!(!run(&berth_bin(), &["completion", shell]).is_empty(), "{shell}");
+    }
 }

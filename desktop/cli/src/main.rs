@@ -4,6 +4,7 @@
 
 mod config;
 mod docker;
+mod shell;
 mod status;
 
 use std::num::NonZeroU32;
@@ -115,8 +116,34 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<ConfigCmd>,
     },
+    /// The `berth` docker context: `berth context use` makes it the docker CLI's current one
+    /// (registering it again), `berth context use default` goes back.
+    #[command(subcommand)]
+    Context(ContextCmd),
+    /// Print the shell line that points docker tools at Berth: `eval "$(berth env)"`.
+    Env {
+        #[arg(long, value_enum)]
+        shell: Option<shell::Shell>,
+    },
+    /// Run the docker CLI against Berth: `berth docker compose up`, `berth docker buildx ls`.
+    Docker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print a completion script: `berth completion bash > /etc/bash_completion.d/berth`
+    /// (also zsh, fish, powershell, elvish).
+    Completion { shell: clap_complete::Shell },
     #[command(flatten)]
     Engine(docker::Verb),
+}
+
+#[derive(Subcommand)]
+enum ContextCmd {
+    /// Make a context current for the docker CLI (`berth`, the default, or `default`).
+    Use {
+        #[arg(default_value = shell::CONTEXT)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -331,6 +358,7 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
     if docker_answers(&sock).await {
         if running_daemon(&home).is_some() {
             println!("berth is running: export DOCKER_HOST=unix://{}", sock.display());
+            announce_context(&home);
             return Ok(());
         }
         bail!("{} is in use by another server: stop it, or give Berth another BERTH_HOME", sock.display());
@@ -377,6 +405,7 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
     loop {
         if docker_answers(&sock).await {
             println!("berth is running: export DOCKER_HOST=unix://{}", sock.display());
+            announce_context(&home);
             return Ok(());
         }
         if let Ok(Some(st)) = child.try_wait() {
@@ -387,6 +416,18 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
             bail!("the Docker socket did not answer in 240 s; see `berth logs`");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Registers the `berth` docker context, as Docker Desktop registers its own; a failure is a
+/// warning (the VM is up either way).
+fn announce_context(home: &Path) {
+    match shell::register_context(home) {
+        Ok(_) => eprintln!(
+            "docker context \"{}\" registered: `berth context use` makes it docker's current one",
+            shell::CONTEXT
+        ),
+        Err(e) => eprintln!("warning: the docker context was not registered: {e:#}"),
     }
 }
 
@@ -457,9 +498,7 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Cmd::Start { containers, .. } if !containers.is_empty() => engine(docker::Verb::Start { containers }),
-        Cmd::Stop { time, containers } if !containers.is_empty() => {
-            engine(docker::Verb::Stop { time, containers })
-        }
+        Cmd::Stop { time, containers } if !containers.is_empty() => engine(docker::Verb::Stop { time, containers }),
         Cmd::Logs { follow, tail, container: Some(container) } => {
             engine(docker::Verb::Logs { follow, tail, container })
         }
@@ -473,6 +512,17 @@ fn main() -> anyhow::Result<()> {
                 Cmd::Daemon(a) => daemon(a).await,
                 Cmd::Config { json, action: None } => config::show(&home()?, json),
                 Cmd::Config { action: Some(ConfigCmd::Set { pairs }), .. } => config::set(&home()?, &pairs),
+                Cmd::Context(ContextCmd::Use { name }) => shell::use_context(&home()?, &name),
+                Cmd::Env { shell } => {
+                    shell::env(&home()?, shell);
+                    Ok(())
+                }
+                Cmd::Docker { args } => shell::docker(&home()?, &args),
+                Cmd::Completion { shell } => {
+                    use clap::CommandFactory;
+                    clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+                    Ok(())
+                }
                 Cmd::Engine(_) => unreachable!("handled above"),
             }
         }),

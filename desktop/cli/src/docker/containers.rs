@@ -178,13 +178,21 @@ pub async fn run(d: &Docker, a: RunArgs) -> anyhow::Result<i32> {
     let attached = d
         .attach_container(
             &id,
-            Some(q::AttachContainerOptionsBuilder::new().stream(true).stdin(a.interactive).stdout(true).stderr(true).build()),
+            Some(
+                q::AttachContainerOptionsBuilder::new()
+                    .stream(true)
+                    .stdin(a.interactive)
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            ),
         )
         .await?;
     // Asked before the start, so an exit right after it is not missed; with --rm, until the
     // container is gone (as the docker CLI waits).
     let condition = if a.rm { "removed" } else { "next-exit" };
-    let mut wait = Box::pin(d.wait_container(&id, Some(q::WaitContainerOptionsBuilder::new().condition(condition).build())));
+    let mut wait =
+        Box::pin(d.wait_container(&id, Some(q::WaitContainerOptionsBuilder::new().condition(condition).build())));
     let waiter = tokio::spawn({
         async move {
             match wait.next().await {
@@ -226,9 +234,8 @@ pub async fn exec(d: &Docker, a: ExecArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let exec = d.create_exec(&a.container, config).await?.id;
-    let started = d
-        .start_exec(&exec, Some(StartExecOptions { detach: a.detach, tty: a.tty, output_capacity: None }))
-        .await?;
+    let started =
+        d.start_exec(&exec, Some(StartExecOptions { detach: a.detach, tty: a.tty, output_capacity: None })).await?;
     let StartExecResults::Attached { output, input } = started else { return Ok(0) };
     let resize = {
         let (d, exec) = (d.clone(), exec.clone());
@@ -465,8 +472,7 @@ mod tests {
 
     #[test]
     fn publish_flags_read_as_dockers() {
-        let (exposed, bindings) =
-            ports_of(&["8080:80".into(), "127.0.0.1:5353:53/udp".into(), "9000".into()]).unwrap();
+        let (exposed, bindings) = ports_of(&["8080:80".into(), "127.0.0.1:5353:53/udp".into(), "9000".into()]).unwrap();
         assert!(exposed.contains_key("80/tcp") && exposed.contains_key("53/udp") && exposed.contains_key("9000/tcp"));
         let b = bindings["53/udp"].as_ref().unwrap();
         assert_eq!((b[0].host_ip.as_deref(), b[0].host_port.as_deref()), (Some("127.0.0.1"), Some("5353")));

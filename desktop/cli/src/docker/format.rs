@@ -21,7 +21,9 @@ impl Shape {
             (false, None | Some("table")) => Ok(Shape::Table),
             (false, Some("json")) => Ok(Shape::Json),
             (false, Some(other)) => {
-                anyhow::bail!("unsupported --format {other:?}: `berth` prints `table` or `json` (use `berth docker` for Go templates)")
+                anyhow::bail!(
+                    "unsupported --format {other:?}: `berth` prints `table` or `json` (use `berth docker` for Go templates)"
+                )
             }
         }
     }
@@ -83,7 +85,8 @@ pub fn size(bytes: i64) -> String {
 
 /// How long ago a Unix time was, as docker says it ("About a minute ago", "3 hours ago").
 pub fn ago(unix: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     format!("{} ago", duration(now - unix))
 }
 

@@ -55,7 +55,13 @@ pub async fn list(d: &Docker, shape: Shape) -> anyhow::Result<i32> {
             let table: Vec<Vec<String>> = rows
                 .iter()
                 .map(|(repo, tag, i)| {
-                    vec![repo.clone(), tag.clone(), format::short_id(&i.id), format::ago(i.created), format::size(i.size)]
+                    vec![
+                        repo.clone(),
+                        tag.clone(),
+                        format::short_id(&i.id),
+                        format::ago(i.created),
+                        format::size(i.size),
+                    ]
                 })
                 .collect();
             format::table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &table);
@@ -157,8 +163,7 @@ fn split_tag(image: &str) -> (&str, Option<&str>) {
 fn qualified(image: &str) -> String {
     let (name, tag) = split_tag(image);
     let first = name.split('/').next().unwrap_or("");
-    let with_registry = if name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost")
-    {
+    let with_registry = if name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") {
         name.to_owned()
     } else if name.contains('/') {
         format!("docker.io/{name}")

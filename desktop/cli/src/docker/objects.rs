@@ -72,7 +72,10 @@ pub enum NetworkCmd {
         network: String,
         container: String,
     },
-    Disconnect { network: String, container: String },
+    Disconnect {
+        network: String,
+        container: String,
+    },
     Prune {
         #[arg(short, long)]
         force: bool,
@@ -265,16 +268,26 @@ pub async fn system(d: &Docker, cmd: SystemCmd) -> anyhow::Result<i32> {
             let volumes = df.volumes.unwrap_or_default();
             let cache = df.build_cache.unwrap_or_default();
             let image_size: i64 = images.iter().map(|i| i.size).sum();
-            let active_images = images.iter().filter(|i| i.containers > 0).count();
+            // Images some container was made from (the engine does not count them per image).
+            let used: std::collections::HashSet<&str> =
+                containers.iter().filter_map(|c| c.image_id.as_deref()).collect();
+            let active_images = images.iter().filter(|i| i.containers > 0 || used.contains(i.id.as_str())).count();
             let ctr_size: i64 = containers.iter().filter_map(|c| c.size_rw).sum();
-            let running = containers.iter().filter(|c| c.state.map(|s| s.to_string()) == Some("running".into())).count();
-            let vol_size: i64 = volumes.iter().filter_map(|v| v.usage_data.as_ref().map(|u| u.size)).filter(|s| *s > 0).sum();
+            let running =
+                containers.iter().filter(|c| c.state.map(|s| s.to_string()) == Some("running".into())).count();
+            let vol_size: i64 =
+                volumes.iter().filter_map(|v| v.usage_data.as_ref().map(|u| u.size)).filter(|s| *s > 0).sum();
             let active_vols = volumes.iter().filter(|v| v.usage_data.as_ref().is_some_and(|u| u.ref_count > 0)).count();
             let cache_size: i64 = cache.iter().filter_map(|c| c.size).sum();
             let rows = vec![
                 vec!["Images".into(), images.len().to_string(), active_images.to_string(), format::size(image_size)],
                 vec!["Containers".into(), containers.len().to_string(), running.to_string(), format::size(ctr_size)],
-                vec!["Local Volumes".into(), volumes.len().to_string(), active_vols.to_string(), format::size(vol_size)],
+                vec![
+                    "Local Volumes".into(),
+                    volumes.len().to_string(),
+                    active_vols.to_string(),
+                    format::size(vol_size),
+                ],
                 vec!["Build Cache".into(), cache.len().to_string(), "0".into(), format::size(cache_size)],
             ];
             format::table(&["TYPE", "TOTAL", "ACTIVE", "SIZE"], &rows);
@@ -282,7 +295,11 @@ pub async fn system(d: &Docker, cmd: SystemCmd) -> anyhow::Result<i32> {
         SystemCmd::Prune { all, volumes, force } => {
             let what = format!(
                 "all stopped containers, all networks not used by at least one container, {}{}and all build cache",
-                if all { "all images without at least one container associated to them, " } else { "all dangling images, " },
+                if all {
+                    "all images without at least one container associated to them, "
+                } else {
+                    "all dangling images, "
+                },
                 if volumes { "all anonymous volumes not used by at least one container, " } else { "" }
             );
             if !confirm(&what, force)? {
