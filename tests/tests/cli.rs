@@ -323,3 +323,76 @@ fn the_docker_cli_finds_berth_through_its_context() {
         assert!(!run(&berth_bin(), &["completion", shell]).is_empty(), "{shell}");
     }
 }
+
+/// `build` (its context filtered by `.dockerignore` before it is sent), `commit`,
+/// `save`/`load`, `export`/`import` and `cp` both ways, through `berth`.
+#[test]
+fn images_files_and_builds_move_through_berth() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("src")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {img}\nCOPY . /ctx/\nRUN echo built > /built\nCMD [\"cat\", \"/built\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "secret*\n").unwrap();
+    std::fs::write(ctx.join("secret.key"), "do not send").unwrap();
+    std::fs::write(ctx.join("src/app.txt"), "app").unwrap();
+    let built = ok(&a, &["build", "-t", "local/built:1", "-t", "local/built:also", ctx.to_str().unwrap()]);
+    assert!(built.contains("Step 1/4") && built.contains("Successfully tagged local/built:1"), "{built}");
+    assert_eq!(ok(&a, &["run", "--rm", "local/built:also"]), "built\n");
+    let listed = ok(&a, &["run", "--rm", "local/built:1", "find", "/ctx"]);
+    assert!(listed.contains("/ctx/src/app.txt") && !listed.contains("secret"), "{listed}");
+    let quiet = ok(&a, &["build", "-q", ctx.to_str().unwrap()]);
+    assert!(quiet.trim().starts_with("sha256:"), "{quiet}");
+
+    // commit, then save and load it back.
+    ok(&a, &["run", "--name", "maker", &img, "sh", "-c", "echo made > /made"]);
+    let id = ok(&a, &["commit", "-m", "a file", "maker", "local/made:1"]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(ok(&a, &["run", "--rm", "local/made:1", "cat", "/made"]), "made\n");
+    let archive = work.path().join("made.tar");
+    ok(&a, &["save", "-o", archive.to_str().unwrap(), "local/made:1"]);
+    ok(&a, &["rmi", "local/made:1"]);
+    let loaded = ok(&a, &["load", "-i", archive.to_str().unwrap()]);
+    assert!(loaded.contains("Loaded image: local/made:1"), "{loaded}");
+    assert_eq!(ok(&a, &["run", "--rm", "local/made:1", "cat", "/made"]), "made\n");
+    let piped = berth(&a, &["save", "local/made:1"]);
+    assert!(piped.status.success(), "save to a pipe: {}", text(&piped.stderr));
+    assert!(piped.stdout.len() > 1024, "save wrote {} bytes to stdout", piped.stdout.len());
+
+    // export and import.
+    let fs = work.path().join("fs.tar");
+    ok(&a, &["export", "-o", fs.to_str().unwrap(), "maker"]);
+    let imported = ok(&a, &["import", "-c", "CMD [\"cat\", \"/made\"]", fs.to_str().unwrap(), "local/imported:1"]);
+    assert!(imported.trim().starts_with("sha256:"), "{imported}");
+    assert_eq!(ok(&a, &["run", "--rm", "local/imported:1"]), "made\n");
+
+    // cp: a file and a directory in, into an existing directory and to a new name; out again.
+    std::fs::write(work.path().join("note.txt"), "note").unwrap();
+    std::fs::create_dir_all(work.path().join("tree/sub")).unwrap();
+    std::fs::write(work.path().join("tree/sub/leaf"), "leaf").unwrap();
+    ok(&a, &["run", "-d", "--name", "box", &img, "sleep", "300"]);
+    ok(&a, &["cp", work.path().join("note.txt").to_str().unwrap(), "box:/tmp"]);
+    ok(&a, &["cp", work.path().join("note.txt").to_str().unwrap(), "box:/tmp/renamed.txt"]);
+    ok(&a, &["cp", work.path().join("tree").to_str().unwrap(), "box:/tmp/"]);
+    assert_eq!(
+        a.ok(&["exec", "box", "cat", "/tmp/note.txt", "/tmp/renamed.txt", "/tmp/tree/sub/leaf"]),
+        "notenoteleaf"
+    );
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    ok(&a, &["cp", "box:/tmp/tree", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(out.join("tree/sub/leaf")).unwrap(), "leaf");
+    ok(&a, &["cp", "box:/tmp/tree", out.join("copy").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(out.join("copy/sub/leaf")).unwrap(), "leaf");
+    ok(&a, &["cp", "box:/etc/hostname", out.join("host-name").to_str().unwrap()]);
+    assert!(!std::fs::read_to_string(out.join("host-name")).unwrap().trim().is_empty());
+    let missing = berth(&a, &["cp", "box:/no/such", out.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("No such"), "{}", text(&missing.stderr));
+    a.ok(&["rm", "-f", "box", "maker"]);
+}

@@ -149,7 +149,7 @@ async fn pull_to_shown(d: &Docker, image: &str, progress: &mut Progress<'_>) -> 
 }
 
 /// `name[:tag]` apart, a registry's port not taken for a tag; a digest stays in the name.
-fn split_tag(image: &str) -> (&str, Option<&str>) {
+pub(super) fn split_tag(image: &str) -> (&str, Option<&str>) {
     if image.contains('@') {
         return (image, None);
     }

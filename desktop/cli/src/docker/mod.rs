@@ -10,6 +10,7 @@ mod containers;
 mod format;
 mod images;
 mod objects;
+mod transfer;
 mod tty;
 
 use std::path::{Path, PathBuf};
@@ -116,6 +117,49 @@ pub enum Verb {
     },
     /// Give an image another name: `berth tag SOURCE TARGET`.
     Tag { source: String, target: String },
+    /// Make an image of a container's changes: `berth commit CONTAINER [REPO[:TAG]]`.
+    Commit {
+        /// The commit message.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[arg(short, long, default_value = "")]
+        author: String,
+        container: String,
+        target: Option<String>,
+    },
+    /// Write images to a tar archive (`-o FILE`, or standard output).
+    Save {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a tar archive (`-i FILE`, or standard input).
+    Load {
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a container's filesystem to a tar archive.
+    Export {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        container: String,
+    },
+    /// Make an image from a filesystem tarball (`-` for standard input).
+    Import {
+        /// A Dockerfile instruction to apply (`CMD ["sh"]`, `ENV K=V`, ...); may repeat.
+        #[arg(short, long = "change")]
+        changes: Vec<String>,
+        source: String,
+        target: Option<String>,
+    },
+    /// Copy files between a container and this machine: `berth cp CONTAINER:PATH DEST` or
+    /// `berth cp SRC CONTAINER:PATH`.
+    Cp { src: String, dst: String },
+    /// Build an image from a Dockerfile: `berth build -t NAME DIR`.
+    Build(transfer::BuildArgs),
     /// Volumes: ls, create, inspect, rm, prune.
     #[command(subcommand)]
     Volume(objects::VolumeCmd),
@@ -183,6 +227,15 @@ pub async fn run(home: &Path, verb: Verb) -> anyhow::Result<i32> {
         Verb::Push { image, all_tags, quiet } => images::push(&d, &image, all_tags, quiet).await,
         Verb::Rmi { force, images } => images::remove(&d, &images, force).await,
         Verb::Tag { source, target } => images::tag(&d, &source, &target).await,
+        Verb::Commit { message, author, container, target } => {
+            transfer::commit(&d, &container, target.as_deref(), &message, &author).await
+        }
+        Verb::Save { output, images } => transfer::save(&d, &images, output.as_deref()).await,
+        Verb::Load { input, quiet } => transfer::load(&d, input.as_deref(), quiet).await,
+        Verb::Export { output, container } => transfer::export(&d, &container, output.as_deref()).await,
+        Verb::Import { changes, source, target } => transfer::import(&d, &source, target.as_deref(), &changes).await,
+        Verb::Cp { src, dst } => transfer::cp(&d, &src, &dst).await,
+        Verb::Build(args) => transfer::build(&d, args).await,
         Verb::Volume(cmd) => objects::volume(&d, cmd).await,
         Verb::Network(cmd) => objects::network(&d, cmd).await,
         Verb::System(cmd) => objects::system(&d, cmd).await,
