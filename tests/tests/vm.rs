@@ -259,7 +259,11 @@ struct BerthHome(tempfile::TempDir);
 impl BerthHome {
     fn berth(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(workspace().join("target/debug/berth"));
-        cmd.args(args).env("BERTH_HOME", self.0.path());
+        // The docker context `berth start` registers goes to this home's docker config.
+        cmd.args(args)
+            .env("BERTH_HOME", self.0.path())
+            .env("DOCKER_CONFIG", self.0.path().join("docker-config"))
+            .env_remove("BERTH_DOCKER_HOST");
         self.bounded(&mut cmd, None)
     }
 
@@ -350,6 +354,12 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     let run = home.docker(&["run", "--rm", &img, "uname", "-r"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stdout).contains("cloud-amd64"), "not the guest's kernel: {:?}", run);
+    // berth's own verbs reach the same engine, and the docker CLI finds it by context too.
+    let run = home.berth(&["run", "--rm", &img, "sh", "-c", "uname -r; exit 7"]);
+    assert_eq!(run.status.code(), Some(7), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("cloud-amd64"), "berth run: {run:?}");
+    let by_context = home.docker(&["--context", "berth", "version", "--format", "{{.Server.Os}}"]);
+    assert_eq!(String::from_utf8_lossy(&by_context.stdout).trim(), "linux", "{by_context:?}");
     // Confinement in the guest, where the device rules are an eBPF program on the cgroup v2
     // hierarchy: the VM's data disk cannot be read raw, no user namespaces, no vsock, seccomp
     // on; --privileged lifts all of it (the read is 512 bytes, nothing is written).
