@@ -170,7 +170,7 @@ fn start_engine(log_filter: &str) -> anyhow::Result<Child> {
     let child = cmd
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("BERTH_LOG", log_filter)
-        .args(["serve", "--data-root", DATA, "--listen", "unix:///run/berth/docker.sock"])
+        .args(["serve", "--data-root", DATA, "--listen", "unix:///run/berth/docker.sock", "--trim"])
         // Every transport the host may pick: vsock ports, one mux session per connection on
         // MUX_PORT (hybrid vsock), the serial port's session (absent unless the host chose it).
         .args(["--listen", &format!("vsock://:{}", protocol::DOCKER_PORT)])

@@ -10,6 +10,7 @@ mod init;
 mod listen;
 mod serial;
 mod shares;
+mod trim;
 
 use std::path::PathBuf;
 
@@ -78,6 +79,10 @@ enum Command {
         /// agent on the file server's own machine: tests).
         #[arg(long, hide = true)]
         share_prefix: Option<PathBuf>,
+        /// Trim the data root's file system after deletions (in the VM, so the host's disk
+        /// image shrinks back).
+        #[arg(long)]
+        trim: bool,
     },
     /// PID 1 of Berth's VM: mounts, modules, network, data disk, then runs `serve`.
     Init,
@@ -111,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             forward,
             shares,
             share_prefix,
+            trim,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -123,7 +129,8 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
             let listeners = Listeners { docker: listen, control, echo, mux, ports, forward, shares };
-            rt.block_on(serve(listeners, data_root, insecure_registry, bridge, host_loopback, share_prefix))
+            let opts = ServeOptions { insecure: insecure_registry, bridge, host_loopback, share_prefix, trim };
+            rt.block_on(serve(listeners, data_root, opts))
         }
     }
 }
@@ -149,14 +156,17 @@ struct Listeners {
     shares: Vec<String>,
 }
 
-async fn serve(
-    listeners: Listeners,
-    data_root: PathBuf,
+/// How `serve` runs the engine.
+struct ServeOptions {
     insecure: Vec<String>,
     bridge: BridgeConfig,
     host_loopback: Option<String>,
     share_prefix: Option<PathBuf>,
-) -> anyhow::Result<()> {
+    trim: bool,
+}
+
+async fn serve(listeners: Listeners, data_root: PathBuf, opts: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions { insecure, bridge, host_loopback, share_prefix, trim } = opts;
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
         root: data_root.clone(),
@@ -166,6 +176,9 @@ async fn serve(
         bridge,
     })
     .with_context(|| format!("opening the engine on {}", data_root.display()))?;
+    if trim {
+        trim::spawn(engine.clone(), data_root.clone());
+    }
     let stop = CancellationToken::new();
     // Published ports are listened on by the host daemon too, whenever one is connected (in
     // the VM); with none, they stay the engine's own, as on any Linux machine.

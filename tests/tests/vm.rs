@@ -429,6 +429,8 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     compose_through_the_vm(&home, &img);
     published_ports_and_host_services(&home, &probe);
     shared_folders(&home, &img, &probe);
+    disk_given_back(&home, &img);
+    clock_after_a_pause(&home, &img);
     let status = home.berth(&["status", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("berth status --json");
     assert_eq!(report["state"], "running", "{report:#}");
@@ -513,6 +515,71 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     assert_eq!(String::from_utf8_lossy(&read.stdout), "synced\n", "{}", String::from_utf8_lossy(&read.stderr));
     let logs = home.docker(&["logs", "talker"]);
     assert_eq!(logs.stdout, b"one\n", "logs survive restarts: {logs:?}");
+}
+
+/// Bytes the data disk's qcow2 file takes on this machine.
+fn allocated(home: &BerthHome) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(home.0.path().join("vm/data.qcow2")).unwrap().blocks() * 512
+}
+
+/// An image removed in the guest gives its space back: the agent trims the data disk after
+/// deletions and QEMU punches the freed clusters out of the qcow2 file.
+fn disk_given_back(home: &BerthHome, img: &str) {
+    let ctx = tempfile::tempdir().unwrap();
+    // 48 MiB that do not compress or dedupe away.
+    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {img}\nRUN head -c 50331648 /dev/urandom > /big\n"))
+        .unwrap();
+    let before = allocated(home);
+    let built = home.docker(&["build", "-q", "-t", "local/big:1", ctx.path().to_str().unwrap()]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    // Written out: the guest's page cache reaches the disk within its writeback interval.
+    assert!(berth_tests::eventually(60, || allocated(home) > before + (40 << 20)), "the disk did not grow");
+    let grown = allocated(home);
+    // The image and what its build left (the layer cache keeps the RUN step's layer).
+    assert!(home.docker(&["rmi", "local/big:1"]).status.success());
+    assert!(home.docker(&["builder", "prune", "-af"]).status.success());
+    let given_back = || grown.saturating_sub(allocated(home));
+    let ok = berth_tests::eventually(60, || given_back() >= (grown - before) * 8 / 10);
+    assert!(ok, "the qcow2 file gave back {} of the {} bytes the image took", given_back(), grown - before);
+}
+
+/// A QMP request on the VM's monitor (one connection, capabilities negotiated first).
+fn qmp(home: &BerthHome, command: &str) {
+    use std::io::{BufRead, Write};
+    let s = std::os::unix::net::UnixStream::connect(home.0.path().join("vm/qmp.sock")).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    for c in ["qmp_capabilities", command] {
+        writeln!(w, "{{\"execute\": \"{c}\"}}").unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line.contains("\"return\"") || line.contains("\"error\"") {
+                break;
+            }
+        }
+        assert!(line.contains("\"return\""), "QMP {c}: {line}");
+    }
+}
+
+/// After the VM is paused (as a host's sleep pauses it) and resumed, the guest's clock is
+/// the host's again within seconds, without NTP: the daemon hears QMP's RESUME and sets it.
+fn clock_after_a_pause(home: &BerthHome, img: &str) {
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    qmp(home, "stop");
+    std::thread::sleep(Duration::from_secs(12));
+    qmp(home, "cont");
+    let guest_lag = || {
+        let before = now();
+        let out = home.docker(&["run", "--rm", img, "date", "+%s"]);
+        let guest: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        before - guest
+    };
+    let ok = berth_tests::eventually(20, || guest_lag().abs() <= 3);
+    assert!(ok, "the guest's clock is {} s behind the host's after a 12 s pause", guest_lag());
 }
 
 /// docker-compose's project of `compose.rs` through the VM: up (project network, shared

@@ -279,7 +279,17 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
     }
     // The guest's clock: the host's at boot, and again whenever the host's clock jumps (the
     // host slept, or its clock was set), which users of other desktop VMs see as drift.
+    // A VM that was paused and resumed (QMP `RESUME`) has a guest clock that stood still.
     let transport = machine.transport.clone();
+    let resumed = std::sync::Arc::new(tokio::sync::Notify::new());
+    {
+        let (resumed, events) = (resumed.clone(), home.join("vm/qmp-events.sock"));
+        tokio::spawn(async move {
+            if let Err(e) = berth_core::vm::qmp::watch_resumes(&events, || resumed.notify_one()).await {
+                tracing::warn!(error = %e, "watching the VM's pauses");
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut watch = berth_core::vm::ClockWatch::default();
         let mut due = true;
@@ -290,11 +300,18 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
                     Err(e) => tracing::warn!(error = %e, "setting the guest's clock"),
                 }
             }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            due = watch
-                .jumped(Duration::from_secs(1))
-                .inspect(|d| tracing::info!(?d, "the host's clock jumped"))
-                .is_some();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    due = watch
+                        .jumped(Duration::from_secs(1))
+                        .inspect(|d| tracing::info!(?d, "the host's clock jumped"))
+                        .is_some();
+                }
+                _ = resumed.notified() => {
+                    tracing::info!("the VM resumed after a pause");
+                    due = true;
+                }
+            }
         }
     });
     tokio::spawn(berth_core::forward::socket::serve(control, machine.transport.clone(), berth_protocol::CONTROL_PORT));

@@ -101,6 +101,9 @@ pub struct VmReport {
     pub facts: VmFacts,
     /// Since QEMU started.
     pub uptime_secs: f64,
+    /// QEMU's resident memory on this machine (what the VM takes now, after the guest has
+    /// given back the pages it freed); None where /proc is not there to ask.
+    pub rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -152,6 +155,7 @@ pub async fn gather(home: &Path, pid: u32) -> Report {
     let mut vm = VmReport {
         state: None,
         qemu_version: None,
+        rss_bytes: vm_state.facts.qemu_pid.and_then(rss_bytes),
         facts: vm_state.facts,
         uptime_secs: (now - vm_state.qemu_started_unix).max(0.0),
     };
@@ -282,6 +286,9 @@ pub fn render(r: &Report) -> String {
             vm.facts.transport,
         );
         out += &format!("  resources  {} cpus, {} MiB memory", vm.facts.cpus, vm.facts.memory_mib);
+        if let Some(rss) = vm.rss_bytes {
+            out += &format!(" ({} resident)", bytes(rss));
+        }
         if let Some(d) = &r.disk {
             out += &format!(", disk {} ({} used on the host)", bytes(d.size_bytes), bytes(d.used_bytes));
         }
@@ -342,6 +349,7 @@ mod tests {
                     boot: BootTimes { ready: 6.5, ..BootTimes::default() },
                 },
                 uptime_secs: 70.0,
+                rss_bytes: Some(300 << 20),
             }),
             disk: Some(DiskReport { path: "/d.qcow2".into(), size_bytes: 4 << 30, used_bytes: 3 << 20 }),
             agent: Some(AgentReport {
@@ -359,7 +367,7 @@ mod tests {
             "berth: running",
             "pid 7, up 1m 15s, 12.0 MiB resident",
             "running, up 1m 10s (booted in 6.5 s), QEMU 7.2.22 (pid 8), accelerator tcg (probed)",
-            "2 cpus, 1024 MiB memory, disk 4.0 GiB (3.0 MiB used on the host)",
+            "2 cpus, 1024 MiB memory (300.0 MiB resident), disk 4.0 GiB (3.0 MiB used on the host)",
             "containers: 1 running of 2, images: 3",
             "unix:///h/docker.sock",
         ] {

@@ -357,7 +357,7 @@ impl Machine {
         let serial = cfg.dir.join("serial.log");
         let qmp = cfg.dir.join("qmp.sock");
         let port = cfg.dir.join("port.sock");
-        for f in [&qmp, &port, &serial] {
+        for f in [&qmp, &port, &serial, &cfg.dir.join("qmp-events.sock")] {
             let _ = std::fs::remove_file(f);
         }
         let mem = format!("{}M", cfg.memory_mib);
@@ -375,8 +375,13 @@ impl Machine {
             .arg("-netdev")
             .arg(cfg.hostfwd.iter().fold("user,id=n0".to_string(), |n, f| format!("{n},hostfwd={f}")))
             .args(["-device", "virtio-net-pci,netdev=n0"])
+            // Blocks the guest trims (it does after the engine deletes) are punched out of
+            // the qcow2 file, so the disk image shrinks back.
             .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
+            .arg(format!("file={},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap", disk.display()))
+            // Pages the guest frees go back to this machine a few seconds later (free page
+            // reporting), so QEMU's resident memory falls after a workload ends.
+            .args(["-device", "virtio-balloon-pci,free-page-reporting=on,deflate-on-oom=on"])
             // The virtio-serial port, always there: the serial transport, and a way in for
             // tests and benchmarks whatever the transport is.
             .args(["-device", "virtio-serial-pci,id=vser", "-chardev"])
@@ -386,7 +391,11 @@ impl Machine {
                 &format!("virtserialport,bus=vser.0,chardev=berthport,name={}", berth_protocol::SERIAL_PORT_NAME),
             ])
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            // A second monitor, only for the daemon's event watch (a QMP socket serves one
+            // client at a time; `berth status` and `stop` use the first).
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", cfg.dir.join("qmp-events.sock").display()));
         let (device, vsock, transport): (Option<Child>, Option<PathBuf>, Arc<dyn Transport>) = match cfg.transport {
             transport::Kind::Hybrid => {
                 let vu = cfg.dir.join("vhost-user-vsock.sock");

@@ -117,6 +117,32 @@ impl Qmp {
     }
 }
 
+/// Calls `on_resume` each time the VM resumes after a stop (QMP's `RESUME` event: a `cont`,
+/// or the host waking a VM it paused), on a connection of its own to the monitor at `path`,
+/// until QEMU goes away. The guest's clock stood still meanwhile.
+pub async fn watch_resumes(path: &Path, mut on_resume: impl FnMut() + Send) -> Result<(), QmpError> {
+    use futures_util::StreamExt;
+    let err = |source| QmpError::Connect { path: path.to_owned(), source };
+    let open = async {
+        let negotiation = QmpStreamTokio::open_uds(path).await?;
+        negotiation.negotiate().await
+    };
+    let stream = match tokio::time::timeout(DEADLINE, open).await {
+        Ok(r) => r.map_err(err)?,
+        Err(_) => return Err(QmpError::Timeout { command: "greeting" }),
+    };
+    // The service half must live for the events to flow.
+    let (_service, mut events) = stream.into_parts();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(qapi::qmp::Event::RESUME { .. }) => on_resume(),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 fn is_eof(message: &str) -> bool {
     // qapi turns a closed stream into an io::Error whose text is all that reaches us.
     let m = message.to_ascii_lowercase();
