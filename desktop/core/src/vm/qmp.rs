@@ -55,19 +55,27 @@ impl Drop for Qmp {
     }
 }
 
+/// A QMP connection with capabilities negotiated, not yet split into service and events.
+type Negotiated =
+    qapi::futures::QapiStream<QmpStreamTokio<tokio::io::ReadHalf<UnixStream>>, QmpStreamTokio<WriteHalf<UnixStream>>>;
+
+/// Connects to the monitor at `path` and negotiates, within [`DEADLINE`].
+async fn negotiated(path: &Path) -> Result<Negotiated, QmpError> {
+    let err = |source| QmpError::Connect { path: path.to_owned(), source };
+    let open = async {
+        let negotiation = QmpStreamTokio::open_uds(path).await?;
+        negotiation.negotiate().await
+    };
+    match tokio::time::timeout(DEADLINE, open).await {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(QmpError::Timeout { command: "greeting" }),
+    }
+}
+
 impl Qmp {
     /// Connects to QEMU's QMP socket and negotiates capabilities.
     pub async fn connect(path: &Path) -> Result<Qmp, QmpError> {
-        let err = |source| QmpError::Connect { path: path.to_owned(), source };
-        let open = async {
-            let negotiation = QmpStreamTokio::open_uds(path).await?;
-            negotiation.negotiate().await
-        };
-        let stream = match tokio::time::timeout(DEADLINE, open).await {
-            Ok(r) => r.map_err(err)?,
-            Err(_) => return Err(QmpError::Timeout { command: "greeting" }),
-        };
-        let (service, reader) = stream.spawn_tokio();
+        let (service, reader) = negotiated(path).await?.spawn_tokio();
         Ok(Qmp { service, reader })
     }
 
@@ -122,17 +130,8 @@ impl Qmp {
 /// until QEMU goes away. The guest's clock stood still meanwhile.
 pub async fn watch_resumes(path: &Path, mut on_resume: impl FnMut() + Send) -> Result<(), QmpError> {
     use futures_util::StreamExt;
-    let err = |source| QmpError::Connect { path: path.to_owned(), source };
-    let open = async {
-        let negotiation = QmpStreamTokio::open_uds(path).await?;
-        negotiation.negotiate().await
-    };
-    let stream = match tokio::time::timeout(DEADLINE, open).await {
-        Ok(r) => r.map_err(err)?,
-        Err(_) => return Err(QmpError::Timeout { command: "greeting" }),
-    };
     // The service half must live for the events to flow.
-    let (_service, mut events) = stream.into_parts();
+    let (_service, mut events) = negotiated(path).await?.into_parts();
     while let Some(event) = events.next().await {
         match event {
             Ok(qapi::qmp::Event::RESUME { .. }) => on_resume(),
