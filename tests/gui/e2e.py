@@ -106,6 +106,18 @@ def container_row(name):
     return None
 
 
+def row_action(action, name):
+    """Clicks a row's button: found and clicked again if the list redrew in between (engine
+    events redraw it; the element found before is stale then)."""
+    def click():
+        row = container_row(name)
+        if row is None:
+            return False
+        tid(action, row).click()
+        return True
+    wait_for(f"{action} pressed on {name}", click, timeout=30)
+
+
 def fill_in(name, value, root=None):
     el = tid(name, root)
     el.clear()
@@ -242,7 +254,7 @@ def main():
     say(f"GET :18080 -> {body[:60]!r}")
 
     # 5. Logs that follow.
-    tid("logs", container_row("gui-web")).click()
+    row_action("logs", "gui-web")
     wait_for("the logs show the container's output", lambda: "hello-from-the-gui" in text("logs-text"), timeout=30)
     seen = text("logs-text").count("tick")
     wait_for("the logs follow new output", lambda: text("logs-text").count("tick") > seen + 1, timeout=30)
@@ -250,7 +262,7 @@ def main():
 
     # 6. A shell in a real terminal.
     tid("drawer-close").click()
-    tid("shell", container_row("gui-web")).click()
+    row_action("shell", "gui-web")
     term = wait_for("the terminal opens", lambda: driver.find_elements(By.CSS_SELECTOR, ".xterm-helper-textarea"), timeout=30)[0]
     wait_for("the shell prompts", lambda: "#" in tid("terminal").text, timeout=30)
     term.send_keys("echo $((6*7))-from-the-terminal; uname -s\n")
@@ -260,11 +272,11 @@ def main():
     tid("drawer-close").click()
 
     # 7. Stop, start, remove.
-    tid("stop", container_row("gui-web")).click()
+    row_action("stop", "gui-web")
     wait_for("stop: the container exits", lambda: (r := container_row("gui-web")) and r.get_attribute("data-state") == "exited", timeout=60)
-    tid("start", container_row("gui-web")).click()
+    row_action("start", "gui-web")
     wait_for("start: it runs again", lambda: (r := container_row("gui-web")) and r.get_attribute("data-state") == "running", timeout=60)
-    tid("remove", container_row("gui-web")).click()
+    row_action("remove", "gui-web")
     wait_for("remove: the container is gone", lambda: container_row("gui-web") is None, timeout=60)
     check(subprocess.run(["docker", "-H", f"unix://{HOME}/docker.sock", "inspect", "gui-web"], capture_output=True).returncode != 0, "the engine agrees: gui-web is gone")
 
