@@ -267,7 +267,8 @@ def main():
     wait_for("the shell prompts", lambda: "#" in tid("terminal").text, timeout=30)
     term.send_keys("echo $((6*7))-from-the-terminal; uname -s\n")
     wait_for("the shell answers in the terminal", lambda: "42-from-the-terminal" in tid("terminal").text, timeout=30)
-    check("Linux" in tid("terminal").text, "commands run in the container")
+    # The second command's output may come in a later chunk than the first's.
+    wait_for("commands run in the container", lambda: "Linux" in tid("terminal").text, timeout=30)
     shot("05-terminal")
     tid("drawer-close").click()
 
