@@ -164,7 +164,7 @@ pub async fn run(d: &Docker, a: RunArgs) -> anyhow::Result<i32> {
             if message.contains("No such image") =>
         {
             eprintln!("Unable to find image '{}' locally", a.image);
-            super::images::pull_to(d, &a.image, false, &mut std::io::stderr()).await?;
+            super::images::pull_to(d, &a.image, &mut std::io::stderr()).await?;
             d.create_container(opts, body).await?
         }
         other => other?,

@@ -118,7 +118,7 @@ impl<'a> Progress<'a> {
 
 pub async fn pull(d: &Docker, image: &str, quiet: bool) -> anyhow::Result<()> {
     if quiet {
-        pull_to(d, image, true, &mut std::io::sink()).await?;
+        pull_to(d, image, &mut std::io::sink()).await?;
         println!("{}", qualified(image));
         Ok(())
     } else {
@@ -129,7 +129,7 @@ pub async fn pull(d: &Docker, image: &str, quiet: bool) -> anyhow::Result<()> {
 }
 
 /// Pulls `image`, its progress to `out` (plain lines unless `out` is this terminal).
-pub async fn pull_to(d: &Docker, image: &str, _quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn pull_to(d: &Docker, image: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let terminal = std::io::stderr().is_terminal();
     pull_to_shown(d, image, &mut Progress::new(out, terminal)).await
 }

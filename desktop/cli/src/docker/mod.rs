@@ -234,7 +234,7 @@ pub async fn run(home: &Path, verb: Verb) -> anyhow::Result<i32> {
         Verb::Load { input, quiet } => transfer::load(&d, input.as_deref(), quiet).await,
         Verb::Export { output, container } => transfer::export(&d, &container, output.as_deref()).await,
         Verb::Import { changes, source, target } => transfer::import(&d, &source, target.as_deref(), &changes).await,
-        Verb::Cp { src, dst } => transfer::cp(&d, &src, &dst).await,
+        Verb::Cp { src, dst } => transfer::cp(&d, &socket(home), &src, &dst).await,
         Verb::Build(args) => transfer::build(&d, args).await,
         Verb::Volume(cmd) => objects::volume(&d, cmd).await,
         Verb::Network(cmd) => objects::network(&d, cmd).await,

@@ -134,10 +134,10 @@ fn container_path(arg: &str) -> Option<(&str, &str)> {
 
 /// `docker cp`: one side is `CONTAINER:PATH`. Copying into an existing directory puts the
 /// source inside it under its own name; to any other path, the source takes that name.
-pub async fn cp(d: &Docker, src: &str, dst: &str) -> anyhow::Result<i32> {
+pub async fn cp(d: &Docker, socket: &Path, src: &str, dst: &str) -> anyhow::Result<i32> {
     match (container_path(src), container_path(dst)) {
         (Some((c, path)), None) => copy_out(d, c, path, Path::new(dst)).await,
-        (None, Some((c, path))) => copy_in(d, Path::new(src), c, path).await,
+        (None, Some((c, path))) => copy_in(d, socket, Path::new(src), c, path).await,
         _ => anyhow::bail!(
             "copying between two containers or two local paths is not supported: one side must be CONTAINER:PATH"
         ),
@@ -205,11 +205,11 @@ fn confined_target(into: &Path, rel: &Path) -> Option<PathBuf> {
     Some(at)
 }
 
-async fn copy_in(d: &Docker, src: &Path, container: &str, path: &str) -> anyhow::Result<()> {
+async fn copy_in(d: &Docker, socket: &Path, src: &Path, container: &str, path: &str) -> anyhow::Result<()> {
     let meta = std::fs::symlink_metadata(src).with_context(|| format!("{}", src.display()))?;
     // Into an existing directory: under the source's name; otherwise the path's last part is
     // the new name, in its parent.
-    let into_dir = path.ends_with('/') || is_container_dir(d, container, path).await;
+    let into_dir = path.ends_with('/') || is_container_dir(socket, container, path).await;
     let (dest_dir, name) = if into_dir {
         (path.to_owned(), src.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")))
     } else {
@@ -239,12 +239,41 @@ async fn copy_in(d: &Docker, src: &Path, container: &str, path: &str) -> anyhow:
     Ok(())
 }
 
-/// Whether `path` is a directory in the container (`HEAD .../archive` through a download of
-/// nothing: bollard has no stat call, so the download's answer tells).
-async fn is_container_dir(d: &Docker, container: &str, path: &str) -> bool {
-    let opts = q::DownloadFromContainerOptionsBuilder::new().path(&format!("{}/.", path.trim_end_matches('/'))).build();
-    let mut stream = Box::pin(d.download_from_container(container, Some(opts)));
-    matches!(stream.next().await, Some(Ok(_)))
+/// Whether `path` is a directory in the container: `HEAD /containers/{id}/archive`, whose
+/// `X-Docker-Container-Path-Stat` header (base64 JSON) carries the mode, Go's `os.ModeDir`
+/// (1 << 31) for a directory. bollard has no call for this HEAD, and a download would tar the
+/// whole directory just to learn that it is one; so it is one plain HTTP/1.0 request here.
+async fn is_container_dir(socket: &Path, container: &str, path: &str) -> bool {
+    use base64::Engine as _;
+    use tokio::io::AsyncReadExt;
+    let encode = |t: &str| -> String {
+        t.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let Ok(mut conn) = tokio::net::UnixStream::connect(socket).await else { return false };
+    let request =
+        format!("HEAD /containers/{}/archive?path={} HTTP/1.0\r\nHost: berth\r\n\r\n", encode(container), encode(path));
+    let mut head = Vec::new();
+    if conn.write_all(request.as_bytes()).await.is_err() || conn.read_to_end(&mut head).await.is_err() {
+        return false;
+    }
+    let head = String::from_utf8_lossy(&head);
+    let Some(value) = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-docker-container-path-stat").then(|| v.trim().to_owned())
+    }) else {
+        return false;
+    };
+    let stat: serde_json::Value = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    stat["mode"].as_u64().is_some_and(|m| m & (1 << 31) != 0)
 }
 
 /// `berth build`'s flags.
