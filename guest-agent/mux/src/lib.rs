@@ -320,6 +320,58 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_secs(5), server).await.is_ok());
     }
 
+    /// Both ends of one stream split, each half in a task of its own, writing and reading at
+    /// once: what the shares lanes do. yamux 0.13's stream keeps one waker for its command
+    /// channel, so a reader's window update used to take the place of a blocked writer's
+    /// waker and the writer slept for good (libp2p/rust-yamux#232, fixed in yamux 0.14.1).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn split_halves_in_two_tasks_both_make_progress() {
+        const CHUNK: usize = 64 * 1024;
+        const CHUNKS: usize = 200;
+        async fn both_ways(stream: MuxStream) -> usize {
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let writer = tokio::spawn(async move {
+                let chunk = vec![7u8; CHUNK];
+                for _ in 0..CHUNKS {
+                    wr.write_all(&chunk).await.unwrap();
+                }
+                wr.shutdown().await.unwrap();
+            });
+            let reader = tokio::spawn(async move {
+                let (mut got, mut buf) = (0, vec![0u8; 4096]);
+                loop {
+                    match rd.read(&mut buf).await.unwrap() {
+                        0 => return got,
+                        n => got += n,
+                    }
+                }
+            });
+            writer.await.unwrap();
+            reader.await.unwrap()
+        }
+        // A narrow link keeps yamux's command channels full, where the lost wakeup happens;
+        // it does not happen every time, so several rounds.
+        for _round in 0..8 {
+            let (host, guest) = tokio::io::duplex(4 * 1024);
+            let (tx, rx) = oneshot::channel();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let tx = std::sync::Arc::new(tx);
+            tokio::spawn(serve(guest, move |_, stream| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(tokio::spawn(both_ways(stream)));
+                }
+            }));
+            let session = Session::connect(host).await.unwrap();
+            let host_side = tokio::spawn(both_ways(session.open(9).await.unwrap()));
+            let guest_side = rx.await.unwrap();
+            let within = Duration::from_secs(30);
+            let host_got = tokio::time::timeout(within, host_side).await.expect("the host's halves stalled").unwrap();
+            let guest_got =
+                tokio::time::timeout(within, guest_side).await.expect("the guest's halves stalled").unwrap();
+            assert_eq!((host_got, guest_got), (CHUNK * CHUNKS, CHUNK * CHUNKS));
+        }
+    }
+
     #[tokio::test]
     async fn handshake_skips_stale_bytes_from_a_dead_session() {
         let (mut host, guest) = tokio::io::duplex(64 * 1024);
