@@ -1,9 +1,17 @@
-//! The guest image (`vmlinuz`, `initrd.img`): used from the cache in `$BERTH_HOME/image`, or
-//! built there on first start by `vm-image/build.sh`, whose progress lines are passed through.
+//! The guest image (`vmlinuz`, `initrd.img`, `manifest.txt`): booted from the cache in
+//! `$BERTH_HOME/image`, which is filled from one of two places.
 //!
-//! A cached image is rebuilt when the agent it would carry is newer than it (a developer's
-//! `cargo build` must reach the VM). The build writes into a temporary directory that replaces
-//! the cache only when complete, so an interrupted build never leaves half an image.
+//! - An installed package carries the image built with it ([`packaged_for`]): `/usr/lib/berth/image`
+//!   beside `/usr/bin/berth`, `Contents/Resources/image` in the macOS app bundle, `image\`
+//!   beside `berth.exe` on Windows. It is looked for first, and the cache is replaced whenever
+//!   it is not the same image (its manifest names the agent's digest and the kernel), so an
+//!   upgraded or downgraded package always boots the guest that speaks its own protocol.
+//! - In a source checkout, `vm-image/build.sh` builds it on first start, passing its progress
+//!   lines through, and again when the agent it would carry is newer than the cached image (a
+//!   developer's `cargo build` must reach the VM).
+//!
+//! Both write into a temporary directory that replaces the cache only when complete, so an
+//! interrupted copy or build never leaves half an image.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,9 +34,58 @@ pub enum ImageError {
     },
 }
 
+/// The files of an image, each copied from a package into the cache.
+const FILES: [&str; 3] = ["vmlinuz", "initrd.img", "manifest.txt"];
+
 /// Whether `dir` holds an image.
 pub fn is_image(dir: &Path) -> bool {
     dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file()
+}
+
+/// The image an installed package carries for a `berth` program at `exe`, if there is one:
+/// `../lib/berth/image` (a Linux package's `/usr/bin` and `/usr/lib`), `../Resources/image` (a
+/// macOS bundle's `Contents/MacOS` and `Contents/Resources`), or `image` beside the program
+/// (Windows). Symbolic links to the program (Homebrew's, a user's `~/bin`) are followed first.
+pub fn packaged_for(exe: &Path) -> Option<PathBuf> {
+    let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_owned());
+    let dir = exe.parent()?;
+    [dir.join("../lib/berth/image"), dir.join("../Resources/image"), dir.join("image")]
+        .into_iter()
+        .find(|d| is_image(d) && d.join("manifest.txt").is_file())
+}
+
+/// Whether `a` and `b` hold the same image: the same manifest (kernel, agent digest, tools)
+/// and files of the same lengths.
+fn same_image(a: &Path, b: &Path) -> bool {
+    let manifest = |d: &Path| std::fs::read(d.join("manifest.txt")).ok();
+    let len = |d: &Path, f: &str| std::fs::metadata(d.join(f)).map(|m| m.len()).ok();
+    is_image(a)
+        && is_image(b)
+        && manifest(a).is_some()
+        && manifest(a) == manifest(b)
+        && ["vmlinuz", "initrd.img"].iter().all(|f| len(a, f).is_some() && len(a, f) == len(b, f))
+}
+
+/// Makes `cache` a copy of the image in `packaged`. The copy is written beside the cache and
+/// renamed over it once whole.
+fn copy_image(packaged: &Path, cache: &Path) -> Result<(), ImageError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ImageError::Io { path, source }
+    };
+    let tmp = cache.with_extension("installing");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    for f in FILES {
+        let (from, to) = (packaged.join(f), tmp.join(f));
+        std::fs::copy(&from, &to).map_err(io(&from))?;
+        std::fs::File::open(&to).and_then(|f| f.sync_all()).map_err(io(&to))?;
+    }
+    if cache.exists() {
+        std::fs::remove_dir_all(cache).map_err(io(cache))?;
+    }
+    std::fs::rename(&tmp, cache).map_err(io(cache))?;
+    Ok(())
 }
 
 /// Where the image builder and the agent it packs are, for a `berth` program at `exe`: a
@@ -57,9 +114,20 @@ pub fn stale(cache: &Path, agent: Option<&Path>) -> bool {
     }
 }
 
-/// The image to boot: `cache`, built first if it is missing or stale. `progress` gets every
-/// line the builder prints.
+/// The image to boot: `cache`, filled first from the package `exe` was installed from, or else
+/// built if it is missing or stale. `progress` gets what is being done, and every line the
+/// builder prints.
 pub async fn ensure(cache: &Path, exe: &Path, mut progress: impl FnMut(&str)) -> Result<PathBuf, ImageError> {
+    if let Some(packaged) = packaged_for(exe) {
+        if !same_image(&packaged, cache) {
+            progress(&format!("installing the guest image from {}", packaged.display()));
+            let (from, to) = (packaged, cache.to_owned());
+            tokio::task::spawn_blocking(move || copy_image(&from, &to))
+                .await
+                .map_err(|e| ImageError::Io { path: cache.to_owned(), source: std::io::Error::other(e) })??;
+        }
+        return Ok(cache.to_owned());
+    }
     let found = builder_for(exe);
     let agent = found.as_ref().and_then(|(_, a)| a.clone());
     if !stale(cache, agent.as_deref()) {
@@ -142,6 +210,77 @@ mod tests {
         let (builder, agent) = builder_for(&dir.path().join("target/debug/berth")).unwrap();
         assert_eq!(builder, dir.path().join("vm-image/build.sh"));
         assert_eq!(agent.unwrap(), dir.path().join("target/debug/berth-agent"));
+    }
+
+    fn write_image(dir: &Path, manifest: &str, initrd: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("vmlinuz"), "kernel").unwrap();
+        std::fs::write(dir.join("initrd.img"), initrd).unwrap();
+        std::fs::write(dir.join("manifest.txt"), manifest).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_packaged_image_fills_the_cache_before_any_builder_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        // An installed package: /usr/bin/berth and /usr/lib/berth/image, and a builder that
+        // fails if it is run.
+        write_image(&dir.path().join("usr/lib/berth/image"), "agent aaa\n", "initramfs v1");
+        std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+        std::fs::write(dir.path().join("usr/bin/berth-agent"), "agent").unwrap();
+        std::fs::create_dir_all(dir.path().join("vm-image")).unwrap();
+        std::fs::write(dir.path().join("vm-image/build.sh"), "echo 'the builder ran' >&2; exit 9").unwrap();
+        let exe = dir.path().join("usr/bin/berth");
+        assert_eq!(packaged_for(&exe).unwrap(), dir.path().join("usr/bin/../lib/berth/image"));
+
+        let cache = dir.path().join("home/image");
+        let mut seen = Vec::new();
+        let got = ensure(&cache, &exe, |l| seen.push(l.to_owned())).await.unwrap();
+        assert_eq!(got, cache);
+        assert_eq!(std::fs::read_to_string(cache.join("initrd.img")).unwrap(), "initramfs v1");
+        assert_eq!(std::fs::read_to_string(cache.join("manifest.txt")).unwrap(), "agent aaa\n");
+        assert!(seen.iter().any(|l| l.starts_with("installing the guest image from")), "{seen:?}");
+
+        // The same image again: nothing is copied (the cache's file is the one written before).
+        let before = std::fs::metadata(cache.join("initrd.img")).unwrap().modified().unwrap();
+        seen.clear();
+        ensure(&cache, &exe, |l| seen.push(l.to_owned())).await.unwrap();
+        assert!(seen.is_empty(), "{seen:?}");
+        assert_eq!(std::fs::metadata(cache.join("initrd.img")).unwrap().modified().unwrap(), before);
+
+        // An upgraded package (another agent): the cache is replaced, whatever its age.
+        write_image(&dir.path().join("usr/lib/berth/image"), "agent bbb\n", "initramfs v2");
+        ensure(&cache, &exe, |_| ()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(cache.join("initrd.img")).unwrap(), "initramfs v2");
+        assert!(!cache.with_extension("installing").exists());
+    }
+
+    #[test]
+    fn packaged_images_are_found_where_each_hosts_bundle_puts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // macOS: Berth.app/Contents/MacOS/berth and Contents/Resources/image.
+        let mac = dir.path().join("Berth.app/Contents");
+        write_image(&mac.join("Resources/image"), "m", "i");
+        std::fs::create_dir_all(mac.join("MacOS")).unwrap();
+        assert!(packaged_for(&mac.join("MacOS/berth")).is_some());
+        // Windows: image\ beside berth.exe.
+        let win = dir.path().join("Program Files/Berth");
+        write_image(&win.join("image"), "m", "i");
+        assert!(packaged_for(&win.join("berth.exe")).is_some());
+        // An image without its manifest is not a package's.
+        let bare = dir.path().join("opt/bin");
+        write_image(&bare.join("image"), "m", "i");
+        std::fs::remove_file(bare.join("image/manifest.txt")).unwrap();
+        assert!(packaged_for(&bare.join("berth")).is_none());
+        // A symbolic link to the program is followed to the package.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(mac.join("MacOS/berth"), dir.path().join("berth-link")).unwrap();
+            std::fs::write(mac.join("MacOS/berth"), "").unwrap();
+            assert_eq!(
+                packaged_for(&dir.path().join("berth-link")).unwrap().parent().unwrap().file_name().unwrap(),
+                "Resources"
+            );
+        }
     }
 
     #[tokio::test]
