@@ -48,9 +48,9 @@ echo "==> building the front end (npm ci, tsc, vite) and running its unit tests 
 
 echo "==> building berth, berth-agent and the app (tauri build: the binary and its .deb)"
 cargo build -p berth -p berth-agent
-# The packaged app carries the CLI beside it; this build packs the debug ones just built.
-(cd desktop/app && "$ROOT/ui/node_modules/.bin/tauri" build --debug --bundles deb --ci \
-    --config '{"bundle":{"linux":{"deb":{"files":{"/usr/bin/berth":"../../target/debug/berth","/usr/bin/berth-agent":"../../target/debug/berth-agent"}}}}}')
+# The app's package depends on the `berth` package (CLI, engine and guest image), which
+# tests/package.sh builds and installs on a clean Debian.
+(cd desktop/app && "$ROOT/ui/node_modules/.bin/tauri" build --debug --bundles deb --ci)
 echo "==> the app's clippy and unit tests"
 cargo clippy --manifest-path desktop/app/Cargo.toml --all-targets -- -D warnings
 cargo test --manifest-path desktop/app/Cargo.toml
@@ -58,6 +58,8 @@ APP=$ROOT/desktop/app/target/debug/berth-app
 DEB=$(ls "$ROOT"/desktop/app/target/debug/bundle/deb/*.deb)
 contents=$(dpkg-deb -c "$DEB")
 grep -q 'usr/bin/berth-app$' <<<"$contents" || { echo "the .deb has no /usr/bin/berth-app" >&2; exit 1; }
+[ "$(dpkg-deb -f "$DEB" Package)" = berth-desktop ] || { echo "the app's package is not named berth-desktop" >&2; exit 1; }
+dpkg-deb -f "$DEB" Depends | grep -q 'berth (= ' || { echo "the app's package does not depend on berth" >&2; exit 1; }
 echo "==> built $APP and $DEB"
 
 WORK=$(mktemp -d)
