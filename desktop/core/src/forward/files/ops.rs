@@ -278,9 +278,12 @@ pub fn give(dir: &Dir, name: &OsStr, owner: Owner) {
 #[cfg(unix)]
 fn chown(dir: &Dir, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<(), Errno> {
     use nix::unistd::{Gid, Uid};
-    let flags = if name == "." { nix::fcntl::AtFlags::AT_EMPTY_PATH } else { nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW };
-    let name: &OsStr = if name == "." { OsStr::new("") } else { name };
-    nix::unistd::fchownat(dir, name, uid.map(Uid::from_raw), gid.map(Gid::from_raw), flags).map_err(|e| e as i32)
+    let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+    // The directory itself through its own descriptor (macOS has no AT_EMPTY_PATH).
+    if name == "." {
+        return nix::unistd::fchown(dir, uid, gid).map_err(|e| e as i32);
+    }
+    nix::unistd::fchownat(dir, name, uid, gid, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| e as i32)
 }
 
 fn time_spec(t: Option<SetTime>) -> Option<SystemTimeSpec> {
@@ -406,13 +409,16 @@ pub fn read_link(dir: &Dir, name: &OsStr) -> Result<Vec<u8>, Errno> {
     Ok(t.to_string_lossy().into_owned().into_bytes())
 }
 
-/// A FIFO (the only special file a guest may make here).
+/// A FIFO (the only special file a guest may make here). Linux only: macOS has `mkfifoat`
+/// from 13 on (Berth supports 12), and a path-based `mkfifo` would leave the directory handle
+/// that confines the call; Windows has no FIFOs in its file systems. Elsewhere EPERM, as a
+/// file system without special files answers.
 pub fn mkfifo(dir: &Dir, name: &OsStr, mode: u32) -> Result<(), Errno> {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
         nix::unistd::mkfifoat(dir, name, nix::sys::stat::Mode::from_bits_truncate(mode as _)).map_err(|e| e as i32)
     }
-    #[cfg(not(unix))]
+    #[cfg(not(target_os = "linux"))]
     {
         let _ = (dir, name, mode);
         Err(errno::EPERM)
