@@ -62,8 +62,7 @@ pub async fn request_via(transport: &dyn Transport, req: &Request) -> Result<Ans
 /// One request through the daemon's control socket (`$BERTH_HOME/control.sock`), which
 /// forwards to the guest over whatever transport the daemon runs: a serial port has room for
 /// one host connection only, the daemon's.
-#[cfg(unix)]
 pub async fn request_at(socket: &Path, req: &Request) -> Result<Answer, ControlError> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(ControlError::Unreachable)?;
+    let stream = crate::local::connect(socket).await.map_err(ControlError::Unreachable)?;
     exchange(stream, req).await
 }

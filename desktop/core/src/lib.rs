@@ -11,5 +11,6 @@
 pub mod config;
 pub mod control;
 pub mod forward;
+pub mod local;
 pub mod transport;
 pub mod vm;

@@ -3,7 +3,6 @@
 
 pub mod files;
 pub mod ports;
-#[cfg(unix)]
 pub mod socket;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};

@@ -7,11 +7,12 @@ use std::io;
 use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+
+use crate::local::UnixClient;
 
 /// Opens a stream to the guest's vsock `port` through the device socket `uds`.
-pub async fn connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds).await?;
+pub async fn connect(uds: &Path, port: u32) -> io::Result<UnixClient> {
+    let mut s = crate::local::connect_unix(uds).await?;
     s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
     // Byte by byte: what follows the newline belongs to the stream.
     let mut line = Vec::with_capacity(16);

@@ -40,7 +40,7 @@ impl MuxTransport {
     pub fn serial(path: PathBuf) -> MuxTransport {
         MuxTransport::new(Kind::Serial, move || {
             let path = path.clone();
-            Box::pin(async move { Ok(Box::new(tokio::net::UnixStream::connect(&path).await?) as Stream) })
+            Box::pin(async move { Ok(Box::new(crate::local::connect_unix(&path).await?) as Stream) })
         })
     }
 

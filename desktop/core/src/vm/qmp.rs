@@ -12,7 +12,8 @@ use std::time::Duration;
 use qapi::Enum as _;
 use qapi::futures::{QapiService, QmpStreamTokio};
 use tokio::io::WriteHalf;
-use tokio::net::UnixStream;
+
+use crate::local::UnixClient;
 
 /// How long one QMP exchange (connect and greeting, or one command) may take.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -41,7 +42,7 @@ pub struct RunStatus {
     pub state: String,
 }
 
-type Service = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
+type Service = QapiService<QmpStreamTokio<WriteHalf<UnixClient>>>;
 
 /// A QMP connection, capabilities negotiated; its reader runs as a tokio task.
 pub struct Qmp {
@@ -57,13 +58,13 @@ impl Drop for Qmp {
 
 /// A QMP connection with capabilities negotiated, not yet split into service and events.
 type Negotiated =
-    qapi::futures::QapiStream<QmpStreamTokio<tokio::io::ReadHalf<UnixStream>>, QmpStreamTokio<WriteHalf<UnixStream>>>;
+    qapi::futures::QapiStream<QmpStreamTokio<tokio::io::ReadHalf<UnixClient>>, QmpStreamTokio<WriteHalf<UnixClient>>>;
 
 /// Connects to the monitor at `path` and negotiates, within [`DEADLINE`].
 async fn negotiated(path: &Path) -> Result<Negotiated, QmpError> {
     let err = |source| QmpError::Connect { path: path.to_owned(), source };
     let open = async {
-        let negotiation = QmpStreamTokio::open_uds(path).await?;
+        let negotiation = QmpStreamTokio::open(crate::local::connect_unix(path).await?).await?;
         negotiation.negotiate().await
     };
     match tokio::time::timeout(DEADLINE, open).await {

@@ -252,6 +252,7 @@ pub fn rename(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr, flags: u32
 
 /// A directory `name` in `dir` with `mode`.
 pub fn mkdir(dir: &Dir, name: &OsStr, mode: u32) -> Result<(), Errno> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut b = cap_std::fs::DirBuilder::new();
     #[cfg(unix)]
     {
