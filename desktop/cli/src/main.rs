@@ -4,6 +4,7 @@
 
 mod config;
 mod docker;
+mod host;
 mod shell;
 mod status;
 
@@ -165,23 +166,15 @@ fn home() -> anyhow::Result<PathBuf> {
         None => dirs::data_dir().context("neither BERTH_HOME nor a home directory is set")?.join("berth"),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    host::make_private(&dir)?;
     Ok(dir)
 }
 
 /// Whether `pid` is a live process whose command line contains all of `words` (a pid file
 /// can outlive its process, and the number be reused by another).
+/// Where the host does not show command lines, a live process is taken for it.
 fn is_process(pid: i32, words: &[&str]) -> bool {
-    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    if !cfg!(target_os = "linux") {
-        return true;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    words.iter().all(|w| cmdline.contains(w))
+    host::alive(pid) && host::command_line(pid).is_none_or(|cmdline| words.iter().all(|w| cmdline.contains(w)))
 }
 
 /// The pid of a running daemon, if any. A stale pid file (its process gone, or the number now
@@ -208,12 +201,11 @@ async fn end_leftover_qemu(home: &Path) {
         return;
     }
     eprintln!("stopping the VM a crashed berth daemon left running (QEMU pid {pid})");
-    let target = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    host::terminate(pid);
     let start = Instant::now();
     while is_process(pid, &["qemu", &vm_dir]) {
         if start.elapsed() > Duration::from_secs(10) {
-            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+            host::kill(pid);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -248,16 +240,20 @@ async fn daemon(a: VmArgs) -> anyhow::Result<()> {
     let result = run_daemon(&home, &settings, state).await;
     let _ = std::fs::remove_file(status::state_path(&home));
     let _ = std::fs::remove_file(home.join("daemon.pid"));
-    let _ = std::fs::remove_file(home.join("docker.sock"));
-    let _ = std::fs::remove_file(home.join("control.sock"));
+    for endpoint in [host::docker_endpoint(&home), host::control_endpoint(&home)] {
+        // A pipe goes with its server; a socket file stays unless removed.
+        if cfg!(unix) {
+            let _ = std::fs::remove_file(endpoint);
+        }
+    }
     result
 }
 
 async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonState) -> anyhow::Result<()> {
     let cfg = machine_config(home, settings);
     // The sockets first, so one in use fails the start before a VM is booted for nothing.
-    let control = berth_core::forward::socket::bind(&home.join("control.sock")).await?;
-    let docker = berth_core::forward::socket::bind(&home.join("docker.sock")).await?;
+    let control = berth_core::forward::socket::bind(&host::control_endpoint(home)).await?;
+    let docker = berth_core::forward::socket::bind(&host::docker_endpoint(home)).await?;
     let mut machine = Machine::start(&cfg).await?;
     state.vm = Some(status::VmState {
         facts: status::VmFacts {
@@ -338,12 +334,9 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
         }
         Err(e) => tracing::error!(error = %e, "shared folders"),
     }
-    tracing::info!(socket = %home.join("docker.sock").display(), transport = %machine.transport.kind(), "Docker socket ready");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tracing::info!(socket = %host::docker_endpoint(home).display(), transport = %machine.transport.kind(), "Docker socket ready");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        r = host::stop_requested() => r?,
         st = machine.wait() => {
             let how = st.map_or_else(|e| e.to_string(), |s| s.to_string());
             bail!("the VM stopped by itself (QEMU: {how}); the serial log's tail:\n{}", berth_core::vm::tail(&machine.serial, 10))
@@ -358,7 +351,7 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
 /// Whether the Docker socket answers `/_ping`.
 async fn docker_answers(sock: &Path) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::UnixStream::connect(sock).await else { return false };
+    let Ok(mut s) = berth_core::local::connect(sock).await else { return false };
     if s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").await.is_err() {
         return false;
     }
@@ -371,10 +364,10 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
     let home = home()?;
     // A bad config file is reported here, not in the daemon's log.
     let r = a.resolve(&home)?;
-    let sock = home.join("docker.sock");
+    let sock = host::docker_endpoint(&home);
     if docker_answers(&sock).await {
         if running_daemon(&home).is_some() {
-            println!("berth is running: export DOCKER_HOST=unix://{}", sock.display());
+            println!("berth is running: export DOCKER_HOST={}", host::docker_host(&sock));
             announce_context(&home);
             return Ok(());
         }
@@ -412,16 +405,13 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe: the daemon leaves the terminal's session.
-    unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
-    }
+    host::detach(&mut cmd);
     let mut child = cmd.spawn().context("starting the berth daemon")?;
     eprintln!("starting the VM (logs: berth logs)...");
     let start = Instant::now();
     loop {
         if docker_answers(&sock).await {
-            println!("berth is running: export DOCKER_HOST=unix://{}", sock.display());
+            println!("berth is running: export DOCKER_HOST={}", host::docker_host(&sock));
             announce_context(&home);
             return Ok(());
         }
@@ -454,9 +444,9 @@ async fn stop() -> anyhow::Result<()> {
         println!("berth is not running");
         return Ok(());
     };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)?;
+    host::request_stop(pid).await?;
     let start = Instant::now();
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+    while host::alive(pid) {
         if start.elapsed() > Duration::from_secs(120) {
             bail!("the berth daemon (pid {pid}) did not stop in 120 s");
         }

@@ -21,9 +21,9 @@ fn docker_config() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The Docker socket Berth serves.
-pub fn socket(home: &Path) -> PathBuf {
-    home.join("docker.sock")
+/// The Docker endpoint Berth serves, as a `DOCKER_HOST` value.
+fn docker_host(home: &Path) -> String {
+    crate::host::docker_host(&crate::host::docker_endpoint(home))
 }
 
 /// Writes (or refreshes) the `berth` docker context, pointing at `home`'s socket.
@@ -33,7 +33,7 @@ pub fn register_context(home: &Path) -> anyhow::Result<PathBuf> {
     let meta = serde_json::json!({
         "Name": CONTEXT,
         "Metadata": {"Description": "Berth: Linux containers in a small VM"},
-        "Endpoints": {"docker": {"Host": format!("unix://{}", socket(home).display()), "SkipTLSVerify": false}},
+        "Endpoints": {"docker": {"Host": docker_host(home), "SkipTLSVerify": false}},
     });
     let path = dir.join("meta.json");
     std::fs::write(&path, serde_json::to_vec(&meta)?).with_context(|| format!("writing {}", path.display()))?;
@@ -83,7 +83,7 @@ pub fn env(home: &Path, shell: Option<Shell>) {
         let name = std::env::var("SHELL").unwrap_or_default();
         if name.ends_with("fish") { Shell::Fish } else { Shell::Bash }
     });
-    let host = format!("unix://{}", socket(home).display());
+    let host = docker_host(home);
     match shell {
         Shell::Bash | Shell::Zsh => {
             println!("export DOCKER_HOST={host}\n# eval \"$(berth env)\" in your shell's startup file")
@@ -93,21 +93,22 @@ pub fn env(home: &Path, shell: Option<Shell>) {
     }
 }
 
-/// `berth docker ARGS...`: the docker CLI, pointed at Berth (replaces this process).
+/// `berth docker ARGS...`: the docker CLI, pointed at Berth (replaces this process on Unix;
+/// on Windows runs it and leaves with its exit code).
 pub fn docker(home: &Path, args: &[String]) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
     let host = match std::env::var("BERTH_DOCKER_HOST") {
-        Ok(h) if !h.is_empty() => {
-            if h.starts_with("unix://") {
-                h
-            } else {
-                format!("unix://{h}")
-            }
-        }
-        _ => format!("unix://{}", socket(home).display()),
+        Ok(h) if !h.is_empty() => crate::host::docker_host(&crate::host::endpoint_of(&h)),
+        _ => docker_host(home),
     };
-    let err =
-        std::process::Command::new("docker").args(args).env("DOCKER_HOST", host).env_remove("DOCKER_CONTEXT").exec();
+    let mut cmd = std::process::Command::new("docker");
+    cmd.args(args).env("DOCKER_HOST", host).env_remove("DOCKER_CONTEXT");
+    #[cfg(unix)]
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    #[cfg(windows)]
+    let err = match cmd.status() {
+        Ok(st) => std::process::exit(st.code().unwrap_or(1)),
+        Err(e) => e,
+    };
     if err.kind() == std::io::ErrorKind::NotFound {
         anyhow::bail!("the docker CLI is not installed: use berth's own verbs (`berth --help`), or install docker");
     }

@@ -186,7 +186,7 @@ pub async fn gather(home: &Path, pid: u32) -> Report {
             None
         }
     };
-    let sock = home.join("docker.sock");
+    let sock = crate::host::docker_endpoint(home);
     let healthy = vm.state.as_deref() == Some("running") && agent.is_some();
     Report {
         state: if healthy { "running" } else { "degraded" },
@@ -194,7 +194,7 @@ pub async fn gather(home: &Path, pid: u32) -> Report {
         vm: Some(vm),
         disk,
         agent,
-        docker_socket: sock.exists().then_some(sock),
+        docker_socket: crate::host::endpoint_may_exist(&sock).then_some(sock),
         problems,
     }
 }
@@ -203,7 +203,7 @@ pub async fn gather(home: &Path, pid: u32) -> Report {
 async fn ask_agent(home: &Path) -> anyhow::Result<AgentReport> {
     use berth_core::control::{Request, Response, request_at};
     // Through the daemon, which holds the transport (a serial port has room for one client).
-    let sock = home.join("control.sock");
+    let sock = crate::host::control_endpoint(home);
     let answer = match tokio::time::timeout(Duration::from_secs(10), request_at(&sock, &Request::Health)).await {
         Err(_) => anyhow::bail!("no answer in 10 s"),
         Ok(answer) => answer?,
@@ -305,7 +305,7 @@ pub fn render(r: &Report) -> String {
         );
     }
     if let Some(s) = &r.docker_socket {
-        out += &format!("  docker     export DOCKER_HOST=unix://{}\n", s.display());
+        out += &format!("  docker     export DOCKER_HOST={}\n", crate::host::docker_host(s));
     }
     for p in &r.problems {
         out += &format!("  problem    {p}\n");

@@ -100,6 +100,7 @@ where
 }
 
 /// A listener for clients on this machine (see the module's text).
+#[derive(Debug)]
 pub struct Listener {
     #[cfg(unix)]
     inner: tokio::net::UnixListener,
@@ -136,12 +137,11 @@ impl Listener {
     pub async fn bind(path: &Path) -> io::Result<Listener> {
         use tokio::net::windows::named_pipe::ServerOptions;
         let name = path.as_os_str().to_owned();
-        let next =
-            ServerOptions::new()
-                .first_pipe_instance(true)
-                .reject_remote_clients(true)
-                .create(&name)
-                .map_err(|e| if e.kind() == io::ErrorKind::PermissionDenied { in_use(path) } else { e })?;
+        let next = ServerOptions::new()
+            .first_pipe_instance(true)
+            .reject_remote_clients(true)
+            .create(&name)
+            .map_err(|e| if e.kind() == io::ErrorKind::PermissionDenied { in_use(path) } else { e })?;
         Ok(Listener { name, next })
     }
 
@@ -240,7 +240,7 @@ mod tests {
         let path = std::path::PathBuf::from(format!(r"\\.\pipe\berth-test-{}", std::process::id()));
         let _ = &dir;
         let mut listener = Listener::bind(&path).await.unwrap();
-        let err = Listener::bind(&path).await.err().expect("a second server on a live endpoint");
+        let err = Listener::bind(&path).await.expect_err("a second server on a live endpoint");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         let server = tokio::spawn(async move {
             // The second bind's probe of the live socket is a client too, one that says nothing.

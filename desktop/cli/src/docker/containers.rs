@@ -1,7 +1,6 @@
 //! Container verbs: `run`, `ps`, `exec`, `logs`, and start/stop/restart/rm.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 
 use anyhow::Context;
@@ -266,7 +265,7 @@ async fn converse<F, Fut>(
 ) -> anyhow::Result<bool>
 where
     F: Fn(u16, u16) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     // Restored when this returns, whichever way.
     let _raw = if tty && interactive { RawMode::enter()? } else { None };
@@ -296,18 +295,9 @@ where
         }));
     }
     let mut resizer = None;
-    if tty && let Some((cols, rows)) = tty::size(std::io::stdout().as_fd()) {
+    if tty && let Some((cols, rows)) = tty::size() {
         resize(cols, rows).await;
-        resizer = Some(tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
-                return;
-            };
-            while winch.recv().await.is_some() {
-                if let Some((c, r)) = tty::size(std::io::stdout().as_fd()) {
-                    resize(c, r).await;
-                }
-            }
-        }));
+        resizer = Some(tokio::spawn(tty::watch_size(resize)));
     }
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();

@@ -174,8 +174,8 @@ pub enum Verb {
 /// Where the verbs connect: `BERTH_DOCKER_HOST`, else the VM's socket in `home`.
 fn socket(home: &Path) -> PathBuf {
     match std::env::var("BERTH_DOCKER_HOST") {
-        Ok(h) if !h.is_empty() => PathBuf::from(h.strip_prefix("unix://").unwrap_or(&h)),
-        _ => home.join("docker.sock"),
+        Ok(h) if !h.is_empty() => crate::host::endpoint_of(&h),
+        _ => crate::host::docker_endpoint(home),
     }
 }
 
@@ -190,11 +190,14 @@ async fn connect(home: &Path) -> anyhow::Result<Docker> {
             anyhow::anyhow!("the Berth VM is not running: run `berth start`")
         }
     };
-    if !sock.exists() {
+    if !crate::host::endpoint_may_exist(&sock) {
         return Err(not_running());
     }
-    let docker = Docker::connect_with_unix(&sock.to_string_lossy(), 600, bollard::API_DEFAULT_VERSION)
-        .map_err(|_| not_running())?;
+    #[cfg(unix)]
+    let docker = Docker::connect_with_unix(&sock.to_string_lossy(), 600, bollard::API_DEFAULT_VERSION);
+    #[cfg(windows)]
+    let docker = Docker::connect_with_named_pipe(&sock.to_string_lossy(), 600, bollard::API_DEFAULT_VERSION);
+    let docker = docker.map_err(|_| not_running())?;
     docker.negotiate_version().await.map_err(|_| not_running())
 }
 

@@ -254,7 +254,7 @@ async fn is_container_dir(socket: &Path, container: &str, path: &str) -> bool {
             })
             .collect()
     };
-    let Ok(mut conn) = tokio::net::UnixStream::connect(socket).await else { return false };
+    let Ok(mut conn) = berth_core::local::connect(socket).await else { return false };
     let request =
         format!("HEAD /containers/{}/archive?path={} HTTP/1.0\r\nHost: berth\r\n\r\n", encode(container), encode(path));
     let mut head = Vec::new();

@@ -181,6 +181,25 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// The QEMU binary (x86-64 guests only, for now).
 const QEMU: &str = "qemu-system-x86_64";
 
+/// Where QEMU's program `name` (`qemu-system-x86_64`, `qemu-img`) is: in `BERTH_QEMU_DIR`, on
+/// `PATH`, or where QEMU installs itself on a host whose desktop starts programs without it on
+/// `PATH` (an app opened from the macOS Finder has only `/usr/bin:/bin:/usr/sbin:/sbin`):
+/// Homebrew's `/opt/homebrew/bin` and `/usr/local/bin`, MacPorts' `/opt/local/bin`, and the
+/// QEMU installer's `%ProgramFiles%\qemu` on Windows. Not found, the bare name, so that
+/// starting it fails with "not found" and the caller's advice.
+pub fn qemu_program(name: &str) -> PathBuf {
+    let exe = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let mut dirs: Vec<PathBuf> = std::env::var_os("BERTH_QEMU_DIR").map(PathBuf::from).into_iter().collect();
+    dirs.extend(std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default());
+    if cfg!(target_os = "macos") {
+        dirs.extend(["/opt/homebrew/bin", "/usr/local/bin", "/opt/local/bin"].map(PathBuf::from));
+    }
+    if cfg!(windows) {
+        dirs.extend(std::env::var_os("ProgramFiles").map(|p| PathBuf::from(p).join("qemu")));
+    }
+    dirs.into_iter().map(|d| d.join(&exe)).find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// Makes `path` private to the user (0600).
 fn restrict(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -344,18 +363,24 @@ impl Machine {
         std::fs::create_dir_all(&cfg.dir).map_err(io(&cfg.dir))?;
         let disk = cfg.dir.join("data.qcow2");
         if !disk.exists() {
-            let out = Command::new("qemu-img")
+            let qemu_img = qemu_program("qemu-img");
+            let out = Command::new(&qemu_img)
                 .args(["create", "-q", "-f", "qcow2"])
                 .arg(&disk)
                 .arg(format!("{}G", cfg.disk_gib))
                 .output()
                 .await
-                .map_err(|source| VmError::Spawn { what: "qemu-img", program: "qemu-img".into(), source })?;
+                .map_err(|source| VmError::Spawn {
+                    what: "qemu-img",
+                    program: qemu_img.display().to_string(),
+                    source,
+                })?;
             if !out.status.success() {
                 return Err(VmError::Boot(format!("creating the data disk: {}", String::from_utf8_lossy(&out.stderr))));
             }
         }
-        let chosen = accel::choose(cfg.accel, Path::new(QEMU), &cfg.dir.join("accel-probe.json")).await?;
+        let qemu_path = qemu_program(QEMU);
+        let chosen = accel::choose(cfg.accel, &qemu_path, &cfg.dir.join("accel-probe.json")).await?;
         tracing::info!(accel = %chosen.accel, forced = chosen.forced, reason = %chosen.reason, "accelerator");
         let serial = cfg.dir.join("serial.log");
         let qmp = cfg.dir.join("qmp.sock");
@@ -364,7 +389,7 @@ impl Machine {
             let _ = std::fs::remove_file(f);
         }
         let mem = format!("{}M", cfg.memory_mib);
-        let mut qemu = Command::new(QEMU);
+        let mut qemu = Command::new(&qemu_path);
         qemu.args(["-accel", chosen.accel.name(), "-m", &mem, "-smp", &cfg.cpus.to_string()])
             .args(["-nodefaults", "-no-reboot", "-display", "none"])
             .arg("-serial")
@@ -418,7 +443,7 @@ impl Machine {
             transport::Kind::Serial => (None, None, Arc::new(transport::mux::MuxTransport::serial(port.clone()))),
         };
         qemu.args(&cfg.qemu_args);
-        let qemu = spawn_tied(qemu, "QEMU", Path::new(QEMU))?;
+        let qemu = spawn_tied(qemu, "QEMU", &qemu_path)?;
         let started = std::time::SystemTime::now();
         let mut m = Machine {
             qemu,
