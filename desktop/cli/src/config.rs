@@ -142,13 +142,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, "# my VM\ncpus = 4 # fast\n").unwrap();
-        set(dir.path(), &["memory=4096".into(), "shares=/srv:ro, /work".into()]).unwrap();
+        // Absolute paths as this host writes them.
+        let (srv, work) = if cfg!(windows) { (r"C:\srv", r"C:\work") } else { ("/srv", "/work") };
+        set(dir.path(), &["memory=4096".into(), format!("shares={srv}:ro, {work}")]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("# my VM") && text.contains("# fast"), "{text}");
         let s = VmSettings::load(&path).unwrap();
         assert_eq!(s.cpus.map(|n| n.get()), Some(4));
         assert_eq!(s.memory.map(|n| n.get()), Some(4096));
-        assert_eq!(s.shares, Some(vec!["/srv:ro".to_string(), "/work".to_string()]));
+        assert_eq!(s.shares, Some(vec![format!("{srv}:ro"), work.to_string()]));
 
         set(dir.path(), &["cpus=".into()]).unwrap();
         assert_eq!(VmSettings::load(&path).unwrap().cpus, None);

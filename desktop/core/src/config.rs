@@ -146,9 +146,13 @@ mod tests {
     fn flags_beat_the_file_which_beats_the_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
+        // Absolute paths as this host writes them (TOML's literal strings keep backslashes).
+        let (srv, work) = if cfg!(windows) { (r"C:\srv", r"C:\work") } else { ("/srv", "/work") };
         std::fs::write(
             &path,
-            "# mine\ncpus = 4\nmemory = 4096\naccel = \"tcg\"\nimage = \"img\"\ntransport = \"serial\"\nshares = [\"/srv:ro\", \"/work\"]\n",
+            format!(
+                "# mine\ncpus = 4\nmemory = 4096\naccel = \"tcg\"\nimage = \"img\"\ntransport = \"serial\"\nshares = ['{srv}:ro', '{work}']\n"
+            ),
         )
         .unwrap();
         let file = VmSettings::load(&path).unwrap();
@@ -165,8 +169,8 @@ mod tests {
                 image: Some(dir.path().join("img")),
                 transport: Choice::Kind(crate::transport::Kind::Serial),
                 shares: vec![
-                    ShareSpec { path: "/srv".into(), read_only: true },
-                    ShareSpec { path: "/work".into(), read_only: false },
+                    ShareSpec { path: srv.into(), read_only: true },
+                    ShareSpec { path: work.into(), read_only: false },
                 ],
             }
         );
@@ -189,7 +193,15 @@ mod tests {
         );
         assert!(defaults.shares.iter().any(|s| s.path == std::env::temp_dir()), "{:?}", defaults.shares);
         assert!(parse_share("relative").is_err());
+        #[cfg(unix)]
         assert_eq!(parse_share("/a:b").unwrap().path, PathBuf::from("/a:b"));
+        // A drive letter's colon is not a mode's.
+        #[cfg(windows)]
+        {
+            let ro = parse_share(r"C:\work:ro").unwrap();
+            assert_eq!((ro.path, ro.read_only), (PathBuf::from(r"C:\work"), true));
+            assert_eq!(parse_share(r"C:\work").unwrap().path, PathBuf::from(r"C:\work"));
+        }
     }
 
     #[test]

@@ -135,7 +135,15 @@ impl Listener {
     /// error.
     #[cfg(windows)]
     pub async fn bind(path: &Path) -> io::Result<Listener> {
-        use tokio::net::windows::named_pipe::ServerOptions;
+        use tokio::net::windows::named_pipe::{ClientOptions, ServerOptions};
+        // A pipe someone serves: a client gets in, or finds every instance busy. (Windows
+        // also refuses a first instance of a served pipe below; Wine does not.)
+        const PIPE_BUSY: i32 = 231;
+        match ClientOptions::new().open(path.as_os_str()) {
+            Ok(_) => return Err(in_use(path)),
+            Err(e) if e.raw_os_error() == Some(PIPE_BUSY) => return Err(in_use(path)),
+            Err(_) => {}
+        }
         let name = path.as_os_str().to_owned();
         let next = ServerOptions::new()
             .first_pipe_instance(true)

@@ -147,11 +147,11 @@ impl PortHost {
         let task = match port.proto {
             Proto::Tcp => match TcpListener::bind(addr).await {
                 Ok(l) => tokio::spawn(accept_tcp(l, self.transport.clone(), port.clone())),
-                Err(e) => return refuse(format!("listening on {addr}: {e}")),
+                Err(e) => return refuse(format!("listening on {addr}: {}", bind_error(&e))),
             },
             Proto::Udp => match UdpSocket::bind(addr).await {
                 Ok(s) => tokio::spawn(serve_udp(s, self.transport.clone(), port.clone())),
-                Err(e) => return refuse(format!("listening on {addr}/udp: {e}")),
+                Err(e) => return refuse(format!("listening on {addr}/udp: {}", bind_error(&e))),
             },
         };
         tracing::info!(%port, "published port listening");
@@ -254,6 +254,15 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) 
     let n = r.read_u16().await.ok()? as usize;
     r.read_exact(&mut buf[..n]).await.ok()?;
     Some(n)
+}
+
+/// Why a bind failed, in the same words on every host: the OS's own text for "in use" differs
+/// (Windows' is "Only one usage of each socket address ... is normally permitted").
+fn bind_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".into(),
+        _ => e.to_string(),
+    }
 }
 
 #[cfg(test)]

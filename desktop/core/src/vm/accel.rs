@@ -479,6 +479,8 @@ mod tests {
         assert!(!cache.exists());
     }
 
+    // QEMU (or `true`) runs here as a Linux program: on the Linux hosts that run the tests.
+    #[cfg(unix)]
     #[tokio::test]
     async fn cached_verdicts_are_used_for_the_same_qemu_and_kernel_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -516,6 +518,8 @@ mod tests {
     /// The real probe with this machine's QEMU. TCG always passes. KVM is reported as this host
     /// has it: on the project's machines (a nested PVM hypervisor) `/dev/kvm` opens but the
     /// probe sees only "R" and times out; on a host with a working KVM it passes in ~0.1 s.
+    // QEMU (or `true`) runs here as a Linux program: on the Linux hosts that run the tests.
+    #[cfg(unix)]
     #[tokio::test]
     async fn the_real_probe_passes_under_tcg_and_judges_kvm_in_bounded_time() {
         let qemu = Path::new("qemu-system-x86_64");

@@ -549,6 +549,7 @@ mod tests {
 
     /// QEMU running the accelerator probe's firmware under TCG. Without the debug-exit device
     /// the firmware halts for ever: a guest that ignores both the agent and the power button.
+    #[cfg(unix)]
     fn halted_guest(dir: &Path, with_qmp: bool) -> (Child, PathBuf) {
         let bios = dir.join("fw.bin");
         std::fs::write(&bios, accel::firmware_x86()).unwrap();
@@ -564,6 +565,7 @@ mod tests {
         (cmd.spawn().expect("qemu-system-x86_64 is installed (./dev setup)"), qmp)
     }
 
+    #[cfg(unix)]
     async fn wait_for(path: &Path) {
         let start = Instant::now();
         while !path.exists() {
@@ -572,6 +574,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     fn quick() -> StopTimes {
         StopTimes {
             guest: Duration::from_millis(300),
@@ -580,6 +583,8 @@ mod tests {
         }
     }
 
+    // QEMU (or `true`) runs here as a Linux program: on the Linux hosts that run the tests.
+    #[cfg(unix)]
     #[tokio::test]
     async fn a_guest_that_ignores_the_power_button_is_ended_by_qmp_quit() {
         let dir = tempfile::tempdir().unwrap();
@@ -592,6 +597,8 @@ mod tests {
         assert!(st.success(), "quit exits QEMU cleanly, not by a signal: {st}");
     }
 
+    // QEMU (or `true`) runs here as a Linux program: on the Linux hosts that run the tests.
+    #[cfg(unix)]
     #[tokio::test]
     async fn without_qmp_qemu_is_killed_and_an_exited_one_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();

@@ -152,10 +152,13 @@ fn is_eof(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use std::process::Stdio;
+    #[cfg(unix)]
     use std::time::Instant;
 
     /// A QEMU with no machine at all: it starts in milliseconds and serves QMP.
+    #[cfg(unix)]
     async fn bare_qemu(sock: &Path, paused: bool) -> tokio::process::Child {
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
         cmd.args(["-machine", "none", "-nodefaults", "-display", "none", "-qmp"])
@@ -174,6 +177,8 @@ mod tests {
         child
     }
 
+    // QEMU (or `true`) runs here as a Linux program: on the Linux hosts that run the tests.
+    #[cfg(unix)]
     #[tokio::test]
     async fn status_version_and_quit_against_a_real_qemu() {
         let dir = tempfile::tempdir().unwrap();

@@ -623,7 +623,8 @@ mod tests {
                 other => panic!("{other:?}"),
             };
         assert_eq!(e.attr.kind, Kind::File);
-        assert_eq!(e.attr.perm & 0o777, 0o640);
+        // Windows keeps no Unix modes: a writable file reads as 0644 there.
+        assert_eq!(e.attr.perm & 0o777, if cfg!(windows) { 0o644 } else { 0o640 });
         assert_eq!(
             s.call(Request::Write { handle: h, offset: 0, data: b"hello".to_vec() }).unwrap(),
             Reply::Written(5)
@@ -702,6 +703,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        windows,
+        ignore = "Windows: a rename over an open file is EACCES (files are opened without FILE_SHARE_DELETE)"
+    )]
     fn rename_over_an_open_file_and_unlink_while_open_keep_the_handle_working() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("old"), "old").unwrap();
@@ -778,6 +783,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        windows,
+        ignore = "Windows: a hard link gets a node of its own (no file index in cap-std's metadata there)"
+    )]
     fn links_times_modes_and_sizes() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("f"), "0123456789").unwrap();
@@ -810,13 +819,22 @@ mod tests {
         assert_eq!(std::fs::read_to_string(d.path().join("g")).unwrap(), "0123");
     }
 
+    /// A symbolic link to the directory `target` (Windows tells directory links apart).
+    fn symlink_dir(target: &Path, link: &Path) {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(target, link).unwrap();
+        #[cfg(windows)]
+        std::os::windows::fs::symlink_dir(target, link).unwrap();
+    }
+
     #[test]
+    #[cfg_attr(windows, ignore = "Windows: a directory symlink in a share is not found by lookup (under Wine 8)")]
     fn nothing_reaches_outside_the_share() {
         let outer = tempfile::tempdir().unwrap();
         let share = outer.path().join("share");
         std::fs::create_dir(&share).unwrap();
         std::fs::write(outer.path().join("secret"), "secret").unwrap();
-        std::os::unix::fs::symlink(outer.path(), share.join("out")).unwrap();
+        symlink_dir(outer.path(), &share.join("out"));
         let (s, root) = server(&share);
         for bad in [&b".."[..], b".", b"a/b", b"", b"../secret"] {
             assert_eq!(
@@ -868,7 +886,7 @@ mod tests {
         let secret = entry(s.call(Request::Lookup { parent: etc.attr.node, name: b"secret".to_vec() }));
         // `a` becomes a link to the share's parent: `a/etc` names outer/etc now.
         std::fs::rename(share.join("a"), share.join("moved")).unwrap();
-        std::os::unix::fs::symlink(outer.path(), share.join("a")).unwrap();
+        symlink_dir(outer.path(), &share.join("a"));
         let escaped = |r: &Result<Reply, Errno>| matches!(r, Ok(Reply::Data(d)) if d == b"secret");
         let open = s.call(Request::Open { node: secret.attr.node, flags: 0 });
         if let Ok(Reply::Opened(h)) = open {
@@ -890,9 +908,12 @@ mod tests {
         let _ = s.call(Request::SetAttr { node: secret.attr.node, set: chmod });
         let unlink = s.call(Request::Unlink { parent: etc.attr.node, name: b"secret".to_vec() });
         assert!(unlink.is_err());
-        use std::os::unix::fs::PermissionsExt;
-        let outside = std::fs::metadata(outer.path().join("etc/secret")).unwrap();
-        assert_ne!(outside.permissions().mode() & 0o777, 0o777, "chmod reached outside the share");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let outside = std::fs::metadata(outer.path().join("etc/secret")).unwrap();
+            assert_ne!(outside.permissions().mode() & 0o777, 0o777, "chmod reached outside the share");
+        }
         assert_eq!(std::fs::read_to_string(outer.path().join("etc/secret")).unwrap(), "secret");
     }
 
