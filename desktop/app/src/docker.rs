@@ -14,11 +14,14 @@ use serde::{Deserialize, Serialize};
 use tauri::ipc::{Channel, InvokeResponseBody};
 use tokio::io::AsyncWriteExt;
 
-/// A client for the socket, at the API version the engine speaks (it may be older than
-/// bollard's own).
+/// A client for the socket (a named pipe on Windows), at the API version the engine speaks
+/// (it may be older than bollard's own).
 pub async fn connect(socket: &str) -> anyhow::Result<Docker> {
-    let docker = Docker::connect_with_unix(socket, 600, bollard::API_DEFAULT_VERSION)
-        .with_context(|| format!("the Docker socket {socket}"))?;
+    #[cfg(unix)]
+    let docker = Docker::connect_with_unix(socket, 600, bollard::API_DEFAULT_VERSION);
+    #[cfg(windows)]
+    let docker = Docker::connect_with_named_pipe(socket, 600, bollard::API_DEFAULT_VERSION);
+    let docker = docker.with_context(|| format!("the Docker socket {socket}"))?;
     docker.negotiate_version().await.with_context(|| format!("the engine on {socket} does not answer"))
 }
 

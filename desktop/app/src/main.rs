@@ -77,6 +77,13 @@ impl AppState {
         if let Some(p) = s.get("docker_socket").and_then(Value::as_str) {
             return p.to_string();
         }
+        // Windows: the named pipe the daemon serves, Docker Desktop's unless it was moved.
+        if cfg!(windows) {
+            return std::env::var("BERTH_DOCKER_PIPE")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| r"\\.\pipe\docker_engine".to_string());
+        }
         let home = std::env::var_os("BERTH_HOME")
             .map(std::path::PathBuf::from)
             .or_else(|| dirs::data_dir().map(|d| d.join("berth")))
