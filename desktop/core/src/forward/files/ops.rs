@@ -211,6 +211,14 @@ pub fn open(dir: &Dir, name: &OsStr, flags: i32, create: Option<u32>) -> Result<
         let _ = mode;
     }
     let _ = oflags::CREAT;
+    // Windows: others may read, write, rename and delete the file while it is open, as on
+    // Unix (a guest renames over and unlinks open files all the time).
+    #[cfg(windows)]
+    {
+        use cap_std::fs::OpenOptionsExt;
+        const FILE_SHARE_READ_WRITE_DELETE: u32 = 0x1 | 0x2 | 0x4;
+        o.share_mode(FILE_SHARE_READ_WRITE_DELETE);
+    }
     o.follow(FollowSymlinks::No);
     dir.open_with(name, &o).map(cap_std::fs::File::into_std).map_err(io_errno)
 }
