@@ -79,11 +79,17 @@ pub fn make_private(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// `kill(pid, sig)`; no signal only asks whether `pid` lives.
+#[cfg(unix)]
+fn signal(pid: i32, sig: Option<nix::sys::signal::Signal>) -> nix::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+}
+
 /// Whether the process `pid` lives.
 pub fn alive(pid: i32) -> bool {
     #[cfg(unix)]
     {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        signal(pid, None).is_ok()
     }
     #[cfg(windows)]
     {
@@ -118,7 +124,7 @@ pub fn command_line(pid: i32) -> Option<String> {
 pub fn terminate(pid: i32) {
     #[cfg(unix)]
     {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = signal(pid, Some(nix::sys::signal::Signal::SIGTERM));
     }
     #[cfg(windows)]
     kill(pid);
@@ -128,7 +134,7 @@ pub fn terminate(pid: i32) {
 pub fn kill(pid: i32) {
     #[cfg(unix)]
     {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = signal(pid, Some(nix::sys::signal::Signal::SIGKILL));
     }
     #[cfg(windows)]
     {
@@ -165,8 +171,7 @@ pub fn detach(cmd: &mut tokio::process::Command) {
 pub async fn request_stop(pid: i32) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)?;
-        Ok(())
+        Ok(signal(pid, Some(nix::sys::signal::Signal::SIGTERM))?)
     }
     #[cfg(windows)]
     {

@@ -138,7 +138,6 @@ impl Listener {
         use tokio::net::windows::named_pipe::{ClientOptions, ServerOptions};
         // A pipe someone serves: a client gets in, or finds every instance busy. (Windows
         // also refuses a first instance of a served pipe below; Wine does not.)
-        const PIPE_BUSY: i32 = 231;
         match ClientOptions::new().open(path.as_os_str()) {
             Ok(_) => return Err(in_use(path)),
             Err(e) if e.raw_os_error() == Some(PIPE_BUSY) => return Err(in_use(path)),
@@ -171,6 +170,10 @@ impl Listener {
     }
 }
 
+/// ERROR_PIPE_BUSY: every instance of a served pipe has a client.
+#[cfg(windows)]
+const PIPE_BUSY: i32 = 231;
+
 fn in_use(path: &Path) -> io::Error {
     io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another server", path.display()))
 }
@@ -185,8 +188,7 @@ pub async fn connect(path: &Path) -> io::Result<Box<dyn LocalIo>> {
 #[cfg(windows)]
 pub async fn connect(path: &Path) -> io::Result<Box<dyn LocalIo>> {
     use tokio::net::windows::named_pipe::ClientOptions;
-    // ERROR_PIPE_BUSY: the server has not made the next instance yet.
-    const PIPE_BUSY: i32 = 231;
+    // The server has not made the next instance yet.
     let start = std::time::Instant::now();
     loop {
         match ClientOptions::new().open(path.as_os_str()) {
