@@ -65,6 +65,7 @@ fn config(dir: &Path, image: &Path) -> MachineConfig {
     MachineConfig {
         dir: dir.to_owned(),
         image: image.to_owned(),
+        arch: berth_core::vm::arch::GuestArch::host(),
         cpus: 2,
         memory_mib: 1024,
         disk_gib: 8,

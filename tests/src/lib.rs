@@ -598,3 +598,56 @@ pub fn output_within(cmd: &mut Command, limit: Duration, stdin: Option<&[u8]>) -
     }
     Ok(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
 }
+
+/// `berth stop` on drop, so a failed assertion does not leave a VM running.
+pub struct BerthHome(pub tempfile::TempDir);
+
+impl BerthHome {
+    pub fn berth(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(workspace().join("target/debug/berth"));
+        // The docker context `berth start` registers goes to this home's docker config.
+        cmd.args(args)
+            .env("BERTH_HOME", self.0.path())
+            .env("DOCKER_CONFIG", self.0.path().join("docker-config"))
+            .env_remove("BERTH_DOCKER_HOST");
+        self.bounded(&mut cmd, None)
+    }
+
+    pub fn docker(&self, args: &[&str]) -> std::process::Output {
+        self.docker_stdin(args, None)
+    }
+
+    pub fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.0.path().join("docker.sock").display()))
+            .env("DOCKER_CONFIG", self.0.path().join("docker-config"));
+        self.bounded(&mut cmd, stdin)
+    }
+
+    /// Runs `cmd` for [`crate::COMMAND_LIMIT`] at most; a hang fails the test with the
+    /// daemon's log tail.
+    pub fn bounded(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> std::process::Output {
+        crate::output_within(cmd, crate::COMMAND_LIMIT, stdin).unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(self.0.path().join("daemon.log")).unwrap_or_default();
+            panic!("{e}\ndaemon log tail:\n{}", crate::tail(&log, 40))
+        })
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.berth(&["status", "--json"]);
+        assert!(out.status.success(), "berth status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("berth status --json")
+    }
+
+    pub fn start(&self) {
+        let out = self.berth(&["start"]);
+        assert!(out.status.success(), "berth start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for BerthHome {
+    fn drop(&mut self) {
+        let _ = self.berth(&["stop"]);
+    }
+}

@@ -17,7 +17,7 @@ use berth_core::transport::mux::MuxTransport;
 use berth_core::transport::{Kind, Transport};
 use berth_core::vm::accel::{Accel, AccelChoice};
 use berth_core::vm::{Machine, MachineConfig, StopStep};
-use berth_tests::workspace;
+use berth_tests::{BerthHome, workspace};
 
 fn image() -> &'static PathBuf {
     berth_tests::vm_image()
@@ -138,6 +138,7 @@ async fn machine(dir: &Path, transport: Kind) -> Machine {
     let cfg = MachineConfig {
         dir: dir.to_owned(),
         image: image().clone(),
+        arch: berth_core::vm::arch::GuestArch::host(),
         cpus: 2,
         memory_mib: 1024,
         disk_gib: 2,
@@ -253,53 +254,6 @@ fn transports_pass_the_conformance_suite_in_the_vm_and_data_survives_a_clean_shu
     });
 }
 
-/// `berth stop` on drop, so a failed assertion does not leave a VM running.
-struct BerthHome(tempfile::TempDir);
-
-impl BerthHome {
-    fn berth(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(workspace().join("target/debug/berth"));
-        // The docker context `berth start` registers goes to this home's docker config.
-        cmd.args(args)
-            .env("BERTH_HOME", self.0.path())
-            .env("DOCKER_CONFIG", self.0.path().join("docker-config"))
-            .env_remove("BERTH_DOCKER_HOST");
-        self.bounded(&mut cmd, None)
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        self.docker_stdin(args, None)
-    }
-
-    fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
-        let mut cmd = Command::new("docker");
-        cmd.args(args)
-            .env("DOCKER_HOST", format!("unix://{}", self.0.path().join("docker.sock").display()))
-            .env("DOCKER_CONFIG", self.0.path().join("docker-config"));
-        self.bounded(&mut cmd, stdin)
-    }
-
-    /// Runs `cmd` for [`berth_tests::COMMAND_LIMIT`] at most; a hang fails the test with the
-    /// daemon's log tail.
-    fn bounded(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> std::process::Output {
-        berth_tests::output_within(cmd, berth_tests::COMMAND_LIMIT, stdin).unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(self.0.path().join("daemon.log")).unwrap_or_default();
-            panic!("{e}\ndaemon log tail:\n{}", berth_tests::tail(&log, 40))
-        })
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.berth(&["status", "--json"]);
-        assert!(out.status.success(), "berth status: {out:?}");
-        serde_json::from_slice(&out.stdout).expect("berth status --json")
-    }
-
-    fn start(&self) {
-        let out = self.berth(&["start"]);
-        assert!(out.status.success(), "berth start: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
 fn alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks.
     unsafe { libc::kill(pid, 0) == 0 }
@@ -310,12 +264,6 @@ fn wait_gone(pid: i32, what: &str) {
     while alive(pid) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z") {
         assert!(start.elapsed() < Duration::from_secs(60), "{what} (pid {pid}) is still running");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Drop for BerthHome {
-    fn drop(&mut self) {
-        let _ = self.berth(&["stop"]);
     }
 }
 

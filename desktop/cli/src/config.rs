@@ -17,6 +17,7 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("memory", Kind::Count, "MiB; applies at the next start"),
     ("disk", Kind::Count, "GiB; applies when the data disk is first made"),
     ("accel", Kind::Text, "auto, kvm, hvf, whpx or tcg; applies at the next start"),
+    ("arch", Kind::Text, "the guest's architecture, amd64 or arm64 (default the host's); applies at the next start"),
     ("transport", Kind::Text, "auto, vsock, hybrid or serial; applies at the next start"),
     ("image", Kind::Text, "guest image directory; applies at the next start"),
     ("shares", Kind::List, "shared folders, PATH or PATH:ro, separated by commas; applies at the next start"),
@@ -36,7 +37,7 @@ fn shares_json(r: &Resolved) -> Value {
 fn resolved_json(r: &Resolved) -> Value {
     json!({
         "cpus": r.cpus, "memory": r.memory_mib, "disk": r.disk_gib, "accel": r.accel.to_string(),
-        "transport": r.transport.to_string(), "image": r.image, "shares": shares_json(r),
+        "arch": r.arch.to_string(), "transport": r.transport.to_string(), "image": r.image, "shares": shares_json(r),
     })
 }
 
@@ -163,6 +164,7 @@ mod tests {
         let accel = bad("accel=fast");
         assert!(accel.contains("unknown accelerator") && accel.contains(&path.display().to_string()), "{accel}");
         assert!(bad("cpus").contains("KEY=VALUE"));
+        assert!(bad("arch=sparc").contains("unknown guest architecture \"sparc\""));
         // Nothing refused was written, and no temporary file is left.
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
         assert!(!dir.path().join("config.toml.new").exists());

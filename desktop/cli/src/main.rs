@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use berth_core::config::{Resolved, VmSettings};
 use berth_core::vm::accel::AccelChoice;
+use berth_core::vm::arch::GuestArch;
 use berth_core::vm::{Machine, MachineConfig};
 use clap::{Args, Parser, Subcommand};
 
@@ -42,8 +43,12 @@ struct VmArgs {
     /// default auto].
     #[arg(long)]
     accel: Option<AccelChoice>,
+    /// The guest's architecture: amd64 (x86_64) or arm64 (aarch64); another than the host's
+    /// runs under TCG [config: arch; default the host's].
+    #[arg(long)]
+    arch: Option<GuestArch>,
     /// The guest image directory (vmlinuz, initrd.img) [config: image; default
-    /// $BERTH_HOME/image].
+    /// $BERTH_HOME/image, $BERTH_HOME/image-arm64 for arm64].
     #[arg(long)]
     image: Option<PathBuf>,
     /// How the host reaches the guest: auto (vsock, else serial), vsock, hybrid
@@ -65,6 +70,7 @@ impl VmArgs {
             memory: self.memory,
             disk: self.disk,
             accel: self.accel,
+            arch: self.arch,
             image: self.image.clone(),
             transport: self.transport,
             shares: (!self.shares.is_empty()).then(|| self.shares.clone()),
@@ -214,7 +220,8 @@ async fn end_leftover_qemu(home: &Path) {
 fn machine_config(home: &Path, r: &Resolved) -> MachineConfig {
     MachineConfig {
         dir: home.join("vm"),
-        image: r.image.clone().unwrap_or_else(|| home.join("image")),
+        image: r.image.clone().unwrap_or_else(|| home.join(r.arch.image_dir())),
+        arch: r.arch,
         cpus: r.cpus,
         memory_mib: r.memory_mib,
         disk_gib: r.disk_gib,
@@ -258,6 +265,7 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
     state.vm = Some(status::VmState {
         facts: status::VmFacts {
             qemu_pid: machine.qemu_pid(),
+            arch: cfg.arch.to_string(),
             accel: machine.accel.accel.to_string(),
             accel_forced: machine.accel.forced,
             accel_reason: machine.accel.reason.clone(),
@@ -378,7 +386,8 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         // The default image is built on first start, and again when the agent is rebuilt.
         None => {
-            berth_core::vm::image::ensure(&home.join("image"), &exe, |line| eprintln!("guest image: {line}")).await?
+            let cache = home.join(r.arch.image_dir());
+            berth_core::vm::image::ensure(&cache, &exe, r.arch, |line| eprintln!("guest image: {line}")).await?
         }
     };
     let log = std::fs::File::create(home.join("daemon.log"))?;
@@ -393,6 +402,8 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
             &r.disk_gib.to_string(),
             "--accel",
             &r.accel.to_string(),
+            "--arch",
+            r.arch.name(),
             "--transport",
             &r.transport.to_string(),
         ])

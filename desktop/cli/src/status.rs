@@ -26,6 +26,9 @@ pub struct DaemonState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmFacts {
     pub qemu_pid: Option<u32>,
+    /// The guest's architecture, amd64 or arm64 (empty in a state file from before it was kept).
+    #[serde(default)]
+    pub arch: String,
     pub accel: String,
     /// Named by the user (flag or config) rather than picked by the probe.
     pub accel_forced: bool,
@@ -276,7 +279,7 @@ pub fn render(r: &Report) -> String {
     if let Some(vm) = &r.vm {
         let how = if vm.facts.accel_forced { "as asked" } else { "probed" };
         out += &format!(
-            "  vm         {}, up {} (booted in {}), QEMU {} (pid {}), accelerator {} ({how}), transport {}\n",
+            "  vm         {}, up {} (booted in {}), QEMU {} (pid {}), accelerator {} ({how}), transport {}{}\n",
             vm.state.as_deref().unwrap_or("unknown"),
             duration(vm.uptime_secs),
             duration(vm.facts.boot.ready),
@@ -284,6 +287,7 @@ pub fn render(r: &Report) -> String {
             vm.facts.qemu_pid.map_or("?".into(), |p| p.to_string()),
             vm.facts.accel,
             vm.facts.transport,
+            if vm.facts.arch.is_empty() { String::new() } else { format!(", {} guest", vm.facts.arch) },
         );
         out += &format!("  resources  {} cpus, {} MiB memory", vm.facts.cpus, vm.facts.memory_mib);
         if let Some(rss) = vm.rss_bytes {
@@ -340,6 +344,7 @@ mod tests {
                 qemu_version: Some("7.2.22".into()),
                 facts: VmFacts {
                     qemu_pid: Some(8),
+                    arch: "arm64".into(),
                     accel: "tcg".into(),
                     accel_forced: false,
                     accel_reason: "probe".into(),
@@ -366,7 +371,7 @@ mod tests {
         for want in [
             "berth: running",
             "pid 7, up 1m 15s, 12.0 MiB resident",
-            "running, up 1m 10s (booted in 6.5 s), QEMU 7.2.22 (pid 8), accelerator tcg (probed)",
+            "running, up 1m 10s (booted in 6.5 s), QEMU 7.2.22 (pid 8), accelerator tcg (probed), transport hybrid, arm64 guest",
             "2 cpus, 1024 MiB memory (300.0 MiB resident), disk 4.0 GiB (3.0 MiB used on the host)",
             "containers: 1 running of 2, images: 3",
             "unix:///h/docker.sock",
@@ -418,6 +423,7 @@ mod tests {
             vm: Some(VmState {
                 facts: VmFacts {
                     qemu_pid: Some(3),
+                    arch: "amd64".into(),
                     accel: "tcg".into(),
                     accel_forced: true,
                     accel_reason: "asked for".into(),

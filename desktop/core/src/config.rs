@@ -6,6 +6,7 @@
 //! memory = 4096      # MiB
 //! disk = 64          # GiB, used when the data disk is first made
 //! accel = "auto"     # auto, kvm, hvf, whpx or tcg
+//! arch = "arm64"     # the guest's: amd64 or arm64; default the host's
 //! image = "image"    # guest image directory; relative to BERTH_HOME
 //! transport = "auto" # auto, vsock, hybrid or serial (see crate::transport)
 //! shares = ["/Users/me", "/Volumes/data:ro"]  # default: the home and temporary directories
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use crate::forward::files::ShareSpec;
 use crate::transport::Choice;
 use crate::vm::accel::AccelChoice;
+use crate::vm::arch::GuestArch;
 
 pub const DEFAULT_CPUS: u32 = 2;
 pub const DEFAULT_MEMORY_MIB: u32 = 2048;
@@ -52,6 +54,7 @@ pub struct VmSettings {
     /// GiB.
     pub disk: Option<NonZeroU32>,
     pub accel: Option<AccelChoice>,
+    pub arch: Option<GuestArch>,
     pub image: Option<PathBuf>,
     pub transport: Option<Choice>,
     /// Directories shared with the guest, `PATH` or `PATH:ro`; given, they replace the
@@ -66,6 +69,7 @@ pub struct Resolved {
     pub memory_mib: u32,
     pub disk_gib: u32,
     pub accel: AccelChoice,
+    pub arch: GuestArch,
     /// None: the default image directory.
     pub image: Option<PathBuf>,
     pub transport: Choice,
@@ -114,6 +118,7 @@ impl VmSettings {
             memory_mib: num(self.memory, file.memory, DEFAULT_MEMORY_MIB),
             disk_gib: num(self.disk, file.disk, DEFAULT_DISK_GIB),
             accel: self.accel.or(file.accel).unwrap_or_default(),
+            arch: self.arch.or(file.arch).unwrap_or_else(GuestArch::host),
             image: self.image.clone().or_else(|| file.image.clone()),
             transport: self.transport.or(file.transport).unwrap_or_default(),
             shares: match self.shares.as_ref().or(file.shares.as_ref()) {
@@ -151,7 +156,7 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "# mine\ncpus = 4\nmemory = 4096\naccel = \"tcg\"\nimage = \"img\"\ntransport = \"serial\"\nshares = ['{srv}:ro', '{work}']\n"
+                "# mine\ncpus = 4\nmemory = 4096\naccel = \"tcg\"\narch = \"aarch64\"\nimage = \"img\"\ntransport = \"serial\"\nshares = ['{srv}:ro', '{work}']\n"
             ),
         )
         .unwrap();
@@ -166,6 +171,7 @@ mod tests {
                 memory_mib: 4096,
                 disk_gib: DEFAULT_DISK_GIB,
                 accel: AccelChoice::Forced(Accel::Tcg),
+                arch: GuestArch::Arm64,
                 image: Some(dir.path().join("img")),
                 transport: Choice::Kind(crate::transport::Kind::Serial),
                 shares: vec![
@@ -174,9 +180,16 @@ mod tests {
                 ],
             }
         );
-        let flags = VmSettings { cpus: n(1), disk: n(8), accel: Some(AccelChoice::Auto), ..Default::default() };
+        let flags = VmSettings {
+            cpus: n(1),
+            disk: n(8),
+            accel: Some(AccelChoice::Auto),
+            arch: Some(GuestArch::Amd64),
+            ..Default::default()
+        };
         let r = flags.over(&file);
         assert_eq!((r.cpus, r.memory_mib, r.disk_gib, r.accel), (1, 4096, 8, AccelChoice::Auto));
+        assert_eq!(r.arch, GuestArch::Amd64);
 
         let defaults = VmSettings::default().over(&VmSettings::default());
         assert_eq!(
@@ -186,6 +199,7 @@ mod tests {
                 memory_mib: 2048,
                 disk_gib: 32,
                 accel: AccelChoice::Auto,
+                arch: GuestArch::host(),
                 image: None,
                 transport: Choice::Auto,
                 shares: crate::forward::files::default_shares(),
@@ -230,6 +244,8 @@ mod tests {
         assert!(zero.contains("line 3") && zero.contains("memory"), "{zero}");
         let accel = err("accel = \"fast\"\n");
         assert!(accel.contains("line 1") && accel.contains("unknown accelerator \"fast\""), "{accel}");
+        let arch = err("arch = \"riscv64\"\n");
+        assert!(arch.contains("line 1") && arch.contains("unknown guest architecture \"riscv64\""), "{arch}");
         let syntax = err("cpus = = 2\n");
         assert!(syntax.contains("line 1"), "{syntax}");
     }

@@ -10,6 +10,12 @@
 //! always works. On this host KVM prints `R` and hangs switching to protected mode: the same
 //! place where Linux stops (its last words under KVM are the real-mode "Probing EDD").
 //!
+//! An arm64 host (an Apple silicon Mac under HVF, an arm64 Linux under KVM) probes its arm64
+//! guest's accelerator the same way with a firmware for `virt` ([`firmware_arm64`]): it writes
+//! `A64` to the PL011 UART and powers off through PSCI. A guest of another architecture than
+//! the host's runs under TCG without a probe: no hardware accelerator runs a foreign
+//! instruction set.
+//!
 //! A verdict is cached in `accel-probe.json`, keyed by QEMU's version and the host kernel, so
 //! the next start does not pay for a hanging probe again; a change of either probes anew.
 
@@ -24,11 +30,15 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use super::arch::GuestArch;
+
 /// How long a probe may take; a working accelerator answers in well under 0.1 s.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What the firmware writes to the serial port once each mode is reached.
-const EXPECTED: &[u8] = b"RPL";
+/// What the x86 firmware writes to the serial port once each mode is reached.
+const EXPECTED_X86: &[u8] = b"RPL";
+/// What the arm64 firmware writes before it powers off.
+const EXPECTED_ARM64: &[u8] = b"A64";
 
 /// An accelerator QEMU can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -123,6 +133,8 @@ impl fmt::Display for AccelChoice {
 pub enum AccelError {
     #[error("unknown accelerator {0:?}: use auto, kvm, hvf, whpx or tcg")]
     Unknown(String),
+    #[error("{accel} cannot run an {guest} guest on this {host} host: only tcg emulates another architecture")]
+    ForeignGuest { accel: Accel, guest: GuestArch, host: GuestArch },
     #[error("writing the probe's firmware to {path}")]
     Firmware {
         path: PathBuf,
@@ -265,17 +277,56 @@ pub fn firmware_x86() -> Vec<u8> {
     img
 }
 
-/// Runs the firmware under `accel` with `qemu` (a `qemu-system-x86_64`), writing the image
-/// into `dir`; `Verdict::works` when `RPL` arrives within `timeout`.
-pub async fn probe(qemu: &Path, accel: Accel, dir: &Path, timeout: Duration) -> Result<Verdict, AccelError> {
-    let bios = dir.join("accel-probe.bin");
+/// The arm64 probe's firmware for QEMU's `virt` machine: 64 KiB of flash, where the CPU starts
+/// (at EL1: the probe's QEMU has neither EL2 nor EL3). It stores `A`, `6`, `4` into the PL011
+/// UART's data register at 0x0900_0000 and calls PSCI `SYSTEM_OFF` through `hvc`, which ends
+/// QEMU; anything after that spins. Instructions are encoded here (checked against GNU as's
+/// output) so that no cross assembler is needed to build Berth.
+pub fn firmware_arm64() -> Vec<u8> {
+    // MOVZ Wd, #imm16 (LSL #16 when `high`) and MOVK likewise: 32-bit register forms.
+    let movz = |rd: u32, imm: u32, high: bool| 0x5280_0000 | u32::from(high) << 21 | imm << 5 | rd;
+    let movk = |rd: u32, imm: u32, high: bool| 0x7280_0000 | u32::from(high) << 21 | imm << 5 | rd;
+    const STRB_W0_X1: u32 = 0x3900_0020; // strb w0, [x1]
+    let mut code = vec![0xd2a1_2001]; // movz x1, #0x0900, lsl #16: the UART
+    for b in EXPECTED_ARM64 {
+        code.extend([movz(0, u32::from(*b), false), STRB_W0_X1]);
+    }
+    code.extend([
+        movz(0, 0x0008, false), // w0 = 0x8400_0008: PSCI SYSTEM_OFF
+        movk(0, 0x8400, true),
+        0xd400_0002, // hvc #0
+        0x1400_0000, // b .
+    ]);
+    let mut img: Vec<u8> = code.iter().flat_map(|i| i.to_le_bytes()).collect();
+    img.resize(64 * 1024, 0);
+    img
+}
+
+/// Runs the firmware for `arch` under `accel` with `qemu` (that architecture's system
+/// emulator), writing the image into `dir`; `Verdict::works` when the firmware's bytes (`RPL`,
+/// `A64`) arrive within `timeout`.
+pub async fn probe(
+    qemu: &Path,
+    accel: Accel,
+    arch: GuestArch,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Verdict, AccelError> {
+    let bios = dir.join(format!("accel-probe-{arch}.bin"));
+    let (firmware, expected, machine) = match arch {
+        GuestArch::Amd64 => {
+            (firmware_x86(), EXPECTED_X86, vec!["-machine", "pc", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
+        }
+        GuestArch::Arm64 => (firmware_arm64(), EXPECTED_ARM64, arch.machine_args(accel)),
+    };
     std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&bios, firmware_x86()))
+        .and_then(|()| std::fs::write(&bios, firmware))
         .map_err(|source| AccelError::Firmware { path: bios.clone(), source })?;
     let started = Instant::now();
     let mut child = Command::new(qemu)
-        .args(["-accel", accel.name(), "-machine", "pc", "-m", "16", "-nodefaults", "-display", "none"])
-        .args(["-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
+        .args(["-accel", accel.name(), "-m", "16", "-nodefaults", "-display", "none"])
+        .args(&machine)
+        .args(["-no-reboot", "-serial", "stdio"])
         .arg("-bios")
         .arg(&bios)
         .stdin(Stdio::null())
@@ -288,7 +339,7 @@ pub async fn probe(qemu: &Path, accel: Accel, dir: &Path, timeout: Duration) -> 
     let mut seen = Vec::new();
     let read = async {
         let mut buf = [0u8; 64];
-        while !seen.ends_with(EXPECTED) {
+        while !seen.ends_with(expected) {
             match out.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
@@ -303,12 +354,14 @@ pub async fn probe(qemu: &Path, accel: Accel, dir: &Path, timeout: Duration) -> 
         let _ = e.read_to_string(&mut err).await;
     }
     let _ = std::fs::remove_file(&bios);
-    let works = seen.ends_with(EXPECTED);
+    let works = seen.ends_with(expected);
     let shown = String::from_utf8_lossy(&seen).into_owned();
     let detail = if works {
-        format!("reached long mode in {} ms", started.elapsed().as_millis())
+        let reached = if arch == GuestArch::Amd64 { "reached long mode" } else { "ran its firmware" };
+        format!("{reached} in {} ms", started.elapsed().as_millis())
     } else if timed_out {
-        format!("no answer in {} s (serial: {shown:?}, expected \"RPL\")", timeout.as_secs_f32())
+        let expected = String::from_utf8_lossy(expected);
+        format!("no answer in {} s (serial: {shown:?}, expected {expected:?})", timeout.as_secs_f32())
     } else {
         // Keep the first line that says why QEMU gave up, not its warnings.
         let why = err.lines().find(|l| !l.contains("warning")).unwrap_or(err.trim()).trim().to_owned();
@@ -370,18 +423,34 @@ pub async fn qemu_version(qemu: &Path) -> Option<String> {
     Some(text.lines().next()?.trim().to_owned())
 }
 
-/// Picks the accelerator for `choice`: a forced one as it is; for `auto`, the first candidate
-/// whose probe passes (verdicts cached in `cache`), else TCG.
-pub async fn choose(choice: AccelChoice, qemu: &Path, cache: &Path) -> Result<Chosen, AccelError> {
-    choose_from(choice, Accel::candidates(), qemu, cache).await
+/// Picks the accelerator for an `arch` guest and `choice`: a forced one as it is; for `auto`,
+/// the first candidate whose probe passes (verdicts cached in `cache`), else TCG. A guest of
+/// another architecture than the host's gets TCG, and a hardware accelerator asked for it is
+/// refused, naming the reason.
+pub async fn choose(choice: AccelChoice, arch: GuestArch, qemu: &Path, cache: &Path) -> Result<Chosen, AccelError> {
+    choose_from(choice, arch, GuestArch::host(), Accel::candidates(), qemu, cache).await
 }
 
 async fn choose_from(
     choice: AccelChoice,
+    arch: GuestArch,
+    host: GuestArch,
     candidates: &[Accel],
     qemu: &Path,
     cache: &Path,
 ) -> Result<Chosen, AccelError> {
+    if arch != host {
+        return match choice {
+            AccelChoice::Forced(accel) if accel != Accel::Tcg => {
+                Err(AccelError::ForeignGuest { accel, guest: arch, host })
+            }
+            _ => Ok(Chosen {
+                accel: Accel::Tcg,
+                forced: choice != AccelChoice::Auto,
+                reason: format!("an {arch} guest on an {host} host: only TCG emulates another architecture"),
+            }),
+        };
+    }
     if let AccelChoice::Forced(accel) = choice {
         return Ok(Chosen { accel, forced: true, reason: "asked for".into() });
     }
@@ -404,7 +473,7 @@ async fn choose_from(
                 v.clone()
             }
             None => {
-                let v = probe(qemu, accel, dir, PROBE_TIMEOUT).await?;
+                let v = probe(qemu, accel, arch, dir, PROBE_TIMEOUT).await?;
                 tracing::info!(%accel, works = v.works, detail = %v.detail, "accelerator probe");
                 verdicts.verdicts.insert(accel, v.clone());
                 verdicts.save(cache);
@@ -474,7 +543,9 @@ mod tests {
     async fn forced_accelerators_are_not_probed() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("accel-probe.json");
-        let c = choose(AccelChoice::Forced(Accel::Kvm), Path::new("/nonexistent/qemu"), &cache).await.unwrap();
+        let c = choose(AccelChoice::Forced(Accel::Kvm), GuestArch::host(), Path::new("/nonexistent/qemu"), &cache)
+            .await
+            .unwrap();
         assert_eq!(c, Chosen { accel: Accel::Kvm, forced: true, reason: "asked for".into() });
         assert!(!cache.exists());
     }
@@ -495,13 +566,17 @@ mod tests {
         let mut c = Cache { key: Some(key.clone()), verdicts: BTreeMap::new() };
         c.verdicts.insert(Accel::Hvf, Verdict { works: true, detail: "cached".into() });
         c.save(&cache);
-        let chosen = choose_from(AccelChoice::Auto, &[Accel::Hvf], qemu, &cache).await.unwrap();
+        let chosen = choose_from(AccelChoice::Auto, GuestArch::host(), GuestArch::host(), &[Accel::Hvf], qemu, &cache)
+            .await
+            .unwrap();
         assert_eq!((chosen.accel, chosen.forced), (Accel::Hvf, false));
         assert!(chosen.reason.contains("cached"), "{}", chosen.reason);
         // Another kernel: the cache is stale, and the probe runs (and fails with `true`).
         let other = CacheKey { kernel: "another".into(), ..key };
         Cache { key: Some(other), verdicts: c.verdicts }.save(&cache);
-        let chosen = choose_from(AccelChoice::Auto, &[Accel::Hvf], qemu, &cache).await.unwrap();
+        let chosen = choose_from(AccelChoice::Auto, GuestArch::host(), GuestArch::host(), &[Accel::Hvf], qemu, &cache)
+            .await
+            .unwrap();
         assert_eq!(chosen.accel, Accel::Tcg, "{}", chosen.reason);
         let saved: Cache = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
         assert_eq!(saved.key.unwrap().kernel, host_kernel());
@@ -511,8 +586,49 @@ mod tests {
     #[tokio::test]
     async fn no_candidates_means_tcg() {
         let dir = tempfile::tempdir().unwrap();
-        let chosen = choose_from(AccelChoice::Auto, &[], Path::new("true"), &dir.path().join("c.json")).await.unwrap();
+        let chosen = choose_from(
+            AccelChoice::Auto,
+            GuestArch::host(),
+            GuestArch::host(),
+            &[],
+            Path::new("true"),
+            &dir.path().join("c.json"),
+        )
+        .await
+        .unwrap();
         assert_eq!((chosen.accel, chosen.forced), (Accel::Tcg, false));
+    }
+
+    #[tokio::test]
+    async fn a_guest_of_another_architecture_gets_tcg_without_a_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("c.json");
+        let (arm, x86) = (GuestArch::Arm64, GuestArch::Amd64);
+        // `true` as QEMU: a probe would fail, so TCG here can only be the rule, not a verdict.
+        let chosen = choose_from(AccelChoice::Auto, arm, x86, &[Accel::Kvm], Path::new("true"), &cache).await.unwrap();
+        assert_eq!((chosen.accel, chosen.forced), (Accel::Tcg, false));
+        assert!(chosen.reason.contains("an arm64 guest on an amd64 host"), "{}", chosen.reason);
+        assert!(!cache.exists(), "nothing was probed");
+        let tcg = choose_from(AccelChoice::Forced(Accel::Tcg), x86, arm, &[Accel::Hvf], Path::new("true"), &cache);
+        assert_eq!(tcg.await.unwrap().accel, Accel::Tcg);
+        let hvf = choose_from(AccelChoice::Forced(Accel::Hvf), x86, arm, &[Accel::Hvf], Path::new("true"), &cache);
+        let e = hvf.await.unwrap_err().to_string();
+        assert_eq!(e, "hvf cannot run an amd64 guest on this arm64 host: only tcg emulates another architecture");
+    }
+
+    #[test]
+    fn the_arm64_firmware_is_what_gnu_as_makes_of_its_program() {
+        // aarch64-linux-gnu-as on: movz x1, #0x0900, lsl #16; movz w0, #0x41; strb w0, [x1];
+        // (the same for '6' and '4'); movz w0, #8; movk w0, #0x8400, lsl #16; hvc #0; b .
+        let words: [u32; 11] = [
+            0xd2a12001, 0x52800820, 0x39000020, 0x528006c0, 0x39000020, 0x52800680, 0x39000020, 0x52800100, 0x72b08000,
+            0xd4000002, 0x14000000,
+        ];
+        let fw = firmware_arm64();
+        assert_eq!(fw.len(), 65536);
+        let expected: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(&fw[..expected.len()], &expected[..]);
+        assert!(fw[expected.len()..].iter().all(|b| *b == 0));
     }
 
     /// The real probe with this machine's QEMU. TCG always passes. KVM is reported as this host
@@ -527,10 +643,10 @@ mod tests {
             panic!("qemu-system-x86_64 is needed (./dev setup installs it)");
         }
         let dir = tempfile::tempdir().unwrap();
-        let tcg = probe(qemu, Accel::Tcg, dir.path(), PROBE_TIMEOUT).await.unwrap();
+        let tcg = probe(qemu, Accel::Tcg, GuestArch::Amd64, dir.path(), PROBE_TIMEOUT).await.unwrap();
         assert!(tcg.works, "{}", tcg.detail);
         let started = Instant::now();
-        let kvm = probe(qemu, Accel::Kvm, dir.path(), PROBE_TIMEOUT).await.unwrap();
+        let kvm = probe(qemu, Accel::Kvm, GuestArch::Amd64, dir.path(), PROBE_TIMEOUT).await.unwrap();
         assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(2), "the probe overran its timeout");
         eprintln!("kvm on this host: works={} ({})", kvm.works, kvm.detail);
         if !kvm_device_opens() {
@@ -540,5 +656,20 @@ mod tests {
             // The verdict says where it stopped, for the log and the cache.
             assert!(kvm.detail.contains("serial"), "{}", kvm.detail);
         }
+    }
+
+    /// The arm64 firmware under TCG with this machine's `qemu-system-aarch64`: what an Apple
+    /// silicon Mac runs under HVF, and an arm64 Linux under KVM.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_arm64_probe_passes_under_tcg() {
+        let qemu = Path::new("qemu-system-aarch64");
+        if qemu_version(qemu).await.is_none() {
+            panic!("qemu-system-aarch64 is needed (./dev setup installs qemu-system-arm)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let v = probe(qemu, Accel::Tcg, GuestArch::Arm64, dir.path(), PROBE_TIMEOUT).await.unwrap();
+        assert!(v.works, "{}", v.detail);
+        assert!(v.detail.starts_with("ran its firmware"), "{}", v.detail);
     }
 }

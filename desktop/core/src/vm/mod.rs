@@ -12,6 +12,7 @@
 //!    `system_powerdown`; then QMP `quit`; kill QEMU only as the last resort.
 
 pub mod accel;
+pub mod arch;
 pub mod image;
 pub mod qmp;
 
@@ -29,6 +30,8 @@ use crate::transport::{self, Transport};
 pub enum VmError {
     #[error("no guest image in {0}: build one with vm-image/build.sh {0}")]
     NoImage(PathBuf),
+    #[error("the guest image in {dir} is built for {built}, not for the {wanted} guest asked for (--arch)")]
+    WrongArch { dir: PathBuf, built: arch::GuestArch, wanted: arch::GuestArch },
     #[error("{what} could not be started ({program}): is it installed?")]
     Spawn {
         what: &'static str,
@@ -55,6 +58,8 @@ pub struct MachineConfig {
     pub dir: PathBuf,
     /// A directory with `vmlinuz` and `initrd.img` (vm-image/build.sh makes it).
     pub image: PathBuf,
+    /// The guest's architecture, which the image must be built for.
+    pub arch: arch::GuestArch,
     pub cpus: u32,
     pub memory_mib: u32,
     pub disk_gib: u32,
@@ -178,9 +183,6 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The QEMU binary (x86-64 guests only, for now).
-const QEMU: &str = "qemu-system-x86_64";
-
 /// Where QEMU's program `name` (`qemu-system-x86_64`, `qemu-img`) is: in `BERTH_QEMU_DIR`, on
 /// `PATH`, or where QEMU installs itself on a host whose desktop starts programs without it on
 /// `PATH` (an app opened from the macOS Finder has only `/usr/bin:/bin:/usr/sbin:/sbin`):
@@ -215,8 +217,8 @@ fn restrict(path: &Path) -> std::io::Result<()> {
 
 /// The guest kernel's command line; `guest_log` (BERTH_GUEST_LOG on the host) becomes the
 /// engine's log filter (`berth.log=`, read by the guest's init).
-fn kernel_cmdline(guest_log: Option<&str>) -> String {
-    let mut line = String::from("console=ttyS0 quiet panic=-1");
+fn kernel_cmdline(arch: arch::GuestArch, guest_log: Option<&str>) -> String {
+    let mut line = format!("console={} quiet panic=-1", arch.console());
     if let Some(filter) = guest_log.filter(|f| !f.is_empty() && !f.contains(char::is_whitespace)) {
         line += &format!(" berth.log={filter}");
     }
@@ -360,6 +362,9 @@ impl Machine {
                 return Err(VmError::NoImage(cfg.image.clone()));
             }
         }
+        if let Some(built) = image::arch_of(&cfg.image).filter(|a| *a != cfg.arch) {
+            return Err(VmError::WrongArch { dir: cfg.image.clone(), built, wanted: cfg.arch });
+        }
         std::fs::create_dir_all(&cfg.dir).map_err(io(&cfg.dir))?;
         let disk = cfg.dir.join("data.qcow2");
         if !disk.exists() {
@@ -379,8 +384,8 @@ impl Machine {
                 return Err(VmError::Boot(format!("creating the data disk: {}", String::from_utf8_lossy(&out.stderr))));
             }
         }
-        let qemu_path = qemu_program(QEMU);
-        let chosen = accel::choose(cfg.accel, &qemu_path, &cfg.dir.join("accel-probe.json")).await?;
+        let qemu_path = qemu_program(cfg.arch.qemu());
+        let chosen = accel::choose(cfg.accel, cfg.arch, &qemu_path, &cfg.dir.join("accel-probe.json")).await?;
         tracing::info!(accel = %chosen.accel, forced = chosen.forced, reason = %chosen.reason, "accelerator");
         let serial = cfg.dir.join("serial.log");
         let qmp = cfg.dir.join("qmp.sock");
@@ -391,6 +396,7 @@ impl Machine {
         let mem = format!("{}M", cfg.memory_mib);
         let mut qemu = Command::new(&qemu_path);
         qemu.args(["-accel", chosen.accel.name(), "-m", &mem, "-smp", &cfg.cpus.to_string()])
+            .args(cfg.arch.machine_args(chosen.accel))
             .args(["-nodefaults", "-no-reboot", "-display", "none"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -399,7 +405,7 @@ impl Machine {
             .arg("-initrd")
             .arg(cfg.image.join("initrd.img"))
             .arg("-append")
-            .arg(kernel_cmdline(std::env::var("BERTH_GUEST_LOG").ok().as_deref()))
+            .arg(kernel_cmdline(cfg.arch, std::env::var("BERTH_GUEST_LOG").ok().as_deref()))
             .arg("-netdev")
             .arg(cfg.hostfwd.iter().fold("user,id=n0".to_string(), |n, f| format!("{n},hostfwd={f}")))
             .args(["-device", "virtio-net-pci,netdev=n0"])
@@ -554,7 +560,7 @@ mod tests {
         let bios = dir.join("fw.bin");
         std::fs::write(&bios, accel::firmware_x86()).unwrap();
         let qmp = dir.join("qmp.sock");
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = Command::new(arch::GuestArch::Amd64.qemu());
         cmd.args(["-accel", "tcg", "-machine", "pc", "-m", "16", "-nodefaults", "-display", "none", "-bios"])
             .arg(&bios)
             .stdin(Stdio::null())
@@ -611,12 +617,18 @@ mod tests {
 
     #[test]
     fn the_guest_log_filter_reaches_the_kernel_command_line() {
-        assert_eq!(kernel_cmdline(None), "console=ttyS0 quiet panic=-1");
+        use arch::GuestArch::{Amd64, Arm64};
+        assert_eq!(kernel_cmdline(Amd64, None), "console=ttyS0 quiet panic=-1");
+        assert_eq!(kernel_cmdline(Arm64, None), "console=ttyAMA0 quiet panic=-1");
         assert_eq!(
-            kernel_cmdline(Some("debug,yamux=trace")),
+            kernel_cmdline(Amd64, Some("debug,yamux=trace")),
             "console=ttyS0 quiet panic=-1 berth.log=debug,yamux=trace"
         );
-        assert_eq!(kernel_cmdline(Some("a b")), "console=ttyS0 quiet panic=-1", "a space would split the option");
+        assert_eq!(
+            kernel_cmdline(Amd64, Some("a b")),
+            "console=ttyS0 quiet panic=-1",
+            "a space would split the option"
+        );
     }
 
     #[test]

@@ -1,0 +1,65 @@
+//! The arm64 guest, the one Apple silicon Macs boot under HVF, booted here under TCG on an
+//! x86-64 host by `berth start --arch arm64`: its image built on first start from Debian's
+//! arm64 cloud kernel and the cross-built agent (`./dev agent-arm64`), a pull of a
+//! multi-platform image picking its `linux/arm64` variant, the container running on the
+//! aarch64 kernel, and a volume kept across a restart of the VM.
+//!
+//! Its own test binary, so that cargo runs it alone, not beside the x86-64 VMs of `vm.rs`.
+
+use berth_tests::{BerthHome, workspace};
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn the_arm64_guest_boots_under_tcg_runs_arm64_images_and_keeps_a_volume() {
+    let reg = berth_tests::registry();
+    let pushed = std::process::Command::new(workspace().join("tests/fixtures/make-multiarch.sh"))
+        .arg(&reg.addr)
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "make-multiarch.sh: {}", text(&pushed));
+    let img = format!("{}/multi:latest", reg.addr);
+
+    let home = BerthHome(tempfile::tempdir().unwrap());
+    let out = home.berth(&["start", "--arch", "arm64", "--memory", "1024"]);
+    assert!(out.status.success(), "berth start --arch arm64: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("building the arm64 guest image"), "{err}");
+    let manifest = std::fs::read_to_string(home.0.path().join("image-arm64/manifest.txt")).unwrap();
+    assert!(manifest.starts_with("arch arm64\n") && manifest.contains("cloud-arm64"), "{manifest}");
+    let status = home.status();
+    let vm = &status["vm"];
+    assert_eq!((vm["arch"].as_str(), vm["accel"].as_str()), (Some("arm64"), Some("tcg")), "{status}");
+    eprintln!("arm64 guest under TCG: first start booted in {:.1} s", vm["boot"]["ready"].as_f64().unwrap_or(-1.0));
+
+    // The engine says what it is, as dockerd on an arm64 host does.
+    let info = home.docker(&["info", "--format", "{{.Architecture}} {{.OSType}}"]);
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), "aarch64 linux", "{}", text(&info));
+    let pull = home.docker(&["pull", &img]);
+    assert!(pull.status.success(), "{}", text(&pull));
+    let arch = home.docker(&["image", "inspect", "--format", "{{.Architecture}}", &img]);
+    assert_eq!(String::from_utf8_lossy(&arch.stdout).trim(), "arm64", "the pull picked another platform");
+    let run =
+        home.docker(&["run", "--rm", "-v", "kept:/d", &img, "sh", "-c", "uname -m; cat /etc/arch; echo kept > /d/f"]);
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "aarch64\narm64\n", "{}", text(&run));
+
+    // A restart keeps the volume (and the image, built once: no rebuild on the second start).
+    let stop = home.berth(&["stop"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let again = home.berth(&["start", "--arch", "arm64", "--memory", "1024"]);
+    assert!(again.status.success(), "the second start: {}", text(&again));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("guest image"), "the image was rebuilt: {}", text(&again));
+    let kept = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f"]);
+    assert_eq!(String::from_utf8_lossy(&kept.stdout), "kept\n", "{}", text(&kept));
+    eprintln!("arm64 guest under TCG: second start booted in {:.1} s", home.status()["vm"]["boot"]["ready"]);
+    let stop = home.berth(&["stop"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+
+    // An image of one architecture is not booted as the other's, and the error says so.
+    let wrong =
+        home.berth(&["start", "--arch", "amd64", "--image", home.0.path().join("image-arm64").to_str().unwrap()]);
+    assert!(!wrong.status.success());
+    assert!(text(&wrong).contains("is built for arm64, not for the amd64 guest"), "{}", text(&wrong));
+}
