@@ -4,7 +4,9 @@
 # Debian root made by debootstrap with only qemu-system-x86 and qemu-utils added, and there, as
 # a plain user: berth start, berth run --rm of an image from a registry on this machine's
 # loopback, a shared folder both ways (files the container makes belong to the user), berth
-# stop. Prints the package's size. Run by ./dev test; alone: tests/package.sh.
+# stop; the arm64 guest is in the package too, and without qemu-system-arm `berth start --arch
+# arm64` says what is missing. Prints the package's size. Run by ./dev test; alone:
+# tests/package.sh.
 # BERTH_PACKAGE_ROOT_CACHE=FILE keeps the debootstrapped root (with QEMU) as a tarball between
 # runs; CI makes it afresh.
 set -euo pipefail
@@ -18,10 +20,13 @@ MIRROR=${BERTH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 step "building berth and berth-agent (release)"
 cargo build --release -p berth -p berth-agent
-step "building the guest image from that agent"
-BERTH_AGENT=$ROOT/target/release/berth-agent vm-image/build.sh "$OUT/image"
+step "building the arm64 guest's agent (./dev agent-arm64)"
+./dev agent-arm64
+step "building the guest images from those agents"
+BERTH_AGENT=$ROOT/target/release/berth-agent vm-image/build.sh --arch amd64 "$OUT/image"
+BERTH_AGENT=$ROOT/target/cross/aarch64-unknown-linux-gnu/release/berth-agent vm-image/build.sh --arch arm64 "$OUT/image-arm64"
 DEB=$(desktop/package/deb.sh "$OUT")
-dpkg-deb -I "$DEB" | sed -n 's/^ \(Package\|Version\|Depends\|Installed-Size\):/  \1:/p'
+dpkg-deb -I "$DEB" | sed -n 's/^ \(Package\|Version\|Depends\|Suggests\|Installed-Size\):/  \1:/p'
 
 WORK=$(mktemp -d "$OUT/test.XXXXXX")
 cleanup() {
@@ -93,6 +98,13 @@ got=\$(as_user berth run --rm -v /home/tester/project:/work "$REG/busybox" sh -c
 [ "\$(cat "$R/home/tester/project/made.txt")" = "from the container" ] || { echo "the container's file did not reach the host" >&2; exit 1; }
 owner=\$(stat -c %u:%g "$R/home/tester/project/made.txt")
 [ "\$owner" = 1500:1500 ] || { echo "the container's file belongs to \$owner, not the user" >&2; exit 1; }
+step "as tester: berth start --arch arm64 without qemu-system-arm says so"
+grep -qx "arch arm64" "$R/usr/lib/berth/image-arm64/manifest.txt" || { echo "the package has no arm64 guest" >&2; exit 1; }
+if arm=\$(as_user env BERTH_HOME=/home/tester/arm64 berth start --arch arm64 2>&1); then
+    echo "berth start --arch arm64 started without qemu-system-aarch64: \$arm" >&2; exit 1
+fi
+grep -q "qemu-system-aarch64.*is it installed" <<<"\$arm" || { echo "berth start --arch arm64 did not name the missing QEMU: \$arm" >&2; exit 1; }
+echo "  \$(grep -m1 "qemu-system-aarch64" <<<"\$arm")"
 step "as tester: berth status, berth stop"
 as_user berth status | head -n 5
 as_user berth stop

@@ -143,6 +143,15 @@ done
 #    the archive has now, each recorded in the manifest). Libraries are what the programs'
 #    NEEDED entries name, followed transitively (readelf works on any architecture; ldd would
 #    have to run the program).
+# fetch DIR PKG: PKG's $ARCH package in DIR, downloaded unless one is there (apt checks a
+# download against the archive's signed index).
+fetch() {
+    ls "$1/${2}"_*_"$ARCH".deb >/dev/null 2>&1 && return 0
+    (cd "$1" && apt-get download -q "$2:$ARCH" >/dev/null 2>&1) && return 0
+    apt-get update -qq >/dev/null 2>&1 || true
+    (cd "$1" && apt-get download -q "$2:$ARCH" >/dev/null) \
+        || { echo "downloading $2:$ARCH failed: is $ARCH a dpkg architecture here (dpkg --add-architecture $ARCH; apt-get update)?" >&2; exit 1; }
+}
 SYS_PKGS=(libc6 libgcc-s1 libseccomp2 e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 libss2
     iptables libxtables12 libip4tc2 libip6tc2)
 if [ "$NATIVE" = yes ]; then
@@ -153,16 +162,11 @@ else
     SYS="$WORK/sys"
     STRIP=$LIBDIR-strip
     command -v "$STRIP" >/dev/null || { echo "$STRIP is missing (Debian package binutils-$LIBDIR)" >&2; exit 2; }
-    step "downloading the $ARCH packages of the guest's tools (${SYS_PKGS[*]})"
+    step "the $ARCH packages of the guest's tools (${SYS_PKGS[*]})"
     mkdir -p "$CACHE/$ARCH" "$SYS"
-    rm -f "$CACHE/$ARCH"/*.deb
-    (cd "$CACHE/$ARCH" && apt-get download -q "${SYS_PKGS[@]/%/:$ARCH}" >/dev/null 2>&1) || {
-        apt-get update -qq >/dev/null 2>&1 || true
-        (cd "$CACHE/$ARCH" && apt-get download -q "${SYS_PKGS[@]/%/:$ARCH}" >/dev/null) \
-            || { echo "downloading the $ARCH packages failed: is $ARCH a dpkg architecture here (dpkg --add-architecture $ARCH; apt-get update)?" >&2; exit 1; }
-    }
-    for d in "$CACHE/$ARCH"/*.deb; do dpkg-deb -x "$d" "$SYS"; done
-    pkgver() { local d; d=$(ls "$CACHE/$ARCH/$1"_*.deb); echo "$1 $(dpkg-deb -f "$d" Version)"; }
+    for p in "${SYS_PKGS[@]}"; do fetch "$CACHE/$ARCH" "$p"; done
+    for p in "${SYS_PKGS[@]}"; do dpkg-deb -x "$(ls "$CACHE/$ARCH/${p}"_*.deb | head -1)" "$SYS"; done
+    pkgver() { local d; d=$(ls "$CACHE/$ARCH/$1"_*.deb | head -1); echo "$1 $(dpkg-deb -f "$d" Version)"; }
 fi
 # needed FILE: the paths (in SYS) of the libraries FILE needs, transitively.
 needed() {
@@ -201,6 +205,20 @@ for bin in "$AGENT" "$SYS/sbin/mke2fs" "$SYS/usr/sbin/xtables-legacy-multi"; do
     while read -r lib; do cp -L "$lib" "$R/lib/$LIBDIR/"; done < "$WORK/libs"
 done
 cp -L "$SYS$LOADER" "$R$LOADER"
+# The other architecture's programs run through QEMU's user-mode emulator, registered with
+# binfmt_misc by the guest's init from Debian's own binfmt.d line (flags F: the kernel opens
+# the emulator once, so containers need no copy of it; P: argv[0] kept; O: the program passed
+# open). One static binary out of Debian's qemu-user-static (a 60 MB package: kept in OUT/debs).
+EMU=$([ "$ARCH" = arm64 ] && echo x86_64 || echo aarch64)
+step "adding qemu-$EMU-static (the other architecture's programs, through binfmt_misc)"
+fetch "$CACHE" qemu-user-static
+QDEB=$(ls "$CACHE"/qemu-user-static_*_"$ARCH".deb | head -1)
+# tar stops reading once it has the three members: dpkg-deb's broken pipe is expected.
+{ dpkg-deb --fsys-tarfile "$QDEB" 2>/dev/null || true; } | (cd "$R" && tar -x "./usr/bin/qemu-$EMU-static" \
+    "./usr/libexec/qemu-binfmt/$EMU-binfmt-P" "./usr/lib/binfmt.d/qemu-$EMU.conf")
+for f in "usr/bin/qemu-$EMU-static" "usr/lib/binfmt.d/qemu-$EMU.conf"; do
+    [ -s "$R/$f" ] || { echo "$f is not in $QDEB" >&2; exit 1; }
+done
 # Trusted CAs for HTTPS registries (the TLS stack refuses to start without any).
 mkdir -p "$R/etc/ssl/certs"
 cp -L /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/"
@@ -220,5 +238,6 @@ step "writing the initramfs"
     echo "iptables $(pkgver iptables)"
     echo "libc $(pkgver libc6)"
     echo "ca-certificates $(dpkg-query -W -f='${Version}' ca-certificates)"
+    echo "emulator qemu-$EMU-static qemu-user-static $(dpkg-deb -f "$QDEB" Version)"
 } > "$OUT/manifest.txt"
 step "guest image in $OUT: vmlinuz $(du -h "$OUT/vmlinuz" | cut -f1), initrd.img $(du -h "$OUT/initrd.img" | cut -f1)"

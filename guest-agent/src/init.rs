@@ -6,7 +6,8 @@
 //!
 //! 1. Leave the initramfs for a tmpfs root (containers need `pivot_root`, which the initramfs
 //!    cannot give), then mount /proc, /sys, /dev (+ pts, shm), /run, /tmp and cgroup2.
-//! 2. Load the kernel modules listed in `/lib/modules/berth.modules`, in that order.
+//! 2. Load the kernel modules listed in `/lib/modules/berth.modules`, in that order; register
+//!    the other architecture's emulator with binfmt_misc (`/usr/lib/binfmt.d`).
 //! 3. Bring up `lo` and `eth0` for QEMU's user networking (10.0.2.15/24 via 10.0.2.2, DNS
 //!    10.0.2.3; `berth.ip=`, `berth.gw=`, `berth.dns=` on the kernel command line override).
 //! 4. Mount the data disk (`berth.disk=`, default /dev/vda) at /var/lib/berth, formatting it
@@ -101,6 +102,32 @@ fn load_modules(list: &Path) {
             return;
         }
         pending = failed.into_iter().map(|(name, _)| name).collect();
+    }
+}
+
+/// The registration lines of a binfmt.d file (systemd's format: one
+/// `:name:type:offset:magic:mask:interpreter:flags` a line; `#` and `;` start comments).
+fn binfmt_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| l.starts_with(':'))
+}
+
+/// Registers every emulator the image carries in `dir` (build.sh puts QEMU's user-mode one for
+/// the other architecture there) with binfmt_misc, so that an image of that architecture runs.
+/// Each line names its interpreter with the `F` flag: the kernel opens it now, from this root,
+/// and containers need no copy of it.
+fn register_emulators(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    mount_fs("binfmt_misc", "/proc/sys/fs/binfmt_misc", "binfmt_misc", MsFlags::empty(), None);
+    for entry in entries.flatten() {
+        let text = fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in binfmt_lines(&text) {
+            let name = line.split(':').nth(1).unwrap_or("?");
+            match fs::write("/proc/sys/fs/binfmt_misc/register", line) {
+                Ok(()) => log(&format!("binfmt: {name} registered")),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => log(&format!("binfmt: registering {name}: {e}")),
+            }
+        }
     }
 }
 
@@ -327,6 +354,7 @@ pub fn main() -> anyhow::Result<()> {
     log("starting");
     let opts = cmdline_options(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
     load_modules(Path::new("/lib/modules/berth.modules"));
+    register_emulators(Path::new("/usr/lib/binfmt.d"));
     network(&opts);
     if let Err(e) = data_disk(&opts) {
         log(&format!("{e:#}"));
@@ -370,6 +398,15 @@ pub fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binfmt_files_give_their_registration_lines() {
+        // As Debian's qemu-user-static ships /usr/lib/binfmt.d/qemu-x86_64.conf (magic cut).
+        let text =
+            "# comment\n\n:qemu-x86_64:M::\\x7fELF:\\xff\\xff:/usr/libexec/qemu-binfmt/x86_64-binfmt-P:OPF\n; other\n";
+        let lines: Vec<&str> = binfmt_lines(text).collect();
+        assert_eq!(lines, [":qemu-x86_64:M::\\x7fELF:\\xff\\xff:/usr/libexec/qemu-binfmt/x86_64-binfmt-P:OPF"]);
+    }
 
     #[test]
     fn the_power_button_is_found_and_its_press_read() {

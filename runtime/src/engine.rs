@@ -137,10 +137,12 @@ impl EngineError {
                 ImageError::NotFound(_)
                 | ImageError::NoLocalTag(_)
                 | ImageError::ManifestUnknown(_)
+                | ImageError::WrongPlatform { .. }
                 | ImageError::Denied { .. } => ErrorKind::NotFound,
-                ImageError::InvalidReference(_) | ImageError::Invalid(_) | ImageError::NoPlatform { .. } => {
-                    ErrorKind::InvalidArgument
-                }
+                ImageError::InvalidReference(_)
+                | ImageError::Invalid(_)
+                | ImageError::NoPlatform { .. }
+                | ImageError::BadPlatform(_) => ErrorKind::InvalidArgument,
                 ImageError::Conflict(_) => ErrorKind::Conflict,
                 ImageError::Unauthorized(_) => ErrorKind::Unauthorized,
                 _ => ErrorKind::Internal,

@@ -155,6 +155,19 @@ pub fn registry() -> &'static Registry {
     })
 }
 
+/// `multi:latest` in [`registry`]: an OCI index of a busybox for linux/amd64 and one for
+/// linux/arm64 (`tests/fixtures/make-multiarch.sh`), each with `/etc/arch` saying which it is;
+/// pushed once per test process, on first use. Returns the image's name.
+pub fn multiarch() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let reg = registry();
+        let out = Command::new(workspace().join("tests/fixtures/make-multiarch.sh")).arg(&reg.addr).output().unwrap();
+        assert!(out.status.success(), "make-multiarch.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        format!("{}/multi:latest", reg.addr)
+    })
+}
+
 /// A registry that wants HTTP Basic auth (`AUTH_USER`/`AUTH_PASSWORD`), with `busybox:latest`.
 pub fn auth_registry() -> &'static Registry {
     static REG: OnceLock<Registry> = OnceLock::new();

@@ -1,5 +1,5 @@
 //! Images through the docker CLI: pulls (OCI and Docker schema 2, gzip and zstd, a whiteout),
-//! progress, list, inspect, tag, rmi (refused while in use), prune, unknown images.
+//! progress, list, inspect, tag, rmi (refused while in use), prune, unknown images, platforms.
 
 use berth_tests::{Agent, registry};
 
@@ -94,6 +94,42 @@ fn unknown_images_are_clear_errors() {
     assert!(err.contains("No such image"), "{err}");
     let (_, err) = a.fails(&["pull", "Bad_Name"]);
     assert!(err.contains("invalid reference format"), "{err}");
+}
+
+/// A multi-platform image: a pull takes the engine's own platform unless asked for another,
+/// `run --platform` of a local image of another platform makes the docker CLI pull the right
+/// one (dockerd's "not found"), and a program of an architecture nothing here runs fails naming
+/// its architecture.
+#[test]
+fn platforms_pick_an_index_entry_and_a_foreign_program_says_what_it_is() {
+    let a = Agent::start();
+    let img = berth_tests::multiarch();
+    let arch = |a: &Agent| a.ok(&["image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", img]);
+    a.ok(&["pull", img]);
+    assert_eq!(arch(&a).trim(), "linux/amd64");
+    assert_eq!(a.ok(&["run", "--rm", img, "cat", "/etc/arch"]), "amd64\n");
+    a.ok(&["pull", "--platform", "linux/arm64", img]);
+    assert_eq!(arch(&a).trim(), "linux/arm64", "the tag moves to the platform pulled, as on dockerd");
+    // The local image is arm64: asking for amd64 pulls it again, then runs it.
+    let out = a.ok(&["run", "--rm", "--platform", "linux/amd64", img, "cat", "/etc/arch"]);
+    assert!(out.ends_with("amd64\n"), "{out}");
+    assert_eq!(arch(&a).trim(), "linux/amd64");
+
+    // arm64 programs run here only if this host registered an emulator for them.
+    let emulated = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().contains("aarch64")))
+        .unwrap_or(false);
+    if !emulated {
+        let (code, err) = a.fails(&["run", "--rm", "--platform", "linux/arm64", img, "cat", "/etc/arch"]);
+        assert_eq!(code, 125, "{err}");
+        assert!(err.contains("exec format error") && err.contains("it is a linux/arm64 program"), "{err}");
+        assert!(err.contains("no emulator for arm64 registered in binfmt_misc"), "{err}");
+    }
+
+    let (_, err) = a.fails(&["pull", "--platform", "linux/s390x", img]);
+    assert!(err.contains("no matching manifest for linux/s390x in the manifest list entries"), "{err}");
+    let (_, err) = a.fails(&["pull", "--platform", "windows/amd64", img]);
+    assert!(err.contains("invalid platform \"windows/amd64\": this engine runs Linux containers only"), "{err}");
 }
 
 #[test]

@@ -2,11 +2,12 @@
 //! x86-64 host by `berth start --arch arm64`: its image built on first start from Debian's
 //! arm64 cloud kernel and the cross-built agent (`./dev agent-arm64`), a pull of a
 //! multi-platform image picking its `linux/arm64` variant, the container running on the
-//! aarch64 kernel, and a volume kept across a restart of the VM.
+//! aarch64 kernel, `--platform linux/amd64` running through QEMU's user-mode emulator, and a
+//! volume kept across a restart of the VM.
 //!
 //! Its own test binary, so that cargo runs it alone, not beside the x86-64 VMs of `vm.rs`.
 
-use berth_tests::{BerthHome, workspace};
+use berth_tests::BerthHome;
 
 fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -14,13 +15,7 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn the_arm64_guest_boots_under_tcg_runs_arm64_images_and_keeps_a_volume() {
-    let reg = berth_tests::registry();
-    let pushed = std::process::Command::new(workspace().join("tests/fixtures/make-multiarch.sh"))
-        .arg(&reg.addr)
-        .output()
-        .unwrap();
-    assert!(pushed.status.success(), "make-multiarch.sh: {}", text(&pushed));
-    let img = format!("{}/multi:latest", reg.addr);
+    let img = berth_tests::multiarch();
 
     let home = BerthHome(tempfile::tempdir().unwrap());
     let out = home.berth(&["start", "--arch", "arm64", "--memory", "1024"]);
@@ -37,13 +32,19 @@ fn the_arm64_guest_boots_under_tcg_runs_arm64_images_and_keeps_a_volume() {
     // The engine says what it is, as dockerd on an arm64 host does.
     let info = home.docker(&["info", "--format", "{{.Architecture}} {{.OSType}}"]);
     assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), "aarch64 linux", "{}", text(&info));
-    let pull = home.docker(&["pull", &img]);
+    let pull = home.docker(&["pull", img]);
     assert!(pull.status.success(), "{}", text(&pull));
-    let arch = home.docker(&["image", "inspect", "--format", "{{.Architecture}}", &img]);
+    let arch = home.docker(&["image", "inspect", "--format", "{{.Architecture}}", img]);
     assert_eq!(String::from_utf8_lossy(&arch.stdout).trim(), "arm64", "the pull picked another platform");
     let run =
-        home.docker(&["run", "--rm", "-v", "kept:/d", &img, "sh", "-c", "uname -m; cat /etc/arch; echo kept > /d/f"]);
+        home.docker(&["run", "--rm", "-v", "kept:/d", img, "sh", "-c", "uname -m; cat /etc/arch; echo kept > /d/f"]);
     assert_eq!(String::from_utf8_lossy(&run.stdout), "aarch64\narm64\n", "{}", text(&run));
+    // linux/amd64 runs too, through QEMU's user-mode emulator that the guest's init registered
+    // with binfmt_misc (the docker CLI pulls that platform first: the local image is arm64's).
+    let amd64 = home.docker(&["run", "--rm", "--platform", "linux/amd64", img, "sh", "-c", "uname -m; cat /etc/arch"]);
+    assert!(String::from_utf8_lossy(&amd64.stdout).ends_with("x86_64\namd64\n"), "{}", text(&amd64));
+    let serial = std::fs::read_to_string(home.0.path().join("vm/serial.log")).unwrap_or_default();
+    assert!(serial.contains("binfmt: qemu-x86_64 registered"), "{serial}");
 
     // A restart keeps the volume (and the image, built once: no rebuild on the second start).
     let stop = home.berth(&["stop"]);
@@ -51,7 +52,7 @@ fn the_arm64_guest_boots_under_tcg_runs_arm64_images_and_keeps_a_volume() {
     let again = home.berth(&["start", "--arch", "arm64", "--memory", "1024"]);
     assert!(again.status.success(), "the second start: {}", text(&again));
     assert!(!String::from_utf8_lossy(&again.stderr).contains("guest image"), "the image was rebuilt: {}", text(&again));
-    let kept = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f"]);
+    let kept = home.docker(&["run", "--rm", "-v", "kept:/d", img, "cat", "/d/f"]);
     assert_eq!(String::from_utf8_lossy(&kept.stdout), "kept\n", "{}", text(&kept));
     eprintln!("arm64 guest under TCG: second start booted in {:.1} s", home.status()["vm"]["boot"]["ready"]);
     let stop = home.berth(&["stop"]);

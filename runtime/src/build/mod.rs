@@ -412,7 +412,7 @@ impl Builder<'_> {
                 }
             }
         });
-        let result = self.engine.pull(name, &creds, &tx).await;
+        let result = self.engine.pull(name, &creds, None, &tx).await;
         drop(tx);
         let _ = forward.await;
         result

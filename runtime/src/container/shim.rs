@@ -628,10 +628,48 @@ fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, ChildFailur
     let args: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let envs: Vec<CString> = env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
     let err = nix::unistd::execve(&exe_c, &args, &envs).unwrap_err();
+    let mut message = format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase());
+    if err == nix::errno::Errno::ENOEXEC
+        && let Some(arch) = elf_head(&exe).as_ref().and_then(|h| elf_arch(h)).filter(|a| *a != crate::model::go_arch())
+    {
+        message += &format!(
+            " (it is a linux/{arch} program, and this engine runs linux/{} with no emulator for {arch} registered \
+             in binfmt_misc)",
+            crate::model::go_arch()
+        );
+    }
     Err(ChildFailure {
         // A script whose interpreter is missing is as missing as the command, to dockerd (127).
         missing_command: err == nix::errno::Errno::ENOENT,
-        message: format!("{prefix}: exec: \"{}\": {}", p.args[0], err.desc().to_lowercase()),
+        message,
+    })
+}
+
+/// The first bytes of a file, as many as an ELF header's machine field needs.
+fn elf_head(path: &Path) -> Option<[u8; 20]> {
+    use std::io::Read;
+    let mut head = [0u8; 20];
+    fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).ok()?;
+    Some(head)
+}
+
+/// The OCI architecture an ELF program is built for (its header's `e_machine`), if it is one.
+fn elf_arch(head: &[u8]) -> Option<&'static str> {
+    if head.len() < 20 || &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    // e_machine: 16 bits at offset 18, in the byte order EI_DATA names (1: little endian).
+    let machine =
+        if head[5] == 2 { u16::from_be_bytes([head[18], head[19]]) } else { u16::from_le_bytes([head[18], head[19]]) };
+    Some(match machine {
+        0x03 => "386",
+        0x28 => "arm",
+        0x3e => "amd64",
+        0xb7 => "arm64",
+        0xf3 => "riscv64",
+        0x15 => "ppc64le",
+        0x16 => "s390x",
+        _ => return None,
     })
 }
 
@@ -664,4 +702,25 @@ fn console(uid: u32, size: Option<(u16, u16)>) -> Result<(), String> {
     // SAFETY: fd 6 is the console socket from the agent; nothing else uses it.
     unsafe { libc::close(6) };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_headers_name_their_architecture() {
+        let mut arm64 = [0u8; 20];
+        arm64[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        arm64[18] = 0xb7;
+        assert_eq!(elf_arch(&arm64), Some("arm64"));
+        let mut s390x = arm64;
+        s390x[5] = 2; // big endian
+        s390x[18..20].copy_from_slice(&[0, 0x16]);
+        assert_eq!(elf_arch(&s390x), Some("s390x"));
+        assert_eq!(elf_arch(b"#!/bin/sh\necho not elf"), None);
+        // This machine's own programs are of its architecture.
+        let own = elf_head(Path::new("/bin/sh")).expect("/bin/sh is readable");
+        assert_eq!(elf_arch(&own), Some(crate::model::go_arch()));
+    }
 }

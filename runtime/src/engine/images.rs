@@ -18,13 +18,15 @@ pub enum RemovedImage {
 }
 
 impl Engine {
+    /// Pulls `name` for `platform` (an index's entry for it), by default the engine's own.
     pub async fn pull(
         &self,
         name: &str,
         creds: &Credentials,
+        platform: Option<&crate::image::platform::Platform>,
         progress: &mpsc::UnboundedSender<Progress>,
     ) -> Result<ImageRecord, EngineError> {
-        let rec = crate::image::pull::pull(&self.inner.stores, name, creds, progress).await?;
+        let rec = crate::image::pull::pull(&self.inner.stores, name, creds, platform, progress).await?;
         self.inner.events.emit("image", "pull", name, &[("name", name)]);
         Ok(rec)
     }
@@ -73,6 +75,20 @@ impl Engine {
         let rec = self.inner.stores.images.lock().expect("image store lock").resolve(name)?.clone();
         let config = self.image_config(&rec.id)?;
         Ok((rec, config))
+    }
+
+    /// Whether the local image `name` is of `platform`: dockerd's "not found" when it is not,
+    /// which makes the docker CLI pull that platform and ask again. An image whose config names
+    /// no architecture (made by hand) is taken for any.
+    pub fn check_platform(&self, name: &str, platform: &crate::image::platform::Platform) -> Result<(), EngineError> {
+        let (_, config) = self.image(name)?;
+        let os = if config.os.is_empty() { "linux" } else { &config.os };
+        if config.architecture.is_empty() || platform.matches(os, &config.architecture, config.variant.as_deref()) {
+            return Ok(());
+        }
+        let actual =
+            [os, &config.architecture].into_iter().chain(config.variant.as_deref()).collect::<Vec<_>>().join("/");
+        Err(ImageError::WrongPlatform { reference: name.to_owned(), wanted: platform.to_string(), actual }.into())
     }
 
     pub fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), EngineError> {

@@ -7,6 +7,7 @@
 //! (in the content store) and its layers (blobs and snapshots by chain ID).
 
 pub mod archive;
+pub mod platform;
 pub mod pull;
 pub mod push;
 pub mod unpack;
@@ -41,8 +42,14 @@ pub enum ImageError {
     Unauthorized(String),
     #[error("manifest for {0} not found: manifest unknown")]
     ManifestUnknown(String),
-    #[error("no matching manifest for linux/{arch} in the manifest list entries")]
-    NoPlatform { arch: String },
+    #[error("no matching manifest for {platform} in the manifest list entries")]
+    NoPlatform { platform: String },
+    #[error(transparent)]
+    BadPlatform(#[from] platform::BadPlatform),
+    #[error(
+        "image with reference {reference} was found but does not match the specified platform: wanted {wanted}, actual: {actual}"
+    )]
+    WrongPlatform { reference: String, wanted: String, actual: String },
     #[error("registry: {0}")]
     Registry(String),
     #[error("image config blob is not valid JSON")]

@@ -1,7 +1,8 @@
 //! Pulling an image from a registry with `oci-client`.
 //!
-//! 1. Resolve the reference to a manifest for `linux/<guest arch>` (an index is resolved with
-//!    our own platform resolver: oci-client's default picks the *host* OS, wrong in a VM).
+//! 1. Resolve the reference to a manifest for the platform asked for, by default
+//!    `linux/<guest arch>` (an index is resolved with our own platform resolver: oci-client's
+//!    default picks the *host* OS, wrong in a VM).
 //! 2. Fetch the config blob; its digest is the image ID.
 //! 3. Download the layers that are not in the content store, up to three at a time, each
 //!    through an ingest that verifies its digest before it is committed.
@@ -23,10 +24,11 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::platform::Platform;
 use super::unpack::{self, Whiteouts};
 use super::{ImageError, ImageRecord, LayerRecord, familiar, parse_reference, repository, tagged};
 use crate::Stores;
-use crate::model::{ImageConfig, go_arch};
+use crate::model::ImageConfig;
 use crate::snapshot::chain_ids;
 
 /// One line of pull progress, as dockerd streams it.
@@ -92,22 +94,20 @@ pub(super) fn redirect_loopback(reference: &mut Reference, host: Option<&str>) {
     }
 }
 
-/// Picks the `linux/<arch>` entry of an index.
-fn platform_resolver(entries: &[ImageIndexEntry]) -> Option<String> {
-    let arch = go_arch();
+/// The digest of the entry of an index that is `platform`'s.
+fn resolve_platform(platform: &Platform, entries: &[ImageIndexEntry]) -> Option<String> {
     entries
         .iter()
         .find(|e| {
-            e.platform.as_ref().is_some_and(|p| {
-                p.os.to_string() == "linux"
-                    && p.architecture.to_string() == arch
-                    && (arch != "arm64" || p.variant.as_deref().is_none_or(|v| v == "v8"))
-            })
+            e.platform
+                .as_ref()
+                .is_some_and(|p| platform.matches(&p.os.to_string(), &p.architecture.to_string(), p.variant.as_deref()))
         })
         .map(|e| e.digest.clone())
 }
 
-pub(super) fn client_for(reference: &Reference, insecure: &[String]) -> Client {
+/// A registry client for `reference` that resolves indexes to `platform`'s entry.
+pub(super) fn client_for(reference: &Reference, insecure: &[String], platform: Platform) -> Client {
     let registry = reference.resolve_registry().to_owned();
     let protocol = if is_loopback(&registry)
         || is_loopback(reference.registry())
@@ -117,12 +117,17 @@ pub(super) fn client_for(reference: &Reference, insecure: &[String]) -> Client {
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig { protocol, platform_resolver: Some(Box::new(platform_resolver)), ..Default::default() })
+    let platform_resolver = Box::new(move |entries: &[ImageIndexEntry]| resolve_platform(&platform, entries));
+    Client::new(ClientConfig { protocol, platform_resolver: Some(platform_resolver), ..Default::default() })
 }
 
 pub(super) fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError {
     let shown = familiar(&tagged(reference));
     match &e {
+        // What oci-client says when the platform resolver finds no entry in an index.
+        OciDistributionError::ImageManifestNotFoundError(m) if m.contains("matching client's default platform") => {
+            ImageError::NoPlatform { platform: Platform::native().to_string() }
+        }
         OciDistributionError::ImageManifestNotFoundError(_) => ImageError::ManifestUnknown(shown),
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
@@ -141,10 +146,10 @@ pub(super) fn registry_error(reference: &Reference, e: OciDistributionError) -> 
             ImageError::Denied { repo: familiar(&repository(reference)), detail: e.to_string() }
         }
         OciDistributionError::ImageIndexParsingNoPlatformResolverError => {
-            ImageError::NoPlatform { arch: go_arch().into() }
+            ImageError::NoPlatform { platform: Platform::native().to_string() }
         }
         OciDistributionError::GenericError(Some(m)) if m.contains("platform") => {
-            ImageError::NoPlatform { arch: go_arch().into() }
+            ImageError::NoPlatform { platform: Platform::native().to_string() }
         }
         _ => ImageError::Registry(format!("{e}")),
     }
@@ -185,7 +190,7 @@ pub async fn login(stores: &Stores, server: &str, creds: &Credentials) -> Result
             http.get(&url).basic_auth(&creds.username, Some(&creds.password)).send().await.map_err(unreachable)?;
         return if res.status().is_success() { Ok(()) } else { Err(denied()) };
     }
-    let client = client_for(&reference, &stores.insecure_registries);
+    let client = client_for(&reference, &stores.insecure_registries, Platform::native());
     let auth = RegistryAuth::Basic(creds.username.clone(), creds.password.clone());
     client.auth(&reference, &auth, oci_client::RegistryOperation::Pull).await.map(|_| ()).map_err(|_| denied())
 }
@@ -195,18 +200,23 @@ pub async fn pull(
     stores: &Stores,
     name: &str,
     creds: &Credentials,
+    platform: Option<&Platform>,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<ImageRecord, ImageError> {
     let mut reference = parse_reference(name)?;
     redirect_loopback(&mut reference, stores.host_loopback.as_deref());
-    let client = client_for(&reference, &stores.insecure_registries);
+    let platform = platform.cloned().unwrap_or_else(Platform::native);
+    let client = client_for(&reference, &stores.insecure_registries, platform.clone());
     let auth = creds.auth();
     let tag_shown =
         reference.digest().map(str::to_owned).or(reference.tag().map(str::to_owned)).unwrap_or_else(|| "latest".into());
     let (manifest, manifest_digest, list_digest) = client
         .pull_image_manifest_and_list_digest(&reference, &auth)
         .await
-        .map_err(|e| registry_error(&reference, e))?;
+        .map_err(|e| match registry_error(&reference, e) {
+            ImageError::NoPlatform { .. } => ImageError::NoPlatform { platform: platform.to_string() },
+            other => other,
+        })?;
     // Only now, as dockerd does: an unknown image fails before any progress is streamed.
     let _ =
         progress.send(Progress::msg(Some(&tag_shown), format!("Pulling from {}", familiar(&repository(&reference)))));
@@ -354,7 +364,7 @@ pub async fn distribution(stores: &Stores, name: &str, creds: &Credentials) -> R
     ];
     let mut reference = parse_reference(name)?;
     redirect_loopback(&mut reference, stores.host_loopback.as_deref());
-    let client = client_for(&reference, &stores.insecure_registries);
+    let client = client_for(&reference, &stores.insecure_registries, Platform::native());
     let (raw, digest) = client
         .pull_manifest_raw(&reference, &creds.auth(), &ACCEPTED)
         .await

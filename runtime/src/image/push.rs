@@ -78,7 +78,7 @@ pub async fn push(
     let mut reference = parse_reference(tag)?;
     redirect_loopback(&mut reference, stores.host_loopback.as_deref());
     let img: ImageRecord = stores.images.lock().expect("image store lock").resolve(tag)?.clone();
-    let client = client_for(&reference, &stores.insecure_registries);
+    let client = client_for(&reference, &stores.insecure_registries, super::platform::Platform::native());
     client.store_auth_if_needed(reference.resolve_registry(), &creds.auth()).await;
     let _ = progress
         .send(Progress::msg(None, format!("The push refers to repository [{}]", familiar(&repository(&reference)))));

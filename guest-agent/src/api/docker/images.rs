@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use berth_runtime::Engine;
 use berth_runtime::engine::RemovedImage;
+use berth_runtime::image::platform::Platform;
 use berth_runtime::image::pull::{Credentials, Progress};
 use berth_runtime::image::{ImageRecord, familiar};
 use berth_runtime::model::{ImageConfig, parse_time};
@@ -140,11 +141,15 @@ pub async fn create(
     } else {
         format!("{from}:{tag}")
     };
+    let platform = match q.get("platform").filter(|p| !p.is_empty()) {
+        Some(p) => Some(Platform::parse(p).map_err(|e| ApiError::invalid(e.to_string()))?),
+        None => None,
+    };
     let creds = credentials(&headers);
     let (tx, rx) = mpsc::unbounded_channel::<Progress>();
     let task = {
         let engine = engine.clone();
-        tokio::spawn(async move { engine.pull(&name, &creds, &tx).await })
+        tokio::spawn(async move { engine.pull(&name, &creds, platform.as_ref(), &tx).await })
     };
     super::stream::json_progress(rx, task, progress_json).await
 }
