@@ -18,13 +18,8 @@ step() { echo "==> package: $*"; }
 SUITE=bookworm
 MIRROR=${BERTH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
-step "building berth and berth-agent (release)"
-cargo build --release -p berth -p berth-agent
-step "building the arm64 guest's agent (./dev agent-arm64)"
-./dev agent-arm64
-step "building the guest images from those agents"
-BERTH_AGENT=$ROOT/target/release/berth-agent vm-image/build.sh --arch amd64 "$OUT/image"
-BERTH_AGENT=$ROOT/target/cross/aarch64-unknown-linux-gnu/release/berth-agent vm-image/build.sh --arch arm64 "$OUT/image-arm64"
+step "building berth and both guests from release builds (./dev images)"
+./dev images
 DEB=$(desktop/package/deb.sh "$OUT")
 dpkg-deb -I "$DEB" | sed -n 's/^ \(Package\|Version\|Depends\|Suggests\|Installed-Size\):/  \1:/p'
 

@@ -143,6 +143,11 @@ done
 #    the archive has now, each recorded in the manifest). Libraries are what the programs'
 #    NEEDED entries name, followed transitively (readelf works on any architecture; ldd would
 #    have to run the program).
+# The packages besides the kernel are kept in $BERTH_DEB_CACHE when it is set (./dev test sets
+# it, so the test suite's many image builds download qemu-user-static's 60 MB once), else with
+# the kernel in OUT/debs.
+PKGS=${BERTH_DEB_CACHE:-$CACHE}
+mkdir -p "$PKGS"
 # fetch DIR PKG: PKG's $ARCH package in DIR, downloaded unless one is there (apt checks a
 # download against the archive's signed index).
 fetch() {
@@ -163,10 +168,10 @@ else
     STRIP=$LIBDIR-strip
     command -v "$STRIP" >/dev/null || { echo "$STRIP is missing (Debian package binutils-$LIBDIR)" >&2; exit 2; }
     step "the $ARCH packages of the guest's tools (${SYS_PKGS[*]})"
-    mkdir -p "$CACHE/$ARCH" "$SYS"
-    for p in "${SYS_PKGS[@]}"; do fetch "$CACHE/$ARCH" "$p"; done
-    for p in "${SYS_PKGS[@]}"; do dpkg-deb -x "$(ls "$CACHE/$ARCH/${p}"_*.deb | head -1)" "$SYS"; done
-    pkgver() { local d; d=$(ls "$CACHE/$ARCH/$1"_*.deb | head -1); echo "$1 $(dpkg-deb -f "$d" Version)"; }
+    mkdir -p "$SYS"
+    for p in "${SYS_PKGS[@]}"; do fetch "$PKGS" "$p"; done
+    for p in "${SYS_PKGS[@]}"; do dpkg-deb -x "$(ls "$PKGS/${p}"_*_"$ARCH".deb | head -1)" "$SYS"; done
+    pkgver() { local d; d=$(ls "$PKGS/$1"_*_"$ARCH".deb | head -1); echo "$1 $(dpkg-deb -f "$d" Version)"; }
 fi
 # needed FILE: the paths (in SYS) of the libraries FILE needs, transitively.
 needed() {
@@ -211,8 +216,8 @@ cp -L "$SYS$LOADER" "$R$LOADER"
 # open). One static binary out of Debian's qemu-user-static (a 60 MB package: kept in OUT/debs).
 EMU=$([ "$ARCH" = arm64 ] && echo x86_64 || echo aarch64)
 step "adding qemu-$EMU-static (the other architecture's programs, through binfmt_misc)"
-fetch "$CACHE" qemu-user-static
-QDEB=$(ls "$CACHE"/qemu-user-static_*_"$ARCH".deb | head -1)
+fetch "$PKGS" qemu-user-static
+QDEB=$(ls "$PKGS"/qemu-user-static_*_"$ARCH".deb | head -1)
 # tar stops reading once it has the three members: dpkg-deb's broken pipe is expected.
 { dpkg-deb --fsys-tarfile "$QDEB" 2>/dev/null || true; } | (cd "$R" && tar -x "./usr/bin/qemu-$EMU-static" \
     "./usr/libexec/qemu-binfmt/$EMU-binfmt-P" "./usr/lib/binfmt.d/qemu-$EMU.conf")

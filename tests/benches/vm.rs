@@ -14,10 +14,13 @@
 //!    9p (`-fsdev local` + virtio-9p, mounted as Lima mounts it), on QEMU's virtiofs
 //!    (virtiofsd; Linux hosts only) and on the guest's own disk (a volume), timed inside the
 //!    container, in one VM booted on Debian's generic kernel (the cloud kernel has no 9p).
+//! 6. The arm64 guest under TCG: boot split, cold and warm, with each CPU model QEMU could
+//!    emulate for it (what Berth passes, `max` with the architected pointer authentication,
+//!    and a Cortex-A72 without it). Needs the cross-built agent (`./dev agent-arm64`).
 //!
 //! `cargo bench -p berth-tests --bench vm` (`./dev bench-vm` builds the release binaries and
 //! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3), and
-//! BERTH_BENCH_ONLY=ports or =shares for section 4 or 5 alone; BERTH_BENCH_SHARES=Berth,disk
+//! BERTH_BENCH_ONLY=ports, =shares or =arm64 for section 4, 5 or 6 alone; BERTH_BENCH_SHARES=Berth,disk
 //! runs section 5 on those targets only (figures, no ratios).
 
 use std::path::{Path, PathBuf};
@@ -139,6 +142,10 @@ fn main() {
     }
     if std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("shares") {
         shares_side_by_side(&rt);
+        return;
+    }
+    if std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("arm64") {
+        arm64_boots(&rt);
         return;
     }
     let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
@@ -280,6 +287,56 @@ fn main() {
     );
     let out = berth(&["stop"]);
     assert!(out.status.success());
+    arm64_boots(&rt);
+}
+
+/// Section 6: the arm64 guest's boot under TCG with each CPU model (the last `-cpu` QEMU is
+/// given wins, so the alternatives ride in `qemu_args`).
+fn arm64_boots(rt: &tokio::runtime::Runtime) {
+    let agent = workspace().join("target/cross/aarch64-unknown-linux-gnu/release/berth-agent");
+    assert!(agent.is_file(), "{} is not built: ./dev agent-arm64", agent.display());
+    let image = workspace().join("target/vm-image-bench-arm64");
+    let out = Command::new(workspace().join("vm-image/build.sh"))
+        .args(["--arch", "arm64"])
+        .arg(&image)
+        .env("BERTH_AGENT", &agent)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "vm-image/build.sh --arch arm64: {}", String::from_utf8_lossy(&out.stderr));
+    let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    println!("\n## The arm64 guest under TCG (2 vCPUs, 1 GiB, release agent), seconds since QEMU started");
+    println!("| CPU | boot | console | init starts | engine starts | agent answers | guest uptime at init |");
+    println!("|---|---|---|---|---|---|---|");
+    for cpu in [None, Some("max"), Some("cortex-a72")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), &image);
+        cfg.arch = berth_core::vm::arch::GuestArch::Arm64;
+        cfg.transport = Kind::Serial;
+        cfg.qemu_args = cpu.map(|c| vec!["-cpu".to_owned(), c.to_owned()]).unwrap_or_default();
+        let name = cpu.unwrap_or("max,pauth-impdef=on (Berth's)");
+        let mut warm = Vec::new();
+        rt.block_on(async {
+            for i in 0..=boots {
+                let m = Machine::start(&cfg).await.expect("the arm64 guest boots");
+                let b = &m.boot;
+                let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+                println!(
+                    "| {name} | {} | {} | {} | {} | {:.2} | {} |",
+                    if i == 0 { "cold (mkfs)" } else { "warm" },
+                    f(b.console),
+                    f(b.init),
+                    f(b.engine),
+                    b.ready,
+                    f(b.kernel_uptime)
+                );
+                if i > 0 {
+                    warm.push(b.ready);
+                }
+                m.stop(Duration::from_secs(60)).await;
+            }
+        });
+        println!("| {name} | warm median | | | | {:.2} | |", median(&mut warm));
+    }
 }
 
 fn free_port() -> u16 {
