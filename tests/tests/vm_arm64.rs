@@ -49,11 +49,35 @@ fn the_arm64_guest_boots_under_tcg_runs_arm64_images_and_keeps_a_volume() {
     // A restart keeps the volume (and the image, built once: no rebuild on the second start).
     let stop = home.berth(&["stop"]);
     assert!(stop.status.success(), "{}", text(&stop));
-    let again = home.berth(&["start", "--arch", "arm64", "--memory", "1024"]);
+    // The second start over hybrid vsock (the first took the default, the serial port here).
+    let again = home.berth(&["start", "--arch", "arm64", "--memory", "1024", "--transport", "hybrid"]);
     assert!(again.status.success(), "the second start: {}", text(&again));
+    assert_eq!(home.status()["vm"]["transport"], "hybrid");
     assert!(!String::from_utf8_lossy(&again.stderr).contains("guest image"), "the image was rebuilt: {}", text(&again));
     let kept = home.docker(&["run", "--rm", "-v", "kept:/d", img, "cat", "/d/f"]);
     assert_eq!(String::from_utf8_lossy(&kept.stdout), "kept\n", "{}", text(&kept));
+    // A shared folder (the home is in the shared temporary directory) served on a published
+    // port by busybox's httpd: the arm64 guest's share and port forwarding.
+    let www = home.0.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "from the host, through arm64\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (bind, publish) = (format!("{}:/www", www.display()), format!("127.0.0.1:{port}:80"));
+    let web = home.docker(&["run", "-d", "-v", &bind, "-p", &publish, img, "httpd", "-f", "-p", "80", "-h", "/www"]);
+    assert!(web.status.success(), "{}", text(&web));
+    let get = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    assert!(
+        berth_tests::eventually(30, || get().is_some_and(|b| b.ends_with("\r\n\r\nfrom the host, through arm64\n"))),
+        "127.0.0.1:{port} answered {:?}",
+        get()
+    );
     eprintln!("arm64 guest under TCG: second start booted in {:.1} s", home.status()["vm"]["boot"]["ready"]);
     let stop = home.berth(&["stop"]);
     assert!(stop.status.success(), "{}", text(&stop));
