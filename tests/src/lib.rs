@@ -638,12 +638,25 @@ impl BerthHome {
         self.bounded(&mut cmd, stdin)
     }
 
-    /// Runs `cmd` for [`crate::COMMAND_LIMIT`] at most; a hang fails the test with the
-    /// daemon's log tail.
+    /// Runs `cmd` for [`crate::COMMAND_LIMIT`] at most; a hang fails the test with the tails of
+    /// the daemon's log (its error backtraces left out: they crowd out what was logged) and of
+    /// the VM's serial console.
     pub fn bounded(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> std::process::Output {
         crate::output_within(cmd, crate::COMMAND_LIMIT, stdin).unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(self.0.path().join("daemon.log")).unwrap_or_default();
-            panic!("{e}\ndaemon log tail:\n{}", crate::tail(&log, 40))
+            let read = |f: &str| std::fs::read_to_string(self.0.path().join(f)).unwrap_or_default();
+            let daemon: String = read("daemon.log")
+                .lines()
+                .filter(|l| {
+                    !l.trim_start().starts_with("at ")
+                        && !l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit())
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            panic!(
+                "{e}\ndaemon log tail:\n{}\nserial log tail:\n{}",
+                crate::tail(&daemon, 40),
+                crate::tail(&read("vm/serial.log"), 40)
+            )
         })
     }
 

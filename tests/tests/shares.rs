@@ -379,6 +379,13 @@ fn host_edits_raise_inotify_events_in_containers() {
     let own: Vec<String> = logs().lines().filter(|l| l.ends_with("\town.txt")).map(String::from).collect();
     // One write, one IN_MODIFY (0x2): a raise of the host's echo of it would be a second.
     assert_eq!(own.iter().filter(|l| l.starts_with("2\t")).count(), 1, "an echo of the container's own write: {own:?}");
+    // The host edits a file the container has just written (well within the two seconds a
+    // change of the guest's is taken for its echo): that is news, raised and read.
+    s.agent.ok(&["exec", "watcher", "sh", "-c", "echo container > /app/both.txt"]);
+    std::fs::write(s.host("both.txt"), "host\n").unwrap();
+    let modified = || logs().lines().filter(|l| l.starts_with("2\t") && l.ends_with("\tboth.txt")).count();
+    assert!(eventually(10, || modified() >= 2), "the host's edit after the container's was lost: {}", logs());
+    assert_eq!(s.agent.ok(&["exec", "watcher", "cat", "/app/both.txt"]), "host\n");
     // A watched file removed on the host, and one replaced by a rename (as editors save),
     // are deleted for their watchers (IN_DELETE_SELF, 0x400), as on a disk.
     for (name, how) in [("doomed.txt", "remove"), ("saved.txt", "rename")] {

@@ -350,8 +350,15 @@ impl FileServer {
         Ok(ops::attr(node, &meta))
     }
 
-    /// Answers one call (on a blocking thread).
+    /// Answers one call (on a blocking thread), then records the paths it changed as it left
+    /// them, so that their events are not taken for news ([`watch`]).
     pub fn call(&self, request: Request) -> Result<Reply, Errno> {
+        let reply = self.answer(request);
+        self.0.watch.seal_marked();
+        reply
+    }
+
+    fn answer(&self, request: Request) -> Result<Reply, Errno> {
         match request {
             Request::Lookup { parent, name } => self.lookup(parent, &name).map(Reply::Entry),
             Request::Forget { node, count } => {

@@ -6,14 +6,23 @@
 //! whole home directory, which on Linux would cost an inotify watch per directory of it; past
 //! [`MAX_WATCHES`] the guest relies on its cache's short time to live alone.
 //!
-//! Changes the guest made itself are not echoed back: each call that changes a path marks it,
-//! and events on a path marked within [`ECHO_WINDOW`] are dropped (the guest's kernel knows
-//! already, and its own way of raising host changes would otherwise come back as one).
+//! Changes the guest made itself are not echoed back (the guest's kernel knows already, and its
+//! own way of raising host changes would otherwise come back as one). Each call that changes a
+//! path marks it before it acts ([`Watch::mark`]) and seals the mark once done
+//! ([`Watch::seal_marked`]), recording the path as the call left it: its inode, size and
+//! times, or its absence. An event on a marked path within [`ECHO_WINDOW`] is the guest's own
+//! while a call on it is under way, or while the path is still as the last call left it; once
+//! the path differs, someone else changed it, and the event is news even inside the window.
+//! (Before marks were sealed, a change made on this machine within two seconds of the guest's
+//! own, as when a user edits a file a container just wrote, was taken for an echo and lost:
+//! containers' watchers never heard of it.) What is left is a change made between a call's
+//! act and its seal, or one within the same timestamp tick that keeps the size.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
@@ -31,12 +40,47 @@ pub enum Change {
     Entry(PathBuf),
 }
 
+/// A path's state as far as telling changes apart goes: absent, or its object, size and times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(u64, u64, Option<SystemTime>, i64, i64)>);
+
+impl Stamp {
+    fn of(path: &Path) -> Stamp {
+        Stamp(std::fs::symlink_metadata(path).ok().map(|m| {
+            #[cfg(unix)]
+            let (ino, ctime, ctime_ns) = {
+                use std::os::unix::fs::MetadataExt;
+                (m.ino(), m.ctime(), m.ctime_nsec())
+            };
+            #[cfg(not(unix))]
+            let (ino, ctime, ctime_ns) = (0, 0, 0);
+            (ino, m.len(), m.modified().ok(), ctime, ctime_ns)
+        }))
+    }
+}
+
+/// The guest's latest change of a path.
+#[derive(Debug)]
+struct Mark {
+    /// When it was marked or sealed.
+    at: Instant,
+    /// Calls changing it now.
+    pending: u32,
+    /// The path as the last call that finished left it.
+    left: Option<Stamp>,
+}
+
+thread_local! {
+    /// The paths the call on this thread marked, to seal when it is done.
+    static MARKED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The watcher and its bookkeeping.
 pub struct Watch {
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     watched: Mutex<HashSet<PathBuf>>,
-    /// Paths the guest changed, and when.
-    ours: Mutex<HashMap<PathBuf, Instant>>,
+    /// Paths the guest changed.
+    ours: Mutex<HashMap<PathBuf, Mark>>,
 }
 
 impl Watch {
@@ -83,19 +127,51 @@ impl Watch {
         }
     }
 
-    /// The guest is changing `path` now.
+    /// The guest is changing `path` now, on this thread; [`Watch::seal_marked`] ends it.
     pub fn mark(&self, path: &Path) {
         let mut ours = self.ours.lock().expect("lock");
         let now = Instant::now();
         if ours.len() > 4096 {
-            ours.retain(|_, t| now.duration_since(*t) < ECHO_WINDOW);
+            ours.retain(|_, m| m.pending > 0 || now.duration_since(m.at) < ECHO_WINDOW);
         }
-        ours.insert(path.to_owned(), now);
+        let m = ours.entry(path.to_owned()).or_insert(Mark { at: now, pending: 0, left: None });
+        m.at = now;
+        m.pending += 1;
+        MARKED.with(|marked| marked.borrow_mut().push(path.to_owned()));
     }
 
+    /// The call on this thread is done with the paths it marked: each is recorded as it is now.
+    pub fn seal_marked(&self) {
+        let marked = MARKED.with(|marked| std::mem::take(&mut *marked.borrow_mut()));
+        if marked.is_empty() {
+            return;
+        }
+        // Stamped before the lock: a stat may be slow, and events wait on the lock.
+        let stamps: Vec<Stamp> = marked.iter().map(|p| Stamp::of(p)).collect();
+        let mut ours = self.ours.lock().expect("lock");
+        let now = Instant::now();
+        for (path, stamp) in marked.into_iter().zip(stamps) {
+            if let Some(m) = ours.get_mut(&path) {
+                m.pending = m.pending.saturating_sub(1);
+                if m.pending == 0 {
+                    m.left = Some(stamp);
+                    m.at = now;
+                }
+            }
+        }
+    }
+
+    /// Whether an event on `path` is the echo of the guest's own change.
     fn ours(&self, path: &Path) -> bool {
-        let ours = self.ours.lock().expect("lock");
-        ours.get(path).is_some_and(|t| t.elapsed() < ECHO_WINDOW)
+        let left = {
+            let ours = self.ours.lock().expect("lock");
+            match ours.get(path) {
+                Some(m) if m.pending > 0 => return true,
+                Some(m) if m.at.elapsed() < ECHO_WINDOW => m.left.clone(),
+                _ => return false,
+            }
+        };
+        left.is_none_or(|left| left == Stamp::of(path))
     }
 
     /// How many directories are watched.
@@ -132,12 +208,31 @@ mod tests {
         let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(got, Change::Entry(d.path().join("new")));
         while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
-        // The guest's own change is not echoed.
+        // The guest's own change is not echoed, whether its events come while the call is
+        // under way or after it.
         w.mark(&d.path().join("new"));
         std::fs::write(d.path().join("new"), "y").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(d.path().join("new"), "yy").unwrap();
+        w.seal_marked();
         assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
         // Someone else's is.
         std::fs::write(d.path().join("other"), "z").unwrap();
         assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
+        while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        // Someone else's change of the very file the guest just wrote, within the echo window.
+        w.mark(&d.path().join("new"));
+        std::fs::write(d.path().join("new"), "from the guest").unwrap();
+        w.seal_marked();
+        std::thread::sleep(Duration::from_millis(300));
+        while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        std::fs::write(d.path().join("new"), "edited here right after").unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(got.ok(), Some(Change::Modified(d.path().join("new"))), "a change here within the window was lost");
+        // A removal here of what the guest made is news too.
+        std::fs::remove_file(d.path().join("new")).unwrap();
+        let gone = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(5)).ok())
+            .find(|c| *c == Change::Entry(d.path().join("new")));
+        assert!(gone.is_some(), "the removal was lost");
     }
 }
