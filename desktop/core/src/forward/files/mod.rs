@@ -32,6 +32,9 @@ use ops::{Dir, Errno, child, component, io_errno};
 pub const STREAMS: usize = 4;
 /// Entries per directory-listing answer.
 const DIR_BATCH: usize = 256;
+/// The most stale entries in one notice after lost events (about 40 bytes each, well within a
+/// frame).
+const RESCAN_BATCH: usize = 4096;
 
 /// A directory of this machine to share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +278,7 @@ impl FileServer {
         let (path, entry) = match &change {
             watch::Change::Modified(p) => (p, false),
             watch::Change::Entry(p) => (p, true),
+            watch::Change::Rescan => return self.notify_all(),
         };
         let Some((i, root)) = self.0.roots.iter().enumerate().find(|(_, r)| path.starts_with(r)) else { return };
         let notice = {
@@ -302,10 +306,45 @@ impl FileServer {
             let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
             Message::Changed { root: self.0.shares[i].root, stale, path: path_bytes(rel) }
         };
+        self.send_notice(&notice);
+    }
+
+    /// After lost events: everything the guest holds may be stale. Every node it holds and
+    /// every name it holds one by are named, in notices of [`RESCAN_BATCH`] at most, each
+    /// raised at its share's root.
+    fn notify_all(&self) {
+        let notices: Vec<Message> = {
+            let nodes = self.0.nodes.lock().expect("lock");
+            let mut per_share: Vec<Vec<proto::Stale>> = vec![Vec::new(); self.0.roots.len()];
+            for (path, node) in nodes.paths() {
+                let Some(i) = self.0.roots.iter().position(|r| path.starts_with(r)) else { continue };
+                per_share[i].push(proto::Stale { node, name: Vec::new(), gone: 0 });
+                if let (Some(dir), Some(name)) = (path.parent().and_then(|d| nodes.node_of(d)), path.file_name())
+                    && path != self.0.roots[i]
+                {
+                    per_share[i].push(proto::Stale { node: dir, name: path_bytes(Path::new(name)), gone: 0 });
+                }
+            }
+            per_share
+                .into_iter()
+                .enumerate()
+                .flat_map(|(i, stale)| {
+                    let root = self.0.shares[i].root;
+                    let batches: Vec<Vec<proto::Stale>> = stale.chunks(RESCAN_BATCH).map(<[_]>::to_vec).collect();
+                    batches.into_iter().map(move |stale| Message::Changed { root, stale, path: Vec::new() })
+                })
+                .collect()
+        };
+        for notice in &notices {
+            self.send_notice(notice);
+        }
+    }
+
+    fn send_notice(&self, notice: &Message) {
         let mut sinks = self.0.notices.lock().expect("lock");
         sinks.retain(|s| !s.is_closed());
         if let Some(sink) = sinks.first() {
-            let _ = sink.send(proto::encode(&notice));
+            let _ = sink.send(proto::encode(notice));
         }
     }
 
@@ -617,6 +656,29 @@ mod tests {
             Ok(Reply::Entry(e)) => e,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// After the OS lost change events, the guest is told to drop every node and every name
+    /// it holds in the share.
+    #[test]
+    fn lost_events_make_the_guest_drop_all_it_holds() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/f"), "x").unwrap();
+        let (s, root) = server(d.path());
+        let sub = entry(s.call(Request::Lookup { parent: root, name: b"sub".to_vec() })).attr.node;
+        let f = entry(s.call(Request::Lookup { parent: sub, name: b"f".to_vec() })).attr.node;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        s.0.notices.lock().unwrap().push(tx);
+        s.notify(watch::Change::Rescan);
+        let frame = rx.try_recv().expect("a notice");
+        let Message::Changed { root: r, stale, path } = proto::decode(&frame[4..]).unwrap() else { panic!() };
+        assert_eq!((r, path), (root, Vec::new()));
+        let has = |node, name: &[u8]| stale.iter().any(|x| x.node == node && x.name == name && x.gone == 0);
+        for (node, name) in [(root, &b""[..]), (sub, b""), (f, b""), (root, b"sub"), (sub, b"f")] {
+            assert!(has(node, name), "({node}, {:?}) not in {stale:?}", String::from_utf8_lossy(name));
+        }
+        assert!(rx.try_recv().is_err(), "one notice for a small share");
     }
 
     #[test]

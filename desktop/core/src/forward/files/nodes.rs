@@ -192,6 +192,11 @@ impl Nodes {
         self.by_path.get(path).copied()
     }
 
+    /// Every path the guest holds a node by, with its node.
+    pub fn paths(&self) -> impl Iterator<Item = (&Path, Node)> {
+        self.by_path.iter().map(|(p, n)| (p.as_path(), *n))
+    }
+
     /// How many nodes are held.
     pub fn len(&self) -> usize {
         self.by_id.len()

@@ -38,6 +38,8 @@ pub enum Change {
     Modified(PathBuf),
     /// A name appeared in, or left, its directory.
     Entry(PathBuf),
+    /// Changes were lost (the OS's event queue overflowed): anything may have changed.
+    Rescan,
 }
 
 /// A path's state as far as telling changes apart goes: absent, or its object, size and times.
@@ -96,10 +98,11 @@ impl Watch {
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             let (Ok(ev), Some(me)) = (ev, weak.upgrade()) else { return };
             for change in changes(&ev) {
-                let path = match &change {
-                    Change::Modified(p) | Change::Entry(p) => p,
+                let ours = match &change {
+                    Change::Modified(p) | Change::Entry(p) => me.ours(p),
+                    Change::Rescan => false,
                 };
-                if !me.ours(path) {
+                if !ours {
                     on_change(change);
                 }
             }
@@ -182,6 +185,12 @@ impl Watch {
 
 /// The changes one watcher event stands for.
 fn changes(ev: &notify::Event) -> Vec<Change> {
+    if ev.need_rescan() {
+        tracing::warn!(
+            "shared folders: this machine lost change events (its queue overflowed); the guest drops what it cached"
+        );
+        return vec![Change::Rescan];
+    }
     match ev.kind {
         EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
             ev.paths.iter().cloned().map(Change::Entry).collect()
@@ -194,6 +203,14 @@ fn changes(ev: &notify::Event) -> Vec<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_events_ask_for_a_rescan() {
+        let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert_eq!(changes(&overflow), vec![Change::Rescan]);
+        let plain = notify::Event::new(EventKind::Other);
+        assert!(changes(&plain).is_empty());
+    }
 
     #[test]
     fn changes_here_are_seen_and_the_guests_own_are_not() {
