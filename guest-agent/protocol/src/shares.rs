@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -81,6 +81,10 @@ pub struct Attr {
     pub gid: u32,
     pub rdev: u32,
     pub blksize: u32,
+    /// The host watches the directory that holds this node's name, so it will tell the guest
+    /// of any change to the node or the name: the guest may keep them long. When false (past
+    /// the host's watch limit, or no watcher), it keeps them a second.
+    pub watched: bool,
 }
 
 /// A name in a directory with its node (a lookup, a readdirplus entry).

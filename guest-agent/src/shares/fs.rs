@@ -6,8 +6,9 @@
 //! slow one (a large read) does not stall the rest.
 //!
 //! Inode numbers are the host's node numbers, except that the share's root is FUSE's root
-//! (1). Attributes and entries are cached by the kernel for [`TTL`]; the host's change
-//! notices invalidate them sooner ([`Changes`]). Data goes through the page cache (reads of a
+//! (1). Attributes and entries are cached by the kernel for [`WATCHED_TTL`] when the host
+//! watches their directory (its change notices drop them when they change: [`Changes`]), and
+//! for [`TTL`] otherwise (past the host's watch limit, names found missing). Data goes through the page cache (reads of a
 //! file unchanged on the host come from memory; the kernel drops cached pages when it sees
 //! the size or mtime change), while writes go to the host at once, so an edit made in a
 //! container is on the host when the write returns.
@@ -28,8 +29,18 @@ use fuser::{
 
 use super::Shares;
 
-/// How long the kernel may trust what it was told about a node or a name.
+/// How long the kernel may trust what it was told about a node or a name that the host does
+/// not watch, and a name found missing.
 const TTL: Duration = Duration::from_secs(1);
+/// The same for one the host watches: its notices keep the cache true, so this bounds only
+/// what a notice could miss (a change made on the host in the instant between a guest's call
+/// and the host's record of it).
+const WATCHED_TTL: Duration = Duration::from_secs(60);
+
+/// How long the kernel may keep `a` and the name that led to it.
+fn ttl(a: &Attr) -> &'static Duration {
+    if a.watched { &WATCHED_TTL } else { &TTL }
+}
 
 /// The file system of one share.
 struct ShareFs {
@@ -86,6 +97,7 @@ fn dir_attr(node: u64) -> Attr {
         gid: 0,
         rdev: 0,
         blksize: 4096,
+        watched: false,
     }
 }
 
@@ -141,7 +153,7 @@ impl ShareFs {
         let me = self.clone();
         let lookup = matches!(request, Request::Lookup { .. });
         self.call(request, move |r| match r {
-            Ok(Reply::Entry(e)) => reply.entry(&TTL, &me.attr(&e.attr), Generation(0)),
+            Ok(Reply::Entry(e)) => reply.entry(ttl(&e.attr), &me.attr(&e.attr), Generation(0)),
             Ok(_) => reply.error(Errno::EIO),
             Err(proto::errno::ENOENT) if lookup => {
                 // Only the node number (0) and the time to live mean anything here.
@@ -165,7 +177,7 @@ impl ShareFs {
     fn attr_call(self: &Arc<Self>, request: Request, reply: ReplyAttr) {
         let me = self.clone();
         self.call(request, move |r| match r {
-            Ok(Reply::Attr(a)) => reply.attr(&TTL, &me.attr(&a)),
+            Ok(Reply::Attr(a)) => reply.attr(ttl(&a), &me.attr(&a)),
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
         });
@@ -418,7 +430,8 @@ impl Filesystem for Fs {
         };
         self.0.call(r, move |r| match r {
             Ok(Reply::Created { entry, handle }) => {
-                reply.created(&TTL, &me.attr(&entry.attr), Generation(0), FileHandle(handle), FopenFlags::empty())
+                let ttl = ttl(&entry.attr);
+                reply.created(ttl, &me.attr(&entry.attr), Generation(0), FileHandle(handle), FopenFlags::empty())
             }
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
@@ -538,16 +551,16 @@ impl Filesystem for Fs {
             offset,
             true,
             move |me, next, name, attr, _ft| {
-                let fa = match attr {
-                    Some(a) => me.attr(a),
+                let (fa, ttl) = match attr {
+                    Some(a) => (me.attr(a), ttl(a)),
                     // "." and "..": the kernel does not make entries of these.
-                    None => me.attr(&dir_attr(dir)),
+                    None => (me.attr(&dir_attr(dir)), &TTL),
                 };
                 reply
                     .lock()
                     .expect("lock")
                     .as_mut()
-                    .is_some_and(|r| r.add(fa.ino, next, OsStr::from_bytes(name), &TTL, &fa, Generation(0)))
+                    .is_some_and(|r| r.add(fa.ino, next, OsStr::from_bytes(name), ttl, &fa, Generation(0)))
             },
             move |res| {
                 if let Some(r) = r2.lock().expect("lock").take() {

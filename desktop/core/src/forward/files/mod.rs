@@ -360,7 +360,9 @@ impl FileServer {
         let meta = ops::meta(dir, &component(name)?)?;
         let path = child(dir_path, name)?;
         let node = self.0.nodes.lock().expect("lock").looked_up(parent, &path, &meta);
-        Ok(ops::entry(name.to_vec(), node, &meta))
+        let mut e = ops::entry(name.to_vec(), node, &meta);
+        e.attr.watched = self.0.watch.is_watched(dir_path);
+        Ok(e)
     }
 
     /// [`Self::lookup_in`] from the parent's node.
@@ -375,18 +377,29 @@ impl FileServer {
     fn peek(&self, dir: &Dir, dir_path: &Path, name: &[u8]) -> Result<proto::DirEntry, Errno> {
         let meta = ops::meta(dir, &component(name)?)?;
         let node = self.0.nodes.lock().expect("lock").node_of(&child(dir_path, name)?).unwrap_or(0);
-        Ok(ops::entry(name.to_vec(), node, &meta))
+        let mut e = ops::entry(name.to_vec(), node, &meta);
+        e.attr.watched = self.0.watch.is_watched(dir_path);
+        Ok(e)
     }
 
     fn attr(&self, node: Node, handle: Option<proto::Handle>) -> Result<proto::Attr, Errno> {
-        let meta = match handle.map(|h| self.file(h)) {
-            Some(Ok(f)) => ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?),
+        let (meta, path) = match handle.map(|h| self.file(h)) {
+            Some(Ok(f)) => {
+                let path = self.0.files.lock().expect("lock").get(&handle.unwrap_or_default()).map(|(_, p)| p.clone());
+                (ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?), path)
+            }
             _ => {
-                let (dir, name, _) = self.at(node)?;
-                ops::meta(&dir, &name)?
+                let (dir, name, path) = self.at(node)?;
+                (ops::meta(&dir, &name)?, Some(path))
             }
         };
-        Ok(ops::attr(node, &meta))
+        let mut attr = ops::attr(node, &meta);
+        // A node's changes are seen through its directory's watch; the root's through its own.
+        attr.watched = path.is_some_and(|p| {
+            self.0.roots.contains(&p) && self.0.watch.is_watched(&p)
+                || p.parent().is_some_and(|d| self.0.watch.is_watched(d))
+        });
+        Ok(attr)
     }
 
     /// Answers one call (on a blocking thread), then records the paths it changed as it left
@@ -658,16 +671,23 @@ mod tests {
         }
     }
 
-    /// After the OS lost change events, the guest is told to drop every node and every name
-    /// it holds in the share.
+    /// Names in watched directories say so (the guest keeps them long); after the OS lost
+    /// change events, the guest is told to drop every node and every name it holds.
     #[test]
     fn lost_events_make_the_guest_drop_all_it_holds() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("sub")).unwrap();
         std::fs::write(d.path().join("sub/f"), "x").unwrap();
         let (s, root) = server(d.path());
-        let sub = entry(s.call(Request::Lookup { parent: root, name: b"sub".to_vec() })).attr.node;
-        let f = entry(s.call(Request::Lookup { parent: sub, name: b"f".to_vec() })).attr.node;
+        let sub = entry(s.call(Request::Lookup { parent: root, name: b"sub".to_vec() })).attr;
+        let f = entry(s.call(Request::Lookup { parent: sub.node, name: b"f".to_vec() })).attr;
+        // Both names are in watched directories: the guest may keep them long.
+        assert!(sub.watched && f.watched, "{sub:?} {f:?}");
+        match s.call(Request::GetAttr { node: f.node, handle: None }) {
+            Ok(Reply::Attr(a)) => assert!(a.watched, "{a:?}"),
+            other => panic!("{other:?}"),
+        }
+        let (sub, f) = (sub.node, f.node);
         let (tx, mut rx) = mpsc::unbounded_channel();
         s.0.notices.lock().unwrap().push(tx);
         s.notify(watch::Change::Rescan);

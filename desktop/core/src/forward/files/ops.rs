@@ -133,6 +133,7 @@ pub fn attr(node: u64, meta: &Metadata) -> Attr {
             gid: meta.gid(),
             rdev: meta.rdev() as u32,
             blksize: meta.blksize() as u32,
+            watched: false,
         }
     }
     #[cfg(not(unix))]
@@ -163,6 +164,7 @@ pub fn attr(node: u64, meta: &Metadata) -> Attr {
             gid: 0,
             rdev: 0,
             blksize: 4096,
+            watched: false,
         }
     }
 }

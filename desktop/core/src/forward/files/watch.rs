@@ -177,6 +177,11 @@ impl Watch {
         left.is_none_or(|left| left == Stamp::of(path))
     }
 
+    /// Whether changes in directory `dir` are watched (and so reach the guest).
+    pub fn is_watched(&self, dir: &Path) -> bool {
+        self.watched.lock().expect("lock").contains(dir)
+    }
+
     /// How many directories are watched.
     pub fn watched(&self) -> usize {
         self.watched.lock().expect("lock").len()
