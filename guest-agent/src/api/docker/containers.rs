@@ -10,7 +10,6 @@ use berth_runtime::Engine;
 use berth_runtime::container::logs::{LogQuery, Stream};
 use berth_runtime::container::{ContainerRecord, Endpoint, Status};
 use berth_runtime::engine::{CreateRequest, ExecConfig, Output, WaitCondition};
-use berth_runtime::image::platform::Platform;
 use berth_runtime::model::{ContainerConfig, HostConfig, parse_time};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,8 +47,7 @@ pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, body: Bytes) -
     if config.image.is_empty() {
         return Err(ApiError::invalid("config cannot be empty in order to create a container"));
     }
-    if let Some(p) = q.get("platform").filter(|p| !p.is_empty()) {
-        let platform = Platform::parse(p).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(platform) = super::platform(&q)? {
         engine.check_platform(&config.image, &platform)?;
     }
     let (id, warnings) =

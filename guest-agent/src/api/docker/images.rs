@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use berth_runtime::Engine;
 use berth_runtime::engine::RemovedImage;
-use berth_runtime::image::platform::Platform;
 use berth_runtime::image::pull::{Credentials, Progress};
 use berth_runtime::image::{ImageRecord, familiar};
 use berth_runtime::model::{ImageConfig, parse_time};
@@ -141,10 +140,7 @@ pub async fn create(
     } else {
         format!("{from}:{tag}")
     };
-    let platform = match q.get("platform").filter(|p| !p.is_empty()) {
-        Some(p) => Some(Platform::parse(p).map_err(|e| ApiError::invalid(e.to_string()))?),
-        None => None,
-    };
+    let platform = super::platform(&q)?;
     let creds = credentials(&headers);
     let (tx, rx) = mpsc::unbounded_channel::<Progress>();
     let task = {

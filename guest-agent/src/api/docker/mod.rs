@@ -37,6 +37,14 @@ pub const MIN_API_VERSION: &str = "1.24";
 /// Query parameters as sent (repeated keys keep their last value).
 pub type Query = HashMap<String, String>;
 
+/// The `platform` parameter (`linux/arm64`), if given; one that names no platform is a 400.
+pub fn platform(q: &Query) -> Result<Option<berth_runtime::image::platform::Platform>, ApiError> {
+    q.get("platform")
+        .filter(|p| !p.is_empty())
+        .map(|p| berth_runtime::image::platform::Platform::parse(p).map_err(|e| ApiError::invalid(e.to_string())))
+        .transpose()
+}
+
 /// Docker's boolean query values: `1`, `true`, `True`, `yes` are true.
 pub fn qbool(q: &Query, key: &str) -> bool {
     q.get(key).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "yes"))

@@ -383,22 +383,18 @@ impl FileServer {
     }
 
     fn attr(&self, node: Node, handle: Option<proto::Handle>) -> Result<proto::Attr, Errno> {
-        let (meta, path) = match handle.map(|h| self.file(h)) {
-            Some(Ok(f)) => {
-                let path = self.0.files.lock().expect("lock").get(&handle.unwrap_or_default()).map(|(_, p)| p.clone());
-                (ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?), path)
-            }
-            _ => {
+        let open = handle.and_then(|h| self.0.files.lock().expect("lock").get(&h).cloned());
+        let (meta, path) = match open {
+            Some((f, path)) => (ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?), path),
+            None => {
                 let (dir, name, path) = self.at(node)?;
-                (ops::meta(&dir, &name)?, Some(path))
+                (ops::meta(&dir, &name)?, path)
             }
         };
         let mut attr = ops::attr(node, &meta);
         // A node's changes are seen through its directory's watch; the root's through its own.
-        attr.watched = path.is_some_and(|p| {
-            self.0.roots.contains(&p) && self.0.watch.is_watched(&p)
-                || p.parent().is_some_and(|d| self.0.watch.is_watched(d))
-        });
+        attr.watched = self.0.roots.contains(&path) && self.0.watch.is_watched(&path)
+            || path.parent().is_some_and(|d| self.0.watch.is_watched(d));
         Ok(attr)
     }
 
