@@ -19,6 +19,7 @@ struct Setup {
     agent: Agent,
     host: tempfile::TempDir,
     seen: PathBuf,
+    server: FileServer,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -30,8 +31,8 @@ impl Setup {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let server = FileServer::new(&[ShareSpec { path: host.path().to_owned(), read_only }]).unwrap();
         let transport = Arc::new(MuxTransport::serial(agent.mux_socket()));
-        rt.spawn(server.serve(transport));
-        let s = Setup { agent, host, seen, _rt: rt };
+        rt.spawn(server.clone().serve(transport));
+        let s = Setup { agent, host, seen, server, _rt: rt };
         let ok = eventually(20, || s.mounted());
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let ours: Vec<&str> = mounts.lines().filter(|l| l.contains("fuse") || l.contains(".tmp")).collect();
@@ -430,6 +431,49 @@ fn a_missing_name_shows_once_the_host_makes_it() {
     // And the other way: a name the guest has seen goes when the host removes it.
     std::fs::remove_file(s.host("late.txt")).unwrap();
     assert!(eventually(10, || !s.guest("late.txt").exists()), "a removed file stays in the guest");
+}
+
+/// In a directory the guest made, lookups of names it did not make are answered in the guest
+/// (making a file asks the host nothing before the create), and what the host makes or
+/// removes there, or in a directory made in it, still shows in the guest at once.
+#[test]
+fn a_directory_the_guest_made_answers_its_lookups_and_hears_the_host() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.guest("made")).unwrap();
+    let before = s.server.lookups();
+    for i in 0..50 {
+        std::fs::write(s.guest(&format!("made/f{i}")), i.to_string()).unwrap();
+    }
+    assert!(!s.guest("made/none").exists());
+    std::fs::create_dir(s.guest("made/sub")).unwrap();
+    std::fs::write(s.guest("made/sub/inner"), "in").unwrap();
+    assert_eq!(s.server.lookups() - before, 0, "the guest asked the host for names in a directory it made");
+    assert_eq!(std::fs::read_to_string(s.host("made/f7")).unwrap(), "7");
+    // The guest's own removals and renames there.
+    std::fs::remove_file(s.guest("made/f0")).unwrap();
+    assert!(!s.guest("made/f0").exists() && !s.host("made/f0").exists());
+    std::fs::rename(s.guest("made/f1"), s.guest("made/g1")).unwrap();
+    assert!(!s.guest("made/f1").exists());
+    assert_eq!(std::fs::read_to_string(s.guest("made/g1")).unwrap(), "1");
+    std::fs::write(s.guest("made/f0"), "again").unwrap();
+    assert_eq!(std::fs::read_to_string(s.host("made/f0")).unwrap(), "again");
+    // The host's changes, in the directory and in the one made in it.
+    std::fs::write(s.host("made/late.txt"), "host
+").unwrap();
+    std::fs::write(s.host("made/sub/late.txt"), "host too
+").unwrap();
+    assert!(eventually(10, || s.guest("made/late.txt").exists()), "a file the host made stays missing");
+    assert!(eventually(10, || s.guest("made/sub/late.txt").exists()), "a file the host made stays missing in sub");
+    assert_eq!(std::fs::read_to_string(s.guest("made/sub/late.txt")).unwrap(), "host too\n");
+    std::fs::remove_file(s.host("made/f2")).unwrap();
+    assert!(eventually(10, || !s.guest("made/f2").exists()), "a file the host removed stays");
+    // A directory removed by the guest and made again on the host is the host's: its files show.
+    std::fs::remove_file(s.guest("made/sub/inner")).unwrap();
+    std::fs::remove_file(s.guest("made/sub/late.txt")).unwrap();
+    std::fs::remove_dir(s.guest("made/sub")).unwrap();
+    std::fs::create_dir(s.host("made/sub")).unwrap();
+    std::fs::write(s.host("made/sub/x"), "x").unwrap();
+    assert!(eventually(10, || s.guest("made/sub/x").exists()), "a directory the host made again looks empty");
 }
 
 /// Many files in many directories, listed and then removed with `rm -rf` (which unlinks

@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -278,6 +278,19 @@ pub enum Request {
 pub enum Reply {
     Ok,
     Entry(DirEntry),
+    /// A lookup's name is not there; `watched` as in [`Attr::watched`], for the directory
+    /// looked in (the guest may remember the absence as long as it would a name there).
+    Absent {
+        watched: bool,
+    },
+    /// A directory made by [`Request::MkDir`]. `known_empty`: the host watches the new
+    /// directory and found it empty once the watch was up, so until a notice names it the
+    /// guest knows its whole listing (what it makes there itself) and answers lookups of
+    /// other names there as absent without asking.
+    NewDir {
+        entry: DirEntry,
+        known_empty: bool,
+    },
     Attr(Attr),
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),

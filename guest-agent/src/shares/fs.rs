@@ -8,8 +8,10 @@
 //! Inode numbers are the host's node numbers, except that the share's root is FUSE's root
 //! (1). Attributes and entries are cached by the kernel for [`WATCHED_TTL`] when the host
 //! watches their directory (its change notices drop them when they change: [`Changes`]), and
-//! for [`TTL`] otherwise (past the host's watch limit, names found missing). Data goes through the page cache (reads of a
-//! file unchanged on the host come from memory; the kernel drops cached pages when it sees
+//! for [`TTL`] otherwise (past the host's watch limit); names found missing the same way, by
+//! whether their directory is watched. In a directory the guest made itself, lookups of names
+//! it did not make are answered here without asking the host ([`super::known`]). Data goes
+//! through the page cache (reads of a file unchanged on the host come from memory; the kernel drops cached pages when it sees
 //! the size or mtime change), while writes go to the host at once, so an edit made in a
 //! container is on the host when the write returns.
 
@@ -29,8 +31,8 @@ use fuser::{
 
 use super::Shares;
 
-/// How long the kernel may trust what it was told about a node or a name that the host does
-/// not watch, and a name found missing.
+/// How long the kernel may trust what it was told about a node or a name (or a name's
+/// absence) that the host does not watch.
 const TTL: Duration = Duration::from_secs(1);
 /// The same for one the host watches: its notices keep the cache true, so this bounds only
 /// what a notice could miss (a change made on the host in the instant between a guest's call
@@ -105,6 +107,41 @@ fn err(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
+/// Answers a lookup with "no such name": node 0, which the kernel keeps as a negative entry
+/// for `ttl` (only the node number and the time mean anything in it).
+fn absent(reply: ReplyEntry, ttl: &Duration) {
+    let a = dir_attr(0);
+    let none = FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    };
+    reply.entry(ttl, &none, Generation(0))
+}
+
+/// What a failed call that would have made `name` in `dir` tells of the directory's listing:
+/// EEXIST that the name is there, EIO nothing certain (the host may have made it before the
+/// answer was lost); any other error that nothing was made.
+fn made_or_not(known: &super::known::Known, dir: u64, name: &[u8], e: i32) {
+    match e {
+        proto::errno::EEXIST => known.added(dir, name),
+        proto::errno::EIO => known.forget(dir),
+        _ => {}
+    }
+}
+
 fn owner(req: &FuseRequest) -> Owner {
     Owner { uid: req.uid(), gid: req.gid() }
 }
@@ -145,23 +182,40 @@ impl ShareFs {
         self.shares.call(request, Box::new(then), &self.rt);
     }
 
-    /// A call whose answer is an entry. A lookup of a name that is not there is answered as
-    /// node 0, which the kernel keeps as a negative entry for [`TTL`] (a build or `git status`
-    /// asks for the same missing names again and again; the host's change notices drop the
-    /// entry when the name appears).
-    fn entry_call(self: &Arc<Self>, request: Request, reply: ReplyEntry) {
+    /// A call whose answer is an entry: a lookup, or a node made at `at` (its directory's
+    /// node and its name). A lookup of a name that is not there is answered as node 0, which
+    /// the kernel keeps as a negative entry (a build or `git status` asks for the same
+    /// missing names again and again; the host's change notices drop the entry when the name
+    /// appears). What the guest knows of directories' listings ([`Known`]) follows each answer
+    /// before the kernel has it.
+    ///
+    /// [`Known`]: super::known::Known
+    fn entry_call(self: &Arc<Self>, request: Request, at: (u64, Vec<u8>), reply: ReplyEntry) {
         let me = self.clone();
         let lookup = matches!(request, Request::Lookup { .. });
-        self.call(request, move |r| match r {
-            Ok(Reply::Entry(e)) => reply.entry(ttl(&e.attr), &me.attr(&e.attr), Generation(0)),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(proto::errno::ENOENT) if lookup => {
-                // Only the node number (0) and the time to live mean anything here.
-                let mut none = me.attr(&dir_attr(0));
-                none.ino = INodeNo(0);
-                reply.entry(&TTL, &none, Generation(0))
+        let since = self.shares.known().generation();
+        self.call(request, move |r| {
+            let (known, (dir, name)) = (me.shares.known(), at);
+            match r {
+                Ok(Reply::Entry(e)) => {
+                    known.added(dir, &name);
+                    reply.entry(ttl(&e.attr), &me.attr(&e.attr), Generation(0))
+                }
+                Ok(Reply::NewDir { entry, known_empty }) => {
+                    known.added(dir, &name);
+                    if known_empty {
+                        known.made_empty(entry.attr.node, since);
+                    }
+                    reply.entry(ttl(&entry.attr), &me.attr(&entry.attr), Generation(0))
+                }
+                Ok(Reply::Absent { watched }) if lookup => absent(reply, if watched { &WATCHED_TTL } else { &TTL }),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(proto::errno::ENOENT) if lookup => absent(reply, &TTL),
+                Err(e) => {
+                    made_or_not(known, dir, &name, e);
+                    reply.error(err(e))
+                }
             }
-            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -188,6 +242,19 @@ impl ShareFs {
         self.call(request, move |r| match r {
             Ok(Reply::Opened(h)) => reply.opened(FileHandle(h), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    /// An unlink or rmdir of `at` (its directory's node and its name): once the host has
+    /// removed it, the guest knows the name is not there.
+    fn removal_call(self: &Arc<Self>, request: Request, at: (u64, Vec<u8>), reply: ReplyEmpty) {
+        let me = self.clone();
+        self.call(request, move |r| match r {
+            Ok(_) => {
+                me.shares.known().removed(at.0, &at.1);
+                reply.ok()
+            }
             Err(e) => reply.error(err(e)),
         });
     }
@@ -271,11 +338,17 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.0.node(parent);
-        self.0.entry_call(Request::Lookup { parent, name: name.as_bytes().to_vec() }, reply);
+        let name = name.as_bytes().to_vec();
+        if self.0.shares.known().absent(parent, &name) {
+            // A directory the guest made, watched since: the host would say "absent" too.
+            return absent(reply, &WATCHED_TTL);
+        }
+        self.0.entry_call(Request::Lookup { parent, name: name.clone() }, (parent, name), reply);
     }
 
     fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
         if ino != INodeNo::ROOT {
+            self.0.shares.known().forget(ino.0);
             self.0.call(Request::Forget { node: ino.0, count: nlookup }, |_| {});
         }
     }
@@ -340,41 +413,32 @@ impl Filesystem for Fs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = Request::MkNod {
-            parent: self.0.node(parent),
-            name: name.as_bytes().to_vec(),
-            mode: mode & !(umask & 0o777),
-            owner: owner(req),
-        };
-        self.0.entry_call(r, reply);
+        let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        let r = Request::MkNod { parent, name: name.clone(), mode: mode & !(umask & 0o777), owner: owner(req) };
+        self.0.entry_call(r, (parent, name), reply);
     }
 
     fn mkdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = Request::MkDir {
-            parent: self.0.node(parent),
-            name: name.as_bytes().to_vec(),
-            mode: mode & !(umask & 0o777),
-            owner: owner(req),
-        };
-        self.0.entry_call(r, reply);
+        let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        let r = Request::MkDir { parent, name: name.clone(), mode: mode & !(umask & 0o777), owner: owner(req) };
+        self.0.entry_call(r, (parent, name), reply);
     }
 
     fn unlink(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.0.empty_call(Request::Unlink { parent: self.0.node(parent), name: name.as_bytes().to_vec() }, reply);
+        let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        self.0.removal_call(Request::Unlink { parent, name: name.clone() }, (parent, name), reply);
     }
 
     fn rmdir(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.0.empty_call(Request::RmDir { parent: self.0.node(parent), name: name.as_bytes().to_vec() }, reply);
+        let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        self.0.removal_call(Request::RmDir { parent, name: name.clone() }, (parent, name), reply);
     }
 
     fn symlink(&self, req: &FuseRequest, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = Request::Symlink {
-            parent: self.0.node(parent),
-            name: link_name.as_bytes().to_vec(),
-            target: target.as_os_str().as_bytes().to_vec(),
-            owner: owner(req),
-        };
-        self.0.entry_call(r, reply);
+        let (parent, name) = (self.0.node(parent), link_name.as_bytes().to_vec());
+        let target = target.as_os_str().as_bytes().to_vec();
+        let r = Request::Symlink { parent, name: name.clone(), target, owner: owner(req) };
+        self.0.entry_call(r, (parent, name), reply);
     }
 
     fn rename(
@@ -387,23 +451,37 @@ impl Filesystem for Fs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = Request::Rename {
-            parent: self.0.node(parent),
-            name: name.as_bytes().to_vec(),
-            new_parent: self.0.node(newparent),
-            new_name: newname.as_bytes().to_vec(),
-            flags: flags.bits(),
-        };
-        self.0.empty_call(r, reply);
+        let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        let (new_parent, new_name) = (self.0.node(newparent), newname.as_bytes().to_vec());
+        let flags = flags.bits();
+        let r = Request::Rename { parent, name: name.clone(), new_parent, new_name: new_name.clone(), flags };
+        let me = self.0.clone();
+        self.0.call(r, move |r| {
+            let known = me.shares.known();
+            match r {
+                Ok(_) => {
+                    // An exchange leaves both names there.
+                    if flags & 2 == 0 {
+                        known.removed(parent, &name);
+                        known.added(new_parent, &new_name);
+                    }
+                    reply.ok()
+                }
+                Err(e) => {
+                    if e == proto::errno::EIO {
+                        known.forget(parent);
+                        known.forget(new_parent);
+                    }
+                    reply.error(err(e))
+                }
+            }
+        });
     }
 
     fn link(&self, _req: &FuseRequest, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let r = Request::Link {
-            node: self.0.node(ino),
-            new_parent: self.0.node(newparent),
-            new_name: newname.as_bytes().to_vec(),
-        };
-        self.0.entry_call(r, reply);
+        let (new_parent, new_name) = (self.0.node(newparent), newname.as_bytes().to_vec());
+        let r = Request::Link { node: self.0.node(ino), new_parent, new_name: new_name.clone() };
+        self.0.entry_call(r, (new_parent, new_name), reply);
     }
 
     fn open(&self, _req: &FuseRequest, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
@@ -421,20 +499,19 @@ impl Filesystem for Fs {
         reply: ReplyCreate,
     ) {
         let me = self.0.clone();
-        let r = Request::Create {
-            parent: self.0.node(parent),
-            name: name.as_bytes().to_vec(),
-            mode: mode & !(umask & 0o777),
-            flags,
-            owner: owner(req),
-        };
+        let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        let r = Request::Create { parent, name: name.clone(), mode: mode & !(umask & 0o777), flags, owner: owner(req) };
         self.0.call(r, move |r| match r {
             Ok(Reply::Created { entry, handle }) => {
+                me.shares.known().added(parent, &name);
                 let ttl = ttl(&entry.attr);
                 reply.created(ttl, &me.attr(&entry.attr), Generation(0), FileHandle(handle), FopenFlags::empty())
             }
             Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
+            Err(e) => {
+                made_or_not(me.shares.known(), parent, &name, e);
+                reply.error(err(e))
+            }
         });
     }
 

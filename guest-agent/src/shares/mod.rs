@@ -10,6 +10,7 @@
 //! they fail.
 
 mod fs;
+mod known;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -78,6 +79,8 @@ struct Inner {
     raise_seq: AtomicU32,
     /// Where host changes go to be raised, one at a time, by one thread.
     raiser: OnceLock<std::sync::mpsc::Sender<Notice>>,
+    /// Directories whose whole listing the guest knows.
+    known: known::Known,
 }
 
 struct Mounted {
@@ -191,6 +194,8 @@ impl Shares {
         if wr.write_all(&proto::encode(&Message::Ready { version: proto::VERSION })).await.is_err() {
             return;
         }
+        // A host that connects anew may number its nodes anew.
+        self.0.known.clear();
         self.mount_all(&shares);
         let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let lane = Arc::new(Lane {
@@ -303,6 +308,11 @@ impl Shares {
     /// directory holds the lock until its answer comes, on a lane.
     fn changed(&self, root: u64, stale: Vec<Stale>, path: &[u8]) {
         use std::os::unix::ffi::OsStrExt;
+        // At once, on the lane's reader: a lookup answered from what the guest knows after
+        // this point must not use what the notice made wrong.
+        for s in &stale {
+            self.0.known.stale(s.node);
+        }
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
         let raiser = self.0.raiser.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Notice>();
@@ -339,6 +349,11 @@ impl Shares {
             tx
         });
         let _ = raiser.send(Notice { root, stale, path });
+    }
+
+    /// The directories whose listing the guest knows.
+    fn known(&self) -> &known::Known {
+        &self.0.known
     }
 
     /// A new mark for a raise (never 0), counted as under way until [`Shares::raised`].

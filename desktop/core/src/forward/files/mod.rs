@@ -77,6 +77,8 @@ struct Shared {
     changes: Mutex<Option<mpsc::UnboundedReceiver<watch::Change>>>,
     /// Where notices go: the writers of the open streams.
     notices: Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Lookups asked for (tests check which ones the guest answers itself).
+    lookups: AtomicU64,
 }
 
 /// The file server; cheap to clone.
@@ -131,6 +133,7 @@ impl FileServer {
             watch,
             changes: Mutex::new(Some(rx)),
             notices: Mutex::new(Vec::new()),
+            lookups: AtomicU64::new(0),
         })))
     }
 
@@ -365,11 +368,16 @@ impl FileServer {
         Ok(e)
     }
 
-    /// [`Self::lookup_in`] from the parent's node.
-    fn lookup(&self, parent: Node, name: &[u8]) -> Result<proto::DirEntry, Errno> {
+    /// The guest looks for `name` in directory `parent`, which is watched from now on: its
+    /// entry, or that it is absent (and whether the guest will hear when it appears).
+    fn lookup(&self, parent: Node, name: &[u8]) -> Result<Reply, Errno> {
+        self.0.lookups.fetch_add(1, Ordering::Relaxed);
         let (dir, dir_path) = self.dir(parent)?;
         self.0.watch.dir(&dir_path);
-        self.lookup_in(&dir, &dir_path, parent, name)
+        match self.lookup_in(&dir, &dir_path, parent, name) {
+            Err(errno::ENOENT) => Ok(Reply::Absent { watched: self.0.watch.is_watched(&dir_path) }),
+            r => r.map(Reply::Entry),
+        }
     }
 
     /// The entry for `name` in `dir` without counting a lookup (a plain listing: its node
@@ -408,7 +416,7 @@ impl FileServer {
 
     fn answer(&self, request: Request) -> Result<Reply, Errno> {
         match request {
-            Request::Lookup { parent, name } => self.lookup(parent, &name).map(Reply::Entry),
+            Request::Lookup { parent, name } => self.lookup(parent, &name),
             Request::Forget { node, count } => {
                 self.0.nodes.lock().expect("lock").forget(node, count);
                 Ok(Reply::Ok)
@@ -446,10 +454,18 @@ impl FileServer {
                 self.writable(parent)?;
                 let (dir, dir_path) = self.dir(parent)?;
                 let n = component(&name)?;
-                self.mark(&dir_path.join(&n));
+                let path = dir_path.join(&n);
+                self.mark(&path);
                 ops::mkdir(&dir, &n, mode)?;
                 ops::give(&dir, &n, owner);
-                self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
+                // Watched before it is listed: a name made here by someone else after the
+                // listing is a notice, one made before is in the listing.
+                self.0.watch.dir(&path);
+                use cap_fs_ext::DirExt;
+                let known_empty = self.0.watch.is_watched(&path)
+                    && dir.open_dir_nofollow(&n).ok().and_then(|d| ops::list(&d).ok()).is_some_and(|l| l.is_empty());
+                let entry = self.lookup_in(&dir, &dir_path, parent, &name)?;
+                Ok(Reply::NewDir { entry, known_empty })
             }
             Request::Unlink { parent, name } => {
                 self.writable(parent)?;
@@ -614,6 +630,11 @@ impl FileServer {
         }
     }
 
+    /// How many lookups the guest has asked for (for tests).
+    pub fn lookups(&self) -> u64 {
+        self.0.lookups.load(Ordering::Relaxed)
+    }
+
     /// How many nodes the guest holds (for tests and status).
     pub fn nodes(&self) -> usize {
         self.0.nodes.lock().expect("lock").len()
@@ -662,7 +683,7 @@ mod tests {
 
     fn entry(r: Result<Reply, Errno>) -> proto::DirEntry {
         match r {
-            Ok(Reply::Entry(e)) => e,
+            Ok(Reply::Entry(e) | Reply::NewDir { entry: e, .. }) => e,
             other => panic!("{other:?}"),
         }
     }
@@ -695,6 +716,35 @@ mod tests {
             assert!(has(node, name), "({node}, {:?}) not in {stale:?}", String::from_utf8_lossy(name));
         }
         assert!(rx.try_recv().is_err(), "one notice for a small share");
+    }
+
+    /// A directory the guest makes is watched at once and said to be empty, so the guest can
+    /// answer lookups there itself; a change made there on this machine is a notice. A name
+    /// looked for and missing says whether its directory is watched.
+    #[test]
+    fn new_directories_are_known_empty_and_watched() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, root) = server(d.path());
+        let mut changes = s.0.changes.lock().unwrap().take().unwrap();
+        let made = s.call(Request::MkDir { parent: root, name: b"new".to_vec(), mode: 0o755, owner: Owner::default() });
+        let Ok(Reply::NewDir { entry, known_empty: true }) = made else { panic!("{made:?}") };
+        assert_eq!(entry.attr.kind, Kind::Dir);
+        assert_eq!(
+            s.call(Request::Lookup { parent: entry.attr.node, name: b"x".to_vec() }),
+            Ok(Reply::Absent { watched: true })
+        );
+        assert_eq!(s.lookups(), 1);
+        std::fs::write(d.path().join("new/x"), "made here").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let want = watch::Change::Entry(std::fs::canonicalize(d.path()).unwrap().join("new/x"));
+        loop {
+            match changes.try_recv() {
+                Ok(c) if c == want => break,
+                Ok(_) => {}
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => panic!("no change seen in the new directory"),
+            }
+        }
     }
 
     #[test]

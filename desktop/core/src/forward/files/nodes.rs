@@ -134,6 +134,12 @@ impl Nodes {
         if e.paths.len() > 1 || e.lookups != u64::MAX {
             e.paths.retain(|p| p != path);
             self.by_path.remove(path);
+            // With no name left the object is gone (or reached only by names not looked up
+            // yet): a new object given its inode number is a new node, not this one, which the
+            // guest may still hold with what it knew of the old object.
+            if e.paths.is_empty() && self.by_key.get(&e.key) == Some(&id) {
+                self.by_key.remove(&e.key);
+            }
         }
     }
 
@@ -240,5 +246,9 @@ mod tests {
         nodes.forget(nf, 1);
         nodes.forget(nf2, 1);
         assert_eq!(nodes.len(), 2);
+        // Once a node's last name is gone, an object found with its inode number (reused by
+        // the file system) is another node, even while the guest still holds the old one.
+        nodes.gone(&b);
+        assert_ne!(nodes.looked_up(root, &b, &meta(&b)), na);
     }
 }
