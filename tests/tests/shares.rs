@@ -458,10 +458,8 @@ fn a_directory_the_guest_made_answers_its_lookups_and_hears_the_host() {
     std::fs::write(s.guest("made/f0"), "again").unwrap();
     assert_eq!(std::fs::read_to_string(s.host("made/f0")).unwrap(), "again");
     // The host's changes, in the directory and in the one made in it.
-    std::fs::write(s.host("made/late.txt"), "host
-").unwrap();
-    std::fs::write(s.host("made/sub/late.txt"), "host too
-").unwrap();
+    std::fs::write(s.host("made/late.txt"), "host\n").unwrap();
+    std::fs::write(s.host("made/sub/late.txt"), "host too\n").unwrap();
     assert!(eventually(10, || s.guest("made/late.txt").exists()), "a file the host made stays missing");
     assert!(eventually(10, || s.guest("made/sub/late.txt").exists()), "a file the host made stays missing in sub");
     assert_eq!(std::fs::read_to_string(s.guest("made/sub/late.txt")).unwrap(), "host too\n");

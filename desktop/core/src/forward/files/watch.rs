@@ -19,7 +19,7 @@
 //! act and its seal, or one within the same timestamp tick that keeps the size.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -61,6 +61,28 @@ impl Stamp {
     }
 }
 
+/// Which directory a path names (device, inode and birth time where the file system keeps
+/// one, as a removed directory's inode number may be given to the next one), to tell when
+/// another directory, or nothing, has taken a watched path: the OS's watch follows the
+/// directory, not the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DirId(Option<(u64, u64, Option<SystemTime>)>);
+
+impl DirId {
+    fn of(path: &Path) -> DirId {
+        DirId(std::fs::symlink_metadata(path).ok().filter(|m| m.is_dir()).map(|m| {
+            #[cfg(unix)]
+            let (dev, ino) = {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            };
+            #[cfg(not(unix))]
+            let (dev, ino) = (0, 0);
+            (dev, ino, m.created().ok())
+        }))
+    }
+}
+
 /// The guest's latest change of a path.
 #[derive(Debug)]
 struct Mark {
@@ -80,7 +102,8 @@ thread_local! {
 /// The watcher and its bookkeeping.
 pub struct Watch {
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
-    watched: Mutex<HashSet<PathBuf>>,
+    /// The directories watched, by the path each was watched at.
+    watched: Mutex<HashMap<PathBuf, DirId>>,
     /// Paths the guest changed.
     ours: Mutex<HashMap<PathBuf, Mark>>,
 }
@@ -91,13 +114,16 @@ impl Watch {
     pub fn new(on_change: impl Fn(Change) + Send + 'static) -> std::sync::Arc<Watch> {
         let me = std::sync::Arc::new(Watch {
             watcher: Mutex::new(None),
-            watched: Mutex::new(HashSet::new()),
+            watched: Mutex::new(HashMap::new()),
             ours: Mutex::new(HashMap::new()),
         });
         let weak = std::sync::Arc::downgrade(&me);
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             let (Ok(ev), Some(me)) = (ev, weak.upgrade()) else { return };
             for change in changes(&ev) {
+                if let Change::Entry(p) = &change {
+                    me.entry_changed(p);
+                }
                 let ours = match &change {
                     Change::Modified(p) | Change::Entry(p) => me.ours(p),
                     Change::Rescan => false,
@@ -114,20 +140,48 @@ impl Watch {
         me
     }
 
-    /// Watches directory `dir` (once; not past the limit).
+    /// Watches directory `dir` (once, unless another directory has taken its path since; not
+    /// past the limit).
     pub fn dir(&self, dir: &Path) {
-        let mut watched = self.watched.lock().expect("lock");
-        if watched.contains(dir) || watched.len() >= MAX_WATCHES {
+        let id = DirId::of(dir);
+        if id.0.is_none() {
             return;
         }
-        if let Some(w) = self.watcher.lock().expect("lock").as_mut() {
-            match w.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    watched.insert(dir.to_owned());
-                }
-                Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "watching a shared directory"),
+        {
+            let watched = self.watched.lock().expect("lock");
+            match watched.get(dir) {
+                Some(was) if *was == id => return,
+                None if watched.len() >= MAX_WATCHES => return,
+                _ => {}
             }
         }
+        // Not under the lock of `watched`: the watcher waits for its event thread, which may
+        // be in `entry_changed`, waiting for that lock.
+        let mut watcher = self.watcher.lock().expect("lock");
+        let Some(w) = watcher.as_mut() else { return };
+        let done = w.watch(dir, RecursiveMode::NonRecursive);
+        let mut watched = self.watched.lock().expect("lock");
+        match done {
+            Ok(()) => {
+                watched.insert(dir.to_owned(), id);
+            }
+            Err(e) => {
+                watched.remove(dir);
+                tracing::debug!(dir = %dir.display(), error = %e, "watching a shared directory")
+            }
+        }
+    }
+
+    /// A name came or went at `path`: if it was a watched directory that is gone or has been
+    /// replaced, neither it nor anything below it is watched there any more (the OS dropped
+    /// the watch of a removed directory, and a moved one's watch went with it). The guest's
+    /// next look in the directory found there watches it anew.
+    fn entry_changed(&self, path: &Path) {
+        let mut watched = self.watched.lock().expect("lock");
+        if watched.get(path).is_none_or(|id| *id == DirId::of(path)) {
+            return;
+        }
+        watched.retain(|p, _| !p.starts_with(path));
     }
 
     /// The guest is changing `path` now, on this thread; [`Watch::seal_marked`] ends it.
@@ -179,7 +233,7 @@ impl Watch {
 
     /// Whether changes in directory `dir` are watched (and so reach the guest).
     pub fn is_watched(&self, dir: &Path) -> bool {
-        self.watched.lock().expect("lock").contains(dir)
+        self.watched.lock().expect("lock").contains_key(dir)
     }
 
     /// How many directories are watched.
@@ -215,6 +269,36 @@ mod tests {
         assert_eq!(changes(&overflow), vec![Change::Rescan]);
         let plain = notify::Event::new(EventKind::Other);
         assert!(changes(&plain).is_empty());
+    }
+
+    /// A watched directory removed and made again at its path is not taken for watched until
+    /// it is watched anew; then its changes are seen.
+    #[test]
+    fn a_directory_made_again_is_watched_again() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = Watch::new(move |c| {
+            let _ = tx.send(c);
+        });
+        w.dir(d.path());
+        w.dir(&sub);
+        assert!(w.is_watched(&sub));
+        std::fs::remove_dir(&sub).unwrap();
+        std::fs::create_dir(&sub).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.is_watched(&sub) {
+            assert!(Instant::now() < deadline, "a directory made again is still taken for watched");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        w.dir(&sub);
+        assert!(w.is_watched(&sub));
+        std::fs::write(sub.join("f"), "x").unwrap();
+        let seen = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(5)).ok())
+            .any(|c| c == Change::Entry(sub.join("f")));
+        assert!(seen, "a change in the directory made again was not seen");
     }
 
     #[test]
