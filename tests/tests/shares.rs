@@ -474,6 +474,40 @@ fn a_directory_the_guest_made_answers_its_lookups_and_hears_the_host() {
     assert!(eventually(10, || s.guest("made/sub/x").exists()), "a directory the host made again looks empty");
 }
 
+/// The first lookup in a directory brings all of it: statting every file of a directory
+/// (as `git status` does) is one call to the host, not one per file; files the host changes
+/// or makes meanwhile show as they are.
+#[test]
+fn a_directory_is_looked_into_whole_and_kept_true() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.host("tree")).unwrap();
+    for i in 0..100 {
+        std::fs::write(s.host(&format!("tree/f{i}")), "x".repeat(i)).unwrap();
+    }
+    assert!(s.guest("tree").is_dir());
+    let before = s.server.lookups();
+    assert_eq!(std::fs::metadata(s.guest("tree/f0")).unwrap().len(), 0);
+    // Changed on the host after the guest has its entry waiting.
+    std::fs::write(s.host("tree/f1"), "changed on the host").unwrap();
+    std::fs::remove_file(s.host("tree/f2")).unwrap();
+    std::fs::write(s.host("tree/new"), "new").unwrap();
+    assert!(
+        eventually(10, || std::fs::read_to_string(s.guest("tree/f1")).ok().as_deref() == Some("changed on the host")),
+        "a file changed on the host shows its old contents"
+    );
+    assert!(eventually(10, || !s.guest("tree/f2").exists()), "a file removed on the host stays");
+    assert!(eventually(10, || s.guest("tree/new").exists()), "a file made on the host stays missing");
+    let asked = s.server.lookups() - before;
+    for i in 3..100 {
+        assert_eq!(std::fs::metadata(s.guest(&format!("tree/f{i}"))).unwrap().len(), i as u64);
+    }
+    let more = s.server.lookups() - before - asked;
+    // The directory was surveyed again after the host's changes (once or a few times, as
+    // notices came), not once per file.
+    assert!(asked + more < 20, "{asked} then {more} lookups for 100 files");
+    assert!(!s.guest("tree/none").exists());
+}
+
 /// Many files in many directories, listed and then removed with `rm -rf` (which unlinks
 /// while it reads each directory): nothing is skipped and the tree is gone on the host.
 /// Each directory holds more entries than one read of it returns (a page on Linux 6.1, 32

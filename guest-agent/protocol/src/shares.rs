@@ -23,11 +23,13 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
 pub const MAX_IO: usize = 1 << 20;
+/// The most entries a directory may have for [`Request::Survey`] to list it whole.
+pub const SURVEY_MAX: usize = 1024;
 
 /// A node: one file-system object the host serves.
 pub type Node = u64;
@@ -127,6 +129,15 @@ pub struct SetAttr {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     Lookup {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// A lookup of `name` that may bring the whole directory: when the host watches `parent`
+    /// and it holds at most [`SURVEY_MAX`] entries, the answer is [`Reply::Listing`], every
+    /// entry counted as looked up (the guest forgets what it does not hand to its kernel);
+    /// else it is a plain lookup's.
+    Survey {
         parent: Node,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
@@ -290,6 +301,11 @@ pub enum Reply {
     NewDir {
         entry: DirEntry,
         known_empty: bool,
+    },
+    /// Every entry of a watched directory, with its attributes (a [`Request::Survey`]); the
+    /// name looked up is absent if it is not among them. Changes after it are notices.
+    Listing {
+        entries: Vec<DirEntry>,
     },
     Attr(Attr),
     Data(#[serde(with = "serde_bytes")] Vec<u8>),

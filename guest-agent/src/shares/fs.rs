@@ -30,6 +30,7 @@ use fuser::{
 };
 
 use super::Shares;
+use super::known::Look;
 
 /// How long the kernel may trust what it was told about a node or a name (or a name's
 /// absence) that the host does not watch.
@@ -134,10 +135,10 @@ fn absent(reply: ReplyEntry, ttl: &Duration) {
 /// What a failed call that would have made `name` in `dir` tells of the directory's listing:
 /// EEXIST that the name is there, EIO nothing certain (the host may have made it before the
 /// answer was lost); any other error that nothing was made.
-fn made_or_not(known: &super::known::Known, dir: u64, name: &[u8], e: i32) {
+fn made_or_not(shares: &Shares, dir: u64, name: &[u8], e: i32) {
     match e {
-        proto::errno::EEXIST => known.added(dir, name),
-        proto::errno::EIO => known.forget(dir),
+        proto::errno::EEXIST => shares.known().added(dir, name),
+        proto::errno::EIO => shares.forget_nodes(shares.known().forget(dir)),
         _ => {}
     }
 }
@@ -204,7 +205,7 @@ impl ShareFs {
                 Ok(Reply::NewDir { entry, known_empty }) => {
                     known.added(dir, &name);
                     if known_empty {
-                        known.made_empty(entry.attr.node, since);
+                        me.shares.forget_nodes(known.made_empty(entry.attr.node, since));
                     }
                     reply.entry(ttl(&entry.attr), &me.attr(&entry.attr), Generation(0))
                 }
@@ -212,8 +213,45 @@ impl ShareFs {
                 Ok(_) => reply.error(Errno::EIO),
                 Err(proto::errno::ENOENT) if lookup => absent(reply, &TTL),
                 Err(e) => {
-                    made_or_not(known, dir, &name, e);
+                    made_or_not(&me.shares, dir, &name, e);
                     reply.error(err(e))
+                }
+            }
+        });
+    }
+
+    /// A lookup that asks for the whole directory (see [`super::known`]): the entry looked up
+    /// goes to the kernel, the rest wait in the guest for the kernel to ask.
+    fn survey_call(self: &Arc<Self>, dir: u64, name: Vec<u8>, reply: ReplyEntry) {
+        let me = self.clone();
+        let since = self.shares.known().generation();
+        self.call(Request::Survey { parent: dir, name: name.clone() }, move |r| {
+            let known = me.shares.known();
+            match r {
+                Ok(Reply::Listing { mut entries }) => {
+                    let found = entries.iter().position(|e| e.name == name).map(|i| entries.swap_remove(i));
+                    let named = found.as_ref().map(|e| &e.name[..]);
+                    me.shares.forget_nodes(known.surveyed(dir, entries, named, since));
+                    match found {
+                        Some(e) => reply.entry(ttl(&e.attr), &me.attr(&e.attr), Generation(0)),
+                        None => absent(reply, &WATCHED_TTL),
+                    }
+                }
+                Ok(Reply::Entry(e)) => {
+                    known.declined(dir);
+                    reply.entry(ttl(&e.attr), &me.attr(&e.attr), Generation(0))
+                }
+                Ok(Reply::Absent { watched }) => {
+                    known.declined(dir);
+                    absent(reply, if watched { &WATCHED_TTL } else { &TTL })
+                }
+                Ok(_) => {
+                    known.not_surveyed(dir);
+                    reply.error(Errno::EIO)
+                }
+                Err(e) => {
+                    known.not_surveyed(dir);
+                    if e == proto::errno::ENOENT { absent(reply, &TTL) } else { reply.error(err(e)) }
                 }
             }
         });
@@ -246,13 +284,18 @@ impl ShareFs {
         });
     }
 
+    /// The guest changes `node`: a surveyed entry that waits for it is out of date.
+    fn touched(&self, node: u64) {
+        self.shares.forget_nodes(self.shares.known().touched(node));
+    }
+
     /// An unlink or rmdir of `at` (its directory's node and its name): once the host has
     /// removed it, the guest knows the name is not there.
     fn removal_call(self: &Arc<Self>, request: Request, at: (u64, Vec<u8>), reply: ReplyEmpty) {
         let me = self.clone();
         self.call(request, move |r| match r {
             Ok(_) => {
-                me.shares.known().removed(at.0, &at.1);
+                me.shares.forget_nodes(me.shares.known().removed(at.0, &at.1).into_iter().collect());
                 reply.ok()
             }
             Err(e) => reply.error(err(e)),
@@ -339,16 +382,18 @@ impl Filesystem for Fs {
     fn lookup(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.0.node(parent);
         let name = name.as_bytes().to_vec();
-        if self.0.shares.known().absent(parent, &name) {
-            // A directory the guest made, watched since: the host would say "absent" too.
-            return absent(reply, &WATCHED_TTL);
+        match self.0.shares.known().look(parent, &name) {
+            // A directory the guest knows whole, watched since: the host would say "absent".
+            Look::Absent => absent(reply, &WATCHED_TTL),
+            Look::Entry(e) => reply.entry(ttl(&e.attr), &self.0.attr(&e.attr), Generation(0)),
+            Look::Survey => self.0.survey_call(parent, name, reply),
+            Look::Ask => self.0.entry_call(Request::Lookup { parent, name: name.clone() }, (parent, name), reply),
         }
-        self.0.entry_call(Request::Lookup { parent, name: name.clone() }, (parent, name), reply);
     }
 
     fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
         if ino != INodeNo::ROOT {
-            self.0.shares.known().forget(ino.0);
+            self.0.shares.forget_nodes(self.0.shares.known().forget(ino.0));
             self.0.call(Request::Forget { node: ino.0, count: nlookup }, |_| {});
         }
     }
@@ -396,6 +441,7 @@ impl Filesystem for Fs {
             // The agent raising a host change (see [`raise`]): the host keeps its times.
             return self.0.attr_call(Request::GetAttr { node, handle: None }, reply);
         }
+        self.0.touched(node);
         self.0.attr_call(Request::SetAttr { node, set }, reply);
     }
 
@@ -462,15 +508,15 @@ impl Filesystem for Fs {
                 Ok(_) => {
                     // An exchange leaves both names there.
                     if flags & 2 == 0 {
-                        known.removed(parent, &name);
+                        me.shares.forget_nodes(known.removed(parent, &name).into_iter().collect());
                         known.added(new_parent, &new_name);
                     }
                     reply.ok()
                 }
                 Err(e) => {
                     if e == proto::errno::EIO {
-                        known.forget(parent);
-                        known.forget(new_parent);
+                        me.shares.forget_nodes(known.forget(parent));
+                        me.shares.forget_nodes(known.forget(new_parent));
                     }
                     reply.error(err(e))
                 }
@@ -480,12 +526,18 @@ impl Filesystem for Fs {
 
     fn link(&self, _req: &FuseRequest, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let (new_parent, new_name) = (self.0.node(newparent), newname.as_bytes().to_vec());
-        let r = Request::Link { node: self.0.node(ino), new_parent, new_name: new_name.clone() };
+        let node = self.0.node(ino);
+        self.0.touched(node);
+        let r = Request::Link { node, new_parent, new_name: new_name.clone() };
         self.0.entry_call(r, (new_parent, new_name), reply);
     }
 
     fn open(&self, _req: &FuseRequest, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
-        self.0.open_call(Request::Open { node: self.0.node(ino), flags: flags.0 }, reply);
+        let node = self.0.node(ino);
+        if flags.0 & libc::O_TRUNC != 0 {
+            self.0.touched(node);
+        }
+        self.0.open_call(Request::Open { node, flags: flags.0 }, reply);
     }
 
     fn create(
@@ -509,7 +561,7 @@ impl Filesystem for Fs {
             }
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => {
-                made_or_not(me.shares.known(), parent, &name, e);
+                made_or_not(&me.shares, parent, &name, e);
                 reply.error(err(e))
             }
         });
@@ -532,7 +584,7 @@ impl Filesystem for Fs {
     fn write(
         &self,
         _req: &FuseRequest,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -541,6 +593,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.0.touched(self.0.node(ino));
         self.0.call(Request::Write { handle: fh.0, offset, data: data.to_vec() }, move |r| match r {
             Ok(Reply::Written(n)) => reply.written(n),
             Ok(_) => reply.error(Errno::EIO),

@@ -1,28 +1,54 @@
-//! Directories whose whole listing the guest knows, so that it answers lookups of names that
-//! are not there itself, with no trip to the host.
+//! What the guest knows of directories' listings, so that it answers lookups there itself,
+//! with no trip to the host.
 //!
-//! Making a file is a lookup and then the create: the kernel asks whether the name exists
-//! first. In a directory the guest has just made (untarring, `npm install`, a build's output)
-//! the answer is always "no", yet it cost a round trip to the host per file. The host says
-//! when a directory it made is empty and watched ([`Reply::NewDir`]); from then on the guest
-//! knows its listing is exactly what it made there itself, until a notice from the host names
-//! the directory (someone else changed it) or the kernel forgets it.
+//! Two ways in, both for directories the host watches (so it tells the guest of any change):
 //!
-//! Every rule errs towards asking: a name is added on any sign it may exist (made, moved in,
-//! found by a lookup, refused with EEXIST) and removed only once the host confirms it gone; an
-//! answer that is not clear (an I/O error) drops the directory. Notices count a generation:
-//! a directory's answer that crossed a notice on its way is not trusted, since that notice may
-//! have been about it.
+//! - **Directories the guest made.** Making a file is a lookup and then the create: the kernel
+//!   asks whether the name exists first. In a directory the guest has just made (untarring,
+//!   `npm install`, a build's output) the answer is always "no", yet it cost a trip per file.
+//!   The host says when a directory it made is empty and watched ([`Reply::NewDir`]); from
+//!   then on its listing is exactly what the guest made there.
+//! - **Directories surveyed.** The first lookup the kernel makes in a directory asks for the
+//!   whole of it ([`Request::Survey`]): the host answers with every entry and its attributes
+//!   when the directory is small. The entries not asked for wait here, each holding one
+//!   lookup count on the host, until the kernel asks for them (`git status` or an import
+//!   system stats every file of a tree: one trip per directory instead of one per file);
+//!   names not among them are absent.
+//!
+//! Either holds until a notice from the host names the directory (someone else changed it)
+//! or the kernel forgets it. Every rule errs towards asking: a name is added on any sign it
+//! may exist (made, moved in, found by a lookup, refused with EEXIST) and removed only once
+//! the host confirms it gone; an answer that is not clear (an I/O error) drops the directory.
+//! Notices count a generation: an answer that crossed a notice on its way is not trusted,
+//! since that notice may have been about it.
 //!
 //! [`Reply::NewDir`]: berth_protocol::shares::Reply::NewDir
+//! [`Request::Survey`]: berth_protocol::shares::Request::Survey
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use berth_protocol::shares::DirEntry;
+
 /// The most names held over all directories; past it the directories are dropped (lookups
 /// go to the host again), which bounds the memory a huge tree can take.
 const MAX_NAMES: usize = 200_000;
+/// The most entries waiting to be asked for; a survey that would go past it is not kept.
+const MAX_AHEAD: usize = 65_536;
+
+/// What to do with a lookup.
+#[derive(Debug, PartialEq)]
+pub enum Look {
+    /// The name is not there.
+    Absent,
+    /// Its entry, from a survey (the host counted it: hand it to the kernel).
+    Entry(DirEntry),
+    /// Ask the host for the whole directory (a survey is now under way for it).
+    Survey,
+    /// Ask the host for the name.
+    Ask,
+}
 
 /// The directories whose listing the guest knows, and the names in each.
 #[derive(Default)]
@@ -36,13 +62,59 @@ pub struct Known {
 struct Dirs {
     names: HashMap<u64, HashSet<Vec<u8>>>,
     count: usize,
+    /// Surveyed entries the kernel has not asked for yet, by directory and name.
+    ahead: HashMap<u64, HashMap<Vec<u8>, DirEntry>>,
+    ahead_count: usize,
+    /// How many waiting entries name each node (most notices name none).
+    ahead_nodes: HashMap<u64, usize>,
+    /// Directories with a survey under way, and those the host would not list whole.
+    surveying: HashSet<u64>,
+    declined: HashSet<u64>,
 }
 
 impl Dirs {
-    fn drop_dir(&mut self, dir: u64) {
+    fn counted(&mut self, node: u64, up: bool) {
+        if up {
+            *self.ahead_nodes.entry(node).or_default() += 1;
+        } else if let Some(n) = self.ahead_nodes.get_mut(&node) {
+            *n -= 1;
+            if *n == 0 {
+                self.ahead_nodes.remove(&node);
+            }
+        }
+    }
+
+    /// Drops what is known of `dir`; the nodes of its entries that waited (to forget on the
+    /// host).
+    fn drop_dir(&mut self, dir: u64, forget: &mut Vec<u64>) {
         if let Some(names) = self.names.remove(&dir) {
             self.count -= names.len();
         }
+        self.declined.remove(&dir);
+        if let Some(ahead) = self.ahead.remove(&dir) {
+            self.ahead_count -= ahead.len();
+            for e in ahead.into_values() {
+                self.counted(e.attr.node, false);
+                forget.push(e.attr.node);
+            }
+        }
+    }
+
+    /// Drops a waiting entry that names `node`, wherever it is (its attributes changed).
+    fn drop_node(&mut self, node: u64, forget: &mut Vec<u64>) {
+        let Some(n) = self.ahead_nodes.remove(&node) else { return };
+        for ahead in self.ahead.values_mut() {
+            ahead.retain(|_, e| e.attr.node != node);
+        }
+        self.ahead_count -= n;
+        forget.extend(std::iter::repeat_n(node, n));
+    }
+
+    fn take(&mut self, dir: u64, name: &[u8]) -> Option<DirEntry> {
+        let e = self.ahead.get_mut(&dir)?.remove(name)?;
+        self.ahead_count -= 1;
+        self.counted(e.attr.node, false);
+        Some(e)
     }
 }
 
@@ -52,20 +124,78 @@ impl Known {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Whether `name` is certainly not in directory `dir`.
-    pub fn absent(&self, dir: u64, name: &[u8]) -> bool {
-        self.dirs.lock().expect("lock").names.get(&dir).is_some_and(|names| !names.contains(name))
+    /// What to do with a lookup of `name` in `dir`.
+    pub fn look(&self, dir: u64, name: &[u8]) -> Look {
+        let mut dirs = self.dirs.lock().expect("lock");
+        if let Some(e) = dirs.take(dir, name) {
+            return Look::Entry(e);
+        }
+        match dirs.names.get(&dir) {
+            Some(names) if names.contains(name) => Look::Ask,
+            Some(_) => Look::Absent,
+            None if dirs.declined.contains(&dir) || dirs.ahead_count >= MAX_AHEAD => Look::Ask,
+            None => {
+                if dirs.surveying.insert(dir) {
+                    Look::Survey
+                } else {
+                    Look::Ask
+                }
+            }
+        }
+    }
+
+    /// A survey of `dir` sent when the generation was `since` answered with `entries`, the
+    /// one looked up taken out (`found`, its name, if it is there). Returns the nodes of
+    /// entries not kept (to forget on the host).
+    pub fn surveyed(&self, dir: u64, entries: Vec<DirEntry>, found: Option<&[u8]>, since: u64) -> Vec<u64> {
+        let mut dirs = self.dirs.lock().expect("lock");
+        dirs.surveying.remove(&dir);
+        let keep = self.generation() == since
+            && !dirs.names.contains_key(&dir)
+            && dirs.ahead_count + entries.len() <= MAX_AHEAD
+            && dirs.count + entries.len() < MAX_NAMES;
+        if !keep {
+            return entries.into_iter().map(|e| e.attr.node).collect();
+        }
+        // What still waits from an earlier survey goes (its names were dropped since).
+        let mut forget = Vec::new();
+        dirs.drop_dir(dir, &mut forget);
+        let mut names: HashSet<Vec<u8>> = entries.iter().map(|e| e.name.clone()).collect();
+        names.extend(found.map(<[u8]>::to_vec));
+        dirs.count += names.len();
+        dirs.names.insert(dir, names);
+        dirs.ahead_count += entries.len();
+        for e in &entries {
+            dirs.counted(e.attr.node, true);
+        }
+        dirs.ahead.insert(dir, entries.into_iter().map(|e| (e.name.clone(), e)).collect());
+        forget
+    }
+
+    /// The host would not list `dir` whole (too large, or not watched): it is asked name by
+    /// name.
+    pub fn declined(&self, dir: u64) {
+        let mut dirs = self.dirs.lock().expect("lock");
+        dirs.surveying.remove(&dir);
+        dirs.declined.insert(dir);
+    }
+
+    /// A survey of `dir` failed.
+    pub fn not_surveyed(&self, dir: u64) {
+        self.dirs.lock().expect("lock").surveying.remove(&dir);
     }
 
     /// Directory `dir` was made by the guest and the host found it empty; `since` is the
     /// generation when the call was sent.
-    pub fn made_empty(&self, dir: u64, since: u64) {
+    pub fn made_empty(&self, dir: u64, since: u64) -> Vec<u64> {
         let mut dirs = self.dirs.lock().expect("lock");
+        let mut forget = Vec::new();
         // Checked under the lock that notices take too: none can slip in between.
         if self.generation() == since {
-            dirs.drop_dir(dir);
+            dirs.drop_dir(dir, &mut forget);
             dirs.names.insert(dir, HashSet::new());
         }
+        forget
     }
 
     /// `name` may now be in `dir`.
@@ -76,33 +206,53 @@ impl Known {
             dirs.count += 1;
             if dirs.count > MAX_NAMES {
                 tracing::debug!("shares: over {MAX_NAMES} names known; lookups go to the host again");
-                *dirs = Dirs::default();
+                dirs.names.clear();
+                dirs.count = 0;
             }
         }
     }
 
-    /// The host removed `name` from `dir`.
-    pub fn removed(&self, dir: u64, name: &[u8]) {
+    /// The host removed `name` from `dir`; the node of an entry that waited for it, if any.
+    pub fn removed(&self, dir: u64, name: &[u8]) -> Option<u64> {
         let mut dirs = self.dirs.lock().expect("lock");
         if dirs.names.get_mut(&dir).is_some_and(|names| names.remove(name)) {
             dirs.count -= 1;
         }
+        dirs.take(dir, name).map(|e| e.attr.node)
     }
 
     /// Directory `dir` may hold what the guest does not know of (an unclear answer, or the
-    /// kernel forgot it).
-    pub fn forget(&self, dir: u64) {
-        self.dirs.lock().expect("lock").drop_dir(dir);
+    /// kernel forgot it). Returns the nodes to forget on the host.
+    pub fn forget(&self, dir: u64) -> Vec<u64> {
+        let mut forget = Vec::new();
+        self.dirs.lock().expect("lock").drop_dir(dir, &mut forget);
+        forget
     }
 
-    /// A notice from the host names `node`: it changed behind the guest's back.
-    pub fn stale(&self, node: u64) {
+    /// A notice from the host names `node`: it changed behind the guest's back. Returns the
+    /// nodes to forget on the host.
+    pub fn stale(&self, node: u64) -> Vec<u64> {
         let mut dirs = self.dirs.lock().expect("lock");
         self.generation.fetch_add(1, Ordering::SeqCst);
-        dirs.drop_dir(node);
+        let mut forget = Vec::new();
+        dirs.drop_dir(node, &mut forget);
+        if dirs.ahead_count > 0 {
+            dirs.drop_node(node, &mut forget);
+        }
+        forget
     }
 
-    /// Nothing is known any more (a host connected anew: its nodes may be others).
+    /// The guest changed `node` (wrote to it, set its attributes, linked it): an entry that
+    /// waits for it holds what it was. Returns the nodes to forget on the host.
+    pub fn touched(&self, node: u64) -> Vec<u64> {
+        let mut dirs = self.dirs.lock().expect("lock");
+        let mut forget = Vec::new();
+        dirs.drop_node(node, &mut forget);
+        forget
+    }
+
+    /// Nothing is known any more (a host connected anew: its nodes may be others, so what
+    /// waited is not forgotten there).
     pub fn clear(&self) {
         let mut dirs = self.dirs.lock().expect("lock");
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -113,33 +263,91 @@ impl Known {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_protocol::shares::{Attr, Kind};
+
+    fn entry(name: &str, node: u64) -> DirEntry {
+        let attr = Attr {
+            node,
+            kind: Kind::File,
+            size: 0,
+            blocks: 0,
+            atime: Default::default(),
+            mtime: Default::default(),
+            ctime: Default::default(),
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            watched: true,
+        };
+        DirEntry { name: name.as_bytes().to_vec(), attr }
+    }
 
     #[test]
     fn a_made_directory_knows_its_names_until_a_notice() {
         let k = Known::default();
-        assert!(!k.absent(7, b"a"), "nothing is known of a directory not made here");
         k.made_empty(7, k.generation());
-        assert!(k.absent(7, b"a"));
+        assert_eq!(k.look(7, b"a"), Look::Absent);
         k.added(7, b"a");
-        assert!(!k.absent(7, b"a") && k.absent(7, b"b"));
+        assert_eq!(k.look(7, b"a"), Look::Ask);
+        assert_eq!(k.look(7, b"b"), Look::Absent);
         k.removed(7, b"a");
-        assert!(k.absent(7, b"a"));
+        assert_eq!(k.look(7, b"a"), Look::Absent);
         // A notice about something else leaves it; one about the directory drops it.
         k.stale(8);
-        assert!(k.absent(7, b"a"));
+        assert_eq!(k.look(7, b"a"), Look::Absent);
         k.stale(7);
-        assert!(!k.absent(7, b"a"));
+        assert_eq!(k.look(7, b"a"), Look::Survey, "a directory not known is surveyed");
+        assert_eq!(k.look(7, b"b"), Look::Ask, "one survey at a time");
+        k.not_surveyed(7);
         // An answer that crossed a notice is not trusted.
         let since = k.generation();
         k.stale(9);
         k.made_empty(7, since);
-        assert!(!k.absent(7, b"a"));
+        assert_ne!(k.look(7, b"a"), Look::Absent);
+        k.not_surveyed(7);
         k.made_empty(7, k.generation());
         k.forget(7);
-        assert!(!k.absent(7, b"a"));
+        assert_ne!(k.look(7, b"a"), Look::Absent);
+        k.not_surveyed(7);
         k.made_empty(7, k.generation());
         k.clear();
-        assert!(!k.absent(7, b"a"));
+        assert_ne!(k.look(7, b"a"), Look::Absent);
+    }
+
+    #[test]
+    fn surveyed_entries_are_handed_out_once_and_forgotten_when_stale() {
+        let k = Known::default();
+        assert_eq!(k.look(3, b"a"), Look::Survey);
+        let kept = k.surveyed(3, vec![entry("b", 11), entry("c", 12), entry("d", 13)], Some(b"a"), k.generation());
+        assert!(kept.is_empty());
+        assert_eq!(k.look(3, b"b"), Look::Entry(entry("b", 11)));
+        assert_eq!(k.look(3, b"b"), Look::Ask, "an entry is handed out once (it holds one count)");
+        assert_eq!(k.look(3, b"a"), Look::Ask, "the name looked up is there");
+        assert_eq!(k.look(3, b"zz"), Look::Absent);
+        // A changed file's waiting entry goes, and its count with it.
+        assert_eq!(k.stale(12), vec![12]);
+        assert_eq!(k.look(3, b"c"), Look::Ask);
+        // The directory changed: what still waits is forgotten.
+        assert_eq!(k.stale(3), vec![13]);
+        assert_eq!(k.look(3, b"zz"), Look::Survey);
+        // A survey that crossed a notice keeps nothing.
+        let since = k.generation();
+        k.stale(99);
+        assert_eq!(k.surveyed(3, vec![entry("b", 21)], Some(b"a"), since), vec![21]);
+        assert_eq!(k.look(3, b"zz"), Look::Survey);
+        k.declined(3);
+        assert_eq!(k.look(3, b"zz"), Look::Ask, "a directory the host would not list is not asked again");
+        // The kernel forgot a directory: its waiting entries are forgotten on the host.
+        assert_eq!(k.look(4, b"a"), Look::Survey);
+        k.surveyed(4, vec![entry("x", 31), entry("y", 32)], None, k.generation());
+        assert_eq!(k.look(4, b"a"), Look::Absent, "the name looked up was not there");
+        // The guest changed a waiting entry's node through another name: it goes.
+        assert_eq!(k.touched(32), vec![32]);
+        assert_eq!(k.look(4, b"y"), Look::Ask);
+        assert_eq!(k.forget(4), vec![31]);
     }
 
     #[test]
@@ -150,9 +358,9 @@ mod tests {
         for i in 0..MAX_NAMES {
             k.added(1, format!("f{i}").as_bytes());
         }
-        assert!(k.absent(2, b"x"));
+        assert_eq!(k.look(2, b"x"), Look::Absent);
         k.added(1, b"one more");
-        assert!(!k.absent(2, b"x") && !k.absent(1, b"x"));
+        assert_ne!(k.look(2, b"x"), Look::Absent);
         assert_eq!(k.dirs.lock().unwrap().count, 0);
     }
 }

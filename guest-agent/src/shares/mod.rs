@@ -311,7 +311,7 @@ impl Shares {
         // At once, on the lane's reader: a lookup answered from what the guest knows after
         // this point must not use what the notice made wrong.
         for s in &stale {
-            self.0.known.stale(s.node);
+            self.forget_nodes(self.0.known.stale(s.node));
         }
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(path));
         let raiser = self.0.raiser.get_or_init(|| {
@@ -354,6 +354,22 @@ impl Shares {
     /// The directories whose listing the guest knows.
     fn known(&self) -> &known::Known {
         &self.0.known
+    }
+
+    /// Gives back to the host one lookup of each of `nodes` (entries it sent that the kernel
+    /// never got). With no lane there is no host holding them.
+    fn forget_nodes(&self, nodes: Vec<u64>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let Some(lane) = self.least_busy() else { return };
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        for n in nodes {
+            *counts.entry(n).or_default() += 1;
+        }
+        for (node, count) in counts {
+            self.send(&lane, Request::Forget { node, count }, Box::new(|_| {}));
+        }
     }
 
     /// A new mark for a raise (never 0), counted as under way until [`Shares::raised`].

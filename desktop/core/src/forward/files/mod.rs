@@ -380,6 +380,24 @@ impl FileServer {
         }
     }
 
+    /// A lookup of `name` in `parent` that brings the whole directory when it is watched and
+    /// small (see [`Request::Survey`]). The watch comes first: a change after the listing is
+    /// a notice.
+    fn survey(&self, parent: Node, name: &[u8]) -> Result<Reply, Errno> {
+        let (dir, dir_path) = self.dir(parent)?;
+        self.0.watch.dir(&dir_path);
+        if self.0.watch.is_watched(&dir_path) {
+            let names = ops::list(&dir)?;
+            if names.len() <= proto::SURVEY_MAX {
+                self.0.lookups.fetch_add(1, Ordering::Relaxed);
+                // A name gone since the listing is left out.
+                let entries = names.iter().filter_map(|n| self.lookup_in(&dir, &dir_path, parent, n).ok()).collect();
+                return Ok(Reply::Listing { entries });
+            }
+        }
+        self.lookup(parent, name)
+    }
+
     /// The entry for `name` in `dir` without counting a lookup (a plain listing: its node
     /// number is the node's if the guest holds it, else 0).
     fn peek(&self, dir: &Dir, dir_path: &Path, name: &[u8]) -> Result<proto::DirEntry, Errno> {
@@ -417,6 +435,7 @@ impl FileServer {
     fn answer(&self, request: Request) -> Result<Reply, Errno> {
         match request {
             Request::Lookup { parent, name } => self.lookup(parent, &name),
+            Request::Survey { parent, name } => self.survey(parent, &name),
             Request::Forget { node, count } => {
                 self.0.nodes.lock().expect("lock").forget(node, count);
                 Ok(Reply::Ok)
@@ -734,6 +753,26 @@ mod tests {
             Ok(Reply::Absent { watched: true })
         );
         assert_eq!(s.lookups(), 1);
+        // A survey of a watched directory brings every entry; of a large one, a plain lookup.
+        std::fs::write(d.path().join("new/y"), "y").unwrap();
+        std::fs::create_dir(d.path().join("new/z")).unwrap();
+        match s.call(Request::Survey { parent: entry.attr.node, name: b"x".to_vec() }) {
+            Ok(Reply::Listing { entries }) => {
+                let mut names: Vec<_> = entries.iter().map(|e| (e.name.clone(), e.attr.kind)).collect();
+                names.sort_by(|a, b| a.0.cmp(&b.0));
+                assert_eq!(names, [(b"y".to_vec(), Kind::File), (b"z".to_vec(), Kind::Dir)]);
+                assert!(entries.iter().all(|e| e.attr.watched && e.attr.node != 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        for i in 0..proto::SURVEY_MAX {
+            std::fs::write(d.path().join(format!("f{i}")), "").unwrap();
+        }
+        assert_eq!(
+            s.call(Request::Survey { parent: root, name: b"new".to_vec() }).map(|r| matches!(r, Reply::Entry(_))),
+            Ok(true)
+        );
+        while changes.try_recv().is_ok() {}
         std::fs::write(d.path().join("new/x"), "made here").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let want = watch::Change::Entry(std::fs::canonicalize(d.path()).unwrap().join("new/x"));
