@@ -508,6 +508,39 @@ fn a_directory_is_looked_into_whole_and_kept_true() {
     assert!(!s.guest("tree/none").exists());
 }
 
+/// What the guest keeps (a file's pages across opens, a directory's listing) shows the host's
+/// changes: an edit that keeps the size and a directory that gains and loses names.
+#[test]
+fn the_guests_caches_show_host_changes() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.host("d")).unwrap();
+    std::fs::write(s.host("d/f"), "aaaa").unwrap();
+    std::fs::write(s.host("d/gone"), "").unwrap();
+    let list = || {
+        let mut names: Vec<String> = std::fs::read_dir(s.guest("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    for _ in 0..2 {
+        assert_eq!(std::fs::read_to_string(s.guest("d/f")).unwrap(), "aaaa");
+        assert_eq!(list(), ["f", "gone"]);
+    }
+    std::fs::write(s.host("d/f"), "bbbb").unwrap();
+    std::fs::write(s.host("d/new"), "").unwrap();
+    std::fs::remove_file(s.host("d/gone")).unwrap();
+    assert!(
+        eventually(10, || std::fs::read_to_string(s.guest("d/f")).unwrap() == "bbbb"),
+        "the guest reads its old copy of a file edited on the host"
+    );
+    assert!(eventually(10, || list() == ["f", "new"]), "the guest lists its old copy of the directory: {:?}", list());
+    // The guest's own changes show in its next listing at once.
+    std::fs::write(s.guest("d/mine"), "").unwrap();
+    assert_eq!(list(), ["f", "mine", "new"]);
+}
+
 /// Many files in many directories, listed and then removed with `rm -rf` (which unlinks
 /// while it reads each directory): nothing is skipped and the tree is gone on the host.
 /// Each directory holds more entries than one read of it returns (a page on Linux 6.1, 32

@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -240,11 +240,16 @@ pub enum Request {
     Release {
         handle: Handle,
     },
-    /// Opens a directory for listing: the handle holds the names it had when listed from
-    /// offset 0, so entries removed while the guest walks it (as `rm -rf` does) do not
-    /// shift the offsets of the rest. Released with [`Request::Release`].
-    OpenDir {
+    /// Opens directory `node` for listing and lists it from `offset` on, in one call
+    /// ([`Reply::Listed`]; the guest opens directories without asking, and most listings fit
+    /// in one answer). A listing that goes on keeps a handle, which holds the names it had
+    /// when listed from offset 0, so entries removed while the guest walks it (as `rm -rf`
+    /// does) do not shift the offsets of the rest; read on with [`Request::ReadDir`],
+    /// released with [`Request::Release`].
+    List {
         node: Node,
+        offset: u64,
+        plus: bool,
     },
     /// Lists an open directory: entries from `offset` on (an index into its names), each
     /// with its attributes; offset 0 takes the names anew (a rewind). With `plus` every
@@ -310,7 +315,12 @@ pub enum Reply {
     Attr(Attr),
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),
-    Opened(Handle),
+    /// An open file; `keep_cache`: the host watches its directory, so the guest may keep the
+    /// file's pages across opens (a change on the host is a notice that drops them).
+    OpenedFile {
+        handle: Handle,
+        keep_cache: bool,
+    },
     Created {
         entry: DirEntry,
         handle: Handle,
@@ -318,6 +328,13 @@ pub enum Reply {
     /// Entries from the offset asked, each with its index in the listing (a name removed
     /// since is left out, and the rest keep theirs), and whether the listing goes on.
     Dir {
+        entries: Vec<(u64, DirEntry)>,
+        more: bool,
+    },
+    /// A [`Request::List`]'s answer: as [`Reply::Dir`], and the listing's handle to read on
+    /// with if there is `more` (else none is kept: 0).
+    Listed {
+        handle: Handle,
         entries: Vec<(u64, DirEntry)>,
         more: bool,
     },

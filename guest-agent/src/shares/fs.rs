@@ -51,6 +51,11 @@ struct ShareFs {
     /// The host's node of the share's root (it may change if the host serves it anew).
     root: Arc<AtomicU64>,
     rt: tokio::runtime::Handle,
+    /// Open directories, opened here without asking the host: the host's listing handle of
+    /// each once it has one (none until the first read, and none when that read brought the
+    /// whole listing).
+    listings: std::sync::Mutex<std::collections::HashMap<u64, Option<u64>>>,
+    next_listing: AtomicU64,
 }
 
 fn time(t: proto::Time) -> SystemTime {
@@ -275,10 +280,15 @@ impl ShareFs {
         });
     }
 
-    /// A call whose answer is a handle (of a file or a directory listing).
+    /// A call whose answer is an open file's handle.
     fn open_call(&self, request: Request, reply: ReplyOpen) {
         self.call(request, move |r| match r {
-            Ok(Reply::Opened(h)) => reply.opened(FileHandle(h), FopenFlags::empty()),
+            // The host watches the file's directory: its pages stay across opens until a
+            // notice (or a new size or modification time) says the file changed.
+            Ok(Reply::OpenedFile { handle, keep_cache }) => {
+                let flags = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(FileHandle(handle), flags)
+            }
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
         });
@@ -309,8 +319,11 @@ impl ShareFs {
         });
     }
 
+    /// Lists directory `dir` (open as `handle`) from kernel offset `offset`, handing each
+    /// entry to `add` until it says the kernel's buffer is full.
     fn list(
         self: &Arc<Self>,
+        dir: u64,
         handle: FileHandle,
         offset: u64,
         plus: bool,
@@ -333,27 +346,51 @@ impl ShareFs {
             next = 2;
         }
         let host_offset = next - 2;
-        self.call(Request::ReadDir { handle: handle.0, offset: host_offset, plus }, move |r| match r {
-            Ok(Reply::Dir { entries, .. }) => {
-                let mut full_at = None;
-                for (i, (index, e)) in entries.iter().enumerate() {
-                    // The kernel asks for the next entry by this offset: the one after it.
-                    if add(&me, index + 3, &e.name, Some(&e.attr), kind(e.attr.kind)) {
-                        full_at = Some(i);
-                        break;
-                    }
+        let held = self.listings.lock().expect("lock").get(&handle.0).copied().flatten();
+        let request = match held {
+            Some(h) => Request::ReadDir { handle: h, offset: host_offset, plus },
+            // The first read opens the listing on the host too.
+            None => Request::List { node: dir, offset: host_offset, plus },
+        };
+        self.call(request, move |r| match r {
+            Ok(Reply::Dir { entries, .. } | Reply::Listed { handle: 0, entries, .. }) => {
+                me.listed(entries, plus, add, done)
+            }
+            Ok(Reply::Listed { handle: h, entries, .. }) => {
+                match me.listings.lock().expect("lock").get_mut(&handle.0) {
+                    Some(slot) => *slot = Some(h),
+                    None => me.call(Request::Release { handle: h }, |_| {}),
                 }
-                // The host counted every entry it sent as looked up; give back what did not fit.
-                if plus && let Some(i) = full_at {
-                    for (_, e) in &entries[i..] {
-                        me.call(Request::Forget { node: e.attr.node, count: 1 }, |_| {});
-                    }
-                }
-                done(Ok(()))
+                me.listed(entries, plus, add, done)
             }
             Ok(_) => done(Err(proto::errno::EIO)),
             Err(e) => done(Err(e)),
         });
+    }
+
+    /// Hands a listing's entries to the kernel (through `add`) until its buffer is full.
+    fn listed(
+        &self,
+        entries: Vec<(u64, proto::DirEntry)>,
+        plus: bool,
+        mut add: impl FnMut(&Self, u64, &[u8], Option<&Attr>, FileType) -> bool,
+        done: impl FnOnce(Result<(), i32>),
+    ) {
+        let mut full_at = None;
+        for (i, (index, e)) in entries.iter().enumerate() {
+            // The kernel asks for the next entry by this offset: the one after it.
+            if add(self, index + 3, &e.name, Some(&e.attr), kind(e.attr.kind)) {
+                full_at = Some(i);
+                break;
+            }
+        }
+        // The host counted every entry it sent as looked up; give back what did not fit.
+        if plus && let Some(i) = full_at {
+            for (_, e) in &entries[i..] {
+                self.call(Request::Forget { node: e.attr.node, count: 1 }, |_| {});
+            }
+        }
+        done(Ok(()))
     }
 }
 
@@ -557,7 +594,8 @@ impl Filesystem for Fs {
             Ok(Reply::Created { entry, handle }) => {
                 me.shares.known().added(parent, &name);
                 let ttl = ttl(&entry.attr);
-                reply.created(ttl, &me.attr(&entry.attr), Generation(0), FileHandle(handle), FopenFlags::empty())
+                let flags = if entry.attr.watched { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.created(ttl, &me.attr(&entry.attr), Generation(0), FileHandle(handle), flags)
             }
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => {
@@ -633,8 +671,13 @@ impl Filesystem for Fs {
         self.0.empty_call(Request::Fsync { handle: fh.0, data_only: datasync }, reply);
     }
 
-    fn opendir(&self, _req: &FuseRequest, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
-        self.0.open_call(Request::OpenDir { node: self.0.node(ino) }, reply);
+    /// Opened here, with no trip: the host opens its listing at the first read, in the same
+    /// call. The kernel keeps what it read (`FOPEN_CACHE_DIR`) until the directory changes
+    /// (here, or on the host: a notice, or a new modification time).
+    fn opendir(&self, _req: &FuseRequest, _ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
+        let h = self.0.next_listing.fetch_add(1, Ordering::Relaxed);
+        self.0.listings.lock().expect("lock").insert(h, None);
+        reply.opened(FileHandle(h), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn releasedir(
@@ -645,14 +688,17 @@ impl Filesystem for Fs {
         _flags: fuser::OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.0.call(Request::Release { handle: fh.0 }, |_| {});
+        if let Some(Some(h)) = self.0.listings.lock().expect("lock").remove(&fh.0) {
+            self.0.call(Request::Release { handle: h }, |_| {});
+        }
         reply.ok();
     }
 
-    fn readdir(&self, _req: &FuseRequest, _ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+    fn readdir(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
         let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
         let r2 = reply.clone();
         self.0.list(
+            self.0.node(ino),
             fh,
             offset,
             false,
@@ -677,6 +723,7 @@ impl Filesystem for Fs {
         let r2 = reply.clone();
         let dir = self.0.node(ino);
         self.0.list(
+            dir,
             fh,
             offset,
             true,
@@ -839,7 +886,13 @@ pub fn mount(
 ) -> std::io::Result<(Arc<AtomicU64>, fuser::BackgroundSession, Option<Changes>)> {
     std::fs::create_dir_all(at)?;
     let root = Arc::new(AtomicU64::new(share.root));
-    let fs = ShareFs { shares, root: root.clone(), rt: tokio::runtime::Handle::current() };
+    let fs = ShareFs {
+        shares,
+        root: root.clone(),
+        rt: tokio::runtime::Handle::current(),
+        listings: Default::default(),
+        next_listing: AtomicU64::new(1),
+    };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName("berth".into()),

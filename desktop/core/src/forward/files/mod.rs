@@ -551,7 +551,8 @@ impl FileServer {
                     self.mark(&path);
                 }
                 let f = ops::open(&dir, &name, flags, None)?;
-                Ok(Reply::Opened(self.new_handle(f, path)))
+                let keep_cache = path.parent().is_some_and(|d| self.0.watch.is_watched(d));
+                Ok(Reply::OpenedFile { handle: self.new_handle(f, path), keep_cache })
             }
             Request::Create { parent, name, mode, flags, owner } => {
                 self.writable(parent)?;
@@ -583,44 +584,18 @@ impl FileServer {
                 self.0.listings.lock().expect("lock").remove(&handle);
                 Ok(Reply::Ok)
             }
-            Request::OpenDir { node } => {
-                // Opened to check it is a directory in the share; read at the first ReadDir,
-                // which comes right after.
-                let (_, dir_path) = self.dir(node)?;
-                self.0.watch.dir(&dir_path);
-                let h = self.0.handles.fetch_add(1, Ordering::Relaxed);
-                self.0.listings.lock().expect("lock").insert(h, (node, None));
-                Ok(Reply::Opened(h))
-            }
-            Request::ReadDir { handle, offset, plus } => {
-                let (node, held) = self.0.listings.lock().expect("lock").get(&handle).cloned().ok_or(errno::EBADF)?;
-                let (dir, dir_path) = self.dir(node)?;
-                let names = match held {
-                    Some(names) if offset != 0 => names,
-                    // The first read, or a rewind: the names as they are now.
-                    _ => {
-                        let names = Arc::new(ops::list(&dir)?);
-                        if let Some(l) = self.0.listings.lock().expect("lock").get_mut(&handle) {
-                            l.1 = Some(names.clone());
-                        }
-                        names
-                    }
-                };
-                let start = (offset as usize).min(names.len());
-                let end = (start + DIR_BATCH).min(names.len());
-                let mut entries = Vec::with_capacity(end - start);
-                for (i, name) in names[start..end].iter().enumerate() {
-                    // A name that went since the listing is left out.
-                    let e = if plus {
-                        self.lookup_in(&dir, &dir_path, node, name)
-                    } else {
-                        self.peek(&dir, &dir_path, name)
-                    };
-                    if let Ok(e) = e {
-                        entries.push(((start + i) as u64, e));
+            Request::List { node, offset, plus } => {
+                let handle = self.open_listing(node)?;
+                match self.read_listing(handle, offset, plus) {
+                    Ok((entries, true)) => Ok(Reply::Listed { handle, entries, more: true }),
+                    done => {
+                        self.0.listings.lock().expect("lock").remove(&handle);
+                        done.map(|(entries, _)| Reply::Listed { handle: 0, entries, more: false })
                     }
                 }
-                Ok(Reply::Dir { entries, more: end < names.len() })
+            }
+            Request::ReadDir { handle, offset, plus } => {
+                self.read_listing(handle, offset, plus).map(|(entries, more)| Reply::Dir { entries, more })
             }
             Request::GetXattr { node, name } => {
                 let (dir, n, _) = self.at(node)?;
@@ -647,6 +622,50 @@ impl FileServer {
                 ops::statfs(&self.open_dir(i, Path::new(""))?)
             }
         }
+    }
+
+    /// Opens directory `node` for listing (watched from now on); read at the first
+    /// [`Self::read_listing`].
+    fn open_listing(&self, node: Node) -> Result<proto::Handle, Errno> {
+        let (_, dir_path) = self.dir(node)?;
+        self.0.watch.dir(&dir_path);
+        let h = self.0.handles.fetch_add(1, Ordering::Relaxed);
+        self.0.listings.lock().expect("lock").insert(h, (node, None));
+        Ok(h)
+    }
+
+    /// Entries of an open listing from `offset` on (each with its index), and whether there
+    /// are more. Offset 0 takes the names anew.
+    fn read_listing(
+        &self,
+        handle: proto::Handle,
+        offset: u64,
+        plus: bool,
+    ) -> Result<(Vec<(u64, proto::DirEntry)>, bool), Errno> {
+        let (node, held) = self.0.listings.lock().expect("lock").get(&handle).cloned().ok_or(errno::EBADF)?;
+        let (dir, dir_path) = self.dir(node)?;
+        let names = match held {
+            Some(names) if offset != 0 => names,
+            // The first read, or a rewind: the names as they are now.
+            _ => {
+                let names = Arc::new(ops::list(&dir)?);
+                if let Some(l) = self.0.listings.lock().expect("lock").get_mut(&handle) {
+                    l.1 = Some(names.clone());
+                }
+                names
+            }
+        };
+        let start = (offset as usize).min(names.len());
+        let end = (start + DIR_BATCH).min(names.len());
+        let mut entries = Vec::with_capacity(end - start);
+        for (i, name) in names[start..end].iter().enumerate() {
+            // A name that went since the listing is left out.
+            let e = if plus { self.lookup_in(&dir, &dir_path, node, name) } else { self.peek(&dir, &dir_path, name) };
+            if let Ok(e) = e {
+                entries.push(((start + i) as u64, e));
+            }
+        }
+        Ok((entries, end < names.len()))
     }
 
     /// How many lookups the guest has asked for (for tests).
@@ -814,18 +833,15 @@ mod tests {
         assert_eq!(std::fs::metadata(d.path().join("a.txt")).unwrap().len(), far + 3);
         s.call(Request::Release { handle: h }).unwrap();
         entry(s.call(Request::MkDir { parent: root, name: b"sub".to_vec(), mode: 0o755, owner }));
-        let dir = match s.call(Request::OpenDir { node: root }).unwrap() {
-            Reply::Opened(h) => h,
-            other => panic!("{other:?}"),
-        };
-        match s.call(Request::ReadDir { handle: dir, offset: 0, plus: true }).unwrap() {
-            Reply::Dir { entries, more } => {
+        // Opened and read in one call; a listing read whole keeps no handle.
+        match s.call(Request::List { node: root, offset: 0, plus: true }).unwrap() {
+            Reply::Listed { handle: 0, entries, more: false } => {
                 let names: Vec<_> = entries.iter().map(|(_, e)| e.name.clone()).collect();
                 assert_eq!(names, vec![b"a.txt".to_vec(), b"sub".to_vec()]);
-                assert!(!more);
             }
             other => panic!("{other:?}"),
         }
+        assert!(s.0.listings.lock().unwrap().is_empty());
     }
 
     /// Removing entries while listing (as `rm -rf` does, one batch at a time) neither skips
@@ -838,17 +854,18 @@ mod tests {
             std::fs::write(d.path().join(format!("f{i:04}")), "").unwrap();
         }
         let (s, root) = server(d.path());
-        let dir = match s.call(Request::OpenDir { node: root }).unwrap() {
-            Reply::Opened(h) => h,
+        // The first batch comes with the opening; a listing with more keeps its handle.
+        let (dir, first) = match s.call(Request::List { node: root, offset: 0, plus: false }).unwrap() {
+            Reply::Listed { handle, entries, more: true } if handle != 0 => (handle, entries),
             other => panic!("{other:?}"),
         };
         let read = |offset: u64| match s.call(Request::ReadDir { handle: dir, offset, plus: false }).unwrap() {
             Reply::Dir { entries, more } => (entries, more),
             other => panic!("{other:?}"),
         };
-        let (mut seen, mut offset) = (Vec::new(), 0);
+        let (mut seen, mut offset, mut first) = (Vec::new(), 0, Some((first, true)));
         loop {
-            let (entries, more) = read(offset);
+            let (entries, more) = first.take().unwrap_or_else(|| read(offset));
             for (i, e) in &entries {
                 let name = String::from_utf8(e.name.clone()).unwrap();
                 // Each entry is removed once listed, and so is one not listed yet.
@@ -885,7 +902,7 @@ mod tests {
         let (s, root) = server(d.path());
         let old = entry(s.call(Request::Lookup { parent: root, name: b"old".to_vec() }));
         let h = match s.call(Request::Open { node: old.attr.node, flags: 0 }).unwrap() {
-            Reply::Opened(h) => h,
+            Reply::OpenedFile { handle, keep_cache: true } => handle,
             other => panic!("{other:?}"),
         };
         let r = Request::Rename {
@@ -929,7 +946,7 @@ mod tests {
         let now_x = entry(s.call(Request::Lookup { parent: root, name: b"x".to_vec() }));
         assert_eq!((now_x.attr.node, now_x.attr.kind), (dir.attr.node, Kind::Dir));
         let h = match s.call(Request::Open { node: inner.attr.node, flags: 0 }).unwrap() {
-            Reply::Opened(h) => h,
+            Reply::OpenedFile { handle, .. } => handle,
             other => panic!("{other:?}"),
         };
         assert_eq!(s.call(Request::Read { handle: h, offset: 0, size: 10 }).unwrap(), Reply::Data(b"inner".to_vec()));
@@ -1036,7 +1053,7 @@ mod tests {
             s.call(Request::Lookup { parent: out.attr.node, name: b"secret".to_vec() }).unwrap_err(),
             errno::ENOTDIR
         );
-        assert_eq!(s.call(Request::OpenDir { node: out.attr.node }).unwrap_err(), errno::ENOTDIR);
+        assert_eq!(s.call(Request::List { node: out.attr.node, offset: 0, plus: false }).unwrap_err(), errno::ENOTDIR);
         assert_eq!(s.call(Request::Open { node: out.attr.node, flags: 0 }).unwrap_err(), errno::ELOOP);
         let c = Request::Create {
             parent: out.attr.node,
@@ -1069,12 +1086,12 @@ mod tests {
         symlink_dir(outer.path(), &share.join("a"));
         let escaped = |r: &Result<Reply, Errno>| matches!(r, Ok(Reply::Data(d)) if d == b"secret");
         let open = s.call(Request::Open { node: secret.attr.node, flags: 0 });
-        if let Ok(Reply::Opened(h)) = open {
+        if let Ok(Reply::OpenedFile { handle: h, .. }) = open {
             let r = s.call(Request::Read { handle: h, offset: 0, size: 64 });
             assert!(!escaped(&r), "read outside the share through a swapped directory");
         }
         assert!(s.call(Request::Lookup { parent: etc.attr.node, name: b"secret".to_vec() }).is_err());
-        assert!(s.call(Request::OpenDir { node: etc.attr.node }).is_err());
+        assert!(s.call(Request::List { node: etc.attr.node, offset: 0, plus: false }).is_err());
         let c = Request::Create {
             parent: etc.attr.node,
             name: b"planted".to_vec(),
@@ -1113,7 +1130,7 @@ mod tests {
         assert_eq!(s.call(c).unwrap_err(), errno::EROFS);
         let f = entry(s.call(Request::Lookup { parent: root, name: b"f".to_vec() }));
         assert_eq!(s.call(Request::Open { node: f.attr.node, flags: 0o2 }).unwrap_err(), errno::EROFS);
-        assert!(matches!(s.call(Request::Open { node: f.attr.node, flags: 0 }), Ok(Reply::Opened(_))));
+        assert!(matches!(s.call(Request::Open { node: f.attr.node, flags: 0 }), Ok(Reply::OpenedFile { .. })));
         assert!(FileServer::new(&[ShareSpec { path: "relative".into(), read_only: false }]).is_err());
     }
 }
