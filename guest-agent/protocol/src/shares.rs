@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -358,8 +358,11 @@ pub enum Message {
     Ready { version: u32 },
     /// Guest to host.
     Call { id: u64, request: Request },
-    /// Host to guest: the result of call `id`, or a Linux errno.
-    Answer { id: u64, result: Result<Reply, i32> },
+    /// Host to guest: the result of call `id`, or a Linux errno. `dirs`: the watched
+    /// directories the call changed (made or removed a name in), as it left them. The guest's
+    /// kernel asks for a directory's attributes again after each such change (to check
+    /// permissions on the next path through it): the guest answers that from these.
+    Answer { id: u64, result: Result<Reply, i32>, dirs: Vec<Attr> },
     /// Host to guest: something in share `root` changed on the host behind the guest's back.
     /// The guest drops what it cached of each of `stale`, then raises the change at `path`
     /// (below the share's root; empty for none) for the containers' file watchers.
@@ -469,7 +472,7 @@ mod tests {
         let n = frame_len(f[..4].try_into().unwrap()).unwrap();
         assert_eq!(n, f.len() - 4);
         assert_eq!(decode(&f[4..]).unwrap(), m);
-        let a = Message::Answer { id: 9, result: Err(errno::ENOENT) };
+        let a = Message::Answer { id: 9, result: Err(errno::ENOENT), dirs: Vec::new() };
         assert_eq!(decode(&encode(&a)[4..]).unwrap(), a);
         assert!(matches!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()), Err(FrameError::TooLong(_))));
         assert!(decode(b"\xff\xff").is_err());

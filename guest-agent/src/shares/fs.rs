@@ -199,6 +199,9 @@ impl ShareFs {
     fn entry_call(self: &Arc<Self>, request: Request, at: (u64, Vec<u8>), reply: ReplyEntry) {
         let me = self.clone();
         let lookup = matches!(request, Request::Lookup { .. });
+        if !lookup {
+            self.shares.known().dir_touched(at.0);
+        }
         let since = self.shares.known().generation();
         self.call(request, move |r| {
             let (known, (dir, name)) = (me.shares.known(), at);
@@ -303,6 +306,7 @@ impl ShareFs {
     /// removed it, the guest knows the name is not there.
     fn removal_call(self: &Arc<Self>, request: Request, at: (u64, Vec<u8>), reply: ReplyEmpty) {
         let me = self.clone();
+        self.shares.known().dir_touched(at.0);
         self.call(request, move |r| match r {
             Ok(_) => {
                 me.shares.forget_nodes(me.shares.known().removed(at.0, &at.1).into_iter().collect());
@@ -437,6 +441,13 @@ impl Filesystem for Fs {
 
     fn getattr(&self, _req: &FuseRequest, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let node = self.0.node(ino);
+        // A directory the guest just changed: its kernel asks again before the next path
+        // through it, and the host told how the change left it.
+        if fh.is_none()
+            && let Some(a) = self.0.shares.known().dir_attr(node)
+        {
+            return reply.attr(&WATCHED_TTL, &self.0.attr(&a));
+        }
         self.0.attr_call(Request::GetAttr { node, handle: fh.map(|h| h.0) }, reply);
     }
 
@@ -539,6 +550,8 @@ impl Filesystem for Fs {
         let flags = flags.bits();
         let r = Request::Rename { parent, name: name.clone(), new_parent, new_name: new_name.clone(), flags };
         let me = self.0.clone();
+        self.0.shares.known().dir_touched(parent);
+        self.0.shares.known().dir_touched(new_parent);
         self.0.call(r, move |r| {
             let known = me.shares.known();
             match r {
@@ -590,6 +603,7 @@ impl Filesystem for Fs {
         let me = self.0.clone();
         let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
         let r = Request::Create { parent, name: name.clone(), mode: mode & !(umask & 0o777), flags, owner: owner(req) };
+        self.0.shares.known().dir_touched(parent);
         self.0.call(r, move |r| match r {
             Ok(Reply::Created { entry, handle }) => {
                 me.shares.known().added(parent, &name);

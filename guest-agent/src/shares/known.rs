@@ -29,13 +29,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use berth_protocol::shares::DirEntry;
+use berth_protocol::shares::{Attr, DirEntry};
 
 /// The most names held over all directories; past it the directories are dropped (lookups
 /// go to the host again), which bounds the memory a huge tree can take.
 const MAX_NAMES: usize = 200_000;
 /// The most entries waiting to be asked for; a survey that would go past it is not kept.
 const MAX_AHEAD: usize = 65_536;
+/// The most directories whose attributes are kept.
+const MAX_ATTRS: usize = 4096;
 
 /// What to do with a lookup.
 #[derive(Debug, PartialEq)]
@@ -70,6 +72,8 @@ struct Dirs {
     /// Directories with a survey under way, and those the host would not list whole.
     surveying: HashSet<u64>,
     declined: HashSet<u64>,
+    /// Directories' attributes as the guest's last change in each left them.
+    attrs: HashMap<u64, Attr>,
 }
 
 impl Dirs {
@@ -87,6 +91,7 @@ impl Dirs {
     /// Drops what is known of `dir`; the nodes of its entries that waited (to forget on the
     /// host).
     fn drop_dir(&mut self, dir: u64, forget: &mut Vec<u64>) {
+        self.attrs.remove(&dir);
         if let Some(names) = self.names.remove(&dir) {
             self.count -= names.len();
         }
@@ -242,11 +247,39 @@ impl Known {
         forget
     }
 
+    /// The host says how the guest's call (sent at generation `since`) left the directories
+    /// it changed: the kernel's next question about their attributes is answered here.
+    pub fn dir_attrs(&self, dirs: Vec<Attr>, since: u64) {
+        let mut d = self.dirs.lock().expect("lock");
+        if self.generation() != since {
+            return;
+        }
+        if d.attrs.len() + dirs.len() > MAX_ATTRS {
+            d.attrs.clear();
+        }
+        for a in dirs {
+            d.attrs.insert(a.node, a);
+        }
+    }
+
+    /// Directory `dir`'s attributes as the guest's last change left them, if nothing has
+    /// changed them since.
+    pub fn dir_attr(&self, dir: u64) -> Option<Attr> {
+        self.dirs.lock().expect("lock").attrs.get(&dir).cloned()
+    }
+
+    /// The guest is changing directory `dir` (or its attributes): what was kept of them goes
+    /// until the host's answer says how the change left them.
+    pub fn dir_touched(&self, dir: u64) {
+        self.dirs.lock().expect("lock").attrs.remove(&dir);
+    }
+
     /// The guest changed `node` (wrote to it, set its attributes, linked it): an entry that
     /// waits for it holds what it was. Returns the nodes to forget on the host.
     pub fn touched(&self, node: u64) -> Vec<u64> {
         let mut dirs = self.dirs.lock().expect("lock");
         let mut forget = Vec::new();
+        dirs.attrs.remove(&node);
         dirs.drop_node(node, &mut forget);
         forget
     }
@@ -348,6 +381,26 @@ mod tests {
         assert_eq!(k.touched(32), vec![32]);
         assert_eq!(k.look(4, b"y"), Look::Ask);
         assert_eq!(k.forget(4), vec![31]);
+    }
+
+    #[test]
+    fn directories_attributes_are_kept_until_changed() {
+        let k = Known::default();
+        let a = entry("d", 5).attr;
+        k.dir_attrs(vec![a.clone()], k.generation());
+        assert_eq!(k.dir_attr(5), Some(a.clone()));
+        k.dir_touched(5);
+        assert_eq!(k.dir_attr(5), None);
+        k.dir_attrs(vec![a.clone()], k.generation());
+        k.stale(5);
+        assert_eq!(k.dir_attr(5), None, "a notice drops them");
+        let since = k.generation();
+        k.stale(6);
+        k.dir_attrs(vec![a.clone()], since);
+        assert_eq!(k.dir_attr(5), None, "an answer that crossed a notice is not kept");
+        k.dir_attrs(vec![a], k.generation());
+        k.touched(5);
+        assert_eq!(k.dir_attr(5), None);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub type Then = Box<dyn FnOnce(Result<Reply, i32>) + Send>;
 struct Waiting {
     then: Then,
     since: Instant,
+    /// The notices seen when it was sent ([`known::Known::generation`]).
+    generation: u64,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
@@ -53,9 +55,18 @@ struct Lane {
 impl Lane {
     /// Hands call `id` its answer (once: a late or unknown answer is dropped).
     fn answered(&self, id: u64, result: Result<Reply, i32>) {
+        self.answered_with(id, result, Vec::new(), None)
+    }
+
+    /// [`Self::answered`], after noting how the call left the directories it changed
+    /// (`dirs`) in `known`.
+    fn answered_with(&self, id: u64, result: Result<Reply, i32>, dirs: Vec<proto::Attr>, known: Option<&known::Known>) {
         // Taken out first: the continuation may make calls of its own.
         let waiting = self.pending.lock().expect("lock").remove(&id);
         if let Some(w) = waiting {
+            if let Some(known) = known.filter(|_| !dirs.is_empty()) {
+                known.dir_attrs(dirs, w.generation);
+            }
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             (w.then)(result);
         }
@@ -141,7 +152,8 @@ impl Shares {
             let sent = lane.frames.send(proto::encode(&Message::Call { id, request })).is_ok();
             return then(if sent { Ok(Reply::Ok) } else { Err(errno::EIO) });
         }
-        lane.pending.lock().expect("lock").insert(id, Waiting { then, since: Instant::now() });
+        let generation = self.0.known.generation();
+        lane.pending.lock().expect("lock").insert(id, Waiting { then, since: Instant::now(), generation });
         lane.in_flight.fetch_add(1, Ordering::Relaxed);
         // A lane closing meanwhile fails what it holds once it is marked closed: a call put in
         // after that fails here, or no answer would ever come for it.
@@ -233,7 +245,9 @@ impl Shares {
         });
         loop {
             match read_message(&mut rd).await {
-                Ok(Some(Message::Answer { id, result })) => lane.answered(id, result),
+                Ok(Some(Message::Answer { id, result, dirs })) => {
+                    lane.answered_with(id, result, dirs, Some(&self.0.known))
+                }
                 Ok(Some(Message::Changed { root, stale, path })) => self.changed(root, stale, &path),
                 Ok(Some(other)) => tracing::warn!(?other, "shares: unexpected message from the host"),
                 Ok(None) => break,

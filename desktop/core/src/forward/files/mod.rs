@@ -36,6 +36,11 @@ const DIR_BATCH: usize = 256;
 /// frame).
 const RESCAN_BATCH: usize = 4096;
 
+thread_local! {
+    /// The directories the call on this thread changed.
+    static CHANGED_DIRS: std::cell::RefCell<Vec<Node>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A directory of this machine to share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareSpec {
@@ -77,8 +82,10 @@ struct Shared {
     changes: Mutex<Option<mpsc::UnboundedReceiver<watch::Change>>>,
     /// Where notices go: the writers of the open streams.
     notices: Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>,
-    /// Lookups asked for (tests check which ones the guest answers itself).
+    /// Lookups and attribute reads asked for (tests check which ones the guest answers
+    /// itself).
     lookups: AtomicU64,
+    getattrs: AtomicU64,
 }
 
 /// The file server; cheap to clone.
@@ -134,6 +141,7 @@ impl FileServer {
             changes: Mutex::new(Some(rx)),
             notices: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
+            getattrs: AtomicU64::new(0),
         })))
     }
 
@@ -198,11 +206,11 @@ impl FileServer {
                 Ok(Some(Message::Call { id, request })) => {
                     let (me, answers) = (self.clone(), answers.clone());
                     let forget = matches!(request, Request::Forget { .. });
-                    let work = tokio::task::spawn_blocking(move || me.call(request));
+                    let work = tokio::task::spawn_blocking(move || me.call_telling_dirs(request));
                     tokio::spawn(async move {
-                        let result = work.await.unwrap_or(Err(errno::EIO));
+                        let (result, dirs) = work.await.unwrap_or((Err(errno::EIO), Vec::new()));
                         if !forget {
-                            let _ = answers.send(proto::encode(&Message::Answer { id, result }));
+                            let _ = answers.send(proto::encode(&Message::Answer { id, result, dirs }));
                         }
                     });
                 }
@@ -429,7 +437,32 @@ impl FileServer {
     pub fn call(&self, request: Request) -> Result<Reply, Errno> {
         let reply = self.answer(request);
         self.0.watch.seal_marked();
+        CHANGED_DIRS.with(|d| d.borrow_mut().clear());
         reply
+    }
+
+    /// [`Self::call`], and the attributes of the watched directories it changed, as it left
+    /// them (see [`Message::Answer`]).
+    pub fn call_telling_dirs(&self, request: Request) -> (Result<Reply, Errno>, Vec<proto::Attr>) {
+        let reply = self.answer(request);
+        self.0.watch.seal_marked();
+        let changed = CHANGED_DIRS.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        let dirs = if reply.is_ok() {
+            changed.into_iter().filter_map(|n| self.attr(n, None).ok().filter(|a| a.watched)).collect()
+        } else {
+            Vec::new()
+        };
+        (reply, dirs)
+    }
+
+    /// Directory `node` gains or loses a name in the call on this thread.
+    fn dir_changed(&self, node: Node) {
+        CHANGED_DIRS.with(|d| {
+            let mut d = d.borrow_mut();
+            if !d.contains(&node) {
+                d.push(node);
+            }
+        });
     }
 
     fn answer(&self, request: Request) -> Result<Reply, Errno> {
@@ -440,7 +473,10 @@ impl FileServer {
                 self.0.nodes.lock().expect("lock").forget(node, count);
                 Ok(Reply::Ok)
             }
-            Request::GetAttr { node, handle } => self.attr(node, handle).map(Reply::Attr),
+            Request::GetAttr { node, handle } => {
+                self.0.getattrs.fetch_add(1, Ordering::Relaxed);
+                self.attr(node, handle).map(Reply::Attr)
+            }
             Request::SetAttr { node, set } => {
                 self.writable(node)?;
                 let at = self.at(node).ok();
@@ -456,6 +492,7 @@ impl FileServer {
                 ops::read_link(&dir, &name).map(Reply::Data)
             }
             Request::MkNod { parent, name, mode, owner } => {
+                self.dir_changed(parent);
                 self.writable(parent)?;
                 let (dir, dir_path) = self.dir(parent)?;
                 let n = component(&name)?;
@@ -470,6 +507,7 @@ impl FileServer {
                 self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
             }
             Request::MkDir { parent, name, mode, owner } => {
+                self.dir_changed(parent);
                 self.writable(parent)?;
                 let (dir, dir_path) = self.dir(parent)?;
                 let n = component(&name)?;
@@ -487,6 +525,7 @@ impl FileServer {
                 Ok(Reply::NewDir { entry, known_empty })
             }
             Request::Unlink { parent, name } => {
+                self.dir_changed(parent);
                 self.writable(parent)?;
                 let (dir, dir_path) = self.dir(parent)?;
                 let n = component(&name)?;
@@ -497,6 +536,7 @@ impl FileServer {
                 Ok(Reply::Ok)
             }
             Request::RmDir { parent, name } => {
+                self.dir_changed(parent);
                 self.writable(parent)?;
                 let (dir, dir_path) = self.dir(parent)?;
                 let n = component(&name)?;
@@ -507,6 +547,7 @@ impl FileServer {
                 Ok(Reply::Ok)
             }
             Request::Symlink { parent, name, target, owner } => {
+                self.dir_changed(parent);
                 self.writable(parent)?;
                 let (dir, dir_path) = self.dir(parent)?;
                 let n = component(&name)?;
@@ -516,6 +557,8 @@ impl FileServer {
                 self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
             }
             Request::Rename { parent, name, new_parent, new_name, flags } => {
+                self.dir_changed(parent);
+                self.dir_changed(new_parent);
                 self.writable(parent)?;
                 self.writable(new_parent)?;
                 let (from_dir, from_path) = self.dir(parent)?;
@@ -534,6 +577,7 @@ impl FileServer {
                 Ok(Reply::Ok)
             }
             Request::Link { node, new_parent, new_name } => {
+                self.dir_changed(new_parent);
                 self.writable(new_parent)?;
                 let (from_dir, from_name, _) = self.at(node)?;
                 let (to_dir, to_path) = self.dir(new_parent)?;
@@ -555,6 +599,7 @@ impl FileServer {
                 Ok(Reply::OpenedFile { handle: self.new_handle(f, path), keep_cache })
             }
             Request::Create { parent, name, mode, flags, owner } => {
+                self.dir_changed(parent);
                 self.writable(parent)?;
                 let (dir, dir_path) = self.dir(parent)?;
                 let n = component(&name)?;
@@ -671,6 +716,11 @@ impl FileServer {
     /// How many lookups the guest has asked for (for tests).
     pub fn lookups(&self) -> u64 {
         self.0.lookups.load(Ordering::Relaxed)
+    }
+
+    /// How many times the guest has asked for attributes (for tests).
+    pub fn getattrs(&self) -> u64 {
+        self.0.getattrs.load(Ordering::Relaxed)
     }
 
     /// How many nodes the guest holds (for tests and status).
