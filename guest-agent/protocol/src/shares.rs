@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -142,10 +142,10 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
-    /// The guest dropped `count` references to `node` (no answer).
+    /// The guest dropped references to nodes: (node, how many) pairs, as many as its kernel
+    /// forgot at once (after a cache drop, thousands in one frame). No answer.
     Forget {
-        node: Node,
-        count: u64,
+        nodes: Vec<(Node, u64)>,
     },
     GetAttr {
         node: Node,
@@ -236,7 +236,7 @@ pub enum Request {
         handle: Handle,
         data_only: bool,
     },
-    /// Closes an open file or directory.
+    /// Closes an open file or directory listing. No answer (the kernel does not wait for it).
     Release {
         handle: Handle,
     },

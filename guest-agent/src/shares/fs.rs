@@ -56,6 +56,8 @@ struct ShareFs {
     /// whole listing).
     listings: std::sync::Mutex<std::collections::HashMap<u64, Option<u64>>>,
     next_listing: AtomicU64,
+    /// Nodes the kernel forgot, not yet told to the host.
+    forgets: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 fn time(t: proto::Time) -> SystemTime {
@@ -297,6 +299,18 @@ impl ShareFs {
         });
     }
 
+    /// The kernel dropped references to nodes: what the guest knew of them as directories
+    /// goes, and the host is told in one frame.
+    fn forgotten(&self, nodes: Vec<(u64, u64)>) {
+        if nodes.is_empty() {
+            return;
+        }
+        for (node, _) in &nodes {
+            self.shares.forget_nodes(self.shares.known().forget(*node));
+        }
+        self.call(Request::Forget { nodes }, |_| {});
+    }
+
     /// The guest changes `node`: a surveyed entry that waits for it is out of date.
     fn touched(&self, node: u64) {
         self.shares.forget_nodes(self.shares.known().touched(node));
@@ -390,9 +404,8 @@ impl ShareFs {
         }
         // The host counted every entry it sent as looked up; give back what did not fit.
         if plus && let Some(i) = full_at {
-            for (_, e) in &entries[i..] {
-                self.call(Request::Forget { node: e.attr.node, count: 1 }, |_| {});
-            }
+            let nodes = entries[i..].iter().map(|(_, e)| (e.attr.node, 1)).collect();
+            self.call(Request::Forget { nodes }, |_| {});
         }
         done(Ok(()))
     }
@@ -432,10 +445,25 @@ impl Filesystem for Fs {
         }
     }
 
+    /// The kernel forgets thousands at once after a cache drop (fuser hands its batches over
+    /// one node at a time, as its batch type is not public): they are gathered and sent in
+    /// one frame by a task that runs once this burst is handed over.
     fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
-        if ino != INodeNo::ROOT {
-            self.0.shares.forget_nodes(self.0.shares.known().forget(ino.0));
-            self.0.call(Request::Forget { node: ino.0, count: nlookup }, |_| {});
+        if ino == INodeNo::ROOT {
+            return;
+        }
+        let first = {
+            let mut pending = self.0.forgets.lock().expect("lock");
+            pending.push((ino.0, nlookup));
+            pending.len() == 1
+        };
+        if first {
+            let me = self.0.clone();
+            self.0.rt.spawn(async move {
+                tokio::task::yield_now().await;
+                let nodes = std::mem::take(&mut *me.forgets.lock().expect("lock"));
+                me.forgotten(nodes);
+            });
         }
     }
 
@@ -906,6 +934,7 @@ pub fn mount(
         rt: tokio::runtime::Handle::current(),
         listings: Default::default(),
         next_listing: AtomicU64::new(1),
+        forgets: Default::default(),
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -147,7 +147,7 @@ impl Shares {
 
     fn send(&self, lane: &Lane, request: Request, then: Then) {
         let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
-        if matches!(request, Request::Forget { .. }) {
+        if matches!(request, Request::Forget { .. } | Request::Release { .. }) {
             // Never answered.
             let sent = lane.frames.send(proto::encode(&Message::Call { id, request })).is_ok();
             return then(if sent { Ok(Reply::Ok) } else { Err(errno::EIO) });
@@ -381,9 +381,7 @@ impl Shares {
         for n in nodes {
             *counts.entry(n).or_default() += 1;
         }
-        for (node, count) in counts {
-            self.send(&lane, Request::Forget { node, count }, Box::new(|_| {}));
-        }
+        self.send(&lane, Request::Forget { nodes: counts.into_iter().collect() }, Box::new(|_| {}));
     }
 
     /// A new mark for a raise (never 0), counted as under way until [`Shares::raised`].

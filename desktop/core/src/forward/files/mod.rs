@@ -205,11 +205,11 @@ impl FileServer {
             match read_message(&mut rd).await {
                 Ok(Some(Message::Call { id, request })) => {
                     let (me, answers) = (self.clone(), answers.clone());
-                    let forget = matches!(request, Request::Forget { .. });
+                    let one_way = matches!(request, Request::Forget { .. } | Request::Release { .. });
                     let work = tokio::task::spawn_blocking(move || me.call_telling_dirs(request));
                     tokio::spawn(async move {
                         let (result, dirs) = work.await.unwrap_or((Err(errno::EIO), Vec::new()));
-                        if !forget {
+                        if !one_way {
                             let _ = answers.send(proto::encode(&Message::Answer { id, result, dirs }));
                         }
                     });
@@ -469,8 +469,11 @@ impl FileServer {
         match request {
             Request::Lookup { parent, name } => self.lookup(parent, &name),
             Request::Survey { parent, name } => self.survey(parent, &name),
-            Request::Forget { node, count } => {
-                self.0.nodes.lock().expect("lock").forget(node, count);
+            Request::Forget { nodes } => {
+                let mut held = self.0.nodes.lock().expect("lock");
+                for (node, count) in nodes {
+                    held.forget(node, count);
+                }
                 Ok(Reply::Ok)
             }
             Request::GetAttr { node, handle } => {
@@ -1174,7 +1177,7 @@ mod tests {
         let f = entry(s.call(Request::Lookup { parent: root, name: b"f".to_vec() }));
         entry(s.call(Request::Lookup { parent: root, name: b"f".to_vec() }));
         assert_eq!(s.nodes(), before + 1);
-        s.call(Request::Forget { node: f.attr.node, count: 2 }).unwrap();
+        s.call(Request::Forget { nodes: vec![(f.attr.node, 2)] }).unwrap();
         assert_eq!(s.nodes(), before);
         let c = Request::Create { parent: root, name: b"n".to_vec(), mode: 0o644, flags: 0o1, owner: Owner::default() };
         assert_eq!(s.call(c).unwrap_err(), errno::EROFS);
