@@ -196,7 +196,13 @@ impl Engine {
         if config.hostname.is_empty() {
             config.hostname = id[..12].to_owned();
         }
-        let mounts = self.resolve_mounts(&config, &host)?;
+        // On a blocking thread: a bind source in a shared folder is a FUSE call answered over
+        // the VM's mux, whose tasks must not wait behind a worker blocked in that call (a task
+        // woken by this one sits in its worker's slot that others cannot steal).
+        let mounts = {
+            let (me, c, h) = (self.clone(), config.clone(), host.clone());
+            super::blocking(move || me.resolve_mounts(&c, &h)).await?
+        };
         // Bad capabilities, security options or devices fail the create, as with dockerd.
         crate::container::security::policy(&host)?;
         let name = {
