@@ -274,6 +274,10 @@ mod tests {
     /// A watched directory removed and made again at its path is not taken for watched until
     /// it is watched anew; then its changes are seen.
     #[test]
+    #[cfg_attr(
+        windows,
+        ignore = "Windows keeps a watched directory, delete pending, until its watch is closed: none can be made at its path meanwhile"
+    )]
     fn a_directory_made_again_is_watched_again() {
         let d = tempfile::tempdir().unwrap();
         let sub = d.path().join("sub");
