@@ -435,10 +435,7 @@ impl FileServer {
     /// Answers one call (on a blocking thread), then records the paths it changed as it left
     /// them, so that their events are not taken for news ([`watch`]).
     pub fn call(&self, request: Request) -> Result<Reply, Errno> {
-        let reply = self.answer(request);
-        self.0.watch.seal_marked();
-        CHANGED_DIRS.with(|d| d.borrow_mut().clear());
-        reply
+        self.call_telling_dirs(request).0
     }
 
     /// [`Self::call`], and the attributes of the watched directories it changed, as it left
