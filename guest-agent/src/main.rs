@@ -79,6 +79,10 @@ enum Command {
         /// agent on the file server's own machine: tests).
         #[arg(long, hide = true)]
         share_prefix: Option<PathBuf>,
+        /// The file the host's file server shares as memory for data (an agent on its own
+        /// machine: tests); in the VM it is the ivshmem device.
+        #[arg(long, hide = true)]
+        share_memory: Option<PathBuf>,
         /// Trim the data root's file system after deletions (in the VM, so the host's disk
         /// image shrinks back).
         #[arg(long)]
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             forward,
             shares,
             share_prefix,
+            share_memory,
             trim,
         } => {
             tracing_subscriber::fmt()
@@ -129,7 +134,8 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
             let bridge = BridgeConfig { name: bridge_name, gateway: bridge_ip.0, prefix: bridge_ip.1 };
             let listeners = Listeners { docker: listen, control, echo, mux, ports, forward, shares };
-            let opts = ServeOptions { insecure: insecure_registry, bridge, host_loopback, share_prefix, trim };
+            let opts =
+                ServeOptions { insecure: insecure_registry, bridge, host_loopback, share_prefix, share_memory, trim };
             rt.block_on(serve(listeners, data_root, opts))
         }
     }
@@ -162,11 +168,12 @@ struct ServeOptions {
     bridge: BridgeConfig,
     host_loopback: Option<String>,
     share_prefix: Option<PathBuf>,
+    share_memory: Option<PathBuf>,
     trim: bool,
 }
 
 async fn serve(listeners: Listeners, data_root: PathBuf, opts: ServeOptions) -> anyhow::Result<()> {
-    let ServeOptions { insecure, bridge, host_loopback, share_prefix, trim } = opts;
+    let ServeOptions { insecure, bridge, host_loopback, share_prefix, share_memory, trim } = opts;
     let program = std::env::current_exe().context("finding this program's path")?;
     let engine = Engine::open(EngineConfig {
         root: data_root.clone(),
@@ -189,7 +196,7 @@ async fn serve(listeners: Listeners, data_root: PathBuf, opts: ServeOptions) -> 
         engine: std::sync::Arc::new(engine.clone()),
         shutdown: CancellationToken::new(),
         ports,
-        shares: shares::Shares::below(share_prefix),
+        shares: shares::Shares::below(share_prefix, share_memory),
     };
     let mut servers = Vec::new();
     for (specs, port) in [

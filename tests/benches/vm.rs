@@ -557,6 +557,9 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
         let m = Machine::start(&cfg).await.expect("boot");
         let share = berth_core::forward::files::ShareSpec { path: ours.clone(), read_only: false };
         let server = berth_core::forward::files::FileServer::new(&[share]).unwrap();
+        if let Some(mem) = &m.shared_memory {
+            server.share_memory(mem.clone());
+        }
         tokio::spawn(server.serve(m.transport.clone()));
         let sock = dir.path().join("docker.sock");
         let listener = berth_core::forward::socket::bind(&sock).await.unwrap();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_core::forward::files::memory::Memory;
 use berth_core::forward::files::{FileServer, ShareSpec};
 use berth_core::transport::mux::MuxTransport;
 use berth_tests::{Agent, eventually};
@@ -21,18 +22,34 @@ struct Setup {
     seen: PathBuf,
     server: FileServer,
     _rt: tokio::runtime::Runtime,
+    _memory: Option<tempfile::TempDir>,
 }
 
 impl Setup {
+    /// With shared memory for data, as a VM on Linux or macOS has.
     fn new(read_only: bool) -> Setup {
-        let agent = Agent::start_args(|dir| vec!["--share-prefix".into(), dir.join("guest").display().to_string()]);
+        Setup::with(read_only, true)
+    }
+
+    fn with(read_only: bool, shared_memory: bool) -> Setup {
+        let memory_dir = shared_memory.then(|| tempfile::tempdir().unwrap());
+        let memory = memory_dir.as_ref().map(|d| Arc::new(Memory::create(&d.path().join("shares.mem")).unwrap()));
+        let path = memory.as_ref().map(|m| m.path().display().to_string());
+        let agent = Agent::start_args(|dir| {
+            let mut args = vec!["--share-prefix".into(), dir.join("guest").display().to_string()];
+            args.extend(path.iter().flat_map(|p| ["--share-memory".to_string(), p.clone()]));
+            args
+        });
         let host = tempfile::tempdir().unwrap();
         let seen = agent.dir.path().join("guest").join(host.path().strip_prefix("/").unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let server = FileServer::new(&[ShareSpec { path: host.path().to_owned(), read_only }]).unwrap();
+        if let Some(m) = memory {
+            server.share_memory(m);
+        }
         let transport = Arc::new(MuxTransport::serial(agent.mux_socket()));
         rt.spawn(server.clone().serve(transport));
-        let s = Setup { agent, host, seen, server, _rt: rt };
+        let s = Setup { agent, host, seen, server, _rt: rt, _memory: memory_dir };
         let ok = eventually(20, || s.mounted());
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let ours: Vec<&str> = mounts.lines().filter(|l| l.contains("fuse") || l.contains(".tmp")).collect();
@@ -210,6 +227,49 @@ fn files_behave_as_on_a_disk() {
     assert!(
         eventually(5, || std::fs::read_to_string(s.guest("from-host")).unwrap_or_default() == "changed on the host\n")
     );
+}
+
+/// Reads and writes carry their data through the shared memory when the host offers it, and
+/// through the stream when it does not, with the same bytes either way: large and odd sizes,
+/// offsets past a slot, a read that ends early at the end of the file, writers at once.
+#[test]
+fn data_goes_through_shared_memory_when_there_is_some() {
+    for memory in [true, false] {
+        let s = Setup::with(false, memory);
+        let pattern = |seed: u32, n: usize| -> Vec<u8> {
+            (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8).collect()
+        };
+        let a = pattern(1, (3 << 20) + 12_345);
+        std::fs::write(s.guest("a"), &a).unwrap();
+        assert!(std::fs::read(s.host("a")).unwrap() == a, "written through {memory}: the host has other bytes");
+        let b = pattern(2, (2 << 20) + 777);
+        std::fs::write(s.host("b"), &b).unwrap();
+        assert!(std::fs::read(s.guest("b")).unwrap() == b, "read through {memory}: the guest got other bytes");
+        let mut f = std::fs::File::open(s.guest("b")).unwrap();
+        f.seek(SeekFrom::Start((1 << 20) + 5)).unwrap();
+        let mut part = vec![0u8; 100_000];
+        f.read_exact(&mut part).unwrap();
+        assert!(part[..] == b[(1 << 20) + 5..(1 << 20) + 100_005], "a read at an offset");
+        let writers: Vec<_> = (0..6u32)
+            .map(|i| {
+                let (p, data) = (s.guest(&format!("w{i}")), pattern(10 + i, 300_000 + i as usize));
+                std::thread::spawn(move || {
+                    std::fs::write(&p, &data).unwrap();
+                    data
+                })
+            })
+            .collect();
+        for (i, w) in writers.into_iter().enumerate() {
+            let data = w.join().unwrap();
+            assert!(std::fs::read(s.host(&format!("w{i}"))).unwrap() == data, "writer {i}");
+        }
+        let via = s.server.data_via_memory();
+        if memory {
+            assert!(via >= 10, "only {via} calls went through the shared memory");
+        } else {
+            assert_eq!(via, 0, "no memory was offered");
+        }
+    }
 }
 
 /// `renameat2(2)`, which std has no call for.

@@ -616,9 +616,12 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     let addr = format!("127.0.0.1:{tcp}");
     assert!(
         berth_tests::eventually(30, || http_get(&addr).as_deref() == Some("served from a shared folder\n")),
-        "{addr} answered {:?}; the container: {}",
+        "{addr} answered {:?}; the container: {}; it sees: {}",
         http_raw(&addr),
-        String::from_utf8_lossy(&home.docker(&["logs", "web"]).stderr)
+        String::from_utf8_lossy(&home.docker(&["logs", "web"]).stderr),
+        String::from_utf8_lossy(
+            &home.docker(&["exec", "web", "sh", "-c", "ls -la /www; grep www /proc/mounts"]).stdout
+        )
     );
     let port = home.docker(&["port", "web"]);
     let port = String::from_utf8_lossy(&port.stdout);

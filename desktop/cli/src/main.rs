@@ -337,6 +337,9 @@ async fn run_daemon(home: &Path, settings: &Resolved, mut state: status::DaemonS
         .collect();
     match berth_core::forward::files::FileServer::new(&present) {
         Ok(server) => {
+            if let Some(m) = &machine.shared_memory {
+                server.share_memory(m.clone());
+            }
             tracing::info!(shares = ?present.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(), "sharing folders with the guest");
             tokio::spawn(server.serve(machine.transport.clone()));
         }

@@ -23,11 +23,14 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
 pub const MAX_IO: usize = 1 << 20;
+/// The size of a slot of the shared memory ([`Memory`]): one read or write of [`MAX_IO`]. The
+/// region's first slot holds its token; the others carry data.
+pub const SLOT: usize = MAX_IO;
 /// The most entries a directory may have for [`Request::Survey`] to list it whole.
 pub const SURVEY_MAX: usize = 1024;
 
@@ -231,6 +234,22 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// A [`Request::Read`] whose data the host puts in the shared memory ([`Memory`]), at
+    /// `at` (a slot the guest holds for it); the answer is [`Reply::ReadShared`].
+    ReadShared {
+        handle: Handle,
+        offset: u64,
+        size: u32,
+        at: u64,
+    },
+    /// A [`Request::Write`] of the `len` bytes at `at` in the shared memory; the answer is
+    /// [`Reply::Written`].
+    WriteShared {
+        handle: Handle,
+        offset: u64,
+        at: u64,
+        len: u32,
+    },
     /// Makes the handle's writes durable on the host's disk.
     Fsync {
         handle: Handle,
@@ -315,6 +334,8 @@ pub enum Reply {
     Attr(Attr),
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),
+    /// How many bytes a [`Request::ReadShared`] put in the shared memory.
+    ReadShared(u32),
     /// An open file; `keep_cache`: the host watches its directory, so the guest may keep the
     /// file's pages across opens (a change on the host is a notice that drops them).
     OpenedFile {
@@ -349,11 +370,23 @@ pub enum Reply {
     },
 }
 
+/// Memory shared by the host and the guest (QEMU's `ivshmem-plain` device on a file the host
+/// maps too), for the data of reads and writes: copied once into it and named in a small
+/// call, rather than carried through the transport, whose every byte costs the guest's CPU
+/// under emulation. The region starts with `token`, which tells the guest it found the memory
+/// this host maps (and not another's, or none); it is cut into slots of [`SLOT`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub token: [u8; 16],
+    pub size: u64,
+}
+
 /// A frame on a shares stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Host to guest, first on every stream.
-    Hello { version: u32, shares: Vec<Share> },
+    /// Host to guest, first on every stream. `memory`: the shared memory the host offers
+    /// for reads' and writes' data, if the VM has it.
+    Hello { version: u32, shares: Vec<Share>, memory: Option<Memory> },
     /// Guest to host, the answer to the hello.
     Ready { version: u32 },
     /// Guest to host.

@@ -39,6 +39,9 @@ const TTL: Duration = Duration::from_secs(1);
 /// what a notice could miss (a change made on the host in the instant between a guest's call
 /// and the host's record of it).
 const WATCHED_TTL: Duration = Duration::from_secs(60);
+/// Reads and writes from this size on carry their data through the shared memory when there
+/// is a slot free; smaller ones cost the transport little more than the call itself.
+const SHARED_MIN: usize = 16 * 1024;
 
 /// How long the kernel may keep `a` and the name that led to it.
 fn ttl(a: &Attr) -> &'static Duration {
@@ -658,6 +661,16 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        if size as usize >= SHARED_MIN
+            && let Some(slot) = self.0.shares.slot()
+        {
+            let at = slot.at();
+            return self.0.call(Request::ReadShared { handle: fh.0, offset, size, at }, move |r| match r {
+                Ok(Reply::ReadShared(n)) => reply.data(&slot.copy_out(n as usize)),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(err(e)),
+            });
+        }
         self.0.data_call(Request::Read { handle: fh.0, offset, size }, reply);
     }
 
@@ -674,7 +687,21 @@ impl Filesystem for Fs {
         reply: ReplyWrite,
     ) {
         self.0.touched(self.0.node(ino));
-        self.0.call(Request::Write { handle: fh.0, offset, data: data.to_vec() }, move |r| match r {
+        let slot = if data.len() >= SHARED_MIN { self.0.shares.slot() } else { None };
+        let request = match slot {
+            Some(slot) => {
+                slot.fill(data);
+                let request = Request::WriteShared { handle: fh.0, offset, at: slot.at(), len: data.len() as u32 };
+                // Held until the host has answered: it reads the data meanwhile.
+                return self.0.call(request, move |r| match (r, slot) {
+                    (Ok(Reply::Written(n)), _) => reply.written(n),
+                    (Ok(_), _) => reply.error(Errno::EIO),
+                    (Err(e), _) => reply.error(err(e)),
+                });
+            }
+            None => Request::Write { handle: fh.0, offset, data: data.to_vec() },
+        };
+        self.0.call(request, move |r| match r {
             Ok(Reply::Written(n)) => reply.written(n),
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),

@@ -11,6 +11,7 @@
 
 mod fs;
 mod known;
+mod memory;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -92,6 +93,10 @@ struct Inner {
     raiser: OnceLock<std::sync::mpsc::Sender<Notice>>,
     /// Directories whose whole listing the guest knows.
     known: known::Known,
+    /// The memory the host shares for data, once a hello has offered it and it was found.
+    memory: Mutex<Option<Arc<memory::Region>>>,
+    /// Where that memory is when not on a device (an agent on the host's machine: tests).
+    memory_file: Option<PathBuf>,
 }
 
 struct Mounted {
@@ -118,8 +123,25 @@ pub struct Shares(Arc<Inner>);
 
 impl Shares {
     /// Shares mounted at their paths below `prefix` rather than at the paths themselves.
-    pub fn below(prefix: Option<std::path::PathBuf>) -> Shares {
-        Shares(Arc::new(Inner { prefix, ..Default::default() }))
+    /// `memory_file`: the shared memory's file, when it is not the VM's device.
+    pub fn below(prefix: Option<PathBuf>, memory_file: Option<PathBuf>) -> Shares {
+        Shares(Arc::new(Inner { prefix, memory_file, ..Default::default() }))
+    }
+
+    /// A slot of the shared memory for one call's data, if there is memory and a free slot.
+    fn slot(&self) -> Option<memory::Slot> {
+        self.0.memory.lock().expect("lock").as_ref()?.slot()
+    }
+
+    /// Takes up the memory a hello offers (or none): the region found before if it is still
+    /// the host's, else looked for anew.
+    fn offered(&self, want: Option<&proto::Memory>) {
+        let mut held = self.0.memory.lock().expect("lock");
+        match want {
+            Some(w) if held.as_ref().is_some_and(|r| r.holds(w)) => {}
+            Some(w) => *held = memory::Region::find(w, self.0.memory_file.as_deref()),
+            None => *held = None,
+        }
     }
 
     /// Sends `request` to the host on the least busy lane; `then` gets the answer, on the
@@ -197,7 +219,10 @@ impl Shares {
     pub async fn stream(&self, io: BoxIo) {
         let (mut rd, mut wr) = tokio::io::split(io);
         let shares = match read_message(&mut rd).await {
-            Ok(Some(Message::Hello { version, shares })) if version == proto::VERSION => shares,
+            Ok(Some(Message::Hello { version, shares, memory })) if version == proto::VERSION => {
+                self.offered(memory.as_ref());
+                shares
+            }
             other => {
                 tracing::warn!(?other, "shares: not a hello of version {}", proto::VERSION);
                 return;

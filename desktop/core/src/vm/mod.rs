@@ -79,6 +79,36 @@ pub struct MachineConfig {
     pub qemu_args: Vec<String>,
 }
 
+/// The memory for shared folders' data (`berth_protocol::shares::Memory`), made for a VM whose
+/// directory is `dir`: QEMU maps its file into the guest as an `ivshmem-plain` device, the file
+/// server maps it too. In `/dev/shm` where there is one (Linux), so its pages are memory the
+/// kernel never writes back to a disk; else in `dir` (macOS). QEMU for Windows cannot map a
+/// file into a guest (`memory-backend-file` is a POSIX backend), so there is none there and
+/// data goes through the transport. A failure is logged and the VM goes without.
+fn shared_memory(dir: &Path) -> Option<Arc<crate::forward::files::memory::Memory>> {
+    if !cfg!(unix) {
+        return None;
+    }
+    let shm = Path::new("/dev/shm");
+    let path = if shm.is_dir() {
+        // One name per VM directory, so a daemon killed outright leaves one file at most,
+        // which the next start replaces.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut h);
+        shm.join(format!("berth-shares-{:016x}.mem", h.finish()))
+    } else {
+        dir.join("shares.mem")
+    };
+    match crate::forward::files::memory::Memory::create(&path) {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no shared memory for shared folders: their data goes through the transport");
+            None
+        }
+    }
+}
+
 /// Sets the guest's clock to the host's, over `transport`.
 pub async fn sync_clock(transport: &dyn Transport) -> Result<(), crate::control::ControlError> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -163,6 +193,9 @@ pub struct Machine {
     pub transport: Arc<dyn Transport>,
     /// The host end of hybrid vsock (when the VM has it).
     pub vsock: Option<PathBuf>,
+    /// The memory the VM shares with the file server for shared folders' data (see
+    /// [`shared_memory`]), when this host's QEMU can map a file.
+    pub shared_memory: Option<Arc<crate::forward::files::memory::Memory>>,
     /// QEMU's socket for the host end of the virtio-serial port.
     pub port: PathBuf,
     /// How long the boot's phases took.
@@ -448,6 +481,16 @@ impl Machine {
             }
             transport::Kind::Serial => (None, None, Arc::new(transport::mux::MuxTransport::serial(port.clone()))),
         };
+        let shared_memory = shared_memory(&cfg.dir);
+        if let Some(m) = &shared_memory {
+            qemu.arg("-object")
+                .arg(format!(
+                    "memory-backend-file,id=berthshm,mem-path={},size={},share=on",
+                    m.path().display(),
+                    crate::forward::files::memory::SIZE
+                ))
+                .args(["-device", "ivshmem-plain,memdev=berthshm"]);
+        }
         qemu.args(&cfg.qemu_args);
         let qemu = spawn_tied(qemu, "QEMU", &qemu_path)?;
         let started = std::time::SystemTime::now();
@@ -456,6 +499,7 @@ impl Machine {
             device,
             transport,
             vsock,
+            shared_memory,
             port,
             boot: BootTimes::default(),
             serial,

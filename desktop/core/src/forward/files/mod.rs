@@ -6,6 +6,7 @@
 //! many calls are in flight at once and a large read does not hold up a stat. Everything here
 //! uses `std::fs` (see [`ops`]), so it builds for macOS and Windows as well.
 
+pub mod memory;
 mod nodes;
 pub mod ops;
 pub mod watch;
@@ -86,6 +87,10 @@ struct Shared {
     /// itself).
     lookups: AtomicU64,
     getattrs: AtomicU64,
+    /// Reads and writes whose data went through the shared memory.
+    via_memory: AtomicU64,
+    /// The memory shared with the guest for data, if the VM has it.
+    memory: std::sync::OnceLock<Arc<memory::Memory>>,
 }
 
 /// The file server; cheap to clone.
@@ -142,7 +147,15 @@ impl FileServer {
             notices: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             getattrs: AtomicU64::new(0),
+            via_memory: AtomicU64::new(0),
+            memory: std::sync::OnceLock::new(),
         })))
+    }
+
+    /// Offers the guest `memory` (the VM's `ivshmem-plain` device's) for reads' and writes'
+    /// data, from the next stream on. Once only: a second is ignored.
+    pub fn share_memory(&self, memory: Arc<memory::Memory>) {
+        let _ = self.0.memory.set(memory);
     }
 
     pub fn shares(&self) -> &[Share] {
@@ -184,7 +197,8 @@ impl FileServer {
     /// One stream: the hello, then calls answered as they complete.
     pub async fn session<S: AsyncRead + AsyncWrite + Send + 'static>(&self, stream: S) -> std::io::Result<()> {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let hello = Message::Hello { version: proto::VERSION, shares: self.0.shares.clone() };
+        let memory = self.0.memory.get().map(|m| m.describe());
+        let hello = Message::Hello { version: proto::VERSION, shares: self.0.shares.clone(), memory };
         wr.write_all(&proto::encode(&hello)).await?;
         match read_message(&mut rd).await? {
             Some(Message::Ready { version }) if version == proto::VERSION => {}
@@ -619,6 +633,21 @@ impl FileServer {
                 let f = self.file(handle)?;
                 ops::write_at(&f, offset, &data).map(Reply::Written)
             }
+            Request::ReadShared { handle, offset, size, at } => {
+                let memory = self.0.memory.get().ok_or(errno::EINVAL)?;
+                let f = self.file(handle)?;
+                let data = ops::read_at(&f, offset, size.min(proto::MAX_IO as u32))?;
+                memory.put(at, &data)?;
+                self.0.via_memory.fetch_add(1, Ordering::Relaxed);
+                Ok(Reply::ReadShared(data.len() as u32))
+            }
+            Request::WriteShared { handle, offset, at, len } => {
+                let data = self.0.memory.get().ok_or(errno::EINVAL)?.get(at, len as usize)?;
+                self.0.via_memory.fetch_add(1, Ordering::Relaxed);
+                self.mark_handle(handle);
+                let f = self.file(handle)?;
+                ops::write_at(&f, offset, &data).map(Reply::Written)
+            }
             Request::Fsync { handle, data_only } => {
                 let f = self.file(handle)?;
                 if data_only { f.sync_data() } else { f.sync_all() }.map_err(io_errno)?;
@@ -721,6 +750,11 @@ impl FileServer {
     /// How many times the guest has asked for attributes (for tests).
     pub fn getattrs(&self) -> u64 {
         self.0.getattrs.load(Ordering::Relaxed)
+    }
+
+    /// How many reads and writes had their data go through the shared memory.
+    pub fn data_via_memory(&self) -> u64 {
+        self.0.via_memory.load(Ordering::Relaxed)
     }
 
     /// How many nodes the guest holds (for tests and status).
