@@ -688,23 +688,21 @@ impl Filesystem for Fs {
     ) {
         self.0.touched(self.0.node(ino));
         let slot = if data.len() >= SHARED_MIN { self.0.shares.slot() } else { None };
-        let request = match slot {
+        let request = match &slot {
             Some(slot) => {
                 slot.fill(data);
-                let request = Request::WriteShared { handle: fh.0, offset, at: slot.at(), len: data.len() as u32 };
-                // Held until the host has answered: it reads the data meanwhile.
-                return self.0.call(request, move |r| match (r, slot) {
-                    (Ok(Reply::Written(n)), _) => reply.written(n),
-                    (Ok(_), _) => reply.error(Errno::EIO),
-                    (Err(e), _) => reply.error(err(e)),
-                });
+                Request::WriteShared { handle: fh.0, offset, at: slot.at(), len: data.len() as u32 }
             }
             None => Request::Write { handle: fh.0, offset, data: data.to_vec() },
         };
-        self.0.call(request, move |r| match r {
-            Ok(Reply::Written(n)) => reply.written(n),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(err(e)),
+        self.0.call(request, move |r| {
+            // The slot is held until the host has answered: it reads the data meanwhile.
+            let _held = slot;
+            match r {
+                Ok(Reply::Written(n)) => reply.written(n),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(err(e)),
+            }
         });
     }
 

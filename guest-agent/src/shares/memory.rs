@@ -59,10 +59,13 @@ impl Region {
 
     /// Whether this is the memory `want` describes: it starts with its token now.
     pub fn holds(&self, want: &proto::Memory) -> bool {
+        if self.map.len() < 2 * SLOT {
+            return false;
+        }
         let mut head = [0u8; 16];
-        // SAFETY: every mapping here is at least a slot long; bytes are copied out.
+        // SAFETY: the mapping is at least two slots long (checked above); bytes are copied out.
         unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr(), head.as_mut_ptr(), head.len()) };
-        self.map.len() >= 2 * SLOT && head == want.token
+        head == want.token
     }
 
     /// A free slot, if there is one (the caller sends its data through the transport if not).
