@@ -605,6 +605,61 @@ fn the_guests_caches_show_host_changes() {
     assert_eq!(list(), ["f", "mine", "new"]);
 }
 
+/// Two containers write one file at once: appends from both are all there, whole and in
+/// lines of their own, and writes of separate regions (`dd conv=notrunc`) both land, on the
+/// host and for a third container that reads the file after them.
+#[test]
+fn two_containers_write_one_file() {
+    let s = Setup::new(false);
+    let img = s.agent.pull("busybox:latest");
+    let bind = format!("{}:/w", s.seen.display());
+    std::fs::write(s.host("regions"), vec![b'.'; 4 << 20]).unwrap();
+    // Each container appends 300 lines and writes 2 MiB of its letter over its half of
+    // `regions` (1 MiB writes: through the shared memory).
+    let script = |who: &str, half: u32| {
+        format!(
+            "for i in $(seq 1 300); do echo {who}-$i >> /w/log; done; \
+             head -c 2097152 /dev/zero | tr '\\0' {who} | dd of=/w/regions bs=1M seek={} conv=notrunc,fsync 2>/dev/null",
+            half * 2
+        )
+    };
+    for (who, half) in [("a", 0), ("b", 1)] {
+        s.agent.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("writer-{who}"),
+            "-v",
+            &bind,
+            &img,
+            "sh",
+            "-c",
+            &script(who, half),
+        ]);
+    }
+    for who in ["a", "b"] {
+        assert_eq!(s.agent.ok(&["wait", &format!("writer-{who}")]).trim(), "0");
+    }
+    let log = std::fs::read_to_string(s.host("log")).unwrap();
+    for who in ["a", "b"] {
+        let mine: Vec<&str> = log.lines().filter(|l| l.starts_with(&format!("{who}-"))).collect();
+        let expected: Vec<String> = (1..=300).map(|i| format!("{who}-{i}")).collect();
+        assert_eq!(mine, expected, "{who}'s appends, in its order");
+    }
+    assert_eq!(log.lines().count(), 600, "a line torn or lost: {log}");
+    let regions = std::fs::read(s.host("regions")).unwrap();
+    assert_eq!(regions.len(), 4 << 20);
+    assert!(regions[..2 << 20].iter().all(|&b| b == b'a'), "the first half is not all a's");
+    assert!(regions[2 << 20..].iter().all(|&b| b == b'b'), "the second half is not all b's");
+    // A third container sees what both wrote.
+    let out =
+        s.agent.ok(&["run", "--rm", "-v", &bind, &img, "sh", "-c", "wc -l < /w/log; tr -d ab < /w/regions | wc -c"]);
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["600", "0"]);
+    for who in ["a", "b"] {
+        s.agent.ok(&["rm", &format!("writer-{who}")]);
+    }
+}
+
 /// Many files in many directories, listed and then removed with `rm -rf` (which unlinks
 /// while it reads each directory): nothing is skipped and the tree is gone on the host.
 /// Each directory holds more entries than one read of it returns (a page on Linux 6.1, 32
