@@ -605,6 +605,37 @@ fn the_guests_caches_show_host_changes() {
     assert_eq!(list(), ["f", "mine", "new"]);
 }
 
+/// A file opened only to be written is written past the guest's page cache (direct I/O):
+/// what a reader left in the cache does not hide the new contents from the next open, small
+/// writes and large ones (through the shared memory) alike, and appends land at the end.
+#[test]
+fn writes_past_the_cache_are_read_back() {
+    let s = Setup::new(false);
+    for size in [100, 64 << 10, 3 << 20] {
+        let name = format!("f{size}");
+        std::fs::write(s.host(&name), vec![b'a'; size]).unwrap();
+        // Read twice, so the second read comes from the guest's cache.
+        for _ in 0..2 {
+            assert!(std::fs::read(s.guest(&name)).unwrap().iter().all(|&b| b == b'a'));
+        }
+        // Same size, new contents, through a write-only open.
+        let mut w = std::fs::OpenOptions::new().write(true).open(s.guest(&name)).unwrap();
+        w.write_all(&vec![b'b'; size]).unwrap();
+        drop(w);
+        let back = std::fs::read(s.guest(&name)).unwrap();
+        assert_eq!(back.len(), size);
+        assert!(back.iter().all(|&b| b == b'b'), "{size} bytes: the guest read its cached copy");
+        assert!(std::fs::read(s.host(&name)).unwrap().iter().all(|&b| b == b'b'));
+        let mut a = std::fs::OpenOptions::new().append(true).open(s.guest(&name)).unwrap();
+        a.write_all(b"end").unwrap();
+        drop(a);
+        let back = std::fs::read(s.guest(&name)).unwrap();
+        assert_eq!(back.len(), size + 3);
+        assert!(back.ends_with(b"bend"));
+        assert_eq!(std::fs::read(s.host(&name)).unwrap(), back);
+    }
+}
+
 /// Two containers write one file at once: appends from both are all there, whole and in
 /// lines of their own, and writes of separate regions (`dd conv=notrunc`) both land, on the
 /// host and for a third container that reads the file after them.

@@ -61,6 +61,10 @@ struct ShareFs {
     next_listing: AtomicU64,
     /// Nodes the kernel forgot, not yet told to the host.
     forgets: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// Nodes written through a write-only open (direct I/O, past the page cache) since their
+    /// last open: pages an earlier reader left in the cache may be stale, so the next open
+    /// drops them rather than keeping them.
+    written_past_cache: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 fn time(t: proto::Time) -> SystemTime {
@@ -289,13 +293,17 @@ impl ShareFs {
     }
 
     /// A call whose answer is an open file's handle.
-    fn open_call(&self, request: Request, reply: ReplyOpen) {
+    fn open_call(&self, request: Request, node: u64, open_flags: i32, reply: ReplyOpen) {
+        // Taken before the call, so a write past the cache that ends while it is on its way
+        // counts for the next open.
+        let written = self.written_past_cache.lock().unwrap().remove(&node);
         self.call(request, move |r| match r {
             // The host watches the file's directory: its pages stay across opens until a
             // notice (or a new size or modification time) says the file changed.
             Ok(Reply::OpenedFile { handle, keep_cache }) => {
-                let flags = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(FileHandle(handle), flags)
+                let keep = keep_cache && !written;
+                let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(FileHandle(handle), flags | past_cache(open_flags))
             }
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
@@ -308,6 +316,10 @@ impl ShareFs {
         if nodes.is_empty() {
             return;
         }
+        // Their inodes, and the pages with them, are gone from the kernel.
+        let mut written = self.written_past_cache.lock().unwrap();
+        nodes.iter().for_each(|(node, _)| _ = written.remove(node));
+        drop(written);
         for (node, _) in &nodes {
             self.shares.forget_nodes(self.shares.known().forget(*node));
         }
@@ -618,7 +630,7 @@ impl Filesystem for Fs {
         if flags.0 & libc::O_TRUNC != 0 {
             self.0.touched(node);
         }
-        self.0.open_call(Request::Open { node, flags: flags.0 }, reply);
+        self.0.open_call(Request::Open { node, flags: flags.0 }, node, flags.0, reply);
     }
 
     fn create(
@@ -633,6 +645,7 @@ impl Filesystem for Fs {
     ) {
         let me = self.0.clone();
         let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        let open_flags = flags;
         let r = Request::Create { parent, name: name.clone(), mode: mode & !(umask & 0o777), flags, owner: owner(req) };
         self.0.shares.known().dir_touched(parent);
         self.0.call(r, move |r| match r {
@@ -640,6 +653,7 @@ impl Filesystem for Fs {
                 me.shares.known().added(parent, &name);
                 let ttl = ttl(&entry.attr);
                 let flags = if entry.attr.watched { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                let flags = flags | past_cache(open_flags);
                 reply.created(ttl, &me.attr(&entry.attr), Generation(0), FileHandle(handle), flags)
             }
             Ok(_) => reply.error(Errno::EIO),
@@ -682,11 +696,15 @@ impl Filesystem for Fs {
         offset: u64,
         data: &[u8],
         _write_flags: fuser::WriteFlags,
-        _flags: fuser::OpenFlags,
+        flags: fuser::OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.0.touched(self.0.node(ino));
+        let node = self.0.node(ino);
+        self.0.touched(node);
+        if !past_cache(flags.0).is_empty() {
+            self.0.written_past_cache.lock().unwrap().insert(node);
+        }
         let slot = if data.len() >= SHARED_MIN { self.0.shares.slot() } else { None };
         let request = match &slot {
             Some(slot) => {
@@ -960,6 +978,7 @@ pub fn mount(
         listings: Default::default(),
         next_listing: AtomicU64::new(1),
         forgets: Default::default(),
+        written_past_cache: Default::default(),
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -1034,4 +1053,14 @@ fn read_ahead(at: &Path, kib: usize) {
     if let Err(e) = std::fs::write(&knob, kib.to_string()) {
         tracing::debug!(knob, error = %e, "raising a shared folder's read-ahead");
     }
+}
+
+/// Files opened only to be written are written past the guest's page cache (direct I/O): the
+/// kernel hands the writer's own pages to the agent rather than copying them into the cache
+/// first (64 MiB written in 0.49-0.51 s against 0.61-0.65 under TCG). Nothing is lost: such a
+/// file cannot be mapped or read through that open, the kernel still orders writes and
+/// appends on the inode, and the next open of the node drops pages a reader left in the cache
+/// (`written_past_cache`). Opens that also read keep the cache.
+fn past_cache(open_flags: i32) -> FopenFlags {
+    if open_flags & libc::O_ACCMODE == libc::O_WRONLY { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() }
 }
