@@ -244,7 +244,11 @@ fn data_goes_through_shared_memory_when_there_is_some() {
         assert!(std::fs::read(s.host("a")).unwrap() == a, "written through {memory}: the host has other bytes");
         let b = pattern(2, (2 << 20) + 777);
         std::fs::write(s.host("b"), &b).unwrap();
-        assert!(std::fs::read(s.guest("b")).unwrap() == b, "read through {memory}: the guest got other bytes");
+        // Once the host's notices have come (the guest may read it while it is written).
+        assert!(
+            eventually(10, || std::fs::read(s.guest("b")).is_ok_and(|r| r == b)),
+            "read through {memory}: the guest got other bytes"
+        );
         let mut f = std::fs::File::open(s.guest("b")).unwrap();
         f.seek(SeekFrom::Start((1 << 20) + 5)).unwrap();
         let mut part = vec![0u8; 100_000];
@@ -615,6 +619,9 @@ fn writes_past_the_cache_are_read_back() {
         let name = format!("f{size}");
         std::fs::write(s.host(&name), vec![b'a'; size]).unwrap();
         // Read twice, so the second read comes from the guest's cache.
+        // The guest knows the directory's listing: a name made on the host shows once its
+        // notice has come.
+        assert!(eventually(10, || s.guest(&name).exists()), "{name} made on the host never showed");
         for _ in 0..2 {
             assert!(std::fs::read(s.guest(&name)).unwrap().iter().all(|&b| b == b'a'));
         }
@@ -634,6 +641,42 @@ fn writes_past_the_cache_are_read_back() {
         assert!(back.ends_with(b"bend"));
         assert_eq!(std::fs::read(s.host(&name)).unwrap(), back);
     }
+}
+
+/// After a write the guest's kernel asks for the file's attributes again; the host's answer
+/// to the write told them, so the guest answers itself, and they are the host's own: size,
+/// times, link count, until anything else may have changed them.
+#[test]
+fn a_files_attributes_after_a_write_need_no_trip() {
+    let s = Setup::new(false);
+    let mut f = std::fs::File::create(s.guest("f")).unwrap();
+    f.write_all(b"abc").unwrap();
+    drop(f);
+    let same = |guest: &std::fs::Metadata, host: &std::fs::Metadata| {
+        (guest.len(), guest.mtime(), guest.mtime_nsec(), guest.ctime(), guest.ctime_nsec(), guest.nlink())
+            == (host.len(), host.mtime(), host.mtime_nsec(), host.ctime(), host.ctime_nsec(), host.nlink())
+    };
+    let before = s.server.getattrs();
+    let seen = std::fs::metadata(s.guest("f")).unwrap();
+    assert!(same(&seen, &std::fs::metadata(s.host("f")).unwrap()), "{seen:?}");
+    assert_eq!(seen.len(), 3);
+    let mut f = std::fs::OpenOptions::new().append(true).open(s.guest("f")).unwrap();
+    f.write_all(&vec![b'd'; 100 << 10]).unwrap();
+    let seen = f.metadata().unwrap();
+    assert_eq!(seen.len(), 3 + (100 << 10));
+    assert!(same(&seen, &std::fs::metadata(s.host("f")).unwrap()));
+    assert_eq!(std::fs::read(s.guest("f")).unwrap().len(), 3 + (100 << 10));
+    assert_eq!(s.server.getattrs(), before, "the host was asked for attributes the write's answer had");
+    // A link count changed by the guest: removed while open, the file has none.
+    std::fs::remove_file(s.guest("f")).unwrap();
+    f.write_all(b"e").unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    drop(f);
+    // A change on the host after the guest's write shows.
+    std::fs::write(s.guest("g"), "guest").unwrap();
+    assert_eq!(std::fs::metadata(s.guest("g")).unwrap().len(), 5);
+    std::fs::write(s.host("g"), "the host's").unwrap();
+    assert!(eventually(10, || std::fs::metadata(s.guest("g")).unwrap().len() == 10), "the guest kept its own size");
 }
 
 /// Two containers write one file at once: appends from both are all there, whole and in

@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 10;
+pub const VERSION: u32 = 11;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -333,7 +333,12 @@ pub enum Reply {
     },
     Attr(Attr),
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
-    Written(u32),
+    /// How many bytes a write wrote, and the file's attributes after it when the host
+    /// watches its directory (the guest's kernel asks for them again after every write).
+    Written {
+        n: u32,
+        attr: Option<Attr>,
+    },
     /// How many bytes a [`Request::ReadShared`] put in the shared memory.
     ReadShared(u32),
     /// An open file; `keep_cache`: the host watches its directory, so the guest may keep the

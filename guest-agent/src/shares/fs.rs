@@ -30,7 +30,7 @@ use fuser::{
 };
 
 use super::Shares;
-use super::known::Look;
+use super::known::{Change, Look};
 
 /// How long the kernel may trust what it was told about a node or a name (or a name's
 /// absence) that the host does not watch.
@@ -193,7 +193,37 @@ impl ShareFs {
 
     /// Sends `request` to the host and hands the result to `then` (on the reader of the
     /// stream the answer comes on; on the runtime if it has to wait for the host).
+    ///
+    /// A call that changes a node's attributes (but for writes, see [`Filesystem::write`])
+    /// drops what was kept of them when it is sent and again when it is answered, and one that
+    /// removes or moves a name drops every file's ([`Known::names_changed`]).
+    ///
+    /// [`Known::names_changed`]: super::known::Known::names_changed
     fn call(&self, request: Request, then: impl FnOnce(Result<Reply, i32>) + Send + 'static) {
+        let changes = match &request {
+            Request::SetAttr { node, .. }
+            | Request::Link { node, .. }
+            | Request::SetXattr { node, .. }
+            | Request::RemoveXattr { node, .. } => Some(*node),
+            Request::Open { node, flags } if flags & libc::O_TRUNC != 0 => Some(*node),
+            _ => None,
+        };
+        let names = matches!(request, Request::Unlink { .. } | Request::RmDir { .. } | Request::Rename { .. });
+        if let Some(node) = changes {
+            self.touched(node);
+        } else if names {
+            self.shares.known().names_changed();
+        } else {
+            return self.shares.call(request, Box::new(then), &self.rt);
+        }
+        let shares = self.shares.clone();
+        let then = move |r| {
+            match changes {
+                Some(node) => shares.known().change_answered(node),
+                None => shares.known().names_changed(),
+            }
+            then(r)
+        };
         self.shares.call(request, Box::new(then), &self.rt);
     }
 
@@ -326,9 +356,12 @@ impl ShareFs {
         self.call(Request::Forget { nodes }, |_| {});
     }
 
-    /// The guest changes `node`: a surveyed entry that waits for it is out of date.
-    fn touched(&self, node: u64) {
-        self.shares.forget_nodes(self.shares.known().touched(node));
+    /// The guest changes `node`: a surveyed entry that waits for it is out of date, and so are
+    /// the attributes kept of it. Returns the change, for a write's answer.
+    fn touched(&self, node: u64) -> Change {
+        let (forget, change) = self.shares.known().touched(node);
+        self.shares.forget_nodes(forget);
+        change
     }
 
     /// An unlink or rmdir of `at` (its directory's node and its name): once the host has
@@ -491,6 +524,10 @@ impl Filesystem for Fs {
         {
             return reply.attr(&WATCHED_TTL, &self.0.attr(&a));
         }
+        // A file the guest just wrote: the host told how the write left it.
+        if let Some(a) = self.0.shares.known().file_attr(node) {
+            return reply.attr(&WATCHED_TTL, &self.0.attr(&a));
+        }
         self.0.attr_call(Request::GetAttr { node, handle: fh.map(|h| h.0) }, reply);
     }
 
@@ -532,7 +569,6 @@ impl Filesystem for Fs {
             // The agent raising a host change (see [`raise`]): the host keeps its times.
             return self.0.attr_call(Request::GetAttr { node, handle: None }, reply);
         }
-        self.0.touched(node);
         self.0.attr_call(Request::SetAttr { node, set }, reply);
     }
 
@@ -620,16 +656,12 @@ impl Filesystem for Fs {
     fn link(&self, _req: &FuseRequest, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let (new_parent, new_name) = (self.0.node(newparent), newname.as_bytes().to_vec());
         let node = self.0.node(ino);
-        self.0.touched(node);
         let r = Request::Link { node, new_parent, new_name: new_name.clone() };
         self.0.entry_call(r, (new_parent, new_name), reply);
     }
 
     fn open(&self, _req: &FuseRequest, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
         let node = self.0.node(ino);
-        if flags.0 & libc::O_TRUNC != 0 {
-            self.0.touched(node);
-        }
         self.0.open_call(Request::Open { node, flags: flags.0 }, node, flags.0, reply);
     }
 
@@ -701,7 +733,7 @@ impl Filesystem for Fs {
         reply: ReplyWrite,
     ) {
         let node = self.0.node(ino);
-        self.0.touched(node);
+        let change = self.0.touched(node);
         if !past_cache(flags.0).is_empty() {
             self.0.written_past_cache.lock().unwrap().insert(node);
         }
@@ -713,11 +745,19 @@ impl Filesystem for Fs {
             }
             None => Request::Write { handle: fh.0, offset, data: data.to_vec() },
         };
+        let shares = self.0.shares.clone();
         self.0.call(request, move |r| {
             // The slot is held until the host has answered: it reads the data meanwhile.
             let _held = slot;
+            // The kernel drops the file's attributes after the write and asks again before
+            // its next stat or read: the answer's copy saves that trip.
+            let attr = match &r {
+                Ok(Reply::Written { attr, .. }) => attr.clone(),
+                _ => None,
+            };
+            shares.known().written(change, attr);
             match r {
-                Ok(Reply::Written(n)) => reply.written(n),
+                Ok(Reply::Written { n, .. }) => reply.written(n),
                 Ok(_) => reply.error(Errno::EIO),
                 Err(e) => reply.error(err(e)),
             }

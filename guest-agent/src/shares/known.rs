@@ -36,8 +36,19 @@ use berth_protocol::shares::{Attr, DirEntry};
 const MAX_NAMES: usize = 200_000;
 /// The most entries waiting to be asked for; a survey that would go past it is not kept.
 const MAX_AHEAD: usize = 65_536;
-/// The most directories whose attributes are kept.
+/// The most directories whose attributes are kept, and the most files.
 const MAX_ATTRS: usize = 4096;
+/// The most files whose last change is counted (past it the counts start again, and the
+/// answers under way then are not kept).
+const MAX_CHANGES: usize = 65_536;
+
+/// A change of a file the guest sent: its count among changes, and the notices' generation.
+#[derive(Debug, Clone, Copy)]
+pub struct Change {
+    node: u64,
+    count: u64,
+    since: u64,
+}
 
 /// What to do with a lookup.
 #[derive(Debug, PartialEq)]
@@ -74,6 +85,11 @@ struct Dirs {
     declined: HashSet<u64>,
     /// Directories' attributes as the guest's last change in each left them.
     attrs: HashMap<u64, Attr>,
+    /// Files' attributes as the guest's last write left them.
+    files: HashMap<u64, Attr>,
+    /// The count of changes sent or answered, and its value at each file's last one.
+    change_count: u64,
+    changes: HashMap<u64, u64>,
 }
 
 impl Dirs {
@@ -92,6 +108,7 @@ impl Dirs {
     /// host).
     fn drop_dir(&mut self, dir: u64, forget: &mut Vec<u64>) {
         self.attrs.remove(&dir);
+        self.files.remove(&dir);
         if let Some(names) = self.names.remove(&dir) {
             self.count -= names.len();
         }
@@ -113,6 +130,18 @@ impl Dirs {
         }
         self.ahead_count -= n;
         forget.extend(std::iter::repeat_n(node, n));
+    }
+
+    /// A change of file `node` is sent or answered: what was kept of its attributes goes, and
+    /// an answer under way since before it will not be kept. Returns the change's count.
+    fn file_changed(&mut self, node: u64) -> u64 {
+        self.files.remove(&node);
+        if self.changes.len() >= MAX_CHANGES {
+            self.changes.clear();
+        }
+        self.change_count += 1;
+        self.changes.insert(node, self.change_count);
+        self.change_count
     }
 
     fn take(&mut self, dir: u64, name: &[u8]) -> Option<DirEntry> {
@@ -274,14 +303,66 @@ impl Known {
         self.dirs.lock().expect("lock").attrs.remove(&dir);
     }
 
-    /// The guest changed `node` (wrote to it, set its attributes, linked it): an entry that
-    /// waits for it holds what it was. Returns the nodes to forget on the host.
-    pub fn touched(&self, node: u64) -> Vec<u64> {
+    /// The guest changes `node` (writes to it, sets its attributes, links it): an entry that
+    /// waits for it holds what it was, and so do the attributes kept of it. Returns the nodes
+    /// to forget on the host, and the change, for [`Self::written`].
+    pub fn touched(&self, node: u64) -> (Vec<u64>, Change) {
         let mut dirs = self.dirs.lock().expect("lock");
         let mut forget = Vec::new();
         dirs.attrs.remove(&node);
         dirs.drop_node(node, &mut forget);
-        forget
+        let count = dirs.file_changed(node);
+        (forget, Change { node, count, since: self.generation() })
+    }
+
+    /// The host answered a change of `node` other than a write (its attributes, a link, a
+    /// truncating open): it may have come after what a write's answer under way says.
+    pub fn change_answered(&self, node: u64) {
+        self.dirs.lock().expect("lock").file_changed(node);
+    }
+
+    /// The host answered write `change` with the file's attributes after it. They answer the
+    /// kernel's next question about them (it drops its own after every write) if nothing
+    /// else changed the file since the write was sent, nor was answered since (the host
+    /// serves calls at once: the one answered later may have been done first), no name was
+    /// removed or moved (a link count, which a file's attributes hold), and no notice came.
+    /// Without attributes (an error, or a file the host does not watch) nothing is kept, and
+    /// the answer counts as a change.
+    pub fn written(&self, change: Change, attr: Option<Attr>) {
+        let mut dirs = self.dirs.lock().expect("lock");
+        let node = change.node;
+        let Some(attr) = attr.filter(|a| {
+            a.node == node
+                && a.watched
+                && self.generation() == change.since
+                && dirs.changes.get(&node) == Some(&change.count)
+        }) else {
+            dirs.file_changed(node);
+            return;
+        };
+        if dirs.files.len() >= MAX_ATTRS {
+            dirs.files.clear();
+        }
+        dirs.files.insert(node, attr);
+    }
+
+    /// File `node`'s attributes as the guest's last write left them, if nothing has changed
+    /// them since.
+    pub fn file_attr(&self, node: u64) -> Option<Attr> {
+        self.dirs.lock().expect("lock").files.get(&node).cloned()
+    }
+
+    /// The guest removes or moves a name (sent or answered): the link count and change time
+    /// of a file it named, which the guest cannot tell, have changed; no file's attributes
+    /// are kept, nor kept from answers under way.
+    pub fn names_changed(&self) {
+        let mut dirs = self.dirs.lock().expect("lock");
+        if !dirs.files.is_empty() {
+            dirs.files.clear();
+        }
+        if !dirs.changes.is_empty() {
+            dirs.changes.clear();
+        }
     }
 
     /// Nothing is known any more (a host connected anew: its nodes may be others, so what
@@ -378,7 +459,7 @@ mod tests {
         k.surveyed(4, vec![entry("x", 31), entry("y", 32)], None, k.generation());
         assert_eq!(k.look(4, b"a"), Look::Absent, "the name looked up was not there");
         // The guest changed a waiting entry's node through another name: it goes.
-        assert_eq!(k.touched(32), vec![32]);
+        assert_eq!(k.touched(32).0, vec![32]);
         assert_eq!(k.look(4, b"y"), Look::Ask);
         assert_eq!(k.forget(4), vec![31]);
     }
@@ -401,6 +482,61 @@ mod tests {
         k.dir_attrs(vec![a], k.generation());
         k.touched(5);
         assert_eq!(k.dir_attr(5), None);
+    }
+
+    #[test]
+    fn a_writes_attributes_are_kept_until_anything_may_have_changed_them() {
+        let k = Known::default();
+        let mut a = entry("f", 9).attr;
+        a.size = 5;
+        let write = |k: &Known| k.touched(9).1;
+        let w = write(&k);
+        k.written(w, Some(a.clone()));
+        assert_eq!(k.file_attr(9), Some(a.clone()));
+        // The next write drops them until its own answer.
+        let w = write(&k);
+        assert_eq!(k.file_attr(9), None);
+        k.written(w, None);
+        assert_eq!(k.file_attr(9), None, "an answer without attributes keeps none");
+        // Another change sent while the write was under way, or answered meanwhile.
+        let w = write(&k);
+        k.touched(9);
+        k.written(w, Some(a.clone()));
+        assert_eq!(k.file_attr(9), None, "a change sent after the write");
+        let w = write(&k);
+        k.change_answered(9);
+        k.written(w, Some(a.clone()));
+        assert_eq!(k.file_attr(9), None, "a change answered after the write was sent");
+        // A notice meanwhile, a name removed or moved, an unwatched file, another node.
+        let w = write(&k);
+        k.stale(1);
+        k.written(w, Some(a.clone()));
+        assert_eq!(k.file_attr(9), None, "a notice");
+        let w = write(&k);
+        k.names_changed();
+        k.written(w, Some(a.clone()));
+        assert_eq!(k.file_attr(9), None, "a name removed");
+        let w = write(&k);
+        k.written(w, Some(Attr { watched: false, ..a.clone() }));
+        assert_eq!(k.file_attr(9), None, "not watched");
+        let w = write(&k);
+        k.written(w, Some(Attr { node: 10, ..a.clone() }));
+        assert_eq!((k.file_attr(9), k.file_attr(10)), (None, None), "another node's");
+        // Kept ones go with a notice for the file, a name removed, the kernel forgetting it.
+        for drop in [|k: &Known| _ = k.stale(9), |k: &Known| k.names_changed(), |k: &Known| _ = k.forget(9)] {
+            let w = write(&k);
+            k.written(w, Some(a.clone()));
+            assert_eq!(k.file_attr(9), Some(a.clone()));
+            drop(&k);
+            assert_eq!(k.file_attr(9), None);
+        }
+        // Counting starts again past the most files: answers under way then are not kept.
+        let w = write(&k);
+        for n in 0..MAX_CHANGES as u64 {
+            k.touched(100 + n);
+        }
+        k.written(w, Some(a));
+        assert_eq!(k.file_attr(9), None);
     }
 
     #[test]

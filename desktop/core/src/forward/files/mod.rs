@@ -65,6 +65,10 @@ pub enum FilesError {
 /// An open directory: its node and its names as they were when last read from the start.
 type Listing = (Node, Option<Arc<Vec<Vec<u8>>>>);
 
+/// An open file, the path it was opened by (to mark the guest's writes) and its node (to
+/// answer for it once the guest has removed its last name).
+type OpenFile = (Arc<File>, PathBuf, Node);
+
 struct Shared {
     shares: Vec<Share>,
     /// Each share's real path on this machine (its symlinks resolved), and the directory
@@ -73,8 +77,8 @@ struct Shared {
     dirs: Vec<Dir>,
     read_only: Vec<bool>,
     nodes: Mutex<Nodes>,
-    /// Open files, with the path each was opened by (to mark the guest's writes).
-    files: Mutex<HashMap<proto::Handle, (Arc<File>, PathBuf)>>,
+    /// Open files.
+    files: Mutex<HashMap<proto::Handle, OpenFile>>,
     /// Open directories: each one's node and the names it had when last listed from the start
     /// (none until the first read).
     listings: Mutex<HashMap<proto::Handle, Listing>>,
@@ -272,12 +276,12 @@ impl FileServer {
     }
 
     fn file(&self, handle: proto::Handle) -> Result<Arc<File>, Errno> {
-        self.0.files.lock().expect("lock").get(&handle).map(|(f, _)| f.clone()).ok_or(errno::EBADF)
+        self.0.files.lock().expect("lock").get(&handle).map(|(f, ..)| f.clone()).ok_or(errno::EBADF)
     }
 
-    fn new_handle(&self, f: File, path: PathBuf) -> proto::Handle {
+    fn new_handle(&self, f: File, path: PathBuf, node: Node) -> proto::Handle {
         let h = self.0.handles.fetch_add(1, Ordering::Relaxed);
-        self.0.files.lock().expect("lock").insert(h, (Arc::new(f), path));
+        self.0.files.lock().expect("lock").insert(h, (Arc::new(f), path, node));
         h
     }
 
@@ -290,7 +294,7 @@ impl FileServer {
     }
 
     fn mark_handle(&self, handle: proto::Handle) {
-        let path = self.0.files.lock().expect("lock").get(&handle).map(|(_, p)| p.clone());
+        let path = self.0.files.lock().expect("lock").get(&handle).map(|(_, p, _)| p.clone());
         if let Some(p) = path {
             self.0.watch.mark(&p);
         }
@@ -433,17 +437,38 @@ impl FileServer {
     fn attr(&self, node: Node, handle: Option<proto::Handle>) -> Result<proto::Attr, Errno> {
         let open = handle.and_then(|h| self.0.files.lock().expect("lock").get(&h).cloned());
         let (meta, path) = match open {
-            Some((f, path)) => (ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?), path),
-            None => {
-                let (dir, name, path) = self.at(node)?;
-                (ops::meta(&dir, &name)?, path)
-            }
+            Some((f, path, _)) => (ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?), path),
+            None => match self.at(node) {
+                Ok((dir, name, path)) => (ops::meta(&dir, &name)?, path),
+                // A file the guest removed while it holds it open has no path, and the
+                // guest's kernel asks without the handle (`fstat`): any open handle of it.
+                Err(e) => {
+                    let files = self.0.files.lock().expect("lock");
+                    let (f, path, _) = files.values().find(|(.., n)| *n == node).cloned().ok_or(e)?;
+                    drop(files);
+                    (ops::Metadata::from_just_metadata(f.metadata().map_err(io_errno)?), path)
+                }
+            },
         };
         let mut attr = ops::attr(node, &meta);
         // A node's changes are seen through its directory's watch; the root's through its own.
         attr.watched = self.0.roots.contains(&path) && self.0.watch.is_watched(&path)
             || path.parent().is_some_and(|d| self.0.watch.is_watched(d));
         Ok(attr)
+    }
+
+    /// A file's attributes right after a write through `handle`, when the host watches its
+    /// directory (else the guest would not keep them), to answer the guest kernel's next
+    /// question about them: it drops what it had of them after every write.
+    fn written_attr(&self, handle: proto::Handle) -> Option<proto::Attr> {
+        let (f, path, node) = self.0.files.lock().expect("lock").get(&handle).cloned()?;
+        if !path.parent().is_some_and(|d| self.0.watch.is_watched(d)) {
+            return None;
+        }
+        let meta = ops::Metadata::from_just_metadata(f.metadata().ok()?);
+        let mut attr = ops::attr(node, &meta);
+        attr.watched = true;
+        Some(attr)
     }
 
     /// Answers one call (on a blocking thread), then records the paths it changed as it left
@@ -610,7 +635,7 @@ impl FileServer {
                 }
                 let f = ops::open(&dir, &name, flags, None)?;
                 let keep_cache = path.parent().is_some_and(|d| self.0.watch.is_watched(d));
-                Ok(Reply::OpenedFile { handle: self.new_handle(f, path), keep_cache })
+                Ok(Reply::OpenedFile { handle: self.new_handle(f, path, node), keep_cache })
             }
             Request::Create { parent, name, mode, flags, owner } => {
                 self.dir_changed(parent);
@@ -622,7 +647,8 @@ impl FileServer {
                 let f = ops::open(&dir, &n, flags, Some(mode))?;
                 ops::give(&dir, &n, owner);
                 let entry = self.lookup_in(&dir, &dir_path, parent, &name)?;
-                Ok(Reply::Created { entry, handle: self.new_handle(f, path) })
+                let handle = self.new_handle(f, path, entry.attr.node);
+                Ok(Reply::Created { entry, handle })
             }
             Request::Read { handle, offset, size } => {
                 let f = self.file(handle)?;
@@ -631,7 +657,8 @@ impl FileServer {
             Request::Write { handle, offset, data } => {
                 self.mark_handle(handle);
                 let f = self.file(handle)?;
-                ops::write_at(&f, offset, &data).map(Reply::Written)
+                let n = ops::write_at(&f, offset, &data)?;
+                Ok(Reply::Written { n, attr: self.written_attr(handle) })
             }
             Request::ReadShared { handle, offset, size, at } => {
                 let memory = self.0.memory.get().ok_or(errno::EINVAL)?;
@@ -646,7 +673,8 @@ impl FileServer {
                 self.0.via_memory.fetch_add(1, Ordering::Relaxed);
                 self.mark_handle(handle);
                 let f = self.file(handle)?;
-                ops::write_at(&f, offset, &data).map(Reply::Written)
+                let n = ops::write_at(&f, offset, &data)?;
+                Ok(Reply::Written { n, attr: self.written_attr(handle) })
             }
             Request::Fsync { handle, data_only } => {
                 let f = self.file(handle)?;
@@ -907,16 +935,17 @@ mod tests {
         assert_eq!(e.attr.kind, Kind::File);
         // Windows keeps no Unix modes: a writable file reads as 0644 there.
         assert_eq!(e.attr.perm & 0o777, if cfg!(windows) { 0o644 } else { 0o640 });
-        assert_eq!(
-            s.call(Request::Write { handle: h, offset: 0, data: b"hello".to_vec() }).unwrap(),
-            Reply::Written(5)
-        );
+        let written = |offset, data: &[u8]| match s.call(Request::Write { handle: h, offset, data: data.to_vec() }) {
+            Ok(Reply::Written { n, attr }) => (n, attr),
+            other => panic!("{other:?}"),
+        };
+        // The root is watched: the answer tells how the write left the file.
+        let (n, attr) = written(0, b"hello");
+        assert_eq!((n, attr.map(|a| (a.node, a.size, a.watched))), (5, Some((e.attr.node, 5, true))));
         // Past 4 GiB: offsets are 64-bit all the way.
         let far = 5u64 << 30;
-        assert_eq!(
-            s.call(Request::Write { handle: h, offset: far, data: b"end".to_vec() }).unwrap(),
-            Reply::Written(3)
-        );
+        let (n, attr) = written(far, b"end");
+        assert_eq!((n, attr.map(|a| a.size)), (3, Some(far + 3)));
         assert_eq!(s.call(Request::Read { handle: h, offset: far, size: 10 }).unwrap(), Reply::Data(b"end".to_vec()));
         assert_eq!(s.call(Request::Fsync { handle: h, data_only: false }).unwrap(), Reply::Ok);
         assert_eq!(std::fs::metadata(d.path().join("a.txt")).unwrap().len(), far + 3);
