@@ -14,6 +14,9 @@
 //!    9p (`-fsdev local` + virtio-9p, mounted as Lima mounts it), on QEMU's virtiofs
 //!    (virtiofsd; Linux hosts only) and on the guest's own disk (a volume), timed inside the
 //!    container, in one VM booted on Debian's generic kernel (the cloud kernel has no 9p).
+//!    Then real projects' work, when this machine has Node.js with a self-contained npm and
+//!    Debian's Python 3.11: `npm ci` of a small project from a local npm cache and a Python
+//!    test suite of 300 modules, run twice.
 //! 6. The arm64 guest under TCG: boot split, cold and warm, with each CPU model QEMU could
 //!    emulate for it (what Berth passes, `max` with the architected pointer authentication,
 //!    and a Cortex-A72 without it). Needs the cross-built agent (`./dev agent-arm64`).
@@ -438,6 +441,7 @@ fn ports_against_hostfwd(rt: &tokio::runtime::Runtime, image: &Path) {
 /// step, so those read from wherever the files live. `/src.tar` is a real git repository.
 const FILE_WORK: &str = r#"
 cd /w || exit 1
+echo "mounted $(grep ' /w ' /proc/self/mounts)"
 t() { s=$(/probe clock); "$@" >/dev/null || exit 1; echo "$STEP $s $(/probe clock)"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 git() { /usr/bin/git -c safe.directory='*' -C /w/repo "$@"; }
@@ -455,6 +459,22 @@ STEP=git-status-again t git status
 drop; STEP=git-status-cold t git status
 "#;
 const FILE_STEPS: usize = 10;
+
+/// Real projects' work after the file work, when the image has it ([`project_work`]): `npm
+/// ci` of a small real project (express and lodash: 73 packages, 1,700 files) from a
+/// local npm cache, and a Python test suite of 300 modules run twice (the first run writes
+/// each module's bytecode next to it, the second reads it back).
+const PROJECT_WORK: &str = r#"
+cd /w || exit 1
+if [ -d /npm-project ]; then
+mkdir app && cp /npm-project/package.json /npm-project/package-lock.json app/
+STEP=npm-ci t sh -c 'cd app && node /usr/lib/node_modules/npm/bin/npm-cli.js ci --offline --cache /npm-cache --no-audit --no-fund --ignore-scripts --loglevel=error'
+tar xf /py.tar
+STEP=python-tests-first t python3 -m unittest discover -q -s py/tests -t py
+STEP=python-tests-again t python3 -m unittest discover -q -s py/tests -t py
+fi
+"#;
+const PROJECT_STEPS: usize = 3;
 
 /// An image for the file work: the probe, Debian's git with its libraries, and `/src.tar`, a
 /// clone of a real repository (BERTH_BENCH_REPO, else pyenv's checkout if the machine has
@@ -477,14 +497,14 @@ fn file_work_image(docker: &dyn Fn(&[&str]) -> String, host: &str, probe: &str, 
     std::fs::create_dir_all(root.join("usr/bin")).unwrap();
     ok(Command::new("tar").arg("-C").arg(clone.parent().unwrap()).arg("-cf").arg(root.join("src.tar")).arg("repo"));
     let size = std::fs::metadata(root.join("src.tar")).unwrap().len();
-    std::fs::copy("/usr/bin/git", root.join("usr/bin/git")).unwrap();
-    for line in ok(Command::new("ldd").arg("/usr/bin/git")).lines() {
-        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
-        let dest = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(lib, dest).unwrap();
-    }
+    copy_program(&root, Path::new("/usr/bin/git"));
+    let projects = match project_work(&root, staging) {
+        Ok(what) => what,
+        Err(why) => {
+            eprintln!("the real projects' steps are left out: {why}");
+            format!("no real projects ({why})")
+        }
+    };
     docker(&["create", "--name", "bench-files", probe, "true"]);
     let tar = Command::new("tar").arg("-C").arg(&root).args(["-cf", "-", "."]).output().unwrap();
     let mut cp = Command::new("docker")
@@ -498,7 +518,106 @@ fn file_work_image(docker: &dyn Fn(&[&str]) -> String, host: &str, probe: &str, 
     assert!(cp.wait().unwrap().success(), "docker cp - bench-files:/");
     docker(&["commit", "bench-files", "bench-files:latest"]);
     docker(&["rm", "bench-files"]);
-    format!("{} ({files} files, a {:.1} MiB tar with .git)", repo.display(), size as f64 / (1 << 20) as f64)
+    format!("{} ({files} files, a {:.1} MiB tar with .git); {projects}", repo.display(), size as f64 / (1 << 20) as f64)
+}
+
+/// Copies the program at `bin` into `root` at the same path, with the libraries it loads.
+fn copy_program(root: &Path, bin: &Path) {
+    let dest = root.join(bin.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(bin, dest).unwrap();
+    let ldd = Command::new("ldd").arg(bin).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
+        let dest = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(lib, dest).unwrap();
+    }
+}
+
+/// Puts into `root` what [`PROJECT_WORK`] needs: Node.js with a self-contained npm (as
+/// nodejs.org and NodeSource ship it; Debian splits npm into hundreds of packages), a small
+/// real project and the npm cache that holds its packages (fetched once from the npm registry
+/// into `target/bench-npm` and kept there), Debian's Python 3.11 with its standard library, and
+/// `/py.tar`, a generated package of 300 modules with a test module each. Says what it put,
+/// or why it could not.
+fn project_work(root: &Path, staging: &Path) -> Result<String, String> {
+    let node = which("node").ok_or("no `node` on PATH")?;
+    let npm = which("npm")
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|cli| Some(cli.parent()?.parent()?.to_owned()))
+        .filter(|d| d.join("node_modules").is_dir() && d.join("bin/npm-cli.js").exists())
+        .ok_or("no self-contained npm (a package directory with its own node_modules)")?;
+    let python = Path::new("/usr/bin/python3.11");
+    let stdlib = Path::new("/usr/lib/python3.11");
+    if !python.exists() || !stdlib.join("os.py").exists() {
+        return Err("no /usr/bin/python3.11 with its standard library (Debian's python3.11)".into());
+    }
+    let run = |c: &mut Command| -> Result<(), String> {
+        let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+        if out.status.success() { Ok(()) } else { Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr))) }
+    };
+    // The project and its cache, made once (the only step that needs the registry).
+    let npm_dir = workspace().join("target/bench-npm");
+    let project = npm_dir.join("project");
+    if !project.join("package-lock.json").exists() {
+        let _ = std::fs::remove_dir_all(&npm_dir);
+        std::fs::create_dir_all(&project).unwrap();
+        let manifest = r#"{"name":"bench-app","version":"1.0.0","private":true,"dependencies":{"express":"4.21.2","lodash":"4.17.21"}}"#;
+        std::fs::write(project.join("package.json"), manifest).unwrap();
+        eprintln!("fetching the npm project's packages into {} (once)", npm_dir.display());
+        run(Command::new(&node).arg(npm.join("bin/npm-cli.js")).current_dir(&project).args([
+            "install",
+            "--cache",
+            npm_dir.join("cache").to_str().unwrap(),
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            // The lockfile names where each package came from, so `npm ci --offline` needs
+            // no registry metadata (a user's npmrc may leave that out).
+            "--omit-lockfile-registry-resolved=false",
+        ]))?;
+        std::fs::remove_dir_all(project.join("node_modules")).unwrap();
+    }
+    copy_program(root, &node);
+    for (from, to) in
+        [(npm.as_path(), "usr/lib/node_modules/npm"), (&project, "npm-project"), (&npm_dir.join("cache"), "npm-cache")]
+    {
+        std::fs::create_dir_all(root.join(to).parent().unwrap()).unwrap();
+        run(Command::new("cp").arg("-a").arg(from).arg(root.join(to)))?;
+    }
+    copy_program(root, python);
+    std::os::unix::fs::symlink("python3.11", root.join("usr/bin/python3")).unwrap();
+    run(Command::new("tar")
+        .args(["-C", "/usr/lib", "--exclude=python3.11/test", "--exclude=python3.11/idlelib"])
+        .args(["--exclude=python3.11/tkinter", "--exclude=python3.11/lib2to3", "--exclude=__pycache__"])
+        .args(["-cf"])
+        .arg(staging.join("stdlib.tar"))
+        .arg("python3.11"))?;
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    run(Command::new("tar").arg("-C").arg(root.join("usr/lib")).arg("-xf").arg(staging.join("stdlib.tar")))?;
+    let py = staging.join("py/py");
+    for dir in ["pkg", "tests"] {
+        std::fs::create_dir_all(py.join(dir)).unwrap();
+        std::fs::write(py.join(dir).join("__init__.py"), "").unwrap();
+    }
+    for i in 0..300 {
+        let module = format!(
+            "\"\"\"Module {i} of a generated package.\"\"\"\n\nimport math\n\n\nclass Shape{i}:\n    def __init__(self, side):\n        self.side = side\n\n    def area(self):\n        return self.side * self.side\n\n    def diagonal(self):\n        return math.sqrt(2) * self.side\n\n\ndef total(values):\n    return sum(v * {i} for v in values)\n\n\ndef words(text):\n    return sorted(set(text.split()))\n"
+        );
+        std::fs::write(py.join(format!("pkg/mod{i}.py")), module).unwrap();
+        let test = format!(
+            "import unittest\n\nfrom pkg import mod{i}\n\n\nclass Test{i}(unittest.TestCase):\n    def test_area(self):\n        self.assertEqual(mod{i}.Shape{i}(3).area(), 9)\n\n    def test_total(self):\n        self.assertEqual(mod{i}.total([1, 2]), 3 * {i})\n\n    def test_words(self):\n        self.assertEqual(mod{i}.words('b a b'), ['a', 'b'])\n"
+        );
+        std::fs::write(py.join(format!("tests/test_mod{i}.py")), test).unwrap();
+    }
+    run(Command::new("tar").arg("-C").arg(staging.join("py")).arg("-cf").arg(root.join("py.tar")).arg("py"))?;
+    Ok("npm ci of express and lodash from a local cache; 300 Python modules' tests".into())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
 /// Section 5: the same file work on Berth's shared folder, on 9p, on virtiofs and on the
@@ -594,11 +713,15 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
         let mut results: Vec<Vec<(String, f64)>> = Vec::new();
         for (name, args, mount) in targets.iter().filter(|t| picked(t.0)) {
             eprintln!("file work on {name}");
-            let script = format!("{mount}{FILE_WORK}");
+            let script = format!("{mount}{FILE_WORK}{PROJECT_WORK}");
             let mut run = vec!["run", "--rm", "--privileged"];
             run.extend(args.iter().copied());
             run.extend(["bench-files:latest", "sh", "-c", &script]);
             let out = docker(&run);
+            // Where the work ran (the file system under /w), for the record.
+            for l in out.lines().filter(|l| l.starts_with("mounted ")) {
+                eprintln!("{name}: {l}");
+            }
             let steps = out
                 .lines()
                 .filter_map(|l| {
@@ -607,7 +730,8 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
                     Some((name.to_string(), (b - a) / 1e6))
                 })
                 .collect::<Vec<_>>();
-            assert_eq!(steps.len(), FILE_STEPS, "the file work on {name} did not finish: {out}");
+            let expected = if repo.contains("no real projects") { FILE_STEPS } else { FILE_STEPS + PROJECT_STEPS };
+            assert_eq!(steps.len(), expected, "the file work on {name} did not finish: {out}");
             results.push(steps);
         }
         if only.is_some() {
@@ -643,6 +767,19 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
             meta(2, &|b, o| o / b),
             meta(3, &|b, o| b / o)
         );
+        if results[0].len() > FILE_STEPS {
+            let projects = |col: usize, f: &dyn Fn(f64, f64) -> f64| {
+                let r: Vec<f64> =
+                    (FILE_STEPS..results[0].len()).map(|k| f(results[0][k].1, results[col][k].1).ln()).collect();
+                (r.iter().sum::<f64>() / r.len() as f64).exp()
+            };
+            println!(
+                "Real projects' steps (npm ci, Python tests, geometric mean): Berth is {:.2}x as fast as 9p, {:.2}x as fast as virtiofs, and takes {:.2}x the disk's time",
+                projects(1, &|b, o| o / b),
+                projects(2, &|b, o| o / b),
+                projects(3, &|b, o| b / o)
+            );
+        }
         m.stop(Duration::from_secs(60)).await;
     });
     let _ = virtiofsd.kill();
