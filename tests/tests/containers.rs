@@ -1,6 +1,7 @@
 //! Container lifecycle and isolation through the docker CLI.
 
 use berth_tests::{Agent, eventually};
+use std::io::{Read, Write};
 
 /// The actions of every event of `container` so far.
 fn actions(a: &Agent, container: &str) -> String {
@@ -161,6 +162,30 @@ fn lifecycle_verbs() {
     assert_eq!(inspect(&a, "c1")["State"]["Running"], true);
     a.ok(&["kill", "-s", "TERM", "c1"]);
     assert_eq!(a.ok(&["wait", "c1"]).trim(), "42");
+    // SIGKILL answers once the exit is recorded, as dockerd's does: the client's next call
+    // finds the container stopped (`docker kill x && docker rm x`).
+    // An inspect sent right behind the kill on the same connection (natively the CLI's next
+    // process comes too late to see the difference).
+    for i in 0..3 {
+        let name = format!("killed{i}");
+        a.ok(&["run", "-d", "--name", &name, &img, "sleep", "1000"]);
+        let mut conn = std::os::unix::net::UnixStream::connect(&a.socket).unwrap();
+        let requests = format!(
+            "POST /containers/{name}/kill HTTP/1.1\r\nHost: berth\r\nContent-Length: 0\r\n\r\n\
+             GET /containers/{name}/json HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(requests.as_bytes()).unwrap();
+        let mut answers = String::new();
+        conn.read_to_string(&mut answers).unwrap();
+        assert!(answers.starts_with("HTTP/1.1 204"), "{answers}");
+        let inspected = answers.rsplit("\r\n\r\n").next().unwrap_or_default();
+        assert!(inspected.contains(r#""Running":false"#), "running right after SIGKILL: {inspected}");
+        assert_eq!(inspect(&a, &name)["State"]["ExitCode"], 137);
+        a.ok(&["rm", &name]);
+    }
+    a.ok(&["run", "-d", "--name", "killed", &img, "sleep", "1000"]);
+    a.ok(&["kill", "killed"]);
+    a.ok(&["rm", "killed"]);
     // rename, rm, rm -f
     a.ok(&["rename", "c1", "c2"]);
     assert_eq!(inspect(&a, "c2")["Name"], "/c2");

@@ -691,11 +691,21 @@ impl Engine {
             ctr.update(|r| r.manually_stopped = true)?;
         }
         self.container_event(&rec, "kill", &[("signal", &sig.to_string())]);
+        let mut life = ctr.life.subscribe();
+        let exits = life.borrow_and_update().exits;
         // SAFETY: kill(2) with a pid the engine started and a valid signal number.
         unsafe { libc::kill(rec.state.pid, sig) };
-        // A frozen process takes its signal when thawed (dockerd thaws after SIGKILL).
-        if rec.state.paused && sig == libc::SIGKILL {
-            self.thaw(&ctr)?;
+        if sig == libc::SIGKILL {
+            // A frozen process takes its signal when thawed (dockerd thaws after SIGKILL).
+            if rec.state.paused {
+                self.thaw(&ctr)?;
+            }
+            // As dockerd does, the answer waits for the exit to be recorded, so a client's
+            // next call (`docker kill x && docker rm x`, an inspect) finds it stopped. Bounded:
+            // a process stuck in the kernel (on a share whose host went away) can take longer.
+            if tokio::time::timeout(KILL_WAIT, next_exit(&mut life, exits)).await.is_err() {
+                tracing::warn!(container = %rec.id, "SIGKILL sent; the container has not exited yet");
+            }
         }
         Ok(())
     }
@@ -721,13 +731,7 @@ impl Engine {
             // Stopping a paused container thaws it so it can take the signal, as dockerd does.
             self.thaw(&ctr)?;
         }
-        let exited = async {
-            while life.borrow_and_update().exits == exits {
-                if life.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
+        let exited = next_exit(&mut life, exits);
         if timeout < 0 {
             exited.await;
         } else if tokio::time::timeout(Duration::from_secs(timeout as u64), exited).await.is_err() {
@@ -736,12 +740,7 @@ impl Engine {
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            let mut life = ctr.life.subscribe();
-            while life.borrow_and_update().exits == exits {
-                if life.changed().await.is_err() {
-                    break;
-                }
-            }
+            next_exit(&mut ctr.life.subscribe(), exits).await;
         }
         Ok(())
     }
@@ -888,22 +887,11 @@ impl Engine {
         let sig = rec.config.stop_signal.as_deref().and_then(parse_signal).unwrap_or(libc::SIGTERM);
         // SAFETY: kill(2) on the container's pid.
         unsafe { libc::kill(rec.state.pid, sig) };
-        let wait = async {
-            while life.borrow_and_update().exits == exits {
-                if life.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
+        let wait = next_exit(&mut life, exits);
         if tokio::time::timeout(Duration::from_secs(timeout.max(0) as u64), wait).await.is_err() {
             // SAFETY: as above.
             unsafe { libc::kill(ctr.snapshot().state.pid, libc::SIGKILL) };
-            let mut life = ctr.life.subscribe();
-            while life.borrow_and_update().exits == exits {
-                if life.changed().await.is_err() {
-                    break;
-                }
-            }
+            next_exit(&mut ctr.life.subscribe(), exits).await;
         }
         Ok(())
     }
@@ -973,4 +961,16 @@ pub(crate) fn limits_of(hc: &crate::model::HostConfig) -> Limits {
 pub fn console_size(v: Option<&serde_json::Value>) -> Option<(u16, u16)> {
     let a = v?.as_array()?;
     Some((a.first()?.as_u64()? as u16, a.get(1)?.as_u64()? as u16))
+}
+
+/// How long a kill with SIGKILL waits for the container's exit before it answers anyway.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits for the container's exit after its `exits`-th (or for its record to go).
+async fn next_exit(life: &mut tokio::sync::watch::Receiver<crate::engine::Lifecycle>, exits: u64) {
+    while life.borrow_and_update().exits == exits {
+        if life.changed().await.is_err() {
+            break;
+        }
+    }
 }
