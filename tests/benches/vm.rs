@@ -479,8 +479,10 @@ const PROJECT_STEPS: usize = 3;
 /// An image for the file work: the probe, Debian's git with its libraries, and `/src.tar`, a
 /// clone of a real repository (BERTH_BENCH_REPO, else pyenv's checkout if the machine has
 /// one, else this project's). Made with `docker cp -` and `docker commit`, so Berth's own
-/// archive and commit paths build it. Returns a line that describes the repository.
-fn file_work_image(docker: &dyn Fn(&[&str]) -> String, host: &str, probe: &str, staging: &Path) -> String {
+/// archive and commit paths build it. Returns a line that describes the repository, and
+/// how many steps the file work has (the real projects' steps are there only if the machine
+/// could put them in).
+fn file_work_image(docker: &dyn Fn(&[&str]) -> String, host: &str, probe: &str, staging: &Path) -> (String, usize) {
     let repo = std::env::var_os("BERTH_BENCH_REPO").map(PathBuf::from).unwrap_or_else(|| {
         let pyenv = PathBuf::from("/root/.pyenv");
         if pyenv.join(".git").exists() { pyenv } else { workspace() }
@@ -498,11 +500,11 @@ fn file_work_image(docker: &dyn Fn(&[&str]) -> String, host: &str, probe: &str, 
     ok(Command::new("tar").arg("-C").arg(clone.parent().unwrap()).arg("-cf").arg(root.join("src.tar")).arg("repo"));
     let size = std::fs::metadata(root.join("src.tar")).unwrap().len();
     copy_program(&root, Path::new("/usr/bin/git"));
-    let projects = match project_work(&root, staging) {
-        Ok(what) => what,
+    let (projects, steps) = match project_work(&root, staging) {
+        Ok(what) => (what, FILE_STEPS + PROJECT_STEPS),
         Err(why) => {
             eprintln!("the real projects' steps are left out: {why}");
-            format!("no real projects ({why})")
+            (format!("no real projects ({why})"), FILE_STEPS)
         }
     };
     docker(&["create", "--name", "bench-files", probe, "true"]);
@@ -518,7 +520,12 @@ fn file_work_image(docker: &dyn Fn(&[&str]) -> String, host: &str, probe: &str, 
     assert!(cp.wait().unwrap().success(), "docker cp - bench-files:/");
     docker(&["commit", "bench-files", "bench-files:latest"]);
     docker(&["rm", "bench-files"]);
-    format!("{} ({files} files, a {:.1} MiB tar with .git); {projects}", repo.display(), size as f64 / (1 << 20) as f64)
+    let line = format!(
+        "{} ({files} files, a {:.1} MiB tar with .git); {projects}",
+        repo.display(),
+        size as f64 / (1 << 20) as f64
+    );
+    (line, steps)
 }
 
 /// Copies the program at `bin` into `root` at the same path, with the libraries it loads.
@@ -691,7 +698,7 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
         };
         let probe = format!("{reg}/probe:latest");
         docker(&["pull", "-q", &probe]);
-        let repo = file_work_image(&docker, &host, &probe, &dir.path().join("staging"));
+        let (repo, expected) = file_work_image(&docker, &host, &probe, &dir.path().join("staging"));
         // The share is mounted once the file server's hello reaches the agent.
         std::fs::write(ours.join("ready"), "").unwrap();
         let bind = format!("{}:/w", ours.display());
@@ -730,7 +737,6 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
                     Some((name.to_string(), (b - a) / 1e6))
                 })
                 .collect::<Vec<_>>();
-            let expected = if repo.contains("no real projects") { FILE_STEPS } else { FILE_STEPS + PROJECT_STEPS };
             assert_eq!(steps.len(), expected, "the file work on {name} did not finish: {out}");
             results.push(steps);
         }
@@ -756,28 +762,19 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
                 ours / disk
             );
         }
-        // The metadata-heavy steps, as one figure each: the geometric mean of their ratios.
-        let meta = |col: usize, f: &dyn Fn(f64, f64) -> f64| {
-            let r: Vec<f64> = (2..FILE_STEPS).map(|k| f(results[0][k].1, results[col][k].1).ln()).collect();
-            (r.iter().sum::<f64>() / r.len() as f64).exp()
-        };
-        println!(
-            "Metadata steps (create .. git status, geometric mean): Berth is {:.2}x as fast as 9p, {:.2}x as fast as virtiofs, and takes {:.2}x the disk's time",
-            meta(1, &|b, o| o / b),
-            meta(2, &|b, o| o / b),
-            meta(3, &|b, o| b / o)
-        );
-        if results[0].len() > FILE_STEPS {
-            let projects = |col: usize, f: &dyn Fn(f64, f64) -> f64| {
-                let r: Vec<f64> =
-                    (FILE_STEPS..results[0].len()).map(|k| f(results[0][k].1, results[col][k].1).ln()).collect();
+        // The metadata-heavy steps and the real projects' steps, as one figure each: the
+        // geometric mean of their ratios against 9p, virtiofs and the disk.
+        let groups = [("Metadata steps (create .. git status", 2..FILE_STEPS), ("Real projects' steps (npm ci, Python tests", FILE_STEPS..expected)];
+        for (what, steps) in groups.into_iter().filter(|(_, r)| !r.is_empty()) {
+            let mean = |col: usize, f: &dyn Fn(f64, f64) -> f64| {
+                let r: Vec<f64> = steps.clone().map(|k| f(results[0][k].1, results[col][k].1).ln()).collect();
                 (r.iter().sum::<f64>() / r.len() as f64).exp()
             };
             println!(
-                "Real projects' steps (npm ci, Python tests, geometric mean): Berth is {:.2}x as fast as 9p, {:.2}x as fast as virtiofs, and takes {:.2}x the disk's time",
-                projects(1, &|b, o| o / b),
-                projects(2, &|b, o| o / b),
-                projects(3, &|b, o| b / o)
+                "{what}, geometric mean): Berth is {:.2}x as fast as 9p, {:.2}x as fast as virtiofs, and takes {:.2}x the disk's time",
+                mean(1, &|b, o| o / b),
+                mean(2, &|b, o| o / b),
+                mean(3, &|b, o| b / o)
             );
         }
         m.stop(Duration::from_secs(60)).await;
