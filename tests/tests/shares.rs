@@ -760,6 +760,47 @@ fn a_large_tree_is_listed_and_removed_whole() {
     assert!(eventually(10, || s.server.nodes() < 10), "the host still holds {} nodes", s.server.nodes());
 }
 
+/// Names the guest's kernel already holds are answered in the guest when it asks again
+/// (`mkdir` of an existing directory asks for every parent, as `mkdir -p` and busybox's `tar`
+/// do for each file), the host's count of them stays right, and a file keeps its inode number
+/// after the guest's kernel forgot it (`git status` re-reads every file whose number changed).
+#[test]
+fn names_held_are_answered_in_the_guest_and_keep_their_numbers() {
+    let s = Setup::new(false);
+    std::fs::create_dir_all(s.guest("a/b/c")).unwrap();
+    std::fs::write(s.guest("a/b/c/f"), "f").unwrap();
+    let before = s.server.lookups();
+    for _ in 0..50 {
+        for d in ["a", "a/b", "a/b/c"] {
+            let e = std::fs::create_dir(s.guest(d)).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "mkdir {d}");
+        }
+    }
+    let asked = s.server.lookups() - before;
+    assert!(asked < 5, "{asked} lookups for 150 mkdirs of directories the guest holds");
+    let inos: Vec<u64> =
+        ["a", "a/b/c", "a/b/c/f"].iter().map(|p| std::fs::symlink_metadata(s.guest(p)).unwrap().ino()).collect();
+    // Its kernel forgets everything: the host's count of every node reaches zero (the answers
+    // the guest gave itself were not counted there, nor taken off twice).
+    drop_caches();
+    assert!(eventually(10, || s.server.nodes() == 1), "the host still holds {} nodes", s.server.nodes());
+    let again: Vec<u64> =
+        ["a", "a/b/c", "a/b/c/f"].iter().map(|p| std::fs::symlink_metadata(s.guest(p)).unwrap().ino()).collect();
+    assert_eq!(again, inos, "inode numbers changed once the guest's kernel forgot them");
+    assert_eq!(std::fs::read_to_string(s.guest("a/b/c/f")).unwrap(), "f");
+    // A file removed and another made: a new number, whatever inode the host gives it.
+    std::fs::remove_file(s.guest("a/b/c/f")).unwrap();
+    std::fs::write(s.guest("a/b/c/g"), "g").unwrap();
+    assert_ne!(std::fs::symlink_metadata(s.guest("a/b/c/g")).unwrap().ino(), inos[2]);
+    for _ in 0..3 {
+        assert!(std::fs::create_dir(s.guest("a/b/c")).is_err());
+    }
+    std::fs::remove_dir_all(s.guest("a")).unwrap();
+    assert!(!s.host("a").exists());
+    drop_caches();
+    assert!(eventually(10, || s.server.nodes() == 1), "the host still holds {} nodes", s.server.nodes());
+}
+
 fn walkdir_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()

@@ -32,7 +32,7 @@ pub const MAX_IO: usize = 1 << 20;
 /// region's first slot holds its token; the others carry data.
 pub const SLOT: usize = MAX_IO;
 /// The most entries a directory may have for [`Request::Survey`] to list it whole.
-pub const SURVEY_MAX: usize = 1024;
+pub const SURVEY_MAX: usize = 4096;
 
 /// A node: one file-system object the host serves.
 pub type Node = u64;

@@ -48,16 +48,26 @@ fn ttl(a: &Attr) -> &'static Duration {
     if a.watched { &WATCHED_TTL } else { &TTL }
 }
 
+/// An open directory's listing as the guest has read it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Listing {
+    /// The host's listing handle, once it has one (none until the first read, and none when
+    /// that read brought the whole listing).
+    host: Option<u64>,
+    /// The kernel offset past the listing's last entry, once the host said there are no
+    /// more: the kernel reads once more there to learn the listing ended, and that read is
+    /// answered here (empty) instead of listing the directory again on the host.
+    end: Option<u64>,
+}
+
 /// The file system of one share.
 struct ShareFs {
     shares: Shares,
     /// The host's node of the share's root (it may change if the host serves it anew).
     root: Arc<AtomicU64>,
     rt: tokio::runtime::Handle,
-    /// Open directories, opened here without asking the host: the host's listing handle of
-    /// each once it has one (none until the first read, and none when that read brought the
-    /// whole listing).
-    listings: std::sync::Mutex<std::collections::HashMap<u64, Option<u64>>>,
+    /// Open directories, opened here without asking the host.
+    listings: std::sync::Mutex<std::collections::HashMap<u64, Listing>>,
     next_listing: AtomicU64,
     /// Nodes the kernel forgot, not yet told to the host.
     forgets: std::sync::Mutex<Vec<(u64, u64)>>,
@@ -246,11 +256,11 @@ impl ShareFs {
             let (known, (dir, name)) = (me.shares.known(), at);
             match r {
                 Ok(Reply::Entry(e)) => {
-                    known.added(dir, &name);
+                    known.entered(dir, &name, e.attr.node);
                     reply.entry(ttl(&e.attr), &me.attr(&e.attr), Generation(0))
                 }
                 Ok(Reply::NewDir { entry, known_empty }) => {
-                    known.added(dir, &name);
+                    known.entered(dir, &name, entry.attr.node);
                     if known_empty {
                         me.shares.forget_nodes(known.made_empty(entry.attr.node, since));
                     }
@@ -277,8 +287,7 @@ impl ShareFs {
             match r {
                 Ok(Reply::Listing { mut entries }) => {
                     let found = entries.iter().position(|e| e.name == name).map(|i| entries.swap_remove(i));
-                    let named = found.as_ref().map(|e| &e.name[..]);
-                    me.shares.forget_nodes(known.surveyed(dir, entries, named, since));
+                    me.shares.forget_nodes(known.surveyed(dir, entries, found.as_ref(), since));
                     match found {
                         Some(e) => reply.entry(ttl(&e.attr), &me.attr(&e.attr), Generation(0)),
                         None => absent(reply, &WATCHED_TTL),
@@ -350,10 +359,19 @@ impl ShareFs {
         let mut written = self.written_past_cache.lock().unwrap();
         nodes.iter().for_each(|(node, _)| _ = written.remove(node));
         drop(written);
-        for (node, _) in &nodes {
-            self.shares.forget_nodes(self.shares.known().forget(*node));
+        let known = self.shares.known();
+        let mut counted = Vec::with_capacity(nodes.len());
+        for (node, count) in nodes {
+            self.shares.forget_nodes(known.forget(node));
+            // Lookups the guest answered itself were not counted on the host.
+            let count = known.kernel_forgot(node, count);
+            if count > 0 {
+                counted.push((node, count));
+            }
         }
-        self.call(Request::Forget { nodes }, |_| {});
+        if !counted.is_empty() {
+            self.call(Request::Forget { nodes: counted }, |_| {});
+        }
     }
 
     /// The guest changes `node`: a surveyed entry that waits for it is out of date, and so are
@@ -411,37 +429,49 @@ impl ShareFs {
             }
             next = 2;
         }
+        let listing = self.listings.lock().expect("lock").get(&handle.0).copied().unwrap_or_default();
+        if listing.end == Some(next) {
+            return done(Ok(()));
+        }
         let host_offset = next - 2;
-        let held = self.listings.lock().expect("lock").get(&handle.0).copied().flatten();
-        let request = match held {
+        let request = match listing.host {
             Some(h) => Request::ReadDir { handle: h, offset: host_offset, plus },
             // The first read opens the listing on the host too.
             None => Request::List { node: dir, offset: host_offset, plus },
         };
-        self.call(request, move |r| match r {
-            Ok(Reply::Dir { entries, .. } | Reply::Listed { handle: 0, entries, .. }) => {
-                me.listed(entries, plus, add, done)
-            }
-            Ok(Reply::Listed { handle: h, entries, .. }) => {
-                match me.listings.lock().expect("lock").get_mut(&handle.0) {
-                    Some(slot) => *slot = Some(h),
-                    None => me.call(Request::Release { handle: h }, |_| {}),
+        self.call(request, move |r| {
+            let (entries, more) = match r {
+                Ok(Reply::Dir { entries, more } | Reply::Listed { handle: 0, entries, more }) => (entries, more),
+                Ok(Reply::Listed { handle: h, entries, more }) => {
+                    match me.listings.lock().expect("lock").get_mut(&handle.0) {
+                        Some(l) => l.host = Some(h),
+                        None => me.call(Request::Release { handle: h }, |_| {}),
+                    }
+                    (entries, more)
                 }
-                me.listed(entries, plus, add, done)
+                Ok(_) => return done(Err(proto::errno::EIO)),
+                Err(e) => return done(Err(e)),
+            };
+            let fitted = entries.len();
+            let end = entries.last().map_or(next, |(index, _)| index + 3);
+            if me.listed(entries, plus, add) == fitted
+                && !more
+                && let Some(l) = me.listings.lock().expect("lock").get_mut(&handle.0)
+            {
+                l.end = Some(end);
             }
-            Ok(_) => done(Err(proto::errno::EIO)),
-            Err(e) => done(Err(e)),
+            done(Ok(()))
         });
     }
 
-    /// Hands a listing's entries to the kernel (through `add`) until its buffer is full.
+    /// Hands a listing's entries to the kernel (through `add`) until its buffer is full;
+    /// returns how many it took.
     fn listed(
         &self,
         entries: Vec<(u64, proto::DirEntry)>,
         plus: bool,
         mut add: impl FnMut(&Self, u64, &[u8], Option<&Attr>, FileType) -> bool,
-        done: impl FnOnce(Result<(), i32>),
-    ) {
+    ) -> usize {
         let mut full_at = None;
         for (i, (index, e)) in entries.iter().enumerate() {
             // The kernel asks for the next entry by this offset: the one after it.
@@ -455,7 +485,7 @@ impl ShareFs {
             let nodes = entries[i..].iter().map(|(_, e)| (e.attr.node, 1)).collect();
             self.call(Request::Forget { nodes }, |_| {});
         }
-        done(Ok(()))
+        full_at.unwrap_or(entries.len())
     }
 }
 
@@ -635,10 +665,12 @@ impl Filesystem for Fs {
             let known = me.shares.known();
             match r {
                 Ok(_) => {
-                    // An exchange leaves both names there.
+                    // An exchange leaves both names there, each naming the other's object.
                     if flags & 2 == 0 {
                         me.shares.forget_nodes(known.removed(parent, &name).into_iter().collect());
                         known.added(new_parent, &new_name);
+                    } else {
+                        known.exchanged((parent, &name), (new_parent, &new_name));
                     }
                     reply.ok()
                 }
@@ -682,7 +714,7 @@ impl Filesystem for Fs {
         self.0.shares.known().dir_touched(parent);
         self.0.call(r, move |r| match r {
             Ok(Reply::Created { entry, handle }) => {
-                me.shares.known().added(parent, &name);
+                me.shares.known().entered(parent, &name, entry.attr.node);
                 let ttl = ttl(&entry.attr);
                 let flags = if entry.attr.watched { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                 let flags = flags | past_cache(open_flags);
@@ -801,7 +833,7 @@ impl Filesystem for Fs {
     /// (here, or on the host: a notice, or a new modification time).
     fn opendir(&self, _req: &FuseRequest, _ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
         let h = self.0.next_listing.fetch_add(1, Ordering::Relaxed);
-        self.0.listings.lock().expect("lock").insert(h, None);
+        self.0.listings.lock().expect("lock").insert(h, Listing::default());
         reply.opened(FileHandle(h), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -813,7 +845,7 @@ impl Filesystem for Fs {
         _flags: fuser::OpenFlags,
         reply: ReplyEmpty,
     ) {
-        if let Some(Some(h)) = self.0.listings.lock().expect("lock").remove(&fh.0) {
+        if let Some(Listing { host: Some(h), .. }) = self.0.listings.lock().expect("lock").remove(&fh.0) {
             self.0.call(Request::Release { handle: h }, |_| {});
         }
         reply.ok();

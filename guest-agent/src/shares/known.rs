@@ -15,6 +15,16 @@
 //!   system stats every file of a tree: one trip per directory instead of one per file);
 //!   names not among them are absent.
 //!
+//! A name known there is answered here too, once the guest knows which node its kernel was
+//! last given for it, that the kernel has not forgotten that node since, and the node's
+//! attributes as they are now (a directory or file the guest just changed, below). The kernel
+//! asks again for names it holds whenever a call would fail if they exist (`mkdir` of an
+//! existing directory, as `mkdir -p` and busybox's `tar` do for every parent of every file;
+//! an exclusive create): a trip each, for an answer the guest knows. Such answers are not
+//! counted on the host, so they are counted here and taken out of the kernel's next forgets
+//! of the node ([`Known::kernel_forgot`]): the host's count stays at least one while the
+//! kernel holds the node.
+//!
 //! Either holds until a notice from the host names the directory (someone else changed it)
 //! or the kernel forgets it. Every rule errs towards asking: a name is added on any sign it
 //! may exist (made, moved in, found by a lookup, refused with EEXIST) and removed only once
@@ -55,7 +65,8 @@ pub struct Change {
 pub enum Look {
     /// The name is not there.
     Absent,
-    /// Its entry, from a survey (the host counted it: hand it to the kernel).
+    /// Its entry, to hand to the kernel: from a survey (the host counted it), or the one the
+    /// kernel holds for it (counted here).
     Entry(DirEntry),
     /// Ask the host for the whole directory (a survey is now under way for it).
     Survey,
@@ -73,8 +84,15 @@ pub struct Known {
 
 #[derive(Default)]
 struct Dirs {
-    names: HashMap<u64, HashSet<Vec<u8>>>,
+    /// The names in each directory known whole, with the node the kernel was last given for
+    /// each (0: not known).
+    names: HashMap<u64, HashMap<Vec<u8>, u64>>,
     count: usize,
+    /// Nodes the kernel was given by a name known here and has not forgotten since.
+    held: HashSet<u64>,
+    /// Lookups answered here (the host did not count them), per node, not yet taken out of
+    /// the kernel's forgets.
+    local: HashMap<u64, u64>,
     /// Surveyed entries the kernel has not asked for yet, by directory and name.
     ahead: HashMap<u64, HashMap<Vec<u8>, DirEntry>>,
     ahead_count: usize,
@@ -144,6 +162,28 @@ impl Dirs {
         self.change_count
     }
 
+    /// `name` is in `dir`, as node `node` (0: not known), if the guest knows `dir` whole.
+    fn name(&mut self, dir: u64, name: &[u8], node: u64) {
+        let Some(names) = self.names.get_mut(&dir) else { return };
+        if names.insert(name.to_vec(), node).is_none() {
+            self.count += 1;
+            if self.count > MAX_NAMES {
+                tracing::debug!("shares: over {MAX_NAMES} names known; lookups go to the host again");
+                self.names.clear();
+                self.count = 0;
+            }
+        }
+    }
+
+    /// The kernel is given `node` for `name` in `dir`.
+    fn handed(&mut self, dir: u64, name: &[u8], node: u64) {
+        self.name(dir, name, node);
+        if self.held.len() >= MAX_NAMES {
+            self.held.clear();
+        }
+        self.held.insert(node);
+    }
+
     fn take(&mut self, dir: u64, name: &[u8]) -> Option<DirEntry> {
         let e = self.ahead.get_mut(&dir)?.remove(name)?;
         self.ahead_count -= 1;
@@ -160,13 +200,22 @@ impl Known {
 
     /// What to do with a lookup of `name` in `dir`.
     pub fn look(&self, dir: u64, name: &[u8]) -> Look {
-        let mut dirs = self.dirs.lock().expect("lock");
+        let mut guard = self.dirs.lock().expect("lock");
+        let dirs = &mut *guard;
         if let Some(e) = dirs.take(dir, name) {
+            dirs.handed(dir, name, e.attr.node);
             return Look::Entry(e);
         }
-        match dirs.names.get(&dir) {
-            Some(names) if names.contains(name) => Look::Ask,
-            Some(_) => Look::Absent,
+        match dirs.names.get(&dir).map(|names| names.get(name)) {
+            Some(Some(&node)) if node != 0 && dirs.held.contains(&node) => {
+                let Some(attr) = dirs.attrs.get(&node).or_else(|| dirs.files.get(&node)).cloned() else {
+                    return Look::Ask;
+                };
+                *dirs.local.entry(node).or_default() += 1;
+                Look::Entry(DirEntry { name: name.to_vec(), attr })
+            }
+            Some(Some(_)) => Look::Ask,
+            Some(None) => Look::Absent,
             None if dirs.declined.contains(&dir) || dirs.ahead_count >= MAX_AHEAD => Look::Ask,
             None => {
                 if dirs.surveying.insert(dir) {
@@ -179,9 +228,9 @@ impl Known {
     }
 
     /// A survey of `dir` sent when the generation was `since` answered with `entries`, the
-    /// one looked up taken out (`found`, its name, if it is there). Returns the nodes of
-    /// entries not kept (to forget on the host).
-    pub fn surveyed(&self, dir: u64, entries: Vec<DirEntry>, found: Option<&[u8]>, since: u64) -> Vec<u64> {
+    /// one looked up taken out (`found`, handed to the kernel, if it is there). Returns the
+    /// nodes of entries not kept (to forget on the host).
+    pub fn surveyed(&self, dir: u64, entries: Vec<DirEntry>, found: Option<&DirEntry>, since: u64) -> Vec<u64> {
         let mut dirs = self.dirs.lock().expect("lock");
         dirs.surveying.remove(&dir);
         let keep = self.generation() == since
@@ -194,10 +243,12 @@ impl Known {
         // What still waits from an earlier survey goes (its names were dropped since).
         let mut forget = Vec::new();
         dirs.drop_dir(dir, &mut forget);
-        let mut names: HashSet<Vec<u8>> = entries.iter().map(|e| e.name.clone()).collect();
-        names.extend(found.map(<[u8]>::to_vec));
+        let names: HashMap<Vec<u8>, u64> = entries.iter().map(|e| (e.name.clone(), 0)).collect();
         dirs.count += names.len();
         dirs.names.insert(dir, names);
+        if let Some(e) = found {
+            dirs.handed(dir, &e.name, e.attr.node);
+        }
         dirs.ahead_count += entries.len();
         for e in &entries {
             dirs.counted(e.attr.node, true);
@@ -227,29 +278,54 @@ impl Known {
         // Checked under the lock that notices take too: none can slip in between.
         if self.generation() == since {
             dirs.drop_dir(dir, &mut forget);
-            dirs.names.insert(dir, HashSet::new());
+            dirs.names.insert(dir, HashMap::new());
         }
         forget
     }
 
-    /// `name` may now be in `dir`.
+    /// `name` may now be in `dir`, an object the guest has not been told of (moved there, or
+    /// refused with EEXIST).
     pub fn added(&self, dir: u64, name: &[u8]) {
+        self.dirs.lock().expect("lock").name(dir, name, 0);
+    }
+
+    /// The host answered with `node` for `name` in `dir` (a lookup, or a node it made), which
+    /// the kernel is given now.
+    pub fn entered(&self, dir: u64, name: &[u8], node: u64) {
+        self.dirs.lock().expect("lock").handed(dir, name, node);
+    }
+
+    /// Names `a` and `b` (each a directory and a name) were exchanged: each names the other's
+    /// object now.
+    pub fn exchanged(&self, a: (u64, &[u8]), b: (u64, &[u8])) {
         let mut dirs = self.dirs.lock().expect("lock");
-        let Some(names) = dirs.names.get_mut(&dir) else { return };
-        if names.insert(name.to_vec()) {
-            dirs.count += 1;
-            if dirs.count > MAX_NAMES {
-                tracing::debug!("shares: over {MAX_NAMES} names known; lookups go to the host again");
-                dirs.names.clear();
-                dirs.count = 0;
+        for (dir, name) in [a, b] {
+            if let Some(node) = dirs.names.get_mut(&dir).and_then(|names| names.get_mut(name)) {
+                *node = 0;
             }
         }
+    }
+
+    /// The kernel forgot `count` references to `node` (it may hold it no more). Returns how
+    /// many of them the host counted, to forget there: those answered here go first, so the
+    /// host's count is the kernel's less what is still owed here, and never reaches zero while
+    /// the kernel holds the node.
+    pub fn kernel_forgot(&self, node: u64, count: u64) -> u64 {
+        let mut dirs = self.dirs.lock().expect("lock");
+        dirs.held.remove(&node);
+        let Some(local) = dirs.local.get_mut(&node) else { return count };
+        let ours = (*local).min(count);
+        *local -= ours;
+        if *local == 0 {
+            dirs.local.remove(&node);
+        }
+        count - ours
     }
 
     /// The host removed `name` from `dir`; the node of an entry that waited for it, if any.
     pub fn removed(&self, dir: u64, name: &[u8]) -> Option<u64> {
         let mut dirs = self.dirs.lock().expect("lock");
-        if dirs.names.get_mut(&dir).is_some_and(|names| names.remove(name)) {
+        if dirs.names.get_mut(&dir).is_some_and(|names| names.remove(name).is_some()) {
             dirs.count -= 1;
         }
         dirs.take(dir, name).map(|e| e.attr.node)
@@ -435,7 +511,8 @@ mod tests {
     fn surveyed_entries_are_handed_out_once_and_forgotten_when_stale() {
         let k = Known::default();
         assert_eq!(k.look(3, b"a"), Look::Survey);
-        let kept = k.surveyed(3, vec![entry("b", 11), entry("c", 12), entry("d", 13)], Some(b"a"), k.generation());
+        let kept =
+            k.surveyed(3, vec![entry("b", 11), entry("c", 12), entry("d", 13)], Some(&entry("a", 10)), k.generation());
         assert!(kept.is_empty());
         assert_eq!(k.look(3, b"b"), Look::Entry(entry("b", 11)));
         assert_eq!(k.look(3, b"b"), Look::Ask, "an entry is handed out once (it holds one count)");
@@ -450,7 +527,7 @@ mod tests {
         // A survey that crossed a notice keeps nothing.
         let since = k.generation();
         k.stale(99);
-        assert_eq!(k.surveyed(3, vec![entry("b", 21)], Some(b"a"), since), vec![21]);
+        assert_eq!(k.surveyed(3, vec![entry("b", 21)], Some(&entry("a", 20)), since), vec![21]);
         assert_eq!(k.look(3, b"zz"), Look::Survey);
         k.declined(3);
         assert_eq!(k.look(3, b"zz"), Look::Ask, "a directory the host would not list is not asked again");
@@ -482,6 +559,46 @@ mod tests {
         k.dir_attrs(vec![a], k.generation());
         k.touched(5);
         assert_eq!(k.dir_attr(5), None);
+    }
+
+    #[test]
+    fn names_the_kernel_holds_are_answered_here_and_counted() {
+        let k = Known::default();
+        k.made_empty(1, k.generation());
+        // `mkdir d` in a directory the guest made: the host made node 5 for it.
+        k.entered(1, b"d", 5);
+        assert_eq!(k.look(1, b"d"), Look::Ask, "its attributes are not known yet");
+        let a = entry("d", 5).attr;
+        k.dir_attrs(vec![a.clone()], k.generation());
+        // `mkdir -p d/x` asks for `d` again: answered here, twice.
+        assert_eq!(k.look(1, b"d"), Look::Entry(DirEntry { name: b"d".to_vec(), attr: a.clone() }));
+        assert!(matches!(k.look(1, b"d"), Look::Entry(_)));
+        // The kernel holds it three times; the host counted one. Forgets take out those
+        // answered here first.
+        assert_eq!(k.kernel_forgot(5, 1), 0);
+        assert_eq!(k.look(1, b"d"), Look::Ask, "once forgotten, the kernel may not hold it");
+        assert_eq!(k.kernel_forgot(5, 2), 1);
+        assert_eq!(k.kernel_forgot(5, 1), 1, "nothing is owed here any more");
+        // Given again by the host: answered here again, until its attributes change.
+        k.entered(1, b"d", 5);
+        assert!(matches!(k.look(1, b"d"), Look::Entry(_)));
+        k.dir_touched(5);
+        assert_eq!(k.look(1, b"d"), Look::Ask);
+        // A name the guest knows only as refused or moved there names no known node.
+        k.dir_attrs(vec![a.clone()], k.generation());
+        k.added(1, b"d");
+        assert_eq!(k.look(1, b"d"), Look::Ask);
+        k.entered(1, b"d", 5);
+        k.entered(1, b"e", 6);
+        k.exchanged((1, b"d"), (1, b"e"));
+        assert_eq!(k.look(1, b"d"), Look::Ask, "exchanged: it names another object now");
+        // Removed, it is absent; a notice about the directory drops all of it.
+        k.entered(1, b"d", 5);
+        k.removed(1, b"d");
+        assert_eq!(k.look(1, b"d"), Look::Absent);
+        k.entered(1, b"d", 5);
+        k.stale(1);
+        assert_ne!(k.look(1, b"d"), Look::Entry(DirEntry { name: b"d".to_vec(), attr: a }));
     }
 
     #[test]

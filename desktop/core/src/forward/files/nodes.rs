@@ -5,6 +5,12 @@
 //! file are one node, as the guest's `stat` expects; elsewhere a node is a path. The guest
 //! counts its references (each lookup, each readdirplus entry) and forgets them; a node goes
 //! when its count reaches zero. Share roots never go.
+//!
+//! The guest shows a node's number as its inode number, so an object keeps its number when
+//! the guest forgets it and finds it again (after its kernel dropped its caches, or evicted
+//! the inode): `git status` compares every file's inode number with its index's, and re-reads
+//! every file whose number changed. The numbers of forgotten objects that still have a name
+//! are remembered for that ([`MAX_REMEMBERED`] of them).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,10 @@ impl Key {
     }
 }
 
+/// The most forgotten objects whose node numbers are kept for when the guest finds them again;
+/// past it they are all dropped (their next lookups give new numbers, as before).
+pub const MAX_REMEMBERED: usize = 1 << 18;
+
 #[derive(Debug)]
 struct Entry {
     key: Key,
@@ -54,6 +64,8 @@ pub struct Nodes {
     by_key: HashMap<Key, Node>,
     /// The node each known path names now (the latest one looked up there).
     by_path: HashMap<PathBuf, Node>,
+    /// The numbers of objects the guest forgot while they still had a name.
+    remembered: HashMap<Key, Node>,
     next: Node,
 }
 
@@ -68,9 +80,15 @@ impl Nodes {
     }
 
     fn insert(&mut self, key: Key, path: &Path, share: usize) -> Node {
-        // FUSE's root is 1, and the guest maps its roots there: node numbers start at 2.
-        self.next = self.next.max(1) + 1;
-        let id = self.next;
+        let id = match self.remembered.remove(&key) {
+            // Not held under another key since: it was held only by this one, which is free.
+            Some(id) if !self.by_id.contains_key(&id) => id,
+            _ => {
+                // FUSE's root is 1, and the guest maps its roots there: numbers start at 2.
+                self.next = self.next.max(1) + 1;
+                self.next
+            }
+        };
         self.by_key.insert(key.clone(), id);
         self.by_path.insert(path.to_owned(), id);
         self.by_id.insert(id, Entry { key, paths: vec![path.to_owned()], lookups: 0, share });
@@ -110,8 +128,13 @@ impl Nodes {
         e.lookups = e.lookups.saturating_sub(count);
         if e.lookups == 0 {
             let e = self.by_id.remove(&id).expect("present");
+            // Still named (not gone): found again, it is this node again.
             if self.by_key.get(&e.key) == Some(&id) {
                 self.by_key.remove(&e.key);
+                if self.remembered.len() >= MAX_REMEMBERED {
+                    self.remembered.clear();
+                }
+                self.remembered.insert(e.key.clone(), id);
             }
             for p in &e.paths {
                 if self.by_path.get(p) == Some(&id) {
@@ -250,5 +273,25 @@ mod tests {
         // the file system) is another node, even while the guest still holds the old one.
         nodes.gone(&b);
         assert_ne!(nodes.looked_up(root, &b, &meta(&b)), na);
+    }
+
+    #[test]
+    fn an_object_found_again_keeps_its_number() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, g) = (d.path().join("f"), d.path().join("g"));
+        std::fs::write(&f, "x").unwrap();
+        let mut nodes = Nodes::default();
+        let root = nodes.add_root(d.path(), &meta(d.path()), 0);
+        let nf = nodes.looked_up(root, &f, &meta(&f));
+        nodes.forget(nf, 1);
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes.looked_up(root, &f, &meta(&f)), nf, "forgotten and found again");
+        // Its name removed while held: the object is gone, and so is its number.
+        nodes.gone(&f);
+        nodes.forget(nf, 1);
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(&g, "y").unwrap();
+        let ng = nodes.looked_up(root, &g, &meta(&g));
+        assert_ne!(ng, nf);
     }
 }
