@@ -169,6 +169,10 @@ pub struct HostConfig {
     /// `--device-cgroup-rule 'c 1:3 rwm'`.
     #[serde(default)]
     pub device_cgroup_rules: Option<Vec<String>>,
+    /// `--group-add`: supplementary groups of the container's processes (execs' too), as gids
+    /// or names in the container's /etc/group.
+    #[serde(default)]
+    pub group_add: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
 }

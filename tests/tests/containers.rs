@@ -1,6 +1,6 @@
 //! Container lifecycle and isolation through the docker CLI.
 
-use berth_tests::{Agent, eventually};
+use berth_tests::{Agent, RefEngine, eventually};
 use std::io::{Read, Write};
 
 /// The actions of every event of `container` so far.
@@ -633,6 +633,96 @@ fn json_file_logs_rotate_at_max_size() {
     assert_eq!(files, 3);
     let (_, err) = a.fails(&["run", "--log-opt", "max-size=lots", &img, "true"]);
     assert!(err.contains("invalid max-size: lots"), "{err}");
-    let (_, err) = a.fails(&["run", "--log-opt", "max-file=2", &img, "true"]);
-    assert!(err.contains("max-file cannot be set without max-size"), "{err}");
+    // Taken without max-size, as dockerd takes it (nothing rotates).
+    a.ok(&["run", "--rm", "--log-opt", "max-file=2", &img, "true"]);
+}
+
+/// A request on a Docker API socket that upgrades the connection (as `exec start` and attach
+/// do): what comes after the answer's head, until the engine closes the stream.
+fn upgraded(socket: &std::path::Path, path: &str, body: &str) -> Vec<u8> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(resp.len(), |p| p + 4);
+    resp[head_end..].to_vec()
+}
+
+/// Corners dockerd 20.10 has, side by side with it on the same requests: supplementary groups
+/// (`--group-add` by gid and by name, for the container's process and for an exec as another
+/// user; an unknown name refused), a log's `max-file` without `max-size`, and exec output
+/// framed or not as the start request (not the exec's creation) asks.
+#[test]
+fn corners_match_docker_engine() {
+    let a = Agent::start();
+    let r = RefEngine::start();
+    let img = a.pull("busybox:latest");
+    let run_groups =
+        ["run", "--rm", "--network", "none", "--group-add", "1234", "--group-add", "nogroup", &img, "id", "-G"];
+    let steps: Vec<Vec<&str>> = vec![
+        run_groups.to_vec(),
+        vec!["run", "-d", "--name", "grp", "--network", "none", "--group-add", "1234", &img, "sleep", "300"],
+        vec!["exec", "-u", "1000", "grp", "id", "-G"],
+        vec!["exec", "grp", "id", "-G"],
+        vec!["inspect", "-f", "{{json .HostConfig.GroupAdd}}", "grp"],
+        vec!["create", "--name", "lf", "--network", "none", "--log-opt", "max-file=2", &img, "true"],
+        vec!["inspect", "-f", "{{json .HostConfig.LogConfig}} {{json .HostConfig.GroupAdd}}", "lf"],
+        vec!["rm", "-f", "grp", "lf"],
+    ];
+    for step in &steps {
+        let (ours, theirs) = (a.docker(step), r.docker(step));
+        assert!(ours.status.success(), "berth: docker {step:?}: {}", String::from_utf8_lossy(&ours.stderr));
+        assert!(theirs.status.success(), "dockerd: docker {step:?}: {}", String::from_utf8_lossy(&theirs.stderr));
+        // What `create` and `run -d` print is the new container's ID.
+        let prints_id = step[0] == "create" || step[1] == "-d";
+        if !prints_id {
+            assert_eq!(String::from_utf8_lossy(&ours.stdout), String::from_utf8_lossy(&theirs.stdout), "{step:?}");
+        }
+    }
+    assert!(a.ok(&run_groups).split_whitespace().any(|g| g == "1234"), "--group-add 1234 is not among the groups");
+    let bad = ["run", "--rm", "--network", "none", "--group-add", "nosuch", &img, "true"];
+    let (ours, theirs) = (a.docker(&bad), r.docker(&bad));
+    assert!(!ours.status.success() && !theirs.status.success());
+    assert!(String::from_utf8_lossy(&ours.stderr).contains("nosuch"), "{}", String::from_utf8_lossy(&ours.stderr));
+    // An exec made with a terminal and started without one: its output comes framed.
+    let ref_socket = r.dir.path().join("docker.sock");
+    let mut outputs = Vec::new();
+    for (docker, socket) in [(&|x: &[&str]| a.ok(x), a.socket.as_path()), (&|x: &[&str]| r.ok(x), ref_socket.as_path())]
+        as [(&dyn Fn(&[&str]) -> String, &std::path::Path); 2]
+    {
+        docker(&["run", "-d", "--name", "tty", "--network", "none", &img, "sleep", "300"]);
+        let mut got = Vec::new();
+        for (made, started) in [(true, false), (true, true), (false, true)] {
+            let body = format!(r#"{{"Cmd":["echo","hi"],"Tty":{made},"AttachStdout":true,"AttachStderr":true}}"#);
+            let (_, made_exec) = http_on(socket, "POST", "/containers/tty/exec", &body);
+            let id = serde_json::from_str::<serde_json::Value>(&made_exec).unwrap()["Id"].as_str().unwrap().to_owned();
+            got.push(upgraded(socket, &format!("/exec/{id}/start"), &format!(r#"{{"Detach":false,"Tty":{started}}}"#)));
+        }
+        docker(&["rm", "-f", "tty"]);
+        outputs.push(got);
+    }
+    assert_eq!(outputs[0], outputs[1], "exec output, framed and not: Berth then dockerd");
+    assert_eq!(outputs[0][0], b"\x01\0\0\0\0\0\0\x04hi\r\n", "a terminal's output, framed");
+}
+
+/// A plain HTTP/1.0 request on a Docker API socket: (status, body).
+fn http_on(socket: &std::path::Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
 }

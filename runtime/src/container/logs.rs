@@ -71,9 +71,7 @@ impl Rotation {
             }
             None => 1,
         };
-        if max_files > 1 && max_size.is_none() {
-            return Err("max-file cannot be set without max-size".into());
-        }
+        // Without max-size nothing rotates, whatever max-file says (dockerd takes it too).
         Ok(Rotation { max_size, max_files })
     }
 }

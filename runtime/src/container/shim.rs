@@ -106,6 +106,10 @@ pub struct ProcessSpec {
     /// Capabilities, seccomp and no_new_privs.
     #[serde(default)]
     pub confinement: Confinement,
+    /// Supplementary groups added to the user's own (`HostConfig.GroupAdd`): gids, or names
+    /// resolved in the container's /etc/group.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// What `exec` needs: the container's init pid to join.
@@ -527,8 +531,9 @@ fn mask_system_paths() {
     }
 }
 
-/// Parsed `/etc/passwd`-style line lookups, in the container's root.
-fn lookup_user(spec: &str) -> Result<(u32, u32, Vec<u32>, Option<String>), String> {
+/// Parsed `/etc/passwd`-style line lookups, in the container's root: the user's uid, gid,
+/// supplementary groups (its own and `add`'s, as dockerd gives them) and home.
+fn lookup_user(spec: &str, add: &[String]) -> Result<(u32, u32, Vec<u32>, Option<String>), String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -560,7 +565,7 @@ fn lookup_user(spec: &str) -> Result<(u32, u32, Vec<u32>, Option<String>), Strin
         },
         None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
     };
-    let extra: Vec<u32> = if name.is_empty() {
+    let mut extra: Vec<u32> = if name.is_empty() {
         vec![]
     } else {
         groups
@@ -570,6 +575,20 @@ fn lookup_user(spec: &str) -> Result<(u32, u32, Vec<u32>, Option<String>), Strin
             .filter_map(|f| f[2].parse().ok())
             .collect()
     };
+    for g in add {
+        let id = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => groups
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+        };
+        if !extra.contains(&id) {
+            extra.push(id);
+        }
+    }
     Ok((uid, gid, extra, home))
 }
 
@@ -596,7 +615,7 @@ fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf, String> {
 /// Switches to the process's user, directory and session, and execs it.
 fn exec_process(p: &ProcessSpec) -> Result<std::convert::Infallible, ChildFailure> {
     let prefix = "unable to start container process";
-    let (uid, gid, extra, home) = lookup_user(&p.user).map_err(|e| format!("{prefix}: {e}"))?;
+    let (uid, gid, extra, home) = lookup_user(&p.user, &p.groups).map_err(|e| format!("{prefix}: {e}"))?;
     let mut env = p.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));

@@ -940,6 +940,7 @@ fn run_spec(
             tty: rec.config.tty,
             console_size: console_size(rec.host_config.extra.get("ConsoleSize")),
             confinement,
+            groups: rec.host_config.group_add.clone().unwrap_or_default(),
         },
     }
 }

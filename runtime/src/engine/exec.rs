@@ -130,6 +130,7 @@ impl Engine {
                 tty: info.config.tty,
                 console_size: info.config.console_size,
                 confinement,
+                groups: rec.host_config.group_add.clone().unwrap_or_default(),
             },
         };
         let spec_path = ctr.dir.join(format!("exec-{id}.json"));

@@ -15,21 +15,30 @@ use super::containers::dims;
 use super::stream::{frame, upgrade};
 use super::{ApiError, Query};
 
+/// The body of `POST /exec/{id}/start`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StartCheck {
+    #[serde(default)]
+    detach: bool,
+    /// Whether the output goes raw (a terminal's) or framed by stream: the start request's
+    /// say, not the exec's own `Tty`, as dockerd decides it (a client that creates an exec
+    /// with a terminal and starts it without one reads frames).
+    #[serde(default)]
+    tty: bool,
+}
+
 /// `POST /exec/{id}/start` with `{"Detach": bool, "Tty": bool}`.
 pub async fn start(
     State(engine): State<Engine>,
     Path(id): Path<String>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let info = engine.exec_inspect(&id)?;
-    let detach = {
+    engine.exec_inspect(&id)?;
+    let StartCheck { detach, tty } = {
         let body = axum::body::to_bytes(std::mem::take(req.body_mut()), 1 << 20).await.unwrap_or_default();
-        serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("Detach").and_then(|d| d.as_bool()))
-            .unwrap_or(false)
+        serde_json::from_slice::<StartCheck>(&body).unwrap_or_default()
     };
-    let tty = info.config.tty;
     if detach {
         let run = engine.exec_start(&id).await?;
         // Detached: drain the output so the process never blocks on a full pipe.
