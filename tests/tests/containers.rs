@@ -637,6 +637,9 @@ fn json_file_logs_rotate_at_max_size() {
     a.ok(&["run", "--rm", "--log-opt", "max-file=2", &img, "true"]);
 }
 
+/// A docker CLI call on one engine.
+type Docker<'a> = dyn Fn(&[&str]) -> std::process::Output + 'a;
+
 /// A request on a Docker API socket that upgrades the connection (as `exec start` and attach
 /// do): what comes after the answer's head, until the engine closes the stream.
 fn upgraded(socket: &std::path::Path, path: &str, body: &str) -> Vec<u8> {
@@ -709,6 +712,26 @@ fn corners_match_docker_engine() {
         outputs.push(got);
     }
     assert_eq!(outputs[0], outputs[1], "exec output, framed and not: Berth then dockerd");
+    // Between an exit and the restart its policy asks for, a container is refused removal
+    // without force (once its back-off has grown, the gap is long enough to hit).
+    let engines: [(&str, &Docker); 2] = [("berth", &|x: &[&str]| a.docker(x)), ("dockerd", &|x: &[&str]| r.docker(x))];
+    for (engine, docker) in engines {
+        let run = ["run", "-d", "--name", "rs", "--network", "none", "--restart", "always", &img, "false"];
+        assert!(docker(&run).status.success(), "{engine}: {run:?}");
+        let mut last = String::new();
+        let refused = eventually(60, || {
+            let out = docker(&["rm", "rs"]);
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            !out.status.success() && last.contains("You cannot remove a restarting container")
+        });
+        assert!(refused, "{engine}: rm of a restarting container: {last}");
+        // Stopped, it stays stopped (its restart is cancelled) and goes without force.
+        assert!(docker(&["stop", "rs"]).status.success(), "{engine}: stop of a restarting container");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let state = docker(&["inspect", "-f", "{{.State.Status}} {{.State.Running}} {{.State.Restarting}}", "rs"]);
+        assert_eq!(String::from_utf8_lossy(&state.stdout), "exited false false\n", "{engine}");
+        assert!(docker(&["rm", "rs"]).status.success(), "{engine}: rm once stopped");
+    }
     assert_eq!(outputs[0][0], b"\x01\0\0\0\0\0\0\x04hi\r\n", "a terminal's output, framed");
 }
 

@@ -179,8 +179,21 @@ pub struct Endpoint {
 }
 
 impl ContainerRecord {
+    /// Its process runs (it has a pid).
     pub fn running(&self) -> bool {
-        matches!(self.state.status, Status::Running | Status::Restarting)
+        self.state.status == Status::Running
+    }
+
+    /// Between an exit and the restart its policy asks for: no process, yet dockerd counts it
+    /// as running for clients (`State.Running`, `ps`, `wait`, and `rm` refuses it without
+    /// force).
+    pub fn restarting(&self) -> bool {
+        self.state.status == Status::Restarting
+    }
+
+    /// Running or restarting: up, as clients see it.
+    pub fn up(&self) -> bool {
+        self.running() || self.restarting()
     }
 
     /// Its address on network `name` while it runs.

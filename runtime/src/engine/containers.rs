@@ -51,7 +51,10 @@ impl Engine {
                 tracing::warn!(path = %path.display(), "skipping unreadable container record");
                 continue;
             };
-            if rec.running() {
+            if rec.restarting() {
+                // Its restart was due when the engine went: the policy is applied at start.
+                rec.state.status = Status::Exited;
+            } else if rec.running() {
                 // The engine stopped while it ran (crash or kill): the process is gone with it.
                 rec.state.status = Status::Exited;
                 rec.state.pid = 0;
@@ -617,9 +620,24 @@ impl Engine {
                 _ => self.inner.bridge.release(ip),
             }
         }
+        let policy = ctr.snapshot().host_config.restart_policy.clone();
+        let restart = |r: &ContainerRecord| {
+            !r.manually_stopped
+                && !self.inner.shutting_down.load(Ordering::SeqCst)
+                && match policy.name.as_str() {
+                    "always" | "unless-stopped" => true,
+                    "on-failure" => {
+                        code != 0
+                            && (policy.maximum_retry_count == 0
+                                || (r.restart_count as i64) < policy.maximum_retry_count)
+                    }
+                    _ => false,
+                }
+        };
         let rec = match ctr.update(|r| {
             r.net = NetRecord::default();
-            r.state.status = Status::Exited;
+            // Decided under the record's lock, so a stop or rm now sees either state whole.
+            r.state.status = if restart(r) { Status::Restarting } else { Status::Exited };
             r.state.pid = 0;
             r.state.exit_code = code;
             r.state.finished_at = now_rfc3339();
@@ -641,30 +659,25 @@ impl Engine {
             l.exits += 1;
             l.exit_code = code;
         });
-        let policy = rec.host_config.restart_policy.clone();
-        let restart = !rec.manually_stopped
-            && !self.inner.shutting_down.load(Ordering::SeqCst)
-            && match policy.name.as_str() {
-                "always" | "unless-stopped" => true,
-                "on-failure" => {
-                    code != 0
-                        && (policy.maximum_retry_count == 0 || (rec.restart_count as i64) < policy.maximum_retry_count)
-                }
-                _ => false,
-            };
-        if restart {
+        if rec.restarting() {
             let delay = Duration::from_millis(100 * 2u64.pow(rec.restart_count.min(10) as u32));
             let engine = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let _op = ctr.op.lock().await;
                 let rec = ctr.snapshot();
-                if rec.manually_stopped || rec.running() || ctr.life.borrow().removed {
+                // Stopped, removed or started by hand meanwhile (each ends the restart).
+                if !rec.restarting() || ctr.life.borrow().removed {
                     return;
                 }
                 let rec = ctr.update(|r| r.restart_count += 1).unwrap_or(rec);
                 if let Err(e) = engine.start_boxed(&ctr, rec).await {
                     tracing::warn!(error = %e, "restart failed");
+                    let _ = ctr.update(|r| {
+                        if r.restarting() {
+                            r.state.status = Status::Exited;
+                        }
+                    });
                 }
             });
         } else if rec.host_config.auto_remove {
@@ -681,6 +694,13 @@ impl Engine {
         let sig =
             parse_signal(signal).ok_or_else(|| EngineError::InvalidArgument(format!("Invalid signal: {signal}")))?;
         let rec = ctr.snapshot();
+        if rec.restarting() {
+            // No process to signal: a signal that ends it ends the restart, as with dockerd.
+            if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
+                self.end_restart(&ctr)?;
+            }
+            return Ok(());
+        }
         if !rec.running() || rec.state.pid <= 0 {
             return Err(EngineError::Conflict(format!(
                 "Cannot kill container: {}: container {} is not running",
@@ -714,7 +734,11 @@ impl Engine {
     pub async fn stop(&self, name_or_id: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let rec = ctr.update(|r| r.manually_stopped = true)?;
-        if !rec.running() {
+        if rec.restarting() {
+            // Stopping it between an exit and its restart cancels the restart.
+            return self.end_restart(&ctr);
+        }
+        if !rec.running() || rec.state.pid <= 0 {
             return Err(EngineError::NotModified("container already stopped".into()));
         }
         let sig = signal
@@ -745,6 +769,18 @@ impl Engine {
         Ok(())
     }
 
+    /// A container waiting for its policy's restart is stopped instead (by hand: its policy
+    /// does not bring it back).
+    fn end_restart(&self, ctr: &Ctr) -> Result<(), EngineError> {
+        ctr.update(|r| {
+            r.manually_stopped = true;
+            if r.restarting() {
+                r.state.status = Status::Exited;
+            }
+        })?;
+        Ok(())
+    }
+
     pub async fn restart(&self, name_or_id: &str, timeout: Option<i64>) -> Result<(), EngineError> {
         match self.stop(name_or_id, timeout, None).await {
             Ok(()) | Err(EngineError::NotModified(_)) => {}
@@ -764,7 +800,8 @@ impl Engine {
         let mut life = ctr.life.subscribe();
         let start = *life.borrow_and_update();
         let rec = ctr.snapshot();
-        let already = (condition == WaitCondition::NotRunning && !rec.running()).then_some(rec.state.exit_code);
+        // A container waiting for its restart is up: the wait ends at its next exit, as dockerd's.
+        let already = (condition == WaitCondition::NotRunning && !rec.up()).then_some(rec.state.exit_code);
         Ok(async move {
             if let Some(code) = already {
                 return code;
@@ -790,6 +827,15 @@ impl Engine {
     pub async fn remove(&self, name_or_id: &str, force: bool, remove_volumes: bool) -> Result<(), EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let rec = ctr.snapshot();
+        if rec.restarting() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "You cannot remove a restarting container {}. Stop the container before attempting removal or force remove",
+                    rec.id
+                )));
+            }
+            self.end_restart(&ctr)?;
+        }
         if rec.running() {
             if !force {
                 return Err(EngineError::Conflict(format!(

@@ -154,7 +154,7 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
         "Args": rec.args,
         "State": {
             "Status": st.status_str(),
-            "Running": rec.running(),
+            "Running": rec.up(),
             "Paused": st.paused,
             "Restarting": st.status == Status::Restarting,
             "OOMKilled": st.oom_killed,
@@ -265,7 +265,7 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
     let images = engine.images();
     let mut out = Vec::new();
     for rec in engine.containers() {
-        if (!all && !rec.running()) || !matches_filters(&rec, &filters) {
+        if (!all && !rec.up()) || !matches_filters(&rec, &filters) {
             continue;
         }
         let image_name = if rec.config.image.starts_with("sha256:") {

@@ -60,7 +60,7 @@ pub async fn version() -> Json<Value> {
 
 pub async fn info(State(engine): State<Engine>) -> Json<Value> {
     let containers = engine.containers();
-    let running = containers.iter().filter(|c| c.running()).count();
+    let running = containers.iter().filter(|c| c.up()).count();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
