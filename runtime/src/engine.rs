@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use archive::CommitOptions;
-pub use containers::{CreateRequest, WaitCondition, console_size};
+pub use containers::{CreateRequest, WaitCondition, console_size, links_of_record};
 pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;
 pub use io::{AttachIo, LogStream};

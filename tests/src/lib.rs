@@ -484,17 +484,34 @@ impl Agent {
     }
 }
 
-/// The reference engine, Debian's dockerd, on its own socket and data root (no bridge, no
-/// iptables), for interoperability checks. Killed on drop.
+/// The reference engine, Debian's dockerd, on its own socket and data root, for
+/// interoperability checks. Killed on drop.
+///
+/// It gets a bridge of its own (`br<slot>`, `172.29.<slot>.1/24`, made here and removed on
+/// drop), so its default network works (links, networks) and it leaves the machine as it
+/// found it: with `--bridge none` dockerd deletes the machine's `docker0`, which breaks a
+/// developer's own Docker until it restarts. No iptables rules, no IP forwarding changed.
 pub struct RefEngine {
     pub dir: tempfile::TempDir,
     child: Child,
+    bridge: String,
 }
 
 impl RefEngine {
     pub fn start() -> RefEngine {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        let slot = bridge_slot();
+        let bridge = format!("br{slot}");
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+        for args in [
+            vec!["link", "add", &bridge, "type", "bridge"],
+            vec!["addr", "add", &format!("172.29.{slot}.1/24"), "dev", &bridge],
+            vec!["link", "set", &bridge, "up"],
+        ] {
+            let out = Command::new("ip").args(&args).output().expect("ip (iproute2) must be installed");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let child = Command::new("dockerd")
             .arg("--host")
             .arg(format!("unix://{}/docker.sock", d.display()))
@@ -504,13 +521,13 @@ impl RefEngine {
             .arg(d.join("exec"))
             .arg("--pidfile")
             .arg(d.join("dockerd.pid"))
-            .args(["--bridge", "none", "--iptables=false"])
+            .args(["--bridge", &bridge, "--iptables=false", "--ip-forward=false", "--ip-masq=false"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("dockerd.log")).unwrap())
             .spawn()
             .expect("dockerd (Debian package docker.io) must be installed");
         track(&child);
-        let engine = RefEngine { dir, child };
+        let engine = RefEngine { dir, child, bridge };
         let ok = eventually(60, || engine.docker(&["version"]).status.success());
         assert!(
             ok,
@@ -543,6 +560,7 @@ impl Drop for RefEngine {
         let _ = self.child.wait();
         // dockerd leaves its overlay mounts behind when it dies in a hurry.
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root/overlay2")).output();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
     }
 }
 

@@ -660,8 +660,9 @@ fn upgraded(socket: &std::path::Path, path: &str, body: &str) -> Vec<u8> {
 
 /// Corners dockerd 20.10 has, side by side with it on the same requests: supplementary groups
 /// (`--group-add` by gid and by name, for the container's process and for an exec as another
-/// user; an unknown name refused), a log's `max-file` without `max-size`, and exec output
-/// framed or not as the start request (not the exec's creation) asks.
+/// user; an unknown name refused), a log's `max-file` without `max-size`, exec output framed
+/// or not as the start request (not the exec's creation) asks, legacy links shown and removed,
+/// and a container waiting for its policy's restart refused removal.
 #[test]
 fn corners_match_docker_engine() {
     let a = Agent::start();
@@ -712,6 +713,27 @@ fn corners_match_docker_engine() {
         outputs.push(got);
     }
     assert_eq!(outputs[0], outputs[1], "exec output, framed and not: Berth then dockerd");
+    // Legacy links as dockerd shows them, removed with `rm --link` (and refused as dockerd
+    // refuses them): the same exit code, output and error from both.
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["run", "-d", "--name", "db", &img, "sleep", "300"],
+        vec!["run", "-d", "--name", "web", "--link", "db:dbal", &img, "sleep", "300"],
+        vec!["inspect", "-f", "{{json .HostConfig.Links}}", "web"],
+        vec!["rm", "--link", "web/dbal"],
+        vec!["inspect", "-f", "{{json .HostConfig.Links}}", "web"],
+        vec!["rm", "--link", "web/dbal"],
+        vec!["rm", "--link", "web"],
+        vec!["rm", "--link", "nosuch/x"],
+        vec!["rm", "-f", "web", "db"],
+    ];
+    for step in &steps {
+        let (ours, theirs) = (a.docker(step), r.docker(step));
+        let seen = |o: &std::process::Output| {
+            let out = if step[1] == "-d" { String::new() } else { String::from_utf8_lossy(&o.stdout).into_owned() };
+            (o.status.code(), out, String::from_utf8_lossy(&o.stderr).into_owned())
+        };
+        assert_eq!(seen(&ours), seen(&theirs), "{step:?}: Berth then dockerd");
+    }
     // Between an exit and the restart its policy asks for, a container is refused removal
     // without force (once its back-off has grown, the gap is long enough to hit).
     let engines: [(&str, &Docker); 2] = [("berth", &|x: &[&str]| a.docker(x)), ("dockerd", &|x: &[&str]| r.docker(x))];

@@ -496,16 +496,32 @@ impl Engine {
         .await
     }
 
+    /// Removes container `name_or_id`'s legacy link `alias` (`docker rm --link c/alias`): it
+    /// takes effect at the container's next start, and inspect no longer shows it.
+    pub fn remove_link(&self, name_or_id: &str, alias: &str) -> Result<(), EngineError> {
+        let missing = || EngineError::NotFound(format!("No such container: {name_or_id}/{alias}"));
+        let ctr = self.ctr(name_or_id).map_err(|_| missing())?;
+        let links = links_of_record(&ctr.snapshot());
+        let keep: Vec<String> = links.iter().filter(|(_, a)| a != alias).map(|(n, a)| format!("{n}:{a}")).collect();
+        if keep.len() == links.len() {
+            return Err(missing());
+        }
+        ctr.update(|r| {
+            if keep.is_empty() {
+                r.host_config.extra.remove("Links");
+            } else {
+                r.host_config.extra.insert("Links".into(), serde_json::json!(keep));
+            }
+        })?;
+        Ok(())
+    }
+
     /// `HostConfig.Links` (`name[:alias]`): /etc/hosts lines and environment variables, as
     /// dockerd makes them (`ALIAS_PORT_80_TCP_ADDR`, `ALIAS_ENV_X`, `ALIAS_NAME`, ...).
     fn links_of(&self, rec: &ContainerRecord) -> Result<(Vec<String>, Vec<String>), EngineError> {
-        let links: Vec<String> =
-            rec.host_config.extra.get("Links").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
         let (mut hosts, mut env) = (Vec::new(), Vec::new());
-        for link in links {
-            let (name, alias) = link.split_once(':').unwrap_or((&link, &link));
-            let name = name.trim_start_matches('/');
-            let alias = alias.rsplit('/').next().unwrap_or(alias);
+        for (name, alias) in links_of_record(rec) {
+            let (name, alias) = (name.as_str(), alias.as_str());
             let other = self
                 .container(name)
                 .map_err(|_| EngineError::InvalidArgument(format!("could not get container for {name}")))?;
@@ -1020,4 +1036,19 @@ async fn next_exit(life: &mut tokio::sync::watch::Receiver<crate::engine::Lifecy
             break;
         }
     }
+}
+
+/// A container's legacy links (`HostConfig.Links`, each `name[:alias]` as the client gave it,
+/// or dockerd's `/name:/container/alias`) as (linked container's name, alias) pairs.
+pub fn links_of_record(rec: &ContainerRecord) -> Vec<(String, String)> {
+    let links: Vec<String> =
+        rec.host_config.extra.get("Links").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
+    links
+        .iter()
+        .map(|link| {
+            let (name, alias) = link.split_once(':').unwrap_or((link, link));
+            let alias = alias.rsplit('/').next().unwrap_or(alias);
+            (name.trim_start_matches('/').to_owned(), alias.to_owned())
+        })
+        .collect()
 }

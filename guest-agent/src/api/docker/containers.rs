@@ -147,6 +147,13 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
     if host["RestartPolicy"]["Name"] == "" {
         host["RestartPolicy"]["Name"] = json!("no");
     }
+    // Legacy links as dockerd shows them: `/<linked>:/<this>/<alias>`, null when none.
+    let links = berth_runtime::engine::links_of_record(rec);
+    host["Links"] = if links.is_empty() {
+        Value::Null
+    } else {
+        json!(links.iter().map(|(name, alias)| format!("/{name}:/{}/{alias}", rec.name)).collect::<Vec<_>>())
+    };
     json!({
         "Id": rec.id,
         "Created": rec.created,
@@ -324,6 +331,13 @@ pub async fn delete(
             format!("page not found: {} /containers/{id}", req.method()),
         ));
     }
+    if qbool(&q, "link") {
+        // A link's name is `<container>/<alias>`: a bare name is the container's own.
+        return Err(ApiError::status(
+            StatusCode::CONFLICT,
+            "Conflict, cannot remove the default link name of the container".to_string(),
+        ));
+    }
     engine.remove(&id, qbool(&q, "force"), qbool(&q, "v")).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -358,6 +372,11 @@ pub async fn dispatch(
     let method = req.method().clone();
     let timeout = q.get("t").or(q.get("timeout")).and_then(|t| t.parse::<i64>().ok());
     match (method.clone(), action.as_str()) {
+        // `DELETE /containers/<container>/<alias>?link=1`: a legacy link goes.
+        (Method::DELETE, alias) if qbool(&q, "link") => {
+            engine.remove_link(&id, alias)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         (Method::GET, "json") => {
             Ok(Json(inspect_json(&engine, &engine.container(&id)?, engine.root())).into_response())
         }
