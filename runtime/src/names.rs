@@ -88,6 +88,13 @@ pub fn random_id() -> String {
 }
 
 /// Docker's container name rule: `/?[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+/// A network name: anything dockerd 20.10 takes (`test 01`, `a/b`, one letter), but for
+/// control characters, which no tool prints back safely. Networks are stored and named on
+/// the host by their IDs, so the name reaches no path or interface.
+pub fn valid_network_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(char::is_control)
+}
+
 pub fn valid_container_name(name: &str) -> bool {
     let mut c = name.chars();
     matches!(c.next(), Some(ch) if ch.is_ascii_alphanumeric())

@@ -662,7 +662,8 @@ fn upgraded(socket: &std::path::Path, path: &str, body: &str) -> Vec<u8> {
 /// (`--group-add` by gid and by name, for the container's process and for an exec as another
 /// user; an unknown name refused), a log's `max-file` without `max-size`, exec output framed
 /// or not as the start request (not the exec's creation) asks, legacy links shown and removed,
-/// and a container waiting for its policy's restart refused removal.
+/// network names, volume drivers, filters and prunes, a load's error, and a container waiting
+/// for its policy's restart refused removal.
 #[test]
 fn corners_match_docker_engine() {
     let a = Agent::start();
@@ -733,6 +734,54 @@ fn corners_match_docker_engine() {
             (o.status.code(), out, String::from_utf8_lossy(&o.stderr).into_owned())
         };
         assert_eq!(seen(&ours), seen(&theirs), "{step:?}: Berth then dockerd");
+    }
+    // Networks and volumes as dockerd 20.10 takes them: any network name, volume plugins
+    // refused, `volume ls`'s name filter a regular expression.
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["network", "create", "test 01"],
+        vec!["network", "ls", "--filter", "name=test 0", "--format", "{{.Name}}"],
+        vec!["network", "rm", "test 01"],
+        vec!["network", "create", "x"],
+        vec!["network", "rm", "x"],
+        vec!["volume", "create", "--driver", "nosuch", "v1"],
+        vec!["volume", "create", "va"],
+        vec!["volume", "create", "vab"],
+        vec!["volume", "ls", "--filter", "name=va", "--format", "{{.Name}}"],
+        vec!["volume", "ls", "--filter", "name=^va$", "--format", "{{.Name}}"],
+    ];
+    for step in &steps {
+        let (ours, theirs) = (a.docker(step), r.docker(step));
+        let seen = |o: &std::process::Output| {
+            let id = step[0] == "network" && step[1] == "create";
+            let out = if id { String::new() } else { String::from_utf8_lossy(&o.stdout).into_owned() };
+            (o.status.code(), out, String::from_utf8_lossy(&o.stderr).into_owned())
+        };
+        assert_eq!(seen(&ours), seen(&theirs), "{step:?}: Berth then dockerd");
+    }
+    // `volume prune` by API version: named volumes too for 1.41 (docker 20.10), as dockerd
+    // 20.10 does; only anonymous ones from 1.42 on, as newer engines do.
+    let pruned = |socket: &std::path::Path, version: &str| {
+        let (status, body) = http_on(socket, "POST", &format!("/{version}/volumes/prune"), "");
+        assert_eq!(status, 200, "{version}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut names: Vec<String> = v["VolumesDeleted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(pruned(&a.socket, "v1.45").is_empty(), "named volumes pruned for API 1.45");
+    assert_eq!(pruned(&a.socket, "v1.41"), ["va", "vab"]);
+    assert_eq!(pruned(&ref_socket, "v1.41"), ["va", "vab"]);
+    // A load of what is not an archive: 200 and the error in the stream, as dockerd answers.
+    for socket in [a.socket.as_path(), ref_socket.as_path()] {
+        let (status, body) = http_on(socket, "POST", "/v1.41/images/load", "not an archive");
+        let line: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+        assert_eq!(status, 200, "{}: {body}", socket.display());
+        assert!(line["errorDetail"]["message"].is_string() && line["error"].is_string(), "{body}");
     }
     // Between an exit and the restart its policy asks for, a container is refused removal
     // without force (once its back-off has grown, the gap is long enough to hit).

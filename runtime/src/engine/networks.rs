@@ -130,7 +130,7 @@ impl Engine {
 
     /// `docker network create`.
     pub async fn network_create(&self, req: NetworkCreate) -> Result<String, EngineError> {
-        if req.name.is_empty() || !crate::names::valid_container_name(&req.name) {
+        if !crate::names::valid_network_name(&req.name) {
             return Err(EngineError::InvalidArgument(format!("invalid network name: {:?}", req.name)));
         }
         if crate::network::parse_mode(&req.name).is_some() && req.name != "default" {

@@ -84,14 +84,23 @@ pub async fn save_many(State(engine): State<Engine>, RawQuery(raw): RawQuery) ->
     save(engine, names).await
 }
 
-/// `POST /images/load`: answers a JSON stream of `Loaded image: ...` lines.
+/// `POST /images/load`: answers a JSON stream of `Loaded image: ...` lines. An archive that
+/// cannot be loaded (not an archive, a bad layer) is answered as dockerd answers it: 200 and
+/// the error as the stream's line, which clients raise as their own load error.
 pub async fn load(State(engine): State<Engine>, body: Body) -> Result<Response, ApiError> {
     let file = body_to_file(&engine, body).await?;
-    let loaded = engine.load(file).await?;
     let mut out = String::new();
-    for l in loaded {
-        out.push_str(&serde_json::to_string(&json!({"stream": format!("{l}\n")})).expect("json"));
-        out.push('\n');
+    match engine.load(file).await {
+        Ok(loaded) => {
+            for l in loaded {
+                out.push_str(&serde_json::to_string(&json!({"stream": format!("{l}\n")})).expect("json"));
+                out.push('\n');
+            }
+        }
+        Err(e) => {
+            out.push_str(&super::stream::error_line(e).to_string());
+            out.push('\n');
+        }
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }

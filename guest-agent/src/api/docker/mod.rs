@@ -58,6 +58,11 @@ pub fn filters(q: &Query) -> Result<serde_json::Value, ApiError> {
     }
 }
 
+/// The API version a request was made for (its `/v1.NN` prefix, else the newest served):
+/// some answers differ by version, as dockerd's do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClientVersion(pub u32, pub u32);
+
 fn version_tuple(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
@@ -66,6 +71,8 @@ fn version_tuple(v: &str) -> Option<(u32, u32)> {
 /// Strips the `/v1.NN` prefix (refusing versions out of range) and adds dockerd's headers.
 async fn versioned(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
+    let (major, minor) = version_tuple(API_VERSION).expect("const");
+    req.extensions_mut().insert(ClientVersion(major, minor));
     if let Some(rest) = path.strip_prefix("/v") {
         let (ver, tail) = rest.split_once('/').map(|(v, t)| (v, format!("/{t}"))).unwrap_or((rest, "/".into()));
         if let Some(v) = version_tuple(ver) {
@@ -81,6 +88,7 @@ async fn versioned(mut req: Request, next: Next) -> Response {
                 ))
                 .into_response();
             }
+            req.extensions_mut().insert(ClientVersion(v.0, v.1));
             let pq = match req.uri().query() {
                 Some(q) => format!("{tail}?{q}"),
                 None => tail,

@@ -67,13 +67,6 @@ pub(super) fn endpoint_id(container: &str, network: &str) -> String {
     hex::encode(sha2::Sha256::digest(format!("{container}/{network}")))
 }
 
-fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
-    match want.split_once('=') {
-        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
-        None => labels.contains_key(want),
-    }
-}
-
 pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
     let filters = super::filters(&q)?;
     let names = filter_values(&filters, "name");
@@ -87,7 +80,7 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
         .iter()
         .filter(|n| names.is_empty() || names.iter().any(|x| n.name.contains(x.as_str())))
         .filter(|n| ids.is_empty() || ids.iter().any(|x| n.id.starts_with(x.as_str())))
-        .filter(|n| labels.iter().all(|l| label_matches(&n.labels, l)))
+        .filter(|n| labels.iter().all(|l| super::prune::label_matches(&n.labels, l)))
         .filter(|n| drivers.is_empty() || drivers.contains(&n.driver))
         .filter(|n| kinds.is_empty() || kinds.iter().any(|k| (k == "builtin") == n.builtin))
         .filter(|n| {

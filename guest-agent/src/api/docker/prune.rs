@@ -20,7 +20,8 @@ pub struct PruneFilter {
     pub filters: Value,
 }
 
-fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
+/// Whether `labels` have `want`: a key, or `key=value`.
+pub(super) fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
     match want.split_once('=') {
         Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
         None => labels.contains_key(want),

@@ -47,7 +47,7 @@ pub fn upgrade(req: &mut Request, tty: bool) -> Result<(hyper::upgrade::OnUpgrad
 
 /// The last line of a progress stream whose operation failed: dockerd's `errorDetail` (with
 /// the exit code of a build's failed RUN, which the docker CLI exits with).
-fn error_line(e: berth_runtime::EngineError) -> serde_json::Value {
+pub(super) fn error_line(e: berth_runtime::EngineError) -> serde_json::Value {
     let code = match &e {
         berth_runtime::EngineError::CommandFailed { code, .. } => Some(*code),
         _ => None,
