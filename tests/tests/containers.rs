@@ -783,6 +783,21 @@ fn corners_match_docker_engine() {
         assert_eq!(status, 200, "{}: {body}", socket.display());
         assert!(line["errorDetail"]["message"].is_string() && line["error"].is_string(), "{body}");
     }
+    // Detach keys on an attached terminal (the default ctrl-p ctrl-q, and `detachKeys`): the
+    // engine closes the attach and the container runs on.
+    for (docker, socket) in [(&|x: &[&str]| a.ok(x), a.socket.as_path()), (&|x: &[&str]| r.ok(x), ref_socket.as_path())]
+        as [(&dyn Fn(&[&str]) -> String, &std::path::Path); 2]
+    {
+        docker(&["run", "-dit", "--name", "term", "--network", "none", &img, "sh"]);
+        for (query, keys) in [("", &b"\x10\x11"[..]), ("&detachKeys=ctrl-a,x", &b"\x01x"[..])] {
+            let path = format!("/v1.41/containers/term/attach?stream=1&stdin=1&stdout=1{query}");
+            let (seen, closed) = attach_typing(socket, &path, keys);
+            assert!(closed, "{}: the attach stayed open after the detach keys: {seen:?}", socket.display());
+            assert!(String::from_utf8_lossy(&seen).contains("typed"), "{}: {seen:?}", socket.display());
+            assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", "term"]), "true\n");
+        }
+        docker(&["rm", "-f", "term"]);
+    }
     // Between an exit and the restart its policy asks for, a container is refused removal
     // without force (once its back-off has grown, the gap is long enough to hit).
     let engines: [(&str, &Docker); 2] = [("berth", &|x: &[&str]| a.docker(x)), ("dockerd", &|x: &[&str]| r.docker(x))];
@@ -804,6 +819,36 @@ fn corners_match_docker_engine() {
         assert!(docker(&["rm", "rs"]).status.success(), "{engine}: rm once stopped");
     }
     assert_eq!(outputs[0][0], b"\x01\0\0\0\0\0\0\x04hi\r\n", "a terminal's output, framed");
+}
+
+/// Attaches to a container's terminal over an upgraded connection, types a command and waits
+/// for its output, then types `keys`: what came back, and whether the engine then closed the
+/// connection within 10 s.
+fn attach_typing(socket: &std::path::Path, path: &str, keys: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        seen.push(byte[0]);
+    }
+    seen.clear();
+    s.write_all(b"echo ty\"\"ped\n").unwrap();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("typed") {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    s.write_all(keys).unwrap();
+    let closed = s.read_to_end(&mut seen).is_ok();
+    (seen, closed)
 }
 
 /// A plain HTTP/1.0 request on a Docker API socket: (status, body).

@@ -491,6 +491,8 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
     }
     let io = engine.attach(id)?;
     let tty = io.tty;
+    // A terminal's input is watched for the detach keys, as dockerd watches it (only there).
+    let keys = super::stream::detach_keys(q.get("detachKeys").map(String::as_str))?;
     let (on_upgrade, resp) = upgrade(&mut req, tty)?;
     let (want_in, want_out, want_err) = (qbool(q, "stdin"), qbool(q, "stdout"), qbool(q, "stderr"));
     let stdin_once = rec.config.stdin_once;
@@ -499,16 +501,29 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
         let Ok(upgraded) = on_upgrade.await else { return };
         let conn = hyper_util::rt::TokioIo::new(upgraded);
         let (mut rd, mut wr) = tokio::io::split(conn);
+        let (detached_tx, mut detached) = tokio::sync::oneshot::channel::<()>();
         if want_in {
             let engine = engine.clone();
             let id = id.clone();
             tokio::spawn(async move {
+                let mut escape = tty.then(|| super::stream::Escape::new(keys));
                 let mut buf = vec![0u8; 32 * 1024];
                 loop {
                     match rd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            let _ = engine.write_stdin(&id, Some(Bytes::copy_from_slice(&buf[..n]))).await;
+                            let (input, detach) = match escape.as_mut() {
+                                Some(e) => e.feed(&buf[..n]),
+                                None => (buf[..n].to_vec(), false),
+                            };
+                            if !input.is_empty() {
+                                let _ = engine.write_stdin(&id, Some(Bytes::from(input))).await;
+                            }
+                            if detach {
+                                // The client goes; the container runs on, its stdin open.
+                                let _ = detached_tx.send(());
+                                return;
+                            }
                         }
                     }
                 }
@@ -518,7 +533,13 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
             });
         }
         let mut output = io.output;
-        while let Some(Output::Data(stream, data)) = output.recv().await {
+        loop {
+            let next = tokio::select! {
+                next = output.recv() => next,
+                // (A sender dropped without detaching, when stdin ends, disables this branch.)
+                Ok(()) = &mut detached => break,
+            };
+            let Some(Output::Data(stream, data)) = next else { break };
             let wanted = match stream {
                 Stream::Stdout => want_out,
                 Stream::Stderr => want_err,

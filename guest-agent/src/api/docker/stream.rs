@@ -102,6 +102,73 @@ pub async fn json_progress<E: Send + 'static, T: Send + 'static>(
     Ok(resp)
 }
 
+/// The key sequence that detaches a client from a container's terminal (`detachKeys` on an
+/// attach, default ctrl-p ctrl-q), as dockerd reads it: comma-separated keys, each one
+/// character or `ctrl-<c>` for a letter or one of `@[\]^_`.
+pub fn detach_keys(spec: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let spec = spec.filter(|s| !s.is_empty()).unwrap_or("ctrl-p,ctrl-q");
+    let invalid = || ApiError::invalid(format!("Invalid detach keys ({spec}) provided"));
+    spec.split(',')
+        .map(|key| match key.strip_prefix("ctrl-") {
+            Some(c) if c.len() == 1 => {
+                let c = c.as_bytes()[0].to_ascii_lowercase();
+                match c {
+                    b'a'..=b'z' => Ok(c - b'a' + 1),
+                    b'@' => Ok(0),
+                    b'[' | b'\\' | b']' | b'^' | b'_' => Ok(c - b'@'),
+                    _ => Err(invalid()),
+                }
+            }
+            _ if key.len() == 1 => Ok(key.as_bytes()[0]),
+            _ => Err(invalid()),
+        })
+        .collect()
+}
+
+/// Watches a terminal's input for the detach keys: what it passes on, and whether the keys
+/// came. Bytes that begin the sequence are held until it is whole (then dropped) or broken
+/// (then passed on), so a client never loses a keystroke that was not a detach.
+pub struct Escape {
+    keys: Vec<u8>,
+    held: usize,
+}
+
+impl Escape {
+    pub fn new(keys: Vec<u8>) -> Escape {
+        Escape { keys, held: 0 }
+    }
+
+    /// The input to pass on from `input`, and whether the client detached in it (what came
+    /// after the keys is dropped).
+    pub fn feed(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.keys.is_empty() {
+                out.push(b);
+                continue;
+            }
+            if b == self.keys[self.held] {
+                self.held += 1;
+                if self.held == self.keys.len() {
+                    return (out, true);
+                }
+                continue;
+            }
+            out.extend_from_slice(&self.keys[..self.held]);
+            self.held = 0;
+            if b == self.keys[0] {
+                self.held = 1;
+                if self.keys.len() == 1 {
+                    return (out, true);
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +177,22 @@ mod tests {
     fn frame_header_is_dockerds() {
         let f = frame(2, b"hey");
         assert_eq!(&f[..], &[2, 0, 0, 0, 0, 0, 0, 3, b'h', b'e', b'y']);
+    }
+
+    #[test]
+    fn detach_keys_are_read_as_dockerd_reads_them() {
+        assert_eq!(detach_keys(None).unwrap(), [16, 17]);
+        assert_eq!(detach_keys(Some("ctrl-a,x")).unwrap(), [1, b'x']);
+        assert_eq!(detach_keys(Some("ctrl-@,ctrl-[,ctrl-_")).unwrap(), [0, 27, 31]);
+        assert!(detach_keys(Some("ctrl-ab")).is_err());
+        assert!(detach_keys(Some("ab")).is_err());
+        let mut e = Escape::new(vec![16, 17]);
+        assert_eq!(e.feed(b"ls\n"), (b"ls\n".to_vec(), false));
+        // Split across reads, and a false start passed on whole.
+        assert_eq!(e.feed(&[16]), (vec![], false));
+        assert_eq!(e.feed(&[b'a', 16]), (vec![16, b'a'], false));
+        assert_eq!(e.feed(&[16, 17, b'z']), (vec![16], true));
+        let mut e = Escape::new(vec![1]);
+        assert_eq!(e.feed(b"ab\x01c"), (b"ab".to_vec(), true));
     }
 }
