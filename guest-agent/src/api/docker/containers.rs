@@ -533,11 +533,19 @@ async fn attach(engine: Engine, id: &str, q: &Query, mut req: Request) -> Result
             });
         }
         let mut output = io.output;
+        // Until stdin ends (the sender goes without a word): a finished receiver is not polled
+        // again (it panics if it is).
+        let mut watching = true;
         loop {
             let next = tokio::select! {
                 next = output.recv() => next,
-                // (A sender dropped without detaching, when stdin ends, disables this branch.)
-                Ok(()) = &mut detached => break,
+                r = &mut detached, if watching => {
+                    if r.is_ok() {
+                        break;
+                    }
+                    watching = false;
+                    continue;
+                }
             };
             let Some(Output::Data(stream, data)) = next else { break };
             let wanted = match stream {
