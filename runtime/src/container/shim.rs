@@ -553,16 +553,18 @@ fn lookup_user(spec: &str, add: &[String]) -> Result<(u32, u32, Vec<u32>, Option
     };
     let home = entry.as_ref().and_then(|f| f.get(5)).map(|s| s.to_string());
     let name = entry.as_ref().map(|f| f[0].to_string()).unwrap_or_default();
+    // A gid, or a group's name looked up in the container's /etc/group.
+    let group_id = |g: &str| match g.parse::<u32>() {
+        Ok(n) => Ok(n),
+        Err(_) => groups
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 3 && f[0] == g)
+            .and_then(|f| f[2].parse().ok())
+            .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file")),
+    };
     let gid = match group {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => groups
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() >= 3 && f[0] == g)
-                .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
-        },
+        Some(g) => group_id(g)?,
         None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
     };
     let mut extra: Vec<u32> = if name.is_empty() {
@@ -576,15 +578,7 @@ fn lookup_user(spec: &str, add: &[String]) -> Result<(u32, u32, Vec<u32>, Option
             .collect()
     };
     for g in add {
-        let id = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => groups
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() >= 3 && f[0] == g)
-                .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
-        };
+        let id = group_id(g)?;
         if !extra.contains(&id) {
             extra.push(id);
         }

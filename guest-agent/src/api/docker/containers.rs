@@ -163,7 +163,7 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
             "Status": st.status_str(),
             "Running": rec.up(),
             "Paused": st.paused,
-            "Restarting": st.status == Status::Restarting,
+            "Restarting": rec.restarting(),
             "OOMKilled": st.oom_killed,
             "Dead": st.status == Status::Dead,
             "Pid": st.pid,
