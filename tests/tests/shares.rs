@@ -74,8 +74,19 @@ impl Setup {
 }
 
 impl Drop for Setup {
+    /// Unmounts everything the agent mounted under its prefix: the share, and for a read-only
+    /// one its writable mount too (left behind, it kept the test's directory on the disk with a
+    /// dead FUSE mount in it).
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.seen).status();
+        let prefix = self.agent.dir.path().join("guest");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut points: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|p| Path::new(p).starts_with(&prefix)).collect();
+        // The innermost first.
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = std::process::Command::new("umount").arg("-l").arg(p).status();
+        }
     }
 }
 
