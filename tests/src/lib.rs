@@ -15,6 +15,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Directories of process-wide fixtures (held by statics, which are never dropped), removed at
+/// exit once the servers using them are killed.
+static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// The longest one docker or berth command may take in a test (a pull or a first VM start
 /// under TCG take well under a minute here); past it the command is killed and the test fails.
@@ -27,15 +30,30 @@ extern "C" fn kill_children() {
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
         }
     }
+    if let Ok(dirs) = LEFTOVERS.lock() {
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
-fn track(child: &Child) {
+fn at_exit() {
     static REGISTERED: OnceLock<()> = OnceLock::new();
     REGISTERED.get_or_init(|| {
         // SAFETY: registering a plain extern "C" function with atexit.
         unsafe { libc::atexit(kill_children) };
     });
+}
+
+fn track(child: &Child) {
+    at_exit();
     CHILDREN.lock().unwrap().push(child.id());
+}
+
+/// Removes `dir` when the test process exits (after killing the servers [`track`] knows).
+fn remove_at_exit(dir: &Path) {
+    at_exit();
+    LEFTOVERS.lock().unwrap().push(dir.to_owned());
 }
 
 /// The workspace root.
@@ -107,6 +125,7 @@ fn http_ok(addr: &str, path: &str) -> bool {
 /// Starts `docker-registry` on a free loopback port with `auth` (a YAML block, may be empty).
 fn start_registry(auth: &str) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    remove_at_exit(dir.path());
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let config = dir.path().join("config.yml");
@@ -188,6 +207,7 @@ pub fn auth_registry() -> &'static Registry {
         let (addr, dir) =
             start_registry(&format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display()));
         std::fs::copy(&htpasswd, dir.path().join("htpasswd")).unwrap();
+        remove_at_exit(scratch.path());
         std::mem::forget(scratch);
         let src = format!("docker://{}/busybox:latest", registry().addr);
         let out = Command::new("skopeo")
@@ -691,7 +711,14 @@ impl BerthHome {
 }
 
 impl Drop for BerthHome {
+    /// `berth stop`, then the home removed: a daemon still exiting can make a file in it (the
+    /// vsock device's socket) after the first try, which left the directory behind, so it tries
+    /// again for a few seconds.
     fn drop(&mut self) {
         let _ = self.berth(&["stop"]);
+        eventually(5, || {
+            let _ = std::fs::remove_dir_all(self.0.path());
+            !self.0.path().exists()
+        });
     }
 }
