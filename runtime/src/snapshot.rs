@@ -185,6 +185,7 @@ impl SnapshotStore {
         for d in [&upper, &work] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
+        lower.insert(0, init_layer(&base)?);
         Ok(OverlayMount { lower, upper, work })
     }
 
@@ -199,6 +200,36 @@ impl SnapshotStore {
             _ => Ok(()),
         }
     }
+}
+
+/// What the engine mounts over or a container expects at its root, made in a layer of the
+/// container's own between its image and its writable layer (dockerd's "init layer"), so the
+/// mount points are not the container's changes: `docker diff`, `commit` and a build's layers
+/// leave them out, as dockerd's do. Made once per container, whole or not at all (a crash
+/// while making it leaves a `.new` directory that the next call makes again).
+fn init_layer(base: &Path) -> Result<PathBuf, SnapshotError> {
+    let init = base.join("init");
+    if init.is_dir() {
+        return Ok(init);
+    }
+    let new = base.join("init.new");
+    let _ = fs::remove_dir_all(&new);
+    let make = || -> io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        for d in ["", "dev", "dev/pts", "dev/shm", "proc", "sys", "etc"] {
+            fs::DirBuilder::new().mode(0o755).create(new.join(d))?;
+        }
+        // Files dockerd makes there, with its mode; all but `/.dockerenv` (which tools read
+        // to tell they run in a container) are mount points.
+        for f in [".dockerenv", "etc/hosts", "etc/hostname", "etc/resolv.conf", "dev/console"] {
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o755).open(new.join(f))?;
+        }
+        std::os::unix::fs::symlink("/proc/mounts", new.join("etc/mtab"))?;
+        sync_tree(&new);
+        fs::rename(&new, &init)
+    };
+    make().map_err(io_err(&init))?;
+    Ok(init)
 }
 
 /// Bytes used by the files below `path` (apparent sizes, hard links counted once per name).
@@ -265,8 +296,13 @@ mod tests {
         assert_eq!(s.commit_layer("sha256:abc", &st).unwrap(), 5);
         assert!(s.has_layer("sha256:abc"));
         let m = s.prepare("c1", &["sha256:abc".into()]).unwrap();
-        assert_eq!(m.lower, vec![s.layer_dir("sha256:abc")]);
+        let init = m.upper.parent().unwrap().join("init");
+        assert_eq!(m.lower, vec![init.clone(), s.layer_dir("sha256:abc")]);
         assert!(m.upper.is_dir());
+        // The container's own layer of mount points, made once.
+        assert!(init.join("etc/resolv.conf").is_file() && init.join("proc").is_dir());
+        assert_eq!(fs::read_link(init.join("etc/mtab")).unwrap(), Path::new("/proc/mounts"));
+        assert_eq!(s.prepare("c1", &["sha256:abc".into()]).unwrap().lower, m.lower);
         assert!(matches!(s.prepare("c2", &["sha256:nope".into()]), Err(SnapshotError::NotFound(_))));
     }
 }

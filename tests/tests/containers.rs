@@ -680,13 +680,40 @@ fn corners_match_docker_engine() {
         vec!["create", "--name", "lf", "--network", "none", "--log-opt", "max-file=2", &img, "true"],
         vec!["inspect", "-f", "{{json .HostConfig.LogConfig}} {{json .HostConfig.GroupAdd}}", "lf"],
         vec!["rm", "-f", "grp", "lf"],
+        // The engine's mount points (/etc/hosts, /dev, /proc, ...) are not the container's
+        // changes: neither in diff nor in what commit keeps.
+        vec![
+            "run",
+            "--name",
+            "df",
+            "--network",
+            "none",
+            &img,
+            "sh",
+            "-c",
+            "echo x > /new && mkdir -p /var/x && rm /etc/group",
+        ],
+        vec!["diff", "df"],
+        vec!["commit", "df", "committed:1"],
+        vec!["run", "--rm", "--network", "none", "committed:1", "ls", "-a", "/", "/etc", "/var"],
+        vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "committed:1",
+            "sh",
+            "-c",
+            "readlink /etc/mtab; ls -l /.dockerenv | cut -c1-10",
+        ],
+        vec!["rm", "df"],
     ];
     for step in &steps {
         let (ours, theirs) = (a.docker(step), r.docker(step));
         assert!(ours.status.success(), "berth: docker {step:?}: {}", String::from_utf8_lossy(&ours.stderr));
         assert!(theirs.status.success(), "dockerd: docker {step:?}: {}", String::from_utf8_lossy(&theirs.stderr));
         // What `create` and `run -d` print is the new container's ID.
-        let prints_id = step[0] == "create" || step[1] == "-d";
+        let prints_id = step[0] == "create" || step[0] == "commit" || step[1] == "-d";
         if !prints_id {
             assert_eq!(String::from_utf8_lossy(&ours.stdout), String::from_utf8_lossy(&theirs.stdout), "{step:?}");
         }
