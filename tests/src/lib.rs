@@ -601,6 +601,21 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// A plain HTTP/1.0 request on a Docker API socket: (status, body).
+pub fn http_on(socket: &std::path::Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
+}
+
 /// Runs `cmd` to its end with `stdin` fed to it, but for `limit` at most: a command that hangs
 /// is killed and reported as an error naming it, so a stuck test fails with a reason instead
 /// of holding CI until its deadline.

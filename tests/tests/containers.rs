@@ -1,6 +1,6 @@
 //! Container lifecycle and isolation through the docker CLI.
 
-use berth_tests::{Agent, RefEngine, eventually};
+use berth_tests::{Agent, RefEngine, eventually, http_on};
 use std::io::{Read, Write};
 
 /// The actions of every event of `container` so far.
@@ -876,19 +876,4 @@ fn attach_typing(socket: &std::path::Path, path: &str, keys: &[u8]) -> (Vec<u8>,
     s.write_all(keys).unwrap();
     let closed = s.read_to_end(&mut seen).is_ok();
     (seen, closed)
-}
-
-/// A plain HTTP/1.0 request on a Docker API socket: (status, body).
-fn http_on(socket: &std::path::Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
 }

@@ -274,7 +274,8 @@ fn user_networks_with_dns_ipam_and_isolation() {
     let v: serde_json::Value = serde_json::from_str(&a.ok(&["network", "inspect", "appnet"])).unwrap();
     let n = &v[0];
     assert_eq!(n["IPAM"]["Config"][0]["Subnet"], subnet.as_str());
-    assert_eq!(n["IPAM"]["Config"][0]["Gateway"], format!("{prefix}1"));
+    // dockerd 20.10 shows no gateway for a subnet given without one.
+    assert_eq!(n["IPAM"]["Config"][0]["Gateway"], serde_json::Value::Null);
     assert_eq!(n["Labels"]["k"], "v");
     assert_eq!(n["Containers"].as_object().unwrap().len(), 2, "{n}");
     let ep: serde_json::Value =
@@ -397,4 +398,110 @@ fn user_networks_with_dns_ipam_and_isolation() {
         !String::from_utf8_lossy(&bridges).contains(&format!("br-{}", &net.trim()[..12])),
         "the bridge outlived its network"
     );
+}
+
+/// A docker CLI pointed at one engine.
+type Docker<'a> = dyn Fn(&[&str]) -> std::process::Output + 'a;
+
+/// Networks as dockerd 20.10 has them, side by side: IPAM as it keeps and shows it (auxiliary
+/// addresses shown, never given to a container, checked against the subnet and the gateway;
+/// IPAM options; a gateway shown only when given with a subnet; the errors' words and status
+/// codes), IPv6 off in containers, and `--sysctl`.
+#[test]
+fn networks_match_docker_engine() {
+    let a = Agent::start();
+    let r = berth_tests::RefEngine::start();
+    let img = a.pull("busybox:latest");
+    r.ok(&["pull", "-q", &img]);
+    let sockets = [a.socket.clone(), r.dir.path().join("docker.sock")];
+    let engines: [&Docker<'_>; 2] = [&|x| a.docker(x), &|x| r.docker(x)];
+    let mut seen = Vec::new();
+    for (docker, socket) in engines.iter().zip(&sockets) {
+        let ok = |args: &[&str]| {
+            let out = docker(args);
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let mut got = Vec::new();
+        ok(&["network", "create", "--subnet", "10.77.0.0/24", "--aux-address", "h1=10.77.0.2"]
+            .iter()
+            .chain(&["--aux-address", "h2=10.77.0.5", "--ipam-opt", "x=y", "ipam1"])
+            .copied()
+            .collect::<Vec<_>>());
+        ok(&["network", "create", "--subnet", "10.78.0.0/24", "--gateway", "10.78.0.9", "ipam2"]);
+        ok(&["network", "create", "ipam3"]);
+        got.push(ok(&["network", "inspect", "-f", "{{json .IPAM}}", "ipam1", "ipam2"]));
+        got.push(ok(&["network", "inspect", "-f", "{{json .IPAM.Options}} {{.IPAM.Driver}}", "bridge", "ipam3"]));
+        // The first address left for a container skips the auxiliary 10.77.0.2.
+        got.push(ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "ipam1",
+            &img,
+            "sh",
+            "-c",
+            "ifconfig eth0 | grep -o 'inet addr:[0-9.]*'",
+        ]));
+        // IPv6 off: no link-local address, no ::1; a sysctl turns it back on.
+        let six = "cat /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/eth0/disable_ipv6; ifconfig | grep -c inet6 || true";
+        got.push(ok(&["run", "--rm", &img, "sh", "-c", six]));
+        got.push(ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &img,
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv6/conf/lo/disable_ipv6",
+        ]));
+        let sysctls = [
+            "--sysctl",
+            "net.ipv6.conf.all.disable_ipv6=0",
+            "--sysctl",
+            "kernel.shmmax=12345",
+            "--sysctl",
+            "net.core.somaxconn=999",
+        ];
+        let read = "cat /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/kernel/shmmax /proc/sys/net/core/somaxconn";
+        got.push(ok(&[&["run", "--rm"][..], &sysctls, &[&img, "sh", "-c", read]].concat()));
+        let host = docker(&["run", "--rm", "--network", "host", "--sysctl", "net.core.somaxconn=1", &img, "true"]);
+        let said = String::from_utf8_lossy(&host.stderr).into_owned();
+        got.push(format!(
+            "{} {}",
+            host.status.success(),
+            said.contains(r#"sysctl "net.core.somaxconn" not allowed in host network namespace"#)
+        ));
+        let taken = docker(&["run", "--rm", "--network", "ipam1", "--ip", "10.77.0.5", &img, "true"]);
+        got.push(format!(
+            "{} {}",
+            taken.status.success(),
+            String::from_utf8_lossy(&taken.stderr).lines().next().unwrap_or("")
+        ));
+        for (name, aux) in [("bad1", "10.91.0.1"), ("bad2", "10.92.0.1"), ("bad3", "nonsense")] {
+            // dockerd keeps the pool of a network it refused: each its own subnet.
+            let subnet = match name {
+                "bad1" => "10.90.0.0/24",
+                "bad2" => "10.92.0.0/24",
+                _ => "10.93.0.0/24",
+            };
+            let body = format!(
+                r#"{{"Name":"{name}","IPAM":{{"Config":[{{"Subnet":"{subnet}","AuxiliaryAddresses":{{"a":"{aux}"}}}}]}}}}"#
+            );
+            let (code, text) = berth_tests::http_on(socket, "POST", "/v1.41/networks/create", &body);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            got.push(format!("{code} {}", v["message"]));
+        }
+        ok(&["network", "rm", "ipam1", "ipam2", "ipam3"]);
+        seen.push(got);
+    }
+    let [ours, theirs] = &seen[..] else { unreachable!() };
+    for (o, t) in ours.iter().zip(theirs) {
+        assert_eq!(o, t, "\nberth:   {ours:#?}\ndockerd: {theirs:#?}");
+    }
+    assert!(ours[0].contains(r#""AuxiliaryAddresses":{"h1":"10.77.0.2","h2":"10.77.0.5"}"#), "{}", ours[0]);
+    assert!(ours[2].contains("10.77.0.3"), "{}", ours[2]);
+    assert_eq!(ours[3], "1\n1\n0\n");
+    assert_eq!(ours[6], "false true");
 }

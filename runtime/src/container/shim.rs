@@ -88,6 +88,10 @@ pub struct RunSpec {
     /// Leave /proc and /sys paths unmasked (`--privileged`, `systempaths=unconfined`).
     #[serde(default)]
     pub unmasked_paths: bool,
+    /// Kernel parameters of the container's own namespaces to set, in order (`--sysctl`,
+    /// after the engine's own).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
     pub process: ProcessSpec,
 }
 
@@ -310,6 +314,8 @@ fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, ChildFail
         mnt(None, &spec.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
     }
     pivot(&spec.rootfs)?;
+    // In the container's own /proc, before /proc/sys is made read-only.
+    set_sysctls(&spec.sysctls, spec.net)?;
     if !spec.unmasked_paths {
         mask_system_paths();
     }
@@ -323,6 +329,45 @@ fn setup_container(spec: &RunSpec) -> Result<std::convert::Infallible, ChildFail
         iface::configure("eth0", eth0)?;
     }
     exec_process(&spec.process)
+}
+
+/// Whether `key` is a kernel parameter of a namespace the container has of its own (runc's
+/// rule): IPC's System V and POSIX queue limits always, networking's only with a network
+/// namespace of its own.
+fn namespaced_sysctl(key: &str, net: NetMode) -> Result<(), String> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        return Ok(());
+    }
+    if key.starts_with("net.") {
+        return match net {
+            NetMode::New => Ok(()),
+            _ => Err(format!("sysctl {key:?} not allowed in host network namespace")),
+        };
+    }
+    Err(format!("sysctl {key:?} is not in a separate kernel namespace"))
+}
+
+/// Sets kernel parameters through the container's /proc/sys.
+fn set_sysctls(sysctls: &[(String, String)], net: NetMode) -> Result<(), String> {
+    for (key, value) in sysctls {
+        namespaced_sysctl(key, net)?;
+        if key.split('.').any(|part| part.is_empty() || part == "..") || key.contains('/') {
+            return Err(format!("invalid sysctl {key:?}"));
+        }
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).map_err(|e| format!("setting sysctl {key}={value}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A mount point inside the container's root, held open: the mount goes onto this inode

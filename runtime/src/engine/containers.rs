@@ -994,6 +994,7 @@ fn run_spec(
         devices: policy.devices.clone(),
         privileged: policy.privileged,
         unmasked_paths: policy.unmasked_paths,
+        sysctls: sysctls_of(rec, net),
         process: ProcessSpec {
             args: argv(&rec.config),
             env: rec.config.env.clone(),
@@ -1005,6 +1006,24 @@ fn run_spec(
             groups: rec.host_config.group_add.clone().unwrap_or_default(),
         },
     }
+}
+
+/// The kernel parameters a container starts with: IPv6 off in a network namespace of its own,
+/// as dockerd 20.10 has it with IPv6 off (Berth has no IPv6 networks yet: a link-local
+/// address and `::1` that no network routes made programs that prefer IPv6 behave otherwise
+/// than under dockerd), then `--sysctl` (`HostConfig.Sysctls`), which may turn it back on.
+fn sysctls_of(rec: &ContainerRecord, net: NetMode) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    // A kernel without IPv6 has nothing to turn off.
+    if net == NetMode::New && std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        for key in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+            out.push((key.to_owned(), "1".to_owned()));
+        }
+    }
+    let given: std::collections::BTreeMap<String, String> =
+        rec.host_config.extra.get("Sysctls").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
+    out.extend(given);
+    out
 }
 
 /// The cgroup limits a HostConfig asks for.

@@ -26,6 +26,20 @@ pub struct NetworkCreate {
     pub subnet: Option<String>,
     pub gateway: Option<String>,
     pub ip_range: Option<String>,
+    /// `AuxiliaryAddresses` of the first IPAM config: name to address.
+    pub aux_addresses: BTreeMap<String, String>,
+    /// `IPAM.Options`.
+    pub ipam_options: BTreeMap<String, String>,
+}
+
+/// A network's address pool as inspect shows it (dockerd's `IPAMConfig`).
+#[derive(Debug, Clone, Default)]
+pub struct IpamInfo {
+    pub subnet: String,
+    /// None when the user gave a subnet and no gateway (dockerd 20.10 shows none then).
+    pub gateway: Option<String>,
+    pub range: Option<String>,
+    pub aux: BTreeMap<String, String>,
 }
 
 /// A network as inspect and list show it.
@@ -40,8 +54,9 @@ pub struct NetworkInfo {
     pub attachable: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
-    /// (subnet, gateway, ip range) in CIDR text; none for host and none.
-    pub ipam: Option<(String, String, Option<String>)>,
+    /// The address pool; none for host and none.
+    pub ipam: Option<IpamInfo>,
+    pub ipam_options: BTreeMap<String, String>,
     /// Containers on it: (record) — running ones carry their address in `net`.
     pub containers: Vec<ContainerRecord>,
 }
@@ -198,17 +213,38 @@ impl Engine {
             }
             None => None,
         };
+        // dockerd's words and status codes (a 500 for what its allocator refuses).
+        let refused = |m: String| EngineError::Network(Box::new(crate::network::NetworkError::BadAddress(m)));
+        let mut aux = BTreeMap::new();
+        for (name, a) in &req.aux_addresses {
+            let ip: Ipv4Addr = a.parse().map_err(|_| {
+                refused(format!("non parsable secondary ip address ({name}:{a}) passed for network {}", req.name))
+            })?;
+            if !in_subnet(ip) {
+                return Err(EngineError::Forbidden(format!(
+                    "auxiliary address: ({name}:{a}) must belong to the master pool: {subnet}/{prefix}"
+                )));
+            }
+            if ip == gateway || aux.values().any(|x| *x == ip) {
+                return Err(refused(format!(
+                    "failed to allocate secondary ip address ({name}:{a}): Address already in use"
+                )));
+            }
+            aux.insert(name.clone(), ip);
+        }
+        let gateway_shown = !user_subnet || req.gateway.is_some();
         let rec = NetworkRecord {
             id: crate::names::random_id(),
             name: req.name.clone(),
             created: crate::model::now_rfc3339(),
             driver: "bridge".into(),
-            pool: Pool { subnet, prefix, gateway, range },
+            pool: Pool { subnet, prefix, gateway, range, aux, gateway_shown },
             user_subnet,
             internal: req.internal,
             attachable: req.attachable,
             labels: req.labels,
             options: req.options,
+            ipam_options: req.ipam_options,
         };
         self.inner.network_store.save(&rec).map_err(|e| EngineError::Network(Box::new(e)))?;
         let id = rec.id.clone();
@@ -229,11 +265,13 @@ impl Engine {
             attachable: r.attachable,
             labels: r.labels.clone(),
             options: r.options.clone(),
-            ipam: Some((
-                r.pool.subnet_text(),
-                r.pool.gateway.to_string(),
-                r.pool.range.map(|(ip, p)| format!("{ip}/{p}")),
-            )),
+            ipam: Some(IpamInfo {
+                subnet: r.pool.subnet_text(),
+                gateway: r.pool.gateway_shown.then(|| r.pool.gateway.to_string()),
+                range: r.pool.range.map(|(ip, p)| format!("{ip}/{p}")),
+                aux: r.pool.aux.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            }),
+            ipam_options: r.ipam_options.clone(),
             containers: containers.iter().filter(|c| on_network(c, &r.name, &r.id)).cloned().collect(),
         }
     }
@@ -243,7 +281,7 @@ impl Engine {
         let containers = self.containers();
         let root = self.root().to_owned();
         let b = &self.inner.bridge;
-        let builtin = |name: &str, ipam: Option<(String, String, Option<String>)>| NetworkInfo {
+        let builtin = |name: &str, ipam: Option<IpamInfo>| NetworkInfo {
             id: builtin_id(&root, name),
             name: name.into(),
             created: String::new(),
@@ -254,11 +292,12 @@ impl Engine {
             labels: BTreeMap::new(),
             options: BTreeMap::new(),
             ipam,
+            ipam_options: BTreeMap::new(),
             containers: containers.iter().filter(|c| mode_name(&c.host_config.network_mode) == name).cloned().collect(),
         };
         let subnet = format!("{}/{}", Ipv4Addr::from(u32::from(b.gateway) & user::mask(b.prefix)), b.prefix);
         let mut out = vec![
-            builtin("bridge", Some((subnet, b.gateway.to_string(), None))),
+            builtin("bridge", Some(IpamInfo { subnet, gateway: Some(b.gateway.to_string()), ..Default::default() })),
             builtin("host", None),
             builtin("none", None),
         ];

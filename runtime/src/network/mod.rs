@@ -173,6 +173,8 @@ impl Bridge {
     pub fn user(name: &str, pool: &user::Pool, default_bridge: &str, internal: bool) -> Bridge {
         let mut b = Bridge::new(name, pool.gateway, pool.prefix);
         b.range = pool.range;
+        // Auxiliary addresses are never given to a container.
+        b.used.lock().expect("ipam lock").extend(pool.aux.values().copied());
         b.isolated_from = Some(default_bridge.to_owned());
         b.internal = internal;
         b

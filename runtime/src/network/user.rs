@@ -24,6 +24,17 @@ pub struct Pool {
     /// `IPRange`: where container addresses are taken from.
     #[serde(default)]
     pub range: Option<(Ipv4Addr, u8)>,
+    /// `AuxiliaryAddresses`: named addresses of the subnet no container is given.
+    #[serde(default)]
+    pub aux: BTreeMap<String, Ipv4Addr>,
+    /// Whether the gateway was given or the subnet's default (dockerd 20.10 shows a
+    /// gateway in inspect only when one was given with a subnet, or it chose the subnet).
+    #[serde(default = "shown")]
+    pub gateway_shown: bool,
+}
+
+fn shown() -> bool {
+    true
 }
 
 impl Pool {
@@ -46,6 +57,9 @@ pub struct NetworkRecord {
     pub attachable: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
+    /// `IPAM.Options`, kept and shown.
+    #[serde(default)]
+    pub ipam_options: BTreeMap<String, String>,
 }
 
 impl NetworkRecord {

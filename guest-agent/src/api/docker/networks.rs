@@ -22,10 +22,16 @@ pub(super) fn network_json(n: &NetworkInfo, with_containers: bool) -> Value {
     let config: Vec<Value> = n
         .ipam
         .iter()
-        .map(|(subnet, gateway, range)| {
-            let mut c = json!({"Subnet": subnet, "Gateway": gateway});
-            if let Some(r) = range {
+        .map(|p| {
+            let mut c = json!({"Subnet": p.subnet});
+            if let Some(g) = &p.gateway {
+                c["Gateway"] = json!(g);
+            }
+            if let Some(r) = &p.range {
                 c["IPRange"] = json!(r);
+            }
+            if !p.aux.is_empty() {
+                c["AuxiliaryAddresses"] = json!(p.aux);
             }
             c
         })
@@ -41,6 +47,8 @@ pub(super) fn network_json(n: &NetworkInfo, with_containers: bool) -> Value {
             );
         }
     }
+    // dockerd shows null for its own networks, the options given (or none) for the others.
+    let ipam_options = if n.builtin { Value::Null } else { json!(n.ipam_options) };
     let created = if n.created.is_empty() { "0001-01-01T00:00:00Z".to_owned() } else { n.created.clone() };
     json!({
         "Name": n.name,
@@ -49,7 +57,7 @@ pub(super) fn network_json(n: &NetworkInfo, with_containers: bool) -> Value {
         "Scope": "local",
         "Driver": n.driver,
         "EnableIPv6": false,
-        "IPAM": {"Driver": "default", "Options": null, "Config": config},
+        "IPAM": {"Driver": "default", "Options": ipam_options, "Config": config},
         "Internal": n.internal,
         "Attachable": n.attachable,
         "Ingress": false,
@@ -121,6 +129,16 @@ pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Respons
         subnet: field("Subnet"),
         gateway: field("Gateway"),
         ip_range: field("IPRange"),
+        aux_addresses: match ipam.as_ref().and_then(|c| c.get("AuxiliaryAddresses")) {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(m) => serde_json::from_value(m.clone())
+                .map_err(|e| ApiError::invalid(format!("invalid AuxiliaryAddresses: {e}")))?,
+        },
+        ipam_options: match v.get("IPAM").and_then(|i| i.get("Options")) {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(m) => serde_json::from_value(m.clone())
+                .map_err(|e| ApiError::invalid(format!("invalid IPAM Options: {e}")))?,
+        },
     };
     let id = engine.network_create(req).await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warning": ""}))).into_response())
