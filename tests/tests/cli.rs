@@ -396,3 +396,70 @@ fn images_files_and_builds_move_through_berth() {
     assert!(text(&missing.stderr).contains("No such"), "{}", text(&missing.stderr));
     a.ok(&["rm", "-f", "box", "maker"]);
 }
+
+/// `--format` Go templates print what the docker CLI prints from the same engine: fields,
+/// `{{json .}}`, functions, and `table` with its header and columns.
+#[test]
+fn format_templates_print_what_docker_prints() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fmt-one",
+        "--label",
+        "k=v",
+        "-v",
+        "fmtvol:/data",
+        "--network",
+        "none",
+        &img,
+        "sleep",
+        "300",
+    ]);
+    a.ok(&["run", "-d", "--name", "fmt-two", "--network", "none", &img, "sleep", "300"]);
+    a.ok(&["network", "create", "fmtnet"]);
+    // What moves between two calls a moment apart.
+    let steady = |s: &str| {
+        let mut out = String::new();
+        for line in s.lines() {
+            let mut v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(_) => {
+                    out.push_str(line);
+                    out.push('\n');
+                    continue;
+                }
+            };
+            for moving in ["RunningFor", "Status", "CreatedSince"] {
+                v.as_object_mut().map(|o| o.remove(moving));
+            }
+            out.push_str(&format!("{v}\n"));
+        }
+        out
+    };
+    let cases: &[&[&str]] = &[
+        &["ps", "--format", "{{.Names}}"],
+        &["ps", "--format", "table {{.ID}}\\t{{.Image}}\\t{{.Names}}"],
+        &["ps", "--format", "table {{.Names}}\\t{{.Labels}}\\t{{.Mounts}}\\t{{.Networks}}"],
+        &["ps", "--format", "{{json .}}"],
+        &["ps", "--format", r#"{{upper .Names}}|{{truncate .ID 4}}|{{join (split .Names "-") "+"}}|{{title "a b"}}"#],
+        &["ps", "-a", "--format", "{{.Names}} {{.State}} {{.Command}}"],
+        &["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}"],
+        &["images", "--format", "table {{.Repository}}\\t{{.ID}}"],
+        &["network", "ls", "--format", "table {{.ID}}\\t{{.Name}}\\t{{.Driver}}"],
+        &["volume", "ls", "--format", "table {{.Name}}\\t{{.Driver}}"],
+        &["volume", "ls", "--format", "{{json .}}"],
+    ];
+    for args in cases {
+        let ours = steady(&ok(&a, args));
+        let theirs = steady(&a.ok(args));
+        assert_eq!(ours, theirs, "berth {args:?}");
+        assert!(!ours.trim().is_empty(), "{args:?} printed nothing");
+    }
+    let bad = berth(&a, &["ps", "--format", "{{.Names"]);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("template parsing error"), "{}", text(&bad.stderr));
+    a.ok(&["rm", "-f", "fmt-one", "fmt-two"]);
+}

@@ -370,31 +370,37 @@ pub async fn ps(d: &Docker, all: bool, shape: Shape) -> anyhow::Result<i32> {
         seen.dedup();
         seen.join(", ")
     };
-    match shape {
+    match &shape {
         Shape::Quiet => {
             for c in &list {
                 println!("{}", format::short_id(c.id.as_deref().unwrap_or("")));
             }
         }
-        Shape::Json => {
+        Shape::Json | Shape::Template(_) => {
             let items: Vec<serde_json::Value> = list
                 .iter()
                 .map(|c| {
+                    let mounts = c.mounts.clone().unwrap_or_default();
                     serde_json::json!({
                         "ID": format::short_id(c.id.as_deref().unwrap_or("")),
                         "Image": c.image,
                         "Command": format!("\"{}\"", c.command.clone().unwrap_or_default()),
-                        "CreatedAt": c.created,
+                        "CreatedAt": format::created_at(c.created.unwrap_or(0)),
                         "RunningFor": format::ago(c.created.unwrap_or(0)),
                         "Ports": ports(c),
                         "State": c.state.map(|s| s.to_string()).unwrap_or_default(),
                         "Status": c.status,
                         "Names": name(c),
                         "Labels": c.labels.clone().unwrap_or_default().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                        "Networks": c.network_settings.as_ref().and_then(|n| n.networks.as_ref()).map(|n| n.keys().cloned().collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                        "Mounts": mounts.iter().map(|m| format::truncate(m.name.as_deref().filter(|n| !n.is_empty()).or(m.source.as_deref()).unwrap_or(""), 15)).collect::<Vec<_>>().join(","),
+                        "LocalVolumes": mounts.iter().filter(|m| m.driver.as_deref() == Some("local")).count().to_string(),
+                        "Size": format::size(c.size_rw.unwrap_or(0)),
+                        "Platform": null,
                     })
                 })
                 .collect();
-            format::json_lines(&items);
+            shape.print_objects(&items, &[("ID", "CONTAINER ID"), ("RunningFor", "CREATED")])?;
         }
         Shape::Table => {
             let rows: Vec<Vec<String>> = list

@@ -28,7 +28,7 @@ pub async fn list(d: &Docker, shape: Shape) -> anyhow::Result<i32> {
         }
     }
     rows.sort_by(|a, b| b.2.created.cmp(&a.2.created).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
-    match shape {
+    match &shape {
         Shape::Quiet => {
             let mut seen = std::collections::HashSet::new();
             for (_, _, i) in &rows {
@@ -37,19 +37,22 @@ pub async fn list(d: &Docker, shape: Shape) -> anyhow::Result<i32> {
                 }
             }
         }
-        Shape::Json => {
+        Shape::Json | Shape::Template(_) => {
             let items: Vec<serde_json::Value> = rows
                 .iter()
                 .map(|(repo, tag, i)| {
                     serde_json::json!({
                         "Repository": repo, "Tag": tag, "ID": format::short_id(&i.id),
-                        "CreatedSince": format::ago(i.created), "CreatedAt": i.created,
-                        "Size": format::size(i.size), "Containers": i.containers,
+                        "CreatedSince": format::ago(i.created), "CreatedAt": format::created_at(i.created),
+                        "Size": format::size(i.size),
+                        // What the docker CLI shows without `docker system df`'s counting.
+                        "Containers": if i.containers < 0 { "N/A".to_owned() } else { i.containers.to_string() },
+                        "SharedSize": "N/A", "UniqueSize": "N/A",
                         "Digest": i.repo_digests.first().and_then(|d| d.split_once('@')).map(|(_, d)| d).unwrap_or("<none>"),
                     })
                 })
                 .collect();
-            format::json_lines(&items);
+            shape.print_objects(&items, &[("ID", "IMAGE ID"), ("CreatedSince", "CREATED")])?;
         }
         Shape::Table => {
             let table: Vec<Vec<String>> = rows

@@ -119,11 +119,13 @@ pub async fn volume(d: &Docker, cmd: VolumeCmd) -> anyhow::Result<i32> {
         VolumeCmd::Ls { quiet, format } => {
             let mut list = d.list_volumes(None::<q::ListVolumesOptions>).await?.volumes.unwrap_or_default();
             list.sort_by(|a, b| a.name.cmp(&b.name));
-            match Shape::of(quiet, format.as_deref())? {
+            let shape = Shape::of(quiet, format.as_deref())?;
+            match &shape {
                 Shape::Quiet => list.iter().for_each(|v| println!("{}", v.name)),
-                Shape::Json => format::json_lines(
-                    &list.iter().map(|v| serde_json::json!({"Driver": v.driver, "Name": v.name, "Mountpoint": v.mountpoint, "Scope": "local"})).collect::<Vec<_>>(),
-                ),
+                Shape::Json | Shape::Template(_) => shape.print_objects(
+                    &list.iter().map(volume_fields).collect::<Vec<_>>(),
+                    &[("Name", "VOLUME NAME")],
+                )?,
                 Shape::Table => format::table(
                     &["DRIVER", "VOLUME NAME"],
                     &list.iter().map(|v| vec![v.driver.clone(), v.name.clone()]).collect::<Vec<_>>(),
@@ -173,20 +175,37 @@ pub async fn volume(d: &Docker, cmd: VolumeCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A volume's fields as the docker CLI's templates have them (`N/A` for what only cluster
+/// volumes or `docker system df` fill in).
+fn volume_fields(v: &bollard::models::Volume) -> serde_json::Value {
+    let labels: Vec<String> = v.labels.iter().map(|(k, x)| format!("{k}={x}")).collect();
+    let (links, size) = match &v.usage_data {
+        // Go's units.HumanSize prints the engine's -1 ("not counted") as "-1B".
+        Some(u) => (u.ref_count.to_string(), if u.size < 0 { format!("{}B", u.size) } else { format::size(u.size) }),
+        None => ("N/A".to_owned(), "N/A".to_owned()),
+    };
+    serde_json::json!({
+        "Availability": "N/A", "Driver": v.driver, "Group": "N/A", "Labels": labels.join(","), "Links": links,
+        "Mountpoint": v.mountpoint, "Name": v.name, "Scope": "local", "Size": size,
+    })
+}
+
 pub async fn network(d: &Docker, cmd: NetworkCmd) -> anyhow::Result<i32> {
     match cmd {
         NetworkCmd::Ls { quiet, format } => {
             let mut list = d.list_networks(None::<q::ListNetworksOptions>).await?;
             list.sort_by(|a, b| a.name.cmp(&b.name));
             let id = |n: &bollard::models::Network| format::short_id(n.id.as_deref().unwrap_or(""));
-            match Shape::of(quiet, format.as_deref())? {
+            let shape = Shape::of(quiet, format.as_deref())?;
+            match &shape {
                 Shape::Quiet => list.iter().for_each(|n| println!("{}", id(n))),
-                Shape::Json => format::json_lines(
+                Shape::Json | Shape::Template(_) => shape.print_objects(
                     &list
                         .iter()
                         .map(|n| serde_json::json!({"ID": id(n), "Name": n.name, "Driver": n.driver, "Scope": n.scope}))
                         .collect::<Vec<_>>(),
-                ),
+                    &[("ID", "NETWORK ID")],
+                )?,
                 Shape::Table => format::table(
                     &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
                     &list
