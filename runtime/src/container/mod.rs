@@ -120,6 +120,11 @@ pub struct NetRecord {
     /// Its other networks (by name), each an interface of its own (`eth1`, ...).
     #[serde(default)]
     pub others: BTreeMap<String, Attachment>,
+    /// The veth end on the bridge of the first network when it is not `vb<short ID>` (the
+    /// `eth0` a start makes): the interface of a network that became the first while the
+    /// container ran.
+    #[serde(default)]
+    pub link: String,
 }
 
 /// A running container's interface on a network other than its first.

@@ -412,6 +412,7 @@ impl Engine {
                 mac: e.mac_text(),
                 ports: p.bindings.clone(),
                 others: extras.iter().map(|x| (x.name().to_owned(), x.attachment())).collect(),
+                link: String::new(),
             },
             _ => NetRecord {
                 mode: if mode == network::Mode::Host { "host" } else { "none" }.into(),

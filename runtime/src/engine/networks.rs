@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Inner};
-use crate::container::{Attachment, ContainerRecord, Endpoint};
+use crate::container::{Attachment, ContainerRecord, Endpoint, NetRecord};
 use crate::network::user::{self, NetworkRecord, Pool, UserNetwork};
 use crate::network::{Bridge, Mode};
 
@@ -425,9 +425,10 @@ impl Engine {
         Ok(())
     }
 
-    /// `docker network disconnect`. A running container loses that interface at once (its
-    /// first network stays while it runs); a stopped one leaves the network, and the next of
-    /// its networks, or `none`, becomes its first.
+    /// `docker network disconnect`. A running container loses that interface at once; a
+    /// stopped one leaves the network. When it was the container's first network, the next of
+    /// its networks (or `none`) becomes its first: a running one keeps that network's
+    /// interface (`eth1`, ...) and is routed and resolved through it, as with dockerd.
     pub async fn network_disconnect(&self, network: &str, container: &str) -> Result<(), EngineError> {
         let info = self.network(network)?;
         let ctr = self.ctr(container)?;
@@ -441,10 +442,14 @@ impl Engine {
         }
         let primary = on_primary(&rec, &info.name, &info.id);
         if rec.running() && primary {
-            return Err(EngineError::Conflict(format!(
-                "container {} is running: Berth takes a container off its first network while it is stopped only",
-                rec.name
-            )));
+            let rec = self.disconnect_first(&ctr, &rec, &info).await?;
+            self.inner.events.emit(
+                "network",
+                "disconnect",
+                &info.id,
+                &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
+            );
+            return Ok(());
         }
         if let Some(a) = rec.net.others.get(&info.name) {
             if let Err(e) = crate::network::detach(&a.link).await {
@@ -469,6 +474,66 @@ impl Engine {
             &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
         );
         Ok(())
+    }
+
+    /// A running container leaves its first network: `eth0` goes with its address, and the
+    /// next of its networks takes the first's place in the record, keeping its interface,
+    /// with the default route through its gateway and the container's resolver on its DNS
+    /// server (as a start on it would have them). With no other network it is on `none`.
+    async fn disconnect_first(
+        &self,
+        ctr: &super::Ctr,
+        rec: &ContainerRecord,
+        info: &NetworkInfo,
+    ) -> Result<ContainerRecord, EngineError> {
+        let link = match rec.net.link.as_str() {
+            "" => format!("vb{}", &rec.id[..12.min(rec.id.len())]),
+            other => other.to_owned(),
+        };
+        if let Err(e) = crate::network::detach(&link).await {
+            tracing::warn!(link = %link, error = %e, "removing a container's first interface");
+        }
+        if let Ok(ip) = rec.net.ip.parse() {
+            match self.user_network(&rec.net.mode) {
+                Some(n) if rec.net.mode != "bridge" => n.bridge.release(ip),
+                _ => self.inner.bridge.release(ip),
+            }
+        }
+        let next = rec.net.others.iter().next().map(|(name, a)| (name.clone(), a.clone()));
+        if let Some((_, a)) = &next
+            && let Ok(gateway) = a.gateway.parse()
+        {
+            let pid = rec.state.pid;
+            super::blocking(move || {
+                crate::network::iface::default_route_in(pid, gateway)
+                    .map_err(|e| EngineError::Network(Box::new(crate::network::NetworkError::BadAddress(e))))
+            })
+            .await?;
+            if rec.host_config.dns.is_empty() {
+                let text = format!("nameserver {gateway}\noptions ndots:0\n");
+                std::fs::write(ctr.dir.join("resolv.conf"), text).map_err(super::io_ctx("writing resolv.conf"))?;
+            }
+        }
+        let named = |k: &String| k == &info.name || k == &info.id || (k.len() >= 12 && info.id.starts_with(k.as_str()));
+        ctr.update(|r| {
+            r.endpoints.retain(|k, _| !named(k));
+            let others = std::mem::take(&mut r.net.others);
+            let ports = std::mem::take(&mut r.net.ports);
+            r.net = match &next {
+                Some((name, a)) => NetRecord {
+                    mode: name.clone(),
+                    ip: a.ip.clone(),
+                    gateway: a.gateway.clone(),
+                    prefix: a.prefix,
+                    mac: a.mac.clone(),
+                    ports,
+                    others: others.into_iter().filter(|(k, _)| k != name).collect(),
+                    link: a.link.clone(),
+                },
+                None => NetRecord { mode: "none".into(), ports, ..NetRecord::default() },
+            };
+            r.host_config.network_mode = next.as_ref().map(|(name, _)| name.clone()).unwrap_or_else(|| "none".into());
+        })
     }
 
     /// A running container joins `net`: an interface of its own, up before this returns.

@@ -85,30 +85,46 @@ pub fn address(name: &str, e: &super::Eth0) -> Result<(), String> {
     up(name)
 }
 
-/// [`address`] for interface `name` in the network namespace of process `pid`, from a thread
-/// that joins that namespace (only the thread does: the rest of the engine stays where it
-/// is). For a container's second and later networks, which have no default route.
+/// [`address`] for interface `name` in the network namespace of process `pid`. For a
+/// container's second and later networks, which have no default route.
 pub fn address_in(pid: i32, name: &str, e: &super::Eth0) -> Result<(), String> {
+    let (name, e) = (name.to_owned(), *e);
+    in_namespace(pid, move || address(&name, &e))
+}
+
+/// Runs `f` on a thread that joins the network namespace of process `pid` (only the thread
+/// does: the rest of the engine stays where it is).
+fn in_namespace(pid: i32, f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Result<(), String> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|err| format!("opening the network namespace of process {pid}: {err}"))?;
-    let (name, e) = (name.to_owned(), *e);
     std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|err| format!("joining the network namespace of process {pid}: {err}"))?;
-        address(&name, &e)
+        f()
     })
     .join()
-    .map_err(|_| "configuring an interface: the thread panicked".to_owned())?
+    .map_err(|_| "configuring a container's network: the thread panicked".to_owned())?
 }
 
 /// Gives interface `name` its address and brings it up, then routes everything via the gateway.
 pub fn configure(name: &str, e: &super::Eth0) -> Result<(), String> {
     address(name, e)?;
+    default_route(e.gateway)
+}
+
+/// [`default_route`] in the network namespace of process `pid`: for a container whose first
+/// network went while it runs.
+pub fn default_route_in(pid: i32, gateway: std::net::Ipv4Addr) -> Result<(), String> {
+    in_namespace(pid, move || default_route(gateway))
+}
+
+/// Routes everything via `gateway` (on the subnet of one of the interfaces).
+fn default_route(gateway: std::net::Ipv4Addr) -> Result<(), String> {
     let sock = IoctlSocket::new()?;
     let route = RtEntry {
         rt_pad1: 0,
         rt_dst: sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED),
-        rt_gateway: sockaddr_in(e.gateway),
+        rt_gateway: sockaddr_in(gateway),
         rt_genmask: sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED),
         rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
         rt_pad2: 0,

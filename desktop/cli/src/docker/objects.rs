@@ -122,10 +122,8 @@ pub async fn volume(d: &Docker, cmd: VolumeCmd) -> anyhow::Result<i32> {
             let shape = Shape::of(quiet, format.as_deref())?;
             match &shape {
                 Shape::Quiet => list.iter().for_each(|v| println!("{}", v.name)),
-                Shape::Json | Shape::Template(_) => shape.print_objects(
-                    &list.iter().map(volume_fields).collect::<Vec<_>>(),
-                    &[("Name", "VOLUME NAME")],
-                )?,
+                Shape::Json | Shape::Template(_) => shape
+                    .print_objects(&list.iter().map(volume_fields).collect::<Vec<_>>(), &[("Name", "VOLUME NAME")])?,
                 Shape::Table => format::table(
                     &["DRIVER", "VOLUME NAME"],
                     &list.iter().map(|v| vec![v.driver.clone(), v.name.clone()]).collect::<Vec<_>>(),
