@@ -37,3 +37,37 @@ fn docker_py_finds_what_it_uses() {
     assert!(out.status.success(), "{text}\nagent log tail: {}", berth_tests::tail(&a.log(), 30));
     assert!(text.contains("docker-py: all checks passed"), "{text}");
 }
+
+/// docker-py's low-level client, the same calls on Berth and on Docker Engine 20.10 (API
+/// 1.41), answers compared field by field (`tests/clients/docker_py_diff.py`): every field
+/// that differs must be one `tests/clients/docker_py_diff.known` lists with its reason, so a
+/// new difference fails here.
+#[test]
+fn docker_py_sees_what_docker_engine_shows() {
+    let python = docker_py();
+    let a = Agent::start();
+    let r = berth_tests::RefEngine::start();
+    let image = a.pull("busybox:latest");
+    r.ok(&["pull", "-q", &image]);
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace().join("tests/clients/docker_py_diff.py"))
+        .arg(&a.socket)
+        .arg(r.dir.path().join("docker.sock"))
+        .arg(&image);
+    let out = berth_tests::output_within(&mut cmd, berth_tests::COMMAND_LIMIT, None).unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let known = std::fs::read_to_string(workspace().join("tests/clients/docker_py_diff.known")).unwrap();
+    let known: Vec<&str> = known.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let new: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let path = line.split_once(": berth=").map_or(*line, |(p, _)| p);
+            !known.iter().any(|k| match k.split_once('*') {
+                Some((head, tail)) => path.starts_with(head) && path.ends_with(tail) && path.len() >= k.len() - 1,
+                None => path == *k,
+            })
+        })
+        .collect();
+    assert!(new.is_empty(), "differences from dockerd that docker_py_diff.known does not list:\n{}", new.join("\n"));
+}

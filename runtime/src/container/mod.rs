@@ -241,11 +241,17 @@ pub fn merge_config(req: &ContainerConfig, image: &ImageConfig) -> Result<Contai
     }
     out.entrypoint = (!entrypoint.is_empty()).then_some(entrypoint);
     out.cmd = (!cmd.is_empty()).then_some(cmd);
-    let mut env: Vec<String> = img.env.clone();
+    // The request's variables first, then the image's it does not set, in dockerd's order.
+    let mut env: Vec<String> = Vec::new();
     for e in &req.env {
         let k = env_key(e);
         env.retain(|x| env_key(x) != k);
         env.push(e.clone());
+    }
+    for e in &img.env {
+        if !env.iter().any(|x| env_key(x) == env_key(e)) {
+            env.push(e.clone());
+        }
     }
     if !env.iter().any(|e| env_key(e) == "PATH") {
         env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -349,7 +355,8 @@ mod tests {
         assert!(matches!(merge_config(&req, &img), Err(SpecError::NoCommand)));
         let req = ContainerConfig { env: vec!["A=2".into()], ..Default::default() };
         let m = merge_config(&req, &img).unwrap();
-        assert_eq!(m.env, ["PATH=/bin", "A=2"]);
+        // The request's first, then the image's it does not set (seen side by side with dockerd).
+        assert_eq!(m.env, ["A=2", "PATH=/bin"]);
     }
 
     #[test]

@@ -494,7 +494,7 @@ fn mount_system(root: &Confined, shm_size: u64, privileged: bool) -> Result<(), 
     std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).map_err(|e| format!("/dev/ptmx: {e}"))?;
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(|e| format!("creating /dev/shm: {e}"))?;
-    let size = if shm_size > 0 { shm_size } else { 64 << 20 };
+    let size = if shm_size > 0 { shm_size } else { DEFAULT_SHM_SIZE };
     mnt(Some("shm"), &shm, Some("tmpfs"), nodev, Some(&format!("mode=1777,size={size}")))?;
     let mq = dev.join("mqueue");
     fs::create_dir(&mq).map_err(|e| format!("creating /dev/mqueue: {e}"))?;
@@ -540,22 +540,30 @@ fn make_devices(root: &Confined, nodes: &[DeviceNode]) -> Result<(), String> {
 
 /// Hides kernel interfaces from the container, as dockerd does by default: these paths are
 /// covered (files with /dev/null, directories with an empty read-only tmpfs) or read-only.
+/// Paths of /proc and /sys a container does not see (an empty read-only tmpfs or /dev/null
+/// over them), as dockerd's defaults; inspect shows them as `HostConfig.MaskedPaths`.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// The size of `/dev/shm` when none is asked for: 64 MiB, as dockerd's.
+pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
+
+/// Paths of /proc a container sees read-only (`HostConfig.ReadonlyPaths`).
+pub const READ_ONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
 fn mask_system_paths() {
-    const MASKED: &[&str] = &[
-        "/proc/asound",
-        "/proc/acpi",
-        "/proc/kcore",
-        "/proc/keys",
-        "/proc/latency_stats",
-        "/proc/timer_list",
-        "/proc/timer_stats",
-        "/proc/sched_debug",
-        "/proc/scsi",
-        "/sys/firmware",
-        "/sys/devices/virtual/powercap",
-    ];
-    const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
-    for p in MASKED {
+    for p in MASKED_PATHS {
         let Ok(meta) = fs::metadata(p) else { continue };
         if meta.is_dir() {
             let _ = mount(Some("tmpfs"), *p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>);
@@ -563,7 +571,7 @@ fn mask_system_paths() {
             let _ = mount(Some("/dev/null"), *p, None::<&str>, MsFlags::MS_BIND, None::<&str>);
         }
     }
-    for p in READ_ONLY {
+    for p in READ_ONLY_PATHS {
         if mount(Some(*p), *p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).is_ok() {
             let _ = mount(
                 None::<&str>,

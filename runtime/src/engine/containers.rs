@@ -166,6 +166,11 @@ impl Engine {
             }
             other => return Err(EngineError::InvalidArgument(format!("unknown or invalid runtime name: {other}"))),
         }
+        // A memory limit without a swap limit allows as much swap again, as dockerd has it
+        // (the cgroup's own default is unlimited swap).
+        if host.memory > 0 && host.memory_swap == 0 {
+            host.memory_swap = host.memory.saturating_mul(2);
+        }
         let attach = self.attach_of(&host.network_mode)?;
         let endpoints = req.endpoints;
         let macs =

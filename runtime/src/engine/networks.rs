@@ -28,8 +28,9 @@ pub struct NetworkCreate {
     pub ip_range: Option<String>,
     /// `AuxiliaryAddresses` of the first IPAM config: name to address.
     pub aux_addresses: BTreeMap<String, String>,
-    /// `IPAM.Options`.
-    pub ipam_options: BTreeMap<String, String>,
+    /// `IPAM.Options`, when the request had them (even empty: dockerd shows `{}` then, and
+    /// null without).
+    pub ipam_options: Option<BTreeMap<String, String>>,
 }
 
 /// A network's address pool as inspect shows it (dockerd's `IPAMConfig`).
@@ -56,7 +57,7 @@ pub struct NetworkInfo {
     pub options: BTreeMap<String, String>,
     /// The address pool; none for host and none.
     pub ipam: Option<IpamInfo>,
-    pub ipam_options: BTreeMap<String, String>,
+    pub ipam_options: Option<BTreeMap<String, String>>,
     /// Containers on it: (record) — running ones carry their address in `net`.
     pub containers: Vec<ContainerRecord>,
 }
@@ -292,7 +293,7 @@ impl Engine {
             labels: BTreeMap::new(),
             options: BTreeMap::new(),
             ipam,
-            ipam_options: BTreeMap::new(),
+            ipam_options: None,
             containers: containers.iter().filter(|c| mode_name(&c.host_config.network_mode) == name).cloned().collect(),
         };
         let subnet = format!("{}/{}", Ipv4Addr::from(u32::from(b.gateway) & user::mask(b.prefix)), b.prefix);

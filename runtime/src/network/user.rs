@@ -57,9 +57,9 @@ pub struct NetworkRecord {
     pub attachable: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
-    /// `IPAM.Options`, kept and shown.
+    /// `IPAM.Options`, kept and shown (none when the request had none).
     #[serde(default)]
-    pub ipam_options: BTreeMap<String, String>,
+    pub ipam_options: Option<BTreeMap<String, String>>,
 }
 
 impl NetworkRecord {

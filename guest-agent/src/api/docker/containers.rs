@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query as Q, Request, State};
+use axum::extract::{Extension, Path, Query as Q, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_runtime::Engine;
@@ -55,8 +55,13 @@ pub async fn create(State(engine): State<Engine>, Q(q): Q<Query>, body: Bytes) -
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warnings": warnings}))).into_response())
 }
 
+/// `NetworkSettings.Ports`: while it runs, every exposed port (null when not published) with
+/// its bindings; otherwise none, as dockerd shows them.
 fn ports_json(rec: &ContainerRecord) -> Value {
     let mut ports = serde_json::Map::new();
+    if !rec.running() {
+        return Value::Object(ports);
+    }
     for p in rec.config.exposed_ports.keys() {
         ports.insert(p.clone(), Value::Null);
     }
@@ -66,15 +71,26 @@ fn ports_json(rec: &ContainerRecord) -> Value {
     Value::Object(ports)
 }
 
+/// `Mounts`: `Mode` is the options a `-v` gave (`rw`, `ro,z`, ...), else `z` for a volume and
+/// nothing for a bind, as dockerd shows it.
 fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
+    let given = |dst: &str| {
+        rec.host_config.binds.iter().find_map(|b| {
+            let parts: Vec<&str> = b.split(':').collect();
+            match parts.as_slice() {
+                [_, d, o] if *d == dst => Some(o.to_string()),
+                _ => None,
+            }
+        })
+    };
     rec.mounts
         .iter()
         .map(|m| {
-            let mut v = json!({"Type": m.kind, "Source": m.source, "Destination": m.destination, "Mode": "", "RW": m.rw, "Propagation": if m.kind == "bind" { "rprivate" } else { "" }});
+            let mode = given(&m.destination).unwrap_or_else(|| if m.kind == "volume" { "z".into() } else { String::new() });
+            let mut v = json!({"Type": m.kind, "Source": m.source, "Destination": m.destination, "Mode": mode, "RW": m.rw, "Propagation": if m.kind == "bind" { "rprivate" } else { "" }});
             if m.kind == "volume" {
                 v["Name"] = json!(m.name);
                 v["Driver"] = json!("local");
-                v["Mode"] = json!("z");
             }
             v
         })
@@ -108,6 +124,14 @@ fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
         "Gateway": if default { rec.net.gateway.clone() } else { String::new() },
         "IPPrefixLen": if default { rec.net.prefix } else { 0 },
         "MacAddress": if default { rec.net.mac.clone() } else { String::new() },
+        "HairpinMode": false,
+        "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0,
+        "SecondaryIPAddresses": null,
+        "SecondaryIPv6Addresses": null,
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "IPv6Gateway": "",
         "Networks": networks,
     })
 }
@@ -141,12 +165,11 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
     let st = &rec.state;
     let dir = root.join("containers").join(&rec.id);
     let mut host = serde_json::to_value(&rec.host_config).unwrap_or(Value::Null);
+    // As given: dockerd shows a create without them as `default` and an empty policy name.
     if host["NetworkMode"] == "" {
-        host["NetworkMode"] = json!("bridge");
+        host["NetworkMode"] = json!("default");
     }
-    if host["RestartPolicy"]["Name"] == "" {
-        host["RestartPolicy"]["Name"] = json!("no");
-    }
+    host_defaults(&mut host, rec);
     // Legacy links as dockerd shows them: `/<linked>:/<this>/<alias>`, null when none.
     let links = berth_runtime::engine::links_of_record(rec);
     host["Links"] = if links.is_empty() {
@@ -154,7 +177,16 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
     } else {
         json!(links.iter().map(|(name, alias)| format!("/{name}:/{}/{alias}", rec.name)).collect::<Vec<_>>())
     };
-    json!({
+    let mut config = serde_json::to_value(&rec.config).unwrap_or(Value::Null);
+    if let Some(c) = config.as_object_mut() {
+        // Null when the image and the request had none, and no `NetworkDisabled: false`.
+        c.entry("OnBuild").or_insert(Value::Null);
+        c.entry("Volumes").or_insert(Value::Null);
+        if c.get("NetworkDisabled") == Some(&Value::Bool(false)) {
+            c.remove("NetworkDisabled");
+        }
+    }
+    let mut out = json!({
         "Id": rec.id,
         "Created": rec.created,
         "Path": rec.path,
@@ -171,7 +203,6 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
             "Error": st.error,
             "StartedAt": if st.started_at.is_empty() { ZERO_TIME } else { &st.started_at },
             "FinishedAt": if st.finished_at.is_empty() { ZERO_TIME } else { &st.finished_at },
-            "Health": st.health,
         },
         "Image": rec.image_id,
         "ResolvConfPath": dir.join("resolv.conf"),
@@ -189,9 +220,54 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
         "HostConfig": host,
         "GraphDriver": {"Name": "overlay2", "Data": null},
         "Mounts": mounts_json(rec),
-        "Config": rec.config,
+        "Config": config,
         "NetworkSettings": network_settings(engine, rec),
-    })
+    });
+    // Only a container with a health check has a health state.
+    if let Some(h) = &st.health {
+        out["State"]["Health"] = json!(h);
+    }
+    out
+}
+
+/// What dockerd 20.10 shows in `HostConfig` for what was not given (its defaults), and the
+/// empty lists it shows as null; Berth's own values where they differ (`CgroupnsMode`).
+fn host_defaults(host: &mut Value, rec: &ContainerRecord) {
+    let Some(h) = host.as_object_mut() else { return };
+    let hc = &rec.host_config;
+    let unmasked =
+        hc.privileged || hc.security_opt.iter().flatten().any(|o| o.replace('=', ":") == "systempaths:unconfined");
+    let paths = |p: &[&str]| if unmasked { Value::Null } else { json!(p) };
+    let defaults = json!({
+        "BlkioWeight": 0, "BlkioWeightDevice": null, "BlkioDeviceReadBps": null, "BlkioDeviceWriteBps": null,
+        "BlkioDeviceReadIOps": null, "BlkioDeviceWriteIOps": null, "Cgroup": "", "CgroupParent": "",
+        "CgroupnsMode": "private", "ConsoleSize": [0, 0], "ContainerIDFile": "", "CpuCount": 0, "CpuPercent": 0,
+        "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "", "DeviceRequests": null,
+        "DnsOptions": null, "DnsSearch": null, "IOMaximumBandwidth": 0, "IOMaximumIOps": 0, "IpcMode": "private",
+        "Isolation": "", "KernelMemory": 0, "KernelMemoryTCP": 0, "MemoryReservation": 0,
+        "MemorySwappiness": null, "OomKillDisable": false, "OomScoreAdj": 0, "PidMode": "", "UTSMode": "",
+        "Ulimits": null, "UsernsMode": "", "VolumeDriver": "", "VolumesFrom": null,
+        "MaskedPaths": paths(berth_runtime::container::shim::MASKED_PATHS),
+        "ReadonlyPaths": paths(berth_runtime::container::shim::READ_ONLY_PATHS),
+    });
+    for (k, v) in defaults.as_object().into_iter().flatten() {
+        h.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    if hc.shm_size <= 0 {
+        h.insert("ShmSize".into(), json!(berth_runtime::container::shim::DEFAULT_SHM_SIZE));
+    }
+    for k in ["Binds", "Devices", "Dns", "ExtraHosts"] {
+        if h.get(k).and_then(Value::as_array).is_some_and(Vec::is_empty) {
+            h.insert(k.into(), Value::Null);
+        }
+    }
+    for k in ["Mounts", "Tmpfs"] {
+        if h.get(k)
+            .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty()))
+        {
+            h.remove(k);
+        }
+    }
 }
 
 fn ago(t: &str) -> String {
@@ -263,7 +339,23 @@ fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
 }
 
 /// `GET /containers/json`.
-pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<Value>, ApiError> {
+/// Takes out of `NetworkSettings` what the client's API version does not have: `DNSNames`
+/// came with 1.44.
+fn for_version(settings: &mut Value, version: super::ClientVersion) {
+    if version < super::ClientVersion(1, 44)
+        && let Some(nets) = settings.get_mut("Networks").and_then(Value::as_object_mut)
+    {
+        for ep in nets.values_mut().filter_map(Value::as_object_mut) {
+            ep.remove("DNSNames");
+        }
+    }
+}
+
+pub async fn list(
+    State(engine): State<Engine>,
+    Extension(version): Extension<super::ClientVersion>,
+    Q(q): Q<Query>,
+) -> Result<Json<Value>, ApiError> {
     let filters = super::filters(&q)?;
     let all = qbool(&q, "all")
         || !filter_values(&filters, "status").is_empty()
@@ -311,6 +403,9 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
             "NetworkSettings": {"Networks": network_settings(&engine, &rec)["Networks"].clone()},
             "Mounts": mounts_json(&rec),
         }));
+        if let Some(last) = out.last_mut() {
+            for_version(&mut last["NetworkSettings"], version);
+        }
         if limit.is_some_and(|l| out.len() as i64 >= l) {
             break;
         }
@@ -378,7 +473,11 @@ pub async fn dispatch(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Method::GET, "json") => {
-            Ok(Json(inspect_json(&engine, &engine.container(&id)?, engine.root())).into_response())
+            let mut v = inspect_json(&engine, &engine.container(&id)?, engine.root());
+            if let Some(version) = req.extensions().get::<super::ClientVersion>() {
+                for_version(&mut v["NetworkSettings"], *version);
+            }
+            Ok(Json(v).into_response())
         }
         (Method::POST, "start") => {
             engine.start(&id).await?;

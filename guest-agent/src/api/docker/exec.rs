@@ -122,6 +122,11 @@ pub async fn resize(
 
 pub async fn inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let i = engine.exec_inspect(&id)?;
+    let mut process = json!({"tty": i.config.tty, "entrypoint": i.config.cmd.first(), "arguments": i.config.cmd.iter().skip(1).collect::<Vec<_>>(), "privileged": i.config.privileged});
+    // dockerd leaves the user out when none was given.
+    if !i.config.user.is_empty() {
+        process["user"] = json!(i.config.user);
+    }
     Ok(Json(json!({
         "ID": i.id,
         "ContainerID": i.container_id,
@@ -131,7 +136,7 @@ pub async fn inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Re
         "OpenStdin": i.config.attach_stdin,
         "OpenStdout": i.config.attach_stdout,
         "OpenStderr": i.config.attach_stderr,
-        "ProcessConfig": {"tty": i.config.tty, "entrypoint": i.config.cmd.first(), "arguments": i.config.cmd.iter().skip(1).collect::<Vec<_>>(), "user": i.config.user, "privileged": i.config.privileged},
+        "ProcessConfig": process,
         "CanRemove": false,
         "DetachKeys": "",
     })))

@@ -230,7 +230,13 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
 }
 
 fn inspect_json(i: &ImageRecord, c: &ImageConfig) -> Value {
-    json!({
+    let mut config = serde_json::to_value(&c.config).unwrap_or(Value::Null);
+    if let Some(o) = config.as_object_mut() {
+        // dockerd shows these null when the image has none.
+        o.entry("OnBuild").or_insert(Value::Null);
+        o.entry("Volumes").or_insert(Value::Null);
+    }
+    let mut out = json!({
         "Id": i.id,
         "RepoTags": i.repo_tags.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
         "RepoDigests": i.repo_digests.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
@@ -239,16 +245,21 @@ fn inspect_json(i: &ImageRecord, c: &ImageConfig) -> Value {
         "Created": c.created.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
         "DockerVersion": "",
         "Author": c.author.clone().unwrap_or_default(),
-        "Config": c.config,
+        "Container": "",
+        "Config": config,
         "Architecture": c.architecture,
-        "Variant": c.variant,
         "Os": c.os,
         "Size": i.size(),
         "VirtualSize": i.size(),
         "GraphDriver": {"Name": "overlay2", "Data": null},
         "RootFS": {"Type": "layers", "Layers": c.rootfs.diff_ids},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
-    })
+    });
+    // Only an image of a variant (arm v7, arm64 v8) says which.
+    if let Some(v) = &c.variant {
+        out["Variant"] = json!(v);
+    }
+    out
 }
 
 /// `/images/{name}/json|tag|history|get|push` and `DELETE /images/{name}`.

@@ -135,9 +135,11 @@ pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Respons
                 .map_err(|e| ApiError::invalid(format!("invalid AuxiliaryAddresses: {e}")))?,
         },
         ipam_options: match v.get("IPAM").and_then(|i| i.get("Options")) {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(m) => serde_json::from_value(m.clone())
-                .map_err(|e| ApiError::invalid(format!("invalid IPAM Options: {e}")))?,
+            None | Some(Value::Null) => None,
+            Some(m) => Some(
+                serde_json::from_value(m.clone())
+                    .map_err(|e| ApiError::invalid(format!("invalid IPAM Options: {e}")))?,
+            ),
         },
     };
     let id = engine.network_create(req).await?;

@@ -222,7 +222,10 @@ fn usage(engine: &Engine) -> Json<Value> {
         .iter()
         .map(|v| {
             let mut one = super::volumes::volume_json(v);
-            one["UsageData"]["Size"] = json!(berth_runtime::snapshot::disk_usage(&v.volume.mountpoint));
+            one["UsageData"] = json!({
+                "Size": berth_runtime::snapshot::disk_usage(&v.volume.mountpoint),
+                "RefCount": v.users.len(),
+            });
             one
         })
         .collect();

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use super::containers::filter_values;
 use super::{ApiError, ClientVersion, Query, qbool};
 
-/// One volume as `GET /volumes` lists it (`GET /system/df` adds its size).
+/// One volume as `GET /volumes` lists it (`GET /system/df` adds its usage; dockerd 20.10 shows
+/// none in lists and inspect).
 pub(super) fn volume_json(v: &VolumeInfo) -> Value {
     let vol = &v.volume;
     json!({
@@ -23,7 +24,6 @@ pub(super) fn volume_json(v: &VolumeInfo) -> Value {
         "Labels": vol.labels,
         "Options": vol.options,
         "Scope": "local",
-        "UsageData": {"Size": -1, "RefCount": v.users.len()},
     })
 }
 
