@@ -435,6 +435,12 @@ fn format_templates_print_what_docker_prints() {
             for moving in ["RunningFor", "Status", "CreatedSince"] {
                 v.as_object_mut().map(|o| o.remove(moving));
             }
+            // The docker CLI joins labels in a Go map's order, which changes from run to run.
+            if let Some(labels) = v.get_mut("Labels").filter(|l| l.is_string()) {
+                let mut all: Vec<&str> = labels.as_str().unwrap_or("").split(',').collect();
+                all.sort();
+                *labels = serde_json::Value::String(all.join(","));
+            }
             out.push_str(&format!("{v}\n"));
         }
         out
@@ -442,7 +448,7 @@ fn format_templates_print_what_docker_prints() {
     let cases: &[&[&str]] = &[
         &["ps", "--format", "{{.Names}}"],
         &["ps", "--format", "table {{.ID}}\\t{{.Image}}\\t{{.Names}}"],
-        &["ps", "--format", "table {{.Names}}\\t{{.Labels}}\\t{{.Mounts}}\\t{{.Networks}}"],
+        &["ps", "--format", "table {{.Names}}\\t{{.Mounts}}\\t{{.Networks}}"],
         &["ps", "--format", "{{json .}}"],
         &["ps", "--format", r#"{{upper .Names}}|{{truncate .ID 4}}|{{join (split .Names "-") "+"}}|{{title "a b"}}"#],
         &["ps", "-a", "--format", "{{.Names}} {{.State}} {{.Command}}"],
