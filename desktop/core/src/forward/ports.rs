@@ -144,19 +144,69 @@ impl PortHost {
         let refuse = |message: String| Some(Refused { port: port.clone(), message });
         let Ok(ip) = port.ip.parse::<IpAddr>() else { return refuse(format!("{} is not an address", port.ip)) };
         let addr = SocketAddr::new(ip, port.port);
+        let (transport, p) = (self.transport.clone(), port.clone());
+        // A port on every IPv4 address is listened on at every IPv6 address too.
+        let twin = (ip == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)).then(|| ipv6_twin(&port.proto, port.port));
         let task = match port.proto {
             Proto::Tcp => match TcpListener::bind(addr).await {
-                Ok(l) => tokio::spawn(accept_tcp(l, self.transport.clone(), port.clone())),
+                Ok(l) => {
+                    match twin.and_then(|t| t.map_err(|e| tracing::debug!(%port, error = %e, "no IPv6 twin")).ok()) {
+                        Some(Twin::Tcp(l6)) => tokio::spawn(async move {
+                            tokio::join!(accept_tcp(l, transport.clone(), p.clone()), accept_tcp(l6, transport, p));
+                        }),
+                        _ => tokio::spawn(accept_tcp(l, transport, p)),
+                    }
+                }
                 Err(e) => return refuse(format!("listening on {addr}: {}", bind_error(&e))),
             },
             Proto::Udp => match UdpSocket::bind(addr).await {
-                Ok(s) => tokio::spawn(serve_udp(s, self.transport.clone(), port.clone())),
+                Ok(s) => {
+                    match twin.and_then(|t| t.map_err(|e| tracing::debug!(%port, error = %e, "no IPv6 twin")).ok()) {
+                        Some(Twin::Udp(s6)) => tokio::spawn(async move {
+                            tokio::join!(serve_udp(s, transport.clone(), p.clone()), serve_udp(s6, transport, p));
+                        }),
+                        _ => tokio::spawn(serve_udp(s, transport, p)),
+                    }
+                }
                 Err(e) => return refuse(format!("listening on {addr}/udp: {}", bind_error(&e))),
             },
         };
         tracing::info!(%port, "published port listening");
         self.listening.lock().expect("lock").insert(port, Listening(Some(task)));
         None
+    }
+}
+
+/// The IPv6 side of a port published on every IPv4 address.
+enum Twin {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// A socket on `[::]:port` that takes IPv6 only, beside the IPv4 one: clients that try `::1`
+/// for `localhost` first (macOS's resolver, Node's `fetch`) find the port as they do with
+/// Docker Engine and Docker Desktop, which listen on both. A machine without IPv6 has none.
+fn ipv6_twin(proto: &Proto, port: u16) -> std::io::Result<Twin> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (kind, protocol) = match proto {
+        Proto::Tcp => (Type::STREAM, Protocol::TCP),
+        Proto::Udp => (Type::DGRAM, Protocol::UDP),
+    };
+    let s = Socket::new(Domain::IPV6, kind, Some(protocol))?;
+    s.set_only_v6(true)?;
+    // As tokio's own listeners on Unix; on Windows the flag would let others take the port.
+    #[cfg(unix)]
+    if matches!(proto, Proto::Tcp) {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.set_nonblocking(true)?;
+    match proto {
+        Proto::Tcp => {
+            s.listen(1024)?;
+            Ok(Twin::Tcp(TcpListener::from_std(s.into())?))
+        }
+        Proto::Udp => Ok(Twin::Udp(UdpSocket::from_std(s.into())?)),
     }
 }
 
@@ -387,6 +437,40 @@ mod tests {
         let mut agent = Agent::accept(&mut rx).await;
         assert!(agent.ask(AgentMessage::Sync { id: 6, ports: vec![udp.clone()] }).await.is_empty());
         assert_eq!(host.ports(), vec![udp.clone()]);
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", tcp.port)).await.is_err());
+    }
+
+    /// A port published on every IPv4 address is reached at `::1` too, for TCP and UDP;
+    /// closing it frees both.
+    #[tokio::test]
+    async fn a_port_on_every_address_answers_on_ipv6_too() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here: nothing to check");
+            return;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let host = PortHost::new(Arc::new(FakeGuest { channels: tx }));
+        tokio::spawn(host.clone().serve());
+        let mut agent = Agent::accept(&mut rx).await;
+        let tcp = PublishedPort { proto: Proto::Tcp, ip: "0.0.0.0".into(), port: free_port() };
+        let udp = PublishedPort { proto: Proto::Udp, ip: "0.0.0.0".into(), port: free_port() };
+        assert!(agent.ask(AgentMessage::Open { id: 1, port: tcp.clone() }).await.is_empty());
+        assert!(agent.ask(AgentMessage::Open { id: 2, port: udp.clone() }).await.is_empty());
+        for at in ["127.0.0.1", "::1"] {
+            let mut c = tokio::net::TcpStream::connect((at, tcp.port)).await.unwrap();
+            c.write_all(at.as_bytes()).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut got = String::new();
+            c.read_to_string(&mut got).await.unwrap();
+            assert_eq!(got, at);
+            let u = UdpSocket::bind(if at == "::1" { "[::1]:0" } else { "127.0.0.1:0" }).await.unwrap();
+            u.send_to(b"abc", (at, udp.port)).await.unwrap();
+            let mut buf = [0u8; 16];
+            let n = tokio::time::timeout(Duration::from_secs(5), u.recv(&mut buf)).await.unwrap().unwrap();
+            assert_eq!(&buf[..n], b"cba", "{at}");
+        }
+        assert!(agent.ask(AgentMessage::Close { id: 3, port: tcp.clone() }).await.is_empty());
+        assert!(tokio::net::TcpStream::connect(("::1", tcp.port)).await.is_err());
         assert!(tokio::net::TcpStream::connect(("127.0.0.1", tcp.port)).await.is_err());
     }
 }
