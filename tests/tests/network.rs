@@ -511,6 +511,17 @@ fn networks_match_docker_engine() {
         ok(&["network", "disconnect", "second", "moved"]);
         got.push(ok(&["exec", "moved", "ls", "/sys/class/net"]));
         ok(&["rm", "-f", "moved", "peer"]);
+        // What connect refuses, in dockerd's words and codes.
+        ok(&["run", "-d", "--name", "onnone", "--network", "none", &img, "sleep", "300"]);
+        ok(&["run", "-d", "--name", "onhost", "--network", "host", &img, "sleep", "300"]);
+        ok(&["run", "-d", "--name", "onbridge", &img, "sleep", "300"]);
+        for (net, ctr) in [("first", "onnone"), ("first", "onhost"), ("host", "onbridge")] {
+            let body = format!(r#"{{"Container":"{ctr}"}}"#);
+            let (code, text) = berth_tests::http_on(socket, "POST", &format!("/v1.41/networks/{net}/connect"), &body);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            got.push(format!("{code} {}", v["message"]));
+        }
+        ok(&["rm", "-f", "onnone", "onhost", "onbridge"]);
         ok(&["network", "rm", "ipam1", "ipam2", "ipam3", "first", "second"]);
         seen.push(got);
     }

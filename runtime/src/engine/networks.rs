@@ -390,12 +390,24 @@ impl Engine {
                 rec.name, info.name
             )));
         }
-        if info.name == "host" || mode_name(&rec.host_config.network_mode) == "host" {
+        // dockerd's refusals, word for word.
+        if info.name == "host" {
             return Err(EngineError::InvalidArgument(
                 "container cannot be disconnected from host network or connected to host network".into(),
             ));
         }
+        if mode_name(&rec.host_config.network_mode) == "host" {
+            return Err(EngineError::InvalidArgument(
+                "container sharing network namespace with another container or host cannot be connected to any other network".into(),
+            ));
+        }
         let current = mode_name(&rec.host_config.network_mode).to_owned();
+        if current == "none" && rec.running() {
+            return Err(EngineError::InvalidArgument(
+                "container cannot be connected to multiple networks with one of the networks in private (none) mode"
+                    .into(),
+            ));
+        }
         let rec = if current == "none" && !rec.running() {
             ctr.update(|r| {
                 r.host_config.network_mode = info.name.clone();
@@ -403,9 +415,9 @@ impl Engine {
                 r.endpoints.insert(info.name.clone(), ep);
             })?
         } else {
-            let Some(net) = self.user_network(&info.id).filter(|_| current != "none") else {
+            let Some(net) = self.user_network(&info.id) else {
                 return Err(EngineError::Conflict(format!(
-                    "container {}: Berth adds only user-defined networks to a container, and none to a running one on `none`",
+                    "container {}: Berth adds only user-defined networks to a container",
                     rec.name
                 )));
             };
