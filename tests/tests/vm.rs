@@ -660,6 +660,20 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     assert!(std::net::TcpStream::connect(&brief).is_ok(), "an engine-picked port listens here: {brief}");
     assert!(home.docker(&["stop", "-t", "0", "brief"]).status.success());
     assert!(berth_tests::eventually(10, || std::net::TcpStream::connect(&brief).is_err()), "{brief} still listens");
+    // A port on every address is listened on at ::1 here too; a kill answers after the exit,
+    // so an rm right after it never finds the container running (issue 28).
+    let every = home.docker(&["run", "-d", "--name", "every", "-p", "80", probe, "sleep", "300"]);
+    assert!(every.status.success(), "{}", String::from_utf8_lossy(&every.stderr));
+    let every = String::from_utf8_lossy(&home.docker(&["port", "every", "80/tcp"]).stdout).into_owned();
+    let every_port: u16 =
+        every.lines().next().and_then(|l| l.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
+    assert!(every.starts_with("0.0.0.0:") && every_port > 0, "{every}");
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        assert!(std::net::TcpStream::connect(("::1", every_port)).is_ok(), "[::1]:{every_port} does not listen");
+    }
+    assert!(home.docker(&["kill", "every"]).status.success());
+    let rm = home.docker(&["rm", "every"]);
+    assert!(rm.status.success(), "rm right after kill: {}", String::from_utf8_lossy(&rm.stderr));
 
     // A service on this machine's loopback, by name from a container.
     let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
