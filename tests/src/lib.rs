@@ -616,6 +616,24 @@ pub fn http_on(socket: &std::path::Path, method: &str, path: &str, body: &str) -
     (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
 }
 
+/// A request on a Docker API socket that upgrades the connection (as `exec start` and attach
+/// do): what comes after the answer's head, until the engine closes the stream.
+pub fn upgraded(socket: &std::path::Path, path: &str, body: &str) -> Vec<u8> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(resp.len(), |p| p + 4);
+    resp[head_end..].to_vec()
+}
+
 /// Runs `cmd` to its end with `stdin` fed to it, but for `limit` at most: a command that hangs
 /// is killed and reported as an error naming it, so a stuck test fails with a reason instead
 /// of holding CI until its deadline.

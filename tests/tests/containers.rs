@@ -1,6 +1,6 @@
 //! Container lifecycle and isolation through the docker CLI.
 
-use berth_tests::{Agent, RefEngine, eventually, http_on};
+use berth_tests::{Agent, RefEngine, eventually, http_on, upgraded};
 use std::io::{Read, Write};
 
 /// The actions of every event of `container` so far.
@@ -639,24 +639,6 @@ fn json_file_logs_rotate_at_max_size() {
 
 /// A docker CLI call on one engine.
 type Docker<'a> = dyn Fn(&[&str]) -> std::process::Output + 'a;
-
-/// A request on a Docker API socket that upgrades the connection (as `exec start` and attach
-/// do): what comes after the answer's head, until the engine closes the stream.
-fn upgraded(socket: &std::path::Path, path: &str, body: &str) -> Vec<u8> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(resp.len(), |p| p + 4);
-    resp[head_end..].to_vec()
-}
 
 /// Corners dockerd 20.10 has, side by side with it on the same requests: supplementary groups
 /// (`--group-add` by gid and by name, for the container's process and for an exec as another

@@ -674,6 +674,22 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     assert!(home.docker(&["kill", "every"]).status.success());
     let rm = home.docker(&["rm", "every"]);
     assert!(rm.status.success(), "rm right after kill: {}", String::from_utf8_lossy(&rm.stderr));
+    // Exec output framed or raw as the start request (not the exec's creation) asks.
+    assert!(home.docker(&["run", "-d", "--name", "ttyc", probe, "sleep", "300"]).status.success());
+    let socket = home.0.path().join("docker.sock");
+    let mut got = Vec::new();
+    for (made, started) in [(true, false), (true, true), (false, true)] {
+        let body = format!(r#"{{"Cmd":["echo","hi"],"Tty":{made},"AttachStdout":true,"AttachStderr":true}}"#);
+        let (_, made_exec) = berth_tests::http_on(&socket, "POST", "/containers/ttyc/exec", &body);
+        let id = serde_json::from_str::<serde_json::Value>(&made_exec).unwrap()["Id"].as_str().unwrap().to_owned();
+        let start = format!(r#"{{"Detach":false,"Tty":{started}}}"#);
+        got.push(berth_tests::upgraded(&socket, &format!("/exec/{id}/start"), &start));
+    }
+    // The process has its terminal either way (\r\n); the start decides the framing.
+    assert_eq!(got[0], b"\x01\0\0\0\0\0\0\x04hi\r\n", "made with a terminal, started without: framed");
+    assert_eq!(got[1], b"hi\r\n", "made and started with a terminal: raw");
+    assert_eq!(got[2], b"hi\n", "made without a terminal, started with one: raw");
+    assert!(home.docker(&["rm", "-f", "ttyc"]).status.success());
 
     // A service on this machine's loopback, by name from a container.
     let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
