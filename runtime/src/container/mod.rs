@@ -105,6 +105,9 @@ pub struct MountRecord {
     pub rw: bool,
     #[serde(default)]
     pub options: String,
+    /// The options a `-v` gave after the path (`rw`, `ro,z`, ...), as inspect shows them.
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// Network settings as inspect reports them.

@@ -177,6 +177,18 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, Secu
     Ok(caps)
 }
 
+/// One `SecurityOpt` as dockerd splits it: `key=value` or `key:value`.
+fn option_kv(opt: &str) -> Option<(&str, &str)> {
+    opt.split_once('=').or_else(|| opt.split_once(':'))
+}
+
+/// Whether a container sees /proc and /sys unmasked (`--privileged` or `--security-opt
+/// systempaths=unconfined`), as its [`Policy`] has it; for inspect, without reading the rest
+/// of the options (a seccomp profile among them).
+pub fn system_paths_unmasked(host: &crate::model::HostConfig) -> bool {
+    host.privileged || host.security_opt.iter().flatten().any(|o| option_kv(o) == Some(("systempaths", "unconfined")))
+}
+
 /// Reads `HostConfig.SecurityOpt` as dockerd does: `key=value` or `key:value`.
 fn security_options(opts: &[String]) -> Result<(bool, Seccomp, bool), SecurityError> {
     let mut nnp = false;
@@ -187,10 +199,8 @@ fn security_options(opts: &[String]) -> Result<(bool, Seccomp, bool), SecurityEr
             nnp = true;
             continue;
         }
-        let (key, value) = match (opt.split_once('='), opt.split_once(':')) {
-            (Some(kv), _) => kv,
-            (None, Some(kv)) => kv,
-            (None, None) => return Err(SecurityError::BadOption { n: 1, opt: opt.clone() }),
+        let Some((key, value)) = option_kv(opt) else {
+            return Err(SecurityError::BadOption { n: 1, opt: opt.clone() });
         };
         match key {
             "no-new-privileges" => {

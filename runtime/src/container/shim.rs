@@ -361,7 +361,7 @@ fn namespaced_sysctl(key: &str, net: NetMode) -> Result<(), String> {
 fn set_sysctls(sysctls: &[(String, String)], net: NetMode) -> Result<(), String> {
     for (key, value) in sysctls {
         namespaced_sysctl(key, net)?;
-        if key.split('.').any(|part| part.is_empty() || part == "..") || key.contains('/') {
+        if key.split('.').any(str::is_empty) || key.contains('/') {
             return Err(format!("invalid sysctl {key:?}"));
         }
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));

@@ -635,13 +635,7 @@ impl Engine {
         }
         let snapshot = ctr.snapshot();
         super::networks::release_others(self, &snapshot);
-        let net = snapshot.net;
-        if let Ok(ip) = net.ip.parse() {
-            match self.user_network(&net.mode) {
-                Some(n) if net.mode != "bridge" => n.bridge.release(ip),
-                _ => self.inner.bridge.release(ip),
-            }
-        }
+        self.release_first(&snapshot.net);
         let policy = ctr.snapshot().host_config.restart_policy.clone();
         let restart = |r: &ContainerRecord| {
             !r.manually_stopped

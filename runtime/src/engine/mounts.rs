@@ -43,6 +43,7 @@ impl Engine {
                     destination: dst.into(),
                     rw,
                     options: String::new(),
+                    mode: opts.into(),
                 });
             } else {
                 let v = self.inner.volumes.create(src, BTreeMap::new(), src.is_empty())?;
@@ -53,6 +54,7 @@ impl Engine {
                     destination: dst.into(),
                     rw,
                     options: String::new(),
+                    mode: opts.into(),
                 });
             }
         }
@@ -78,6 +80,7 @@ impl Engine {
                         destination: m.target.clone(),
                         rw: !m.read_only,
                         options: String::new(),
+                        mode: String::new(),
                     });
                 }
                 "volume" => {
@@ -89,6 +92,7 @@ impl Engine {
                         destination: m.target.clone(),
                         rw: !m.read_only,
                         options: String::new(),
+                        mode: String::new(),
                     });
                 }
                 "tmpfs" => {
@@ -108,6 +112,7 @@ impl Engine {
                         destination: m.target.clone(),
                         rw: !m.read_only,
                         options: opts.join(","),
+                        mode: String::new(),
                     });
                 }
                 other => return Err(invalid(format!("mount type {other:?} is not supported"))),
@@ -121,6 +126,7 @@ impl Engine {
                 destination: dst.clone(),
                 rw: true,
                 options: opts.clone(),
+                mode: String::new(),
             });
         }
         for dst in config.volumes.keys() {
@@ -133,6 +139,7 @@ impl Engine {
                     destination: dst.clone(),
                     rw: true,
                     options: String::new(),
+                    mode: String::new(),
                 });
             }
         }

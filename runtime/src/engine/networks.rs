@@ -472,7 +472,7 @@ impl Engine {
                 n.bridge.release(ip);
             }
         }
-        let named = |k: &String| k == &info.name || k == &info.id || (k.len() >= 12 && info.id.starts_with(k.as_str()));
+        let named = |k: &String| names_network(k, &info.name, &info.id);
         let rec = ctr.update(|r| {
             r.endpoints.retain(|k, _| !named(k));
             r.net.others.remove(&info.name);
@@ -506,12 +506,7 @@ impl Engine {
         if let Err(e) = crate::network::detach(&link).await {
             tracing::warn!(link = %link, error = %e, "removing a container's first interface");
         }
-        if let Ok(ip) = rec.net.ip.parse() {
-            match self.user_network(&rec.net.mode) {
-                Some(n) if rec.net.mode != "bridge" => n.bridge.release(ip),
-                _ => self.inner.bridge.release(ip),
-            }
-        }
+        self.release_first(&rec.net);
         let next = rec.net.others.iter().next().map(|(name, a)| (name.clone(), a.clone()));
         if let Some((_, a)) = &next
             && let Ok(gateway) = a.gateway.parse()
@@ -523,11 +518,10 @@ impl Engine {
             })
             .await?;
             if rec.host_config.dns.is_empty() {
-                let text = format!("nameserver {gateway}\noptions ndots:0\n");
-                std::fs::write(ctr.dir.join("resolv.conf"), text).map_err(super::io_ctx("writing resolv.conf"))?;
+                resolve_through(ctr, gateway)?;
             }
         }
-        let named = |k: &String| k == &info.name || k == &info.id || (k.len() >= 12 && info.id.starts_with(k.as_str()));
+        let named = |k: &String| names_network(k, &info.name, &info.id);
         ctr.update(|r| {
             r.endpoints.retain(|k, _| !named(k));
             let others = std::mem::take(&mut r.net.others);
@@ -547,6 +541,16 @@ impl Engine {
             };
             r.host_config.network_mode = next.as_ref().map(|(name, _)| name.clone()).unwrap_or_else(|| "none".into());
         })
+    }
+
+    /// Gives back the address a container held on its first network.
+    pub(crate) fn release_first(&self, net: &NetRecord) {
+        if let Ok(ip) = net.ip.parse() {
+            match self.user_network(&net.mode) {
+                Some(n) if net.mode != "bridge" => n.bridge.release(ip),
+                _ => self.inner.bridge.release(ip),
+            }
+        }
     }
 
     /// A running container joins `net`: an interface of its own, up before this returns.
@@ -580,8 +584,7 @@ impl Engine {
         // A container that had only the default bridge now has a network with a DNS server:
         // its resolver points there (which forwards every other name).
         if !had_dns && rec.host_config.dns.is_empty() {
-            let text = format!("nameserver {gateway}\noptions ndots:0\n");
-            std::fs::write(ctr.dir.join("resolv.conf"), text).map_err(super::io_ctx("writing resolv.conf"))?;
+            resolve_through(ctr, gateway)?;
         }
         Ok(rec)
     }
@@ -707,17 +710,27 @@ pub(crate) fn release_others(engine: &Engine, rec: &ContainerRecord) {
     }
 }
 
+/// Points a running container's resolver at the DNS server on `gateway` (a user network's),
+/// which forwards every other name.
+fn resolve_through(ctr: &super::Ctr, gateway: impl std::fmt::Display) -> Result<(), EngineError> {
+    let text = format!("nameserver {gateway}\noptions ndots:0\n");
+    std::fs::write(ctr.dir.join("resolv.conf"), text).map_err(super::io_ctx("writing resolv.conf"))
+}
+
+/// Whether an endpoint's key names network `name` (ID `id`): its name, its ID or an ID prefix
+/// of 12 or more.
+fn names_network(key: &str, name: &str, id: &str) -> bool {
+    key == name || key == id || (key.len() >= 12 && id.starts_with(key))
+}
+
 /// Whether network `name` (ID `id`) is the container's first.
 fn on_primary(c: &ContainerRecord, name: &str, id: &str) -> bool {
-    let mode = mode_name(&c.host_config.network_mode);
-    mode == name || mode == id || (mode.len() >= 12 && id.starts_with(mode))
+    names_network(mode_name(&c.host_config.network_mode), name, id)
 }
 
 /// Whether a container is on the network `name` (ID `id`): its first, or one its endpoints name.
 pub fn on_network(c: &ContainerRecord, name: &str, id: &str) -> bool {
-    on_primary(c, name, id)
-        || (name != "bridge"
-            && c.endpoints.keys().any(|k| k == name || k == id || (k.len() >= 12 && id.starts_with(k.as_str()))))
+    on_primary(c, name, id) || (name != "bridge" && c.endpoints.keys().any(|k| names_network(k, name, id)))
 }
 
 /// The DNS server's lookup on network `net` for a query from `asker`: a running container

@@ -103,16 +103,15 @@ impl Template {
     }
 }
 
-/// `CreatedAt` as a header: `CREATED AT`.
+/// `CreatedAt` as a header: `CREATED AT` (a capital after a small letter begins a word).
 fn header_of(field: &str) -> String {
     let mut out = String::new();
-    for (i, c) in field.chars().enumerate() {
-        if i > 0
-            && c.is_uppercase()
-            && !field[..field.char_indices().nth(i).map_or(0, |x| x.0)].ends_with(char::is_uppercase)
-        {
+    let mut after_small = false;
+    for c in field.chars() {
+        if after_small && c.is_uppercase() {
             out.push(' ');
         }
+        after_small = c.is_lowercase();
         out.extend(c.to_uppercase());
     }
     out
@@ -397,6 +396,8 @@ mod tests {
         assert_eq!(truncate("sh -c 'while true; do sleep 1; done'", 20), "sh -c 'while true; …");
         assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(created_at(1_796_631_587), "2026-12-07 08:19:47 +0000 UTC");
+        assert_eq!(header_of("CreatedAt"), "CREATED AT");
+        assert_eq!(header_of("ID"), "ID");
         assert_eq!(Shape::of(false, Some("{{.ID}}")).unwrap(), Shape::Template("{{.ID}}".into()));
         assert!(Shape::of(false, Some("{{.ID")).unwrap_err().to_string().contains("template parsing error"));
     }

@@ -146,28 +146,28 @@ impl PortHost {
         let addr = SocketAddr::new(ip, port.port);
         let (transport, p) = (self.transport.clone(), port.clone());
         // A port on every IPv4 address is listened on at every IPv6 address too.
-        let twin = (ip == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)).then(|| ipv6_twin(&port.proto, port.port));
+        let twin = if ip == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
+            ipv6_twin(&port.proto, port.port).map_err(|e| tracing::debug!(%port, error = %e, "no IPv6 twin")).ok()
+        } else {
+            None
+        };
         let task = match port.proto {
             Proto::Tcp => match TcpListener::bind(addr).await {
-                Ok(l) => {
-                    match twin.and_then(|t| t.map_err(|e| tracing::debug!(%port, error = %e, "no IPv6 twin")).ok()) {
-                        Some(Twin::Tcp(l6)) => tokio::spawn(async move {
-                            tokio::join!(accept_tcp(l, transport.clone(), p.clone()), accept_tcp(l6, transport, p));
-                        }),
-                        _ => tokio::spawn(accept_tcp(l, transport, p)),
-                    }
-                }
+                Ok(l) => match twin {
+                    Some(Twin::Tcp(l6)) => tokio::spawn(async move {
+                        tokio::join!(accept_tcp(l, transport.clone(), p.clone()), accept_tcp(l6, transport, p));
+                    }),
+                    _ => tokio::spawn(accept_tcp(l, transport, p)),
+                },
                 Err(e) => return refuse(format!("listening on {addr}: {}", bind_error(&e))),
             },
             Proto::Udp => match UdpSocket::bind(addr).await {
-                Ok(s) => {
-                    match twin.and_then(|t| t.map_err(|e| tracing::debug!(%port, error = %e, "no IPv6 twin")).ok()) {
-                        Some(Twin::Udp(s6)) => tokio::spawn(async move {
-                            tokio::join!(serve_udp(s, transport.clone(), p.clone()), serve_udp(s6, transport, p));
-                        }),
-                        _ => tokio::spawn(serve_udp(s, transport, p)),
-                    }
-                }
+                Ok(s) => match twin {
+                    Some(Twin::Udp(s6)) => tokio::spawn(async move {
+                        tokio::join!(serve_udp(s, transport.clone(), p.clone()), serve_udp(s6, transport, p));
+                    }),
+                    _ => tokio::spawn(serve_udp(s, transport, p)),
+                },
                 Err(e) => return refuse(format!("listening on {addr}/udp: {}", bind_error(&e))),
             },
         };
@@ -395,16 +395,23 @@ mod tests {
         }
     }
 
+    /// A port host serving the fake guest, and the agent's side of its ports channel (the
+    /// receiver hands over the channels of later connections).
+    async fn serving() -> (PortHost, mpsc::UnboundedReceiver<tokio::io::DuplexStream>, Agent) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let host = PortHost::new(Arc::new(FakeGuest { channels: tx }));
+        tokio::spawn(host.clone().serve());
+        let agent = Agent::accept(&mut rx).await;
+        (host, rx, agent)
+    }
+
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
     #[tokio::test]
     async fn ports_open_forward_refuse_close_and_resync() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let host = PortHost::new(Arc::new(FakeGuest { channels: tx }));
-        tokio::spawn(host.clone().serve());
-        let mut agent = Agent::accept(&mut rx).await;
+        let (host, mut rx, mut agent) = serving().await;
         let tcp = PublishedPort { proto: Proto::Tcp, ip: "127.0.0.1".into(), port: free_port() };
         let udp = PublishedPort { proto: Proto::Udp, ip: "127.0.0.1".into(), port: free_port() };
         assert!(agent.ask(AgentMessage::Open { id: 1, port: tcp.clone() }).await.is_empty());
@@ -448,10 +455,7 @@ mod tests {
             eprintln!("no IPv6 loopback here: nothing to check");
             return;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let host = PortHost::new(Arc::new(FakeGuest { channels: tx }));
-        tokio::spawn(host.clone().serve());
-        let mut agent = Agent::accept(&mut rx).await;
+        let (_host, _rx, mut agent) = serving().await;
         let tcp = PublishedPort { proto: Proto::Tcp, ip: "0.0.0.0".into(), port: free_port() };
         let udp = PublishedPort { proto: Proto::Udp, ip: "0.0.0.0".into(), port: free_port() };
         assert!(agent.ask(AgentMessage::Open { id: 1, port: tcp.clone() }).await.is_empty());

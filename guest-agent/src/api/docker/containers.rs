@@ -74,19 +74,10 @@ fn ports_json(rec: &ContainerRecord) -> Value {
 /// `Mounts`: `Mode` is the options a `-v` gave (`rw`, `ro,z`, ...), else `z` for a volume and
 /// nothing for a bind, as dockerd shows it.
 fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
-    let given = |dst: &str| {
-        rec.host_config.binds.iter().find_map(|b| {
-            let parts: Vec<&str> = b.split(':').collect();
-            match parts.as_slice() {
-                [_, d, o] if *d == dst => Some(o.to_string()),
-                _ => None,
-            }
-        })
-    };
     rec.mounts
         .iter()
         .map(|m| {
-            let mode = given(&m.destination).unwrap_or_else(|| if m.kind == "volume" { "z".into() } else { String::new() });
+            let mode = if m.mode.is_empty() && m.kind == "volume" { "z" } else { m.mode.as_str() };
             let mut v = json!({"Type": m.kind, "Source": m.source, "Destination": m.destination, "Mode": mode, "RW": m.rw, "Propagation": if m.kind == "bind" { "rprivate" } else { "" }});
             if m.kind == "volume" {
                 v["Name"] = json!(m.name);
@@ -235,8 +226,7 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
 fn host_defaults(host: &mut Value, rec: &ContainerRecord) {
     let Some(h) = host.as_object_mut() else { return };
     let hc = &rec.host_config;
-    let unmasked =
-        hc.privileged || hc.security_opt.iter().flatten().any(|o| o.replace('=', ":") == "systempaths:unconfined");
+    let unmasked = berth_runtime::container::security::system_paths_unmasked(hc);
     let paths = |p: &[&str]| if unmasked { Value::Null } else { json!(p) };
     let defaults = json!({
         "BlkioWeight": 0, "BlkioWeightDevice": null, "BlkioDeviceReadBps": null, "BlkioDeviceWriteBps": null,
