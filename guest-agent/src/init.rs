@@ -143,6 +143,8 @@ fn network(opts: &HashMap<String, String>) {
         prefix: prefix.parse().unwrap_or(24),
         gateway: parse("berth.gw", "10.0.2.2").parse().unwrap_or(std::net::Ipv4Addr::new(10, 0, 2, 2)),
         mac: None,
+        v6: None,
+        link_local: Vec::new(),
     };
     match berth_runtime::network::iface::configure("eth0", &eth0) {
         Ok(()) => log(&format!("eth0 {}/{} via {}", eth0.address, eth0.prefix, eth0.gateway)),

@@ -27,7 +27,7 @@ pub use containers::{CreateRequest, WaitCondition, console_size, links_of_record
 pub use exec::{ExecConfig, ExecInfo};
 pub use images::RemovedImage;
 pub use io::{AttachIo, LogStream};
-pub use networks::{IpamInfo, NetworkCreate, NetworkInfo, mode_name, on_network};
+pub use networks::{IpamInfo, NetworkCreate, NetworkInfo, PoolRequest, mode_name, on_network};
 pub use stats::StatsSample;
 pub use update::{Change, ChangeKind, Update};
 pub use volumes::VolumeInfo;

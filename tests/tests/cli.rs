@@ -140,12 +140,17 @@ fn verbs_drive_the_engine_as_docker_does() {
     let vols = ok(&a, &["volume", "ls"]);
     assert!(vols.starts_with("DRIVER") && vols.contains("v1") && vols.contains("webdata"), "{vols}");
     assert_eq!(ok(&a, &["volume", "rm", "v1", "webdata"]), "v1\nwebdata\n");
-    let net = ok(&a, &["network", "create", "clinet"]);
+    let net = ok(&a, &["network", "create", "--ipv6", "--subnet", "fd00:74::/64", "--gateway", "fd00:74::9", "clinet"]);
     assert_eq!(net.trim().len(), 64, "{net}");
     assert!(ok(&a, &["network", "ls"]).contains("clinet"));
     ok(&a, &["run", "-d", "--name", "member", "--network", "clinet", &img, "sleep", "300"]);
     let nets: serde_json::Value = serde_json::from_str(&ok(&a, &["inspect", "member"])).unwrap();
-    assert!(nets[0]["NetworkSettings"]["Networks"]["clinet"]["IPAddress"].as_str().is_some_and(|ip| !ip.is_empty()));
+    let member = &nets[0]["NetworkSettings"]["Networks"]["clinet"];
+    assert!(member["IPAddress"].as_str().is_some_and(|ip| !ip.is_empty()), "{member}");
+    assert_eq!(
+        (&member["GlobalIPv6Address"], &member["IPv6Gateway"]),
+        (&serde_json::json!("fd00:74::1"), &serde_json::json!("fd00:74::9"))
+    );
     ok(&a, &["rm", "-f", "member"]);
     assert_eq!(ok(&a, &["network", "rm", "clinet"]), "clinet\n");
     let df = ok(&a, &["system", "df"]);

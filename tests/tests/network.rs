@@ -536,3 +536,125 @@ fn networks_match_docker_engine() {
     let moved = ours.iter().find(|o| o.contains("default via")).expect("the moved container's routes");
     assert!(moved.contains("default via 10.75.0.1 dev eth1") && moved.contains("reached peer"), "{moved}");
 }
+
+#[test]
+fn ipv6_networks_match_docker_engine() {
+    let a = Agent::start();
+    let r = berth_tests::RefEngine::start();
+    let img = a.pull("busybox:latest");
+    r.ok(&["pull", "-q", &img]);
+    let sockets = [a.socket.clone(), r.dir.path().join("docker.sock")];
+    let engines: [&Docker<'_>; 2] = [&|x| a.docker(x), &|x| r.docker(x)];
+    let mut seen = Vec::new();
+    for (docker, socket) in engines.iter().zip(&sockets) {
+        let ok = |args: &[&str]| {
+            let out = docker(args);
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        // What a refused run says first.
+        let refused = |args: &[&str]| {
+            let out = docker(args);
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            format!("{} {}", out.status.success(), said.lines().find(|l| l.contains("Error")).unwrap_or(""))
+        };
+        let mut got = Vec::new();
+        ok(&["network", "create", "--ipv6", "--subnet", "10.71.0.0/24", "--subnet", "fd00:71::/64"]
+            .iter()
+            .chain(&["--gateway", "fd00:71::fe", "six1"])
+            .copied()
+            .collect::<Vec<_>>());
+        // An IPv6 subnet without --ipv6 is kept and shown, and gives containers no address.
+        ok(&["network", "create", "--subnet", "fd00:72::/64", "six2"]);
+        ok(&["network", "create", "--ipv6", "--subnet", "fd00:73::/64", "--ip-range", "fd00:73::100/120", "six3"]);
+        got.push(ok(&["network", "inspect", "-f", "{{.EnableIPv6}} {{json .IPAM.Config}}", "six1"]));
+        got.push(ok(&["network", "inspect", "-f", "{{.EnableIPv6}} {{json (index .IPAM.Config 1)}}", "six2", "six3"]));
+        let (code, text) =
+            berth_tests::http_on(socket, "POST", "/v1.41/networks/create", r#"{"Name":"six4","EnableIPv6":true}"#);
+        got.push(format!("{code} {}", serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()["message"]));
+        ok(&["run", "-d", "--name", "a6", "--network", "six1", "--ip6", "fd00:71::99"]
+            .iter()
+            .chain(&["--link-local-ip", "169.254.5.5", "--link-local-ip", "fe80::5", &img, "sleep", "300"])
+            .copied()
+            .collect::<Vec<_>>());
+        ok(&["run", "-d", "--name", "b6", "--network", "six1", &img, "sleep", "300"]);
+        let endpoint = "{{with .NetworkSettings.Networks.six1}}{{json .IPAMConfig}} {{.GlobalIPv6Address}}/{{.GlobalIPv6PrefixLen}} via {{.IPv6Gateway}}{{end}}";
+        got.push(ok(&["inspect", "-f", endpoint, "a6", "b6"]));
+        let mut members: Vec<String> = ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .Containers}}{{.Name}}={{.IPv4Address}},{{.IPv6Address}} {{end}}",
+            "six1",
+        ])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+        members.sort();
+        got.push(members.join(" "));
+        // Inside: the addresses (the link-local one made from the MAC too), the routes, the
+        // hosts file, and the other container reached over IPv6 by name.
+        let inside = "ip -6 addr show eth0 | grep -o 'inet6 [^ ]*' | sort; ip -4 addr show eth0 | grep -o 'inet [^ ]*'; \
+                      ip -6 route | grep default; ip -6 addr show lo | grep -o 'inet6 [^ ]*'; \
+                      grep -v docker.internal /etc/hosts | sed \"s/$(hostname)/HOST/\"";
+        got.push(ok(&["exec", "a6", "sh", "-c", inside]));
+        got.push(ok(&["exec", "b6", "sh", "-c", "ping -6 -c1 -W5 a6 >/dev/null && echo reached a6 over IPv6"]));
+        // A container on the default bridge joins: IPv6 comes on, routed through the new network.
+        ok(&["run", "-d", "--name", "c6", &img, "sleep", "300"]);
+        ok(&["network", "connect", "--ip6", "fd00:71::33", "six1", "c6"]);
+        let joined = "ip -6 route | grep default; ip -6 addr show lo | grep -o 'inet6 [^ ]*'; \
+                      ip -6 addr show eth1 | grep -o 'inet6 fd[^ ]*'; ping -6 -c1 -W5 a6 >/dev/null && echo reached";
+        got.push(ok(&["exec", "c6", "sh", "-c", joined]));
+        got.push(ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "six2",
+            "--ip6",
+            "fd00:72::5",
+            &img,
+            "sh",
+            "-c",
+            "ip -6 addr | grep -c inet6 || true",
+        ]));
+        got.push(ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "six3",
+            &img,
+            "sh",
+            "-c",
+            "ip -6 addr show eth0 | grep -o 'inet6 fd[^ ]*'",
+        ]));
+        // Refusals, in dockerd's words.
+        got.push(refused(&["run", "--rm", "--network", "six1", "--ip6", "fd00:1::5", &img, "true"]));
+        got.push(refused(&["run", "--rm", "--network", "six1", "--ip6", "fd00:71::99", &img, "true"]));
+        got.push(refused(&["run", "--rm", "--network", "six1", "--ip6", "fd00:71::fe", &img, "true"]));
+        got.push(refused(&["run", "--rm", "--network", "six1", "--ip6", "zzz", &img, "true"]));
+        got.push(refused(&["run", "--rm", "--ip6", "fd00::9", &img, "true"]));
+        got.push(refused(&["run", "--rm", "--network", "six1", "--link-local-ip", "10.0.0.1", &img, "true"]));
+        ok(&["rm", "-f", "a6", "b6", "c6"]);
+        ok(&["network", "rm", "six1", "six2", "six3"]);
+        seen.push(got);
+    }
+    let [ours, theirs] = &seen[..] else { unreachable!() };
+    for (o, t) in ours.iter().zip(theirs) {
+        assert_eq!(o, t, "\nberth:   {ours:#?}\ndockerd: {theirs:#?}");
+    }
+    assert!(
+        ours[3].contains(
+            r#"{"IPv6Address":"fd00:71::99","LinkLocalIPs":["169.254.5.5","fe80::5"]} fd00:71::99/64 via fd00:71::fe"#
+        ),
+        "{}",
+        ours[3]
+    );
+    assert!(
+        ours[5].contains("default via fd00:71::fe dev eth0") && ours[5].contains("inet6 fe80::5/64"),
+        "{}",
+        ours[5]
+    );
+    assert_eq!(ours[6], "reached a6 over IPv6\n");
+    assert!(ours[7].contains("default via fd00:71::fe dev eth1") && ours[7].ends_with("reached\n"), "{}", ours[7]);
+    assert_eq!(ours[9], "inet6 fd00:73::101/64\n");
+}

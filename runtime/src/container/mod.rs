@@ -128,6 +128,9 @@ pub struct NetRecord {
     /// container ran.
     #[serde(default)]
     pub link: String,
+    /// The first network's IPv6 address, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<crate::network::Eth6>,
 }
 
 /// A running container's interface on a network other than its first.
@@ -140,6 +143,9 @@ pub struct Attachment {
     /// The interface in the container (`eth1`, ...) and the veth end on the bridge.
     pub iface: String,
     pub link: String,
+    /// Its IPv6 address, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<crate::network::Eth6>,
 }
 
 /// A running container's address on one network: (ip, prefix, gateway, mac).
@@ -181,6 +187,12 @@ pub struct Endpoint {
     /// `--ip`: the address it asks for.
     #[serde(default)]
     pub ipv4: String,
+    /// `--ip6`: the IPv6 address it asks for.
+    #[serde(default)]
+    pub ipv6: String,
+    /// `--link-local-ip`: link-local addresses it has besides.
+    #[serde(default)]
+    pub link_local: Vec<String>,
     /// `--mac-address`.
     #[serde(default)]
     pub mac: String,
@@ -213,6 +225,18 @@ impl ContainerRecord {
             Some((&n.ip, n.prefix, &n.gateway, &n.mac))
         } else {
             n.others.get(name).map(|a| (a.ip.as_str(), a.prefix, a.gateway.as_str(), a.mac.as_str()))
+        }
+    }
+
+    /// A running container's IPv6 address on one network, if it has one there.
+    pub fn ipv6_on(&self, name: &str) -> Option<crate::network::Eth6> {
+        let n = &self.net;
+        if n.ip.is_empty() {
+            None
+        } else if n.mode == name {
+            n.v6
+        } else {
+            n.others.get(name).and_then(|a| a.v6)
         }
     }
 }

@@ -180,12 +180,15 @@ impl Engine {
                 return Err(EngineError::InvalidArgument(format!("invalid MAC address: {mac}")));
             }
         }
-        for ep in endpoints.values().filter(|e| !e.ipv4.is_empty()) {
+        for ep in endpoints.values().filter(|e| !e.ipv4.is_empty() || !e.ipv6.is_empty()) {
             match &attach {
                 super::networks::Attach::Bridge(_, Some(n)) if n.record.user_subnet => {
-                    ep.ipv4
-                        .parse::<std::net::Ipv4Addr>()
-                        .map_err(|_| EngineError::InvalidArgument(format!("invalid IPv4 address: {}", ep.ipv4)))?;
+                    if !ep.ipv4.is_empty() && ep.ipv4.parse::<std::net::Ipv4Addr>().is_err() {
+                        return Err(EngineError::InvalidArgument(format!("invalid IPv4 address: {}", ep.ipv4)));
+                    }
+                    if !ep.ipv6.is_empty() && ep.ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+                        return Err(EngineError::InvalidArgument(format!("invalid IPv6 address: {}", ep.ipv6)));
+                    }
                 }
                 super::networks::Attach::Bridge(_, Some(_)) => {
                     return Err(EngineError::InvalidArgument(
@@ -308,25 +311,33 @@ impl Engine {
         if let Some(n) = &user_net {
             self.ensure_network(n).await?;
         }
-        let preferred = user_net
-            .as_ref()
-            .and_then(|n| rec.endpoints.get(&n.record.name).or(rec.endpoints.get(&rec.host_config.network_mode)))
-            .and_then(|e| e.ipv4.parse().ok());
+        // The first network's endpoint settings: its address, IPv6 address and link-local ones.
+        let first_ep = rec
+            .endpoints
+            .get(user_net.as_ref().map_or("bridge", |n| n.record.name.as_str()))
+            .or(rec.endpoints.get(&rec.host_config.network_mode));
+        let link_local = match (first_ep, &bridge) {
+            (Some(ep), Some(_)) => super::networks::link_local_of(ep)?,
+            _ => Vec::new(),
+        };
+        let preferred = user_net.as_ref().and(first_ep).and_then(|e| e.ipv4.parse().ok());
+        let preferred6 = user_net.as_ref().and(first_ep).and_then(|e| e.ipv6.parse().ok());
         let mac = rec
             .endpoints
             .values()
             .find_map(|e| network::parse_mac(&e.mac))
             .or_else(|| rec.config.extra.get("MacAddress").and_then(|m| m.as_str()).and_then(network::parse_mac));
-        let (mut eth0, published) = self.prepare_network(&rec, bridge.clone(), preferred).await?;
+        let (mut eth0, published) = self.prepare_network(&rec, bridge.clone(), preferred, preferred6).await?;
         if let Some(e) = eth0.as_mut() {
             e.mac = mac;
+            e.link_local = link_local;
         }
         let extras = if eth0.is_some() {
             match self.prepare_extras(&rec).await {
                 Ok(x) => x,
                 Err(e) => {
                     if let (Some(e), Some(b)) = (&eth0, &bridge) {
-                        b.release(e.address);
+                        b.release_all(e);
                     }
                     return Err(e);
                 }
@@ -337,7 +348,7 @@ impl Engine {
         let extras = Arc::new(extras);
         let release = |_: &Engine| {
             if let (Some(e), Some(b)) = (&eth0, &bridge) {
-                b.release(e.address);
+                b.release_all(e);
             }
             super::networks::release(&extras);
         };
@@ -357,7 +368,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        let spec = run_spec(ctr, &rec, overlay, etc_files, eth0, net, &policy, confinement.clone());
+        let spec = run_spec(ctr, &rec, overlay, etc_files, eth0.clone(), net, &policy, confinement.clone());
         let spec_path = ctr.dir.join("spec.json");
         if let Err(e) = std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises")) {
             release(self);
@@ -373,6 +384,7 @@ impl Engine {
         };
         let cg = cgroup.clone();
         let attach_bridge = bridge.clone();
+        let attach_eth0 = eth0.clone();
         let id2 = id.clone();
         let plugged = extras.clone();
         let launched = launch::launch(
@@ -383,7 +395,7 @@ impl Engine {
             rec.config.open_stdin,
             move |pid| async move {
                 cg.add(pid).map_err(|e| e.to_string())?;
-                if let (Some(e), Some(b)) = (&eth0, &attach_bridge) {
+                if let (Some(e), Some(b)) = (&attach_eth0, &attach_bridge) {
                     b.attach(&id2, pid, e).await.map_err(|e| e.to_string())?;
                 }
                 for x in plugged.iter() {
@@ -418,6 +430,7 @@ impl Engine {
                 ports: p.bindings.clone(),
                 others: extras.iter().map(|x| (x.name().to_owned(), x.attachment())).collect(),
                 link: String::new(),
+                v6: e.v6,
             },
             _ => NetRecord {
                 mode: if mode == network::Mode::Host { "host" } else { "none" }.into(),
@@ -578,10 +591,11 @@ impl Engine {
         rec: &ContainerRecord,
         bridge: Option<Arc<network::Bridge>>,
         preferred: Option<std::net::Ipv4Addr>,
+        preferred6: Option<std::net::Ipv6Addr>,
     ) -> Result<(Option<network::Eth0>, Option<network::ports::Published>), EngineError> {
         let Some(bridge) = bridge else { return Ok((None, None)) };
         bridge.ensure().await.map_err(|e| EngineError::Network(Box::new(e)))?;
-        let eth0 = bridge.allocate(preferred).map_err(|e| EngineError::Network(Box::new(e)))?;
+        let eth0 = bridge.allocate(preferred, preferred6).map_err(|e| EngineError::Network(Box::new(e)))?;
         let endpoint = format!("{} ({})", rec.name, &rec.id[..12]);
         let hc = &rec.host_config;
         let host = self.inner.host_side.lock().expect("lock").clone();
@@ -597,7 +611,7 @@ impl Engine {
         {
             Ok(p) => Ok((Some(eth0), Some(p))),
             Err(e) => {
-                bridge.release(eth0.address);
+                bridge.release_all(&eth0);
                 Err(EngineError::Network(Box::new(e)))
             }
         }
@@ -971,6 +985,7 @@ fn run_spec(
     policy: &Policy,
     confinement: Confinement,
 ) -> RunSpec {
+    let sysctls = sysctls_of(rec, net, eth0.as_ref());
     RunSpec {
         rootfs: ctr.dir.join("rootfs"),
         overlay,
@@ -994,7 +1009,7 @@ fn run_spec(
         devices: policy.devices.clone(),
         privileged: policy.privileged,
         unmasked_paths: policy.unmasked_paths,
-        sysctls: sysctls_of(rec, net),
+        sysctls,
         process: ProcessSpec {
             args: argv(&rec.config),
             env: rec.config.env.clone(),
@@ -1008,17 +1023,23 @@ fn run_spec(
     }
 }
 
-/// The kernel parameters a container starts with: IPv6 off in a network namespace of its own,
-/// as dockerd 20.10 has it with IPv6 off (Berth has no IPv6 networks yet: a link-local
-/// address and `::1` that no network routes made programs that prefer IPv6 behave otherwise
-/// than under dockerd), then `--sysctl` (`HostConfig.Sysctls`), which may turn it back on.
-fn sysctls_of(rec: &ContainerRecord, net: NetMode) -> Vec<(String, String)> {
+/// The kernel parameters a container starts with, then `--sysctl` (`HostConfig.Sysctls`),
+/// which may undo them. In a network namespace of its own, IPv6 is off unless its first
+/// network has it, as dockerd 20.10 has it (a link-local address and `::1` that no network
+/// routes made programs that prefer IPv6 behave otherwise than under dockerd); with it,
+/// `eth0` takes its addresses with no duplicate address detection (dockerd adds them with
+/// `IFA_F_NODAD`), so they answer at once. Networks joined later turn IPv6 on themselves.
+fn sysctls_of(rec: &ContainerRecord, net: NetMode, eth0: Option<&network::Eth0>) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    let ipv6 = eth0.is_some_and(|e| e.v6.is_some() || e.link_local.iter().any(std::net::IpAddr::is_ipv6));
     // A kernel without IPv6 has nothing to turn off.
     if net == NetMode::New && std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        for key in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
-            out.push((key.to_owned(), "1".to_owned()));
-        }
+        let settings: &[(&str, &str)] = if ipv6 {
+            &[("net.ipv6.conf.eth0.accept_dad", "0")]
+        } else {
+            &[("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")]
+        };
+        out.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     }
     let given: std::collections::BTreeMap<String, String> =
         rec.host_config.extra.get("Sysctls").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();

@@ -173,10 +173,17 @@ impl Engine {
         let mut hosts = if host_mode {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+            // dockerd's defaults, word for word.
+            String::from(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+                 ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+            )
         };
         if let Some(e) = eth0 {
             hosts.push_str(&format!("{}\t{hostname}\n", e.address));
+            if let Some(v6) = e.v6 {
+                hosts.push_str(&format!("{}\t{hostname}\n", v6.address));
+            }
         } else if !host_mode {
             hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
         }

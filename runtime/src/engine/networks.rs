@@ -3,15 +3,16 @@
 //! pruned, and joined by containers (which find each other there through its DNS server).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Inner};
 use crate::container::{Attachment, ContainerRecord, Endpoint, NetRecord};
+use crate::network::ipam::{self, Family};
 use crate::network::user::{self, NetworkRecord, Pool, UserNetwork};
-use crate::network::{Bridge, Mode};
+use crate::network::{Bridge, Mode, NetworkError};
 
 /// What `POST /networks/create` asks for.
 #[derive(Debug, Clone, Default)]
@@ -22,15 +23,25 @@ pub struct NetworkCreate {
     pub attachable: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
-    /// `Subnet`, `Gateway`, `IPRange` of the first IPAM config, as given.
-    pub subnet: Option<String>,
-    pub gateway: Option<String>,
-    pub ip_range: Option<String>,
-    /// `AuxiliaryAddresses` of the first IPAM config: name to address.
-    pub aux_addresses: BTreeMap<String, String>,
+    /// The first IPv4 IPAM config, as given (its subnet none when not given).
+    pub ipv4: PoolRequest,
+    /// The first IPv6 IPAM config, as given.
+    pub ipv6: Option<PoolRequest>,
+    /// `EnableIPv6`.
+    pub enable_ipv6: bool,
     /// `IPAM.Options`, when the request had them (even empty: dockerd shows `{}` then, and
     /// null without).
     pub ipam_options: Option<BTreeMap<String, String>>,
+}
+
+/// One IPAM config of a network create: `Subnet`, `Gateway`, `IPRange` and
+/// `AuxiliaryAddresses` (name to address), as given.
+#[derive(Debug, Clone, Default)]
+pub struct PoolRequest {
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 /// A network's address pool as inspect shows it (dockerd's `IPAMConfig`).
@@ -55,9 +66,10 @@ pub struct NetworkInfo {
     pub attachable: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
-    /// The address pool; none for host and none.
-    pub ipam: Option<IpamInfo>,
+    /// The address pools (IPv4, then IPv6); none for host and none.
+    pub ipam: Vec<IpamInfo>,
     pub ipam_options: Option<BTreeMap<String, String>>,
+    pub enable_ipv6: bool,
     /// Containers on it: (record) — running ones carry their address in `net`.
     pub containers: Vec<ContainerRecord>,
 }
@@ -87,7 +99,8 @@ pub fn mode_name(mode: &str) -> &str {
 
 impl Engine {
     pub(crate) fn insert_network(&self, rec: NetworkRecord) -> Arc<UserNetwork> {
-        let bridge = Arc::new(Bridge::user(&rec.bridge_name(), &rec.pool, &self.inner.bridge.name, rec.internal));
+        let v6 = rec.pool6.as_ref().filter(|_| rec.enable_ipv6);
+        let bridge = Arc::new(Bridge::user(&rec.bridge_name(), &rec.pool, v6, &self.inner.bridge.name, rec.internal));
         let net = Arc::new(UserNetwork { record: rec, bridge, dns: Mutex::new(None) });
         self.inner.networks.lock().expect("networks lock").insert(net.record.id.clone(), net.clone());
         net
@@ -163,89 +176,46 @@ impl Engine {
                 )));
             }
         }
-        let taken: Vec<(Ipv4Addr, u8)> = {
+        // The subnets a new network must not overlap, of each family.
+        let (taken, taken6): Taken = {
             let nets = self.inner.networks.lock().expect("networks lock");
-            let default = (
-                Ipv4Addr::from(u32::from(self.inner.bridge.gateway) & user::mask(self.inner.bridge.prefix)),
-                self.inner.bridge.prefix,
-            );
-            nets.values()
+            let b = &self.inner.bridge;
+            let default = (ipam::network(b.gateway, b.prefix), b.prefix);
+            let v4 = nets
+                .values()
                 .map(|n| (n.record.pool.subnet, n.record.pool.prefix))
                 .chain(std::iter::once(default))
                 .chain(user::routed_subnets())
-                .collect()
+                .collect();
+            let v6 = nets.values().filter_map(|n| n.record.pool6.as_ref().map(|p| (p.subnet, p.prefix))).collect();
+            (v4, v6)
         };
-        let user_subnet = req.subnet.is_some();
-        let (subnet, prefix) = match &req.subnet {
-            Some(s) => {
-                let parsed = user::parse_cidr(s).ok_or_else(|| EngineError::InvalidArgument(format!("invalid subnet {s}: a.b.c.d/n (n at most 30)")))?;
-                if let Some(t) = taken.iter().find(|t| user::overlaps(parsed, **t)) {
-                    return Err(EngineError::Conflict(format!(
-                        "Pool overlaps with other one on this address space ({}/{} is in use)",
-                        t.0, t.1
-                    )));
-                }
-                parsed
-            }
-            None => user::free_subnet(&taken).ok_or_else(|| {
-                EngineError::Conflict("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network".into())
-            })?,
-        };
-        let in_subnet = |ip: Ipv4Addr| user::overlaps((ip, 32), (subnet, prefix));
-        let gateway = match &req.gateway {
-            Some(g) => {
-                let ip: Ipv4Addr =
-                    g.parse().map_err(|_| EngineError::InvalidArgument(format!("invalid gateway {g}")))?;
-                if !in_subnet(ip) {
-                    return Err(EngineError::InvalidArgument(format!("no matching subnet for gateway {g}")));
-                }
-                ip
-            }
-            None => Ipv4Addr::from(u32::from(subnet) + 1),
-        };
-        let range = match &req.ip_range {
-            Some(r) => {
-                let parsed =
-                    user::parse_cidr(r).ok_or_else(|| EngineError::InvalidArgument(format!("invalid ip-range {r}")))?;
-                if !in_subnet(parsed.0) || parsed.1 < prefix {
-                    return Err(EngineError::InvalidArgument(format!("no matching subnet for range {r}")));
-                }
-                Some(parsed)
+        let pool = pool_of(&req.name, &req.ipv4, &taken, || user::free_subnet(&taken))?;
+        let pool6 = match &req.ipv6 {
+            Some(r) => Some(pool_of(&req.name, r, &taken6, || None)?),
+            // dockerd 20.10 has no default IPv6 pools, and answers 404.
+            None if req.enable_ipv6 => {
+                return Err(EngineError::NotFound(
+                    "could not find an available, non-overlapping IPv6 address pool among the defaults to assign to the network".into(),
+                ));
             }
             None => None,
         };
-        // dockerd's words and status codes (a 500 for what its allocator refuses).
-        let refused = |m: String| EngineError::Network(Box::new(crate::network::NetworkError::BadAddress(m)));
-        let mut aux = BTreeMap::new();
-        for (name, a) in &req.aux_addresses {
-            let ip: Ipv4Addr = a.parse().map_err(|_| {
-                refused(format!("non parsable secondary ip address ({name}:{a}) passed for network {}", req.name))
-            })?;
-            if !in_subnet(ip) {
-                return Err(EngineError::Forbidden(format!(
-                    "auxiliary address: ({name}:{a}) must belong to the master pool: {subnet}/{prefix}"
-                )));
-            }
-            if ip == gateway || aux.values().any(|x| *x == ip) {
-                return Err(refused(format!(
-                    "failed to allocate secondary ip address ({name}:{a}): Address already in use"
-                )));
-            }
-            aux.insert(name.clone(), ip);
-        }
-        let gateway_shown = !user_subnet || req.gateway.is_some();
+        let user_subnet = req.ipv4.subnet.is_some() || pool6.is_some();
         let rec = NetworkRecord {
             id: crate::names::random_id(),
             name: req.name.clone(),
             created: crate::model::now_rfc3339(),
             driver: "bridge".into(),
-            pool: Pool { subnet, prefix, gateway, range, aux, gateway_shown },
+            pool,
             user_subnet,
             internal: req.internal,
             attachable: req.attachable,
             labels: req.labels,
             options: req.options,
             ipam_options: req.ipam_options,
+            enable_ipv6: req.enable_ipv6,
+            pool6,
         };
         self.inner.network_store.save(&rec).map_err(|e| EngineError::Network(Box::new(e)))?;
         let id = rec.id.clone();
@@ -266,13 +236,9 @@ impl Engine {
             attachable: r.attachable,
             labels: r.labels.clone(),
             options: r.options.clone(),
-            ipam: Some(IpamInfo {
-                subnet: r.pool.subnet_text(),
-                gateway: r.pool.gateway_shown.then(|| r.pool.gateway.to_string()),
-                range: r.pool.range.map(|(ip, p)| format!("{ip}/{p}")),
-                aux: r.pool.aux.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-            }),
+            ipam: std::iter::once(ipam_info(&r.pool)).chain(r.pool6.as_ref().map(ipam_info)).collect(),
             ipam_options: r.ipam_options.clone(),
+            enable_ipv6: r.enable_ipv6,
             containers: containers.iter().filter(|c| on_network(c, &r.name, &r.id)).cloned().collect(),
         }
     }
@@ -282,7 +248,7 @@ impl Engine {
         let containers = self.containers();
         let root = self.root().to_owned();
         let b = &self.inner.bridge;
-        let builtin = |name: &str, ipam: Option<IpamInfo>| NetworkInfo {
+        let builtin = |name: &str, ipam: Vec<IpamInfo>| NetworkInfo {
             id: builtin_id(&root, name),
             name: name.into(),
             created: String::new(),
@@ -294,13 +260,14 @@ impl Engine {
             options: BTreeMap::new(),
             ipam,
             ipam_options: None,
+            enable_ipv6: false,
             containers: containers.iter().filter(|c| mode_name(&c.host_config.network_mode) == name).cloned().collect(),
         };
-        let subnet = format!("{}/{}", Ipv4Addr::from(u32::from(b.gateway) & user::mask(b.prefix)), b.prefix);
+        let subnet = format!("{}/{}", ipam::network(b.gateway, b.prefix), b.prefix);
         let mut out = vec![
-            builtin("bridge", Some(IpamInfo { subnet, gateway: Some(b.gateway.to_string()), ..Default::default() })),
-            builtin("host", None),
-            builtin("none", None),
+            builtin("bridge", vec![IpamInfo { subnet, gateway: Some(b.gateway.to_string()), ..Default::default() }]),
+            builtin("host", Vec::new()),
+            builtin("none", Vec::new()),
         ];
         let nets: Vec<Arc<UserNetwork>> =
             self.inner.networks.lock().expect("networks lock").values().cloned().collect();
@@ -468,8 +435,8 @@ impl Engine {
             if let Err(e) = crate::network::detach(&a.link).await {
                 tracing::warn!(link = %a.link, error = %e, "removing a container's interface");
             }
-            if let (Some(n), Ok(ip)) = (self.user_network(&info.id), a.ip.parse()) {
-                n.bridge.release(ip);
+            if let Some(n) = self.user_network(&info.id) {
+                release_attachment(&n.bridge, &a.ip, a.v6);
             }
         }
         let named = |k: &String| names_network(k, &info.name, &info.id);
@@ -512,8 +479,9 @@ impl Engine {
             && let Ok(gateway) = a.gateway.parse()
         {
             let pid = rec.state.pid;
+            let v6 = a.v6.map(|v6| (a.iface.clone(), v6.gateway));
             super::blocking(move || {
-                crate::network::iface::default_route_in(pid, gateway)
+                crate::network::iface::default_route_in(pid, gateway, v6)
                     .map_err(|e| EngineError::Network(Box::new(crate::network::NetworkError::BadAddress(e))))
             })
             .await?;
@@ -536,6 +504,7 @@ impl Engine {
                     ports,
                     others: others.into_iter().filter(|(k, _)| k != name).collect(),
                     link: a.link.clone(),
+                    v6: a.v6,
                 },
                 None => NetRecord { mode: "none".into(), ports, ..NetRecord::default() },
             };
@@ -543,13 +512,11 @@ impl Engine {
         })
     }
 
-    /// Gives back the address a container held on its first network.
+    /// Gives back the addresses a container held on its first network.
     pub(crate) fn release_first(&self, net: &NetRecord) {
-        if let Ok(ip) = net.ip.parse() {
-            match self.user_network(&net.mode) {
-                Some(n) if net.mode != "bridge" => n.bridge.release(ip),
-                _ => self.inner.bridge.release(ip),
-            }
+        match self.user_network(&net.mode) {
+            Some(n) if net.mode != "bridge" => release_attachment(&n.bridge, &net.ip, net.v6),
+            _ => release_attachment(&self.inner.bridge, &net.ip, net.v6),
         }
     }
 
@@ -637,11 +604,130 @@ impl Engine {
         ep: &Endpoint,
         slot: usize,
     ) -> Result<Extra, EngineError> {
+        let link_local = link_local_of(ep)?;
         self.ensure_network(&net).await?;
-        let mut eth = net.bridge.allocate(ep.ipv4.parse().ok()).map_err(|e| EngineError::Network(Box::new(e)))?;
+        let mut eth = net
+            .bridge
+            .allocate(ep.ipv4.parse().ok(), ep.ipv6.parse().ok())
+            .map_err(|e| EngineError::Network(Box::new(e)))?;
         eth.mac = crate::network::parse_mac(&ep.mac);
+        eth.link_local = link_local;
         Ok(Extra { net, eth, iface: format!("eth{slot}"), link: format!("vx{}{slot}", &rec.id[..11]) })
     }
+}
+
+/// Subnets in use: IPv4, then IPv6.
+type Taken = (Vec<(Ipv4Addr, u8)>, Vec<(Ipv6Addr, u8)>);
+
+/// A network's pool of family `A` from one IPAM config of its create: the subnet given
+/// (refused when it overlaps one in `taken`) or the `default` one, the gateway given or the
+/// subnet's first address, the range and the auxiliary addresses, each refused with
+/// dockerd's words and status codes.
+fn pool_of<A: Family>(
+    network: &str,
+    req: &PoolRequest,
+    taken: &[(A, u8)],
+    default: impl FnOnce() -> Option<(A, u8)>,
+) -> Result<Pool<A>, EngineError> {
+    let family = if A::BITS == 32 { "IPv4" } else { "IPv6" };
+    let (subnet, prefix) = match &req.subnet {
+        Some(s) => {
+            let parsed = ipam::parse_cidr::<A>(s).ok_or_else(|| {
+                EngineError::InvalidArgument(format!(
+                    "invalid subnet {s}: an {family} address and a prefix of at most {}",
+                    A::MAX_PREFIX
+                ))
+            })?;
+            if let Some(t) = taken.iter().find(|t| ipam::overlaps(parsed, **t)) {
+                return Err(EngineError::Conflict(format!(
+                    "Pool overlaps with other one on this address space ({}/{} is in use)",
+                    t.0, t.1
+                )));
+            }
+            parsed
+        }
+        None => default().ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "could not find an available, non-overlapping {family} address pool among the defaults to assign to the network"
+            ))
+        })?,
+    };
+    let in_subnet = |ip: A| ipam::contains((subnet, prefix), ip);
+    let gateway = match &req.gateway {
+        Some(g) => {
+            let ip: A = g.parse().map_err(|_| EngineError::InvalidArgument(format!("invalid gateway {g}")))?;
+            if !in_subnet(ip) {
+                return Err(EngineError::InvalidArgument(format!("no matching subnet for gateway {g}")));
+            }
+            ip
+        }
+        None => A::from_bits(subnet.to_bits() + 1),
+    };
+    let range = match &req.ip_range {
+        Some(r) => {
+            let parsed = ipam::parse_cidr::<A>(r)
+                .ok_or_else(|| EngineError::InvalidArgument(format!("invalid ip-range {r}")))?;
+            if !in_subnet(parsed.0) || parsed.1 < prefix {
+                return Err(EngineError::InvalidArgument(format!("no matching subnet for range {r}")));
+            }
+            Some(parsed)
+        }
+        None => None,
+    };
+    // dockerd's words and status codes (a 500 for what its allocator refuses).
+    let refused = |m: String| EngineError::Network(Box::new(NetworkError::BadAddress(m)));
+    let mut aux = BTreeMap::new();
+    for (name, a) in &req.aux_addresses {
+        let ip: A = a.parse().map_err(|_| {
+            refused(format!("non parsable secondary ip address ({name}:{a}) passed for network {network}"))
+        })?;
+        if !in_subnet(ip) {
+            return Err(EngineError::Forbidden(format!(
+                "auxiliary address: ({name}:{a}) must belong to the master pool: {subnet}/{prefix}"
+            )));
+        }
+        if ip == gateway || aux.values().any(|x| *x == ip) {
+            return Err(refused(format!(
+                "failed to allocate secondary ip address ({name}:{a}): Address already in use"
+            )));
+        }
+        aux.insert(name.clone(), ip);
+    }
+    // dockerd 20.10 shows a gateway only when one was given with a subnet, or it chose both.
+    let gateway_shown = req.subnet.is_none() || req.gateway.is_some();
+    Ok(Pool { subnet, prefix, gateway, range, aux, gateway_shown })
+}
+
+/// A pool as inspect shows it.
+fn ipam_info<A: Family>(p: &Pool<A>) -> IpamInfo {
+    IpamInfo {
+        subnet: p.subnet_text(),
+        gateway: p.gateway_shown.then(|| p.gateway.to_string()),
+        range: p.range.map(|(ip, n)| format!("{ip}/{n}")),
+        aux: p.aux.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+    }
+}
+
+/// An endpoint's `LinkLocalIPs`, each checked to be one (dockerd's words, when the container
+/// starts or joins).
+pub(crate) fn link_local_of(ep: &crate::container::Endpoint) -> Result<Vec<IpAddr>, EngineError> {
+    let refused = |m: String| EngineError::Network(Box::new(NetworkError::BadAddress(m)));
+    let parsed: Vec<IpAddr> = ep
+        .link_local
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| refused(format!("Invalid link-local IP address: [{}]", ep.link_local.join(" "))))?;
+    for ip in &parsed {
+        let local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        };
+        if !local {
+            return Err(refused(format!("invalid link local IP address: {ip}")));
+        }
+    }
+    Ok(parsed)
 }
 
 /// The most networks a container joins after its first (interfaces `eth1` to `eth9`).
@@ -669,6 +755,7 @@ impl Extra {
             mac: self.eth.mac_text(),
             iface: self.iface.clone(),
             link: self.link.clone(),
+            v6: self.eth.v6,
         }
     }
 }
@@ -676,7 +763,17 @@ impl Extra {
 /// Gives the addresses back.
 pub(crate) fn release(extras: &[Extra]) {
     for x in extras {
-        x.net.bridge.release(x.eth.address);
+        x.net.bridge.release_all(&x.eth);
+    }
+}
+
+/// Gives back the addresses a record shows a container held on `bridge`'s network.
+fn release_attachment(bridge: &Bridge, ip: &str, v6: Option<crate::network::Eth6>) {
+    if let Ok(ip) = ip.parse() {
+        bridge.release(IpAddr::V4(ip));
+    }
+    if let Some(v6) = v6 {
+        bridge.release(IpAddr::V6(v6.address));
     }
 }
 
@@ -693,7 +790,7 @@ async fn unplug(extras: &[Extra]) {
 /// default route stays on the first network, as with dockerd).
 pub(crate) async fn plug(pid: i32, x: &Extra) -> Result<(), EngineError> {
     x.net.bridge.attach_as(&x.link, &x.iface, pid, &x.eth).await.map_err(|e| EngineError::Network(Box::new(e)))?;
-    let (iface, eth) = (x.iface.clone(), x.eth);
+    let (iface, eth) = (x.iface.clone(), x.eth.clone());
     super::blocking(move || {
         crate::network::iface::address_in(pid, &iface, &eth)
             .map_err(|e| EngineError::Network(Box::new(crate::network::NetworkError::BadAddress(e))))
@@ -704,8 +801,8 @@ pub(crate) async fn plug(pid: i32, x: &Extra) -> Result<(), EngineError> {
 /// The addresses a stopped container held on its other networks, given back.
 pub(crate) fn release_others(engine: &Engine, rec: &ContainerRecord) {
     for (name, a) in &rec.net.others {
-        if let (Some(n), Ok(ip)) = (engine.user_network(name), a.ip.parse()) {
-            n.bridge.release(ip);
+        if let Some(n) = engine.user_network(name) {
+            release_attachment(&n.bridge, &a.ip, a.v6);
         }
     }
 }
@@ -737,8 +834,8 @@ pub fn on_network(c: &ContainerRecord, name: &str, id: &str) -> bool {
 /// named `q` (its name, an alias on that network, its short ID or hostname), looked for on
 /// `net`, then on the asker's other user-defined networks (its resolver is one network's
 /// server, as dockerd's is one for all); `name.network` looks on that network only. The
-/// answer is the container's address on the network it was found on.
-fn resolve(inner: &Arc<Inner>, net: &str, q: &str, asker: Ipv4Addr) -> Option<Ipv4Addr> {
+/// answer is the container's addresses on the network it was found on.
+fn resolve(inner: &Arc<Inner>, net: &str, q: &str, asker: Ipv4Addr) -> Option<(Ipv4Addr, Option<Ipv6Addr>)> {
     let engine = Engine { inner: inner.clone() };
     let running: Vec<ContainerRecord> = engine.containers().into_iter().filter(|c| c.running()).collect();
     let asker = asker.to_string();
@@ -766,6 +863,6 @@ fn resolve(inner: &Arc<Inner>, net: &str, q: &str, asker: Ipv4Addr) -> Option<Ip
                         .filter(|(k, _)| *k == n || **k == id || (k.len() >= 12 && id.starts_with(k.as_str())))
                         .any(|(_, e)| e.aliases.iter().any(|a| a.eq_ignore_ascii_case(q)))
             })
-            .and_then(|c| c.address_on(n)?.0.parse().ok())
+            .and_then(|c| Some((c.address_on(n)?.0.parse().ok()?, c.ipv6_on(n).map(|v6| v6.address))))
     })
 }

@@ -1,21 +1,23 @@
 //! The embedded DNS server of a user-defined network, as dockerd has one: it listens on the
 //! network's gateway (UDP port 53, which containers on the network get as their nameserver),
-//! answers `A` queries for the containers on the network (by name, alias and short ID, also
-//! as `name.network`), and passes everything else to the engine's own resolvers.
+//! answers `A` (and, on a network with IPv6, `AAAA`) queries for the containers on the
+//! network (by name, alias and short ID, also as `name.network`), and passes everything else
+//! to the engine's own resolvers.
 //!
 //! DNS messages are read and written with `hickory-proto`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::net::UdpSocket;
 
-/// Resolves a name (lower case, no trailing dot) for the asker at the address given.
-pub type Lookup = Arc<dyn Fn(&str, Ipv4Addr) -> Option<Ipv4Addr> + Send + Sync>;
+/// Resolves a name (lower case, no trailing dot) for the asker at the address given: the
+/// container's IPv4 address and its IPv6 one, if it has one.
+pub type Lookup = Arc<dyn Fn(&str, Ipv4Addr) -> Option<(Ipv4Addr, Option<Ipv6Addr>)> + Send + Sync>;
 
 /// A running server; stopped on drop.
 #[derive(Debug)]
@@ -90,15 +92,21 @@ fn answer(query: &[u8], suffix: &str, lookup: &Lookup, asker: Ipv4Addr) -> Optio
     let q = msg.queries.first()?;
     let full = q.name().to_utf8().trim_end_matches('.').to_ascii_lowercase();
     let name = full.strip_suffix(suffix).unwrap_or(&full);
-    let ip = lookup(name, asker)?;
+    let (ip, ip6) = lookup(name, asker)?;
     let mut reply = Message::response(msg.metadata.id, OpCode::Query);
     reply.metadata.recursion_desired = msg.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
     reply.metadata.authoritative = true;
     reply.queries = msg.queries.clone();
-    // A container has an IPv4 address only: other types get an empty answer, not NXDOMAIN.
-    if q.query_type() == RecordType::A {
-        reply.add_answer(Record::from_rdata(q.name().clone(), 600, RData::A(A(ip))));
+    // Types the container has no address of get an empty answer, not NXDOMAIN.
+    match (q.query_type(), ip6) {
+        (RecordType::A, _) => {
+            reply.add_answer(Record::from_rdata(q.name().clone(), 600, RData::A(A(ip))));
+        }
+        (RecordType::AAAA, Some(ip6)) => {
+            reply.add_answer(Record::from_rdata(q.name().clone(), 600, RData::AAAA(AAAA(ip6))));
+        }
+        _ => {}
     }
     reply.to_vec().ok()
 }
@@ -140,8 +148,12 @@ mod tests {
 
     #[test]
     fn containers_are_answered_and_the_rest_forwarded() {
-        let lookup: Lookup = Arc::new(|n, asker| {
-            (n == "web" && asker == Ipv4Addr::new(172, 18, 0, 9)).then_some(Ipv4Addr::new(172, 18, 0, 2))
+        let v6: Ipv6Addr = "fd00::2".parse().unwrap();
+        let lookup: Lookup = Arc::new(move |n, asker| match n {
+            _ if asker != Ipv4Addr::new(172, 18, 0, 9) => None,
+            "web" => Some((Ipv4Addr::new(172, 18, 0, 2), None)),
+            "six" => Some((Ipv4Addr::new(172, 18, 0, 3), Some(v6))),
+            _ => None,
         });
         let answer = |q: &[u8], suffix: &str, lookup: &Lookup| answer(q, suffix, lookup, Ipv4Addr::new(172, 18, 0, 9));
         let reply = Message::from_vec(&answer(&ask("web.", RecordType::A), ".net", &lookup).unwrap()).unwrap();
@@ -151,6 +163,8 @@ mod tests {
         assert_eq!(scoped.answers.len(), 1);
         let aaaa = Message::from_vec(&answer(&ask("web.", RecordType::AAAA), ".net", &lookup).unwrap()).unwrap();
         assert!(aaaa.answers.is_empty() && aaaa.metadata.response_code == ResponseCode::NoError);
+        let six = Message::from_vec(&answer(&ask("six.", RecordType::AAAA), ".net", &lookup).unwrap()).unwrap();
+        assert_eq!(six.answers.iter().map(|a| a.data.clone()).collect::<Vec<_>>(), [RData::AAAA(AAAA(v6))]);
         assert!(answer(&ask("example.com.", RecordType::A), ".net", &lookup).is_none());
         let bad = Message::from_vec(&answer(b"\x12\x34garbage", ".net", &lookup).unwrap()).unwrap();
         assert_eq!((bad.metadata.id, bad.metadata.response_code), (0x1234, ResponseCode::FormErr));

@@ -47,7 +47,12 @@ async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, NetworkError> {
 }
 
 /// Bridge `name` with `gateway/prefix` on it, up; made if missing, left as it is otherwise.
-pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<(), NetworkError> {
+pub async fn ensure_bridge(
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    v6: Option<(std::net::Ipv6Addr, u8)>,
+) -> Result<(), NetworkError> {
     let h = connect()?;
     let index = match index_of(&h, name).await? {
         Some(i) => i,
@@ -62,11 +67,24 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<
             })?
         }
     };
-    match h.address().add(index, IpAddr::V4(gateway), prefix).execute().await {
-        Err(e) if errno(&e) != Some(EEXIST) => {
-            return Err(failed(format!("adding {gateway}/{prefix} to {name}"))(e));
+    let mut addresses = vec![(IpAddr::V4(gateway), prefix)];
+    if let Some((gateway6, prefix6)) = v6 {
+        // The gateway answers at once: no duplicate address detection holding it tentative
+        // while the first container already routes through it.
+        let conf = format!("/proc/sys/net/ipv6/conf/{name}");
+        for (key, value) in [("disable_ipv6", "0"), ("accept_dad", "0")] {
+            std::fs::write(format!("{conf}/{key}"), value)
+                .map_err(|source| NetworkError::Spawn { command: format!("setting {conf}/{key}"), source })?;
         }
-        _ => {}
+        addresses.push((IpAddr::V6(gateway6), prefix6));
+    }
+    for (ip, prefix) in addresses {
+        match h.address().add(index, ip, prefix).execute().await {
+            Err(e) if errno(&e) != Some(EEXIST) => {
+                return Err(failed(format!("adding {ip}/{prefix} to {name}"))(e));
+            }
+            _ => {}
+        }
     }
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())

@@ -14,13 +14,15 @@
 
 pub mod dns;
 pub mod iface;
+pub mod ipam;
 mod link;
 pub mod ports;
 pub mod user;
 
-use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
+
+use ipam::Space;
 
 /// Errors setting up networking.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +80,9 @@ pub fn parse_mode(s: &str) -> Option<Mode> {
     }
 }
 
-/// What the container's helper needs to configure `eth0`.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+/// What the container's helper needs to configure `eth0` (and the engine a container's
+/// later interfaces).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Eth0 {
     pub address: Ipv4Addr,
     pub prefix: u8,
@@ -87,6 +90,20 @@ pub struct Eth0 {
     /// `--mac-address`; dockerd's `02:42:<ip>` when `None`.
     #[serde(default)]
     pub mac: Option<[u8; 6]>,
+    /// The address on an IPv6 network.
+    #[serde(default)]
+    pub v6: Option<Eth6>,
+    /// `--link-local-ip`: more addresses on the interface, of either family.
+    #[serde(default)]
+    pub link_local: Vec<IpAddr>,
+}
+
+/// An interface's IPv6 address and the gateway of its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Eth6 {
+    pub address: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Ipv6Addr,
 }
 
 impl Eth0 {
@@ -108,19 +125,19 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.try_into().ok()
 }
 
-/// The bridge network and its address allocator.
+/// The bridge network and its address allocators.
 #[derive(Debug)]
 pub struct Bridge {
     pub name: String,
     pub gateway: Ipv4Addr,
     pub prefix: u8,
-    /// Where addresses are taken from, when narrower than the subnet (`--ip-range`).
-    pub range: Option<(Ipv4Addr, u8)>,
     /// For a user-defined network: the engine's default bridge, which it is isolated from.
     pub isolated_from: Option<String>,
     /// No traffic out of the subnet (`--internal`).
     pub internal: bool,
-    used: Mutex<HashSet<Ipv4Addr>>,
+    /// The IPv6 subnet and its gateway, on a network with IPv6 (`--ipv6`).
+    pub v6: Option<((Ipv6Addr, u8), Ipv6Addr)>,
+    spaces: Mutex<(Space<Ipv4Addr>, Option<Space<Ipv6Addr>>)>,
     ready: tokio::sync::OnceCell<()>,
 }
 
@@ -143,14 +160,14 @@ async fn run(args: &[&str]) -> Result<(), NetworkError> {
     }
 }
 
-/// Adds an iptables rule unless it is there already.
-async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), NetworkError> {
-    let mut check = vec!["iptables", "-w", "-t", table, "-C", chain];
+/// Adds a rule with `tool` (`iptables` or `ip6tables`) unless it is there already.
+async fn ensure_rule(tool: &str, table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), NetworkError> {
+    let mut check = vec![tool, "-w", "-t", table, "-C", chain];
     check.extend_from_slice(rule);
     if run(&check).await.is_ok() {
         return Ok(());
     }
-    let mut add = vec!["iptables", "-w", "-t", table, if insert { "-I" } else { "-A" }, chain];
+    let mut add = vec![tool, "-w", "-t", table, if insert { "-I" } else { "-A" }, chain];
     add.extend_from_slice(rule);
     run(&add).await
 }
@@ -161,66 +178,90 @@ impl Bridge {
             name: name.to_owned(),
             gateway,
             prefix,
-            range: None,
             isolated_from: None,
             internal: false,
-            used: Mutex::new(HashSet::new()),
+            v6: None,
+            spaces: Mutex::new((Space::new((gateway, prefix), gateway, None), None)),
             ready: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// The bridge of a user-defined network, kept apart from the engine's other bridges.
-    pub fn user(name: &str, pool: &user::Pool, default_bridge: &str, internal: bool) -> Bridge {
+    /// The bridge of a user-defined network, kept apart from the engine's other bridges;
+    /// with an IPv6 subnet when the network has IPv6 on.
+    pub fn user(
+        name: &str,
+        pool: &user::Pool,
+        v6: Option<&user::Pool<Ipv6Addr>>,
+        default_bridge: &str,
+        internal: bool,
+    ) -> Bridge {
         let mut b = Bridge::new(name, pool.gateway, pool.prefix);
-        b.range = pool.range;
+        let mut v4 = Space::new((pool.subnet, pool.prefix), pool.gateway, pool.range);
         // Auxiliary addresses are never given to a container.
-        b.used.lock().expect("ipam lock").extend(pool.aux.values().copied());
+        v4.reserve(pool.aux.values().copied());
+        let v6 = v6.map(|p| {
+            let mut s = Space::new((p.subnet, p.prefix), p.gateway, p.range);
+            s.reserve(p.aux.values().copied());
+            s
+        });
+        b.v6 = v6.as_ref().map(|s| (s.subnet, s.gateway));
+        b.spaces = Mutex::new((v4, v6));
         b.isolated_from = Some(default_bridge.to_owned());
         b.internal = internal;
         b
     }
 
+    /// The tools whose rules this bridge needs: `iptables`, and `ip6tables` with IPv6.
+    fn tools(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("iptables", self.subnet())];
+        if let Some(((net, prefix), _)) = self.v6 {
+            out.push(("ip6tables", format!("{net}/{prefix}")));
+        }
+        out
+    }
+
     /// Traffic between this bridge and any other of the engine's is dropped; within it, and
-    /// out to the world, it flows (as dockerd's DOCKER-ISOLATION chains have it).
-    async fn isolate(&self, default_bridge: &str) -> Result<(), NetworkError> {
-        let _ = run(&["iptables", "-w", "-N", ISOLATION]).await;
+    /// out to the world, it flows (as dockerd's DOCKER-ISOLATION chains have it). With IPv6,
+    /// the same for IPv6 (dockerd 20.10 leaves IPv6 between networks open).
+    async fn isolate(&self, tool: &str, default_bridge: &str) -> Result<(), NetworkError> {
+        let _ = run(&[tool, "-w", "-N", ISOLATION]).await;
         let me = self.name.as_str();
-        ensure_rule("filter", ISOLATION, &["-i", me, "-o", me, "-j", "RETURN"], true).await?;
+        ensure_rule(tool, "filter", ISOLATION, &["-i", me, "-o", me, "-j", "RETURN"], true).await?;
         for other in ["br-+", default_bridge] {
-            ensure_rule("filter", ISOLATION, &["-i", me, "-o", other, "-j", "DROP"], false).await?;
-            ensure_rule("filter", ISOLATION, &["-i", other, "-o", me, "-j", "DROP"], false).await?;
+            ensure_rule(tool, "filter", ISOLATION, &["-i", me, "-o", other, "-j", "DROP"], false).await?;
+            ensure_rule(tool, "filter", ISOLATION, &["-i", other, "-o", me, "-j", "DROP"], false).await?;
         }
         if self.internal {
-            ensure_rule("filter", ISOLATION, &["-i", me, "!", "-o", me, "-j", "DROP"], false).await?;
-            ensure_rule("filter", ISOLATION, &["-o", me, "!", "-i", me, "-j", "DROP"], false).await?;
+            ensure_rule(tool, "filter", ISOLATION, &["-i", me, "!", "-o", me, "-j", "DROP"], false).await?;
+            ensure_rule(tool, "filter", ISOLATION, &["-o", me, "!", "-i", me, "-j", "DROP"], false).await?;
         }
         // First in FORWARD, above the ACCEPT rules every bridge adds.
-        let _ = run(&["iptables", "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
-        run(&["iptables", "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await
+        let _ = run(&[tool, "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
+        run(&[tool, "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await
     }
 
     /// Removes the bridge and every rule it added.
     pub async fn teardown(&self) {
         let me = self.name.as_str();
-        let subnet = self.subnet();
-        let rules: Vec<(&str, &str, Vec<&str>)> = vec![
-            ("nat", "POSTROUTING", vec!["-s", &subnet, "!", "-o", me, "-j", "MASQUERADE"]),
-            ("filter", "FORWARD", vec!["-i", me, "-j", "ACCEPT"]),
-            ("filter", "FORWARD", vec!["-o", me, "-j", "ACCEPT"]),
-            ("filter", ISOLATION, vec!["-i", me, "-o", me, "-j", "RETURN"]),
-            ("filter", ISOLATION, vec!["-i", me, "!", "-o", me, "-j", "DROP"]),
-            ("filter", ISOLATION, vec!["-o", me, "!", "-i", me, "-j", "DROP"]),
-        ];
         let default = self.isolated_from.clone().unwrap_or_default();
-        let mut all = rules;
-        for other in ["br-+", default.as_str()] {
-            all.push(("filter", ISOLATION, vec!["-i", me, "-o", other, "-j", "DROP"]));
-            all.push(("filter", ISOLATION, vec!["-i", other, "-o", me, "-j", "DROP"]));
-        }
-        for (table, chain, rule) in all {
-            let mut del = vec!["iptables", "-w", "-t", table, "-D", chain];
-            del.extend_from_slice(&rule);
-            while run(&del).await.is_ok() {}
+        for (tool, subnet) in self.tools() {
+            let mut rules: Vec<(&str, &str, Vec<&str>)> = vec![
+                ("nat", "POSTROUTING", vec!["-s", &subnet, "!", "-o", me, "-j", "MASQUERADE"]),
+                ("filter", "FORWARD", vec!["-i", me, "-j", "ACCEPT"]),
+                ("filter", "FORWARD", vec!["-o", me, "-j", "ACCEPT"]),
+                ("filter", ISOLATION, vec!["-i", me, "-o", me, "-j", "RETURN"]),
+                ("filter", ISOLATION, vec!["-i", me, "!", "-o", me, "-j", "DROP"]),
+                ("filter", ISOLATION, vec!["-o", me, "!", "-i", me, "-j", "DROP"]),
+            ];
+            for other in ["br-+", default.as_str()] {
+                rules.push(("filter", ISOLATION, vec!["-i", me, "-o", other, "-j", "DROP"]));
+                rules.push(("filter", ISOLATION, vec!["-i", other, "-o", me, "-j", "DROP"]));
+            }
+            for (table, chain, rule) in rules {
+                let mut del = vec![tool, "-w", "-t", table, "-D", chain];
+                del.extend_from_slice(&rule);
+                while run(&del).await.is_ok() {}
+            }
         }
         if let Err(e) = link::delete(me).await {
             tracing::warn!(bridge = %me, error = %e, "removing the bridge");
@@ -228,78 +269,91 @@ impl Bridge {
     }
 
     fn subnet(&self) -> String {
-        let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-        format!("{}/{}", Ipv4Addr::from(u32::from(self.gateway) & mask), self.prefix)
+        format!("{}/{}", ipam::network(self.gateway, self.prefix), self.prefix)
     }
 
     /// Creates the bridge, enables forwarding and NAT (once per engine run; idempotent).
     pub async fn ensure(&self) -> Result<(), NetworkError> {
         self.ready
             .get_or_try_init(|| async {
-                link::ensure_bridge(&self.name, self.gateway, self.prefix).await?;
-                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-                    .map_err(|source| NetworkError::Spawn { command: "enable ip_forward".into(), source })?;
-                let subnet = self.subnet();
-                if !self.internal {
-                    ensure_rule(
-                        "nat",
-                        "POSTROUTING",
-                        &["-s", &subnet, "!", "-o", &self.name, "-j", "MASQUERADE"],
-                        false,
-                    )
-                    .await?;
+                let v6 = self.v6.map(|((_, prefix), gateway)| (gateway, prefix));
+                link::ensure_bridge(&self.name, self.gateway, self.prefix, v6).await?;
+                let mut forwarding = vec!["/proc/sys/net/ipv4/ip_forward"];
+                if v6.is_some() {
+                    forwarding.push("/proc/sys/net/ipv6/conf/all/forwarding");
                 }
-                ensure_rule("filter", "FORWARD", &["-i", &self.name, "-j", "ACCEPT"], true).await?;
-                ensure_rule("filter", "FORWARD", &["-o", &self.name, "-j", "ACCEPT"], true).await?;
-                if let Some(default) = &self.isolated_from {
-                    self.isolate(default).await?;
-                } else if run(&["iptables", "-w", "-n", "-L", ISOLATION]).await.is_ok() {
-                    // User networks came first: their isolation stays above this bridge's ACCEPTs.
-                    let _ = run(&["iptables", "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
-                    run(&["iptables", "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await?;
+                for path in forwarding {
+                    std::fs::write(path, "1").map_err(|source| NetworkError::Spawn {
+                        command: format!("enabling forwarding ({path})"),
+                        source,
+                    })?;
                 }
-                tracing::info!(bridge = %self.name, subnet = %subnet, "bridge network ready");
+                for (tool, subnet) in self.tools() {
+                    if !self.internal {
+                        ensure_rule(
+                            tool,
+                            "nat",
+                            "POSTROUTING",
+                            &["-s", &subnet, "!", "-o", &self.name, "-j", "MASQUERADE"],
+                            false,
+                        )
+                        .await?;
+                    }
+                    ensure_rule(tool, "filter", "FORWARD", &["-i", &self.name, "-j", "ACCEPT"], true).await?;
+                    ensure_rule(tool, "filter", "FORWARD", &["-o", &self.name, "-j", "ACCEPT"], true).await?;
+                    if let Some(default) = &self.isolated_from {
+                        self.isolate(tool, default).await?;
+                    } else if run(&[tool, "-w", "-n", "-L", ISOLATION]).await.is_ok() {
+                        // User networks came first: their isolation stays above this bridge's ACCEPTs.
+                        let _ = run(&[tool, "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
+                        run(&[tool, "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await?;
+                    }
+                }
+                tracing::info!(bridge = %self.name, subnet = %self.subnet(), ipv6 = ?self.v6, "bridge network ready");
                 Ok(())
             })
             .await
             .map(|_| ())
     }
 
-    /// Takes a free address (the preferred one when it is free).
-    pub fn allocate(&self, preferred: Option<Ipv4Addr>) -> Result<Eth0, NetworkError> {
-        let mut used = self.used.lock().expect("ipam lock");
-        let base = u32::from(self.gateway) & u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-        let size = 1u32 << (32 - self.prefix as u32);
-        let in_subnet = |a: Ipv4Addr| u32::from(a) & !(size - 1) == base;
-        if let Some(p) = preferred {
-            if !in_subnet(p) || p == self.gateway {
-                return Err(NetworkError::BadAddress(format!(
-                    "no configured subnet or ip-range contain the IP address {p}"
-                )));
-            }
-            if used.contains(&p) {
-                return Err(NetworkError::BadAddress("Address already in use".into()));
-            }
-            used.insert(p);
-            return Ok(Eth0 { address: p, prefix: self.prefix, gateway: self.gateway, mac: None });
-        }
-        let (from, count) = match self.range {
-            Some((r, p)) => (u32::from(r) & user::mask(p), 1u32 << (32 - p as u32)),
-            None => (base, size),
+    /// Takes free addresses: the preferred ones when they are free, and an IPv6 one only on
+    /// a network with IPv6 (dockerd ignores `--ip6` elsewhere). Both or neither.
+    pub fn allocate(&self, preferred: Option<Ipv4Addr>, preferred6: Option<Ipv6Addr>) -> Result<Eth0, NetworkError> {
+        let mut spaces = self.spaces.lock().expect("ipam lock");
+        let (v4, v6) = &mut *spaces;
+        let address = v4.take(preferred)?;
+        let v6 = match v6 {
+            Some(s) => match s.take(preferred6) {
+                Ok(a) => Some(Eth6 { address: a, prefix: s.subnet.1, gateway: s.gateway }),
+                Err(e) => {
+                    v4.give_back(address);
+                    return Err(e);
+                }
+            },
+            None => None,
         };
-        let address = (0..count)
-            .map(|i| Ipv4Addr::from(from.wrapping_add(i)))
-            .find(|a| {
-                let n = u32::from(*a);
-                in_subnet(*a) && n > base + 1 && n < base + size - 1 && *a != self.gateway && !used.contains(a)
-            })
-            .ok_or_else(|| NetworkError::Exhausted(self.subnet()))?;
-        used.insert(address);
-        Ok(Eth0 { address, prefix: self.prefix, gateway: self.gateway, mac: None })
+        Ok(Eth0 { address, prefix: self.prefix, gateway: self.gateway, mac: None, v6, link_local: Vec::new() })
     }
 
-    pub fn release(&self, ip: Ipv4Addr) {
-        self.used.lock().expect("ipam lock").remove(&ip);
+    /// Gives an address of either family back.
+    pub fn release(&self, ip: IpAddr) {
+        let mut spaces = self.spaces.lock().expect("ipam lock");
+        match ip {
+            IpAddr::V4(ip) => spaces.0.give_back(ip),
+            IpAddr::V6(ip) => {
+                if let Some(s) = spaces.1.as_mut() {
+                    s.give_back(ip);
+                }
+            }
+        }
+    }
+
+    /// Gives back what [`Bridge::allocate`] took.
+    pub fn release_all(&self, e: &Eth0) {
+        self.release(IpAddr::V4(e.address));
+        if let Some(v6) = e.v6 {
+            self.release(IpAddr::V6(v6.address));
+        }
     }
 
     /// Creates the veth pair for the process `pid` (its end as `eth0`, in its namespace) and
@@ -328,19 +382,16 @@ mod tests {
     #[test]
     fn allocation_skips_gateway_and_reuses_released() {
         let b = Bridge::new("x", Ipv4Addr::new(172, 29, 0, 1), 16);
-        let a = b.allocate(None).unwrap();
+        let a = b.allocate(None, None).unwrap();
         assert_eq!(a.address, Ipv4Addr::new(172, 29, 0, 2));
-        let c = b.allocate(None).unwrap();
-        assert_eq!(c.address, Ipv4Addr::new(172, 29, 0, 3));
-        b.release(a.address);
-        assert_eq!(b.allocate(None).unwrap().address, Ipv4Addr::new(172, 29, 0, 2));
-        assert_eq!(b.allocate(Some(Ipv4Addr::new(172, 29, 9, 9))).unwrap().address, Ipv4Addr::new(172, 29, 9, 9));
-        let e = Eth0 {
-            address: Ipv4Addr::new(172, 17, 0, 2),
-            prefix: 16,
-            gateway: Ipv4Addr::new(172, 17, 0, 1),
-            mac: None,
-        };
+        // No IPv6 on this bridge: an IPv6 address asked for is ignored, as dockerd does.
+        let c = b.allocate(None, Some("fd00::5".parse().unwrap())).unwrap();
+        assert_eq!((c.address, c.v6), (Ipv4Addr::new(172, 29, 0, 3), None));
+        b.release_all(&a);
+        assert_eq!(b.allocate(None, None).unwrap().address, Ipv4Addr::new(172, 29, 0, 2));
+        let asked = b.allocate(Some(Ipv4Addr::new(172, 29, 9, 9)), None).unwrap();
+        assert_eq!(asked.address, Ipv4Addr::new(172, 29, 9, 9));
+        let e = Eth0 { address: Ipv4Addr::new(172, 17, 0, 2), gateway: Ipv4Addr::new(172, 17, 0, 1), ..asked };
         assert_eq!(e.mac_text(), "02:42:ac:11:00:02");
         assert_eq!(Eth0 { mac: Some([0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc]), ..e }.mac_text(), "12:34:56:78:9a:bc");
         assert_eq!(b.subnet(), "172.29.0.0/16");

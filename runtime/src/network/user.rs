@@ -7,7 +7,7 @@
 //! one, and removed with the network.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -15,18 +15,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bridge, NetworkError};
 
-/// One IPAM pool of a network.
+/// One IPAM pool of a network, IPv4 or IPv6.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Pool {
-    pub subnet: Ipv4Addr,
+#[serde(bound(serialize = "A: Serialize", deserialize = "A: serde::de::DeserializeOwned"))]
+pub struct Pool<A = Ipv4Addr> {
+    pub subnet: A,
     pub prefix: u8,
-    pub gateway: Ipv4Addr,
+    pub gateway: A,
     /// `IPRange`: where container addresses are taken from.
     #[serde(default)]
-    pub range: Option<(Ipv4Addr, u8)>,
+    pub range: Option<(A, u8)>,
     /// `AuxiliaryAddresses`: named addresses of the subnet no container is given.
     #[serde(default)]
-    pub aux: BTreeMap<String, Ipv4Addr>,
+    pub aux: BTreeMap<String, A>,
     /// Whether the gateway was given or the subnet's default (dockerd 20.10 shows a
     /// gateway in inspect only when one was given with a subnet, or it chose the subnet).
     #[serde(default = "shown")]
@@ -37,7 +38,7 @@ fn shown() -> bool {
     true
 }
 
-impl Pool {
+impl<A: std::fmt::Display> Pool<A> {
     pub fn subnet_text(&self) -> String {
         format!("{}/{}", self.subnet, self.prefix)
     }
@@ -60,6 +61,12 @@ pub struct NetworkRecord {
     /// `IPAM.Options`, kept and shown (none when the request had none).
     #[serde(default)]
     pub ipam_options: Option<BTreeMap<String, String>>,
+    /// `EnableIPv6`: containers get an address of `pool6` too.
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    /// The IPv6 pool, when one was given (kept and shown even with IPv6 off, as dockerd).
+    #[serde(default)]
+    pub pool6: Option<Pool<Ipv6Addr>>,
 }
 
 impl NetworkRecord {
@@ -75,24 +82,6 @@ pub struct UserNetwork {
     pub bridge: Arc<Bridge>,
     /// The DNS server, once the bridge is up.
     pub dns: Mutex<Option<super::dns::Server>>,
-}
-
-/// Parses `a.b.c.d/n` into its network address and prefix.
-pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (ip, prefix) = s.split_once('/')?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30)?;
-    Some((Ipv4Addr::from(u32::from(ip) & mask(prefix)), prefix))
-}
-
-pub fn mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0)
-}
-
-/// Whether two subnets overlap.
-pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
-    let m = mask(a.1.min(b.1));
-    u32::from(a.0) & m == u32::from(b.0) & m
 }
 
 /// Subnets on this machine's routes (`/proc/net/route`), which a new network must not take.
@@ -119,7 +108,7 @@ pub fn free_subnet(taken: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
     let candidates = (18..=28)
         .map(|b| (Ipv4Addr::new(172, b, 0, 0), 16))
         .chain((0..16).map(|i| (Ipv4Addr::new(192, 168, i * 16, 0), 20)));
-    candidates.into_iter().find(|c| !taken.iter().any(|t| overlaps(*c, *t)))
+    candidates.into_iter().find(|c| !taken.iter().any(|t| super::ipam::overlaps(*c, *t)))
 }
 
 /// The store of network records.
@@ -161,12 +150,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subnets_parse_overlap_and_are_picked_around_what_is_taken() {
-        assert_eq!(parse_cidr("10.1.2.3/24"), Some((Ipv4Addr::new(10, 1, 2, 0), 24)));
-        assert_eq!(parse_cidr("10.1.2.3"), None);
-        assert_eq!(parse_cidr("10.1.2.3/31"), None);
-        assert!(overlaps((Ipv4Addr::new(172, 18, 0, 0), 16), (Ipv4Addr::new(172, 18, 5, 0), 24)));
-        assert!(!overlaps((Ipv4Addr::new(172, 18, 0, 0), 16), (Ipv4Addr::new(172, 19, 0, 0), 16)));
+    fn free_subnets_are_picked_around_what_is_taken() {
         let taken = [(Ipv4Addr::new(172, 18, 0, 0), 16), (Ipv4Addr::new(172, 19, 3, 0), 24)];
         assert_eq!(free_subnet(&taken), Some((Ipv4Addr::new(172, 20, 0, 0), 16)));
         // Routes of this machine parse: at least loopback-less hosts have their default's subnet.

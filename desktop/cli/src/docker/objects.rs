@@ -47,14 +47,18 @@ pub enum NetworkCmd {
         #[arg(long)]
         format: Option<String>,
     },
-    /// Create a bridge network (`--subnet`, `--gateway` optional).
+    /// Create a bridge network (`--subnet`, `--gateway` optional: one of each family, an
+    /// IPv6 subnet with `--ipv6`).
     Create {
         #[arg(long)]
-        subnet: Option<String>,
+        subnet: Vec<String>,
         #[arg(long)]
-        gateway: Option<String>,
+        gateway: Vec<String>,
         #[arg(long)]
         internal: bool,
+        /// Containers get an IPv6 address too.
+        #[arg(long)]
+        ipv6: bool,
         name: String,
     },
     Inspect {
@@ -220,12 +224,29 @@ pub async fn network(d: &Docker, cmd: NetworkCmd) -> anyhow::Result<i32> {
                 ),
             }
         }
-        NetworkCmd::Create { subnet, gateway, internal, name } => {
-            let ipam = (subnet.is_some() || gateway.is_some()).then(|| bollard::models::Ipam {
-                config: Some(vec![bollard::models::IpamConfig { subnet, gateway, ..Default::default() }]),
+        NetworkCmd::Create { subnet, gateway, internal, ipv6, name } => {
+            // Each gateway goes with the subnet of its family, as docker pairs them.
+            let v6 = |s: &String| s.contains(':');
+            let config: Vec<bollard::models::IpamConfig> = subnet
+                .iter()
+                .map(|s| bollard::models::IpamConfig {
+                    subnet: Some(s.clone()),
+                    gateway: gateway.iter().find(|g| v6(g) == v6(s)).cloned(),
+                    ..Default::default()
+                })
+                .collect();
+            if let Some(g) = gateway.iter().find(|g| !subnet.iter().any(|s| v6(s) == v6(g))) {
+                anyhow::bail!("no matching subnet for gateway {g}");
+            }
+            let ipam =
+                (!config.is_empty()).then(|| bollard::models::Ipam { config: Some(config), ..Default::default() });
+            let req = NetworkCreateRequest {
+                name,
+                internal: Some(internal),
+                enable_ipv6: Some(ipv6),
+                ipam,
                 ..Default::default()
-            });
-            let req = NetworkCreateRequest { name, internal: Some(internal), ipam, ..Default::default() };
+            };
             println!("{}", d.create_network(req).await?.id);
         }
         NetworkCmd::Inspect { names } => {

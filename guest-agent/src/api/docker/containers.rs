@@ -130,12 +130,23 @@ fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
 /// One entry of `NetworkSettings.Networks`: the container on network `name` (ID `id`).
 fn endpoint_json(rec: &ContainerRecord, name: &str, id: &str, user_net: bool, ep: &Endpoint) -> Value {
     let (ip, prefix, gateway, mac) = rec.address_on(name).unwrap_or(("", 0, "", ""));
+    let v6 = rec.ipv6_on(name);
+    // As given, each field only when given (dockerd's `omitempty`), null when none is.
+    let mut ipam = serde_json::Map::new();
+    for (key, value) in [("IPv4Address", &ep.ipv4), ("IPv6Address", &ep.ipv6)] {
+        if !value.is_empty() {
+            ipam.insert(key.into(), json!(value));
+        }
+    }
+    if !ep.link_local.is_empty() {
+        ipam.insert("LinkLocalIPs".into(), json!(ep.link_local));
+    }
     let mut aliases = ep.aliases.clone();
     if user_net && !aliases.contains(&rec.id[..12].to_owned()) {
         aliases.push(rec.id[..12].to_owned());
     }
     json!({
-        "IPAMConfig": if ep.ipv4.is_empty() { Value::Null } else { json!({"IPv4Address": ep.ipv4}) },
+        "IPAMConfig": if ipam.is_empty() { Value::Null } else { Value::Object(ipam) },
         "Links": null,
         "Aliases": if user_net { json!(aliases) } else { Value::Null },
         "MacAddress": mac,
@@ -145,9 +156,9 @@ fn endpoint_json(rec: &ContainerRecord, name: &str, id: &str, user_net: bool, ep
         "Gateway": gateway,
         "IPAddress": ip,
         "IPPrefixLen": prefix,
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "IPv6Gateway": v6.map(|v| v.gateway.to_string()).unwrap_or_default(),
+        "GlobalIPv6Address": v6.map(|v| v.address.to_string()).unwrap_or_default(),
+        "GlobalIPv6PrefixLen": v6.map_or(0, |v| v.prefix),
         "DNSNames": if user_net { json!([rec.name.clone(), rec.id[..12].to_owned()].into_iter().chain(ep.aliases.iter().cloned()).collect::<Vec<_>>()) } else { Value::Null },
     })
 }

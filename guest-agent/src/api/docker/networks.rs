@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_runtime::Engine;
 use berth_runtime::container::Endpoint;
-use berth_runtime::engine::{NetworkCreate, NetworkInfo};
+use berth_runtime::engine::{NetworkCreate, NetworkInfo, PoolRequest};
 use serde_json::{Value, json};
 
 use super::containers::filter_values;
@@ -40,10 +40,11 @@ pub(super) fn network_json(n: &NetworkInfo, with_containers: bool) -> Value {
     if with_containers {
         for c in n.containers.iter().filter(|c| c.running()) {
             let Some((ip, prefix, _, mac)) = c.address_on(&n.name) else { continue };
+            let ip6 = c.ipv6_on(&n.name).map(|v6| format!("{}/{}", v6.address, v6.prefix)).unwrap_or_default();
             containers.insert(
                 c.id.clone(),
                 json!({"Name": c.name, "EndpointID": endpoint_id(&c.id, &n.id), "MacAddress": mac,
-                       "IPv4Address": format!("{ip}/{prefix}"), "IPv6Address": ""}),
+                       "IPv4Address": format!("{ip}/{prefix}"), "IPv6Address": ip6}),
             );
         }
     }
@@ -56,7 +57,7 @@ pub(super) fn network_json(n: &NetworkInfo, with_containers: bool) -> Value {
         "Created": created,
         "Scope": "local",
         "Driver": n.driver,
-        "EnableIPv6": false,
+        "EnableIPv6": n.enable_ipv6,
         "IPAM": {"Driver": "default", "Options": ipam_options, "Config": config},
         "Internal": n.internal,
         "Attachable": n.attachable,
@@ -112,13 +113,11 @@ pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Respons
             Some(m) => serde_json::from_value(m.clone()).map_err(|e| ApiError::invalid(format!("invalid {k}: {e}"))),
         }
     };
-    if v.get("EnableIPv6").and_then(Value::as_bool) == Some(true) {
-        return Err(ApiError::invalid("IPv6 networks are not supported by Berth yet"));
-    }
-    let ipam = v.get("IPAM").and_then(|i| i.get("Config")).and_then(Value::as_array).and_then(|c| c.first()).cloned();
-    let field = |k: &str| {
-        ipam.as_ref().and_then(|c| c.get(k)).and_then(Value::as_str).filter(|x| !x.is_empty()).map(str::to_owned)
-    };
+    // The first IPAM config of each family (an IPv6 one by its subnet).
+    let configs = v.get("IPAM").and_then(|i| i.get("Config")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let is_v6 = |c: &Value| c.get("Subnet").and_then(Value::as_str).is_some_and(|s| s.contains(':'));
+    let ipv4 = configs.iter().find(|c| !is_v6(c)).map(pool_request).transpose()?.unwrap_or_default();
+    let ipv6 = configs.iter().find(|c| is_v6(c)).map(pool_request).transpose()?;
     let req = NetworkCreate {
         name: s("Name"),
         driver: s("Driver"),
@@ -126,14 +125,9 @@ pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Respons
         attachable: v.get("Attachable").and_then(Value::as_bool).unwrap_or(false),
         labels: map("Labels")?,
         options: map("Options")?,
-        subnet: field("Subnet"),
-        gateway: field("Gateway"),
-        ip_range: field("IPRange"),
-        aux_addresses: match ipam.as_ref().and_then(|c| c.get("AuxiliaryAddresses")) {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(m) => serde_json::from_value(m.clone())
-                .map_err(|e| ApiError::invalid(format!("invalid AuxiliaryAddresses: {e}")))?,
-        },
+        ipv4,
+        ipv6,
+        enable_ipv6: v.get("EnableIPv6").and_then(Value::as_bool).unwrap_or(false),
         ipam_options: match v.get("IPAM").and_then(|i| i.get("Options")) {
             None | Some(Value::Null) => None,
             Some(m) => Some(
@@ -144,6 +138,21 @@ pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Respons
     };
     let id = engine.network_create(req).await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warning": ""}))).into_response())
+}
+
+/// One IPAM config as a create gives it.
+fn pool_request(c: &Value) -> Result<PoolRequest, ApiError> {
+    let field = |k: &str| c.get(k).and_then(Value::as_str).filter(|x| !x.is_empty()).map(str::to_owned);
+    Ok(PoolRequest {
+        subnet: field("Subnet"),
+        gateway: field("Gateway"),
+        ip_range: field("IPRange"),
+        aux_addresses: match c.get("AuxiliaryAddresses") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(m) => serde_json::from_value(m.clone())
+                .map_err(|e| ApiError::invalid(format!("invalid AuxiliaryAddresses: {e}")))?,
+        },
+    })
 }
 
 pub async fn remove(State(engine): State<Engine>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -160,9 +169,12 @@ pub async fn prune(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<
 /// An `EndpointConfig` (or `EndpointSettings`) as the engine keeps it.
 pub(super) fn endpoint_of(v: Option<&Value>) -> Endpoint {
     let Some(v) = v else { return Endpoint::default() };
+    let ipam = |k: &str| v.get("IPAMConfig").and_then(|i| i.get(k));
     Endpoint {
         aliases: v.get("Aliases").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default(),
-        ipv4: v.get("IPAMConfig").and_then(|i| i.get("IPv4Address")).and_then(Value::as_str).unwrap_or("").to_owned(),
+        ipv4: ipam("IPv4Address").and_then(Value::as_str).unwrap_or("").to_owned(),
+        ipv6: ipam("IPv6Address").and_then(Value::as_str).unwrap_or("").to_owned(),
+        link_local: ipam("LinkLocalIPs").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default(),
         mac: v.get("MacAddress").and_then(Value::as_str).unwrap_or("").to_owned(),
     }
 }
