@@ -195,8 +195,8 @@ needed() {
 }
 
 # berth-agent as /init; mke2fs for the data disk; iptables (legacy backend, whose modules the
-# guest loads) for bridge networking's NAT and filter rules (links and addresses are the
-# engine's own netlink calls); and their libraries.
+# guest loads) for bridge networking's NAT and filter rules, ip6tables for IPv6 networks' (links
+# and addresses are the engine's own netlink calls); and their libraries.
 step "adding berth-agent ($AGENT), mke2fs, iptables"
 cp "$AGENT" "$R/bin/berth-agent"
 "$STRIP" --strip-debug "$R/bin/berth-agent"
@@ -204,6 +204,7 @@ cp "$SYS/sbin/mke2fs" "$R/sbin/mke2fs"
 mkdir -p "$R/usr/sbin" "$R/usr/lib/$LIBDIR"
 cp -L "$SYS/usr/sbin/xtables-legacy-multi" "$R/usr/sbin/xtables-legacy-multi"
 ln -s xtables-legacy-multi "$R/usr/sbin/iptables"
+ln -s xtables-legacy-multi "$R/usr/sbin/ip6tables"
 cp -a "$SYS/usr/lib/$LIBDIR/xtables" "$R/usr/lib/$LIBDIR/"
 for bin in "$AGENT" "$SYS/sbin/mke2fs" "$SYS/usr/sbin/xtables-legacy-multi"; do
     needed "$bin" > "$WORK/libs"

@@ -354,7 +354,8 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     }
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n", "{}", String::from_utf8_lossy(&exec.stderr));
     // A build through the VM (the context crosses the transport), and containers finding
-    // each other by name on a user-defined network there.
+    // each other by name on a user-defined network there, over IPv4 and IPv6 (the guest's
+    // ip6tables and its modules).
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
@@ -364,9 +365,11 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     let built = home.docker(&["build", "-t", "vmbuilt", ctx.path().to_str().unwrap()]);
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     assert_eq!(String::from_utf8_lossy(&home.docker(&["run", "--rm", "vmbuilt"]).stdout), "built in the VM\n");
-    assert!(home.docker(&["network", "create", "vmnet"]).status.success());
+    let made = home.docker(&["network", "create", "--ipv6", "--subnet", "fd00:5::/64", "vmnet"]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     assert!(home.docker(&["run", "-d", "--name", "peer", "--network", "vmnet", &img, "sleep", "600"]).status.success());
-    let ping = home.docker(&["run", "--rm", "--network", "vmnet", &img, "ping", "-c", "1", "peer"]);
+    let both = "ping -c 1 peer && ping -6 -c 1 peer";
+    let ping = home.docker(&["run", "--rm", "--network", "vmnet", &img, "sh", "-c", both]);
     assert!(
         ping.status.success(),
         "{}{}",

@@ -289,24 +289,15 @@ impl Bridge {
                     })?;
                 }
                 for (tool, subnet) in self.tools() {
-                    if !self.internal {
-                        ensure_rule(
-                            tool,
-                            "nat",
-                            "POSTROUTING",
-                            &["-s", &subnet, "!", "-o", &self.name, "-j", "MASQUERADE"],
-                            false,
-                        )
-                        .await?;
-                    }
-                    ensure_rule(tool, "filter", "FORWARD", &["-i", &self.name, "-j", "ACCEPT"], true).await?;
-                    ensure_rule(tool, "filter", "FORWARD", &["-o", &self.name, "-j", "ACCEPT"], true).await?;
-                    if let Some(default) = &self.isolated_from {
-                        self.isolate(tool, default).await?;
-                    } else if run(&[tool, "-w", "-n", "-L", ISOLATION]).await.is_ok() {
-                        // User networks came first: their isolation stays above this bridge's ACCEPTs.
-                        let _ = run(&[tool, "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
-                        run(&[tool, "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await?;
+                    match self.rules(tool, &subnet).await {
+                        // Without ip6tables, IPv6 is as dockerd 20.10 leaves it: routed, not
+                        // isolated between networks, not NATed.
+                        Err(NetworkError::Spawn { source, .. })
+                            if tool == "ip6tables" && source.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            tracing::warn!(bridge = %self.name, "no ip6tables: IPv6 between networks is not isolated");
+                        }
+                        other => other?,
                     }
                 }
                 tracing::info!(bridge = %self.name, subnet = %self.subnet(), ipv6 = ?self.v6, "bridge network ready");
@@ -314,6 +305,26 @@ impl Bridge {
             })
             .await
             .map(|_| ())
+    }
+
+    /// NAT out (unless internal), forwarding to and from the bridge, and isolation, with
+    /// `tool` for `subnet`.
+    async fn rules(&self, tool: &str, subnet: &str) -> Result<(), NetworkError> {
+        if !self.internal {
+            ensure_rule(tool, "nat", "POSTROUTING", &["-s", subnet, "!", "-o", &self.name, "-j", "MASQUERADE"], false)
+                .await?;
+        }
+        ensure_rule(tool, "filter", "FORWARD", &["-i", &self.name, "-j", "ACCEPT"], true).await?;
+        ensure_rule(tool, "filter", "FORWARD", &["-o", &self.name, "-j", "ACCEPT"], true).await?;
+        if let Some(default) = &self.isolated_from {
+            self.isolate(tool, default).await
+        } else if run(&[tool, "-w", "-n", "-L", ISOLATION]).await.is_ok() {
+            // User networks came first: their isolation stays above this bridge's ACCEPTs.
+            let _ = run(&[tool, "-w", "-D", "FORWARD", "-j", ISOLATION]).await;
+            run(&[tool, "-w", "-I", "FORWARD", "1", "-j", ISOLATION]).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Takes free addresses: the preferred ones when they are free, and an IPv6 one only on
