@@ -1,6 +1,8 @@
 //! Published ports (`-p [ip:]host:container[/proto]`): the engine listens on the host side and
 //! forwards each TCP connection, or each UDP peer's datagrams, to the container's address, the
-//! way dockerd's userland proxy does.
+//! way dockerd's userland proxy does. A port given without an address listens on `0.0.0.0`
+//! and, where the engine's host has IPv6, on `[::]` too (IPv6 only, the same port), as
+//! dockerd's proxy does; inspect shows both.
 //!
 //! In the VM the engine's "host" is the guest, and the user's machine is further out: a
 //! [`HostSide`] (the agent's ports channel to the host daemon) listens on the same address and
@@ -10,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +106,28 @@ impl Listener {
             Ok((Listener::Udp(s), p))
         }
     }
+
+    /// `[::]:port` for IPv6 alone, beside an IPv4 listener on the same port (without
+    /// `IPV6_V6ONLY` the two would collide on Linux).
+    fn bind_v6_only(proto: &str, port: u16) -> std::io::Result<Listener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let (kind, protocol) =
+            if proto == "tcp" { (Type::STREAM, Protocol::TCP) } else { (Type::DGRAM, Protocol::UDP) };
+        let s = Socket::new(Domain::IPV6, kind, Some(protocol))?;
+        s.set_only_v6(true)?;
+        if proto == "tcp" {
+            // As tokio's own listeners have it.
+            s.set_reuse_address(true)?;
+        }
+        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+        s.set_nonblocking(true)?;
+        if proto == "tcp" {
+            s.listen(1024)?;
+            Ok(Listener::Tcp(TcpListener::from_std(s.into())?))
+        } else {
+            Ok(Listener::Udp(UdpSocket::from_std(s.into())?))
+        }
+    }
 }
 
 /// How often a port the engine picked itself (`-p 80`) is picked again when the user's
@@ -169,7 +193,7 @@ pub async fn publish(
         let taken =
             |addr: SocketAddr| NetworkError::PortAllocated { endpoint: endpoint.into(), addr: addr.to_string() };
         let mut tries = 0;
-        let (listener, bound_port) = loop {
+        let (listener, twin, bound_port) = loop {
             let (listener, bound_port) = Listener::bind(&proto, addr).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AddrInUse {
                     taken(addr)
@@ -177,12 +201,33 @@ pub async fn publish(
                     NetworkError::Bind { addr: addr.to_string(), source: e }
                 }
             })?;
-            let Some(h) = &host else { break (listener, bound_port) };
+            // The IPv6 twin of a port given without an address. (The user's machine makes
+            // its own twin of an IPv4 port: it is not asked for this one.)
+            let twin = if b.host_ip.is_empty() {
+                match Listener::bind_v6_only(&proto, bound_port) {
+                    Ok(t) => Some(t),
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        if hport == 0 && tries < EPHEMERAL_TRIES {
+                            tries += 1;
+                            continue;
+                        }
+                        return Err(taken(SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound_port))));
+                    }
+                    // No IPv6 on the engine's host: IPv4 alone, as dockerd does then.
+                    Err(e) => {
+                        tracing::debug!(port = bound_port, error = %e, "no IPv6 listener beside the IPv4 one");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let Some(h) = &host else { break (listener, twin, bound_port) };
             let wanted = HostPort { proto: proto.clone(), ip, port: bound_port };
             match h.open(wanted.clone()).await {
                 Ok(()) => {
                     published.opened.push(wanted);
-                    break (listener, bound_port);
+                    break (listener, twin, bound_port);
                 }
                 // A port the engine picked: pick another, the user's machine has this one.
                 Err(why) if hport == 0 && tries < EPHEMERAL_TRIES => {
@@ -197,11 +242,12 @@ pub async fn publish(
             }
         };
         listeners.push((listener, cport));
-        published
-            .bindings
-            .entry(key)
-            .or_default()
-            .push(PortBinding { host_ip: ip.to_string(), host_port: bound_port.to_string() });
+        let shown = published.bindings.entry(key).or_default();
+        shown.push(PortBinding { host_ip: ip.to_string(), host_port: bound_port.to_string() });
+        if let Some(t) = twin {
+            listeners.push((t, cport));
+            shown.push(PortBinding { host_ip: Ipv6Addr::UNSPECIFIED.to_string(), host_port: bound_port.to_string() });
+        }
     }
     for (l, cport) in listeners {
         let target = SocketAddr::new(IpAddr::V4(target), cport);
@@ -315,5 +361,41 @@ mod tests {
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut c, &mut got).await.unwrap();
         assert_eq!(got, b"hi");
+    }
+
+    #[tokio::test]
+    async fn a_port_without_an_address_answers_on_ipv6_too() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            return; // No IPv6 here: the engine listens on IPv4 alone, as the test below shows.
+        }
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bport = backend.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = backend.accept().await.unwrap();
+                tokio::io::AsyncWriteExt::write_all(&mut s, b"hi").await.unwrap();
+            }
+        });
+        let mut req = BTreeMap::new();
+        req.insert(format!("{bport}/tcp"), Some(vec![PortBinding::default()]));
+        let p = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "t", None).await.unwrap();
+        let shown = &p.bindings[&format!("{bport}/tcp")];
+        let ips: Vec<&str> = shown.iter().map(|b| b.host_ip.as_str()).collect();
+        assert_eq!(ips, ["0.0.0.0", "::"]);
+        assert_eq!(shown[0].host_port, shown[1].host_port);
+        let hport: u16 = shown[0].host_port.parse().unwrap();
+        for addr in ["127.0.0.1", "::1"] {
+            let mut c = TcpStream::connect((addr, hport)).await.unwrap();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut c, &mut got).await.unwrap();
+            assert_eq!(got, b"hi", "through {addr}");
+        }
+        // An IPv4 address given: that address alone.
+        req.insert(
+            format!("{bport}/tcp"),
+            Some(vec![PortBinding { host_ip: "0.0.0.0".into(), host_port: String::new() }]),
+        );
+        let v4 = publish(&req, false, &BTreeMap::new(), Ipv4Addr::LOCALHOST, "t", None).await.unwrap();
+        assert_eq!(v4.bindings[&format!("{bport}/tcp")].len(), 1);
     }
 }
