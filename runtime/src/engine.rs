@@ -149,9 +149,11 @@ impl EngineError {
             },
             EngineError::Volume(e) => match e {
                 VolumeError::NotFound(_) => ErrorKind::NotFound,
-                VolumeError::InvalidName(_) => ErrorKind::InvalidArgument,
+                VolumeError::InvalidName(_) | VolumeError::BadOption { .. } | VolumeError::NoQuota => {
+                    ErrorKind::InvalidArgument
+                }
                 VolumeError::InUse { .. } => ErrorKind::Conflict,
-                VolumeError::Io { .. } => ErrorKind::Internal,
+                VolumeError::Io { .. } | VolumeError::Mount { .. } => ErrorKind::Internal,
             },
             EngineError::Launch(
                 LaunchError::Start { missing_command: true, .. } | LaunchError::ExecStart { missing_command: true, .. },
@@ -393,6 +395,11 @@ impl Engine {
 
     pub fn stores(&self) -> &Stores {
         &self.inner.stores
+    }
+
+    /// Registries pulled from and pushed to over plain HTTP (loopback ones always are).
+    pub fn insecure_registries(&self) -> &[String] {
+        &self.inner.stores.insecure_registries
     }
 
     pub fn events(&self) -> &crate::events::Events {

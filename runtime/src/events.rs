@@ -71,6 +71,11 @@ impl Events {
         let _ = self.live.send(event);
     }
 
+    /// How many clients follow the stream now.
+    pub fn listeners(&self) -> usize {
+        self.live.receiver_count()
+    }
+
     /// Subscribes, and returns the kept events at or after `since_nanos` (for `--since`).
     pub fn subscribe(&self, since_nanos: Option<i64>) -> (Vec<Event>, broadcast::Receiver<Event>) {
         let recent = self.recent.lock().expect("events lock");

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The same calls through docker-py's low-level client (API 1.41, Docker Engine 20.10's) on
-two engines, their answers compared field by field.
+"""The same calls through docker-py's low-level and high-level clients (API 1.41, Docker
+Engine 20.10's) on two engines, their answers and the events they caused compared field by
+field.
 
 Usage: docker_py_diff.py BERTH_SOCKET DOCKERD_SOCKET IMAGE
 
@@ -13,6 +14,7 @@ sorted, and nothing else on stdout.
 import json
 import re
 import sys
+import time
 
 import docker
 
@@ -24,7 +26,7 @@ MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
 # Numbers that are the run's own: process IDs, creation times, ports the engine chose.
-OWN_NUMBERS = {"Pid", "Created", "HostPort", "PublicPort"}
+OWN_NUMBERS = {"Pid", "Created", "HostPort", "PublicPort", "time", "timeNano", "execDuration"}
 ID_INSIDE = re.compile(r"[0-9a-f]{64}|(?<=/)[0-9a-f]{12}(?=$|/)")
 
 
@@ -73,9 +75,55 @@ def error_of(call):
     return {"status": "no error"}
 
 
+def event_of(e):
+    """An event as a client watching the stream acts on it."""
+    return {
+        "Type": e.get("Type"),
+        "Action": e.get("Action"),
+        "status": e.get("status"),
+        "scope": e.get("scope"),
+        "Attributes": e.get("Actor", {}).get("Attributes", {}),
+    }
+
+
+def high_level(sock, image):
+    """docker-py's objects: what `docker.from_env()` programs see."""
+    hl = docker.DockerClient(base_url=f"unix://{sock}", version="1.41", timeout=120)
+    got = {}
+    ctr = hl.containers.run(image, ["sh", "-c", "echo hl"], name="pydiff-hl", detach=True, labels={"hl": "1"})
+    got["run.wait"] = ctr.wait()
+    got["run.logs"] = ctr.logs()
+    ctr.reload()
+    got["run.status"] = ctr.status
+    got["run.image.tags"] = ctr.image.tags
+    got["run.labels"] = ctr.labels
+    got["list"] = [x.name for x in hl.containers.list(all=True, filters={"label": "hl=1"})]
+    got["get.by.short.id"] = hl.containers.get(ctr.short_id).name
+    img = hl.images.get(image)
+    got["image.tags"] = img.tags
+    got["image.labels"] = img.labels
+    got["images.list.names"] = [t for i in hl.images.list(name=image.split(":")[0]) for t in i.tags]
+    got["networks.builtin"] = sorted(n.name for n in hl.networks.list(names=["bridge", "host", "none"]))
+    vol = hl.volumes.create("pydiff-hlvol", labels={"x": "y"})
+    got["volume.attrs"] = vol.attrs
+    got["volumes.list"] = [v.name for v in hl.volumes.list(filters={"label": "x=y"})]
+    vol.remove()
+    ctr.remove()
+    try:
+        hl.containers.run(image, ["sh", "-c", "exit 3"], name="pydiff-hl2", remove=True)
+        got["run.failing"] = "no error"
+    except docker.errors.ContainerError as e:
+        got["run.failing"] = {"exit_status": e.exit_status, "stderr": e.stderr}
+    got["system.df.keys"] = sorted(hl.df().keys())
+    got["info.keys"] = sorted(hl.info().keys())
+    got["version.keys"] = sorted(hl.version().keys())
+    return got
+
+
 def run(sock, image):
     c = docker.APIClient(base_url=f"unix://{sock}", version="1.41", timeout=120)
     root = c.info().get("DockerRootDir", "")
+    since = time.time()
     got = {}
     names = ("pydiff-a", "pydiff-b", "pydiff-c")
     for n in names:
@@ -125,6 +173,11 @@ def run(sock, image):
     got["volume.inspect"] = c.inspect_volume("pydiff-vol")
     got["image.inspect"] = c.inspect_image(image)
     got["image.history.count"] = len(c.history(image))
+    got["diff"] = sorted(c.diff("pydiff-a"), key=lambda d: d["Path"])
+    got["archive.stat"] = c.get_archive("pydiff-a", "/etc/hostname")[1]
+    committed = c.commit("pydiff-a", repository="pydiff-committed", tag="1", changes=["ENV C=1"])
+    got["commit.config"] = c.inspect_image(committed["Id"])["Config"]
+    c.remove_image("pydiff-committed:1")
     c.create_container(image, command=["sh", "-c", "echo hi; exit 7"], name="pydiff-b")
     c.start("pydiff-b")
     got["wait"] = c.wait("pydiff-b")
@@ -151,6 +204,24 @@ def run(sock, image):
             pass
     c.remove_network(net["Id"])
     c.remove_volume("pydiff-vol")
+    # What a client watching the stream saw, in order (the engine's own image and exec events
+    # are left out for the next run's).
+    until = time.time() + 1
+    time.sleep(1.1)
+    events = [event_of(e) for e in c.events(since=since, until=until, decode=True)]
+    got["events"] = {
+        # In order, but for volume mounts: dockerd mounts a running container's volumes again
+        # for each `docker cp` (compared below, by action).
+        "order": [
+            f"{e['Type']} {e['Action'].split(':')[0]}"
+            for e in events
+            if e["Type"] != "volume" or e["Action"] not in ("mount", "unmount")
+        ],
+        "by action": {},
+    }
+    for e in events:
+        got["events"]["by action"].setdefault(f"{e['Type']} {e['Action']}", []).append(e)
+    got["hl"] = high_level(sock, image)
     return shape(json.loads(json.dumps(got, default=lambda b: b.decode(errors="replace") if isinstance(b, bytes) else str(b))), root)
 
 

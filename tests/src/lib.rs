@@ -504,6 +504,9 @@ impl Agent {
     }
 }
 
+/// One engine's docker CLI, for tests that run the same steps on Berth and on [`RefEngine`].
+pub type Docker<'a> = dyn Fn(&[&str]) -> Output + 'a;
+
 /// The reference engine, Debian's dockerd, on its own socket and data root, for
 /// interoperability checks. Killed on drop.
 ///

@@ -1,6 +1,6 @@
 //! Container lifecycle and isolation through the docker CLI.
 
-use berth_tests::{Agent, RefEngine, eventually, http_on, upgraded};
+use berth_tests::{Agent, Docker, RefEngine, eventually, http_on, upgraded};
 use std::io::{Read, Write};
 
 /// The actions of every event of `container` so far.
@@ -636,9 +636,6 @@ fn json_file_logs_rotate_at_max_size() {
     // Taken without max-size, as dockerd takes it (nothing rotates).
     a.ok(&["run", "--rm", "--log-opt", "max-file=2", &img, "true"]);
 }
-
-/// A docker CLI call on one engine.
-type Docker<'a> = dyn Fn(&[&str]) -> std::process::Output + 'a;
 
 /// Corners dockerd 20.10 has, side by side with it on the same requests: supplementary groups
 /// (`--group-add` by gid and by name, for the container's process and for an exec as another

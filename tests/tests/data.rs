@@ -103,3 +103,70 @@ fn bind_mounts_and_tmpfs() {
     let (_, err) = a.fails(&["run", "--rm", "--mount", "type=bind,source=/does/not/exist,target=/x", &img, "true"]);
     assert!(err.contains("bind source path does not exist"), "{err}");
 }
+
+/// Volumes with the `local` driver's options, side by side with Docker Engine 20.10: a tmpfs
+/// volume (mounted for its first container, its data gone with its last), a volume binding a
+/// host directory, and the options dockerd refuses or cannot mount, in its words.
+#[test]
+fn volumes_with_driver_options_match_docker_engine() {
+    let a = Agent::start();
+    let r = berth_tests::RefEngine::start();
+    let img = a.pull("busybox:latest");
+    r.ok(&["pull", "-q", &img]);
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("from-host"), "host file\n").unwrap();
+    let hostdir = host.path().to_str().unwrap().to_owned();
+    let engines: [&berth_tests::Docker<'_>; 2] = [&|x| a.docker(x), &|x| r.docker(x)];
+    let mut seen = Vec::new();
+    for docker in engines {
+        let ok = |args: &[&str]| {
+            let out = docker(args);
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let said = |args: &[&str]| {
+            let out = docker(args);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            format!("{} {}", out.status.success(), err.lines().find(|l| l.contains("Error")).unwrap_or(""))
+        };
+        let mut got = Vec::new();
+        ok(&["volume", "create", "-o", "type=tmpfs", "-o", "device=tmpfs", "-o", "o=size=2m,noexec", "tv"]);
+        ok(&["volume", "create", "-o", "type=none", "-o", "o=bind", "-o", &format!("device={hostdir}"), "bv"]);
+        ok(&["volume", "create", "plainv"]);
+        got.push(ok(&["volume", "inspect", "-f", "{{json .Options}}", "tv", "plainv"]));
+        let probe = "stat -f -c %T /v; df -k /v | tail -1 | awk '{print $2}'; grep ' /v ' /proc/mounts | grep -o noexec; \
+                     echo kept > /v/f; cat /v/f";
+        got.push(ok(&["run", "--rm", "-v", "tv:/v", &img, "sh", "-c", probe]));
+        // The last user gone, the tmpfs went with it.
+        got.push(ok(&["run", "--rm", "-v", "tv:/v", &img, "sh", "-c", "ls /v | wc -l"]));
+        got.push(ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "bv:/v",
+            &img,
+            "sh",
+            "-c",
+            "cat /v/from-host; echo from-container > /v/back",
+        ]));
+        got.push(std::fs::read_to_string(host.path().join("back")).unwrap_or_default());
+        std::fs::remove_file(host.path().join("back")).unwrap();
+        got.push(said(&["volume", "create", "-o", "foo=bar", "badv"]));
+        ok(&["volume", "create", "-o", "type=none", "-o", "o=bind", "-o", "device=/no/such/dir", "gonev"]);
+        let start = said(&["run", "--rm", "-v", "gonev:/v", &img, "true"]);
+        got.push(format!("{} {}", start.starts_with("false"), start.contains("no such file or directory")));
+        ok(&["volume", "rm", "tv", "bv", "plainv", "gonev"]);
+        // The host directory a removed volume bound is the user's, and stays.
+        got.push(std::fs::read_to_string(host.path().join("from-host")).unwrap_or_default());
+        seen.push(got);
+    }
+    let [ours, theirs] = &seen[..] else { unreachable!() };
+    for (o, t) in ours.iter().zip(theirs) {
+        assert_eq!(o, t, "\nberth:   {ours:#?}\ndockerd: {theirs:#?}");
+    }
+    assert_eq!(ours[0], "{\"device\":\"tmpfs\",\"o\":\"size=2m,noexec\",\"type\":\"tmpfs\"}\nnull\n");
+    assert_eq!(ours[1], "tmpfs\n2048\nnoexec\nkept\n");
+    assert_eq!(ours[2], "0\n");
+    assert_eq!(ours[4], "from-container\n");
+    assert_eq!(ours[7], "host file\n");
+}

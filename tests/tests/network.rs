@@ -6,7 +6,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use berth_tests::{Agent, eventually};
+use berth_tests::{Agent, Docker, eventually};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -397,9 +397,6 @@ fn user_networks_with_dns_ipam_and_isolation() {
         "the bridge outlived its network"
     );
 }
-
-/// A docker CLI pointed at one engine.
-type Docker<'a> = dyn Fn(&[&str]) -> std::process::Output + 'a;
 
 /// Networks as dockerd 20.10 has them, side by side: IPAM as it keeps and shows it (auxiliary
 /// addresses shown, never given to a container, checked against the subnet and the gateway;

@@ -314,7 +314,7 @@ impl Builder<'_> {
             }
         }
         for t in &tags {
-            self.engine.inner.events.emit("image", "tag", &final_id, &[("name", &familiar(t))]);
+            self.engine.image_event(&final_id, "tag", &familiar(t));
         }
         let _ = self.out.send(BuildEvent::Aux(final_id.clone()));
         if self.opts.quiet {

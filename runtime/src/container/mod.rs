@@ -268,43 +268,51 @@ pub fn merge_config(req: &ContainerConfig, image: &ImageConfig) -> Result<Contai
     }
     out.entrypoint = (!entrypoint.is_empty()).then_some(entrypoint);
     out.cmd = (!cmd.is_empty()).then_some(cmd);
-    // The request's variables first, then the image's it does not set, in dockerd's order.
+    // The request's variables first (the last of a name wins), then the image's it does not
+    // set, in dockerd's order.
     let mut env: Vec<String> = Vec::new();
     for e in &req.env {
         let k = env_key(e);
         env.retain(|x| env_key(x) != k);
         env.push(e.clone());
     }
-    for e in &img.env {
-        if !env.iter().any(|x| env_key(x) == env_key(e)) {
-            env.push(e.clone());
+    out.env = env;
+    fill_from(&mut out, img);
+    if !out.env.iter().any(|e| env_key(e) == "PATH") {
+        out.env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    Ok(out)
+}
+
+/// What dockerd's config merge takes from `base` (the image's config at a create, the
+/// container's at a commit) where `out` leaves it empty: the user, working directory and stop
+/// signal; the exposed ports, volumes, labels and variables `out` has none of by that name;
+/// the health check, or only its test when `out`'s has timings alone (`--health-*` flags).
+pub fn fill_from(out: &mut ContainerConfig, base: &ContainerConfig) {
+    for e in &base.env {
+        if !out.env.iter().any(|x| env_key(x) == env_key(e)) {
+            out.env.push(e.clone());
         }
     }
-    if !env.iter().any(|e| env_key(e) == "PATH") {
-        env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
-    out.env = env;
     if out.working_dir.is_empty() {
-        out.working_dir = img.working_dir.clone();
+        out.working_dir = base.working_dir.clone();
     }
     if out.user.is_empty() {
-        out.user = img.user.clone();
+        out.user = base.user.clone();
     }
-    let mut labels = img.labels.clone();
-    labels.extend(req.labels.clone());
-    out.labels = labels;
-    for (k, v) in &img.exposed_ports {
+    for (k, v) in &base.labels {
+        out.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for (k, v) in &base.exposed_ports {
         out.exposed_ports.entry(k.clone()).or_insert(v.clone());
     }
-    for (k, v) in &img.volumes {
+    for (k, v) in &base.volumes {
         out.volumes.entry(k.clone()).or_insert(v.clone());
     }
     if out.stop_signal.is_none() {
-        out.stop_signal = img.stop_signal.clone();
+        out.stop_signal = base.stop_signal.clone();
     }
-    // The image's health check, unless the request brings one; `--health-*` flags alone
-    // (an empty Test) change only the timings of the image's check.
-    if let Some(hc) = img.extra.get("Healthcheck") {
+    if let Some(hc) = base.extra.get("Healthcheck") {
         match out.extra.get_mut("Healthcheck") {
             None => {
                 out.extra.insert("Healthcheck".into(), hc.clone());
@@ -318,7 +326,6 @@ pub fn merge_config(req: &ContainerConfig, image: &ImageConfig) -> Result<Contai
             }
         }
     }
-    Ok(out)
 }
 
 /// The argv a merged config runs.

@@ -20,6 +20,8 @@ pub struct CommitOptions {
     pub changes: Vec<String>,
     /// Config fields sent in the body, over the container's.
     pub config: Option<ContainerConfig>,
+    /// Freeze a running container while its changes are read (dockerd's default).
+    pub pause: bool,
 }
 
 impl Engine {
@@ -90,27 +92,34 @@ impl Engine {
         Ok(view)
     }
 
-    /// `docker commit`: the container's changes become a layer on its image.
+    /// `docker commit`: the container's changes become a layer on its image, read while the
+    /// container is frozen (unless the request says not to), so they are one moment's.
     pub async fn commit(&self, container: &str, opts: CommitOptions) -> Result<String, EngineError> {
         let rec = self.container(container)?;
+        let frozen = opts.pause && rec.running() && !rec.state.paused && self.pause(&rec.id).await.is_ok();
+        let result = self.commit_frozen(&rec, opts).await;
+        if frozen && let Err(e) = self.unpause(&rec.id).await {
+            tracing::warn!(container = %rec.id, error = %e, "thawing after a commit");
+        }
+        result
+    }
+
+    async fn commit_frozen(&self, rec: &ContainerRecord, opts: CommitOptions) -> Result<String, EngineError> {
+        let rec = rec.clone();
         let base = self.inner.stores.images.lock().expect("image store lock").get(&rec.image_id).cloned();
         let base = base.ok_or_else(|| EngineError::NotFound(format!("No such image: {}", rec.image_id)))?;
         let mut config: ImageConfig = self.image_config(&base.id)?;
+        // As dockerd: the container's whole config when the request has none, else the
+        // request's; the changes on it; then what it leaves empty from the container's.
         let mut run = opts.config.clone().unwrap_or_else(|| rec.config.clone());
-        if opts.config.is_some() {
-            // Fields the body leaves empty come from the container.
-            if run.cmd.is_none() {
-                run.cmd = rec.config.cmd.clone();
-            }
-            if run.env.is_empty() {
-                run.env = rec.config.env.clone();
-            }
-        }
         for c in &opts.changes {
             apply_change(&mut run, c).map_err(EngineError::InvalidArgument)?;
         }
-        run.hostname.clear();
-        run.image = String::new();
+        merge_config(&mut run, &rec.config);
+        // Not kept when false (dockerd's `omitempty`).
+        if run.extra.get("NetworkDisabled") == Some(&serde_json::Value::Bool(false)) {
+            run.extra.remove("NetworkDisabled");
+        }
         let tag = opts.reference.as_deref().map(|r| parse_reference(r).map(|r| tagged(&r))).transpose()?;
         config.config = run;
         config.created = Some(now_rfc3339());
@@ -127,7 +136,13 @@ impl Engine {
         config.extra.insert("container".into(), serde_json::json!(rec.id));
         let tags: Vec<String> = tag.into_iter().collect();
         let img = self.commit_layer(&rec, &base, config, history, &tags, &opts.comment).await?;
-        self.container_event(&rec, "commit", &[("comment", &opts.comment)]);
+        let image_ref = tags.first().map(|t| image::familiar(t)).unwrap_or_default();
+        if !image_ref.is_empty() {
+            self.image_event(&img.id, "tag", &image_ref);
+        }
+        let attrs =
+            [("comment", opts.comment.as_str()), ("imageID", img.id.as_str()), ("imageRef", image_ref.as_str())];
+        self.container_event(&rec, "commit", &attrs);
         Ok(img.id)
     }
 
@@ -239,8 +254,11 @@ impl Engine {
     /// `HEAD /containers/{id}/archive`.
     pub fn archive_stat(&self, container: &str, path: &str) -> Result<PathStat, EngineError> {
         let view = self.archive_view(container)?;
-        rootfs::stat(&view, path)
-            .map_err(|e| EngineError::NotFound(format!("Could not find the file {path} in container {container}: {e}")))
+        let stat = rootfs::stat(&view, path).map_err(|e| {
+            EngineError::NotFound(format!("Could not find the file {path} in container {container}: {e}"))
+        })?;
+        self.container_event(&self.container(container)?, "archive-path", &[]);
+        Ok(stat)
     }
 
     /// `GET /containers/{id}/archive`: the path as a tar, and its stat.
@@ -249,6 +267,7 @@ impl Engine {
         let stat = rootfs::stat(&view, path).map_err(|e| {
             EngineError::NotFound(format!("Could not find the file {path} in container {container}: {e}"))
         })?;
+        self.container_event(&self.container(container)?, "archive-path", &[]);
         let mut file = self.scratch_file()?;
         let path = path.to_owned();
         super::blocking(move || -> Result<(File, PathStat), EngineError> {
@@ -262,7 +281,9 @@ impl Engine {
     /// `PUT /containers/{id}/archive`: extracts a tar (written to `file`) into a directory.
     pub async fn archive_put(&self, container: &str, path: &str, file: File) -> Result<(), EngineError> {
         let view = self.archive_view(container)?;
+        let rec = self.container(container)?;
         let (path, name) = (path.to_owned(), container.to_owned());
+        let engine = self.clone();
         super::blocking(move || -> Result<(), EngineError> {
             let mut reader = unpack_reader(file)?;
             rootfs::untar_into(&view, &path, &mut reader).map_err(|e| match e {
@@ -270,7 +291,9 @@ impl Engine {
                     EngineError::NotFound(format!("Could not find the file {p} in container {name}"))
                 }
                 e => e.into(),
-            })
+            })?;
+            engine.container_event(&rec, "extract-to-dir", &[]);
+            Ok(())
         })
         .await
     }
@@ -278,4 +301,19 @@ impl Engine {
 
 fn unpack_reader(file: File) -> Result<Box<dyn std::io::Read + Send>, EngineError> {
     crate::image::unpack::decompressor(Box::new(std::io::BufReader::new(file))).map_err(io_ctx("reading the archive"))
+}
+
+/// Fills what a commit's config leaves empty from the container's, as dockerd's commit does:
+/// the command and entrypoint when it gives no entrypoint (the command only when it gives
+/// none either), then the rest as a create takes it from an image.
+fn merge_config(user: &mut ContainerConfig, container: &ContainerConfig) {
+    if user.entrypoint.as_ref().is_none_or(Vec::is_empty) {
+        if user.cmd.as_ref().is_none_or(Vec::is_empty) {
+            user.cmd = container.cmd.clone();
+        }
+        if user.entrypoint.is_none() {
+            user.entrypoint = container.entrypoint.clone();
+        }
+    }
+    crate::container::fill_from(user, container);
 }

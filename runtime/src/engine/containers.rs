@@ -382,6 +382,11 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        if let Err(e) = self.activate_volumes(&rec) {
+            release(self);
+            cgroup.remove();
+            return Err(e);
+        }
         let cg = cgroup.clone();
         let attach_bridge = bridge.clone();
         let attach_eth0 = eth0.clone();
@@ -409,6 +414,7 @@ impl Engine {
             Ok(l) => l,
             Err(e) => {
                 release(self);
+                self.deactivate_volumes(&rec);
                 cgroup.remove();
                 let msg = e.to_string();
                 ctr.update(|r| {
@@ -456,7 +462,10 @@ impl Engine {
             r.manually_stopped = false;
             r.net = net_record;
         })?;
-        self.container_event(&ctr.snapshot(), "start", &[]);
+        let started = ctr.snapshot();
+        self.network_events(&started, "connect");
+        self.volume_events(&started, true);
+        self.container_event(&started, "start", &[]);
         self.watch_health(ctr);
         tracing::info!(container = %id, pid, "started");
 
@@ -684,6 +693,9 @@ impl Engine {
             self.container_event(&rec, "oom", &[]);
         }
         self.container_event(&rec, "die", &[("exitCode", &code.to_string())]);
+        self.network_events(&rec, "disconnect");
+        self.deactivate_volumes(&rec);
+        self.volume_events(&rec, false);
         tracing::info!(container = %rec.id, code, "exited");
         ctr.life.send_modify(|l| {
             l.exits += 1;
@@ -762,6 +774,18 @@ impl Engine {
 
     /// Stops the container: its stop signal, then SIGKILL after `timeout` seconds.
     pub async fn stop(&self, name_or_id: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<(), EngineError> {
+        self.stop_quietly(name_or_id, timeout, signal).await?;
+        self.container_event(&self.container(name_or_id)?, "stop", &[]);
+        Ok(())
+    }
+
+    /// [`Engine::stop`] without its `stop` event (a forced removal has none).
+    async fn stop_quietly(
+        &self,
+        name_or_id: &str,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<(), EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let rec = ctr.update(|r| r.manually_stopped = true)?;
         if rec.restarting() {
@@ -779,6 +803,7 @@ impl Engine {
         let timeout = timeout.or(rec.config.stop_timeout).unwrap_or(10);
         let mut life = ctr.life.subscribe();
         let exits = life.borrow().exits;
+        self.container_event(&rec, "kill", &[("signal", &sig.to_string())]);
         // SAFETY: kill(2) on the container's pid.
         unsafe { libc::kill(rec.state.pid, sig) };
         if rec.state.paused {
@@ -790,7 +815,9 @@ impl Engine {
             exited.await;
         } else if tokio::time::timeout(Duration::from_secs(timeout as u64), exited).await.is_err() {
             let pid = ctr.snapshot().state.pid;
-            if pid > 0 {
+            // A SIGKILL already sent is not sent (or announced) twice.
+            if pid > 0 && sig != libc::SIGKILL {
+                self.container_event(&rec, "kill", &[("signal", &libc::SIGKILL.to_string())]);
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -816,7 +843,9 @@ impl Engine {
             Ok(()) | Err(EngineError::NotModified(_)) => {}
             Err(e) => return Err(e),
         }
-        self.start(name_or_id).await
+        self.start(name_or_id).await?;
+        self.container_event(&self.container(name_or_id)?, "restart", &[]);
+        Ok(())
     }
 
     /// Registers a wait for `condition` now and returns a future of the exit code, so an API
@@ -873,7 +902,7 @@ impl Engine {
                     rec.name
                 )));
             }
-            self.stop(&rec.id, Some(0), Some("SIGKILL")).await.or_else(|e| match e {
+            self.stop_quietly(&rec.id, Some(0), Some("SIGKILL")).await.or_else(|e| match e {
                 EngineError::NotModified(_) => Ok(()),
                 e => Err(e),
             })?;
@@ -894,8 +923,9 @@ impl Engine {
                 if let Ok(v) = self.inner.volumes.get(&m.name)
                     && v.anonymous
                     && self.volume_users(&v.name).is_empty()
+                    && self.inner.volumes.remove(&v.name).is_ok()
                 {
-                    let _ = self.inner.volumes.remove(&v.name);
+                    self.inner.events.emit("volume", "destroy", &v.name, &[("driver", "local")]);
                 }
             }
         }

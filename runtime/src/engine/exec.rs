@@ -62,6 +62,7 @@ impl Engine {
             return Err(EngineError::InvalidArgument("No exec command specified".into()));
         }
         let id = crate::names::random_id();
+        self.container_event(&rec, &format!("exec_create: {}", config.cmd.join(" ")), &[("execID", &id)]);
         let info = ExecInfo { id: id.clone(), container_id: rec.id, config, running: false, exit_code: None, pid: 0 };
         let exec = Arc::new(Exec {
             info: Mutex::new(info),
@@ -167,12 +168,17 @@ impl Engine {
             i.running = true;
             i.pid = launched.pid;
         }
+        let command = info.config.cmd.join(" ");
+        self.container_event(&rec, &format!("exec_start: {command}"), &[("execID", id)]);
         *exec.pty.lock().expect("lock") = launched.io.pty.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut helper = launched.helper;
         let exec2 = exec.clone();
+        let (engine, exec_id) = (self.clone(), id.to_owned());
         tokio::spawn(async move {
             let code = helper.wait().await.map(launch::exit_code).unwrap_or(-1);
+            let code_text = code.to_string();
+            engine.container_event(&rec, "exec_die", &[("execID", &exec_id), ("exitCode", &code_text)]);
             {
                 let mut i = exec2.info.lock().expect("exec lock");
                 i.running = false;

@@ -100,8 +100,17 @@ impl Engine {
         let mut images = self.inner.stores.images.lock().expect("image store lock");
         let id = images.resolve(source)?.id.clone();
         images.set_tag(&id, &tagged(&r))?;
-        self.inner.events.emit("image", "tag", &id, &[("name", &crate::image::familiar(&tagged(&r)))]);
+        drop(images);
+        self.image_event(&id, "tag", &crate::image::familiar(&tagged(&r)));
         Ok(())
+    }
+
+    /// An image event as dockerd sends it: the name it is about and the image's labels.
+    pub(crate) fn image_event(&self, id: &str, action: &str, name: &str) {
+        let labels = self.image_config(id).map(|c| c.config.labels).unwrap_or_default();
+        let mut attrs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        attrs.push(("name", name));
+        self.inner.events.emit("image", action, id, &attrs);
     }
 
     fn images_in_use(&self) -> HashSet<String> {
@@ -120,7 +129,10 @@ impl Engine {
             if rec.repo_tags.len() > 1 || (user.is_some() && force) {
                 let mut rec = rec;
                 rec.repo_tags.retain(|t| t != tag);
+                let id = rec.id.clone();
                 images.put(rec)?;
+                drop(images);
+                self.image_event(&id, "untag", &id);
                 return Ok(vec![RemovedImage::Untagged(familiar(tag))]);
             }
             if let Some(user) = &user {
@@ -145,6 +157,13 @@ impl Engine {
         }
         let mut out: Vec<RemovedImage> = rec.repo_tags.iter().map(|t| RemovedImage::Untagged(familiar(t))).collect();
         out.extend(rec.repo_digests.iter().map(|d| RemovedImage::Untagged(familiar(d))));
+        // Announced while the image's config (its labels) is still there, as dockerd does.
+        let untagged = rec.repo_tags.len() + rec.repo_digests.len();
+        drop(images);
+        for _ in 0..untagged {
+            self.image_event(&rec.id, "untag", &rec.id);
+        }
+        let mut images = self.inner.stores.images.lock().expect("image store lock");
         images.remove(&rec.id)?;
         out.push(RemovedImage::Deleted(rec.id.clone()));
         // As dockerd: untagged parents (a build's intermediate images) that nothing else
@@ -160,7 +179,11 @@ impl Engine {
             parent = p.parent;
         }
         drop(images);
-        self.inner.events.emit("image", "delete", &rec.id, &[("name", name)]);
+        for removed in &out {
+            if let RemovedImage::Deleted(id) = removed {
+                self.inner.events.emit("image", "delete", id, &[("name", id)]);
+            }
+        }
         self.collect_garbage();
         Ok(out)
     }

@@ -65,6 +65,7 @@ impl Engine {
     pub fn attach(&self, name_or_id: &str) -> Result<AttachIo, EngineError> {
         let ctr = self.ctr(name_or_id)?;
         let rec = ctr.snapshot();
+        self.container_event(&rec, "attach", &[]);
         Ok(AttachIo { output: ctr.output.subscribe(), tty: rec.config.tty, running: rec.running() })
     }
 

@@ -1,7 +1,6 @@
 //! What a container sees of the outside: its mounts (binds, volumes, tmpfs, the image's
 //! VOLUMEs) and the /etc files the engine writes for it (hostname, hosts, resolv.conf).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{Ctr, Engine, EngineError, io_ctx};
@@ -46,7 +45,7 @@ impl Engine {
                     mode: opts.into(),
                 });
             } else {
-                let v = self.inner.volumes.create(src, BTreeMap::new(), src.is_empty())?;
+                let v = self.mount_volume(src)?;
                 out.push(MountRecord {
                     kind: "volume".into(),
                     name: v.name,
@@ -84,7 +83,7 @@ impl Engine {
                     });
                 }
                 "volume" => {
-                    let v = self.inner.volumes.create(&m.source, BTreeMap::new(), m.source.is_empty())?;
+                    let v = self.mount_volume(&m.source)?;
                     out.push(MountRecord {
                         kind: "volume".into(),
                         name: v.name,
@@ -131,7 +130,7 @@ impl Engine {
         }
         for dst in config.volumes.keys() {
             if !out.iter().any(|m| &m.destination == dst) {
-                let v = self.inner.volumes.create("", BTreeMap::new(), true)?;
+                let v = self.mount_volume("")?;
                 out.push(MountRecord {
                     kind: "volume".into(),
                     name: v.name,

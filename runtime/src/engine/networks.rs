@@ -157,6 +157,22 @@ impl Engine {
         Ok(())
     }
 
+    /// `network connect` (before a start) or `disconnect` (after an exit) for each of a
+    /// container's networks, `none` and `host` included, as dockerd announces them.
+    pub(crate) fn network_events(&self, rec: &ContainerRecord, action: &str) {
+        let first = mode_name(&rec.host_config.network_mode).to_owned();
+        let others = self.extra_networks(rec).into_iter().map(|(n, _)| n.record.name.clone());
+        for name in std::iter::once(first).chain(others) {
+            let Some((name, id, _)) = self.network_identity(&name) else { continue };
+            let kind = match name.as_str() {
+                "none" => "null",
+                "host" => "host",
+                _ => "bridge",
+            };
+            self.inner.events.emit("network", action, &id, &[("container", &rec.id), ("name", &name), ("type", kind)]);
+        }
+    }
+
     /// `docker network create`.
     pub async fn network_create(&self, req: NetworkCreate) -> Result<String, EngineError> {
         if !crate::names::valid_network_name(&req.name) {
@@ -396,12 +412,15 @@ impl Engine {
                 })?
             }
         };
-        self.inner.events.emit(
-            "network",
-            "connect",
-            &info.id,
-            &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
-        );
+        // A stopped container's joins are announced when it starts, as dockerd does.
+        if rec.running() {
+            self.inner.events.emit(
+                "network",
+                "connect",
+                &info.id,
+                &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
+            );
+        }
         Ok(())
     }
 
@@ -447,12 +466,14 @@ impl Engine {
                 r.host_config.network_mode = r.endpoints.keys().next().cloned().unwrap_or_else(|| "none".into());
             }
         })?;
-        self.inner.events.emit(
-            "network",
-            "disconnect",
-            &info.id,
-            &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
-        );
+        if rec.running() {
+            self.inner.events.emit(
+                "network",
+                "disconnect",
+                &info.id,
+                &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
+            );
+        }
         Ok(())
     }
 

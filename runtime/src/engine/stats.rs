@@ -127,6 +127,7 @@ impl Engine {
         let titles = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"].map(String::from).to_vec();
         let mut rows: Vec<Vec<String>> = pids.into_iter().filter_map(|p| ps_row(p, boot, &users)).collect();
         rows.sort_by_key(|r| r[1].parse::<i32>().unwrap_or(0));
+        self.container_event(&ctr.snapshot(), "top", &[]);
         Ok((titles, rows))
     }
 }

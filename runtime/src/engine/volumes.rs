@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{Engine, EngineError};
+use crate::container::ContainerRecord;
 use crate::volume::{Volume, VolumeError};
 
 /// A volume with the containers that use it.
@@ -13,10 +14,65 @@ pub struct VolumeInfo {
 }
 
 impl Engine {
-    pub fn volume_create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<Volume, EngineError> {
-        let v = self.inner.volumes.create(name, labels, false)?;
+    /// `docker volume create`, with the `local` driver's options (`type`, `device`, `o`).
+    pub fn volume_create(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        options: Option<BTreeMap<String, String>>,
+    ) -> Result<Volume, EngineError> {
+        let v = self.inner.volumes.create_with(name, labels, options, false)?;
         self.inner.events.emit("volume", "create", &v.name, &[("driver", "local")]);
         Ok(v)
+    }
+
+    /// The volume a container's mount names, made when missing (anonymous when unnamed);
+    /// dockerd announces it as created each time a container asks for it.
+    pub(crate) fn mount_volume(&self, name: &str) -> Result<Volume, EngineError> {
+        let v = self.inner.volumes.create(name, BTreeMap::new(), name.is_empty())?;
+        self.inner.events.emit("volume", "create", &v.name, &[("driver", "local")]);
+        Ok(v)
+    }
+
+    /// Mounts the volumes of a starting container that are mounts of their own (all or none).
+    pub(crate) fn activate_volumes(&self, rec: &ContainerRecord) -> Result<(), EngineError> {
+        let names: Vec<&str> = rec.mounts.iter().filter(|m| m.kind == "volume").map(|m| m.name.as_str()).collect();
+        for (i, name) in names.iter().enumerate() {
+            if let Err(e) = self.inner.volumes.activate(name) {
+                for done in &names[..i] {
+                    self.inner.volumes.deactivate(done);
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A container's volumes after its run: mounts of their own go with their last user.
+    pub(crate) fn deactivate_volumes(&self, rec: &ContainerRecord) {
+        for m in rec.mounts.iter().filter(|m| m.kind == "volume") {
+            self.inner.volumes.deactivate(&m.name);
+        }
+    }
+
+    /// `volume mount` (before a start) or `volume unmount` (after an exit) for each volume a
+    /// container mounts, as dockerd announces them.
+    pub(crate) fn volume_events(&self, rec: &ContainerRecord, mounting: bool) {
+        for m in rec.mounts.iter().filter(|m| m.kind == "volume") {
+            if mounting {
+                let rw = if m.rw { "true" } else { "false" };
+                let attrs = [
+                    ("container", rec.id.as_str()),
+                    ("destination", m.destination.as_str()),
+                    ("driver", "local"),
+                    ("propagation", ""),
+                    ("read/write", rw),
+                ];
+                self.inner.events.emit("volume", "mount", &m.name, &attrs);
+            } else {
+                self.inner.events.emit("volume", "unmount", &m.name, &[("container", &rec.id), ("driver", "local")]);
+            }
+        }
     }
 
     pub fn volume(&self, name: &str) -> Result<VolumeInfo, EngineError> {

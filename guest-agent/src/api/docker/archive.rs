@@ -52,8 +52,15 @@ pub async fn commit(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let container = q.get("container").cloned().ok_or_else(|| ApiError::invalid("container is required"))?;
-    let config: Option<ContainerConfig> =
-        if body.is_empty() || &body[..] == b"null" { None } else { Some(super::error::parse_json(&body)?) };
+    // None, `null` and `{}` alike mean the container's own config (dockerd decodes them all
+    // to none); a config with fields is merged with it.
+    let value: serde_json::Value =
+        if body.is_empty() { serde_json::Value::Null } else { super::error::parse_json(&body)? };
+    let config: Option<ContainerConfig> = match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::Object(m) if m.is_empty() => None,
+        v => Some(serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid config: {e}")))?),
+    };
     let repo = q.get("repo").cloned().unwrap_or_default();
     let reference = (!repo.is_empty()).then(|| match q.get("tag").filter(|t| !t.is_empty()) {
         Some(t) => format!("{repo}:{t}"),
@@ -65,6 +72,8 @@ pub async fn commit(
         author: q.get("author").cloned().unwrap_or_default(),
         changes: all(raw.as_deref().unwrap_or(""), "changes"),
         config,
+        // dockerd's default: paused unless `pause=0` (or false) says otherwise.
+        pause: q.get("pause").is_none_or(|p| !matches!(p.as_str(), "0" | "false" | "False")),
     };
     let id = engine.commit(&container, opts).await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": id}))).into_response())

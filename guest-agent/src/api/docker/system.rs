@@ -72,6 +72,23 @@ pub async fn info(State(engine): State<Engine>) -> Json<Value> {
         .unwrap_or(0)
         * 1024;
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let sysctl_on = |path: &str| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1");
+    // The proxies the engine's registry client takes from its environment.
+    let proxy = |name: &str| std::env::var(name).or_else(|_| std::env::var(name.to_lowercase())).unwrap_or_default();
+    let os_version = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_ID=").map(|v| v.trim_matches('"').to_owned()))
+        .unwrap_or_default();
+    // Registries told insecure are listed by name, as dockerd lists `--insecure-registry`
+    // names; loopback ones always are.
+    let mut indexes = serde_json::Map::new();
+    indexes.insert("docker.io".into(), json!({"Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true}));
+    for r in engine.insecure_registries() {
+        indexes.insert(r.clone(), json!({"Name": r, "Mirrors": [], "Secure": false, "Official": false}));
+    }
+    // Berth runs no containerd, runc or init of its own: their commits are empty.
+    let no_commit = json!({"ID": "", "Expected": ""});
     Json(json!({
         "ID": "berth",
         "Containers": containers.len(),
@@ -88,6 +105,31 @@ pub async fn info(State(engine): State<Engine>) -> Json<Value> {
         "CpuCfsQuota": true,
         "PidsLimit": true,
         "IPv4Forwarding": true,
+        "BridgeNfIptables": sysctl_on("/proc/sys/net/bridge/bridge-nf-call-iptables"),
+        "BridgeNfIp6tables": sysctl_on("/proc/sys/net/bridge/bridge-nf-call-ip6tables"),
+        // Limits Berth does not apply are said to be missing, as dockerd says of its kernel's.
+        "KernelMemory": false,
+        "KernelMemoryTCP": false,
+        "CPUShares": true,
+        "CPUSet": false,
+        "OomKillDisable": false,
+        "NEventsListener": engine.events().listeners(),
+        "HttpProxy": proxy("HTTP_PROXY"),
+        "HttpsProxy": proxy("HTTPS_PROXY"),
+        "NoProxy": proxy("NO_PROXY"),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {
+            "AllowNondistributableArtifactsCIDRs": [],
+            "AllowNondistributableArtifactsHostnames": [],
+            "InsecureRegistryCIDRs": ["127.0.0.0/8"],
+            "IndexConfigs": indexes,
+            "Mirrors": [],
+        },
+        "GenericResources": null,
+        "ContainerdCommit": no_commit,
+        "RuncCommit": no_commit,
+        "InitCommit": no_commit,
+        "OSVersion": os_version,
         "Debug": false,
         "NFd": 0,
         "NGoroutines": 0,
@@ -146,10 +188,13 @@ fn wanted(e: &Event, filters: &Value) -> bool {
 
 fn event_line(e: &Event) -> bytes::Bytes {
     let mut v = serde_json::to_value(e).expect("event serialises");
-    if e.kind == "container" {
-        // The fields API clients before 1.22 read, which dockerd still sends.
+    // The fields API clients before 1.22 read, which dockerd still sends for containers and
+    // images.
+    if e.kind == "container" || e.kind == "image" {
         v["status"] = json!(e.action);
         v["id"] = json!(e.actor.id);
+    }
+    if e.kind == "container" {
         v["from"] = json!(e.actor.attributes.get("image"));
     }
     let mut b = serde_json::to_vec(&v).expect("json");
@@ -237,7 +282,8 @@ fn usage(engine: &Engine) -> Json<Value> {
                    "CreatedAt": e.created, "LastUsedAt": e.last_used, "UsageCount": e.usage_count})
         })
         .collect();
-    Json(
-        json!({"LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": cache}),
-    )
+    // `BuilderSize`: the build cache's total, which API 1.41 still carries.
+    let builder_size: u64 = usage.iter().map(|(_, size, _)| *size).sum();
+    Json(json!({"LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes,
+                "BuildCache": cache, "BuilderSize": builder_size}))
 }

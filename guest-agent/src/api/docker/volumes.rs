@@ -41,7 +41,13 @@ pub async fn create(State(engine): State<Engine>, body: Bytes) -> Result<Respons
         }
     }
     let labels = v.get("Labels").cloned().and_then(|l| serde_json::from_value(l).ok()).unwrap_or_default();
-    let vol = engine.volume_create(name, labels)?;
+    let options = match v.get("DriverOpts") {
+        None | Some(Value::Null) => None,
+        Some(o) => {
+            Some(serde_json::from_value(o.clone()).map_err(|e| ApiError::invalid(format!("invalid DriverOpts: {e}")))?)
+        }
+    };
+    let vol = engine.volume_create(name, labels, options)?;
     let info = engine.volume(&vol.name)?;
     Ok((StatusCode::CREATED, Json(volume_json(&info))).into_response())
 }
