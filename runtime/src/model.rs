@@ -124,8 +124,9 @@ pub struct HostConfig {
     pub tmpfs: BTreeMap<String, String>,
     #[serde(default)]
     pub network_mode: String,
-    #[serde(default, deserialize_with = "null_map")]
-    pub port_bindings: BTreeMap<String, Option<Vec<PortBinding>>>,
+    /// As given: none when the request had none (dockerd shows null then, `{}` for empty).
+    #[serde(default)]
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
     #[serde(default)]
     pub publish_all_ports: bool,
     #[serde(default)]

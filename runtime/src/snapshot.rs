@@ -189,6 +189,32 @@ impl SnapshotStore {
         Ok(OverlayMount { lower, upper, work })
     }
 
+    /// Where a snapshot's files are, as inspect's `GraphDriver.Data` shows them: an image's
+    /// top layer (`UpperDir`) over the rest (`LowerDir`, top first, `:`-separated), or a
+    /// container's writable layer and its work directory over its init layer and image
+    /// (`key`). No `MergedDir`: a container's root is mounted in its own mount namespace only.
+    pub fn graph_data(&self, key: Option<&str>, chain: &[String]) -> std::collections::BTreeMap<String, String> {
+        let text = |p: &Path| p.display().to_string();
+        let mut lower: Vec<String> = chain.iter().rev().map(|id| text(&self.layer_dir(id))).collect();
+        let mut out = std::collections::BTreeMap::new();
+        match key {
+            Some(key) => {
+                let base = self.root.join("active").join(key);
+                lower.insert(0, text(&base.join("init")));
+                out.insert("UpperDir".to_owned(), text(&base.join("upper")));
+                out.insert("WorkDir".to_owned(), text(&base.join("work")));
+            }
+            None if !lower.is_empty() => {
+                out.insert("UpperDir".to_owned(), lower.remove(0));
+            }
+            None => {}
+        }
+        if !lower.is_empty() {
+            out.insert("LowerDir".to_owned(), lower.join(":"));
+        }
+        out
+    }
+
     pub fn active_upper(&self, key: &str) -> PathBuf {
         self.root.join("active").join(key).join("upper")
     }

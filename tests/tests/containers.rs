@@ -428,6 +428,15 @@ fn pause_update_and_diff() {
     for want in ["A /made", "A /made/f", "D /etc/group", "C /etc", "C /bin", "C /bin/busybox"] {
         assert!(diff.lines().any(|l| l == want), "{want} in:\n{diff}");
     }
+    // Where the changes are, as inspect's GraphDriver says: the writable layer holds them, and
+    // the image's top layer is one of the lower ones.
+    let data = &inspect(&a, "changer")["GraphDriver"]["Data"];
+    let upper = std::path::Path::new(data["UpperDir"].as_str().expect("UpperDir"));
+    assert_eq!(std::fs::read_to_string(upper.join("made/f")).unwrap(), "x\n", "{data}");
+    let image: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", &img])).unwrap();
+    let top = image[0]["GraphDriver"]["Data"]["UpperDir"].as_str().expect("the image's UpperDir");
+    assert!(std::path::Path::new(top).join("bin").is_dir(), "{top}");
+    assert!(data["LowerDir"].as_str().unwrap().split(':').any(|d| d == top), "{data}");
 
     // Swarm endpoints answer as on an engine that is not a swarm manager.
     let (status, body) = a.http("GET", "/services", None);

@@ -609,7 +609,7 @@ impl Engine {
         let hc = &rec.host_config;
         let host = self.inner.host_side.lock().expect("lock").clone();
         match network::ports::publish(
-            &hc.port_bindings,
+            hc.port_bindings.as_ref().unwrap_or(&std::collections::BTreeMap::new()),
             hc.publish_all_ports,
             &rec.config.exposed_ports,
             eth0.address,

@@ -127,6 +127,16 @@ fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
     })
 }
 
+/// Whether the container has ever started.
+fn started(rec: &ContainerRecord) -> bool {
+    !rec.state.started_at.is_empty() && rec.state.started_at != ZERO_TIME
+}
+
+/// A file of the container's directory, once it has started (empty before, as dockerd).
+fn file_once_started(rec: &ContainerRecord, dir: &std::path::Path, name: &str) -> String {
+    if started(rec) { dir.join(name).display().to_string() } else { String::new() }
+}
+
 /// One entry of `NetworkSettings.Networks`: the container on network `name` (ID `id`).
 fn endpoint_json(rec: &ContainerRecord, name: &str, id: &str, user_net: bool, ep: &Endpoint) -> Value {
     let (ip, prefix, gateway, mac) = rec.address_on(name).unwrap_or(("", 0, "", ""));
@@ -141,17 +151,23 @@ fn endpoint_json(rec: &ContainerRecord, name: &str, id: &str, user_net: bool, ep
     if !ep.link_local.is_empty() {
         ipam.insert("LinkLocalIPs".into(), json!(ep.link_local));
     }
+    // As dockerd keeps them: the names given, then from the first start on the short ID and
+    // the hostname (by which the network's DNS finds it too); null when there are none.
     let mut aliases = ep.aliases.clone();
-    if user_net && !aliases.contains(&rec.id[..12].to_owned()) {
-        aliases.push(rec.id[..12].to_owned());
+    if started(rec) {
+        for name in [&rec.id[..12], rec.config.hostname.as_str()] {
+            if !name.is_empty() && !aliases.iter().any(|a| a == name) {
+                aliases.push(name.to_owned());
+            }
+        }
     }
     json!({
         "IPAMConfig": if ipam.is_empty() { Value::Null } else { Value::Object(ipam) },
         "Links": null,
-        "Aliases": if user_net { json!(aliases) } else { Value::Null },
+        "Aliases": if user_net && !aliases.is_empty() { json!(aliases) } else { Value::Null },
         "MacAddress": mac,
         "DriverOpts": null,
-        "NetworkID": id,
+        "NetworkID": if started(rec) { id } else { "" },
         "EndpointID": if ip.is_empty() { String::new() } else { super::networks::endpoint_id(&rec.id, id) },
         "Gateway": gateway,
         "IPAddress": ip,
@@ -207,10 +223,11 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
             "FinishedAt": if st.finished_at.is_empty() { ZERO_TIME } else { &st.finished_at },
         },
         "Image": rec.image_id,
-        "ResolvConfPath": dir.join("resolv.conf"),
-        "HostnamePath": dir.join("hostname"),
-        "HostsPath": dir.join("hosts"),
-        "LogPath": dir.join(format!("{}-json.log", rec.id)),
+        // dockerd names these files at the first start.
+        "ResolvConfPath": file_once_started(rec, &dir, "resolv.conf"),
+        "HostnamePath": file_once_started(rec, &dir, "hostname"),
+        "HostsPath": file_once_started(rec, &dir, "hosts"),
+        "LogPath": file_once_started(rec, &dir, &format!("{}-json.log", rec.id)),
         "Name": format!("/{}", rec.name),
         "RestartCount": rec.restart_count,
         "Driver": "overlay2",
@@ -220,7 +237,7 @@ fn inspect_json(engine: &Engine, rec: &ContainerRecord, root: &std::path::Path) 
         "AppArmorProfile": "",
         "ExecIDs": null,
         "HostConfig": host,
-        "GraphDriver": {"Name": "overlay2", "Data": null},
+        "GraphDriver": {"Name": "overlay2", "Data": engine.stores().snapshots.graph_data(Some(&rec.id), &rec.chain)},
         "Mounts": mounts_json(rec),
         "Config": config,
         "NetworkSettings": network_settings(engine, rec),
@@ -339,6 +356,16 @@ fn matches_filters(rec: &ContainerRecord, filters: &Value) -> bool {
     true
 }
 
+/// A container's networks as `GET /containers/json` lists them: as inspect has them, but
+/// with no aliases (dockerd lists none).
+fn list_networks(engine: &Engine, rec: &ContainerRecord) -> Value {
+    let mut nets = network_settings(engine, rec)["Networks"].take();
+    for ep in nets.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+        ep["Aliases"] = Value::Null;
+    }
+    nets
+}
+
 /// `GET /containers/json`.
 /// Takes out of `NetworkSettings` what the client's API version does not have: `DNSNames`
 /// came with 1.44.
@@ -401,7 +428,7 @@ pub async fn list(
             "State": rec.state.status_str(),
             "Status": status_text(&rec),
             "HostConfig": {"NetworkMode": if rec.host_config.network_mode.is_empty() { "bridge" } else { &rec.host_config.network_mode }},
-            "NetworkSettings": {"Networks": network_settings(&engine, &rec)["Networks"].clone()},
+            "NetworkSettings": {"Networks": list_networks(&engine, &rec)},
             "Mounts": mounts_json(&rec),
         }));
         if let Some(last) = out.last_mut() {

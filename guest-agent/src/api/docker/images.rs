@@ -229,7 +229,8 @@ pub async fn list(State(engine): State<Engine>, Q(q): Q<Query>) -> Result<Json<V
     Ok(Json(Value::Array(out)))
 }
 
-fn inspect_json(i: &ImageRecord, c: &ImageConfig) -> Value {
+fn inspect_json(engine: &Engine, i: &ImageRecord, c: &ImageConfig) -> Value {
+    let chain: Vec<String> = i.layers.iter().map(|l| l.chain_id.clone()).collect();
     let mut config = serde_json::to_value(&c.config).unwrap_or(Value::Null);
     if let Some(o) = config.as_object_mut() {
         // dockerd shows these null when the image has none.
@@ -251,7 +252,7 @@ fn inspect_json(i: &ImageRecord, c: &ImageConfig) -> Value {
         "Os": c.os,
         "Size": i.size(),
         "VirtualSize": i.size(),
-        "GraphDriver": {"Name": "overlay2", "Data": null},
+        "GraphDriver": {"Name": "overlay2", "Data": engine.stores().snapshots.graph_data(None, &chain)},
         "RootFS": {"Type": "layers", "Layers": c.rootfs.diff_ids},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
     });
@@ -260,6 +261,21 @@ fn inspect_json(i: &ImageRecord, c: &ImageConfig) -> Value {
         out["Variant"] = json!(v);
     }
     out
+}
+
+/// What API 1.44 and older carry besides: `ContainerConfig`, the building container's config
+/// the image records (dockerd shows an empty one when it records none); 1.45 dropped it.
+fn for_version(out: &mut Value, c: &ImageConfig, version: Option<&super::ClientVersion>) {
+    if version.is_some_and(|v| *v >= super::ClientVersion(1, 45)) {
+        return;
+    }
+    out["ContainerConfig"] = match c.extra.get("container_config") {
+        Some(v) if v.is_object() => v.clone(),
+        _ => json!({"Hostname": "", "Domainname": "", "User": "", "AttachStdin": false, "AttachStdout": false,
+                    "AttachStderr": false, "Tty": false, "OpenStdin": false, "StdinOnce": false, "Env": null,
+                    "Cmd": null, "Image": "", "Volumes": null, "WorkingDir": "", "Entrypoint": null,
+                    "OnBuild": null, "Labels": null}),
+    };
 }
 
 /// `/images/{name}/json|tag|history|get|push` and `DELETE /images/{name}`.
@@ -274,7 +290,9 @@ pub async fn dispatch(
     match (&method, split) {
         (&Method::GET, Some((name, "json"))) => {
             let (rec, config) = engine.image(name)?;
-            Ok(Json(inspect_json(&rec, &config)).into_response())
+            let mut out = inspect_json(&engine, &rec, &config);
+            for_version(&mut out, &config, req.extensions().get::<super::ClientVersion>());
+            Ok(Json(out).into_response())
         }
         (&Method::GET, Some((name, "history"))) => {
             let (rec, config) = engine.image(name)?;
