@@ -116,8 +116,9 @@ pub struct MountSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct HostConfig {
-    #[serde(default, deserialize_with = "null_vec")]
-    pub binds: Vec<String>,
+    /// As given: none when the request had none (dockerd shows null then, `[]` for empty).
+    #[serde(default)]
+    pub binds: Option<Vec<String>>,
     #[serde(default, deserialize_with = "null_vec")]
     pub mounts: Vec<MountSpec>,
     #[serde(default, deserialize_with = "null_map")]

@@ -38,26 +38,43 @@ fn docker_py_finds_what_it_uses() {
     assert!(text.contains("docker-py: all checks passed"), "{text}");
 }
 
-/// docker-py's low-level client, the same calls on Berth and on Docker Engine 20.10 (API
-/// 1.41), answers compared field by field (`tests/clients/docker_py_diff.py`): every field
-/// that differs must be one `tests/clients/docker_py_diff.known` lists with its reason, so a
-/// new difference fails here.
+/// docker-py's low-level and high-level clients, the same calls on Berth and on Docker Engine
+/// 20.10 (API 1.41), answers and events compared field by field
+/// (`tests/clients/docker_py_diff.py`): every field that differs must be one
+/// `tests/clients/docker_py_diff.known` lists with its reason, so a new difference fails here.
 #[test]
 fn docker_py_sees_what_docker_engine_shows() {
+    diff_with_docker_engine("docker_py_diff", &[]);
+}
+
+/// Debian's docker-compose (1.29) brings the same project up and down on Berth and on Docker
+/// Engine 20.10 (`tests/clients/compose_diff.py`): the containers, networks and volumes it
+/// made, and the events, compared field by field against `compose_diff.known`.
+#[test]
+fn docker_compose_makes_what_docker_engine_makes() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let project = workspace().join("tests/fixtures/compose");
+    diff_with_docker_engine("compose_diff", &[project.to_str().unwrap(), &port]);
+}
+
+/// Runs `tests/clients/<script>.py BERTH DOCKERD IMAGE ARGS...` and fails on any difference
+/// it prints that `<script>.known` does not list.
+fn diff_with_docker_engine(script: &str, args: &[&str]) {
     let python = docker_py();
     let a = Agent::start();
     let r = berth_tests::RefEngine::start();
     let image = a.pull("busybox:latest");
     r.ok(&["pull", "-q", &image]);
     let mut cmd = Command::new(python);
-    cmd.arg(workspace().join("tests/clients/docker_py_diff.py"))
+    cmd.arg(workspace().join(format!("tests/clients/{script}.py")))
         .arg(&a.socket)
         .arg(r.dir.path().join("docker.sock"))
-        .arg(&image);
+        .arg(&image)
+        .args(args);
     let out = berth_tests::output_within(&mut cmd, berth_tests::COMMAND_LIMIT, None).unwrap_or_else(|e| panic!("{e}"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    let known = std::fs::read_to_string(workspace().join("tests/clients/docker_py_diff.known")).unwrap();
+    let known = std::fs::read_to_string(workspace().join(format!("tests/clients/{script}.known"))).unwrap_or_default();
     let known: Vec<&str> = known.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let new: Vec<&str> = text
         .lines()
@@ -66,7 +83,7 @@ fn docker_py_sees_what_docker_engine_shows() {
             !known.iter().any(|k| glob(k, path))
         })
         .collect();
-    assert!(new.is_empty(), "differences from dockerd that docker_py_diff.known does not list:\n{}", new.join("\n"));
+    assert!(new.is_empty(), "differences from dockerd that {script}.known does not list:\n{}", new.join("\n"));
 }
 
 /// Whether `path` matches `pattern`, in which each `*` is any text.

@@ -17,7 +17,7 @@ impl Engine {
     ) -> Result<Vec<MountRecord>, EngineError> {
         let mut out: Vec<MountRecord> = Vec::new();
         let invalid = |m: String| EngineError::InvalidArgument(m);
-        for bind in &host.binds {
+        for bind in host.binds.iter().flatten() {
             let parts: Vec<&str> = bind.split(':').collect();
             let (src, dst, opts) = match parts.as_slice() {
                 [d] => ("", *d, ""),

@@ -466,14 +466,13 @@ impl Engine {
                 r.host_config.network_mode = r.endpoints.keys().next().cloned().unwrap_or_else(|| "none".into());
             }
         })?;
-        if rec.running() {
-            self.inner.events.emit(
-                "network",
-                "disconnect",
-                &info.id,
-                &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
-            );
-        }
+        // Announced for a stopped container too (its joins wait for its start), as dockerd.
+        self.inner.events.emit(
+            "network",
+            "disconnect",
+            &info.id,
+            &[("container", &rec.id), ("name", &info.name), ("type", &info.driver)],
+        );
         Ok(())
     }
 

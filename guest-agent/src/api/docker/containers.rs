@@ -274,7 +274,7 @@ fn host_defaults(host: &mut Value, rec: &ContainerRecord) {
     if hc.shm_size <= 0 {
         h.insert("ShmSize".into(), json!(berth_runtime::container::shim::DEFAULT_SHM_SIZE));
     }
-    for k in ["Binds", "Devices", "Dns", "ExtraHosts"] {
+    for k in ["Devices", "Dns", "ExtraHosts"] {
         if h.get(k).and_then(Value::as_array).is_some_and(Vec::is_empty) {
             h.insert(k.into(), Value::Null);
         }
