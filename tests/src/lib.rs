@@ -619,6 +619,36 @@ pub fn http_on(socket: &std::path::Path, method: &str, path: &str, body: &str) -
     (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
 }
 
+/// Attaches to a container's terminal over an upgraded connection, types a command and waits
+/// for its output, then types `keys`: what came back, and whether the engine then closed the
+/// connection within 10 s.
+pub fn attach_typing(socket: &std::path::Path, path: &str, keys: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        seen.push(byte[0]);
+    }
+    seen.clear();
+    s.write_all(b"echo ty\"\"ped\n").unwrap();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("typed") {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    s.write_all(keys).unwrap();
+    let closed = s.read_to_end(&mut seen).is_ok();
+    (seen, closed)
+}
+
 /// A request on a Docker API socket that upgrades the connection (as `exec start` and attach
 /// do): what comes after the answer's head, until the engine closes the stream.
 pub fn upgraded(socket: &std::path::Path, path: &str, body: &str) -> Vec<u8> {

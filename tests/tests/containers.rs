@@ -1,6 +1,6 @@
 //! Container lifecycle and isolation through the docker CLI.
 
-use berth_tests::{Agent, Docker, RefEngine, eventually, http_on, upgraded};
+use berth_tests::{Agent, Docker, RefEngine, attach_typing, eventually, http_on, upgraded};
 use std::io::{Read, Write};
 
 /// The actions of every event of `container` so far.
@@ -842,34 +842,4 @@ fn corners_match_docker_engine() {
         assert!(docker(&["rm", "rs"]).status.success(), "{engine}: rm once stopped");
     }
     assert_eq!(outputs[0][0], b"\x01\0\0\0\0\0\0\x04hi\r\n", "a terminal's output, framed");
-}
-
-/// Attaches to a container's terminal over an upgraded connection, types a command and waits
-/// for its output, then types `keys`: what came back, and whether the engine then closed the
-/// connection within 10 s.
-fn attach_typing(socket: &std::path::Path, path: &str, keys: &[u8]) -> (Vec<u8>, bool) {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-        seen.push(byte[0]);
-    }
-    seen.clear();
-    s.write_all(b"echo ty\"\"ped\n").unwrap();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("typed") {
-        match s.read(&mut buf) {
-            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    s.write_all(keys).unwrap();
-    let closed = s.read_to_end(&mut seen).is_ok();
-    (seen, closed)
 }

@@ -693,6 +693,17 @@ fn published_ports_and_host_services(home: &BerthHome, probe: &str) {
     assert_eq!(got[1], b"hi\r\n", "made and started with a terminal: raw");
     assert_eq!(got[2], b"hi\n", "made without a terminal, started with one: raw");
     assert!(home.docker(&["rm", "-f", "ttyc"]).status.success());
+    // Detach keys on an attached terminal, through the VM: the default ctrl-p ctrl-q and a
+    // request's own close the attach, and the container runs on.
+    assert!(home.docker(&["run", "-dit", "--name", "term", probe, "sh"]).status.success());
+    for (query, keys) in [("", &b"\x10\x11"[..]), ("&detachKeys=ctrl-a,x", &b"\x01x"[..])] {
+        let path = format!("/containers/term/attach?stream=1&stdin=1&stdout=1{query}");
+        let (seen, closed) = berth_tests::attach_typing(&socket, &path, keys);
+        assert!(closed && String::from_utf8_lossy(&seen).contains("typed"), "detach {query:?}: {seen:?}");
+        let running = home.docker(&["inspect", "-f", "{{.State.Running}}", "term"]);
+        assert_eq!(String::from_utf8_lossy(&running.stdout), "true\n", "after detach {query:?}");
+    }
+    assert!(home.docker(&["rm", "-f", "term"]).status.success());
 
     // A service on this machine's loopback, by name from a container.
     let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
