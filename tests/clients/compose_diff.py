@@ -45,7 +45,10 @@ def run(sock, image, project_dir, port):
                 ep["Aliases"] = sorted(ep["Aliases"], key=lambda a: (len(a) == 12, a))
         got["containers"][info["Config"]["Labels"]["com.docker.compose.service"]] = info
     for net in c.networks(filters={"label": label}):
-        got["networks"][net["Name"]] = c.inspect_network(net["Id"])
+        info = c.inspect_network(net["Id"])
+        # By name: their IDs are each run's own.
+        info["Containers"] = {v["Name"]: v for v in (info.get("Containers") or {}).values()}
+        got["networks"][net["Name"]] = info
     for vol in c.volumes(filters={"label": label}).get("Volumes") or []:
         got["volumes"][vol["Name"]] = c.inspect_volume(vol["Name"])
     compose(sock, image, project_dir, port, "down", "-v")

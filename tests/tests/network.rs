@@ -519,6 +519,24 @@ fn networks_match_docker_engine() {
             got.push(format!("{code} {}", v["message"]));
         }
         ok(&["rm", "-f", "onnone", "onhost", "onbridge"]);
+        // A created container made for no network joins none either; one taken off its first
+        // network keeps the mode as given and starts on what it has left.
+        ok(&["create", "--name", "madenone", "--network", "none", &img, "sleep", "300"]);
+        let (code, text) =
+            berth_tests::http_on(socket, "POST", "/v1.41/networks/first/connect", r#"{"Container":"madenone"}"#);
+        got.push(format!("{code} {}", serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()["message"]));
+        let nets = "{{.HostConfig.NetworkMode}} [{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}]";
+        ok(&["create", "--name", "left", "--network", "first", &img, "sleep", "300"]);
+        ok(&["network", "connect", "second", "left"]);
+        ok(&["network", "disconnect", "first", "left"]);
+        ok(&["create", "--name", "alone", "--network", "first", &img, "sleep", "300"]);
+        ok(&["network", "disconnect", "first", "alone"]);
+        got.push(ok(&["inspect", "-f", nets, "left", "alone"]));
+        ok(&["start", "left", "alone"]);
+        got.push(ok(&["inspect", "-f", nets, "left", "alone"]));
+        got.push(ok(&["exec", "left", "ls", "/sys/class/net"]));
+        got.push(ok(&["exec", "alone", "ls", "/sys/class/net"]));
+        ok(&["rm", "-f", "madenone", "left", "alone"]);
         ok(&["network", "rm", "ipam1", "ipam2", "ipam3", "first", "second"]);
         seen.push(got);
     }
@@ -530,6 +548,9 @@ fn networks_match_docker_engine() {
     assert!(ours[2].contains("10.77.0.3"), "{}", ours[2]);
     assert_eq!(ours[3], "1\n1\n0\n");
     assert_eq!(ours[6], "false true");
+    assert!(ours.iter().any(|o| o == "first [second ]\nfirst []\n"), "{ours:#?}");
+    assert!(ours.iter().any(|o| o.contains("private (none) mode")), "{ours:#?}");
+    assert!(ours.iter().any(|o| o == "lo\n"), "a container that left every network has loopback only");
     let moved = ours.iter().find(|o| o.contains("default via")).expect("the moved container's routes");
     assert!(moved.contains("default via 10.75.0.1 dev eth1") && moved.contains("reached peer"), "{moved}");
 }

@@ -176,6 +176,11 @@ pub struct ContainerRecord {
     /// Per network (by name): what the create asked for (`NetworkingConfig.EndpointsConfig`).
     #[serde(default)]
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// The network its first interface is on, once a disconnect moved it off the one
+    /// `HostConfig.NetworkMode` names (which stays as given, as dockerd keeps it): the next of
+    /// its networks, or `none` when it left them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
 }
 
 /// A container's settings on one network.
@@ -199,6 +204,18 @@ pub struct Endpoint {
 }
 
 impl ContainerRecord {
+    /// The network its first interface is on (`eth0`): `HostConfig.NetworkMode`'s, unless a
+    /// disconnect moved it.
+    pub fn first_network(&self) -> &str {
+        self.moved_to.as_deref().unwrap_or(&self.host_config.network_mode)
+    }
+
+    /// Whether it left every network it was on (it runs with loopback only, and inspect lists
+    /// no network, as dockerd's does).
+    pub fn left_all_networks(&self) -> bool {
+        self.moved_to.as_deref() == Some("none")
+    }
+
     /// Its process runs (it has a pid).
     pub fn running(&self) -> bool {
         self.state.status == Status::Running

@@ -262,6 +262,7 @@ impl Engine {
             chain: image.chain(),
             manually_stopped: false,
             endpoints,
+            moved_to: None,
         };
         let ctr = Ctr::new(rec, dir);
         ctr.update(|_| {})?;
@@ -302,7 +303,7 @@ impl Engine {
         let mut rec = rec;
         rec.config.env.extend(link_env);
         let overlay = self.inner.stores.snapshots.prepare(&id, &rec.chain).map_err(ImageError::from)?;
-        let (mode, bridge, user_net) = match self.attach_of(&rec.host_config.network_mode)? {
+        let (mode, bridge, user_net) = match self.attach_of(rec.first_network())? {
             super::networks::Attach::Bridge(b, n) => (network::Mode::Bridge, Some(b), n),
             super::networks::Attach::None => (network::Mode::None, None, None),
             super::networks::Attach::Host => (network::Mode::Host, None, None),
@@ -315,7 +316,7 @@ impl Engine {
         let first_ep = rec
             .endpoints
             .get(user_net.as_ref().map_or("bridge", |n| n.record.name.as_str()))
-            .or(rec.endpoints.get(&rec.host_config.network_mode));
+            .or(rec.endpoints.get(rec.first_network()));
         let link_local = match (first_ep, &bridge) {
             (Some(ep), Some(_)) => super::networks::link_local_of(ep)?,
             _ => Vec::new(),

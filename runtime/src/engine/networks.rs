@@ -160,7 +160,7 @@ impl Engine {
     /// `network connect` (before a start) or `disconnect` (after an exit) for each of a
     /// container's networks, `none` and `host` included, as dockerd announces them.
     pub(crate) fn network_events(&self, rec: &ContainerRecord, action: &str) {
-        let first = mode_name(&rec.host_config.network_mode).to_owned();
+        let first = mode_name(rec.first_network()).to_owned();
         let others = self.extra_networks(rec).into_iter().map(|(n, _)| n.record.name.clone());
         for name in std::iter::once(first).chain(others) {
             let Some((name, id, _)) = self.network_identity(&name) else { continue };
@@ -277,7 +277,7 @@ impl Engine {
             ipam,
             ipam_options: None,
             enable_ipv6: false,
-            containers: containers.iter().filter(|c| mode_name(&c.host_config.network_mode) == name).cloned().collect(),
+            containers: containers.iter().filter(|c| mode_name(c.first_network()) == name).cloned().collect(),
         };
         let subnet = format!("{}/{}", ipam::network(b.gateway, b.prefix), b.prefix);
         let mut out = vec![
@@ -384,17 +384,18 @@ impl Engine {
                 "container sharing network namespace with another container or host cannot be connected to any other network".into(),
             ));
         }
-        let current = mode_name(&rec.host_config.network_mode).to_owned();
-        if current == "none" && rec.running() {
+        // dockerd's rule, on the mode as given: a container made for no network joins none.
+        if mode_name(&rec.host_config.network_mode) == "none" {
             return Err(EngineError::InvalidArgument(
                 "container cannot be connected to multiple networks with one of the networks in private (none) mode"
                     .into(),
             ));
         }
-        let rec = if current == "none" && !rec.running() {
+        let current = mode_name(rec.first_network()).to_owned();
+        let rec = if rec.left_all_networks() && !rec.running() {
+            // It left all its networks: this one becomes its first.
             ctr.update(|r| {
-                r.host_config.network_mode = info.name.clone();
-                r.endpoints.clear();
+                r.moved_to = Some(info.name.clone());
                 r.endpoints.insert(info.name.clone(), ep);
             })?
         } else {
@@ -463,7 +464,7 @@ impl Engine {
             r.endpoints.retain(|k, _| !named(k));
             r.net.others.remove(&info.name);
             if primary {
-                r.host_config.network_mode = r.endpoints.keys().next().cloned().unwrap_or_else(|| "none".into());
+                r.moved_to = Some(r.endpoints.keys().next().cloned().unwrap_or_else(|| "none".into()));
             }
         })?;
         // Announced for a stopped container too (its joins wait for its start), as dockerd.
@@ -528,7 +529,7 @@ impl Engine {
                 },
                 None => NetRecord { mode: "none".into(), ports, ..NetRecord::default() },
             };
-            r.host_config.network_mode = next.as_ref().map(|(name, _)| name.clone()).unwrap_or_else(|| "none".into());
+            r.moved_to = Some(next.as_ref().map(|(name, _)| name.clone()).unwrap_or_else(|| "none".into()));
         })
     }
 
@@ -578,7 +579,7 @@ impl Engine {
 
     /// A container's networks after its first: the user-defined ones its endpoints name.
     pub(crate) fn extra_networks(&self, rec: &ContainerRecord) -> Vec<(Arc<UserNetwork>, Endpoint)> {
-        let first = self.user_network(mode_name(&rec.host_config.network_mode)).map(|n| n.record.id.clone());
+        let first = self.user_network(mode_name(rec.first_network())).map(|n| n.record.id.clone());
         let mut out: Vec<(Arc<UserNetwork>, Endpoint)> = Vec::new();
         for (key, ep) in &rec.endpoints {
             if let Some(n) = self.user_network(key)
@@ -842,7 +843,7 @@ fn names_network(key: &str, name: &str, id: &str) -> bool {
 
 /// Whether network `name` (ID `id`) is the container's first.
 fn on_primary(c: &ContainerRecord, name: &str, id: &str) -> bool {
-    names_network(mode_name(&c.host_config.network_mode), name, id)
+    names_network(mode_name(c.first_network()), name, id)
 }
 
 /// Whether a container is on the network `name` (ID `id`): its first, or one its endpoints name.

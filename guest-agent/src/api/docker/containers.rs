@@ -89,11 +89,14 @@ fn mounts_json(rec: &ContainerRecord) -> Vec<Value> {
 }
 
 fn network_settings(engine: &Engine, rec: &ContainerRecord) -> Value {
-    let mode = berth_runtime::engine::mode_name(&rec.host_config.network_mode).to_owned();
+    let mode = berth_runtime::engine::mode_name(rec.first_network()).to_owned();
     let (name, id, builtin) = engine.network_identity(&mode).unwrap_or((mode, String::new(), true));
     let mut networks = serde_json::Map::new();
-    let first_ep = rec.endpoints.get(&name).or(rec.endpoints.get(&rec.host_config.network_mode)).cloned();
-    networks.insert(name.clone(), endpoint_json(rec, &name, &id, !builtin, &first_ep.unwrap_or_default()));
+    let first_ep = rec.endpoints.get(&name).or(rec.endpoints.get(rec.first_network())).cloned();
+    // A container that left all its networks is on none, and shows none.
+    if !rec.left_all_networks() {
+        networks.insert(name.clone(), endpoint_json(rec, &name, &id, !builtin, &first_ep.unwrap_or_default()));
+    }
     // Its other networks, each with the address it has there while it runs.
     for (key, ep) in &rec.endpoints {
         if let Some((n, nid, false)) = engine.network_identity(key)
