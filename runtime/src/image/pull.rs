@@ -277,6 +277,7 @@ pub async fn pull(
             let (stores2, digest, chain2, diff2) =
                 (stores.clone(), desc.digest.clone(), chain.clone(), diff_id.clone());
             tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
+                let started = std::time::Instant::now();
                 let blob = stores2.content.open_blob(&digest)?;
                 let staged = stores2.snapshots.stage()?;
                 let result = unpack::unpack(
@@ -289,7 +290,14 @@ pub async fn pull(
                     let _ = std::fs::remove_dir_all(&staged);
                     return Err(e.into());
                 }
+                let unpacked = started.elapsed();
                 stores2.snapshots.commit_layer(&chain2, &staged)?;
+                tracing::info!(
+                    layer = %digest,
+                    unpack_ms = unpacked.as_millis() as u64,
+                    commit_ms = (started.elapsed() - unpacked).as_millis() as u64,
+                    "layer unpacked"
+                );
                 Ok(())
             })
             .await
@@ -410,6 +418,7 @@ async fn download(
         let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let mut stream = client.pull_blob_stream(reference, desc).await.map_err(|e| registry_error(reference, e))?;
     let total = stream.content_length.or(u64::try_from(desc.size).ok());
     let mut ingest = stores.content.ingest()?;
@@ -430,7 +439,15 @@ async fn download(
         }
     }
     let _ = progress.send(Progress::msg(Some(&sid), "Verifying Checksum"));
+    let fetched = started.elapsed();
     tokio::task::block_in_place(|| ingest.commit(Some(&desc.digest)))?;
+    tracing::info!(
+        layer = %desc.digest,
+        bytes = desc.size,
+        fetch_ms = fetched.as_millis() as u64,
+        commit_ms = (started.elapsed() - fetched).as_millis() as u64,
+        "layer downloaded"
+    );
     let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
     Ok(())
 }
