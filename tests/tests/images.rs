@@ -293,3 +293,72 @@ fn distribution_inspect_tells_what_the_registry_has() {
     let (status, body) = a.request("GET", &format!("/distribution/{reg}/no/such:image/json"), b"");
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
 }
+
+/// A pull cut short by a crash of the engine (SIGKILL while the big layer downloads, and
+/// while it unpacks), and a crash right after a pull answered: after each restart the image
+/// is whole (it runs, its file intact) or absent (not listed, pulled again whole), and
+/// nothing half-made is left behind.
+#[test]
+fn a_pull_cut_by_a_crash_leaves_the_image_whole_or_absent() {
+    use std::io::Write;
+    let mut a = Agent::start();
+    let base = a.pull("busybox:latest");
+    // An image with a 48 MiB layer of random bytes, pushed to the fixture registry by Berth.
+    let dir = tempfile::tempdir().unwrap();
+    let mut big = std::fs::File::create(dir.path().join("big")).unwrap();
+    let mut rng = std::fs::File::open("/dev/urandom").unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..48 {
+        std::io::Read::read_exact(&mut rng, &mut chunk).unwrap();
+        big.write_all(&chunk).unwrap();
+    }
+    drop(big);
+    let sum = |path: &std::path::Path| {
+        let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned()
+    };
+    let want = sum(&dir.path().join("big"));
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {base}\nCOPY big /big\n")).unwrap();
+    let img = format!("{}/crashpull:{}", registry().addr, std::process::id());
+    a.ok(&["build", "-q", "-t", &img, dir.path().to_str().unwrap()]);
+    a.ok(&["push", &img]);
+    let check = "sha256sum /big | cut -d' ' -f1";
+    let root = a.data_root();
+    let leftovers = |root: &std::path::Path| {
+        ["snapshots/staging", "content/ingest"]
+            .iter()
+            .map(|d| std::fs::read_dir(root.join(d)).map(|r| r.count()).unwrap_or(0))
+            .sum::<usize>()
+    };
+    // Cut while downloading (an ingest file growing), then while unpacking (a staged layer).
+    for (stage, probe) in [("downloading", "content/ingest"), ("unpacking", "snapshots/staging")] {
+        a.ok(&["rmi", "-f", &img]);
+        a.ok(&["image", "prune", "-af"]);
+        a.pull("busybox:latest");
+        let mut pull = std::process::Command::new("docker")
+            .args(["pull", "-q", &img])
+            .env("DOCKER_HOST", format!("unix://{}", a.socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let busy =
+            berth_tests::eventually(60, || std::fs::read_dir(root.join(probe)).is_ok_and(|mut r| r.next().is_some()));
+        a.crash_and_restart();
+        let _ = pull.wait();
+        assert!(busy, "the pull never reached {stage}");
+        let listed = a.ok(&["images", "-q", &img]);
+        if listed.trim().is_empty() {
+            // Absent: pulled again, whole.
+            a.ok(&["pull", "-q", &img]);
+        }
+        assert_eq!(a.ok(&["run", "--rm", &img, "sh", "-c", check]).trim(), want, "after a crash while {stage}");
+        assert_eq!(leftovers(&root), 0, "half-made downloads or layers left after a crash while {stage}");
+    }
+    // Cut right after the pull answered: the image is there, whole.
+    a.ok(&["rmi", "-f", &img]);
+    a.ok(&["pull", "-q", &img]);
+    a.crash_and_restart();
+    assert_eq!(a.ok(&["images", "-q", &img]).trim().len(), 12, "the image went with the crash");
+    assert_eq!(a.ok(&["run", "--rm", &img, "sh", "-c", check]).trim(), want);
+}
