@@ -51,11 +51,38 @@ for p in $(pgrep -P $DOCKERD_PID containerd || true); do   # the containerd dock
     DOCKERD_IDLE=$(( DOCKERD_IDLE + $(rss_kib "$p") ))
 done
 
+# The real images: a debootstrap of Debian's minbase (network to deb.debian.org, once), then
+# imported, built on and pushed by dockerd.
+CACHE=target/bench-cache
+if [ ! -s "$CACHE/debian-minbase.tar" ]; then
+    mkdir -p "$CACHE"
+    echo "# debootstrap --variant=minbase bookworm (once, into $CACHE)" >&2
+    debootstrap --variant=minbase bookworm "$W/deb" http://deb.debian.org/debian >"$W/debootstrap.log" 2>&1 \
+        || { tail -5 "$W/debootstrap.log" >&2; exit 1; }
+    tar --numeric-owner -C "$W/deb" -c . > "$CACHE/debian-minbase.tar.new"
+    mv "$CACHE/debian-minbase.tar.new" "$CACHE/debian-minbase.tar"
+    rm -rf "$W/deb"
+fi
+dref() { DOCKER_HOST="unix://$W/dockerd.sock" docker "$@"; }
+dref import - "$REG/debian:minbase" < "$CACHE/debian-minbase.tar" >/dev/null
+dref push -q "$REG/debian:minbase" >/dev/null
+mkdir -p "$W/layered"
+{
+    echo "FROM $REG/debian:minbase"
+    echo 'RUN mkdir -p /opt/a && for i in $(seq 2000); do echo "file $i" > /opt/a/f$i; done'
+    echo 'RUN cp -a /usr/share/doc /opt/doc-copy'
+    echo 'RUN dd if=/dev/urandom of=/opt/blob bs=1M count=20 status=none'
+    echo 'RUN ln -s /opt/blob /opt/link && rm -rf /opt/a/f1*'
+} > "$W/layered/Dockerfile"
+DOCKER_BUILDKIT=0 dref build -q -t "$REG/debian:layered" "$W/layered" >/dev/null 2>&1
+dref push -q "$REG/debian:layered" >/dev/null
+
 IMG="$REG/busybox:latest"
 python3 - "$W" "$IMG" "$ROUNDS" "$BERTH_IDLE" "$DOCKERD_IDLE" "${SOCKETS[@]}" <<'PY'
 import os, statistics, subprocess, sys, time
 w, img, rounds, berth_idle, dockerd_idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 engines = {name: f"unix://{w}/{name}.sock" for name in sys.argv[6:]}
+reg = img.split("/")[0]
 
 def docker(engine, *args):
     env = dict(os.environ, DOCKER_HOST=engines[engine])
@@ -110,4 +137,25 @@ report("docker pull (pull + unpack)", pulls)
 report("docker build, cold (--no-cache)", cold)
 report("docker build, cached (unchanged)", cached)
 print(f"{'idle resident memory':<34} berth {berth_idle/1024:8.1f} MiB  dockerd+containerd {dockerd_idle/1024:8.1f} MiB")
+
+# Real images last (each round removes every image first, busybox included). The page cache is
+# dropped before each pull: with it full, each round here ran slower than the last on both.
+def cold_pull(e, ref):
+    env = dict(os.environ, DOCKER_HOST=engines[e])
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for t in ("debian:minbase", "debian:layered"):
+        subprocess.run(["docker", "rmi", "-f", f"{reg}/{t}"], **quiet)
+    subprocess.run(["docker", "image", "prune", "-af"], **quiet)
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    return docker(e, "pull", "-q", ref)
+
+print("# 5 alternating rounds of a cold pull (no image, page cache dropped), medians")
+for name, what in (("debian:minbase", "debootstrap minbase"), ("debian:layered", "minbase + 4 layers")):
+    d = {e: [] for e in engines}
+    for _ in range(5):
+        for e in engines:
+            d[e].append(cold_pull(e, f"{reg}/{name}"))
+    report(f"docker pull {what}", d)
 PY
