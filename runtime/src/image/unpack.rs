@@ -247,6 +247,50 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Bytes inflated ahead of the parser: chunks of 256 KiB, at most eight waiting.
+const AHEAD_CHUNK: usize = 256 * 1024;
+const AHEAD_CHUNKS: usize = 8;
+
+/// Reads until `buf` is full or the stream ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(m) => n += m,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The parser's side of the inflating thread: its chunks, in order, as one stream.
+struct Ahead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Ahead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.at = 0;
+                }
+                // The inflating thread is done: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// What unpacking a layer found.
 #[derive(Debug, Clone)]
 pub struct Unpacked {
@@ -267,17 +311,47 @@ pub fn unpack(
     expected_diff_id: Option<&str>,
 ) -> Result<Unpacked, UnpackError> {
     let plain = decompressor(Box::new(reader)).map_err(UnpackError::Archive)?;
-    let mut hashing = HashingReader { inner: plain, hasher: Sha256::new(), count: 0 };
-    apply_tar(&mut hashing, root, whiteouts)?;
-    // Hash the rest of the stream (the tar's end blocks and any padding).
-    io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Archive)?;
-    let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+    // Inflating and hashing run on a thread of their own, ahead of the parsing and writing
+    // here: with two cores a layer takes about as long as the slower half, not both.
+    let (hasher, count) = std::thread::scope(|scope| -> Result<(Sha256, u64), UnpackError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD_CHUNKS);
+        let inflater = scope.spawn(move || {
+            let mut hashing = HashingReader { inner: plain, hasher: Sha256::new(), count: 0 };
+            loop {
+                let mut chunk = vec![0u8; AHEAD_CHUNK];
+                match read_full(&mut hashing, &mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        // A short chunk is the stream's last; a failed send, a parser that
+                        // stopped (and hung up).
+                        let last = n < AHEAD_CHUNK;
+                        chunk.truncate(n);
+                        if tx.send(Ok(chunk)).is_err() || last {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+            (hashing.hasher, hashing.count)
+        });
+        let mut ahead = Ahead { rx, chunk: Vec::new(), at: 0 };
+        apply_tar(&mut ahead, root, whiteouts)?;
+        // The rest of the stream (the tar's end blocks and any padding) is hashed too.
+        io::copy(&mut ahead, &mut io::sink()).map_err(UnpackError::Archive)?;
+        drop(ahead);
+        inflater.join().map_err(|_| UnpackError::Archive(io::Error::other("the inflating thread panicked")))
+    })?;
+    let diff_id = format!("sha256:{}", hex::encode(hasher.finalize()));
     if let Some(expected) = expected_diff_id
         && expected != diff_id
     {
         return Err(UnpackError::DiffIdMismatch { expected: expected.into(), actual: diff_id });
     }
-    Ok(Unpacked { diff_id, size: hashing.count })
+    Ok(Unpacked { diff_id, size: count })
 }
 
 /// Lexically normalises an archive path to components below the root; `..` above it is an error.
