@@ -6,8 +6,9 @@
 //! 2. Fetch the config blob; its digest is the image ID.
 //! 3. Download the layers that are not in the content store, up to three at a time, each
 //!    through an ingest that verifies its digest before it is committed.
-//! 4. Unpack them in order, as soon as each is downloaded, into snapshots keyed by chain ID,
-//!    checking each layer's uncompressed digest against the config's `diff_ids`.
+//! 4. Unpack each while it downloads (the bytes go to the ingest and to the unpacker at once)
+//!    into a staged snapshot, checking its uncompressed digest against the config's
+//!    `diff_ids`; the snapshot is put in place under its chain ID only once both digests hold.
 //! 5. Record the image and move the tag to it.
 //!
 //! Plain HTTP is used for registries on loopback (as dockerd allows 127.0.0.0/8) and for
@@ -261,48 +262,26 @@ pub async fn pull(
             let _ = progress.send(Progress::msg(Some(&sid), "Pulling fs layer"));
             let (client, reference, desc, stores, progress, limit) =
                 (client.clone(), reference.clone(), desc.clone(), stores.clone(), progress.clone(), limit.clone());
+            let (chain, diff_id) = (chain.clone(), config.rootfs.diff_ids[downloads.len()].clone());
             downloads.push(Some(tokio::spawn(async move {
                 let _permit = limit.acquire().await;
-                download(&client, &reference, &desc, &stores, &progress).await
+                let staged = fetch_and_unpack(&client, &reference, &desc, &diff_id, &stores, &progress).await?;
+                let digest = desc.digest.clone();
+                tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
+                    let started = std::time::Instant::now();
+                    stores.snapshots.commit_layer(&chain, &staged)?;
+                    tracing::info!(layer = %digest, commit_ms = started.elapsed().as_millis() as u64, "layer in place");
+                    Ok(())
+                })
+                .await
+                .map_err(|e| ImageError::Registry(format!("unpack task: {e}")))?
             })));
         }
+        // Announced in order, as dockerd announces them.
         for (i, job) in downloads.into_iter().enumerate() {
-            let desc = &manifest.layers[i];
-            let chain = &chains[i];
-            let diff_id = &config.rootfs.diff_ids[i];
             let Some(job) = job else { continue };
             job.await.map_err(|e| ImageError::Registry(format!("download task: {e}")))??;
-            let sid = short(&desc.digest);
-            let _ = progress.send(Progress::msg(Some(&sid), "Extracting"));
-            let (stores2, digest, chain2, diff2) =
-                (stores.clone(), desc.digest.clone(), chain.clone(), diff_id.clone());
-            tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
-                let started = std::time::Instant::now();
-                let blob = stores2.content.open_blob(&digest)?;
-                let staged = stores2.snapshots.stage()?;
-                let result = unpack::unpack(
-                    std::io::BufReader::with_capacity(1 << 20, blob),
-                    &staged,
-                    Whiteouts::Overlay,
-                    Some(&diff2),
-                );
-                if let Err(e) = result {
-                    let _ = std::fs::remove_dir_all(&staged);
-                    return Err(e.into());
-                }
-                let unpacked = started.elapsed();
-                stores2.snapshots.commit_layer(&chain2, &staged)?;
-                tracing::info!(
-                    layer = %digest,
-                    unpack_ms = unpacked.as_millis() as u64,
-                    commit_ms = (started.elapsed() - unpacked).as_millis() as u64,
-                    "layer unpacked"
-                );
-                Ok(())
-            })
-            .await
-            .map_err(|e| ImageError::Registry(format!("unpack task: {e}")))??;
-            let _ = progress.send(Progress::msg(Some(&sid), "Pull complete"));
+            let _ = progress.send(Progress::msg(Some(&short(&manifest.layers[i].digest)), "Pull complete"));
         }
     }
     for (i, desc) in manifest.layers.iter().enumerate() {
@@ -405,19 +384,107 @@ pub async fn distribution(stores: &Stores, name: &str, creds: &Credentials) -> R
     Ok(Distribution { media_type, digest, size: raw.len() as u64, platforms })
 }
 
-/// Downloads one layer blob into the content store (skipped when already there).
+/// Downloads a layer into the content store and unpacks it into a staged snapshot at the
+/// same time (the bytes go to both as they come): returns the staged directory once the
+/// blob's digest and the uncompressed stream's (`diff_id`) both hold; nothing is left behind
+/// when either fails. A blob the store has already (an earlier pull that stopped before
+/// unpacking it) is unpacked from there.
+async fn fetch_and_unpack(
+    client: &Client,
+    reference: &Reference,
+    desc: &OciDescriptor,
+    diff_id: &str,
+    stores: &Stores,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<std::path::PathBuf, ImageError> {
+    let sid = short(&desc.digest);
+    let (tx, rx) = mpsc::channel::<bytes::Bytes>(AHEAD);
+    let started = std::time::Instant::now();
+    let from_store = stores.content.exists(&desc.digest);
+    let unpacker = {
+        let (stores, diff_id, digest) = (stores.clone(), diff_id.to_owned(), desc.digest.clone());
+        tokio::task::spawn_blocking(move || -> Result<std::path::PathBuf, ImageError> {
+            let staged = stores.snapshots.stage()?;
+            let source: Box<dyn std::io::Read + Send> = if from_store {
+                Box::new(stores.content.open_blob(&digest)?)
+            } else {
+                Box::new(Arriving { rx, chunk: bytes::Bytes::new() })
+            };
+            let result = unpack::unpack(
+                std::io::BufReader::with_capacity(1 << 20, source),
+                &staged,
+                Whiteouts::Overlay,
+                Some(&diff_id),
+            );
+            match result {
+                Ok(_) => Ok(staged),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staged);
+                    Err(e.into())
+                }
+            }
+        })
+    };
+    let fetched = if from_store {
+        let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
+        Ok(true)
+    } else {
+        download(client, reference, desc, stores, progress, tx).await
+    };
+    let _ = progress.send(Progress::msg(Some(&sid), "Extracting"));
+    let unpacked = unpacker.await.map_err(|e| ImageError::Registry(format!("unpack task: {e}")))?;
+    tracing::info!(layer = %desc.digest, unpack_ms = started.elapsed().as_millis() as u64, "layer unpacked");
+    match (fetched, unpacked) {
+        (Ok(true), Ok(staged)) => Ok(staged),
+        // The unpacker failed, and the download stopped for it: the unpacker's reason.
+        (Ok(_), Err(e)) => Err(e),
+        (fetched, Ok(staged)) => {
+            let _ = std::fs::remove_dir_all(&staged);
+            Err(fetched.err().unwrap_or_else(|| {
+                ImageError::Registry(format!("downloading {}: stopped before its end", desc.digest))
+            }))
+        }
+        (Err(e), Err(_)) => Err(e),
+    }
+}
+
+/// How many downloaded chunks may wait for the unpacker.
+const AHEAD: usize = 64;
+
+/// The unpacker's side of a download: the chunks as they arrive, as one stream (its end is
+/// the download's).
+struct Arriving {
+    rx: mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for Arriving {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        bytes::Buf::advance(&mut self.chunk, n);
+        Ok(n)
+    }
+}
+
+/// Downloads a blob into the content store (committed once its digest holds), passing each
+/// chunk to `unpacker` too. `Ok(false)` when the unpacker stopped taking them (it failed:
+/// its error says why), and the download with it.
 async fn download(
     client: &Client,
     reference: &Reference,
     desc: &OciDescriptor,
     stores: &Stores,
     progress: &mpsc::UnboundedSender<Progress>,
-) -> Result<(), ImageError> {
+    unpacker: mpsc::Sender<bytes::Bytes>,
+) -> Result<bool, ImageError> {
     let sid = short(&desc.digest);
-    if stores.content.exists(&desc.digest) {
-        let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
-        return Ok(());
-    }
     let started = std::time::Instant::now();
     let mut stream = client.pull_blob_stream(reference, desc).await.map_err(|e| registry_error(reference, e))?;
     let total = stream.content_length.or(u64::try_from(desc.size).ok());
@@ -426,6 +493,9 @@ async fn download(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ImageError::Registry(format!("downloading {}: {e}", desc.digest)))?;
         ingest.write_all(&chunk).map_err(|e| ImageError::Registry(format!("writing {}: {e}", desc.digest)))?;
+        if unpacker.send(chunk).await.is_err() {
+            return Ok(false);
+        }
         let done = ingest.written();
         if done - last_report >= 256 * 1024 || Some(done) == total {
             last_report = done;
@@ -438,6 +508,7 @@ async fn download(
             });
         }
     }
+    drop(unpacker);
     let _ = progress.send(Progress::msg(Some(&sid), "Verifying Checksum"));
     let fetched = started.elapsed();
     tokio::task::block_in_place(|| ingest.commit(Some(&desc.digest)))?;
@@ -449,7 +520,7 @@ async fn download(
         "layer downloaded"
     );
     let _ = progress.send(Progress::msg(Some(&sid), "Download complete"));
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
