@@ -507,6 +507,28 @@ impl Agent {
 /// One engine's docker CLI, for tests that run the same steps on Berth and on [`RefEngine`].
 pub type Docker<'a> = dyn Fn(&[&str]) -> Output + 'a;
 
+/// Runs `steps` on a fresh Berth agent, then on Docker Engine 20.10 ([`RefEngine`]), each
+/// with the fixture busybox pulled (`steps` gets the engine's docker CLI, its API socket and
+/// the image's name); asserts that both saw the same, and returns what Berth saw.
+pub fn on_both_engines(steps: impl Fn(&Docker<'_>, &std::path::Path, &str) -> Vec<String>) -> Vec<String> {
+    let a = Agent::start();
+    let r = RefEngine::start();
+    let img = a.pull("busybox:latest");
+    r.ok(&["pull", "-q", &img]);
+    let ours = steps(&|x| a.docker(x), &a.socket, &img);
+    let theirs = steps(&|x| r.docker(x), &r.dir.path().join("docker.sock"), &img);
+    assert!(ours == theirs, "\nberth:   {ours:#?}\ndockerd: {theirs:#?}");
+    ours
+}
+
+/// A docker CLI call that must succeed: its standard output.
+#[track_caller]
+pub fn ok_on(docker: &Docker<'_>, args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The reference engine, Debian's dockerd, on its own socket and data root, for
 /// interoperability checks. Killed on drop.
 ///

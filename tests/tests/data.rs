@@ -109,21 +109,12 @@ fn bind_mounts_and_tmpfs() {
 /// host directory, and the options dockerd refuses or cannot mount, in its words.
 #[test]
 fn volumes_with_driver_options_match_docker_engine() {
-    let a = Agent::start();
-    let r = berth_tests::RefEngine::start();
-    let img = a.pull("busybox:latest");
-    r.ok(&["pull", "-q", &img]);
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("from-host"), "host file\n").unwrap();
     let hostdir = host.path().to_str().unwrap().to_owned();
-    let engines: [&berth_tests::Docker<'_>; 2] = [&|x| a.docker(x), &|x| r.docker(x)];
-    let mut seen = Vec::new();
-    for docker in engines {
-        let ok = |args: &[&str]| {
-            let out = docker(args);
-            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+    let ours = berth_tests::on_both_engines(|docker, _, img| {
+        let img = img.to_owned();
+        let ok = |args: &[&str]| berth_tests::ok_on(docker, args);
         let said = |args: &[&str]| {
             let out = docker(args);
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -158,12 +149,8 @@ fn volumes_with_driver_options_match_docker_engine() {
         ok(&["volume", "rm", "tv", "bv", "plainv", "gonev"]);
         // The host directory a removed volume bound is the user's, and stays.
         got.push(std::fs::read_to_string(host.path().join("from-host")).unwrap_or_default());
-        seen.push(got);
-    }
-    let [ours, theirs] = &seen[..] else { unreachable!() };
-    for (o, t) in ours.iter().zip(theirs) {
-        assert_eq!(o, t, "\nberth:   {ours:#?}\ndockerd: {theirs:#?}");
-    }
+        got
+    });
     assert_eq!(ours[0], "{\"device\":\"tmpfs\",\"o\":\"size=2m,noexec\",\"type\":\"tmpfs\"}\nnull\n");
     assert_eq!(ours[1], "tmpfs\n2048\nnoexec\nkept\n");
     assert_eq!(ours[2], "0\n");

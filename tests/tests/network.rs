@@ -6,7 +6,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use berth_tests::{Agent, Docker, eventually};
+use berth_tests::{Agent, eventually};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -404,19 +404,9 @@ fn user_networks_with_dns_ipam_and_isolation() {
 /// codes), IPv6 off in containers, and `--sysctl`.
 #[test]
 fn networks_match_docker_engine() {
-    let a = Agent::start();
-    let r = berth_tests::RefEngine::start();
-    let img = a.pull("busybox:latest");
-    r.ok(&["pull", "-q", &img]);
-    let sockets = [a.socket.clone(), r.dir.path().join("docker.sock")];
-    let engines: [&Docker<'_>; 2] = [&|x| a.docker(x), &|x| r.docker(x)];
-    let mut seen = Vec::new();
-    for (docker, socket) in engines.iter().zip(&sockets) {
-        let ok = |args: &[&str]| {
-            let out = docker(args);
-            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+    let ours = berth_tests::on_both_engines(|docker, socket, img| {
+        let img = img.to_owned();
+        let ok = |args: &[&str]| berth_tests::ok_on(docker, args);
         let mut got = Vec::new();
         ok(&["network", "create", "--subnet", "10.77.0.0/24", "--aux-address", "h1=10.77.0.2"]
             .iter()
@@ -538,12 +528,8 @@ fn networks_match_docker_engine() {
         got.push(ok(&["exec", "alone", "ls", "/sys/class/net"]));
         ok(&["rm", "-f", "madenone", "left", "alone"]);
         ok(&["network", "rm", "ipam1", "ipam2", "ipam3", "first", "second"]);
-        seen.push(got);
-    }
-    let [ours, theirs] = &seen[..] else { unreachable!() };
-    for (o, t) in ours.iter().zip(theirs) {
-        assert_eq!(o, t, "\nberth:   {ours:#?}\ndockerd: {theirs:#?}");
-    }
+        got
+    });
     assert!(ours[0].contains(r#""AuxiliaryAddresses":{"h1":"10.77.0.2","h2":"10.77.0.5"}"#), "{}", ours[0]);
     assert!(ours[2].contains("10.77.0.3"), "{}", ours[2]);
     assert_eq!(ours[3], "1\n1\n0\n");
@@ -557,19 +543,9 @@ fn networks_match_docker_engine() {
 
 #[test]
 fn ipv6_networks_match_docker_engine() {
-    let a = Agent::start();
-    let r = berth_tests::RefEngine::start();
-    let img = a.pull("busybox:latest");
-    r.ok(&["pull", "-q", &img]);
-    let sockets = [a.socket.clone(), r.dir.path().join("docker.sock")];
-    let engines: [&Docker<'_>; 2] = [&|x| a.docker(x), &|x| r.docker(x)];
-    let mut seen = Vec::new();
-    for (docker, socket) in engines.iter().zip(&sockets) {
-        let ok = |args: &[&str]| {
-            let out = docker(args);
-            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+    let ours = berth_tests::on_both_engines(|docker, socket, img| {
+        let img = img.to_owned();
+        let ok = |args: &[&str]| berth_tests::ok_on(docker, args);
         // What a refused run says first.
         let refused = |args: &[&str]| {
             let out = docker(args);
@@ -654,12 +630,8 @@ fn ipv6_networks_match_docker_engine() {
         got.push(refused(&["run", "--rm", "--network", "six1", "--link-local-ip", "10.0.0.1", &img, "true"]));
         ok(&["rm", "-f", "a6", "b6", "c6"]);
         ok(&["network", "rm", "six1", "six2", "six3"]);
-        seen.push(got);
-    }
-    let [ours, theirs] = &seen[..] else { unreachable!() };
-    for (o, t) in ours.iter().zip(theirs) {
-        assert_eq!(o, t, "\nberth:   {ours:#?}\ndockerd: {theirs:#?}");
-    }
+        got
+    });
     assert!(
         ours[3].contains(
             r#"{"IPv6Address":"fd00:71::99","LinkLocalIPs":["169.254.5.5","fe80::5"]} fd00:71::99/64 via fd00:71::fe"#
