@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 11;
+pub const VERSION: u32 = 12;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -306,6 +306,12 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
+    /// Calls done one after another, in this order, answered together ([`Reply::Batch`]).
+    /// The guest sends the calls it answered its kernel before the host did them this way,
+    /// with the calls that must come after them (a batch in a batch is refused: EINVAL).
+    Batch {
+        calls: Vec<Request>,
+    },
 }
 
 /// The host's answer to a request.
@@ -364,6 +370,8 @@ pub enum Reply {
         entries: Vec<(u64, DirEntry)>,
         more: bool,
     },
+    /// How each call of a [`Request::Batch`] went, in its order.
+    Batch(Vec<Result<Reply, i32>>),
     StatFs {
         blocks: u64,
         bfree: u64,

@@ -85,6 +85,12 @@ fn time(t: proto::Time) -> SystemTime {
     }
 }
 
+/// This moment, as the protocol writes times.
+fn now() -> proto::Time {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    proto::Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
@@ -210,6 +216,13 @@ impl ShareFs {
     ///
     /// [`Known::names_changed`]: super::known::Known::names_changed
     fn call(&self, request: Request, then: impl FnOnce(Result<Reply, i32>) + Send + 'static) {
+        self.call_on(None, request, then)
+    }
+
+    /// [`Self::call`] for a call by handle about `node` (it must follow calls queued behind
+    /// that name the node: [`super::behind`]).
+    fn call_on(&self, node: Option<u64>, request: Request, then: impl FnOnce(Result<Reply, i32>) + Send + 'static) {
+        let on = node;
         let changes = match &request {
             Request::SetAttr { node, .. }
             | Request::Link { node, .. }
@@ -224,7 +237,7 @@ impl ShareFs {
         } else if names {
             self.shares.known().names_changed();
         } else {
-            return self.shares.call(request, Box::new(then), &self.rt);
+            return self.shares.call(request, on, Box::new(then), &self.rt);
         }
         let shares = self.shares.clone();
         let then = move |r| {
@@ -234,7 +247,7 @@ impl ShareFs {
             }
             then(r)
         };
-        self.shares.call(request, Box::new(then), &self.rt);
+        self.shares.call(request, on, Box::new(then), &self.rt);
     }
 
     /// A call whose answer is an entry: a lookup, or a node made at `at` (its directory's
@@ -313,8 +326,8 @@ impl ShareFs {
         });
     }
 
-    fn data_call(&self, request: Request, reply: ReplyData) {
-        self.call(request, move |r| match r {
+    fn data_call(&self, node: Option<u64>, request: Request, reply: ReplyData) {
+        self.call_on(node, request, move |r| match r {
             Ok(Reply::Data(d)) => reply.data(&d),
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
@@ -394,6 +407,72 @@ impl ShareFs {
             }
             Err(e) => reply.error(err(e)),
         });
+    }
+
+    /// Removes file `name` from `dir` at once and has the host do it behind
+    /// ([`super::behind`]), when the guest knows the directory's attributes as its own last
+    /// change left it: the kernel asks for them again after each removal (to check
+    /// permissions for the next), and they are answered here. Returns whether it did.
+    ///
+    /// The kernel has checked the removal against the host's modes and owners; a host that
+    /// refuses it all the same (ENOENT aside: the name is gone either way) leaves the name
+    /// there, so the guest drops what it knows of the directory and its kernel's entry for
+    /// the name, as for a change made on the host, and the next look finds it again.
+    fn unlink_behind(self: &Arc<Self>, dir: u64, name: &[u8]) -> bool {
+        let known = self.shares.known();
+        if !known.removing(dir, now()) {
+            return false;
+        }
+        known.names_changed();
+        self.shares.forget_nodes(known.removed(dir, name).into_iter().collect());
+        let (me, name) = (self.clone(), name.to_vec());
+        let request = Request::Unlink { parent: dir, name: name.clone() };
+        let then: super::Then = Box::new(move |r| {
+            me.shares.known().names_changed();
+            match r {
+                Ok(_) | Err(proto::errno::ENOENT) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        errno = e,
+                        name = %String::from_utf8_lossy(&name),
+                        "shares: the host refused a removal the guest had answered; its directory is looked at anew"
+                    );
+                    let stale = vec![proto::Stale { node: dir, name, gone: 0 }];
+                    me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
+                }
+            }
+        });
+        self.shares.call_behind(request, then, &self.rt);
+        true
+    }
+
+    /// Sets `node`'s attributes at once and has the host do it behind ([`super::behind`]),
+    /// when the guest knows them as its own last change left them and the change cannot be
+    /// refused for want of rights the kernel did not check (no size, and no new owner: a host
+    /// that does not run as root refuses those). `tar` sets each file's owner, mode and times
+    /// after writing it: three trips a file. Returns the attributes to answer with, if it did.
+    ///
+    /// A refusal all the same drops what the guest and its kernel hold of the node, as a
+    /// change made on the host would.
+    fn set_attr_behind(self: &Arc<Self>, node: u64, set: &proto::SetAttr) -> Option<Attr> {
+        let (attr, change, forget) = self.shares.known().setting(node, set, now())?;
+        self.shares.forget_nodes(forget);
+        let me = self.clone();
+        let then: super::Then = Box::new(move |r| match r {
+            Ok(Reply::Attr(a)) => me.shares.known().set_answered(change, Some(a)),
+            other => {
+                me.shares.known().set_answered(change, None);
+                tracing::warn!(
+                    node,
+                    answer = ?other,
+                    "shares: the host refused an attribute change the guest had answered; the node is looked at anew"
+                );
+                let stale = vec![proto::Stale { node, name: Vec::new(), gone: 0 }];
+                me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
+            }
+        });
+        self.shares.call_behind(Request::SetAttr { node, set: set.clone() }, then, &self.rt);
+        Some(attr)
     }
 
     fn empty_call(&self, request: Request, reply: ReplyEmpty) {
@@ -599,11 +678,16 @@ impl Filesystem for Fs {
             // The agent raising a host change (see [`raise`]): the host keeps its times.
             return self.0.attr_call(Request::GetAttr { node, handle: None }, reply);
         }
+        if let Some(attr) = self.0.set_attr_behind(node, &set) {
+            // Not to be kept: its change time is a guess. The kernel's next question goes to
+            // the host after the change, or is answered from the host's answer to it.
+            return reply.attr(&Duration::ZERO, &self.0.attr(&attr));
+        }
         self.0.attr_call(Request::SetAttr { node, set }, reply);
     }
 
     fn readlink(&self, _req: &FuseRequest, ino: INodeNo, reply: ReplyData) {
-        self.0.data_call(Request::ReadLink { node: self.0.node(ino) }, reply);
+        self.0.data_call(None, Request::ReadLink { node: self.0.node(ino) }, reply);
     }
 
     fn mknod(
@@ -629,6 +713,9 @@ impl Filesystem for Fs {
 
     fn unlink(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
+        if self.0.unlink_behind(parent, &name) {
+            return reply.ok();
+        }
         self.0.removal_call(Request::Unlink { parent, name: name.clone() }, (parent, name), reply);
     }
 
@@ -731,7 +818,7 @@ impl Filesystem for Fs {
     fn read(
         &self,
         _req: &FuseRequest,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -743,13 +830,17 @@ impl Filesystem for Fs {
             && let Some(slot) = self.0.shares.slot()
         {
             let at = slot.at();
-            return self.0.call(Request::ReadShared { handle: fh.0, offset, size, at }, move |r| match r {
-                Ok(Reply::ReadShared(n)) => reply.data(&slot.copy_out(n as usize)),
-                Ok(_) => reply.error(Errno::EIO),
-                Err(e) => reply.error(err(e)),
-            });
+            return self.0.call_on(
+                Some(self.0.node(ino)),
+                Request::ReadShared { handle: fh.0, offset, size, at },
+                move |r| match r {
+                    Ok(Reply::ReadShared(n)) => reply.data(&slot.copy_out(n as usize)),
+                    Ok(_) => reply.error(Errno::EIO),
+                    Err(e) => reply.error(err(e)),
+                },
+            );
         }
-        self.0.data_call(Request::Read { handle: fh.0, offset, size }, reply);
+        self.0.data_call(Some(self.0.node(ino)), Request::Read { handle: fh.0, offset, size }, reply);
     }
 
     fn write(
@@ -778,7 +869,7 @@ impl Filesystem for Fs {
             None => Request::Write { handle: fh.0, offset, data: data.to_vec() },
         };
         let shares = self.0.shares.clone();
-        self.0.call(request, move |r| {
+        self.0.call_on(Some(node), request, move |r| {
             // The slot is held until the host has answered: it reads the data meanwhile.
             let _held = slot;
             // The kernel drops the file's attributes after the write and asks again before
@@ -813,19 +904,37 @@ impl Filesystem for Fs {
     fn release(
         &self,
         _req: &FuseRequest,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: fuser::OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.call(Request::Release { handle: fh.0 }, |_| {});
+        self.0.call_on(Some(self.0.node(ino)), Request::Release { handle: fh.0 }, |_| {});
         reply.ok();
     }
 
-    fn fsync(&self, _req: &FuseRequest, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        self.0.empty_call(Request::Fsync { handle: fh.0, data_only: datasync }, reply);
+    fn fsync(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let node = self.0.node(ino);
+        self.0.call_on(Some(node), Request::Fsync { handle: fh.0, data_only: datasync }, move |r| match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    /// Removals the guest answered before the host did them are done on the host before this
+    /// answers (a call that names the directory follows them). Without calls queued there is
+    /// nothing to wait for: every other change reached the host when it returned.
+    fn fsyncdir(&self, _req: &FuseRequest, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if !self.0.shares.behind_busy() {
+            return reply.ok();
+        }
+        let node = self.0.node(ino);
+        self.0.call(Request::GetAttr { node, handle: None }, move |r| match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        });
     }
 
     /// Opened here, with no trip: the host opens its listing at the first read, in the same

@@ -39,7 +39,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use berth_protocol::shares::{Attr, DirEntry};
+use berth_protocol::shares::{Attr, DirEntry, Kind, SetAttr, SetTime, Time};
 
 /// The most names held over all directories; past it the directories are dropped (lookups
 /// go to the host again), which bounds the memory a huge tree can take.
@@ -108,6 +108,10 @@ struct Dirs {
     /// The count of changes sent or answered, and its value at each file's last one.
     change_count: u64,
     changes: HashMap<u64, u64>,
+    /// Nodes whose attributes the guest set ahead of the host (see [`super::behind`]), as
+    /// they would be once the host has set them: what the next such change starts from.
+    /// Never handed to the kernel as the host's (their change time is the guest's guess).
+    ahead_attrs: HashMap<u64, Attr>,
 }
 
 impl Dirs {
@@ -154,6 +158,7 @@ impl Dirs {
     /// an answer under way since before it will not be kept. Returns the change's count.
     fn file_changed(&mut self, node: u64) -> u64 {
         self.files.remove(&node);
+        self.ahead_attrs.remove(&node);
         if self.changes.len() >= MAX_CHANGES {
             self.changes.clear();
         }
@@ -346,6 +351,7 @@ impl Known {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let mut forget = Vec::new();
         dirs.drop_dir(node, &mut forget);
+        dirs.ahead_attrs.remove(&node);
         if dirs.ahead_count > 0 {
             dirs.drop_node(node, &mut forget);
         }
@@ -371,6 +377,87 @@ impl Known {
     /// changed them since.
     pub fn dir_attr(&self, dir: u64) -> Option<Attr> {
         self.dirs.lock().expect("lock").attrs.get(&dir).cloned()
+    }
+
+    /// The guest removes a name from directory `dir` before the host does (see
+    /// [`super::behind`]): whether it knows the directory's attributes, which then show the
+    /// change at `now` until the host's answer says how it left them.
+    pub fn removing(&self, dir: u64, now: Time) -> bool {
+        match self.dirs.lock().expect("lock").attrs.get_mut(&dir) {
+            Some(a) => {
+                a.mtime = now;
+                a.ctime = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The guest sets attributes of `node` ahead of the host (see [`super::behind`]): from
+    /// what it knows of them now (its own last change's, or a setting under way), the
+    /// attributes the node would have, if it knows them. What was kept of them goes, as for
+    /// any change ([`Self::touched`]): the host's answer says how the change left them
+    /// ([`Self::set_answered`]). Returns the nodes to forget on the host too.
+    pub fn setting(&self, node: u64, set: &SetAttr, now: Time) -> Option<(Attr, Change, Vec<u64>)> {
+        let mut dirs = self.dirs.lock().expect("lock");
+        let mut attr =
+            dirs.ahead_attrs.get(&node).or_else(|| dirs.files.get(&node)).or_else(|| dirs.attrs.get(&node)).cloned()?;
+        // A change of owner may be refused (a host that does not run as root): only one that
+        // changes nothing goes ahead.
+        if set.size.is_some() || set.uid.is_some_and(|u| u != attr.uid) || set.gid.is_some_and(|g| g != attr.gid) {
+            return None;
+        }
+        if let Some(mode) = set.mode {
+            attr.perm = (mode & 0o7777) as u16;
+        }
+        let at = |t: SetTime| match t {
+            SetTime::Now => now,
+            SetTime::At(t) => t,
+        };
+        if let Some(t) = set.atime {
+            attr.atime = at(t);
+        }
+        if let Some(t) = set.mtime {
+            attr.mtime = at(t);
+        }
+        attr.ctime = now;
+        let mut forget = Vec::new();
+        dirs.attrs.remove(&node);
+        dirs.drop_node(node, &mut forget);
+        let count = dirs.file_changed(node);
+        dirs.ahead_attrs.insert(node, attr.clone());
+        Some((attr, Change { node, count, since: self.generation() }, forget))
+    }
+
+    /// The host answered attribute change `change` made ahead of it with the node's
+    /// attributes after it (`None`: it refused, or the answer was no attributes). They answer
+    /// the kernel's next question about them under the same rule as a write's
+    /// ([`Self::written`]); the guess the change started from goes once no later change is
+    /// under way.
+    pub fn set_answered(&self, change: Change, attr: Option<Attr>) {
+        let mut dirs = self.dirs.lock().expect("lock");
+        let node = change.node;
+        let last = dirs.changes.get(&node) == Some(&change.count);
+        if last || attr.is_none() {
+            dirs.ahead_attrs.remove(&node);
+        }
+        match attr.filter(|a| a.node == node && a.watched && last && self.generation() == change.since) {
+            Some(a) if a.kind == Kind::Dir => {
+                if dirs.attrs.len() >= MAX_ATTRS {
+                    dirs.attrs.clear();
+                }
+                dirs.attrs.insert(node, a);
+            }
+            Some(a) => {
+                if dirs.files.len() >= MAX_ATTRS {
+                    dirs.files.clear();
+                }
+                dirs.files.insert(node, a);
+            }
+            None => {
+                dirs.file_changed(node);
+            }
+        }
     }
 
     /// The guest is changing directory `dir` (or its attributes): what was kept of them goes
@@ -438,6 +525,9 @@ impl Known {
         }
         if !dirs.changes.is_empty() {
             dirs.changes.clear();
+        }
+        if !dirs.ahead_attrs.is_empty() {
+            dirs.ahead_attrs.clear();
         }
     }
 

@@ -9,6 +9,7 @@
 //! lane goes (the transport restarts), calls wait a while for the host to come back before
 //! they fail.
 
+mod behind;
 mod fs;
 mod known;
 mod memory;
@@ -93,6 +94,8 @@ struct Inner {
     raiser: OnceLock<std::sync::mpsc::Sender<Notice>>,
     /// Directories whose whole listing the guest knows.
     known: known::Known,
+    /// Calls answered before the host did them, and those that must follow them.
+    behind: Mutex<behind::Behind<Then>>,
     /// The memory the host shares for data, once a hello has offered it and it was found.
     memory: Mutex<Option<Arc<memory::Region>>>,
     /// Where that memory is when not on a device (an agent on the host's machine: tests).
@@ -146,8 +149,71 @@ impl Shares {
 
     /// Sends `request` to the host on the least busy lane; `then` gets the answer, on the
     /// lane's reader. With no lane (no host, or it is reconnecting), a task on `rt` waits a
-    /// while for one.
-    pub fn call(&self, request: Request, then: Then, rt: &tokio::runtime::Handle) {
+    /// while for one. A call that must follow calls answered early goes in their queue
+    /// ([`behind`]); `node` is the node a call by handle is about.
+    pub fn call(&self, request: Request, node: Option<u64>, then: Then, rt: &tokio::runtime::Handle) {
+        let mut nodes = behind::named(&request);
+        nodes.extend(node);
+        let mut queue = self.0.behind.lock().expect("lock");
+        if queue.must_follow(&request, &nodes) {
+            let batch = queue.push(request, nodes, then);
+            drop(queue);
+            return self.send_batch(batch, rt);
+        }
+        drop(queue);
+        self.call_now(request, then, rt)
+    }
+
+    /// Queues `request`, which the caller has answered its kernel for already, to be done on
+    /// the host in order with the other calls queued ([`behind`]). `then` gets the host's
+    /// answer: when it is a refusal, what the guest told its kernel was wrong, and `then` must
+    /// drop what the guest knows that the refusal belies.
+    pub fn call_behind(&self, request: Request, then: Then, rt: &tokio::runtime::Handle) {
+        let nodes = behind::named(&request);
+        let batch = self.0.behind.lock().expect("lock").push(request, nodes, then);
+        self.send_batch(batch, rt)
+    }
+
+    /// Whether calls answered early are queued or on their way to the host.
+    fn behind_busy(&self) -> bool {
+        self.0.behind.lock().expect("lock").busy()
+    }
+
+    /// Sends a batch the queue handed out (if any); once it is answered, each call's
+    /// continuation gets its own result and the next batch goes.
+    fn send_batch(&self, batch: Option<Vec<behind::Queued<Then>>>, rt: &tokio::runtime::Handle) {
+        let Some(batch) = batch else { return };
+        let mut nodes = Vec::new();
+        let unlinks = batch.iter().filter(|q| matches!(q.request, Request::Unlink { .. })).count();
+        let mut calls = Vec::with_capacity(batch.len());
+        let mut thens = Vec::with_capacity(batch.len());
+        for q in batch {
+            nodes.extend(q.nodes);
+            calls.push(q.request);
+            thens.push(q.then);
+        }
+        let (me, rt2) = (self.clone(), rt.clone());
+        let then: Then = Box::new(move |r| {
+            let n = thens.len();
+            let results = match r {
+                Ok(Reply::Batch(results)) if results.len() == n => results,
+                Ok(other) => {
+                    tracing::warn!(?other, "shares: a batch's answer is not one result per call");
+                    vec![Err(errno::EIO); n]
+                }
+                Err(e) => vec![Err(e); n],
+            };
+            // The host has done the batch: calls naming its nodes may go straight on now.
+            let next = me.0.behind.lock().expect("lock").done(&nodes, unlinks);
+            for (then, r) in thens.into_iter().zip(results) {
+                then(r);
+            }
+            me.send_batch(next, &rt2);
+        });
+        self.call_now(Request::Batch { calls }, then, rt)
+    }
+
+    fn call_now(&self, request: Request, then: Then, rt: &tokio::runtime::Handle) {
         match self.least_busy() {
             Some(lane) => self.send(&lane, request, then),
             None => {

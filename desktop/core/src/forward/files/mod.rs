@@ -91,6 +91,8 @@ struct Shared {
     /// itself).
     lookups: AtomicU64,
     getattrs: AtomicU64,
+    /// Batches of calls done in order (the guest's write-behind).
+    batches: AtomicU64,
     /// Reads and writes whose data went through the shared memory.
     via_memory: AtomicU64,
     /// The memory shared with the guest for data, if the VM has it.
@@ -151,6 +153,7 @@ impl FileServer {
             notices: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             getattrs: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             via_memory: AtomicU64::new(0),
             memory: std::sync::OnceLock::new(),
         })))
@@ -503,6 +506,23 @@ impl FileServer {
 
     fn answer(&self, request: Request) -> Result<Reply, Errno> {
         match request {
+            // In order, each sealed as a call of its own (its marks are the guest's echoes
+            // until it is done); the changed directories' attributes are as the last left them.
+            Request::Batch { calls } => {
+                self.0.batches.fetch_add(1, Ordering::Relaxed);
+                let results = calls
+                    .into_iter()
+                    .map(|call| {
+                        if matches!(call, Request::Batch { .. }) {
+                            return Err(errno::EINVAL);
+                        }
+                        let r = self.answer(call);
+                        self.0.watch.seal_marked();
+                        r
+                    })
+                    .collect();
+                Ok(Reply::Batch(results))
+            }
             Request::Lookup { parent, name } => self.lookup(parent, &name),
             Request::Survey { parent, name } => self.survey(parent, &name),
             Request::Forget { nodes } => {
@@ -778,6 +798,11 @@ impl FileServer {
     /// How many times the guest has asked for attributes (for tests).
     pub fn getattrs(&self) -> u64 {
         self.0.getattrs.load(Ordering::Relaxed)
+    }
+
+    /// How many batches of calls the guest has sent (for tests).
+    pub fn batches(&self) -> u64 {
+        self.0.batches.load(Ordering::Relaxed)
     }
 
     /// How many reads and writes had their data go through the shared memory.

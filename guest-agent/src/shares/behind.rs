@@ -1,0 +1,244 @@
+//! Calls the guest answers before the host has done them ("write-behind"), and the order the
+//! host does them in.
+//!
+//! A trip to the host costs a millisecond or more under emulation, and some calls have an
+//! outcome the guest knows before the host does: removing a name the guest's kernel holds,
+//! in a directory the host watches and the guest has changed before (so it knows the
+//! directory's attributes). `rm -rf` of a tree made one such trip per file. Those calls are
+//! answered to the kernel at once and queued here; the queue goes to the host as one
+//! [`Request::Batch`] at a time, which the host does in order, and what the guest put in the
+//! queue while a batch was on its way goes in the next one. So a burst of removals costs a
+//! trip per batch, not per file.
+//!
+//! Order is what keeps this true. A call that names a node a queued call names (a lookup in a
+//! directory a removal is under way in, the kernel forgetting it, a read of the file) goes in
+//! the queue behind it rather than straight to the host, and so do removals of directories and
+//! renames while anything is queued (they name directories by name, not by node); everything
+//! else goes straight on, unordered, as before. Such a call waits at most for the batch on its
+//! way, and rides in the next.
+//!
+//! A call answered early that the host then refuses is logged, and what the guest knows of
+//! its directory is dropped, so the next look finds the name as the host has it (see
+//! [`super::Shares::call_behind`]). Only calls whose failure loses nothing go behind: a name
+//! left in place, never data.
+
+use std::collections::{HashMap, VecDeque};
+
+use berth_protocol::shares::{MAX_IO, Request};
+
+/// The most calls in one batch.
+const MAX_CALLS: usize = 1024;
+
+/// A call in the queue: the request, the nodes it names, and what the caller left with it (its
+/// continuation).
+pub struct Queued<T> {
+    pub request: Request,
+    pub nodes: Vec<u64>,
+    pub then: T,
+}
+
+/// The queue, and the batch on its way.
+pub struct Behind<T> {
+    queue: VecDeque<Queued<T>>,
+    /// A batch is on its way to the host.
+    on_way: bool,
+    /// How many queued or sent calls name each node.
+    nodes: HashMap<u64, usize>,
+    /// How many queued or sent calls remove a name: they change a link count, of a node the
+    /// call does not name.
+    unlinks: usize,
+}
+
+impl<T> Default for Behind<T> {
+    fn default() -> Self {
+        Behind { queue: VecDeque::new(), on_way: false, nodes: HashMap::new(), unlinks: 0 }
+    }
+}
+
+/// The nodes `r` names itself (calls by handle name none: their callers add the node).
+pub fn named(r: &Request) -> Vec<u64> {
+    match r {
+        Request::Lookup { parent, .. }
+        | Request::Survey { parent, .. }
+        | Request::MkNod { parent, .. }
+        | Request::MkDir { parent, .. }
+        | Request::Unlink { parent, .. }
+        | Request::RmDir { parent, .. }
+        | Request::Symlink { parent, .. }
+        | Request::Create { parent, .. } => vec![*parent],
+        Request::GetAttr { node, .. }
+        | Request::SetAttr { node, .. }
+        | Request::ReadLink { node }
+        | Request::Open { node, .. }
+        | Request::List { node, .. }
+        | Request::StatFs { node }
+        | Request::GetXattr { node, .. }
+        | Request::ListXattr { node }
+        | Request::SetXattr { node, .. }
+        | Request::RemoveXattr { node, .. } => vec![*node],
+        Request::Rename { parent, new_parent, .. } => vec![*parent, *new_parent],
+        Request::Link { node, new_parent, .. } => vec![*node, *new_parent],
+        Request::Forget { nodes } => nodes.iter().map(|(n, _)| *n).collect(),
+        Request::Read { .. }
+        | Request::Write { .. }
+        | Request::ReadShared { .. }
+        | Request::WriteShared { .. }
+        | Request::Fsync { .. }
+        | Request::Release { .. }
+        | Request::ReadDir { .. }
+        | Request::Batch { .. } => Vec::new(),
+    }
+}
+
+/// About how many bytes a call and its answer take in a frame, so that a batch fits in one
+/// frame both ways.
+fn weight(r: &Request) -> usize {
+    match r {
+        Request::Write { data, .. } => data.len() + 64,
+        Request::SetXattr { value, .. } => value.len() + 64,
+        Request::Read { size, .. } => *size as usize + 64,
+        // Listings and data of unknown size.
+        Request::Survey { .. }
+        | Request::List { .. }
+        | Request::ReadDir { .. }
+        | Request::ReadLink { .. }
+        | Request::GetXattr { .. }
+        | Request::ListXattr { .. } => MAX_IO / 2,
+        _ => 256,
+    }
+}
+
+impl<T> Behind<T> {
+    /// Whether calls are queued or on their way.
+    pub fn busy(&self) -> bool {
+        self.on_way || !self.queue.is_empty()
+    }
+
+    /// Whether `request`, which names `nodes`, must go after what is queued.
+    pub fn must_follow(&self, request: &Request, nodes: &[u64]) -> bool {
+        self.busy()
+            && (matches!(request, Request::RmDir { .. } | Request::Rename { .. })
+                || (self.unlinks > 0 && matches!(request, Request::GetAttr { .. }))
+                || nodes.iter().any(|n| self.nodes.contains_key(n)))
+    }
+
+    /// Queues a call; returns a batch to send now if none is on its way.
+    pub fn push(&mut self, request: Request, nodes: Vec<u64>, then: T) -> Option<Vec<Queued<T>>> {
+        for n in &nodes {
+            *self.nodes.entry(*n).or_default() += 1;
+        }
+        self.unlinks += usize::from(matches!(request, Request::Unlink { .. }));
+        self.queue.push_back(Queued { request, nodes, then });
+        self.next()
+    }
+
+    /// The batch on its way was answered (it named `nodes` and held `unlinks` removals); the
+    /// next batch to send, if any.
+    pub fn done(&mut self, nodes: &[u64], unlinks: usize) -> Option<Vec<Queued<T>>> {
+        self.unlinks -= unlinks;
+        for n in nodes {
+            if let Some(c) = self.nodes.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    self.nodes.remove(n);
+                }
+            }
+        }
+        self.on_way = false;
+        self.next()
+    }
+
+    /// Takes the next batch if none is on its way: the oldest calls, as many as fit in a
+    /// frame (at least one).
+    fn next(&mut self) -> Option<Vec<Queued<T>>> {
+        if self.on_way || self.queue.is_empty() {
+            return None;
+        }
+        let mut batch = Vec::new();
+        let mut size = 0;
+        while let Some(q) = self.queue.front() {
+            let w = weight(&q.request);
+            if !batch.is_empty() && (size + w > MAX_IO || batch.len() >= MAX_CALLS) {
+                break;
+            }
+            size += w;
+            batch.extend(self.queue.pop_front());
+        }
+        self.on_way = true;
+        Some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unlink(parent: u64, name: &str) -> Request {
+        Request::Unlink { parent, name: name.as_bytes().to_vec() }
+    }
+
+    fn names(batch: &[Queued<u32>]) -> Vec<u32> {
+        batch.iter().map(|q| q.then).collect()
+    }
+
+    #[test]
+    fn calls_go_one_batch_at_a_time_in_order() {
+        let mut b = Behind::default();
+        assert!(!b.busy());
+        let first = b.push(unlink(5, "a"), vec![5], 1).expect("the first goes at once");
+        assert_eq!(names(&first), [1]);
+        // Queued while the first is on its way, then sent together.
+        assert!(b.push(unlink(5, "b"), vec![5], 2).is_none());
+        assert!(b.push(unlink(6, "c"), vec![6], 3).is_none());
+        let second = b.done(&[5], 1).expect("the rest go once the first is answered");
+        assert_eq!(names(&second), [2, 3]);
+        assert!(b.busy());
+        assert!(b.done(&[5, 6], 2).is_none());
+        assert!(!b.busy());
+        assert!(b.nodes.is_empty());
+    }
+
+    #[test]
+    fn calls_that_name_a_queued_node_follow_it() {
+        let mut b: Behind<u32> = Behind::default();
+        let lookup = Request::Lookup { parent: 5, name: b"x".to_vec() };
+        let rmdir = Request::RmDir { parent: 1, name: b"d".to_vec() };
+        // Nothing queued: everything goes straight on.
+        assert!(!b.must_follow(&lookup, &[5]));
+        assert!(!b.must_follow(&rmdir, &[1]));
+        b.push(unlink(5, "a"), vec![5], 1);
+        assert!(b.must_follow(&lookup, &[5]));
+        assert!(!b.must_follow(&Request::Lookup { parent: 7, name: b"x".to_vec() }, &[7]));
+        // Removals of directories and renames name directories by name: they follow anything.
+        assert!(b.must_follow(&rmdir, &[1]));
+        // A removal changes the link count of a node it does not name: attributes follow it.
+        assert!(b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
+        b.done(&[5], 1);
+        assert!(!b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
+        assert!(!b.must_follow(&lookup, &[5]));
+    }
+
+    #[test]
+    fn a_batch_fits_in_a_frame() {
+        let mut b = Behind::default();
+        b.push(unlink(1, "first"), vec![1], 0);
+        let big = || Request::Write { handle: 1, offset: 0, data: vec![0; MAX_IO / 3] };
+        for i in 1..=4 {
+            b.push(big(), vec![2], i);
+        }
+        for i in 5..=2000 {
+            b.push(unlink(3, "x"), vec![3], i);
+        }
+        let batch = b.done(&[1], 1).unwrap();
+        assert_eq!(names(&batch), [1, 2], "three thirds of a frame do not fit with their headers");
+        let batch = b.done(&[2, 2], 0).unwrap();
+        assert_eq!(names(&batch)[..3], [3, 4, 5]);
+        assert_eq!(batch.len(), MAX_CALLS, "small calls fill a batch up to its count");
+        let batch = b.done(&[2, 2], 0).unwrap();
+        assert_eq!(batch.len(), 1996 - (MAX_CALLS - 2));
+        // One call over the limit still goes, alone.
+        let mut b = Behind::default();
+        b.push(Request::Write { handle: 1, offset: 0, data: vec![0; MAX_IO] }, vec![], 0);
+        assert!(b.push(unlink(1, "x"), vec![], 1).is_none());
+    }
+}
