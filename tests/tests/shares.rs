@@ -943,3 +943,51 @@ fn attribute_changes_answered_early_reach_the_host() {
     assert!(changed.is_ok(), "the change was not answered early: {changed:?}");
     assert!(back, "a change the host refused still shows in the guest: {}", s.agent.log());
 }
+
+/// Files made in a directory the guest knows whole are made in the guest at once, under a
+/// node number the guest chose, and on the host behind (the write that follows is the one
+/// trip): the host has them with their contents, their numbers stay after the guest's kernel
+/// forgets them, and one the host refuses fails the program's write and leaves no name.
+#[test]
+fn files_made_ahead_of_the_host_are_whole_there() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.guest("m")).unwrap();
+    std::fs::write(s.guest("m/first"), "first").unwrap();
+    let before = s.server.batches();
+    for i in 0..100 {
+        std::fs::write(s.guest(&format!("m/f{i}")), format!("contents {i}")).unwrap();
+    }
+    assert!(s.server.batches() > before, "no file was made ahead");
+    for i in (0..100).step_by(7) {
+        assert_eq!(std::fs::read_to_string(s.host(&format!("m/f{i}"))).unwrap(), format!("contents {i}"));
+    }
+    let ino = std::fs::metadata(s.guest("m/f42")).unwrap().ino();
+    assert!(ino >= 1 << 62, "f42 was not made ahead ({ino})");
+    let host = std::fs::metadata(s.host("m/f42")).unwrap();
+    let seen = std::fs::metadata(s.guest("m/f42")).unwrap();
+    assert_eq!((seen.len(), seen.mode(), seen.uid()), (host.len(), host.mode(), host.uid()));
+    drop_caches();
+    assert_eq!(std::fs::metadata(s.guest("m/f42")).unwrap().ino(), ino, "the number changed once forgotten");
+    assert_eq!(std::fs::read_to_string(s.guest("m/f42")).unwrap(), "contents 42");
+    // Removed and made again at once: the new one, on the host too.
+    std::fs::remove_file(s.guest("m/f1")).unwrap();
+    std::fs::write(s.guest("m/f1"), "again").unwrap();
+    assert_eq!(std::fs::read_to_string(s.host("m/f1")).unwrap(), "again");
+
+    // Refused by the host (the directory became read-only there behind the guest's back).
+    std::fs::create_dir(s.guest("ro")).unwrap();
+    std::fs::write(s.guest("ro/first"), "1").unwrap();
+    let ro = s.host("ro");
+    let mount = |args: &[&str]| {
+        let out = std::process::Command::new("mount").args(args).output().unwrap();
+        assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    mount(&["--bind", ro.to_str().unwrap(), ro.to_str().unwrap()]);
+    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let written = std::fs::write(s.guest("ro/refused"), "lost?");
+    let gone = eventually(10, || !s.guest("ro/refused").exists());
+    let _ = std::process::Command::new("umount").arg("-l").arg(&ro).status();
+    assert!(written.is_err(), "a write to a file the host refused to make succeeded");
+    assert!(gone, "a file the host refused to make is still there in the guest: {}", s.agent.log());
+    assert!(!s.host("ro/refused").exists());
+}

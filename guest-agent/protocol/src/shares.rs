@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 12;
+pub const VERSION: u32 = 13;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -33,6 +33,10 @@ pub const MAX_IO: usize = 1 << 20;
 pub const SLOT: usize = MAX_IO;
 /// The most entries a directory may have for [`Request::Survey`] to list it whole.
 pub const SURVEY_MAX: usize = 4096;
+
+/// Where the node and handle numbers the guest chooses start ([`Request::CreateAs`]); the
+/// host numbers its own below it.
+pub const GUEST_NUMBERS: u64 = 1 << 62;
 
 /// A node: one file-system object the host serves.
 pub type Node = u64;
@@ -222,6 +226,20 @@ pub enum Request {
         mode: u32,
         flags: i32,
         owner: Owner,
+    },
+    /// Makes a new file as [`Request::Create`] does, always exclusively (EEXIST if the name
+    /// is there), as node `node` open as `handle`: numbers the guest chose from
+    /// [`GUEST_NUMBERS`] on, so that it could answer its kernel before the host made the
+    /// file. Answered as [`Reply::Created`].
+    CreateAs {
+        parent: Node,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        flags: i32,
+        owner: Owner,
+        node: Node,
+        handle: Handle,
     },
     Read {
         handle: Handle,

@@ -5,17 +5,18 @@
 //! outcome the guest knows before the host does: removing a name the guest's kernel holds,
 //! in a directory the host watches and the guest has changed before (so it knows the
 //! directory's attributes). `rm -rf` of a tree made one such trip per file. Those calls are
-//! answered to the kernel at once and queued here; the queue goes to the host as one
-//! [`Request::Batch`] at a time, which the host does in order, and what the guest put in the
-//! queue while a batch was on its way goes in the next one. So a burst of removals costs a
-//! trip per batch, not per file.
+//! answered to the kernel at once and queued here; the queue goes to the host in
+//! [`Request::Batch`]es, all on one stream while any is on its way, which the host does one
+//! after another in the order they came. At most [`MAX_ON_WAY`] are on their way at once: what
+//! the guest queues meanwhile goes in the next. So a burst of removals costs a trip per batch,
+//! not per file.
 //!
 //! Order is what keeps this true. A call that names a node a queued call names (a lookup in a
 //! directory a removal is under way in, the kernel forgetting it, a read of the file) goes in
 //! the queue behind it rather than straight to the host, and so do removals of directories and
 //! renames while anything is queued (they name directories by name, not by node); everything
-//! else goes straight on, unordered, as before. Such a call waits at most for the batch on its
-//! way, and rides in the next.
+//! else goes straight on, unordered, as before. Such a call is sent at once behind the
+//! batches on their way if there is room, else rides in the next.
 //!
 //! A call answered early that the host then refuses is logged, and what the guest knows of
 //! its directory is dropped, so the next look finds the name as the host has it (see
@@ -28,6 +29,8 @@ use berth_protocol::shares::{MAX_IO, Request};
 
 /// The most calls in one batch.
 const MAX_CALLS: usize = 1024;
+/// The most batches on their way at once.
+pub const MAX_ON_WAY: usize = 2;
 
 /// A call in the queue: the request, the nodes it names, and what the caller left with it (its
 /// continuation).
@@ -40,8 +43,8 @@ pub struct Queued<T> {
 /// The queue, and the batch on its way.
 pub struct Behind<T> {
     queue: VecDeque<Queued<T>>,
-    /// A batch is on its way to the host.
-    on_way: bool,
+    /// Batches on their way to the host.
+    on_way: usize,
     /// How many queued or sent calls name each node.
     nodes: HashMap<u64, usize>,
     /// How many queued or sent calls remove a name: they change a link count, of a node the
@@ -51,7 +54,7 @@ pub struct Behind<T> {
 
 impl<T> Default for Behind<T> {
     fn default() -> Self {
-        Behind { queue: VecDeque::new(), on_way: false, nodes: HashMap::new(), unlinks: 0 }
+        Behind { queue: VecDeque::new(), on_way: 0, nodes: HashMap::new(), unlinks: 0 }
     }
 }
 
@@ -76,6 +79,7 @@ pub fn named(r: &Request) -> Vec<u64> {
         | Request::ListXattr { node }
         | Request::SetXattr { node, .. }
         | Request::RemoveXattr { node, .. } => vec![*node],
+        Request::CreateAs { parent, node, .. } => vec![*parent, *node],
         Request::Rename { parent, new_parent, .. } => vec![*parent, *new_parent],
         Request::Link { node, new_parent, .. } => vec![*node, *new_parent],
         Request::Forget { nodes } => nodes.iter().map(|(n, _)| *n).collect(),
@@ -111,7 +115,12 @@ fn weight(r: &Request) -> usize {
 impl<T> Behind<T> {
     /// Whether calls are queued or on their way.
     pub fn busy(&self) -> bool {
-        self.on_way || !self.queue.is_empty()
+        self.on_way > 0 || !self.queue.is_empty()
+    }
+
+    /// Whether removals are queued or on their way.
+    pub fn removals_pending(&self) -> bool {
+        self.unlinks > 0
     }
 
     /// Whether `request`, which names `nodes`, must go after what is queued.
@@ -122,7 +131,8 @@ impl<T> Behind<T> {
                 || nodes.iter().any(|n| self.nodes.contains_key(n)))
     }
 
-    /// Queues a call; returns a batch to send now if none is on its way.
+    /// Queues a call; returns a batch to send now if fewer than [`MAX_ON_WAY`] are on their
+    /// way.
     pub fn push(&mut self, request: Request, nodes: Vec<u64>, then: T) -> Option<Vec<Queued<T>>> {
         for n in &nodes {
             *self.nodes.entry(*n).or_default() += 1;
@@ -144,14 +154,14 @@ impl<T> Behind<T> {
                 }
             }
         }
-        self.on_way = false;
+        self.on_way -= 1;
         self.next()
     }
 
-    /// Takes the next batch if none is on its way: the oldest calls, as many as fit in a
-    /// frame (at least one).
+    /// Takes the next batch if fewer than [`MAX_ON_WAY`] are on their way: the oldest calls,
+    /// as many as fit in a frame (at least one).
     fn next(&mut self) -> Option<Vec<Queued<T>>> {
-        if self.on_way || self.queue.is_empty() {
+        if self.on_way >= MAX_ON_WAY || self.queue.is_empty() {
             return None;
         }
         let mut batch = Vec::new();
@@ -164,7 +174,7 @@ impl<T> Behind<T> {
             size += w;
             batch.extend(self.queue.pop_front());
         }
-        self.on_way = true;
+        self.on_way += 1;
         Some(batch)
     }
 }
@@ -182,16 +192,19 @@ mod tests {
     }
 
     #[test]
-    fn calls_go_one_batch_at_a_time_in_order() {
+    fn calls_go_in_order_two_batches_on_their_way_at_most() {
         let mut b = Behind::default();
         assert!(!b.busy());
         let first = b.push(unlink(5, "a"), vec![5], 1).expect("the first goes at once");
         assert_eq!(names(&first), [1]);
-        // Queued while the first is on its way, then sent together.
-        assert!(b.push(unlink(5, "b"), vec![5], 2).is_none());
-        assert!(b.push(unlink(6, "c"), vec![6], 3).is_none());
-        let second = b.done(&[5], 1).expect("the rest go once the first is answered");
-        assert_eq!(names(&second), [2, 3]);
+        let second = b.push(unlink(5, "b"), vec![5], 2).expect("a second goes behind the first");
+        assert_eq!(names(&second), [2]);
+        // Queued while two are on their way, then sent together.
+        assert!(b.push(unlink(5, "c"), vec![5], 3).is_none());
+        assert!(b.push(unlink(6, "d"), vec![6], 4).is_none());
+        let third = b.done(&[5], 1).expect("the rest go once the first is answered");
+        assert_eq!(names(&third), [3, 4]);
+        assert!(b.done(&[5], 1).is_none());
         assert!(b.busy());
         assert!(b.done(&[5, 6], 2).is_none());
         assert!(!b.busy());
@@ -222,6 +235,7 @@ mod tests {
     fn a_batch_fits_in_a_frame() {
         let mut b = Behind::default();
         b.push(unlink(1, "first"), vec![1], 0);
+        b.push(unlink(1, "second"), vec![1], 0);
         let big = || Request::Write { handle: 1, offset: 0, data: vec![0; MAX_IO / 3] };
         for i in 1..=4 {
             b.push(big(), vec![2], i);
@@ -231,7 +245,7 @@ mod tests {
         }
         let batch = b.done(&[1], 1).unwrap();
         assert_eq!(names(&batch), [1, 2], "three thirds of a frame do not fit with their headers");
-        let batch = b.done(&[2, 2], 0).unwrap();
+        let batch = b.done(&[1], 1).unwrap();
         assert_eq!(names(&batch)[..3], [3, 4, 5]);
         assert_eq!(batch.len(), MAX_CALLS, "small calls fill a batch up to its count");
         let batch = b.done(&[2, 2], 0).unwrap();
@@ -239,6 +253,7 @@ mod tests {
         // One call over the limit still goes, alone.
         let mut b = Behind::default();
         b.push(Request::Write { handle: 1, offset: 0, data: vec![0; MAX_IO] }, vec![], 0);
-        assert!(b.push(unlink(1, "x"), vec![], 1).is_none());
+        b.push(Request::Write { handle: 1, offset: 0, data: vec![0; MAX_IO] }, vec![], 1);
+        assert!(b.push(unlink(1, "x"), vec![], 2).is_none());
     }
 }

@@ -446,6 +446,64 @@ impl ShareFs {
         true
     }
 
+    /// Makes file `name` in `dir` at once, as a node and handle of the guest's numbering, and
+    /// has the host make it behind ([`super::behind`]), when the guest knows the directory
+    /// whole, the name is not in it, and it knows the directory's attributes (the kernel asks
+    /// for them again after each create). `tar`, `npm install` and builds make file after
+    /// file in directories they made: a create was a trip, then the write another. Now the
+    /// write goes behind the create at once (it names the new node) and is the one trip.
+    /// Returns the new file's attributes as the guest guesses them, and its handle.
+    ///
+    /// A refusal (the host's disk full, or its own rules) removes the name in the guest, as a
+    /// removal on the host would: the program's writes through the handle fail, and the
+    /// warning is logged.
+    fn create_behind(
+        self: &Arc<Self>,
+        dir: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        owner: Owner,
+    ) -> Option<(Attr, u64)> {
+        let node = self.shares.new_number();
+        let now = now();
+        let (dir_attr, change) = self.shares.known().creating(dir, name, node, now)?;
+        let handle = self.shares.new_number();
+        let attr = Attr {
+            node,
+            kind: Kind::File,
+            size: 0,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            perm: (mode & 0o7777) as u16,
+            nlink: 1,
+            uid: owner.uid,
+            gid: owner.gid,
+            rdev: 0,
+            blksize: dir_attr.blksize,
+            watched: true,
+        };
+        let (me, name) = (self.clone(), name.to_vec());
+        let request = Request::CreateAs { parent: dir, name: name.clone(), mode, flags, owner, node, handle };
+        let then: super::Then = Box::new(move |r| match r {
+            Ok(Reply::Created { entry, .. }) => me.shares.known().set_answered(change, Some(entry.attr)),
+            other => {
+                me.shares.known().set_answered(change, None);
+                tracing::warn!(
+                    name = %String::from_utf8_lossy(&name),
+                    answer = ?other,
+                    "shares: the host refused to make a file the guest had made; it is removed in the guest"
+                );
+                let stale = vec![proto::Stale { node: dir, name, gone: node }];
+                me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
+            }
+        });
+        self.shares.call_behind(request, then, &self.rt);
+        Some((attr, handle))
+    }
+
     /// Sets `node`'s attributes at once and has the host do it behind ([`super::behind`]),
     /// when the guest knows them as its own last change left them and the change cannot be
     /// refused for want of rights the kernel did not check (no size, and no new owner: a host
@@ -633,8 +691,11 @@ impl Filesystem for Fs {
         {
             return reply.attr(&WATCHED_TTL, &self.0.attr(&a));
         }
-        // A file the guest just wrote: the host told how the write left it.
-        if let Some(a) = self.0.shares.known().file_attr(node) {
+        // A file the guest just wrote: the host told how the write left it (unless a removal
+        // is on its way: the write may have overtaken it, and its link count is the old one).
+        if !self.0.shares.removals_pending()
+            && let Some(a) = self.0.shares.known().file_attr(node)
+        {
             return reply.attr(&WATCHED_TTL, &self.0.attr(&a));
         }
         self.0.attr_call(Request::GetAttr { node, handle: fh.map(|h| h.0) }, reply);
@@ -797,7 +858,18 @@ impl Filesystem for Fs {
         let me = self.0.clone();
         let (parent, name) = (self.0.node(parent), name.as_bytes().to_vec());
         let open_flags = flags;
-        let r = Request::Create { parent, name: name.clone(), mode: mode & !(umask & 0o777), flags, owner: owner(req) };
+        let mode = mode & !(umask & 0o777);
+        if let Some((attr, handle)) = self.0.create_behind(parent, &name, mode, flags, owner(req)) {
+            // Kept a second, as what the host does not watch: the owner and mode are the
+            // guest's guess (a host that does not run as root gives the file to its own user,
+            // and its umask may take more away). The kernel's next question after that goes to
+            // the host behind the create, or is answered from the host's answer to it or to
+            // the write that followed. (Kept for no time, the kernel asked again before every
+            // file's first write: a trip of its own.)
+            let flags = FopenFlags::FOPEN_KEEP_CACHE | past_cache(open_flags);
+            return reply.created(&TTL, &self.0.attr(&attr), Generation(0), FileHandle(handle), flags);
+        }
+        let r = Request::Create { parent, name: name.clone(), mode, flags, owner: owner(req) };
         self.0.shares.known().dir_touched(parent);
         self.0.call(r, move |r| match r {
             Ok(Reply::Created { entry, handle }) => {

@@ -393,6 +393,26 @@ impl Known {
         }
     }
 
+    /// The guest makes file `name` in directory `dir` before the host does, as node `node`
+    /// (see [`super::behind`]): possible when it knows the directory whole, the name is not
+    /// there, and it knows the directory's attributes (answered for the kernel's next
+    /// question about them, with the times moved to `now`). Returns those attributes, the
+    /// name now naming `node` for the kernel, and the change the host's answer is counted
+    /// against ([`Self::set_answered`]).
+    pub fn creating(&self, dir: u64, name: &[u8], node: u64, now: Time) -> Option<(Attr, Change)> {
+        let mut dirs = self.dirs.lock().expect("lock");
+        if dirs.names.get(&dir).is_none_or(|names| names.contains_key(name)) {
+            return None;
+        }
+        let attr = dirs.attrs.get_mut(&dir)?;
+        attr.mtime = now;
+        attr.ctime = now;
+        let attr = attr.clone();
+        dirs.handed(dir, name, node);
+        let count = dirs.file_changed(node);
+        Some((attr, Change { node, count, since: self.generation() }))
+    }
+
     /// The guest sets attributes of `node` ahead of the host (see [`super::behind`]): from
     /// what it knows of them now (its own last change's, or a setting under way), the
     /// attributes the node would have, if it knows them. What was kept of them goes, as for
@@ -430,18 +450,20 @@ impl Known {
     }
 
     /// The host answered attribute change `change` made ahead of it with the node's
-    /// attributes after it (`None`: it refused, or the answer was no attributes). They answer
-    /// the kernel's next question about them under the same rule as a write's
-    /// ([`Self::written`]); the guess the change started from goes once no later change is
-    /// under way.
+    /// attributes after it (`None`: it refused, or the answer was no attributes). Unless a
+    /// later change is under way (whose answer says more), they answer the kernel's next
+    /// question about them under the same rule as a write's ([`Self::written`]), and the
+    /// guess the change started from goes.
     pub fn set_answered(&self, change: Change, attr: Option<Attr>) {
         let mut dirs = self.dirs.lock().expect("lock");
         let node = change.node;
         let last = dirs.changes.get(&node) == Some(&change.count);
-        if last || attr.is_none() {
-            dirs.ahead_attrs.remove(&node);
+        if !last {
+            // A later change is under way: its answer says more.
+            return;
         }
-        match attr.filter(|a| a.node == node && a.watched && last && self.generation() == change.since) {
+        dirs.ahead_attrs.remove(&node);
+        match attr.filter(|a| a.node == node && a.watched && self.generation() == change.since) {
             Some(a) if a.kind == Kind::Dir => {
                 if dirs.attrs.len() >= MAX_ATTRS {
                     dirs.attrs.clear();

@@ -96,6 +96,11 @@ struct Inner {
     known: known::Known,
     /// Calls answered before the host did them, and those that must follow them.
     behind: Mutex<behind::Behind<Then>>,
+    /// The next node or handle number the guest chooses itself ([`proto::GUEST_NUMBERS`]).
+    numbers: AtomicU64,
+    /// The lane their batches go on while any is on its way (the host does a lane's batches
+    /// in the order they came; lanes race each other).
+    behind_lane: Mutex<Option<Arc<Lane>>>,
     /// The memory the host shares for data, once a hello has offered it and it was found.
     memory: Mutex<Option<Arc<memory::Region>>>,
     /// Where that memory is when not on a device (an agent on the host's machine: tests).
@@ -174,6 +179,16 @@ impl Shares {
         self.send_batch(batch, rt)
     }
 
+    /// A node or handle number of the guest's own choosing (see [`proto::Request::CreateAs`]).
+    fn new_number(&self) -> u64 {
+        proto::GUEST_NUMBERS + self.0.numbers.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether removals answered early are queued or on their way to the host.
+    fn removals_pending(&self) -> bool {
+        self.0.behind.lock().expect("lock").removals_pending()
+    }
+
     /// Whether calls answered early are queued or on their way to the host.
     fn behind_busy(&self) -> bool {
         self.0.behind.lock().expect("lock").busy()
@@ -193,6 +208,16 @@ impl Shares {
             thens.push(q.then);
         }
         let (me, rt2) = (self.clone(), rt.clone());
+        let lane = {
+            let mut pinned = self.0.behind_lane.lock().expect("lock");
+            match pinned.as_ref().filter(|l| !l.closed.load(Ordering::SeqCst)) {
+                Some(l) => Some(l.clone()),
+                None => {
+                    *pinned = self.least_busy();
+                    pinned.clone()
+                }
+            }
+        };
         let then: Then = Box::new(move |r| {
             let n = thens.len();
             let results = match r {
@@ -204,13 +229,24 @@ impl Shares {
                 Err(e) => vec![Err(e); n],
             };
             // The host has done the batch: calls naming its nodes may go straight on now.
-            let next = me.0.behind.lock().expect("lock").done(&nodes, unlinks);
+            let next = {
+                let mut queue = me.0.behind.lock().expect("lock");
+                let next = queue.done(&nodes, unlinks);
+                if !queue.busy() {
+                    // The next batch may take any lane.
+                    *me.0.behind_lane.lock().expect("lock") = None;
+                }
+                next
+            };
             for (then, r) in thens.into_iter().zip(results) {
                 then(r);
             }
             me.send_batch(next, &rt2);
         });
-        self.call_now(Request::Batch { calls }, then, rt)
+        match lane {
+            Some(lane) => self.send(&lane, Request::Batch { calls }, then),
+            None => self.call_now(Request::Batch { calls }, then, rt),
+        }
     }
 
     fn call_now(&self, request: Request, then: Then, rt: &tokio::runtime::Handle) {

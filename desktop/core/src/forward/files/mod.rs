@@ -222,8 +222,26 @@ impl FileServer {
                 }
             }
         });
+        // Batches are done one after another, in the order they came: the guest sends the next
+        // before the one before is answered, and counts on that order (the calls in them
+        // were answered in the guest already, or must follow those that were).
+        let (ordered, mut batches) = mpsc::unbounded_channel::<(u64, Request)>();
+        let in_order = {
+            let (me, answers) = (self.clone(), answers.clone());
+            tokio::spawn(async move {
+                while let Some((id, request)) = batches.recv().await {
+                    let me = me.clone();
+                    let work = tokio::task::spawn_blocking(move || me.call_telling_dirs(request));
+                    let (result, dirs) = work.await.unwrap_or((Err(errno::EIO), Vec::new()));
+                    let _ = answers.send(proto::encode(&Message::Answer { id, result, dirs }));
+                }
+            })
+        };
         let result = loop {
             match read_message(&mut rd).await {
+                Ok(Some(Message::Call { id, request: request @ Request::Batch { .. } })) => {
+                    let _ = ordered.send((id, request));
+                }
                 Ok(Some(Message::Call { id, request })) => {
                     let (me, answers) = (self.clone(), answers.clone());
                     let one_way = matches!(request, Request::Forget { .. } | Request::Release { .. });
@@ -240,6 +258,8 @@ impl FileServer {
                 Err(e) => break Err(e),
             }
         };
+        drop(ordered);
+        let _ = in_order.await;
         drop(answers);
         let _ = writer.await;
         result
@@ -656,6 +676,38 @@ impl FileServer {
                 let f = ops::open(&dir, &name, flags, None)?;
                 let keep_cache = path.parent().is_some_and(|d| self.0.watch.is_watched(d));
                 Ok(Reply::OpenedFile { handle: self.new_handle(f, path, node), keep_cache })
+            }
+            Request::CreateAs { parent, name, mode, flags, owner, node, handle } => {
+                // The guest's numbers only, each once.
+                if node < proto::GUEST_NUMBERS
+                    || handle < proto::GUEST_NUMBERS
+                    || self.0.files.lock().expect("lock").contains_key(&handle)
+                {
+                    return Err(errno::EINVAL);
+                }
+                self.dir_changed(parent);
+                self.writable(parent)?;
+                let (dir, dir_path) = self.dir(parent)?;
+                let n = component(&name)?;
+                let path = dir_path.join(&n);
+                self.mark(&path);
+                let f = ops::open(&dir, &n, flags | ops::oflags::EXCL, Some(mode))?;
+                ops::give(&dir, &n, owner);
+                let made = ops::meta(&dir, &n).and_then(|meta| {
+                    let made = self.0.nodes.lock().expect("lock").made_as(parent, &path, &meta, node);
+                    if made { Ok(meta) } else { Err(errno::EINVAL) }
+                });
+                let meta = match made {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let _ = dir.remove_file(&n);
+                        return Err(e);
+                    }
+                };
+                let mut entry = ops::entry(name.to_vec(), node, &meta);
+                entry.attr.watched = self.0.watch.is_watched(&dir_path);
+                self.0.files.lock().expect("lock").insert(handle, (Arc::new(f), path, node));
+                Ok(Reply::Created { entry, handle })
             }
             Request::Create { parent, name, mode, flags, owner } => {
                 self.dir_changed(parent);

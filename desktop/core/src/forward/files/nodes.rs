@@ -119,6 +119,27 @@ impl Nodes {
         id
     }
 
+    /// The object the guest just made at `path` (inside the share of `parent`) is node `id`,
+    /// a number the guest chose, with one reference. False if `id` is taken. An old node its
+    /// inode number still led to is an object gone: it keeps its paths, not the number.
+    pub fn made_as(&mut self, parent: Node, path: &Path, meta: &cap_std::fs::Metadata, id: Node) -> bool {
+        if self.by_id.contains_key(&id) {
+            return false;
+        }
+        let share = self.by_id.get(&parent).map_or(0, |e| e.share);
+        let key = Key::of(path, meta);
+        self.remembered.remove(&key);
+        if let Some(old) = self.by_path.insert(path.to_owned(), id)
+            && let Some(e) = self.by_id.get_mut(&old)
+            && e.lookups != u64::MAX
+        {
+            e.paths.retain(|p| p != path);
+        }
+        self.by_key.insert(key.clone(), id);
+        self.by_id.insert(id, Entry { key, paths: vec![path.to_owned()], lookups: 1, share });
+        true
+    }
+
     /// The guest dropped `count` references.
     pub fn forget(&mut self, id: Node, count: u64) {
         let Some(e) = self.by_id.get_mut(&id) else { return };

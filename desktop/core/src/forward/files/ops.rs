@@ -174,7 +174,7 @@ pub fn entry(name: Vec<u8>, node: u64, meta: &Metadata) -> DirEntry {
 }
 
 /// Linux open flags the guest sends.
-mod oflags {
+pub mod oflags {
     pub const ACCMODE: i32 = 0o3;
     pub const WRONLY: i32 = 0o1;
     pub const RDWR: i32 = 0o2;
