@@ -821,6 +821,31 @@ fn names_held_are_answered_in_the_guest_and_keep_their_numbers() {
     assert!(eventually(10, || s.server.nodes() == 1), "the host still holds {} nodes", s.server.nodes());
 }
 
+/// A file or directory made read-only on the host by a read-only bind mount onto itself, behind
+/// the guest's back (a mount raises no notice): the host's own calls on it fail with EROFS.
+/// Unmounted when dropped (lazily: the file server may hold it open).
+struct ReadOnlyOnHost(PathBuf);
+
+impl ReadOnlyOnHost {
+    fn new(path: &Path) -> ReadOnlyOnHost {
+        let mount = |args: &[&str]| {
+            let out = std::process::Command::new("mount").args(args).output().unwrap();
+            assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let p = path.to_str().unwrap();
+        mount(&["--bind", p, p]);
+        let guard = ReadOnlyOnHost(path.to_owned());
+        mount(&["-o", "remount,bind,ro", p]);
+        guard
+    }
+}
+
+impl Drop for ReadOnlyOnHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 fn walkdir_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
@@ -885,16 +910,10 @@ fn removals_answered_early_reach_the_host_in_order() {
     std::fs::write(s.guest("ro/first"), "1").unwrap();
     std::fs::write(s.guest("ro/keep"), "kept").unwrap();
     let ro = s.host("ro");
-    let mount = |args: &[&str]| {
-        let out = std::process::Command::new("mount").args(args).output().unwrap();
-        assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    mount(&["--bind", ro.to_str().unwrap(), ro.to_str().unwrap()]);
-    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let read_only = ReadOnlyOnHost::new(&ro);
     let removed = std::fs::remove_file(s.guest("ro/keep"));
     let back = eventually(10, || std::fs::read_to_string(s.guest("ro/keep")).is_ok_and(|c| c == "kept"));
-    // Lazily: the file server holds the directory open.
-    let _ = std::process::Command::new("umount").arg("-l").arg(&ro).status();
+    drop(read_only);
     assert!(removed.is_ok(), "the removal was not answered early: {removed:?}");
     assert!(back, "a removal the host refused left the name missing in the guest: {}", s.agent.log());
     assert_eq!(std::fs::read_to_string(s.host("ro/keep")).unwrap(), "kept");
@@ -931,15 +950,10 @@ fn attribute_changes_answered_early_reach_the_host() {
     std::fs::write(s.guest("t/g"), "g").unwrap();
     std::fs::set_permissions(s.guest("t/g"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let g = s.host("t/g");
-    let mount = |args: &[&str]| {
-        let out = std::process::Command::new("mount").args(args).output().unwrap();
-        assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    mount(&["--bind", g.to_str().unwrap(), g.to_str().unwrap()]);
-    mount(&["-o", "remount,bind,ro", g.to_str().unwrap()]);
+    let read_only = ReadOnlyOnHost::new(&g);
     let changed = std::fs::set_permissions(s.guest("t/g"), std::fs::Permissions::from_mode(0o600));
     let back = eventually(10, || std::fs::metadata(s.guest("t/g")).is_ok_and(|m| m.mode() & 0o7777 == 0o644));
-    let _ = std::process::Command::new("umount").arg("-l").arg(&g).status();
+    drop(read_only);
     assert!(changed.is_ok(), "the change was not answered early: {changed:?}");
     assert!(back, "a change the host refused still shows in the guest: {}", s.agent.log());
 }
@@ -978,15 +992,10 @@ fn files_made_ahead_of_the_host_are_whole_there() {
     std::fs::create_dir(s.guest("ro")).unwrap();
     std::fs::write(s.guest("ro/first"), "1").unwrap();
     let ro = s.host("ro");
-    let mount = |args: &[&str]| {
-        let out = std::process::Command::new("mount").args(args).output().unwrap();
-        assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    mount(&["--bind", ro.to_str().unwrap(), ro.to_str().unwrap()]);
-    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let read_only = ReadOnlyOnHost::new(&ro);
     let written = std::fs::write(s.guest("ro/refused"), "lost?");
     let gone = eventually(10, || !s.guest("ro/refused").exists());
-    let _ = std::process::Command::new("umount").arg("-l").arg(&ro).status();
+    drop(read_only);
     assert!(written.is_err(), "a write to a file the host refused to make succeeded");
     assert!(gone, "a file the host refused to make is still there in the guest: {}", s.agent.log());
     assert!(!s.host("ro/refused").exists());
