@@ -106,6 +106,8 @@ pub struct Watch {
     watched: Mutex<HashMap<PathBuf, DirId>>,
     /// Paths the guest changed.
     ours: Mutex<HashMap<PathBuf, Mark>>,
+    /// A directory went unwatched (past the limit, or refused by the OS) and the log said so.
+    told_unwatched: std::sync::atomic::AtomicBool,
 }
 
 impl Watch {
@@ -116,6 +118,7 @@ impl Watch {
             watcher: Mutex::new(None),
             watched: Mutex::new(HashMap::new()),
             ours: Mutex::new(HashMap::new()),
+            told_unwatched: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = std::sync::Arc::downgrade(&me);
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -151,7 +154,9 @@ impl Watch {
             let watched = self.watched.lock().expect("lock");
             match watched.get(dir) {
                 Some(was) if *was == id => return,
-                None if watched.len() >= MAX_WATCHES => return,
+                None if watched.len() >= MAX_WATCHES => {
+                    return self.unwatched(dir, &format!("past the limit of {MAX_WATCHES} watched directories"));
+                }
                 _ => {}
             }
         }
@@ -167,8 +172,25 @@ impl Watch {
             }
             Err(e) => {
                 watched.remove(dir);
-                tracing::debug!(dir = %dir.display(), error = %e, "watching a shared directory")
+                drop(watched);
+                self.unwatched(dir, &e.to_string());
             }
+        }
+    }
+
+    /// Directory `dir` is not watched: the guest keeps what it learns there for a second only
+    /// (its caches have no notices to keep them true). Said once in the log at warning level,
+    /// as every shared folder is then slower; the rest at debug level.
+    fn unwatched(&self, dir: &Path, why: &str) {
+        if self.told_unwatched.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(dir = %dir.display(), why, "a shared directory is not watched");
+        } else {
+            tracing::warn!(
+                dir = %dir.display(),
+                why,
+                "shared folders: a directory is not watched for changes made on this machine; what the guest \
+                 caches of it (and of others like it from now on) is kept one second instead of until a change"
+            );
         }
     }
 
