@@ -1000,3 +1000,21 @@ fn files_made_ahead_of_the_host_are_whole_there() {
     assert!(gone, "a file the host refused to make is still there in the guest: {}", s.agent.log());
     assert!(!s.host("ro/refused").exists());
 }
+
+/// A name looked up again while a change of its attributes is on its way to the host (`mkdir`
+/// of an existing directory makes the kernel ask for it) gets the attributes after the change,
+/// not before: the kernel would keep the old ones for a minute.
+#[test]
+fn lookups_follow_attribute_changes_on_their_way() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.guest("p")).unwrap();
+    for i in 0..200 {
+        let d = s.guest(&format!("p/d{i}"));
+        std::fs::create_dir(&d).unwrap();
+        let mode = if i % 2 == 0 { 0o700 } else { 0o750 };
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(std::fs::create_dir(&d).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        let seen = std::fs::metadata(&d).unwrap().mode() & 0o7777;
+        assert_eq!(seen, mode, "d{i} shows the mode it had before its change");
+    }
+}

@@ -47,14 +47,16 @@ pub struct Behind<T> {
     on_way: usize,
     /// How many queued or sent calls name each node.
     nodes: HashMap<u64, usize>,
-    /// How many queued or sent calls remove a name: they change a link count, of a node the
-    /// call does not name.
+    /// How many queued or sent calls remove a name (they change a link count, of a node the
+    /// call does not name), and how many set attributes (a lookup's or a listing's answer
+    /// carries the attributes of nodes it does not name).
     unlinks: usize,
+    setattrs: usize,
 }
 
 impl<T> Default for Behind<T> {
     fn default() -> Self {
-        Behind { queue: VecDeque::new(), on_way: 0, nodes: HashMap::new(), unlinks: 0 }
+        Behind { queue: VecDeque::new(), on_way: 0, nodes: HashMap::new(), unlinks: 0, setattrs: 0 }
     }
 }
 
@@ -94,6 +96,13 @@ pub fn named(r: &Request) -> Vec<u64> {
     }
 }
 
+/// How many of `requests` remove a name, and how many set attributes.
+pub fn counts(requests: &[Request]) -> (usize, usize) {
+    let unlinks = requests.iter().filter(|r| matches!(r, Request::Unlink { .. })).count();
+    let setattrs = requests.iter().filter(|r| matches!(r, Request::SetAttr { .. })).count();
+    (unlinks, setattrs)
+}
+
 /// About how many bytes a call and its answer take in a frame, so that a batch fits in one
 /// frame both ways.
 fn weight(r: &Request) -> usize {
@@ -128,6 +137,14 @@ impl<T> Behind<T> {
         self.busy()
             && (matches!(request, Request::RmDir { .. } | Request::Rename { .. })
                 || (self.unlinks > 0 && matches!(request, Request::GetAttr { .. }))
+                || (self.setattrs > 0
+                    && matches!(
+                        request,
+                        Request::Lookup { .. }
+                            | Request::Survey { .. }
+                            | Request::List { .. }
+                            | Request::ReadDir { .. }
+                    ))
                 || nodes.iter().any(|n| self.nodes.contains_key(n)))
     }
 
@@ -137,15 +154,18 @@ impl<T> Behind<T> {
         for n in &nodes {
             *self.nodes.entry(*n).or_default() += 1;
         }
-        self.unlinks += usize::from(matches!(request, Request::Unlink { .. }));
+        let (unlinks, setattrs) = counts(std::slice::from_ref(&request));
+        self.unlinks += unlinks;
+        self.setattrs += setattrs;
         self.queue.push_back(Queued { request, nodes, then });
         self.next()
     }
 
-    /// The batch on its way was answered (it named `nodes` and held `unlinks` removals); the
-    /// next batch to send, if any.
-    pub fn done(&mut self, nodes: &[u64], unlinks: usize) -> Option<Vec<Queued<T>>> {
+    /// The batch on its way was answered (it named `nodes`, and held `counts` removals and
+    /// attribute changes: [`counts`]); the next batch to send, if any.
+    pub fn done(&mut self, nodes: &[u64], (unlinks, setattrs): (usize, usize)) -> Option<Vec<Queued<T>>> {
         self.unlinks -= unlinks;
+        self.setattrs -= setattrs;
         for n in nodes {
             if let Some(c) = self.nodes.get_mut(n) {
                 *c -= 1;
@@ -202,11 +222,11 @@ mod tests {
         // Queued while two are on their way, then sent together.
         assert!(b.push(unlink(5, "c"), vec![5], 3).is_none());
         assert!(b.push(unlink(6, "d"), vec![6], 4).is_none());
-        let third = b.done(&[5], 1).expect("the rest go once the first is answered");
+        let third = b.done(&[5], (1, 0)).expect("the rest go once the first is answered");
         assert_eq!(names(&third), [3, 4]);
-        assert!(b.done(&[5], 1).is_none());
+        assert!(b.done(&[5], (1, 0)).is_none());
         assert!(b.busy());
-        assert!(b.done(&[5, 6], 2).is_none());
+        assert!(b.done(&[5, 6], (2, 0)).is_none());
         assert!(!b.busy());
         assert!(b.nodes.is_empty());
     }
@@ -226,8 +246,14 @@ mod tests {
         assert!(b.must_follow(&rmdir, &[1]));
         // A removal changes the link count of a node it does not name: attributes follow it.
         assert!(b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
-        b.done(&[5], 1);
+        b.done(&[5], (1, 0));
         assert!(!b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
+        // An attribute change: a lookup's answer may carry the node's attributes.
+        let chmod = Request::SetAttr { node: 9, set: Default::default() };
+        b.push(chmod, vec![9], 2);
+        assert!(b.must_follow(&Request::Lookup { parent: 7, name: b"x".to_vec() }, &[7]));
+        b.done(&[9], (0, 1));
+        assert!(!b.must_follow(&Request::Lookup { parent: 7, name: b"x".to_vec() }, &[7]));
         assert!(!b.must_follow(&lookup, &[5]));
     }
 
@@ -243,12 +269,12 @@ mod tests {
         for i in 5..=2000 {
             b.push(unlink(3, "x"), vec![3], i);
         }
-        let batch = b.done(&[1], 1).unwrap();
+        let batch = b.done(&[1], (1, 0)).unwrap();
         assert_eq!(names(&batch), [1, 2], "three thirds of a frame do not fit with their headers");
-        let batch = b.done(&[1], 1).unwrap();
+        let batch = b.done(&[1], (1, 0)).unwrap();
         assert_eq!(names(&batch)[..3], [3, 4, 5]);
         assert_eq!(batch.len(), MAX_CALLS, "small calls fill a batch up to its count");
-        let batch = b.done(&[2, 2], 0).unwrap();
+        let batch = b.done(&[2, 2], (0, 0)).unwrap();
         assert_eq!(batch.len(), 1996 - (MAX_CALLS - 2));
         // One call over the limit still goes, alone.
         let mut b = Behind::default();

@@ -275,7 +275,7 @@ impl ShareFs {
                 Ok(Reply::NewDir { entry, known_empty }) => {
                     known.entered(dir, &name, entry.attr.node);
                     if known_empty {
-                        me.shares.forget_nodes(known.made_empty(entry.attr.node, since));
+                        me.shares.forget_nodes(known.made_empty(&entry.attr, since));
                     }
                     reply.entry(ttl(&entry.attr), &me.attr(&entry.attr), Generation(0))
                 }

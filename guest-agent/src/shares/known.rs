@@ -275,15 +275,25 @@ impl Known {
         self.dirs.lock().expect("lock").surveying.remove(&dir);
     }
 
-    /// Directory `dir` was made by the guest and the host found it empty; `since` is the
-    /// generation when the call was sent.
-    pub fn made_empty(&self, dir: u64, since: u64) -> Vec<u64> {
+    /// Directory `made` (its attributes as the host made it) was made by the guest and the
+    /// host found it empty; `since` is the generation when the call was sent. Its attributes
+    /// are known too, as for a directory the guest changed: a new directory's are asked for
+    /// before anything is made in it (two lookups of it per directory `tar` makes, and its
+    /// first file could not be made ahead).
+    pub fn made_empty(&self, made: &Attr, since: u64) -> Vec<u64> {
+        let dir = made.node;
         let mut dirs = self.dirs.lock().expect("lock");
         let mut forget = Vec::new();
         // Checked under the lock that notices take too: none can slip in between.
         if self.generation() == since {
             dirs.drop_dir(dir, &mut forget);
             dirs.names.insert(dir, HashMap::new());
+            if made.watched && made.kind == Kind::Dir {
+                if dirs.attrs.len() >= MAX_ATTRS {
+                    dirs.attrs.clear();
+                }
+                dirs.attrs.insert(dir, made.clone());
+            }
         }
         forget
     }
@@ -567,6 +577,10 @@ mod tests {
     use super::*;
     use berth_protocol::shares::{Attr, Kind};
 
+    fn dir(node: u64) -> Attr {
+        Attr { kind: Kind::Dir, perm: 0o755, nlink: 2, ..entry("", node).attr }
+    }
+
     fn entry(name: &str, node: u64) -> DirEntry {
         let attr = Attr {
             node,
@@ -590,8 +604,10 @@ mod tests {
     #[test]
     fn a_made_directory_knows_its_names_until_a_notice() {
         let k = Known::default();
-        k.made_empty(7, k.generation());
+        assert_eq!(k.dir_attr(7), None);
+        k.made_empty(&dir(7), k.generation());
         assert_eq!(k.look(7, b"a"), Look::Absent);
+        assert_eq!(k.dir_attr(7), Some(dir(7)), "a new directory's attributes are known");
         k.added(7, b"a");
         assert_eq!(k.look(7, b"a"), Look::Ask);
         assert_eq!(k.look(7, b"b"), Look::Absent);
@@ -607,14 +623,14 @@ mod tests {
         // An answer that crossed a notice is not trusted.
         let since = k.generation();
         k.stale(9);
-        k.made_empty(7, since);
+        k.made_empty(&dir(7), since);
         assert_ne!(k.look(7, b"a"), Look::Absent);
         k.not_surveyed(7);
-        k.made_empty(7, k.generation());
+        k.made_empty(&dir(7), k.generation());
         k.forget(7);
         assert_ne!(k.look(7, b"a"), Look::Absent);
         k.not_surveyed(7);
-        k.made_empty(7, k.generation());
+        k.made_empty(&dir(7), k.generation());
         k.clear();
         assert_ne!(k.look(7, b"a"), Look::Absent);
     }
@@ -676,7 +692,7 @@ mod tests {
     #[test]
     fn names_the_kernel_holds_are_answered_here_and_counted() {
         let k = Known::default();
-        k.made_empty(1, k.generation());
+        k.made_empty(&dir(1), k.generation());
         // `mkdir d` in a directory the guest made: the host made node 5 for it.
         k.entered(1, b"d", 5);
         assert_eq!(k.look(1, b"d"), Look::Ask, "its attributes are not known yet");
@@ -771,8 +787,8 @@ mod tests {
     #[test]
     fn too_many_names_drop_everything() {
         let k = Known::default();
-        k.made_empty(1, k.generation());
-        k.made_empty(2, k.generation());
+        k.made_empty(&dir(1), k.generation());
+        k.made_empty(&dir(2), k.generation());
         for i in 0..MAX_NAMES {
             k.added(1, format!("f{i}").as_bytes());
         }

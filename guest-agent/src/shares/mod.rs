@@ -199,7 +199,6 @@ impl Shares {
     fn send_batch(&self, batch: Option<Vec<behind::Queued<Then>>>, rt: &tokio::runtime::Handle) {
         let Some(batch) = batch else { return };
         let mut nodes = Vec::new();
-        let unlinks = batch.iter().filter(|q| matches!(q.request, Request::Unlink { .. })).count();
         let mut calls = Vec::with_capacity(batch.len());
         let mut thens = Vec::with_capacity(batch.len());
         for q in batch {
@@ -207,6 +206,7 @@ impl Shares {
             calls.push(q.request);
             thens.push(q.then);
         }
+        let counts = behind::counts(&calls);
         let (me, rt2) = (self.clone(), rt.clone());
         let lane = {
             let mut pinned = self.0.behind_lane.lock().expect("lock");
@@ -231,7 +231,7 @@ impl Shares {
             // The host has done the batch: calls naming its nodes may go straight on now.
             let next = {
                 let mut queue = me.0.behind.lock().expect("lock");
-                let next = queue.done(&nodes, unlinks);
+                let next = queue.done(&nodes, counts);
                 if !queue.busy() {
                     // The next batch may take any lane.
                     *me.0.behind_lane.lock().expect("lock") = None;
