@@ -157,9 +157,14 @@ impl Shares {
     /// while for one. A call that must follow calls answered early goes in their queue
     /// ([`behind`]); `node` is the node a call by handle is about.
     pub fn call(&self, request: Request, node: Option<u64>, then: Then, rt: &tokio::runtime::Handle) {
+        let mut queue = self.0.behind.lock().expect("lock");
+        // Nothing queued (most of the time): nothing to follow, and no nodes to gather.
+        if !queue.busy() {
+            drop(queue);
+            return self.call_now(request, then, rt);
+        }
         let mut nodes = behind::named(&request);
         nodes.extend(node);
-        let mut queue = self.0.behind.lock().expect("lock");
         if queue.must_follow(&request, &nodes) {
             let batch = queue.push(request, nodes, then);
             drop(queue);

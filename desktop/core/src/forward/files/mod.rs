@@ -514,6 +514,19 @@ impl FileServer {
         (reply, dirs)
     }
 
+    /// The guest makes or removes `name` in directory `parent`: checked writable and marked
+    /// as the guest's own change. Returns the directory, its path, the name as a component,
+    /// and the name's path.
+    fn changing(&self, parent: Node, name: &[u8]) -> Result<(Dir, PathBuf, OsString, PathBuf), Errno> {
+        self.dir_changed(parent);
+        self.writable(parent)?;
+        let (dir, dir_path) = self.dir(parent)?;
+        let n = component(name)?;
+        let path = dir_path.join(&n);
+        self.mark(&path);
+        Ok((dir, dir_path, n, path))
+    }
+
     /// Directory `node` gains or loses a name in the call on this thread.
     fn dir_changed(&self, node: Node) {
         CHANGED_DIRS.with(|d| {
@@ -571,11 +584,7 @@ impl FileServer {
                 ops::read_link(&dir, &name).map(Reply::Data)
             }
             Request::MkNod { parent, name, mode, owner } => {
-                self.dir_changed(parent);
-                self.writable(parent)?;
-                let (dir, dir_path) = self.dir(parent)?;
-                let n = component(&name)?;
-                self.mark(&dir_path.join(&n));
+                let (dir, dir_path, n, _) = self.changing(parent, &name)?;
                 match mode & 0o170000 {
                     0o100000 | 0 => drop(ops::open(&dir, &n, 0o1 | 0o200, Some(mode))?),
                     0o010000 => ops::mkfifo(&dir, &n, mode & 0o7777)?,
@@ -586,12 +595,7 @@ impl FileServer {
                 self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
             }
             Request::MkDir { parent, name, mode, owner } => {
-                self.dir_changed(parent);
-                self.writable(parent)?;
-                let (dir, dir_path) = self.dir(parent)?;
-                let n = component(&name)?;
-                let path = dir_path.join(&n);
-                self.mark(&path);
+                let (dir, dir_path, n, path) = self.changing(parent, &name)?;
                 ops::mkdir(&dir, &n, mode)?;
                 ops::give(&dir, &n, owner);
                 // Watched before it is listed: a name made here by someone else after the
@@ -604,33 +608,19 @@ impl FileServer {
                 Ok(Reply::NewDir { entry, known_empty })
             }
             Request::Unlink { parent, name } => {
-                self.dir_changed(parent);
-                self.writable(parent)?;
-                let (dir, dir_path) = self.dir(parent)?;
-                let n = component(&name)?;
-                let path = dir_path.join(&n);
-                self.mark(&path);
+                let (dir, _, n, path) = self.changing(parent, &name)?;
                 dir.remove_file(&n).map_err(io_errno)?;
                 self.0.nodes.lock().expect("lock").gone(&path);
                 Ok(Reply::Ok)
             }
             Request::RmDir { parent, name } => {
-                self.dir_changed(parent);
-                self.writable(parent)?;
-                let (dir, dir_path) = self.dir(parent)?;
-                let n = component(&name)?;
-                let path = dir_path.join(&n);
-                self.mark(&path);
+                let (dir, _, n, path) = self.changing(parent, &name)?;
                 dir.remove_dir(&n).map_err(io_errno)?;
                 self.0.nodes.lock().expect("lock").gone(&path);
                 Ok(Reply::Ok)
             }
             Request::Symlink { parent, name, target, owner } => {
-                self.dir_changed(parent);
-                self.writable(parent)?;
-                let (dir, dir_path) = self.dir(parent)?;
-                let n = component(&name)?;
-                self.mark(&dir_path.join(&n));
+                let (dir, dir_path, n, _) = self.changing(parent, &name)?;
                 ops::symlink(&dir, &n, &target)?;
                 ops::give(&dir, &n, owner);
                 self.lookup_in(&dir, &dir_path, parent, &name).map(Reply::Entry)
@@ -685,12 +675,7 @@ impl FileServer {
                 {
                     return Err(errno::EINVAL);
                 }
-                self.dir_changed(parent);
-                self.writable(parent)?;
-                let (dir, dir_path) = self.dir(parent)?;
-                let n = component(&name)?;
-                let path = dir_path.join(&n);
-                self.mark(&path);
+                let (dir, dir_path, n, path) = self.changing(parent, &name)?;
                 let f = ops::open(&dir, &n, flags | ops::oflags::EXCL, Some(mode))?;
                 ops::give(&dir, &n, owner);
                 let made = ops::meta(&dir, &n).and_then(|meta| {
@@ -710,12 +695,7 @@ impl FileServer {
                 Ok(Reply::Created { entry, handle })
             }
             Request::Create { parent, name, mode, flags, owner } => {
-                self.dir_changed(parent);
-                self.writable(parent)?;
-                let (dir, dir_path) = self.dir(parent)?;
-                let n = component(&name)?;
-                let path = dir_path.join(&n);
-                self.mark(&path);
+                let (dir, dir_path, n, path) = self.changing(parent, &name)?;
                 let f = ops::open(&dir, &n, flags, Some(mode))?;
                 ops::give(&dir, &n, owner);
                 let entry = self.lookup_in(&dir, &dir_path, parent, &name)?;
