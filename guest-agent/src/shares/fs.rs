@@ -13,7 +13,9 @@
 //! it did not make are answered here without asking the host ([`super::known`]). Data goes
 //! through the page cache (reads of a file unchanged on the host come from memory; the kernel drops cached pages when it sees
 //! the size or mtime change), while writes go to the host at once, so an edit made in a
-//! container is on the host when the write returns.
+//! container is on the host when the write returns. Removals, changes of mode and times, and
+//! new files whose outcome the guest knows are answered here and done on the host just after,
+//! in order ([`super::behind`]).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
