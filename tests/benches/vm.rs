@@ -442,7 +442,7 @@ fn ports_against_hostfwd(rt: &tokio::runtime::Runtime, image: &Path) {
 const FILE_WORK: &str = r#"
 cd /w || exit 1
 echo "mounted $(grep ' /w ' /proc/self/mounts)"
-t() { s=$(/probe clock); "$@" >/dev/null || exit 1; echo "$STEP $s $(/probe clock)"; }
+t() { s=$(/probe clock); c=$(head -1 /proc/stat); "$@" >/dev/null || exit 1; echo "$STEP $s $(/probe clock)"; echo "cpu $STEP $c $(head -1 /proc/stat)"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 git() { /usr/bin/git -c safe.directory='*' -C /w/repo "$@"; }
 STEP=write-64MiB t dd if=/dev/zero of=big bs=1M count=64 conv=fsync
@@ -459,6 +459,31 @@ STEP=git-status-again t git status
 drop; STEP=git-status-cold t git status
 "#;
 const FILE_STEPS: usize = 10;
+
+/// How the guest's CPUs spent a step, from a line "cpu STEP" and `/proc/stat`'s first line
+/// before and after it: where the time of a step on a share goes (the guest busy in user
+/// code, in its kernel, or idle waiting for the host).
+fn cpu_split(line: &str) -> String {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let fields = |at: usize| -> Vec<f64> { f[at..].iter().take(8).filter_map(|v| v.parse().ok()).collect() };
+    // "cpu STEP cpu user nice system idle iowait irq softirq steal ... cpu user ...".
+    let Some(second) = f.iter().skip(3).position(|w| *w == "cpu").map(|p| p + 3) else { return line.into() };
+    let (a, b) = (fields(3), fields(second + 1));
+    if a.len() < 7 || b.len() < 7 {
+        return line.into();
+    }
+    let d: Vec<f64> = b.iter().zip(&a).map(|(b, a)| b - a).collect();
+    let total: f64 = d.iter().sum::<f64>().max(1.0);
+    let pct = |v: f64| 100.0 * v / total;
+    format!(
+        "{}: guest CPUs {:.0}% user, {:.0}% system, {:.0}% interrupts, {:.0}% idle",
+        f[1],
+        pct(d[0] + d[1]),
+        pct(d[2]),
+        pct(d[5] + d[6]),
+        pct(d[3] + d[4])
+    )
+}
 
 /// Real projects' work after the file work, when the image has it ([`project_work`]): `npm
 /// ci` of a small real project (express and lodash: 73 packages, 1,700 files) from a
@@ -728,6 +753,9 @@ fn shares_side_by_side(rt: &tokio::runtime::Runtime) {
             // Where the work ran (the file system under /w), for the record.
             for l in out.lines().filter(|l| l.starts_with("mounted ")) {
                 eprintln!("{name}: {l}");
+            }
+            for l in out.lines().filter(|l| l.starts_with("cpu ")) {
+                eprintln!("{name}: {}", cpu_split(l));
             }
             let steps = out
                 .lines()
