@@ -198,6 +198,7 @@ async fn serve(listeners: Listeners, data_root: PathBuf, opts: ServeOptions) -> 
         ports,
         shares: shares::Shares::below(share_prefix, share_memory),
     };
+    engine.set_settle(std::sync::Arc::new(services.shares.clone()));
     let mut servers = Vec::new();
     for (specs, port) in [
         (&listeners.docker, berth_protocol::DOCKER_PORT),

@@ -333,6 +333,18 @@ pub(crate) struct Inner {
     pub host_side: Mutex<Option<Arc<dyn crate::network::ports::HostSide>>>,
     /// The classic builder's layer cache.
     pub build_cache: Mutex<crate::build::cache::BuildCache>,
+    /// File systems whose changes reach their store behind the calls that made them.
+    pub settle: Mutex<Option<Arc<dyn Settle>>>,
+}
+
+/// File systems whose changes reach where they are kept after the calls that made them
+/// returned: the VM's shared folders, which answer removals, attribute changes and small
+/// writes before the user's machine has done them. The engine waits on them when a
+/// container's or an exec's process exits, before the exit is reported, so that what a
+/// container left in a shared folder is on the user's machine when `docker run` returns.
+pub trait Settle: Send + Sync {
+    /// Done once every change made before the call has reached its store (or failed there).
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 /// The engine; cheap to clone.
@@ -380,6 +392,7 @@ impl Engine {
                 network_store,
                 host_side: Mutex::new(None),
                 build_cache: Mutex::new(crate::build::cache::BuildCache::open(&root.join("builder"))?),
+                settle: Mutex::new(None),
             }),
         };
         for rec in network_records {
@@ -410,6 +423,20 @@ impl Engine {
     /// every container started from now on.
     pub fn set_host_side(&self, host: Arc<dyn crate::network::ports::HostSide>) {
         *self.inner.host_side.lock().expect("lock") = Some(host);
+    }
+
+    /// Has the engine wait on `files` before it reports a process's exit ([`Settle`]).
+    pub fn set_settle(&self, files: Arc<dyn Settle>) {
+        *self.inner.settle.lock().expect("lock") = Some(files);
+    }
+
+    /// Waits until what processes wrote through file systems that settle later is where it
+    /// is kept ([`Settle`]).
+    pub(crate) async fn settle_files(&self) {
+        let files = self.inner.settle.lock().expect("lock").clone();
+        if let Some(files) = files {
+            files.settled().await;
+        }
     }
 
     /// Every port the running containers publish, as the listening side sees them.

@@ -391,6 +391,48 @@ fn containers_use_shared_folders_and_cannot_leave_them() {
     assert!(out.contains("app") && out.contains("etc"), "the container's own root: {out}");
 }
 
+/// What a container changed in a shared folder is on the host when `docker run` (or `docker
+/// exec`) returns, although removals, attribute changes and new files reach the host behind
+/// the calls that made them: the engine waits for them before it tells of the exit.
+#[test]
+fn a_containers_changes_are_on_the_host_when_it_has_exited() {
+    let s = Setup::new(false);
+    let img = s.agent.pull("busybox:latest");
+    let bind = format!("{}:/app", s.seen.display());
+    let before = s.server.batches();
+    let script = "mkdir /app/out && cd /app/out && for i in $(seq 300); do echo $i > f$i; done \
+        && chmod 600 f2* && touch -d @1500000000 f3* && rm f1*";
+    s.agent.ok(&["run", "--rm", "-v", &bind, &img, "sh", "-c", script]);
+    assert!(s.server.batches() > before, "nothing went behind");
+    let names = || {
+        let mut n: Vec<String> =
+            std::fs::read_dir(s.host("out")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    let expected = {
+        let mut n: Vec<String> = (1..=300).map(|i| format!("f{i}")).filter(|n| !n.starts_with("f1")).collect();
+        n.sort();
+        n
+    };
+    // At once: no waiting here.
+    assert_eq!(names(), expected);
+    for i in [2, 20, 299] {
+        let m = std::fs::metadata(s.host(&format!("out/f{i}"))).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600, "f{i}");
+        assert_eq!(std::fs::read_to_string(s.host(&format!("out/f{i}"))).unwrap(), format!("{i}\n"));
+    }
+    assert_eq!(std::fs::metadata(s.host("out/f300")).unwrap().mtime(), 1_500_000_000);
+    // The same through an exec.
+    s.agent.ok(&["run", "-d", "--name", "settles", "-v", &bind, &img, "sleep", "600"]);
+    s.agent.ok(&["exec", "settles", "sh", "-c", "cd /app/out && rm f2* && chmod 640 f3* && echo new > new"]);
+    let left = names();
+    assert!(left.iter().all(|n| !n.starts_with("f2")), "{left:?}");
+    assert_eq!(std::fs::metadata(s.host("out/f30")).unwrap().mode() & 0o777, 0o640);
+    assert_eq!(std::fs::read_to_string(s.host("out/new")).unwrap(), "new\n");
+    s.agent.ok(&["rm", "-f", "settles"]);
+}
+
 #[test]
 fn a_read_only_share_refuses_writes() {
     let s = Setup::new(true);

@@ -52,11 +52,23 @@ pub struct Behind<T> {
     /// carries the attributes of nodes it does not name).
     unlinks: usize,
     setattrs: usize,
+    /// Calls queued so far, and answered so far: batches are answered in the order they
+    /// went, and take the oldest calls, so every call up to the `answered`th is done.
+    pushed: u64,
+    answered: u64,
 }
 
 impl<T> Default for Behind<T> {
     fn default() -> Self {
-        Behind { queue: VecDeque::new(), on_way: 0, nodes: HashMap::new(), unlinks: 0, setattrs: 0 }
+        Behind {
+            queue: VecDeque::new(),
+            on_way: 0,
+            nodes: HashMap::new(),
+            unlinks: 0,
+            setattrs: 0,
+            pushed: 0,
+            answered: 0,
+        }
     }
 }
 
@@ -127,6 +139,16 @@ impl<T> Behind<T> {
         self.on_way > 0 || !self.queue.is_empty()
     }
 
+    /// How many calls have been queued so far.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Whether the first `pushed` calls queued have been answered.
+    pub fn answered(&self, pushed: u64) -> bool {
+        self.answered >= pushed
+    }
+
     /// Whether removals are queued or on their way.
     pub fn removals_pending(&self) -> bool {
         self.unlinks > 0
@@ -157,13 +179,16 @@ impl<T> Behind<T> {
         let (unlinks, setattrs) = counts(std::slice::from_ref(&request));
         self.unlinks += unlinks;
         self.setattrs += setattrs;
+        self.pushed += 1;
         self.queue.push_back(Queued { request, nodes, then });
         self.next()
     }
 
-    /// The batch on its way was answered (it named `nodes`, and held `counts` removals and
-    /// attribute changes: [`counts`]); the next batch to send, if any.
-    pub fn done(&mut self, nodes: &[u64], (unlinks, setattrs): (usize, usize)) -> Option<Vec<Queued<T>>> {
+    /// The oldest batch on its way was answered (it held `calls` calls, named `nodes`, and
+    /// held `counts` removals and attribute changes: [`counts`]); the next batch to send, if
+    /// any.
+    pub fn done(&mut self, calls: usize, nodes: &[u64], (unlinks, setattrs): (usize, usize)) -> Option<Vec<Queued<T>>> {
+        self.answered += calls as u64;
         self.unlinks -= unlinks;
         self.setattrs -= setattrs;
         for n in nodes {
@@ -222,12 +247,15 @@ mod tests {
         // Queued while two are on their way, then sent together.
         assert!(b.push(unlink(5, "c"), vec![5], 3).is_none());
         assert!(b.push(unlink(6, "d"), vec![6], 4).is_none());
-        let third = b.done(&[5], (1, 0)).expect("the rest go once the first is answered");
+        let third = b.done(1, &[5], (1, 0)).expect("the rest go once the first is answered");
         assert_eq!(names(&third), [3, 4]);
-        assert!(b.done(&[5], (1, 0)).is_none());
+        assert!(b.done(1, &[5], (1, 0)).is_none());
         assert!(b.busy());
-        assert!(b.done(&[5, 6], (2, 0)).is_none());
+        let pushed = b.pushed();
+        assert!(!b.answered(pushed));
+        assert!(b.done(2, &[5, 6], (2, 0)).is_none());
         assert!(!b.busy());
+        assert!(b.answered(pushed));
         assert!(b.nodes.is_empty());
     }
 
@@ -246,13 +274,13 @@ mod tests {
         assert!(b.must_follow(&rmdir, &[1]));
         // A removal changes the link count of a node it does not name: attributes follow it.
         assert!(b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
-        b.done(&[5], (1, 0));
+        b.done(1, &[5], (1, 0));
         assert!(!b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
         // An attribute change: a lookup's answer may carry the node's attributes.
         let chmod = Request::SetAttr { node: 9, set: Default::default() };
         b.push(chmod, vec![9], 2);
         assert!(b.must_follow(&Request::Lookup { parent: 7, name: b"x".to_vec() }, &[7]));
-        b.done(&[9], (0, 1));
+        b.done(1, &[9], (0, 1));
         assert!(!b.must_follow(&Request::Lookup { parent: 7, name: b"x".to_vec() }, &[7]));
         assert!(!b.must_follow(&lookup, &[5]));
     }
@@ -269,12 +297,12 @@ mod tests {
         for i in 5..=2000 {
             b.push(unlink(3, "x"), vec![3], i);
         }
-        let batch = b.done(&[1], (1, 0)).unwrap();
+        let batch = b.done(1, &[1], (1, 0)).unwrap();
         assert_eq!(names(&batch), [1, 2], "three thirds of a frame do not fit with their headers");
-        let batch = b.done(&[1], (1, 0)).unwrap();
+        let batch = b.done(1, &[1], (1, 0)).unwrap();
         assert_eq!(names(&batch)[..3], [3, 4, 5]);
         assert_eq!(batch.len(), MAX_CALLS, "small calls fill a batch up to its count");
-        let batch = b.done(&[2, 2], (0, 0)).unwrap();
+        let batch = b.done(2, &[2, 2], (0, 0)).unwrap();
         assert_eq!(batch.len(), 1996 - (MAX_CALLS - 2));
         // One call over the limit still goes, alone.
         let mut b = Behind::default();

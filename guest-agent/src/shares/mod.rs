@@ -101,6 +101,8 @@ struct Inner {
     /// The lane their batches go on while any is on its way (the host does a lane's batches
     /// in the order they came; lanes race each other).
     behind_lane: Mutex<Option<Arc<Lane>>>,
+    /// Told each time a batch is answered ([`Shares::settle`]).
+    batch_answered: tokio::sync::Notify,
     /// The memory the host shares for data, once a hello has offered it and it was found.
     memory: Mutex<Option<Arc<memory::Region>>>,
     /// Where that memory is when not on a device (an agent on the host's machine: tests).
@@ -123,6 +125,16 @@ struct Notice {
     root: u64,
     stale: Vec<Stale>,
     path: PathBuf,
+}
+
+/// The longest [`Shares::settle`] waits.
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
+
+impl berth_runtime::engine::Settle for Shares {
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let me = self.clone();
+        Box::pin(async move { me.settle().await })
+    }
 }
 
 /// The guest's side of shared folders; cheap to clone.
@@ -184,6 +196,28 @@ impl Shares {
         self.send_batch(batch, rt)
     }
 
+    /// Done once every call answered early so far has been done on the host (or refused
+    /// there): a container's changes are on the host before its exit is told
+    /// ([`berth_runtime::engine::Settle`]). A host that does not answer for
+    /// [`SETTLE_WAIT`] is not waited for longer (its calls fail with the lane).
+    pub async fn settle(&self) {
+        let pushed = self.0.behind.lock().expect("lock").pushed();
+        let answered = async {
+            loop {
+                let notified = self.0.batch_answered.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.0.behind.lock().expect("lock").answered(pushed) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(SETTLE_WAIT, answered).await.is_err() {
+            tracing::warn!("shares: changes answered early are not all done on the host after {SETTLE_WAIT:?}");
+        }
+    }
+
     /// A node or handle number of the guest's own choosing (see [`proto::Request::CreateAs`]).
     fn new_number(&self) -> u64 {
         proto::GUEST_NUMBERS + self.0.numbers.fetch_add(1, Ordering::Relaxed)
@@ -236,7 +270,7 @@ impl Shares {
             // The host has done the batch: calls naming its nodes may go straight on now.
             let next = {
                 let mut queue = me.0.behind.lock().expect("lock");
-                let next = queue.done(&nodes, counts);
+                let next = queue.done(n, &nodes, counts);
                 if !queue.busy() {
                     // The next batch may take any lane.
                     *me.0.behind_lane.lock().expect("lock") = None;
@@ -246,6 +280,7 @@ impl Shares {
             for (then, r) in thens.into_iter().zip(results) {
                 then(r);
             }
+            me.0.batch_answered.notify_waiters();
             me.send_batch(next, &rt2);
         });
         match lane {

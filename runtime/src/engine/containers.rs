@@ -503,6 +503,9 @@ impl Engine {
                 if let Ok(mut w) = writer.lock() {
                     let _ = w.flush_partial();
                 }
+                // What it left in shared folders is on the user's machine before its end is
+                // told.
+                engine.settle_files().await;
                 ctr2.output.send(Output::End).await;
                 let code = status.map(launch::exit_code).unwrap_or(-1);
                 engine.on_exit(ctr2, code).await;

@@ -177,6 +177,7 @@ impl Engine {
         let (engine, exec_id) = (self.clone(), id.to_owned());
         tokio::spawn(async move {
             let code = helper.wait().await.map(launch::exit_code).unwrap_or(-1);
+            engine.settle_files().await;
             let code_text = code.to_string();
             engine.container_event(&rec, "exec_die", &[("execID", &exec_id), ("exitCode", &code_text)]);
             {
