@@ -32,6 +32,11 @@ impl Setup {
     }
 
     fn with(read_only: bool, shared_memory: bool) -> Setup {
+        Setup::on(read_only, shared_memory, |_| ())
+    }
+
+    /// `prepare` readies the host's directory before it is shared.
+    fn on(read_only: bool, shared_memory: bool, prepare: impl FnOnce(&Path)) -> Setup {
         let memory_dir = shared_memory.then(|| tempfile::tempdir().unwrap());
         let memory = memory_dir.as_ref().map(|d| Arc::new(Memory::create(&d.path().join("shares.mem")).unwrap()));
         let path = memory.as_ref().map(|m| m.path().display().to_string());
@@ -41,6 +46,7 @@ impl Setup {
             args
         });
         let host = tempfile::tempdir().unwrap();
+        prepare(host.path());
         let seen = agent.dir.path().join("guest").join(host.path().strip_prefix("/").unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let server = FileServer::new(&[ShareSpec { path: host.path().to_owned(), read_only }]).unwrap();
@@ -586,7 +592,8 @@ fn a_directory_the_guest_made_answers_its_lookups_and_hears_the_host() {
     assert!(!s.guest("made/f1").exists());
     assert_eq!(std::fs::read_to_string(s.guest("made/g1")).unwrap(), "1");
     std::fs::write(s.guest("made/f0"), "again").unwrap();
-    assert_eq!(std::fs::read_to_string(s.host("made/f0")).unwrap(), "again");
+    // Written ahead of the host: there a trip later.
+    assert!(eventually(10, || std::fs::read_to_string(s.host("made/f0")).is_ok_and(|c| c == "again")));
     // The host's changes, in the directory and in the one made in it.
     std::fs::write(s.host("made/late.txt"), "host\n").unwrap();
     std::fs::write(s.host("made/sub/late.txt"), "host too\n").unwrap();
@@ -888,6 +895,93 @@ impl Drop for ReadOnlyOnHost {
     }
 }
 
+/// A small file system (a tmpfs of `size`) mounted at a path on the host, unmounted when
+/// dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn new(path: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "berth-test", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk(path.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Small writes to files the guest knows go ahead of the host; what the host then fails (its
+/// disk full) is told by the next write or `fsync` through the handle, never lost unheard by
+/// a program that syncs. And on a share whose disk is nearly full, writes do not go ahead at
+/// all: the write that does not fit fails itself.
+#[test]
+fn writes_answered_early_tell_the_hosts_failures() {
+    let s = Setup::new(false);
+    let _small = SmallDisk::new(&s.host("small"), "1m");
+    std::fs::create_dir(s.guest("small/d")).unwrap();
+    std::fs::write(s.guest("small/d/first"), "1").unwrap();
+    let before = s.server.batches();
+    let chunk = vec![b'x'; 8 << 10];
+    let mut files = Vec::new();
+    let mut failed_at_write = 0;
+    for i in 0..200 {
+        let mut f = std::fs::File::create(s.guest(&format!("small/d/f{i}"))).unwrap();
+        match f.write_all(&chunk) {
+            Ok(()) => files.push((i, f)),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "f{i}: {e}");
+                failed_at_write += 1;
+            }
+        }
+    }
+    assert!(s.server.batches() > before, "no write went ahead");
+    let mut failed_at_sync = 0;
+    for (i, f) in files {
+        match f.sync_all() {
+            Ok(()) => {
+                let len = std::fs::metadata(s.host(&format!("small/d/f{i}"))).unwrap().len();
+                assert_eq!(len, chunk.len() as u64, "f{i} synced but not whole on the host");
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "f{i}: {e}");
+                failed_at_sync += 1;
+            }
+        }
+    }
+    assert!(failed_at_sync > 0, "no write failed on the full disk ({failed_at_write} at the write)");
+    assert!(s.agent.log().contains("the host failed a write the guest had answered"), "not logged");
+}
+
+/// A share whose host file system has little room: writes wait for the host, and the one
+/// that does not fit fails itself.
+#[test]
+fn writes_wait_for_the_host_when_its_disk_is_nearly_full() {
+    let small = std::sync::Mutex::new(None);
+    let s = Setup::on(false, true, |p| *small.lock().unwrap() = Some(SmallDisk::new(p, "2m")));
+    std::fs::create_dir(s.guest("d")).unwrap();
+    std::fs::write(s.guest("d/first"), "1").unwrap();
+    let chunk = vec![b'x'; 8 << 10];
+    let mut full = None;
+    for i in 0..400 {
+        let mut f = std::fs::File::create(s.guest(&format!("d/f{i}"))).unwrap();
+        if let Err(e) = f.write_all(&chunk) {
+            full = Some((i, e));
+            break;
+        }
+        f.sync_all().unwrap_or_else(|e| panic!("f{i}: fsync failed after its write succeeded: {e}"));
+    }
+    let (i, e) = full.expect("2 MiB took 400 files of 8 KiB");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "f{i}: {e}");
+    drop(s);
+}
+
 fn walkdir_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
@@ -1014,8 +1108,11 @@ fn files_made_ahead_of_the_host_are_whole_there() {
         std::fs::write(s.guest(&format!("m/f{i}")), format!("contents {i}")).unwrap();
     }
     assert!(s.server.batches() > before, "no file was made ahead");
+    // Written ahead of the host too: there a trip or two later.
     for i in (0..100).step_by(7) {
-        assert_eq!(std::fs::read_to_string(s.host(&format!("m/f{i}"))).unwrap(), format!("contents {i}"));
+        let on_host =
+            || std::fs::read_to_string(s.host(&format!("m/f{i}"))).is_ok_and(|c| c == format!("contents {i}"));
+        assert!(eventually(10, on_host), "m/f{i} on the host");
     }
     let ino = std::fs::metadata(s.guest("m/f42")).unwrap().ino();
     assert!(ino >= 1 << 62, "f42 was not made ahead ({ino})");
@@ -1028,17 +1125,22 @@ fn files_made_ahead_of_the_host_are_whole_there() {
     // Removed and made again at once: the new one, on the host too.
     std::fs::remove_file(s.guest("m/f1")).unwrap();
     std::fs::write(s.guest("m/f1"), "again").unwrap();
-    assert_eq!(std::fs::read_to_string(s.host("m/f1")).unwrap(), "again");
+    assert!(eventually(10, || std::fs::read_to_string(s.host("m/f1")).is_ok_and(|c| c == "again")));
 
     // Refused by the host (the directory became read-only there behind the guest's back).
     std::fs::create_dir(s.guest("ro")).unwrap();
     std::fs::write(s.guest("ro/first"), "1").unwrap();
     let ro = s.host("ro");
     let read_only = ReadOnlyOnHost::new(&ro);
-    let written = std::fs::write(s.guest("ro/refused"), "lost?");
+    // The write went ahead too: fsync tells the program, as a disk's write-back error.
+    let mut f = std::fs::File::create(s.guest("ro/refused")).unwrap();
+    f.write_all(b"lost?").unwrap();
+    let synced = f.sync_all();
+    drop(f);
     let gone = eventually(10, || !s.guest("ro/refused").exists());
     drop(read_only);
-    assert!(written.is_err(), "a write to a file the host refused to make succeeded");
+    let e = synced.expect_err("fsync of a file the host refused to make succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the host's refusal: {e}");
     assert!(gone, "a file the host refused to make is still there in the guest: {}", s.agent.log());
     assert!(!s.host("ro/refused").exists());
 }

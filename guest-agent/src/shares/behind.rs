@@ -47,11 +47,8 @@ pub struct Behind<T> {
     on_way: usize,
     /// How many queued or sent calls name each node.
     nodes: HashMap<u64, usize>,
-    /// How many queued or sent calls remove a name (they change a link count, of a node the
-    /// call does not name), and how many set attributes (a lookup's or a listing's answer
-    /// carries the attributes of nodes it does not name).
-    unlinks: usize,
-    setattrs: usize,
+    /// What the queued or sent calls do that others must not overtake ([`Tally`]).
+    tally: Tally,
     /// Calls queued so far, and answered so far: batches are answered in the order they
     /// went, and take the oldest calls, so every call up to the `answered`th is done.
     pushed: u64,
@@ -64,8 +61,7 @@ impl<T> Default for Behind<T> {
             queue: VecDeque::new(),
             on_way: 0,
             nodes: HashMap::new(),
-            unlinks: 0,
-            setattrs: 0,
+            tally: Tally::default(),
             pushed: 0,
             answered: 0,
         }
@@ -108,11 +104,48 @@ pub fn named(r: &Request) -> Vec<u64> {
     }
 }
 
-/// How many of `requests` remove a name, and how many set attributes.
-pub fn counts(requests: &[Request]) -> (usize, usize) {
-    let unlinks = requests.iter().filter(|r| matches!(r, Request::Unlink { .. })).count();
-    let setattrs = requests.iter().filter(|r| matches!(r, Request::SetAttr { .. })).count();
-    (unlinks, setattrs)
+/// What calls do that others must not overtake.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Tally {
+    /// Calls that remove a name: they change a link count, of a node they do not name.
+    pub unlinks: usize,
+    /// Calls that change a node's attributes (its mode, times, or size and times by a
+    /// write): a lookup's or a listing's answer carries the attributes of nodes it does not
+    /// name.
+    pub changes: usize,
+    /// The data of writes.
+    pub bytes: usize,
+}
+
+impl Tally {
+    /// What `requests` do.
+    pub fn of(requests: &[Request]) -> Tally {
+        let mut t = Tally::default();
+        for r in requests {
+            match r {
+                Request::Unlink { .. } => t.unlinks += 1,
+                Request::SetAttr { .. } => t.changes += 1,
+                Request::Write { data, .. } => {
+                    t.changes += 1;
+                    t.bytes += data.len();
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+
+    fn add(&mut self, o: Tally) {
+        self.unlinks += o.unlinks;
+        self.changes += o.changes;
+        self.bytes += o.bytes;
+    }
+
+    fn take(&mut self, o: Tally) {
+        self.unlinks -= o.unlinks;
+        self.changes -= o.changes;
+        self.bytes -= o.bytes;
+    }
 }
 
 /// About how many bytes a call and its answer take in a frame, so that a batch fits in one
@@ -151,15 +184,20 @@ impl<T> Behind<T> {
 
     /// Whether removals are queued or on their way.
     pub fn removals_pending(&self) -> bool {
-        self.unlinks > 0
+        self.tally.unlinks > 0
+    }
+
+    /// The bytes of writes queued or on their way.
+    pub fn data_pending(&self) -> usize {
+        self.tally.bytes
     }
 
     /// Whether `request`, which names `nodes`, must go after what is queued.
     pub fn must_follow(&self, request: &Request, nodes: &[u64]) -> bool {
         self.busy()
             && (matches!(request, Request::RmDir { .. } | Request::Rename { .. })
-                || (self.unlinks > 0 && matches!(request, Request::GetAttr { .. }))
-                || (self.setattrs > 0
+                || (self.tally.unlinks > 0 && matches!(request, Request::GetAttr { .. }))
+                || (self.tally.changes > 0
                     && matches!(
                         request,
                         Request::Lookup { .. }
@@ -176,21 +214,17 @@ impl<T> Behind<T> {
         for n in &nodes {
             *self.nodes.entry(*n).or_default() += 1;
         }
-        let (unlinks, setattrs) = counts(std::slice::from_ref(&request));
-        self.unlinks += unlinks;
-        self.setattrs += setattrs;
+        self.tally.add(Tally::of(std::slice::from_ref(&request)));
         self.pushed += 1;
         self.queue.push_back(Queued { request, nodes, then });
         self.next()
     }
 
     /// The oldest batch on its way was answered (it held `calls` calls, named `nodes`, and
-    /// held `counts` removals and attribute changes: [`counts`]); the next batch to send, if
-    /// any.
-    pub fn done(&mut self, calls: usize, nodes: &[u64], (unlinks, setattrs): (usize, usize)) -> Option<Vec<Queued<T>>> {
+    /// did `tally`: [`Tally::of`]); the next batch to send, if any.
+    pub fn done(&mut self, calls: usize, nodes: &[u64], tally: Tally) -> Option<Vec<Queued<T>>> {
         self.answered += calls as u64;
-        self.unlinks -= unlinks;
-        self.setattrs -= setattrs;
+        self.tally.take(tally);
         for n in nodes {
             if let Some(c) = self.nodes.get_mut(n) {
                 *c -= 1;
@@ -232,6 +266,10 @@ mod tests {
         Request::Unlink { parent, name: name.as_bytes().to_vec() }
     }
 
+    const T1: Tally = Tally { unlinks: 1, changes: 0, bytes: 0 };
+    const T2: Tally = Tally { unlinks: 2, changes: 0, bytes: 0 };
+    const C1: Tally = Tally { unlinks: 0, changes: 1, bytes: 0 };
+
     fn names(batch: &[Queued<u32>]) -> Vec<u32> {
         batch.iter().map(|q| q.then).collect()
     }
@@ -247,13 +285,13 @@ mod tests {
         // Queued while two are on their way, then sent together.
         assert!(b.push(unlink(5, "c"), vec![5], 3).is_none());
         assert!(b.push(unlink(6, "d"), vec![6], 4).is_none());
-        let third = b.done(1, &[5], (1, 0)).expect("the rest go once the first is answered");
+        let third = b.done(1, &[5], T1).expect("the rest go once the first is answered");
         assert_eq!(names(&third), [3, 4]);
-        assert!(b.done(1, &[5], (1, 0)).is_none());
+        assert!(b.done(1, &[5], T1).is_none());
         assert!(b.busy());
         let pushed = b.pushed();
         assert!(!b.answered(pushed));
-        assert!(b.done(2, &[5, 6], (2, 0)).is_none());
+        assert!(b.done(2, &[5, 6], T2).is_none());
         assert!(!b.busy());
         assert!(b.answered(pushed));
         assert!(b.nodes.is_empty());
@@ -274,13 +312,13 @@ mod tests {
         assert!(b.must_follow(&rmdir, &[1]));
         // A removal changes the link count of a node it does not name: attributes follow it.
         assert!(b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
-        b.done(1, &[5], (1, 0));
+        b.done(1, &[5], T1);
         assert!(!b.must_follow(&Request::GetAttr { node: 9, handle: Some(1) }, &[9]));
         // An attribute change: a lookup's answer may carry the node's attributes.
         let chmod = Request::SetAttr { node: 9, set: Default::default() };
         b.push(chmod, vec![9], 2);
         assert!(b.must_follow(&Request::Lookup { parent: 7, name: b"x".to_vec() }, &[7]));
-        b.done(1, &[9], (0, 1));
+        b.done(1, &[9], C1);
         assert!(!b.must_follow(&Request::Lookup { parent: 7, name: b"x".to_vec() }, &[7]));
         assert!(!b.must_follow(&lookup, &[5]));
     }
@@ -297,12 +335,16 @@ mod tests {
         for i in 5..=2000 {
             b.push(unlink(3, "x"), vec![3], i);
         }
-        let batch = b.done(1, &[1], (1, 0)).unwrap();
+        let batch = b.done(1, &[1], T1).unwrap();
         assert_eq!(names(&batch), [1, 2], "three thirds of a frame do not fit with their headers");
-        let batch = b.done(1, &[1], (1, 0)).unwrap();
+        let batch = b.done(1, &[1], T1).unwrap();
         assert_eq!(names(&batch)[..3], [3, 4, 5]);
         assert_eq!(batch.len(), MAX_CALLS, "small calls fill a batch up to its count");
-        let batch = b.done(2, &[2, 2], (0, 0)).unwrap();
+        assert_eq!(b.data_pending(), 4 * (MAX_IO / 3));
+        let two_writes = Tally { unlinks: 0, changes: 2, bytes: 2 * (MAX_IO / 3) };
+        assert_eq!(Tally::of(&[big(), big()]), two_writes);
+        let batch = b.done(2, &[2, 2], two_writes).unwrap();
+        assert_eq!(b.data_pending(), 2 * (MAX_IO / 3), "the writes still on their way");
         assert_eq!(batch.len(), 1996 - (MAX_CALLS - 2));
         // One call over the limit still goes, alone.
         let mut b = Behind::default();

@@ -11,11 +11,13 @@
 //! for [`TTL`] otherwise (past the host's watch limit); names found missing the same way, by
 //! whether their directory is watched. In a directory the guest made itself, lookups of names
 //! it did not make are answered here without asking the host ([`super::known`]). Data goes
-//! through the page cache (reads of a file unchanged on the host come from memory; the kernel drops cached pages when it sees
-//! the size or mtime change), while writes go to the host at once, so an edit made in a
-//! container is on the host when the write returns. Removals, changes of mode and times, and
-//! new files whose outcome the guest knows are answered here and done on the host just after,
-//! in order ([`super::behind`]).
+//! through the page cache (reads of a file unchanged on the host come from memory; the kernel
+//! drops cached pages when it sees the size or mtime change). Removals, changes of mode and
+//! times, new files and small writes whose outcome the guest knows are answered here and done
+//! on the host just after, in order ([`super::behind`]): a write the host then fails is told
+//! by the next write and `fsync` through the same handle, as a disk's write-back errors are;
+//! every other write goes to the host at once. What a container changed is on the host
+//! before its exit is told ([`super::Shares::settle`]).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -44,6 +46,17 @@ const WATCHED_TTL: Duration = Duration::from_secs(60);
 /// Reads and writes from this size on carry their data through the shared memory when there
 /// is a slot free; smaller ones cost the transport little more than the call itself.
 const SHARED_MIN: usize = 16 * 1024;
+/// Writes go ahead of the host only while its file system has this much room besides
+/// ([`ShareFs::room_for`]): a full disk must fail the write that does not fit, not a call
+/// the program never hears of.
+const ROOM_MARGIN: u64 = 256 << 20;
+/// How often the host is asked for its free space while writes go ahead, and how long its
+/// answer is trusted.
+const ROOM_ASK: Duration = Duration::from_secs(1);
+const ROOM_TRUSTED: Duration = Duration::from_secs(5);
+/// The most data of writes answered early on its way to the host at once; past it writes
+/// wait for the host (so a fast writer cannot fill the guest's memory).
+const MAX_DATA_AHEAD: usize = 4 << 20;
 
 /// How long the kernel may keep `a` and the name that led to it.
 fn ttl(a: &Attr) -> &'static Duration {
@@ -77,6 +90,18 @@ struct ShareFs {
     /// last open: pages an earlier reader left in the cache may be stale, so the next open
     /// drops them rather than keeping them.
     written_past_cache: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// The first error the host gave a write answered early, by handle: the next write and
+    /// `fsync` through the handle fail with it (fsync takes it), and its release drops it.
+    write_errors: std::sync::Mutex<std::collections::HashMap<u64, i32>>,
+    /// The share's free space as the host last said it, less what went ahead since.
+    room: std::sync::Mutex<Room>,
+}
+
+#[derive(Default)]
+struct Room {
+    free: u64,
+    at: Option<std::time::Instant>,
+    asking: bool,
 }
 
 fn time(t: proto::Time) -> SystemTime {
@@ -444,7 +469,7 @@ impl ShareFs {
                 }
             }
         });
-        self.shares.call_behind(request, then, &self.rt);
+        self.shares.call_behind(request, None, then, &self.rt);
         true
     }
 
@@ -487,12 +512,19 @@ impl ShareFs {
             blksize: dir_attr.blksize,
             watched: true,
         };
+        self.shares.known().made_ahead(&attr);
         let (me, name) = (self.clone(), name.to_vec());
         let request = Request::CreateAs { parent: dir, name: name.clone(), mode, flags, owner, node, handle };
         let then: super::Then = Box::new(move |r| match r {
             Ok(Reply::Created { entry, .. }) => me.shares.known().set_answered(change, Some(entry.attr)),
             other => {
                 me.shares.known().set_answered(change, None);
+                // The writes that went ahead through the handle failed with it.
+                let e = match &other {
+                    Err(e) => *e,
+                    Ok(_) => proto::errno::EIO,
+                };
+                me.write_errors.lock().unwrap().insert(handle, e);
                 tracing::warn!(
                     name = %String::from_utf8_lossy(&name),
                     answer = ?other,
@@ -502,7 +534,7 @@ impl ShareFs {
                 me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
             }
         });
-        self.shares.call_behind(request, then, &self.rt);
+        self.shares.call_behind(request, None, then, &self.rt);
         Some((attr, handle))
     }
 
@@ -531,8 +563,87 @@ impl ShareFs {
                 me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
             }
         });
-        self.shares.call_behind(Request::SetAttr { node, set: set.clone() }, then, &self.rt);
+        self.shares.call_behind(Request::SetAttr { node, set: set.clone() }, None, then, &self.rt);
         Some(attr)
+    }
+
+    /// Writes `data` at `offset` through `handle` of file `node` at once and has the host
+    /// write it behind ([`super::behind`]), when the guest knows the file's attributes as its
+    /// own last change left them (a file it made or wrote: the kernel's next question is
+    /// answered from them, the size grown to cover the write), the host's file system has
+    /// room with [`ROOM_MARGIN`] to spare, and less than [`MAX_DATA_AHEAD`] is on its way.
+    /// `tar`, `npm install` and builds write each new file once and close it: that write was
+    /// the one trip left per file. Returns whether it did.
+    ///
+    /// What the host fails (its disk filled meanwhile, a file it refused to make) the program
+    /// learns from its next write or `fsync` through the handle, as a disk's write-back
+    /// errors; the guest logs it and drops what it and its kernel hold of the file.
+    fn write_behind(self: &Arc<Self>, node: u64, handle: u64, offset: u64, data: &[u8]) -> bool {
+        let len = data.len();
+        if self.shares.data_pending() + len > MAX_DATA_AHEAD || !self.room_for(len as u64) {
+            return false;
+        }
+        let Some((_, change, forget)) = self.shares.known().writing(node, offset, len as u64, now()) else {
+            return false;
+        };
+        self.shares.forget_nodes(forget);
+        let me = self.clone();
+        let then: super::Then = Box::new(move |r| match r {
+            Ok(Reply::Written { n, attr }) if n as usize == len => me.shares.known().set_answered(change, attr),
+            other => {
+                me.shares.known().set_answered(change, None);
+                let e = match other {
+                    Err(e) => e,
+                    Ok(_) => proto::errno::EIO,
+                };
+                // The first error is the one told (a refused create's, before its writes').
+                let mut errors = me.write_errors.lock().unwrap();
+                let first = !errors.contains_key(&handle);
+                errors.entry(handle).or_insert(e);
+                drop(errors);
+                if first {
+                    tracing::warn!(
+                        errno = e,
+                        node,
+                        "shares: the host failed a write the guest had answered; the next write or fsync of the file tells the program"
+                    );
+                }
+                let stale = vec![proto::Stale { node, name: Vec::new(), gone: 0 }];
+                me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
+            }
+        });
+        let request = Request::Write { handle, offset, data: data.to_vec() };
+        self.shares.call_behind(request, Some(node), then, &self.rt);
+        true
+    }
+
+    /// Whether the host's file system has room for `len` bytes more with [`ROOM_MARGIN`] to
+    /// spare, as it last said (within [`ROOM_TRUSTED`]); asks it again every [`ROOM_ASK`]
+    /// while writes go ahead (the first write after a while waits for the host).
+    fn room_for(self: &Arc<Self>, len: u64) -> bool {
+        let (ok, ask) = {
+            let mut room = self.room.lock().unwrap();
+            let age = room.at.map(|t| t.elapsed());
+            let ask = !room.asking && age.is_none_or(|a| a >= ROOM_ASK);
+            room.asking |= ask;
+            let ok = age.is_some_and(|a| a < ROOM_TRUSTED) && room.free >= ROOM_MARGIN + len;
+            if ok {
+                room.free -= len;
+            }
+            (ok, ask)
+        };
+        if ask {
+            let me = self.clone();
+            self.call(Request::StatFs { node: self.root.load(Ordering::Relaxed) }, move |r| {
+                let mut room = me.room.lock().unwrap();
+                room.asking = false;
+                if let Ok(Reply::StatFs { bavail, bsize, .. }) = r {
+                    room.free = bavail.saturating_mul(bsize as u64);
+                    room.at = Some(std::time::Instant::now());
+                }
+            });
+        }
+        ok
     }
 
     fn empty_call(&self, request: Request, reply: ReplyEmpty) {
@@ -930,10 +1041,16 @@ impl Filesystem for Fs {
         reply: ReplyWrite,
     ) {
         let node = self.0.node(ino);
-        let change = self.0.touched(node);
+        if let Some(&e) = self.0.write_errors.lock().unwrap().get(&fh.0) {
+            return reply.error(err(e));
+        }
         if !past_cache(flags.0).is_empty() {
             self.0.written_past_cache.lock().unwrap().insert(node);
         }
+        if data.len() < SHARED_MIN && self.0.write_behind(node, fh.0, offset, data) {
+            return reply.written(data.len() as u32);
+        }
+        let change = self.0.touched(node);
         let slot = if data.len() >= SHARED_MIN { self.0.shares.slot() } else { None };
         let request = match &slot {
             Some(slot) => {
@@ -969,9 +1086,10 @@ impl Filesystem for Fs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reached the host when they returned: nothing is held back to flush. ENOSYS
-        // tells the kernel so, and it sends no more flushes (one trip to the agent fewer per
-        // close).
+        // Writes answered early tell their errors at the next write or fsync, as a disk's
+        // write-back does, not at close: waiting here for them would cost the trip they
+        // saved. ENOSYS tells the kernel there is nothing to flush, and it sends no more
+        // flushes (one trip to the agent fewer per close).
         reply.error(Errno::ENOSYS);
     }
 
@@ -985,15 +1103,23 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.call_on(Some(self.0.node(ino)), Request::Release { handle: fh.0 }, |_| {});
+        let me = self.0.clone();
+        self.0.call_on(Some(self.0.node(ino)), Request::Release { handle: fh.0 }, move |_| {
+            me.write_errors.lock().unwrap().remove(&fh.0);
+        });
         reply.ok();
     }
 
     fn fsync(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let node = self.0.node(ino);
-        self.0.call_on(Some(node), Request::Fsync { handle: fh.0, data_only: datasync }, move |r| match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+        let me = self.0.clone();
+        // Writes answered early through any handle of the file go first (they name it); one
+        // of this handle's that failed is told here.
+        self.0.call_on(Some(node), Request::Fsync { handle: fh.0, data_only: datasync }, move |r| {
+            match (me.write_errors.lock().unwrap().remove(&fh.0), r) {
+                (Some(e), _) | (None, Err(e)) => reply.error(err(e)),
+                (None, Ok(_)) => reply.ok(),
+            }
         });
     }
 
@@ -1234,6 +1360,8 @@ pub fn mount(
         next_listing: AtomicU64::new(1),
         forgets: Default::default(),
         written_past_cache: Default::default(),
+        write_errors: Default::default(),
+        room: Default::default(),
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![

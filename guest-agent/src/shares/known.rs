@@ -111,7 +111,15 @@ struct Dirs {
     /// Nodes whose attributes the guest set ahead of the host (see [`super::behind`]), as
     /// they would be once the host has set them: what the next such change starts from.
     /// Never handed to the kernel as the host's (their change time is the guest's guess).
-    ahead_attrs: HashMap<u64, Attr>,
+    ahead_attrs: HashMap<u64, Ahead>,
+}
+
+/// A node's attributes as the guest's changes ahead of the host will leave them.
+struct Ahead {
+    attr: Attr,
+    /// Whether the owner is the host's: not for a file the guest made ahead, whose owner is
+    /// its guess (a host that does not run as root gives the file to its own user).
+    owner_known: bool,
 }
 
 impl Dirs {
@@ -178,6 +186,23 @@ impl Dirs {
                 self.count = 0;
             }
         }
+    }
+
+    /// What a change of `node` ahead of the host starts from: the attributes its last change
+    /// ahead left, or the host's as the guest's last change left them; and whether the owner
+    /// in them is the host's.
+    fn base(&self, node: u64) -> Option<(Attr, bool)> {
+        if let Some(a) = self.ahead_attrs.get(&node) {
+            return Some((a.attr.clone(), a.owner_known));
+        }
+        self.files.get(&node).or_else(|| self.attrs.get(&node)).map(|a| (a.clone(), true))
+    }
+
+    fn ahead(&mut self, node: u64, attr: Attr, owner_known: bool) {
+        if self.ahead_attrs.len() >= MAX_CHANGES {
+            self.ahead_attrs.clear();
+        }
+        self.ahead_attrs.insert(node, Ahead { attr, owner_known });
     }
 
     /// The kernel is given `node` for `name` in `dir`.
@@ -430,11 +455,15 @@ impl Known {
     /// ([`Self::set_answered`]). Returns the nodes to forget on the host too.
     pub fn setting(&self, node: u64, set: &SetAttr, now: Time) -> Option<(Attr, Change, Vec<u64>)> {
         let mut dirs = self.dirs.lock().expect("lock");
-        let mut attr =
-            dirs.ahead_attrs.get(&node).or_else(|| dirs.files.get(&node)).or_else(|| dirs.attrs.get(&node)).cloned()?;
+        let (mut attr, owner_known) = dirs.base(node)?;
         // A change of owner may be refused (a host that does not run as root): only one that
         // changes nothing goes ahead.
-        if set.size.is_some() || set.uid.is_some_and(|u| u != attr.uid) || set.gid.is_some_and(|g| g != attr.gid) {
+        let owner_set = set.uid.is_some() || set.gid.is_some();
+        if set.size.is_some()
+            || (owner_set && !owner_known)
+            || set.uid.is_some_and(|u| u != attr.uid)
+            || set.gid.is_some_and(|g| g != attr.gid)
+        {
             return None;
         }
         if let Some(mode) = set.mode {
@@ -455,7 +484,35 @@ impl Known {
         dirs.attrs.remove(&node);
         dirs.drop_node(node, &mut forget);
         let count = dirs.file_changed(node);
-        dirs.ahead_attrs.insert(node, attr.clone());
+        dirs.ahead(node, attr.clone(), owner_known);
+        Some((attr, Change { node, count, since: self.generation() }, forget))
+    }
+
+    /// The guest made file `node` ahead of the host with attributes `attr` (its owner the
+    /// guest's guess): what the changes that follow start from.
+    pub fn made_ahead(&self, attr: &Attr) {
+        self.dirs.lock().expect("lock").ahead(attr.node, attr.clone(), false);
+    }
+
+    /// The guest writes `len` bytes at `offset` to file `node` ahead of the host (see
+    /// [`super::behind`]): from what it knows of the file now, its attributes after the
+    /// write (the size grown to cover it, the times moved to `now`), if it knows them. As
+    /// [`Self::setting`], the host's answer says how the write left them
+    /// ([`Self::set_answered`]). Returns the nodes to forget on the host too.
+    pub fn writing(&self, node: u64, offset: u64, len: u64, now: Time) -> Option<(Attr, Change, Vec<u64>)> {
+        let mut dirs = self.dirs.lock().expect("lock");
+        let (mut attr, owner_known) = dirs.base(node)?;
+        if attr.kind != Kind::File {
+            return None;
+        }
+        attr.size = attr.size.max(offset + len);
+        attr.blocks = attr.blocks.max(attr.size.div_ceil(512));
+        attr.mtime = now;
+        attr.ctime = now;
+        let mut forget = Vec::new();
+        dirs.drop_node(node, &mut forget);
+        let count = dirs.file_changed(node);
+        dirs.ahead(node, attr.clone(), owner_known);
         Some((attr, Change { node, count, since: self.generation() }, forget))
     }
 

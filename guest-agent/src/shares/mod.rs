@@ -190,8 +190,10 @@ impl Shares {
     /// the host in order with the other calls queued ([`behind`]). `then` gets the host's
     /// answer: when it is a refusal, what the guest told its kernel was wrong, and `then` must
     /// drop what the guest knows that the refusal belies.
-    pub fn call_behind(&self, request: Request, then: Then, rt: &tokio::runtime::Handle) {
-        let nodes = behind::named(&request);
+    /// `node` is the node a call by handle is about.
+    pub fn call_behind(&self, request: Request, node: Option<u64>, then: Then, rt: &tokio::runtime::Handle) {
+        let mut nodes = behind::named(&request);
+        nodes.extend(node);
         let batch = self.0.behind.lock().expect("lock").push(request, nodes, then);
         self.send_batch(batch, rt)
     }
@@ -228,6 +230,11 @@ impl Shares {
         self.0.behind.lock().expect("lock").removals_pending()
     }
 
+    /// The bytes of writes answered early that are queued or on their way to the host.
+    fn data_pending(&self) -> usize {
+        self.0.behind.lock().expect("lock").data_pending()
+    }
+
     /// Whether calls answered early are queued or on their way to the host.
     fn behind_busy(&self) -> bool {
         self.0.behind.lock().expect("lock").busy()
@@ -245,7 +252,7 @@ impl Shares {
             calls.push(q.request);
             thens.push(q.then);
         }
-        let counts = behind::counts(&calls);
+        let tally = behind::Tally::of(&calls);
         let (me, rt2) = (self.clone(), rt.clone());
         let lane = {
             let mut pinned = self.0.behind_lane.lock().expect("lock");
@@ -270,7 +277,7 @@ impl Shares {
             // The host has done the batch: calls naming its nodes may go straight on now.
             let next = {
                 let mut queue = me.0.behind.lock().expect("lock");
-                let next = queue.done(n, &nodes, counts);
+                let next = queue.done(n, &nodes, tally);
                 if !queue.busy() {
                     // The next batch may take any lane.
                     *me.0.behind_lane.lock().expect("lock") = None;
