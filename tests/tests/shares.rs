@@ -959,6 +959,40 @@ fn writes_answered_early_tell_the_hosts_failures() {
     assert!(s.agent.log().contains("the host failed a write the guest had answered"), "not logged");
 }
 
+/// What `tar` does to each file it makes (write it, set its owner, mode and times) and to
+/// each directory (set its mode, then `mkdir` it again for the next file) asks the host
+/// nothing the guest must wait for: the kernel's questions in between (the file's attributes
+/// before a `chown`, the directory's name again) are answered from what the changes on their
+/// way will leave.
+#[test]
+fn what_tar_does_to_each_file_waits_for_no_trip() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.guest("t")).unwrap();
+    // The first write learns the host's free space.
+    std::fs::write(s.guest("t/first"), "1").unwrap();
+    let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
+    let (lookups, getattrs) = (s.server.lookups(), s.server.getattrs());
+    for i in 0..50 {
+        let dir = s.guest(&format!("t/d{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(std::fs::create_dir(&dir).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        let f = dir.join("f");
+        std::fs::write(&f, format!("file {i}")).unwrap();
+        std::os::unix::fs::chown(&f, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(filetime_of(1_400_000_000)).unwrap();
+    }
+    assert_eq!(s.server.lookups() - lookups, 0, "names looked up on the host");
+    assert_eq!(s.server.getattrs() - getattrs, 0, "attributes asked of the host");
+    // All of it on the host, once there.
+    let f = s.host("t/d49/f");
+    assert!(eventually(10, || std::fs::metadata(&f).is_ok_and(|m| m.mtime() == 1_400_000_000)));
+    let m = std::fs::metadata(&f).unwrap();
+    assert_eq!((m.mode() & 0o777, m.uid(), std::fs::read_to_string(&f).unwrap()), (0o640, uid, "file 49".into()));
+    assert_eq!(std::fs::metadata(s.host("t/d49")).unwrap().mode() & 0o777, 0o750);
+}
+
 /// A share whose host file system has little room: writes wait for the host, and the one
 /// that does not fit fails itself.
 #[test]

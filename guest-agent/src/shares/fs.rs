@@ -768,6 +768,10 @@ impl Filesystem for Fs {
             // A directory the guest knows whole, watched since: the host would say "absent".
             Look::Absent => absent(reply, &WATCHED_TTL),
             Look::Entry(e) => reply.entry(ttl(&e.attr), &self.0.attr(&e.attr), Generation(0)),
+            // `mkdir -p` and `tar` look a directory up again right after setting its mode.
+            Look::Ahead(e) => {
+                reply.entry_with_ttls(&Duration::ZERO, ttl(&e.attr), &self.0.attr(&e.attr), Generation(0))
+            }
             Look::Survey => self.0.survey_call(parent, name, reply),
             Look::Ask => self.0.entry_call(Request::Lookup { parent, name: name.clone() }, (parent, name), reply),
         }
@@ -810,6 +814,16 @@ impl Filesystem for Fs {
             && let Some(a) = self.0.shares.known().file_attr(node)
         {
             return reply.attr(&WATCHED_TTL, &self.0.attr(&a));
+        }
+        // A file whose changes ahead of the host are on their way (a write, a chmod): what
+        // they will leave, kept for no time, as the answer to such a change is (the change
+        // time is the guest's guess). The kernel asks before every `chown` of a file (to
+        // clear set-user-ID bits), and `tar` sets each file's owner after writing it: a trip
+        // a file. Not while a removal is on its way (a link count the guest cannot tell).
+        if !self.0.shares.removals_pending()
+            && let Some(a) = self.0.shares.known().ahead_attr(node)
+        {
+            return reply.attr(&Duration::ZERO, &self.0.attr(&a));
         }
         self.0.attr_call(Request::GetAttr { node, handle: fh.map(|h| h.0) }, reply);
     }

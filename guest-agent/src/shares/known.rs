@@ -68,6 +68,9 @@ pub enum Look {
     /// Its entry, to hand to the kernel: from a survey (the host counted it), or the one the
     /// kernel holds for it (counted here).
     Entry(DirEntry),
+    /// The entry the kernel holds for it, with the attributes its changes ahead of the host
+    /// on their way will leave (not to be kept: the change time is the guest's guess).
+    Ahead(DirEntry),
     /// Ask the host for the whole directory (a survey is now under way for it).
     Survey,
     /// Ask the host for the name.
@@ -198,6 +201,15 @@ impl Dirs {
         self.files.get(&node).or_else(|| self.attrs.get(&node)).map(|a| (a.clone(), true))
     }
 
+    /// Directory `dir`'s attributes as the guest's last change left them, or as its changes
+    /// ahead of the host on their way will (a directory `tar` made and set the mode of).
+    fn dir_attr_mut(&mut self, dir: u64) -> Option<&mut Attr> {
+        match self.attrs.get_mut(&dir) {
+            Some(a) => Some(a),
+            None => self.ahead_attrs.get_mut(&dir).map(|a| &mut a.attr).filter(|a| a.kind == Kind::Dir),
+        }
+    }
+
     fn ahead(&mut self, node: u64, attr: Attr, owner_known: bool) {
         if self.ahead_attrs.len() >= MAX_CHANGES {
             self.ahead_attrs.clear();
@@ -238,11 +250,16 @@ impl Known {
         }
         match dirs.names.get(&dir).map(|names| names.get(name)) {
             Some(Some(&node)) if node != 0 && dirs.held.contains(&node) => {
-                let Some(attr) = dirs.attrs.get(&node).or_else(|| dirs.files.get(&node)).cloned() else {
-                    return Look::Ask;
+                let (attr, ahead) = match dirs.attrs.get(&node).or_else(|| dirs.files.get(&node)) {
+                    Some(a) => (a.clone(), false),
+                    None => match dirs.ahead_attrs.get(&node) {
+                        Some(a) => (a.attr.clone(), true),
+                        None => return Look::Ask,
+                    },
                 };
                 *dirs.local.entry(node).or_default() += 1;
-                Look::Entry(DirEntry { name: name.to_vec(), attr })
+                let e = DirEntry { name: name.to_vec(), attr };
+                if ahead { Look::Ahead(e) } else { Look::Entry(e) }
             }
             Some(Some(_)) => Look::Ask,
             Some(None) => Look::Absent,
@@ -418,7 +435,8 @@ impl Known {
     /// [`super::behind`]): whether it knows the directory's attributes, which then show the
     /// change at `now` until the host's answer says how it left them.
     pub fn removing(&self, dir: u64, now: Time) -> bool {
-        match self.dirs.lock().expect("lock").attrs.get_mut(&dir) {
+        let mut guard = self.dirs.lock().expect("lock");
+        match guard.dir_attr_mut(dir) {
             Some(a) => {
                 a.mtime = now;
                 a.ctime = now;
@@ -439,7 +457,7 @@ impl Known {
         if dirs.names.get(&dir).is_none_or(|names| names.contains_key(name)) {
             return None;
         }
-        let attr = dirs.attrs.get_mut(&dir)?;
+        let attr = dirs.dir_attr_mut(dir)?;
         attr.mtime = now;
         attr.ctime = now;
         let attr = attr.clone();
@@ -486,6 +504,12 @@ impl Known {
         let count = dirs.file_changed(node);
         dirs.ahead(node, attr.clone(), owner_known);
         Some((attr, Change { node, count, since: self.generation() }, forget))
+    }
+
+    /// `node`'s attributes as its changes ahead of the host on their way will leave them,
+    /// if any are.
+    pub fn ahead_attr(&self, node: u64) -> Option<Attr> {
+        self.dirs.lock().expect("lock").ahead_attrs.get(&node).map(|a| a.attr.clone())
     }
 
     /// The guest made file `node` ahead of the host with attributes `attr` (its owner the
