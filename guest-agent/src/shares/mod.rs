@@ -178,9 +178,10 @@ impl Shares {
         let mut nodes = behind::named(&request);
         nodes.extend(node);
         if queue.must_follow(&request, &nodes) {
-            let batch = queue.push(request, nodes, then);
-            drop(queue);
-            return self.send_batch(batch, rt);
+            // Nobody waits for a release or the kernel's forgets.
+            let waited = !matches!(request, Request::Release { .. } | Request::Forget { .. });
+            let batch = queue.push(request, nodes, then, waited);
+            return self.send_batch(queue, batch, rt);
         }
         drop(queue);
         self.call_now(request, then, rt)
@@ -194,8 +195,9 @@ impl Shares {
     pub fn call_behind(&self, request: Request, node: Option<u64>, then: Then, rt: &tokio::runtime::Handle) {
         let mut nodes = behind::named(&request);
         nodes.extend(node);
-        let batch = self.0.behind.lock().expect("lock").push(request, nodes, then);
-        self.send_batch(batch, rt)
+        let mut queue = self.0.behind.lock().expect("lock");
+        let batch = queue.push(request, nodes, then, false);
+        self.send_batch(queue, batch, rt)
     }
 
     /// Done once every call answered early so far has been done on the host (or refused
@@ -242,7 +244,18 @@ impl Shares {
 
     /// Sends a batch the queue handed out (if any); once it is answered, each call's
     /// continuation gets its own result and the next batch goes.
-    fn send_batch(&self, batch: Option<Vec<behind::Queued<Then>>>, rt: &tokio::runtime::Handle) {
+    ///
+    /// It is put on its lane before `queue`, the lock it was taken under, is let go: batches
+    /// must reach the host in the order they left the queue, and one taken by another thread
+    /// in between would overtake it (the first version sent the next batch after the one
+    /// before's continuations had run, and a write was done on the host after the release
+    /// of its handle: `two_containers_write_one_file` lost appends).
+    fn send_batch(
+        &self,
+        queue: std::sync::MutexGuard<'_, behind::Behind<Then>>,
+        batch: Option<Vec<behind::Queued<Then>>>,
+        rt: &tokio::runtime::Handle,
+    ) {
         let Some(batch) = batch else { return };
         let mut nodes = Vec::new();
         let mut calls = Vec::with_capacity(batch.len());
@@ -274,25 +287,35 @@ impl Shares {
                 }
                 Err(e) => vec![Err(e); n],
             };
-            // The host has done the batch: calls naming its nodes may go straight on now.
-            let next = {
-                let mut queue = me.0.behind.lock().expect("lock");
-                let next = queue.done(n, &nodes, tally);
-                if !queue.busy() {
-                    // The next batch may take any lane.
-                    *me.0.behind_lane.lock().expect("lock") = None;
-                }
-                next
-            };
+            // The host has done the batch: calls naming its nodes may go straight on now, and
+            // the next batch goes (its answer is read on this thread, after these have run).
+            let mut queue = me.0.behind.lock().expect("lock");
+            let next = queue.done(n, &nodes, tally);
+            if !queue.busy() {
+                // The next batch may take any lane.
+                *me.0.behind_lane.lock().expect("lock") = None;
+            }
+            me.send_batch(queue, next, &rt2);
             for (then, r) in thens.into_iter().zip(results) {
                 then(r);
             }
             me.0.batch_answered.notify_waiters();
-            me.send_batch(next, &rt2);
         });
+        let request = Request::Batch { calls };
         match lane {
-            Some(lane) => self.send(&lane, Request::Batch { calls }, then),
-            None => self.call_now(Request::Batch { calls }, then, rt),
+            Some(lane) => {
+                let failed = self.post(&lane, request, then);
+                drop(queue);
+                if let Some(id) = failed {
+                    lane.answered(id, Err(errno::EIO));
+                }
+            }
+            // No host (it is reconnecting): what waits for one may go in any order, as it
+            // will fail or go to a host that starts afresh.
+            None => {
+                drop(queue);
+                self.call_now(request, then, rt)
+            }
         }
     }
 
@@ -323,16 +346,24 @@ impl Shares {
             let sent = lane.frames.send(proto::encode(&Message::Call { id, request })).is_ok();
             return then(if sent { Ok(Reply::Ok) } else { Err(errno::EIO) });
         }
+        if let Some(id) = self.post(lane, request, then) {
+            lane.answered(id, Err(errno::EIO));
+        }
+    }
+
+    /// Puts a call that is answered on `lane`, its continuation waiting for the answer;
+    /// returns its id if it must be failed (by the caller, outside any lock it holds: the
+    /// continuation may take them).
+    fn post(&self, lane: &Lane, request: Request, then: Then) -> Option<u64> {
+        let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
         let generation = self.0.known.generation();
         lane.pending.lock().expect("lock").insert(id, Waiting { then, since: Instant::now(), generation });
         lane.in_flight.fetch_add(1, Ordering::Relaxed);
         // A lane closing meanwhile fails what it holds once it is marked closed: a call put in
         // after that fails here, or no answer would ever come for it.
-        if lane.frames.send(proto::encode(&Message::Call { id, request })).is_err()
-            || lane.closed.load(Ordering::SeqCst)
-        {
-            lane.answered(id, Err(errno::EIO));
-        }
+        let failed = lane.frames.send(proto::encode(&Message::Call { id, request })).is_err()
+            || lane.closed.load(Ordering::SeqCst);
+        failed.then_some(id)
     }
 
     /// Waits until a host has connected and its shares are mounted, for at most `within`;
