@@ -999,6 +999,43 @@ fn what_tar_does_to_each_file_waits_for_no_trip() {
     assert_eq!(std::fs::metadata(s.host("t/d49")).unwrap().mode() & 0o777, 0o750);
 }
 
+/// Small files opened to be read come whole with the answer to their open: reading them asks
+/// the host nothing (`git status` and Python's imports open and read each file). What a read
+/// gets is still the file as it is: after a write in the guest, through another handle too,
+/// and after a change on the host.
+#[test]
+fn small_files_come_with_their_open() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.host("src")).unwrap();
+    let module = |i: usize| format!("module {i}\n").repeat(100);
+    for i in 0..50 {
+        std::fs::write(s.host(&format!("src/m{i}.py")), module(i)).unwrap();
+    }
+    std::fs::write(s.host("src/big"), vec![b'b'; 200 << 10]).unwrap();
+    let reads = s.server.reads();
+    for i in 0..50 {
+        assert_eq!(std::fs::read_to_string(s.guest(&format!("src/m{i}.py"))).unwrap(), module(i));
+    }
+    assert_eq!(s.server.reads() - reads, 0, "small files' reads went to the host");
+    // A large one is read from the host.
+    assert_eq!(std::fs::read(s.guest("src/big")).unwrap(), vec![b'b'; 200 << 10]);
+    assert!(s.server.reads() > reads, "a large file was not read from the host");
+    // Written in the guest: the next open reads it.
+    std::fs::write(s.guest("src/m1.py"), "changed in the guest").unwrap();
+    assert_eq!(std::fs::read_to_string(s.guest("src/m1.py")).unwrap(), "changed in the guest");
+    // Changed on the host: read once its notice came.
+    std::fs::write(s.host("src/m2.py"), "changed on the host").unwrap();
+    let seen = || std::fs::read_to_string(s.guest("src/m2.py")).is_ok_and(|c| c == "changed on the host");
+    assert!(eventually(10, seen), "the host's change is not read");
+    // Open while another handle writes: a read after the write returned has it.
+    let mut reader = std::fs::File::open(s.guest("src/m3.py")).unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(s.guest("src/m3.py")).unwrap();
+    writer.write_all(b"XX").unwrap();
+    let mut text = String::new();
+    reader.read_to_string(&mut text).unwrap();
+    assert_eq!(text, format!("XX{}", &module(3)[2..]), "a read after a write through another handle");
+}
+
 /// A share whose host file system has little room: writes wait for the host, and the one
 /// that does not fit fails itself.
 #[test]

@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 13;
+pub const VERSION: u32 = 14;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -214,10 +214,13 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         new_name: Vec<u8>,
     },
-    /// Opens a file; `flags` are Linux's `O_*` access and `O_TRUNC`/`O_APPEND`.
+    /// Opens a file; `flags` are Linux's `O_*` access and `O_TRUNC`/`O_APPEND`. `head`: for
+    /// an open to read only, the guest wants the file's contents with the answer if they are
+    /// no more than this many bytes (0: not).
     Open {
         node: Node,
         flags: i32,
+        head: u32,
     },
     Create {
         parent: Node,
@@ -367,9 +370,13 @@ pub enum Reply {
     ReadShared(u32),
     /// An open file; `keep_cache`: the host watches its directory, so the guest may keep the
     /// file's pages across opens (a change on the host is a notice that drops them).
+    /// `head`: the file's whole contents as they were when it was opened, when the guest
+    /// asked and they fit ([`Request::Open`]): a small file's read is no trip of its own.
     OpenedFile {
         handle: Handle,
         keep_cache: bool,
+        #[serde(with = "serde_bytes")]
+        head: Option<Vec<u8>>,
     },
     Created {
         entry: DirEntry,

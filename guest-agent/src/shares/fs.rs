@@ -255,7 +255,7 @@ impl ShareFs {
             | Request::Link { node, .. }
             | Request::SetXattr { node, .. }
             | Request::RemoveXattr { node, .. } => Some(*node),
-            Request::Open { node, flags } if flags & libc::O_TRUNC != 0 => Some(*node),
+            Request::Open { node, flags, .. } if flags & libc::O_TRUNC != 0 => Some(*node),
             _ => None,
         };
         let names = matches!(request, Request::Unlink { .. } | Request::RmDir { .. } | Request::Rename { .. });
@@ -372,15 +372,19 @@ impl ShareFs {
     }
 
     /// A call whose answer is an open file's handle.
-    fn open_call(&self, request: Request, node: u64, open_flags: i32, reply: ReplyOpen) {
+    /// An open of `node`; `since`: what the guest had heard of changes when it asked for the
+    /// file's contents with it ([`super::heads`]).
+    fn open_call(&self, request: Request, node: u64, open_flags: i32, since: u64, reply: ReplyOpen) {
         // Taken before the call, so a write past the cache that ends while it is on its way
         // counts for the next open.
         let written = self.written_past_cache.lock().unwrap().remove(&node);
+        let shares = self.shares.clone();
         self.call(request, move |r| match r {
             // The host watches the file's directory: its pages stay across opens until a
             // notice (or a new size or modification time) says the file changed.
-            Ok(Reply::OpenedFile { handle, keep_cache }) => {
+            Ok(Reply::OpenedFile { handle, keep_cache, head }) => {
                 let keep = keep_cache && !written;
+                shares.heads().opened(node, handle, since, keep, head);
                 let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                 reply.opened(FileHandle(handle), flags | past_cache(open_flags))
             }
@@ -399,6 +403,9 @@ impl ShareFs {
         let mut written = self.written_past_cache.lock().unwrap();
         nodes.iter().for_each(|(node, _)| _ = written.remove(node));
         drop(written);
+        let mut heads = self.shares.heads();
+        nodes.iter().for_each(|(node, _)| heads.forgotten(*node));
+        drop(heads);
         let known = self.shares.known();
         let mut counted = Vec::with_capacity(nodes.len());
         for (node, count) in nodes {
@@ -856,6 +863,9 @@ impl Filesystem for Fs {
             handle: fh.map(|h| h.0),
         };
         let node = self.0.node(ino);
+        if set.size.is_some() {
+            self.0.shares.heads().changed(node);
+        }
         let only_mtime =
             set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.size.is_none() && set.atime.is_none();
         if only_mtime
@@ -969,7 +979,16 @@ impl Filesystem for Fs {
 
     fn open(&self, _req: &FuseRequest, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
         let node = self.0.node(ino);
-        self.0.open_call(Request::Open { node, flags: flags.0 }, node, flags.0, reply);
+        let flags = flags.0;
+        let mut heads = self.0.shares.heads();
+        if flags & libc::O_TRUNC != 0 {
+            heads.changed(node);
+        }
+        // A small file opened to read only comes with its contents ([`super::heads`]).
+        let reads_only = flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_DIRECT == 0;
+        let (since, head) = if reads_only { heads.asking(node) } else { (0, 0) };
+        drop(heads);
+        self.0.open_call(Request::Open { node, flags, head }, node, flags, since, reply);
     }
 
     fn create(
@@ -1025,21 +1044,45 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        let node = self.0.node(ino);
+        // A small file whose contents came with its open.
+        let head = self.0.shares.heads().read(fh.0, offset, size);
+        if let Some(data) = head {
+            return reply.data(&data);
+        }
+        // A read from the start that comes back short has the whole file: the kernel keeps
+        // its pages, and its next open asks for no contents.
+        let shares = self.0.shares.clone();
+        let whole = move |n: usize| {
+            if offset == 0 && n < size as usize {
+                shares.heads().paged(node);
+            }
+        };
         if size as usize >= SHARED_MIN
             && let Some(slot) = self.0.shares.slot()
         {
             let at = slot.at();
             return self.0.call_on(
-                Some(self.0.node(ino)),
+                Some(node),
                 Request::ReadShared { handle: fh.0, offset, size, at },
                 move |r| match r {
-                    Ok(Reply::ReadShared(n)) => reply.data(&slot.copy_out(n as usize)),
+                    Ok(Reply::ReadShared(n)) => {
+                        whole(n as usize);
+                        reply.data(&slot.copy_out(n as usize))
+                    }
                     Ok(_) => reply.error(Errno::EIO),
                     Err(e) => reply.error(err(e)),
                 },
             );
         }
-        self.0.data_call(Some(self.0.node(ino)), Request::Read { handle: fh.0, offset, size }, reply);
+        self.0.call_on(Some(node), Request::Read { handle: fh.0, offset, size }, move |r| match r {
+            Ok(Reply::Data(d)) => {
+                whole(d.len());
+                reply.data(&d)
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        });
     }
 
     fn write(
@@ -1055,6 +1098,8 @@ impl Filesystem for Fs {
         reply: ReplyWrite,
     ) {
         let node = self.0.node(ino);
+        // Contents held for reads are the file as it was.
+        self.0.shares.heads().changed(node);
         if let Some(&e) = self.0.write_errors.lock().unwrap().get(&fh.0) {
             return reply.error(err(e));
         }
@@ -1117,6 +1162,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.0.shares.heads().released(fh.0);
         let me = self.0.clone();
         self.0.call_on(Some(self.0.node(ino)), Request::Release { handle: fh.0 }, move |_| {
             me.write_errors.lock().unwrap().remove(&fh.0);

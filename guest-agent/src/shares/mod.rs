@@ -11,6 +11,7 @@
 
 mod behind;
 mod fs;
+mod heads;
 mod known;
 mod memory;
 
@@ -101,6 +102,8 @@ struct Inner {
     /// The lane their batches go on while any is on its way (the host does a lane's batches
     /// in the order they came; lanes race each other).
     behind_lane: Mutex<Option<Arc<Lane>>>,
+    /// Small files' contents that came with their opens.
+    heads: Mutex<heads::Heads>,
     /// Told each time a batch is answered ([`Shares::settle`]).
     batch_answered: tokio::sync::Notify,
     /// The memory the host shares for data, once a hello has offered it and it was found.
@@ -529,6 +532,15 @@ impl Shares {
         use std::os::unix::ffi::OsStrExt;
         // At once, on the lane's reader: a lookup answered from what the guest knows after
         // this point must not use what the notice made wrong.
+        {
+            let mut heads = self.heads();
+            for s in &stale {
+                heads.changed(s.node);
+                if s.gone != 0 {
+                    heads.changed(s.gone);
+                }
+            }
+        }
         for s in &stale {
             self.forget_nodes(self.0.known.stale(s.node));
         }
@@ -573,6 +585,10 @@ impl Shares {
     /// The directories whose listing the guest knows.
     fn known(&self) -> &known::Known {
         &self.0.known
+    }
+
+    fn heads(&self) -> std::sync::MutexGuard<'_, heads::Heads> {
+        self.0.heads.lock().expect("lock")
     }
 
     /// Gives back to the host one lookup of each of `nodes` (entries it sent that the kernel

@@ -91,6 +91,8 @@ struct Shared {
     /// itself).
     lookups: AtomicU64,
     getattrs: AtomicU64,
+    /// Reads of files' data (through the transport or the shared memory).
+    reads: AtomicU64,
     /// Batches of calls done in order (the guest's write-behind).
     batches: AtomicU64,
     /// Reads and writes whose data went through the shared memory.
@@ -153,6 +155,7 @@ impl FileServer {
             notices: Mutex::new(Vec::new()),
             lookups: AtomicU64::new(0),
             getattrs: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             via_memory: AtomicU64::new(0),
             memory: std::sync::OnceLock::new(),
@@ -655,7 +658,7 @@ impl FileServer {
                 from_dir.hard_link(&from_name, &to_dir, &n).map_err(io_errno)?;
                 self.lookup_in(&to_dir, &to_path, new_parent, &new_name).map(Reply::Entry)
             }
-            Request::Open { node, flags } => {
+            Request::Open { node, flags, head } => {
                 if flags & 0o3 != 0 || flags & 0o1000 != 0 {
                     self.writable(node)?;
                 }
@@ -665,7 +668,15 @@ impl FileServer {
                 }
                 let f = ops::open(&dir, &name, flags, None)?;
                 let keep_cache = path.parent().is_some_and(|d| self.0.watch.is_watched(d));
-                Ok(Reply::OpenedFile { handle: self.new_handle(f, path, node), keep_cache })
+                // A small file opened to be read is sent whole with the answer (one byte more
+                // than asked is read, to tell that it is whole): `git status` and Python's
+                // imports open and read a file each, a trip each.
+                let head = if head > 0 && flags & 0o3 == 0 {
+                    ops::read_at(&f, 0, head.min(proto::MAX_IO as u32) + 1).ok().filter(|d| d.len() <= head as usize)
+                } else {
+                    None
+                };
+                Ok(Reply::OpenedFile { handle: self.new_handle(f, path, node), keep_cache, head })
             }
             Request::CreateAs { parent, name, mode, flags, owner, node, handle } => {
                 // The guest's numbers only, each once.
@@ -703,6 +714,7 @@ impl FileServer {
                 Ok(Reply::Created { entry, handle })
             }
             Request::Read { handle, offset, size } => {
+                self.0.reads.fetch_add(1, Ordering::Relaxed);
                 let f = self.file(handle)?;
                 ops::read_at(&f, offset, size.min(proto::MAX_IO as u32)).map(Reply::Data)
             }
@@ -713,6 +725,7 @@ impl FileServer {
                 Ok(Reply::Written { n, attr: self.written_attr(handle) })
             }
             Request::ReadShared { handle, offset, size, at } => {
+                self.0.reads.fetch_add(1, Ordering::Relaxed);
                 let memory = self.0.memory.get().ok_or(errno::EINVAL)?;
                 let f = self.file(handle)?;
                 let data = ops::read_at(&f, offset, size.min(proto::MAX_IO as u32))?;
@@ -825,6 +838,11 @@ impl FileServer {
     /// How many lookups the guest has asked for (for tests).
     pub fn lookups(&self) -> u64 {
         self.0.lookups.load(Ordering::Relaxed)
+    }
+
+    /// How many times the guest has read a file's data (for tests).
+    pub fn reads(&self) -> u64 {
+        self.0.reads.load(Ordering::Relaxed)
     }
 
     /// How many times the guest has asked for attributes (for tests).
@@ -1076,8 +1094,8 @@ mod tests {
         std::fs::write(d.path().join("new"), "new").unwrap();
         let (s, root) = server(d.path());
         let old = entry(s.call(Request::Lookup { parent: root, name: b"old".to_vec() }));
-        let h = match s.call(Request::Open { node: old.attr.node, flags: 0 }).unwrap() {
-            Reply::OpenedFile { handle, keep_cache: true } => handle,
+        let h = match s.call(Request::Open { node: old.attr.node, flags: 0, head: 0 }).unwrap() {
+            Reply::OpenedFile { handle, keep_cache: true, .. } => handle,
             other => panic!("{other:?}"),
         };
         let r = Request::Rename {
@@ -1120,11 +1138,21 @@ mod tests {
         assert_eq!(std::fs::read_to_string(d.path().join("x/inner")).unwrap(), "inner");
         let now_x = entry(s.call(Request::Lookup { parent: root, name: b"x".to_vec() }));
         assert_eq!((now_x.attr.node, now_x.attr.kind), (dir.attr.node, Kind::Dir));
-        let h = match s.call(Request::Open { node: inner.attr.node, flags: 0 }).unwrap() {
+        let h = match s.call(Request::Open { node: inner.attr.node, flags: 0, head: 0 }).unwrap() {
             Reply::OpenedFile { handle, .. } => handle,
             other => panic!("{other:?}"),
         };
         assert_eq!(s.call(Request::Read { handle: h, offset: 0, size: 10 }).unwrap(), Reply::Data(b"inner".to_vec()));
+        // A small file opened to be read comes whole with the answer, if the guest asks and it
+        // fits; never for an open that may write.
+        let head = |flags, head| match s.call(Request::Open { node: inner.attr.node, flags, head }).unwrap() {
+            Reply::OpenedFile { head, .. } => head,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(head(0, 5), Some(b"inner".to_vec()));
+        assert_eq!(head(0, 4), None, "one byte too many");
+        assert_eq!(head(0, 0), None, "not asked");
+        assert_eq!(head(2, 64), None, "opened to write too");
         let now_dir = entry(s.call(Request::Lookup { parent: root, name: b"dir".to_vec() }));
         assert_eq!(now_dir.attr.node, x.attr.node);
         // Both flags at once, or a flag the host does not know, is EINVAL (as renameat2 says).
@@ -1229,7 +1257,7 @@ mod tests {
             errno::ENOTDIR
         );
         assert_eq!(s.call(Request::List { node: out.attr.node, offset: 0, plus: false }).unwrap_err(), errno::ENOTDIR);
-        assert_eq!(s.call(Request::Open { node: out.attr.node, flags: 0 }).unwrap_err(), errno::ELOOP);
+        assert_eq!(s.call(Request::Open { node: out.attr.node, flags: 0, head: 0 }).unwrap_err(), errno::ELOOP);
         let c = Request::Create {
             parent: out.attr.node,
             name: b"planted".to_vec(),
@@ -1260,7 +1288,7 @@ mod tests {
         std::fs::rename(share.join("a"), share.join("moved")).unwrap();
         symlink_dir(outer.path(), &share.join("a"));
         let escaped = |r: &Result<Reply, Errno>| matches!(r, Ok(Reply::Data(d)) if d == b"secret");
-        let open = s.call(Request::Open { node: secret.attr.node, flags: 0 });
+        let open = s.call(Request::Open { node: secret.attr.node, flags: 0, head: 0 });
         if let Ok(Reply::OpenedFile { handle: h, .. }) = open {
             let r = s.call(Request::Read { handle: h, offset: 0, size: 64 });
             assert!(!escaped(&r), "read outside the share through a swapped directory");
@@ -1304,8 +1332,8 @@ mod tests {
         let c = Request::Create { parent: root, name: b"n".to_vec(), mode: 0o644, flags: 0o1, owner: Owner::default() };
         assert_eq!(s.call(c).unwrap_err(), errno::EROFS);
         let f = entry(s.call(Request::Lookup { parent: root, name: b"f".to_vec() }));
-        assert_eq!(s.call(Request::Open { node: f.attr.node, flags: 0o2 }).unwrap_err(), errno::EROFS);
-        assert!(matches!(s.call(Request::Open { node: f.attr.node, flags: 0 }), Ok(Reply::OpenedFile { .. })));
+        assert_eq!(s.call(Request::Open { node: f.attr.node, flags: 0o2, head: 0 }).unwrap_err(), errno::EROFS);
+        assert!(matches!(s.call(Request::Open { node: f.attr.node, flags: 0, head: 0 }), Ok(Reply::OpenedFile { .. })));
         assert!(FileServer::new(&[ShareSpec { path: "relative".into(), read_only: false }]).is_err());
     }
 }
