@@ -82,7 +82,9 @@ impl Setup {
 impl Drop for Setup {
     /// Unmounts everything the agent mounted under its prefix: the share, and for a read-only
     /// one its writable mount too (left behind, it kept the test's directory on the disk with a
-    /// dead FUSE mount in it).
+    /// dead FUSE mount in it). Forced, which ends the FUSE connection: a thread of the agent's
+    /// own inside a request on its mount (its raiser sets times through it) kept the killed
+    /// agent from ever exiting once, and the test waited for it for good.
     fn drop(&mut self) {
         let prefix = self.agent.dir.path().join("guest");
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -91,7 +93,7 @@ impl Drop for Setup {
         // The innermost first.
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
-            let _ = std::process::Command::new("umount").arg("-l").arg(p).status();
+            let _ = std::process::Command::new("umount").args(["-f", "-l"]).arg(p).status();
         }
     }
 }
