@@ -371,8 +371,7 @@ impl ShareFs {
         });
     }
 
-    /// A call whose answer is an open file's handle.
-    /// An open of `node`; `since`: what the guest had heard of changes when it asked for the
+    /// An open of `node`, whose answer is an open file's handle; `since`: what the guest had heard of changes when it asked for the
     /// file's contents with it ([`super::heads`]).
     fn open_call(&self, request: Request, node: u64, open_flags: i32, since: u64, reply: ReplyOpen) {
         // Taken before the call, so a write past the cache that ends while it is on its way
@@ -527,11 +526,7 @@ impl ShareFs {
             other => {
                 me.shares.known().set_answered(change, None);
                 // The writes that went ahead through the handle failed with it.
-                let e = match &other {
-                    Err(e) => *e,
-                    Ok(_) => proto::errno::EIO,
-                };
-                me.write_errors.lock().unwrap().insert(handle, e);
+                me.handle_failed(handle, other.as_ref().err().copied().unwrap_or(proto::errno::EIO));
                 tracing::warn!(
                     name = %String::from_utf8_lossy(&name),
                     answer = ?other,
@@ -590,7 +585,7 @@ impl ShareFs {
         if self.shares.data_pending() + len > MAX_DATA_AHEAD || !self.room_for(len as u64) {
             return false;
         }
-        let Some((_, change, forget)) = self.shares.known().writing(node, offset, len as u64, now()) else {
+        let Some((change, forget)) = self.shares.known().writing(node, offset, len as u64, now()) else {
             return false;
         };
         self.shares.forget_nodes(forget);
@@ -599,16 +594,8 @@ impl ShareFs {
             Ok(Reply::Written { n, attr }) if n as usize == len => me.shares.known().set_answered(change, attr),
             other => {
                 me.shares.known().set_answered(change, None);
-                let e = match other {
-                    Err(e) => e,
-                    Ok(_) => proto::errno::EIO,
-                };
-                // The first error is the one told (a refused create's, before its writes').
-                let mut errors = me.write_errors.lock().unwrap();
-                let first = !errors.contains_key(&handle);
-                errors.entry(handle).or_insert(e);
-                drop(errors);
-                if first {
+                let e = other.err().unwrap_or(proto::errno::EIO);
+                if me.handle_failed(handle, e) {
                     tracing::warn!(
                         errno = e,
                         node,
@@ -622,6 +609,16 @@ impl ShareFs {
         let request = Request::Write { handle, offset, data: data.to_vec() };
         self.shares.call_behind(request, Some(node), then, &self.rt);
         true
+    }
+
+    /// The host failed a call answered early through `handle` with `e`: its next write and
+    /// `fsync` tell it. The first error is the one told (a refused create's, before its
+    /// writes'); returns whether this was it.
+    fn handle_failed(&self, handle: u64, e: i32) -> bool {
+        let mut errors = self.write_errors.lock().unwrap();
+        let first = !errors.contains_key(&handle);
+        errors.entry(handle).or_insert(e);
+        first
     }
 
     /// Whether the host's file system has room for `len` bytes more with [`ROOM_MARGIN`] to

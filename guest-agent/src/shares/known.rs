@@ -522,8 +522,8 @@ impl Known {
     /// [`super::behind`]): from what it knows of the file now, its attributes after the
     /// write (the size grown to cover it, the times moved to `now`), if it knows them. As
     /// [`Self::setting`], the host's answer says how the write left them
-    /// ([`Self::set_answered`]). Returns the nodes to forget on the host too.
-    pub fn writing(&self, node: u64, offset: u64, len: u64, now: Time) -> Option<(Attr, Change, Vec<u64>)> {
+    /// ([`Self::set_answered`]). Returns the change, and the nodes to forget on the host too.
+    pub fn writing(&self, node: u64, offset: u64, len: u64, now: Time) -> Option<(Change, Vec<u64>)> {
         let mut dirs = self.dirs.lock().expect("lock");
         let (mut attr, owner_known) = dirs.base(node)?;
         if attr.kind != Kind::File {
@@ -536,8 +536,8 @@ impl Known {
         let mut forget = Vec::new();
         dirs.drop_node(node, &mut forget);
         let count = dirs.file_changed(node);
-        dirs.ahead(node, attr.clone(), owner_known);
-        Some((attr, Change { node, count, since: self.generation() }, forget))
+        dirs.ahead(node, attr, owner_known);
+        Some((Change { node, count, since: self.generation() }, forget))
     }
 
     /// The host answered attribute change `change` made ahead of it with the node's

@@ -343,9 +343,9 @@ impl Shares {
     }
 
     fn send(&self, lane: &Lane, request: Request, then: Then) {
-        let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
         if matches!(request, Request::Forget { .. } | Request::Release { .. }) {
             // Never answered.
+            let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
             let sent = lane.frames.send(proto::encode(&Message::Call { id, request })).is_ok();
             return then(if sent { Ok(Reply::Ok) } else { Err(errno::EIO) });
         }
