@@ -4,16 +4,23 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use berth_tests::{Agent, workspace};
 
-/// A venv with docker-py, made once (pip from PyPI).
+/// A venv with docker-py, made once (pip from PyPI). The tests of this binary run at once, so
+/// one makes it while the others wait; a venv left half made by a killed run is made again.
 fn docker_py() -> PathBuf {
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let venv = workspace().join("target/py-venv");
     let python = venv.join("bin/python");
     let ready = Command::new(&python).args(["-c", "import docker"]).output().is_ok_and(|o| o.status.success());
     if !ready {
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv).unwrap_or_else(|e| panic!("removing {}: {e}", venv.display()));
+        }
         let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 must be installed");
         assert!(made.success(), "python3 -m venv failed (Debian package python3-venv)");
         let mut pip = Command::new(venv.join("bin/pip"));
