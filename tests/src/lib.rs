@@ -324,7 +324,7 @@ impl Agent {
             .args(&self.extra)
             .arg("--echo")
             .arg(format!("unix://{}", self.dir.path().join("echo.sock").display()))
-            .env("BERTH_LOG", "info")
+            .env("BERTH_LOG", std::env::var("BERTH_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

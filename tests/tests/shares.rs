@@ -546,6 +546,81 @@ fn host_edits_raise_inotify_events_in_containers() {
     s.agent.ok(&["rm", "-f", "watcher"]);
 }
 
+/// A watched file the guest's kernel no longer holds by its name is still deleted for its
+/// watcher (IN_DELETE_SELF) when the host removes it or saves another file over it: here
+/// the kernel dropped its entries (as it does under memory pressure) while the watch kept the
+/// node; in the VM a lookup of the replaced name can also reach the host before its watcher
+/// tells of the rename. The kernel deletes a node only through an entry, so the agent hands
+/// the node to it once more under a name of its own and deletes that.
+#[test]
+fn a_watched_file_is_deleted_for_its_watcher_after_the_kernel_dropped_its_name() {
+    let s = Setup::new(false);
+    for (name, how) in [("doomed.txt", "remove"), ("saved.txt", "rename")] {
+        std::fs::write(s.host(name), "old\n").unwrap();
+        assert!(eventually(10, || s.guest(name).exists()), "{name} never showed in the guest");
+        let watch = Watch::new(&s.guest(name));
+        std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        if how == "remove" {
+            std::fs::remove_file(s.host(name)).unwrap();
+        } else {
+            std::fs::write(s.host("saved.tmp"), "new\n").unwrap();
+            std::fs::rename(s.host("saved.tmp"), s.host(name)).unwrap();
+        }
+        assert!(
+            eventually(10, || watch.seen() & libc::IN_DELETE_SELF != 0),
+            "no IN_DELETE_SELF after the host's {how} (events {:#x}): {}",
+            watch.seen(),
+            berth_tests::tail(&s.agent.log(), 30)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(s.guest("saved.txt")).unwrap(), "new\n");
+    assert!(!s.guest("doomed.txt").exists());
+    // The agent's own names for gone files are gone with them.
+    let names: Vec<String> =
+        std::fs::read_dir(&s.seen).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["saved.txt"]);
+}
+
+/// An inotify watch of one path in this process, and the events it has seen.
+struct Watch {
+    fd: std::os::fd::OwnedFd,
+    seen: std::cell::Cell<u32>,
+}
+
+impl Watch {
+    fn new(path: &Path) -> Watch {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let wd =
+            unsafe { libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr(), libc::IN_ALL_EVENTS) };
+        assert!(wd >= 0, "watching {}: {}", path.display(), std::io::Error::last_os_error());
+        Watch { fd, seen: Default::default() }
+    }
+
+    /// Every event's mask seen so far, or'ed.
+    fn seen(&self) -> u32 {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n =
+                unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&self.fd), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return self.seen.get();
+            }
+            let mut at = 0;
+            while at + 16 <= n as usize {
+                let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                self.seen.set(self.seen.get() | mask);
+                at += 16 + len;
+            }
+        }
+    }
+}
+
 /// A name looked for and missing is remembered by the guest's kernel (a negative entry), and
 /// forgotten when the host makes it: the file shows in the guest, and so does one made in a
 /// directory the guest had only looked into.

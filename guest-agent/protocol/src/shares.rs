@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
-pub const VERSION: u32 = 14;
+pub const VERSION: u32 = 15;
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -455,6 +455,13 @@ pub struct Stale {
     #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     pub gone: Node,
+    /// What the host can still tell of the `gone` node: its attributes through a handle the
+    /// guest holds open on it, or else only its kind (the rest zero). None when nothing is
+    /// gone or the host does not know it. The guest needs them when its kernel no longer
+    /// holds the name for the node: it hands the node to its kernel once more under a name of
+    /// its own to delete it there, and a kernel given a node with another kind than it holds,
+    /// or another size, would mark its inode bad or drop its pages.
+    pub gone_as: Option<Attr>,
 }
 
 /// Errors reading a frame.

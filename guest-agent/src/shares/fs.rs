@@ -470,7 +470,7 @@ impl ShareFs {
                         name = %String::from_utf8_lossy(&name),
                         "shares: the host refused a removal the guest had answered; its directory is looked at anew"
                     );
-                    let stale = vec![proto::Stale { node: dir, name, gone: 0 }];
+                    let stale = vec![proto::Stale { node: dir, name, gone: 0, gone_as: None }];
                     me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
                 }
             }
@@ -532,7 +532,7 @@ impl ShareFs {
                     answer = ?other,
                     "shares: the host refused to make a file the guest had made; it is removed in the guest"
                 );
-                let stale = vec![proto::Stale { node: dir, name, gone: node }];
+                let stale = vec![proto::Stale { node: dir, name, gone: node, gone_as: None }];
                 me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
             }
         });
@@ -561,7 +561,7 @@ impl ShareFs {
                     answer = ?other,
                     "shares: the host refused an attribute change the guest had answered; the node is looked at anew"
                 );
-                let stale = vec![proto::Stale { node, name: Vec::new(), gone: 0 }];
+                let stale = vec![proto::Stale { node, name: Vec::new(), gone: 0, gone_as: None }];
                 me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
             }
         });
@@ -602,7 +602,7 @@ impl ShareFs {
                         "shares: the host failed a write the guest had answered; the next write or fsync of the file tells the program"
                     );
                 }
-                let stale = vec![proto::Stale { node, name: Vec::new(), gone: 0 }];
+                let stale = vec![proto::Stale { node, name: Vec::new(), gone: 0, gone_as: None }];
                 me.shares.changed(me.root.load(Ordering::Relaxed), stale, b"");
             }
         });
@@ -768,6 +768,11 @@ impl Filesystem for Fs {
     fn lookup(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.0.node(parent);
         let name = name.as_bytes().to_vec();
+        if let Some(attr) = self.0.shares.ghost(parent, &name) {
+            // The host did not count this lookup: the kernel's next forget of it is not its.
+            self.0.shares.known().answered_here(attr.node);
+            return reply.entry(&GHOST_TTL, &self.0.attr(&attr), Generation(0));
+        }
         match self.0.shares.known().look(parent, &name) {
             // A directory the guest knows whole, watched since: the host would say "absent".
             Look::Absent => absent(reply, &WATCHED_TTL),
@@ -1350,25 +1355,59 @@ pub struct Changes {
     notifier: fuser::Notifier,
 }
 
+/// How long the kernel keeps a gone node handed to it by [`bury`] and the agent's name for it:
+/// long enough to be there when the agent deletes it at once, and no longer than a stray
+/// entry should last if that fails.
+const GHOST_TTL: Duration = Duration::from_secs(1);
+
 impl Changes {
-    pub fn changed(&self, stale: &proto::Stale, root: u64) {
+    /// Drops what the kernel holds that `stale` names. Returns whether a gone node is left
+    /// for [`bury`] to delete.
+    pub fn changed(&self, stale: &proto::Stale, root: u64) -> bool {
         let ino = |node| if node == root { INodeNo::ROOT } else { INodeNo(node) };
         let (node, name) = (ino(stale.node), OsStr::from_bytes(&stale.name));
+        let bury = stale.gone != 0 && stale.gone_as.as_ref().is_some_and(|a| a.kind != Kind::Dir);
         let done = if stale.name.is_empty() {
             self.notifier.inval_inode(node, 0, 0)
-        } else if stale.gone != 0 {
-            // Drops the entry and, if the kernel still has it there, deletes the file as an
-            // unlink would: its watchers get IN_DELETE_SELF.
+        } else if stale.gone != 0 && !bury {
+            // Drops the entry and, if the kernel still has it there, deletes the directory
+            // as a removal would: its watchers get IN_DELETE_SELF.
             self.notifier.delete(node, ino(stale.gone), name)
         } else {
             self.notifier.inval_entry(node, name)
         };
-        // ENOENT: the kernel holds nothing of it, which is fine.
-        if let Err(e) = done
-            && e.raw_os_error() != Some(libc::ENOENT)
-        {
+        // fuser takes ENOENT (the kernel holds nothing of it) for success.
+        if let Err(e) = done {
             tracing::debug!(error = %e, node = stale.node, "invalidating a shared folder's cache");
         }
+        bury
+    }
+}
+
+/// Deletes gone file `stale.gone` in the kernel, so its watchers see it go (IN_DELETE_SELF),
+/// as on a disk. The kernel deletes a node only through an entry, and its entry under the
+/// file's name is not to be relied on: a lookup may have given the name the file that
+/// replaced it (an editor's save, seen by the guest before the host's watcher told), or the
+/// kernel dropped the entry while a watch kept the node; and whether a delete found it, the
+/// kernel tells but fuser does not. So the node is handed to the kernel once more under a
+/// name of the agent's own, answered here ([`Shares::haunt`]), and that entry is deleted: the
+/// first deletion of a node ends its watches, so there is one event whatever else holds it.
+/// `dir` is the path of the directory `stale.node` below the mount `at`. Directories are
+/// left out: the kernel gives a directory one entry, and would move it to the new name.
+pub fn bury(shares: &Shares, changes: &Changes, at: &Path, dir: Option<&Path>, stale: &proto::Stale, root: u64) {
+    let (Some(attr), Some(dir)) = (stale.gone_as.clone(), dir) else { return };
+    if attr.kind == Kind::Dir {
+        return;
+    }
+    let ino = |node| if node == root { INodeNo::ROOT } else { INodeNo(node) };
+    let name = format!(".berth-gone-{}", stale.gone).into_bytes();
+    shares.haunt(stale.node, &name, Some(attr));
+    let found = std::fs::symlink_metadata(at.join(dir).join(OsStr::from_bytes(&name)));
+    let done = found.and_then(|_| changes.notifier.delete(ino(stale.node), ino(stale.gone), OsStr::from_bytes(&name)));
+    shares.haunt(stale.node, &name, None);
+    match done {
+        Ok(()) => tracing::debug!(node = stale.gone, "shares: a gone node deleted under the agent's name"),
+        Err(e) => tracing::debug!(node = stale.gone, error = %e, "shares: a gone node could not be deleted"),
     }
 }
 

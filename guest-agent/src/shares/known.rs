@@ -379,6 +379,11 @@ impl Known {
         count - ours
     }
 
+    /// The kernel was given `node` by a lookup answered here that the host did not count.
+    pub fn answered_here(&self, node: u64) {
+        *self.dirs.lock().expect("lock").local.entry(node).or_default() += 1;
+    }
+
     /// The host removed `name` from `dir`; the node of an entry that waited for it, if any.
     pub fn removed(&self, dir: u64, name: &[u8]) -> Option<u64> {
         let mut dirs = self.dirs.lock().expect("lock");

@@ -93,6 +93,9 @@ struct Inner {
     raise_seq: AtomicU32,
     /// Where host changes go to be raised, one at a time, by one thread.
     raiser: OnceLock<std::sync::mpsc::Sender<Notice>>,
+    /// Gone nodes handed to the kernel under names of the agent's own, by directory and name,
+    /// to be deleted there (see [`fs::bury`]).
+    ghosts: Mutex<HashMap<(u64, Vec<u8>), proto::Attr>>,
     /// Directories whose whole listing the guest knows.
     known: known::Known,
     /// Calls answered before the host did them, and those that must follow them.
@@ -565,7 +568,9 @@ impl Shares {
                         let Some((notifier, at)) = found else { continue };
                         if let Some(notifier) = notifier {
                             for s in &n.stale {
-                                notifier.changed(s, n.root);
+                                if notifier.changed(s, n.root) {
+                                    fs::bury(&me, &notifier, &at, n.path.parent(), s, n.root);
+                                }
                             }
                         }
                         if seen.insert((at.clone(), n.path.clone())) {
@@ -580,6 +585,24 @@ impl Shares {
             tx
         });
         let _ = raiser.send(Notice { root, stale, path });
+    }
+
+    /// The gone node to answer a lookup of `name` in `dir` with, while it is being buried.
+    fn ghost(&self, dir: u64, name: &[u8]) -> Option<proto::Attr> {
+        let ghosts = self.0.ghosts.lock().expect("lock");
+        if ghosts.is_empty() {
+            return None;
+        }
+        ghosts.get(&(dir, name.to_vec())).cloned()
+    }
+
+    /// Lookups of `name` in `dir` are answered with gone node `attr` (`None`: no more).
+    fn haunt(&self, dir: u64, name: &[u8], attr: Option<proto::Attr>) {
+        let mut ghosts = self.0.ghosts.lock().expect("lock");
+        match attr {
+            Some(a) => ghosts.insert((dir, name.to_vec()), a),
+            None => ghosts.remove(&(dir, name.to_vec())),
+        };
     }
 
     /// The directories whose listing the guest knows.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_protocol::SHARES_PORT;
-use berth_protocol::shares::{self as proto, Message, Node, Reply, Request, Share, errno, read_message};
+use berth_protocol::shares::{self as proto, Kind, Message, Node, Reply, Request, Share, errno, read_message};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -336,12 +336,12 @@ impl FileServer {
             watch::Change::Rescan => return self.notify_all(),
         };
         let Some((i, root)) = self.0.roots.iter().enumerate().find(|(_, r)| path.starts_with(r)) else { return };
-        let notice = {
+        let mut notice = {
             let nodes = self.0.nodes.lock().expect("lock");
             let mut stale = Vec::new();
             let held = nodes.node_of(path);
             if let Some(node) = held {
-                stale.push(proto::Stale { node, name: Vec::new(), gone: 0 });
+                stale.push(proto::Stale { node, name: Vec::new(), gone: 0, gone_as: None });
             }
             if entry
                 && path != root
@@ -355,13 +355,31 @@ impl FileServer {
                         nodes.key(n) != Some(&nodes::Key::of(path, &cap_std::fs::Metadata::from_just_metadata(m)))
                     })
                 });
-                stale.push(proto::Stale { node: dir, name: path_bytes(Path::new(name)), gone: gone.unwrap_or(0) });
-                stale.push(proto::Stale { node: dir, name: Vec::new(), gone: 0 });
+                let gone_as = gone.and_then(|n| nodes.kind(n)).map(|kind| gone_attr(gone.unwrap_or(0), kind));
+                let name = path_bytes(Path::new(name));
+                stale.push(proto::Stale { node: dir, name, gone: gone.unwrap_or(0), gone_as });
+                stale.push(proto::Stale { node: dir, name: Vec::new(), gone: 0, gone_as: None });
             }
             let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
             Message::Changed { root: self.0.shares[i].root, stale, path: path_bytes(rel) }
         };
+        // A gone file the guest holds open is still there to ask (outside the node table's
+        // lock: the open files' lock is never taken inside it).
+        if let Message::Changed { stale, .. } = &mut notice {
+            for s in stale.iter_mut().filter(|s| s.gone_as.as_ref().is_some_and(|a| a.kind != Kind::Dir)) {
+                if let Some(a) = self.open_attr(s.gone) {
+                    s.gone_as = Some(a);
+                }
+            }
+        }
         self.send_notice(&notice);
+    }
+
+    /// The attributes of `node` through any handle the guest holds open on it.
+    fn open_attr(&self, node: Node) -> Option<proto::Attr> {
+        let f = self.0.files.lock().expect("lock").values().find(|(.., n)| *n == node).map(|(f, ..)| f.clone())?;
+        let meta = f.metadata().ok()?;
+        Some(ops::attr(node, &ops::Metadata::from_just_metadata(meta)))
     }
 
     /// After lost events: everything the guest holds may be stale. Every node it holds and
@@ -373,11 +391,12 @@ impl FileServer {
             let mut per_share: Vec<Vec<proto::Stale>> = vec![Vec::new(); self.0.roots.len()];
             for (path, node) in nodes.paths() {
                 let Some(i) = self.0.roots.iter().position(|r| path.starts_with(r)) else { continue };
-                per_share[i].push(proto::Stale { node, name: Vec::new(), gone: 0 });
+                per_share[i].push(proto::Stale { node, name: Vec::new(), gone: 0, gone_as: None });
                 if let (Some(dir), Some(name)) = (path.parent().and_then(|d| nodes.node_of(d)), path.file_name())
                     && path != self.0.roots[i]
                 {
-                    per_share[i].push(proto::Stale { node: dir, name: path_bytes(Path::new(name)), gone: 0 });
+                    let name = path_bytes(Path::new(name));
+                    per_share[i].push(proto::Stale { node: dir, name, gone: 0, gone_as: None });
                 }
             }
             per_share
@@ -867,6 +886,27 @@ impl FileServer {
 }
 
 /// A path's bytes (as the guest's file names are bytes).
+/// All the host can tell of gone node `node` with no handle on it: its kind.
+fn gone_attr(node: Node, kind: Kind) -> proto::Attr {
+    let t = proto::Time::default();
+    proto::Attr {
+        node,
+        kind,
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        watched: false,
+    }
+}
+
 fn path_bytes(p: &Path) -> Vec<u8> {
     #[cfg(unix)]
     {

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use berth_protocol::shares::Node;
+use berth_protocol::shares::{Kind, Node};
 
 /// What identifies a host object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -55,6 +55,9 @@ struct Entry {
     lookups: u64,
     /// Which share it belongs to (its root's index).
     share: usize,
+    /// What it is, as last found: told when it is gone, to a guest that must hand it to its
+    /// kernel once more to delete it there.
+    kind: Kind,
 }
 
 /// Every node the guest holds.
@@ -72,14 +75,14 @@ pub struct Nodes {
 impl Nodes {
     /// A share's root: a node that is never forgotten.
     pub fn add_root(&mut self, path: &Path, meta: &cap_std::fs::Metadata, share: usize) -> Node {
-        let id = self.insert(Key::of(path, meta), path, share);
+        let id = self.insert(Key::of(path, meta), path, share, super::ops::kind(meta));
         if let Some(e) = self.by_id.get_mut(&id) {
             e.lookups = u64::MAX;
         }
         id
     }
 
-    fn insert(&mut self, key: Key, path: &Path, share: usize) -> Node {
+    fn insert(&mut self, key: Key, path: &Path, share: usize, kind: Kind) -> Node {
         let id = match self.remembered.remove(&key) {
             // Not held under another key since: it was held only by this one, which is free.
             Some(id) if !self.by_id.contains_key(&id) => id,
@@ -91,17 +94,17 @@ impl Nodes {
         };
         self.by_key.insert(key.clone(), id);
         self.by_path.insert(path.to_owned(), id);
-        self.by_id.insert(id, Entry { key, paths: vec![path.to_owned()], lookups: 0, share });
+        self.by_id.insert(id, Entry { key, paths: vec![path.to_owned()], lookups: 0, share, kind });
         id
     }
 
     /// The node for the object at `path` (inside the share of `parent`), its count raised.
     pub fn looked_up(&mut self, parent: Node, path: &Path, meta: &cap_std::fs::Metadata) -> Node {
         let share = self.by_id.get(&parent).map_or(0, |e| e.share);
-        let key = Key::of(path, meta);
+        let (key, kind) = (Key::of(path, meta), super::ops::kind(meta));
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
-            None => self.insert(key, path, share),
+            None => self.insert(key, path, share, kind),
         };
         // Whatever the path named before (changed on the host since) it names this now.
         if let Some(old) = self.by_path.insert(path.to_owned(), id)
@@ -115,6 +118,7 @@ impl Nodes {
         if !e.paths.iter().any(|p| p == path) {
             e.paths.insert(0, path.to_owned());
         }
+        e.kind = kind;
         e.lookups = e.lookups.saturating_add(1);
         id
     }
@@ -136,7 +140,8 @@ impl Nodes {
             e.paths.retain(|p| p != path);
         }
         self.by_key.insert(key.clone(), id);
-        self.by_id.insert(id, Entry { key, paths: vec![path.to_owned()], lookups: 1, share });
+        let kind = super::ops::kind(meta);
+        self.by_id.insert(id, Entry { key, paths: vec![path.to_owned()], lookups: 1, share, kind });
         true
     }
 
@@ -235,6 +240,11 @@ impl Nodes {
     /// What host object node `id` stands for.
     pub fn key(&self, id: Node) -> Option<&Key> {
         self.by_id.get(&id).map(|e| &e.key)
+    }
+
+    /// What node `id` was when last found.
+    pub fn kind(&self, id: Node) -> Option<Kind> {
+        self.by_id.get(&id).map(|e| e.kind)
     }
 
     /// The node a path is known by, if any.

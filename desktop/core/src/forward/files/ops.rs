@@ -97,27 +97,37 @@ fn time_of(t: io::Result<cap_std::time::SystemTime>) -> Time {
     }
 }
 
-/// The attributes of `meta`, for node `node`.
-pub fn attr(node: u64, meta: &Metadata) -> Attr {
+/// What `meta` describes.
+pub fn kind(meta: &Metadata) -> Kind {
     let ft = meta.file_type();
     #[cfg(unix)]
     {
-        use cap_std::fs::{FileTypeExt, MetadataExt};
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_fifo() {
-            Kind::Fifo
+        use cap_std::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return Kind::Fifo;
         } else if ft.is_socket() {
-            Kind::Socket
+            return Kind::Socket;
         } else if ft.is_char_device() {
-            Kind::CharDevice
+            return Kind::CharDevice;
         } else if ft.is_block_device() {
-            Kind::BlockDevice
-        } else {
-            Kind::File
-        };
+            return Kind::BlockDevice;
+        }
+    }
+    if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else {
+        Kind::File
+    }
+}
+
+/// The attributes of `meta`, for node `node`.
+pub fn attr(node: u64, meta: &Metadata) -> Attr {
+    let kind = kind(meta);
+    #[cfg(unix)]
+    {
+        use cap_std::fs::MetadataExt;
         let t = |secs: i64, nanos: i64| Time { secs, nanos: nanos as u32 };
         Attr {
             node,
@@ -138,13 +148,6 @@ pub fn attr(node: u64, meta: &Metadata) -> Attr {
     }
     #[cfg(not(unix))]
     {
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else {
-            Kind::File
-        };
         let perm = match (kind, meta.permissions().readonly()) {
             (Kind::Dir, _) => 0o755,
             (_, true) => 0o444,
