@@ -760,6 +760,20 @@ fn shared_folders(home: &BerthHome, img: &str, probe: &str) {
     std::fs::write(dir.path().join("input"), "edited again\n").unwrap();
     assert!(berth_tests::eventually(10, || logs().contains("\tinput\n")), "no inotify event: {}", logs());
     run(&["rm", "-f", "watcher"]);
+    // A watch of the file itself sees it go when an editor here saves over it by a rename
+    // (IN_DELETE_SELF, 0x400), on the guest's own kernel.
+    run(&["run", "-d", "--name", "file-watcher", "-v", &bind, probe, "/probe", "watch:/app/input"]);
+    let logs = || String::from_utf8_lossy(&home.docker(&["logs", "file-watcher"]).stdout).into_owned();
+    assert!(berth_tests::eventually(20, || logs().contains("watching")), "{}", logs());
+    std::fs::write(dir.path().join("input.tmp"), "saved\n").unwrap();
+    std::fs::rename(dir.path().join("input.tmp"), dir.path().join("input")).unwrap();
+    let deleted = || {
+        logs()
+            .lines()
+            .any(|l| u32::from_str_radix(l.split('\t').next().unwrap_or(""), 16).is_ok_and(|m| m & 0x400 != 0))
+    };
+    assert!(berth_tests::eventually(10, deleted), "no IN_DELETE_SELF after a save over the file: {}", logs());
+    run(&["rm", "-f", "file-watcher"]);
     let ro = format!("{}:/app:ro", dir.path().display());
     let denied = home.docker(&["run", "--rm", "-v", &ro, img, "sh", "-c", "echo x > /app/nope"]);
     assert!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("Read-only file system"));

@@ -337,7 +337,7 @@ impl FileServer {
         };
         let Some((i, root)) = self.0.roots.iter().enumerate().find(|(_, r)| path.starts_with(r)) else { return };
         let mut notice = {
-            let nodes = self.0.nodes.lock().expect("lock");
+            let mut nodes = self.0.nodes.lock().expect("lock");
             let mut stale = Vec::new();
             let held = nodes.node_of(path);
             if let Some(node) = held {
@@ -355,6 +355,10 @@ impl FileServer {
                         nodes.key(n) != Some(&nodes::Key::of(path, &cap_std::fs::Metadata::from_just_metadata(m)))
                     })
                 });
+                // Or the guest looked the name up after the change, before this notice, and
+                // holds the old object's node by it still.
+                let displaced = nodes.take_displaced(path);
+                let gone = gone.or(displaced);
                 let gone_as = gone.and_then(|n| nodes.kind(n)).map(|kind| gone_attr(gone.unwrap_or(0), kind));
                 let name = path_bytes(Path::new(name));
                 stale.push(proto::Stale { node: dir, name, gone: gone.unwrap_or(0), gone_as });

@@ -69,8 +69,15 @@ pub struct Nodes {
     by_path: HashMap<PathBuf, Node>,
     /// The numbers of objects the guest forgot while they still had a name.
     remembered: HashMap<Key, Node>,
+    /// The node each path named before a lookup found another object there, until a notice
+    /// for the path tells the guest it is gone (a lookup can see an editor's save before the
+    /// watcher's event for it comes). At most [`MAX_DISPLACED`].
+    displaced: HashMap<PathBuf, Node>,
     next: Node,
 }
+
+/// The most displaced nodes kept for their notices; past it they are all dropped.
+const MAX_DISPLACED: usize = 4096;
 
 impl Nodes {
     /// A share's root: a node that is never forgotten.
@@ -102,17 +109,23 @@ impl Nodes {
     pub fn looked_up(&mut self, parent: Node, path: &Path, meta: &cap_std::fs::Metadata) -> Node {
         let share = self.by_id.get(&parent).map_or(0, |e| e.share);
         let (key, kind) = (Key::of(path, meta), super::ops::kind(meta));
+        let before = self.by_path.get(path).copied();
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
             None => self.insert(key, path, share, kind),
         };
+        self.by_path.insert(path.to_owned(), id);
         // Whatever the path named before (changed on the host since) it names this now.
-        if let Some(old) = self.by_path.insert(path.to_owned(), id)
+        if let Some(old) = before
             && old != id
             && let Some(e) = self.by_id.get_mut(&old)
             && e.lookups != u64::MAX
         {
             e.paths.retain(|p| p != path);
+            if self.displaced.len() >= MAX_DISPLACED {
+                self.displaced.clear();
+            }
+            self.displaced.insert(path.to_owned(), old);
         }
         let e = self.by_id.get_mut(&id).expect("just found or made");
         if !e.paths.iter().any(|p| p == path) {
@@ -242,6 +255,12 @@ impl Nodes {
         self.by_id.get(&id).map(|e| &e.key)
     }
 
+    /// The node `path` named before a lookup found another object there, if the guest still
+    /// holds it; once.
+    pub fn take_displaced(&mut self, path: &Path) -> Option<Node> {
+        self.displaced.remove(path).filter(|n| self.by_id.contains_key(n))
+    }
+
     /// What node `id` was when last found.
     pub fn kind(&self, id: Node) -> Option<Kind> {
         self.by_id.get(&id).map(|e| e.kind)
@@ -304,6 +323,34 @@ mod tests {
         // the file system) is another node, even while the guest still holds the old one.
         nodes.gone(&b);
         assert_ne!(nodes.looked_up(root, &b, &meta(&b)), na);
+    }
+
+    /// A lookup that finds another object at a path (saved over on the host, before the
+    /// watcher's event) keeps the node the path named for the notice that follows, once.
+    #[test]
+    fn a_node_a_lookup_displaced_is_kept_for_the_notice() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, kept, tmp) = (d.path().join("f"), d.path().join("kept"), d.path().join("f.tmp"));
+        std::fs::write(&f, "old").unwrap();
+        // Another name keeps the old object, so its inode number is not reused.
+        std::fs::hard_link(&f, &kept).unwrap();
+        let mut nodes = Nodes::default();
+        let root = nodes.add_root(d.path(), &meta(d.path()), 0);
+        let old = nodes.looked_up(root, &f, &meta(&f));
+        assert_eq!(nodes.take_displaced(&f), None);
+        std::fs::write(&tmp, "new").unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        let new = nodes.looked_up(root, &f, &meta(&f));
+        assert_ne!(new, old);
+        assert_eq!(nodes.take_displaced(&f), Some(old));
+        assert_eq!(nodes.take_displaced(&f), None);
+        assert_eq!((nodes.kind(old), nodes.kind(root)), (Some(Kind::File), Some(Kind::Dir)));
+        // One the guest no longer holds is not told.
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(&f, "newer").unwrap();
+        nodes.looked_up(root, &f, &meta(&f));
+        nodes.forget(new, 2);
+        assert_eq!(nodes.take_displaced(&f), None);
     }
 
     #[test]
