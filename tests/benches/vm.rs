@@ -23,7 +23,7 @@
 //!
 //! `cargo bench -p berth-tests --bench vm` (`./dev bench-vm` builds the release binaries and
 //! runs it). Set BERTH_BENCH_BOOTS for the number of warm boots (default 3), and
-//! BERTH_BENCH_ONLY=ports, =shares or =arm64 for section 4, 5 or 6 alone; BERTH_BENCH_SHARES=Berth,disk
+//! BERTH_BENCH_ONLY=boot, =ports, =shares or =arm64 for section 1, 4, 5 or 6 alone; BERTH_BENCH_SHARES=Berth,disk
 //! runs section 5 on those targets only (figures, no ratios).
 
 use std::path::{Path, PathBuf};
@@ -151,6 +151,7 @@ fn main() {
         arm64_boots(&rt);
         return;
     }
+    let only_boot = std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("boot");
     let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     println!("## Boot to a ready Docker API (TCG, 2 vCPUs, 1 GiB, release agent), seconds since QEMU started");
@@ -172,6 +173,10 @@ fn main() {
                 println!("\nwarm boot median: {:.2} s over {} boots", median(&mut warm), warm.len());
             }
             println!();
+            if only_boot {
+                m.stop(Duration::from_secs(60)).await;
+                return;
+            }
 
             println!("## Stream throughput, 64 MiB echoed through the guest's echo port (MiB/s)");
             println!("| transport | run 1 | run 2 | run 3 |");
@@ -223,6 +228,9 @@ fn main() {
             m.stop(Duration::from_secs(60)).await;
         }
     });
+    if only_boot {
+        return;
+    }
 
     ports_against_hostfwd(&rt, &image);
 
@@ -306,6 +314,7 @@ fn arm64_boots(rt: &tokio::runtime::Runtime) {
         .output()
         .unwrap();
     assert!(out.status.success(), "vm-image/build.sh --arch arm64: {}", String::from_utf8_lossy(&out.stderr));
+    let only_boot = std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("boot");
     let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     println!("\n## The arm64 guest under TCG (2 vCPUs, 1 GiB, release agent), seconds since QEMU started");
     println!("| CPU | boot | console | init starts | engine starts | agent answers | guest uptime at init |");
