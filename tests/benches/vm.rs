@@ -314,7 +314,6 @@ fn arm64_boots(rt: &tokio::runtime::Runtime) {
         .output()
         .unwrap();
     assert!(out.status.success(), "vm-image/build.sh --arch arm64: {}", String::from_utf8_lossy(&out.stderr));
-    let only_boot = std::env::var("BERTH_BENCH_ONLY").as_deref() == Ok("boot");
     let boots: usize = std::env::var("BERTH_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     println!("\n## The arm64 guest under TCG (2 vCPUs, 1 GiB, release agent), seconds since QEMU started");
     println!("| CPU | boot | console | init starts | engine starts | agent answers | guest uptime at init |");
