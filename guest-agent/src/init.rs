@@ -242,8 +242,11 @@ fn shutdown(engine: Option<&Child>) -> ! {
     std::process::exit(0)
 }
 
-/// Copies the tree at `from` into `to` (files, directories, symlinks, device nodes; modes kept),
-/// skipping `skip`.
+/// Files from this size up are bind-mounted into the new root rather than copied.
+const BIND_OVER: u64 = 1 << 20;
+
+/// Copies the tree at `from` into `to` (files, directories, symlinks, device nodes; modes kept;
+/// files of [`BIND_OVER`] and more bind-mounted), skipping `skip`.
 fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for entry in fs::read_dir(from)? {
@@ -261,6 +264,12 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
             continue;
+        } else if ft.is_file() && meta.len() >= BIND_OVER {
+            // Bound, not copied: the big files (the agent, the aarch64 emulator) are most of
+            // the initramfs, and copying them cost a third of a second under TCG and held
+            // them twice meanwhile. The bind keeps the file when its name on `rootfs` goes.
+            fs::File::create(&dst)?;
+            mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)?;
         } else if ft.is_file() {
             fs::copy(&src, &dst)?;
         } else {
@@ -275,7 +284,8 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
 
 /// The kernel unpacks the initramfs into `rootfs`, which cannot be pivoted away from, and
 /// containers are started with `pivot_root`. So, as switch_root does: copy the initramfs into
-/// a tmpfs, empty the old root to give its memory back, move the tmpfs onto / and chroot.
+/// a tmpfs (its big files bound there instead), empty the old root to give its memory back,
+/// move the tmpfs onto / and chroot.
 fn leave_initramfs() -> anyhow::Result<()> {
     const RAMFS_MAGIC: i64 = 0x858458f6;
     let fs_type = nix::sys::statfs::statfs("/").context("statfs /")?.filesystem_type().0 as i64;
