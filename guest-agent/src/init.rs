@@ -19,7 +19,7 @@
 //! Everything is logged on the console (the serial port the host keeps as the VM's log).
 
 use berth_protocol as protocol;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs;
 use std::path::Path;
@@ -245,9 +245,27 @@ fn shutdown(engine: Option<&Child>) -> ! {
 /// Files from this size up are bind-mounted into the new root rather than copied.
 const BIND_OVER: u64 = 1 << 20;
 
+/// Removes `p` and what is under it, except the paths in `keep` (and the directories that
+/// hold them). A file bound elsewhere keeps its name: unlinked, it would still be there through
+/// the bind, but every path to it would read "(deleted)", and the agent finds its own program
+/// (to start its container helper) by `/proc/self/exe`.
+fn remove_except(p: &Path, keep: &HashSet<std::path::PathBuf>) {
+    if keep.contains(p) {
+        return;
+    }
+    if p.is_dir() && !p.is_symlink() {
+        for entry in fs::read_dir(p).into_iter().flatten().flatten() {
+            remove_except(&entry.path(), keep);
+        }
+        let _ = fs::remove_dir(p);
+    } else {
+        let _ = fs::remove_file(p);
+    }
+}
+
 /// Copies the tree at `from` into `to` (files, directories, symlinks, device nodes; modes kept;
-/// files of [`BIND_OVER`] and more bind-mounted), skipping `skip`.
-fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
+/// files of [`BIND_OVER`] and more bind-mounted, and added to `bound`), skipping `skip`.
+fn copy_tree(from: &Path, to: &Path, skip: &Path, bound: &mut HashSet<std::path::PathBuf>) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for entry in fs::read_dir(from)? {
         let entry = entry?;
@@ -260,7 +278,7 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
         let ft = meta.file_type();
         if ft.is_dir() {
             fs::create_dir_all(&dst)?;
-            copy_tree(&src, &dst, skip)?;
+            copy_tree(&src, &dst, skip, bound)?;
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
             continue;
@@ -270,6 +288,8 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
             // them twice meanwhile. The bind keeps the file when its name on `rootfs` goes.
             fs::File::create(&dst)?;
             mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)?;
+            bound.insert(src);
+            continue;
         } else if ft.is_file() {
             fs::copy(&src, &dst)?;
         } else {
@@ -295,11 +315,12 @@ fn leave_initramfs() -> anyhow::Result<()> {
     let new = Path::new("/newroot");
     fs::create_dir_all(new)?;
     mount(Some("root"), new, Some("tmpfs"), MsFlags::empty(), Some("mode=0755")).context("mounting the new root")?;
-    copy_tree(Path::new("/"), new, new).context("copying the initramfs")?;
+    let mut bound = HashSet::new();
+    copy_tree(Path::new("/"), new, new, &mut bound).context("copying the initramfs")?;
     for entry in fs::read_dir("/")?.flatten() {
         let p = entry.path();
         if p != new {
-            let _ = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            remove_except(&p, &bound);
         }
     }
     nix::unistd::chdir(new)?;
