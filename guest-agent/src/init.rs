@@ -285,7 +285,7 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path, bound: &mut HashSet<std::path:
         } else if ft.is_file() && meta.len() >= BIND_OVER {
             // Bound, not copied: the big files (the agent, the aarch64 emulator) are most of
             // the initramfs, and copying them cost a third of a second under TCG and held
-            // them twice meanwhile. The bind keeps the file when its name on `rootfs` goes.
+            // them twice meanwhile. Their names on `rootfs` stay (see `remove_except`).
             fs::File::create(&dst)?;
             mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)?;
             bound.insert(src);
@@ -304,8 +304,8 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path, bound: &mut HashSet<std::path:
 
 /// The kernel unpacks the initramfs into `rootfs`, which cannot be pivoted away from, and
 /// containers are started with `pivot_root`. So, as switch_root does: copy the initramfs into
-/// a tmpfs (its big files bound there instead), empty the old root to give its memory back,
-/// move the tmpfs onto / and chroot.
+/// a tmpfs (its big files bound there instead), empty the old root of all else to give its
+/// memory back, move the tmpfs onto / and chroot.
 fn leave_initramfs() -> anyhow::Result<()> {
     const RAMFS_MAGIC: i64 = 0x858458f6;
     let fs_type = nix::sys::statfs::statfs("/").context("statfs /")?.filesystem_type().0 as i64;

@@ -211,7 +211,7 @@ impl ShareFs {
     }
 
     fn ino(&self, node: u64) -> INodeNo {
-        if node == self.root.load(Ordering::Relaxed) { INodeNo::ROOT } else { INodeNo(node) }
+        ino(node, self.root.load(Ordering::Relaxed))
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -1360,11 +1360,16 @@ pub struct Changes {
 /// entry should last if that fails.
 const GHOST_TTL: Duration = Duration::from_secs(1);
 
+/// The kernel's number for host node `node` of the share whose root is `root`.
+fn ino(node: u64, root: u64) -> INodeNo {
+    if node == root { INodeNo::ROOT } else { INodeNo(node) }
+}
+
 impl Changes {
-    /// Drops what the kernel holds that `stale` names. Returns whether a gone node is left
+    /// Drops what the kernel holds that `stale` names. Returns whether a gone file is left
     /// for [`bury`] to delete.
     pub fn changed(&self, stale: &proto::Stale, root: u64) -> bool {
-        let ino = |node| if node == root { INodeNo::ROOT } else { INodeNo(node) };
+        let ino = |node| ino(node, root);
         let (node, name) = (ino(stale.node), OsStr::from_bytes(&stale.name));
         let bury = stale.gone != 0 && stale.gone_as.as_ref().is_some_and(|a| a.kind != Kind::Dir);
         let done = if stale.name.is_empty() {
@@ -1393,17 +1398,15 @@ impl Changes {
 /// name of the agent's own, answered here ([`Shares::haunt`]), and that entry is deleted: the
 /// first deletion of a node ends its watches, so there is one event whatever else holds it.
 /// `dir` is the path of the directory `stale.node` below the mount `at`. Directories are
-/// left out: the kernel gives a directory one entry, and would move it to the new name.
+/// left out ([`Changes::changed`] says which to bury): the kernel gives a directory one
+/// entry, and would move it to the new name.
 pub fn bury(shares: &Shares, changes: &Changes, at: &Path, dir: Option<&Path>, stale: &proto::Stale, root: u64) {
     let (Some(attr), Some(dir)) = (stale.gone_as.clone(), dir) else { return };
-    if attr.kind == Kind::Dir {
-        return;
-    }
-    let ino = |node| if node == root { INodeNo::ROOT } else { INodeNo(node) };
     let name = format!(".berth-gone-{}", stale.gone).into_bytes();
     shares.haunt(stale.node, &name, Some(attr));
     let found = std::fs::symlink_metadata(at.join(dir).join(OsStr::from_bytes(&name)));
-    let done = found.and_then(|_| changes.notifier.delete(ino(stale.node), ino(stale.gone), OsStr::from_bytes(&name)));
+    let done = found
+        .and_then(|_| changes.notifier.delete(ino(stale.node, root), ino(stale.gone, root), OsStr::from_bytes(&name)));
     shares.haunt(stale.node, &name, None);
     match done {
         Ok(()) => tracing::debug!(node = stale.gone, "shares: a gone node deleted under the agent's name"),

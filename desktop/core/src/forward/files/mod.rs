@@ -889,7 +889,6 @@ impl FileServer {
     }
 }
 
-/// A path's bytes (as the guest's file names are bytes).
 /// All the host can tell of gone node `node` with no handle on it: its kind.
 fn gone_attr(node: Node, kind: Kind) -> proto::Attr {
     let t = proto::Time::default();
@@ -911,6 +910,7 @@ fn gone_attr(node: Node, kind: Kind) -> proto::Attr {
     }
 }
 
+/// A path's bytes (as the guest's file names are bytes).
 fn path_bytes(p: &Path) -> Vec<u8> {
     #[cfg(unix)]
     {
