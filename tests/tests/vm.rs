@@ -190,7 +190,7 @@ fn transports_pass_the_conformance_suite_in_the_vm_and_data_survives_a_clean_shu
             // in the VM too.
             let pull = docker_at(&hybrid_host2, &["pull", &img2], None);
             assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
-            let sh = "cat; cat /proc/self/cgroup; ip route | head -1";
+            let sh = "cat; cat /proc/self/cgroup; ip route | head -1; echo cpus=$(nproc)";
             for host in [&hybrid_host2, &serial_host] {
                 // stdin's end reaches the container over both (a half-close in the session).
                 let out =
@@ -200,6 +200,8 @@ fn transports_pass_the_conformance_suite_in_the_vm_and_data_survives_a_clean_shu
                 assert!(text.starts_with("hello from the host\n"), "{host}: {text}");
                 assert!(text.contains("0::/"), "not in its own cgroup v2 namespace: {text}");
                 assert!(text.contains("default via 172.29.0.1"), "not on the guest's bridge: {text}");
+                // Every CPU the VM was given is online (a kernel option once left one).
+                assert!(text.contains("cpus=2\n"), "the guest does not use its 2 CPUs: {text}");
             }
             let out = docker_at(
                 &serial_host,
