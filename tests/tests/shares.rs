@@ -909,6 +909,49 @@ fn a_large_tree_is_listed_and_removed_whole() {
     assert!(eventually(10, || s.server.nodes() < 10), "the host still holds {} nodes", s.server.nodes());
 }
 
+/// A directory of fewer entries than one answer of the host holds, but more than one read of
+/// the kernel's takes, read with small reads while each entry read is removed (as `rm -rf`
+/// does): every entry is seen once. The host's listing must be kept for the reads after the
+/// first (listed anew, the names that went would shift the rest, and a chunk was skipped: `rm
+/// -rf` right after an untar failed with "Directory not empty" in the VM).
+#[test]
+fn a_directory_read_while_its_entries_go_is_read_whole() {
+    let s = Setup::new(false);
+    std::fs::create_dir(s.host("d")).unwrap();
+    let names: std::collections::BTreeSet<String> = (0..200).map(|i| format!("entry-{i:04}")).collect();
+    for n in &names {
+        std::fs::write(s.host(&format!("d/{n}")), "x").unwrap();
+    }
+    let dir = std::fs::File::open(s.guest("d")).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: getdents64(2) into a buffer of the length given, on an open directory.
+        let n = unsafe {
+            libc::syscall(libc::SYS_getdents64, std::os::fd::AsRawFd::as_raw_fd(&dir), buf.as_mut_ptr(), buf.len())
+        };
+        assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at < n as usize {
+            // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name.
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = String::from_utf8_lossy(&name[..name.iter().position(|b| *b == 0).unwrap()]).into_owned();
+            if name != "." && name != ".." {
+                std::fs::remove_file(s.guest(&format!("d/{name}"))).unwrap();
+                assert!(seen.insert(name.clone()), "{name} read twice");
+            }
+            at += reclen;
+        }
+    }
+    let missed: Vec<&String> = names.difference(&seen).collect();
+    assert!(missed.is_empty(), "{} of 200 entries never read: {missed:?}", missed.len());
+    std::fs::remove_dir(s.guest("d")).unwrap();
+}
+
 /// Names the guest's kernel already holds are answered in the guest when it asks again
 /// (`mkdir` of an existing directory asks for every parent, as `mkdir -p` and busybox's `tar`
 /// do for each file), the host's count of them stays right, and a file keeps its inode number

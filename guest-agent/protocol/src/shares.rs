@@ -24,6 +24,23 @@ use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
 pub const VERSION: u32 = 15;
+/// Whether a listing of entries named `names` long takes one read of the guest's kernel:
+/// its smallest is a page (4 KiB), holding FUSE's `READDIRPLUS` entries of 152 bytes and the
+/// name, padded to 8, after "." and "..". A longer one is read on from an offset into the
+/// same listing, which the host must keep for it.
+pub fn fits_one_read(names: impl IntoIterator<Item = usize>) -> bool {
+    const PAGE: usize = 4096;
+    let entry = |len: usize| (152 + len).next_multiple_of(8);
+    let mut used = entry(1) + entry(2);
+    for len in names {
+        used += entry(len);
+        if used > PAGE {
+            return false;
+        }
+    }
+    true
+}
+
 /// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
 pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
 /// The largest read or write in one call.
@@ -282,9 +299,10 @@ pub enum Request {
     },
     /// Opens directory `node` for listing and lists it from `offset` on, in one call
     /// ([`Reply::Listed`]; the guest opens directories without asking, and most listings fit
-    /// in one answer). A listing that goes on keeps a handle, which holds the names it had
-    /// when listed from offset 0, so entries removed while the guest walks it (as `rm -rf`
-    /// does) do not shift the offsets of the rest; read on with [`Request::ReadDir`],
+    /// in one answer). A listing that goes on, in this answer or in the guest's next read
+    /// (one that [`fits_one_read`] does not take), keeps a handle, which holds the names it
+    /// had when listed from offset 0, so entries removed while the guest walks it (as `rm
+    /// -rf` does) do not shift the offsets of the rest; read on with [`Request::ReadDir`],
     /// released with [`Request::Release`].
     List {
         node: Node,
@@ -558,5 +576,16 @@ mod tests {
         assert_eq!(decode(&encode(&a)[4..]).unwrap(), a);
         assert!(matches!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()), Err(FrameError::TooLong(_))));
         assert!(decode(b"\xff\xff").is_err());
+    }
+
+    #[test]
+    fn a_listing_fits_one_read_of_a_page() {
+        // "." and ".." take 320 bytes; a 10-byte name's entry 168.
+        assert!(fits_one_read([10; 22]));
+        assert!(!fits_one_read([10; 23]));
+        // Names of 255 bytes: 408 each.
+        assert!(fits_one_read([255; 9]));
+        assert!(!fits_one_read([255; 10]));
+        assert!(fits_one_read([]));
     }
 }

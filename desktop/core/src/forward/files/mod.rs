@@ -777,7 +777,10 @@ impl FileServer {
             Request::List { node, offset, plus } => {
                 let handle = self.open_listing(node)?;
                 match self.read_listing(handle, offset, plus) {
-                    Ok((entries, true)) => Ok(Reply::Listed { handle, entries, more: true }),
+                    // Kept while the guest may read on from an offset into it.
+                    Ok((entries, more)) if more || !proto::fits_one_read(entries.iter().map(|(_, e)| e.name.len())) => {
+                        Ok(Reply::Listed { handle, entries, more })
+                    }
                     done => {
                         self.0.listings.lock().expect("lock").remove(&handle);
                         done.map(|(entries, _)| Reply::Listed { handle: 0, entries, more: false })
