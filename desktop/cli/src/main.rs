@@ -495,7 +495,12 @@ fn logs() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+        // notify's inotify backend warns for every watched directory removed (it unwatches
+        // what the kernel already dropped): two lines a directory in daemon.log under `rm -rf`.
+        // What matters of it (a watch refused) comes back to the share's watcher, which logs it.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info,notify=error".into()),
+        )
         .with_writer(std::io::stderr)
         // The daemon's stderr is daemon.log: colours only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
