@@ -335,6 +335,7 @@ impl FileServer {
             watch::Change::Entry(p) => (p, true),
             watch::Change::Rescan => return self.notify_all(),
         };
+        tracing::debug!(path = %path.display(), entry, "shares: a change made on this machine");
         let Some((i, root)) = self.0.roots.iter().enumerate().find(|(_, r)| path.starts_with(r)) else { return };
         let mut notice = {
             let mut nodes = self.0.nodes.lock().expect("lock");
