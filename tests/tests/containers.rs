@@ -120,6 +120,39 @@ fn namespaces_isolate_each_container() {
     assert_eq!(a.ok(&["run", "--rm", "--network", "none", &img, "ls", "/sys/class/net"]), "lo\n");
 }
 
+/// `--pid host` and `--pid container:NAME`, as dockerd has them: the engine's processes (the
+/// VM's, in the VM: `docker run --privileged --pid host ... nsenter -t 1` is how users reach
+/// it), or another running container's; what outlives the container's first process there
+/// goes with it; a bad mode or a stopped container is refused.
+#[test]
+fn pid_namespaces_can_be_shared() {
+    let a = Agent::start();
+    let img = a.pull("busybox:latest");
+    // The test and a natively run engine share the machine's PID namespace.
+    let init = std::fs::read_to_string("/proc/1/comm").unwrap();
+    assert_eq!(a.ok(&["run", "--rm", "--pid", "host", &img, "cat", "/proc/1/comm"]), init);
+    let out = a.ok(&["run", "--rm", "--pid", "host", &img, "sh", "-c", "sleep 300 & echo $!"]);
+    let left: i32 = out.trim().parse().unwrap();
+    assert!(left > 1, "{out}");
+    // SAFETY: kill(2) with signal 0 only checks.
+    assert!(eventually(10, || unsafe { libc::kill(left, 0) } != 0), "a process the container left is still running");
+
+    a.ok(&["run", "-d", "--name", "target", &img, "sleep", "300"]);
+    let out =
+        a.ok(&["run", "--rm", "--pid", "container:target", &img, "sh", "-c", "cat /proc/1/cmdline; echo; ps -o comm"]);
+    assert!(out.starts_with("sleep"), "not in the other container's PID namespace: {out}");
+    a.ok(&["create", "--name", "joiner", "--pid", "container:target", &img, "true"]);
+    assert_eq!(inspect(&a, "joiner")["HostConfig"]["PidMode"], "container:target");
+    a.ok(&["stop", "-t", "0", "target"]);
+    let (_, err) = a.fails(&["start", "joiner"]);
+    assert!(err.contains("cannot join PID of a non running container: target"), "{err}");
+    let body = format!(r#"{{"Image":"{img}","HostConfig":{{"PidMode":"bogus"}}}}"#);
+    let (code, text) = a.http("POST", "/containers/create", Some(&body));
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("invalid PID mode: bogus"), "{text}");
+    a.ok(&["rm", "-f", "target", "joiner"]);
+}
+
 #[test]
 fn lifecycle_verbs() {
     let a = Agent::start();

@@ -51,6 +51,19 @@ pub enum NetMode {
     Host,
 }
 
+/// Which PID namespace a container's processes get (`--pid`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PidMode {
+    /// A new one: the container's first process is its PID 1.
+    #[default]
+    New,
+    /// The engine's own (`--pid host`): in the VM, the VM's processes.
+    Host,
+    /// That of the running process with this PID, another container's init
+    /// (`--pid container:NAME`).
+    Join(i32),
+}
+
 /// One mount in a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountPoint {
@@ -73,6 +86,8 @@ pub struct RunSpec {
     pub mounts: Vec<MountPoint>,
     pub hostname: String,
     pub net: NetMode,
+    #[serde(default)]
+    pub pid: PidMode,
     /// Files bind-mounted over `/etc/<name>` (hosts, hostname, resolv.conf).
     pub etc_files: Vec<(PathBuf, String)>,
     pub shm_size: u64,
@@ -157,8 +172,17 @@ fn set_parent_death_kill() {
 /// Creates namespaces, forks the container's init and waits for it.
 fn run(spec: RunSpec, status: &mut File) -> Result<i32, String> {
     set_parent_death_kill();
-    let mut flags =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    match spec.pid {
+        PidMode::New => flags |= CloneFlags::CLONE_NEWPID,
+        PidMode::Host => {}
+        // The children forked from here on are born in it (this helper stays where it is).
+        PidMode::Join(pid) => {
+            let ns = File::open(format!("/proc/{pid}/ns/pid"))
+                .map_err(|e| format!("the container whose PID namespace was asked for is gone ({e})"))?;
+            setns(&ns, CloneFlags::CLONE_NEWPID).map_err(|e| format!("setns pid: {e}"))?;
+        }
+    }
     if spec.net == NetMode::New {
         flags |= CloneFlags::CLONE_NEWNET;
     }

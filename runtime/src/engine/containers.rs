@@ -10,7 +10,7 @@ use crate::container::cgroup::{Cgroup, Limits};
 use crate::container::launch::{self};
 use crate::container::logs::{LogWriter, Stream};
 use crate::container::security::{Confinement, Policy};
-use crate::container::shim::{MountPoint, NetMode, ProcessSpec, RunSpec};
+use crate::container::shim::{MountPoint, NetMode, PidMode, ProcessSpec, RunSpec};
 use crate::container::{ContainerRecord, NetRecord, State, Status, argv, merge_config, parse_signal};
 use crate::image::ImageError;
 use crate::model::{ContainerConfig, HostConfig, ImageConfig, now_rfc3339};
@@ -171,6 +171,7 @@ impl Engine {
         if host.memory > 0 && host.memory_swap == 0 {
             host.memory_swap = host.memory.saturating_mul(2);
         }
+        pid_mode_of(&host)?;
         let attach = self.attach_of(&host.network_mode)?;
         let endpoints = req.endpoints;
         let macs =
@@ -369,7 +370,8 @@ impl Engine {
                 return Err(e);
             }
         };
-        let spec = run_spec(ctr, &rec, overlay, etc_files, eth0.clone(), net, &policy, confinement.clone());
+        let mut spec = run_spec(ctr, &rec, overlay, etc_files, eth0.clone(), net, &policy, confinement.clone());
+        spec.pid = self.pid_mode(&rec)?;
         let spec_path = ctr.dir.join("spec.json");
         if let Err(e) = std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serialises")) {
             release(self);
@@ -497,6 +499,8 @@ impl Engine {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let status = helper.wait().await;
+                // Before the output's end: what is left may hold it open.
+                kill_leftovers(&ctr2).await;
                 for p in pumps {
                     let _ = p.await;
                 }
@@ -550,6 +554,24 @@ impl Engine {
 
     /// `HostConfig.Links` (`name[:alias]`): /etc/hosts lines and environment variables, as
     /// dockerd makes them (`ALIAS_PORT_80_TCP_ADDR`, `ALIAS_ENV_X`, `ALIAS_NAME`, ...).
+    /// The PID namespace `rec` starts in (`HostConfig.PidMode`): another container's must be
+    /// running, as dockerd has it.
+    fn pid_mode(&self, rec: &ContainerRecord) -> Result<PidMode, EngineError> {
+        let Some(name) = pid_mode_of(&rec.host_config)? else {
+            let host = rec.host_config.extra.get("PidMode").and_then(|m| m.as_str()) == Some("host");
+            return Ok(if host { PidMode::Host } else { PidMode::New });
+        };
+        let other = self.container(name).map_err(|_| {
+            EngineError::NotFound(format!(
+                "cannot join PID of a non running container: {name}: No such container: {name}"
+            ))
+        })?;
+        if !other.running() || other.state.pid <= 0 {
+            return Err(EngineError::Conflict(format!("cannot join PID of a non running container: {name}")));
+        }
+        Ok(PidMode::Join(other.state.pid))
+    }
+
     fn links_of(&self, rec: &ContainerRecord) -> Result<(Vec<String>, Vec<String>), EngineError> {
         let (mut hosts, mut env) = (Vec::new(), Vec::new());
         for (name, alias) in links_of_record(rec) {
@@ -651,7 +673,8 @@ impl Engine {
         *ctr.pty.lock().expect("lock") = None;
         ctr.confinement.lock().expect("lock").take();
         let mut oom_killed = false;
-        if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
+        let cgroup = ctr.cgroup.lock().expect("lock").take();
+        if let Some(cg) = cgroup {
             oom_killed = cg.oom_kills() > 0;
             cg.remove();
         }
@@ -1037,6 +1060,7 @@ fn run_spec(
             .collect(),
         hostname: if net == NetMode::Host { String::new() } else { rec.config.hostname.clone() },
         net,
+        pid: PidMode::New,
         etc_files,
         shm_size: rec.host_config.shm_size.max(0) as u64,
         eth0,
@@ -1114,6 +1138,36 @@ async fn next_exit(life: &mut tokio::sync::watch::Receiver<crate::engine::Lifecy
 
 /// A container's legacy links (`HostConfig.Links`, each `name[:alias]` as the client gave it,
 /// or dockerd's `/name:/container/alias`) as (linked container's name, alias) pairs.
+/// Kills what outlived a container's first process, as runc does: in a PID namespace of its
+/// own the kernel has done it, but in the engine's or another container's (`--pid`) its
+/// children and exec'd processes are still there, in its cgroup.
+async fn kill_leftovers(ctr: &Ctr) {
+    for _ in 0..50 {
+        let left = ctr.cgroup.lock().expect("lock").as_ref().map(|cg| cg.pids()).unwrap_or_default();
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            // SAFETY: kill(2) has no memory effects; these are the container's own processes.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::warn!(dir = %ctr.dir.display(), "processes of an ended container outlived SIGKILL");
+}
+
+/// `HostConfig.PidMode` checked as dockerd checks it: empty, `host` or `container:NAME`;
+/// the name of the container in the last case.
+fn pid_mode_of(host: &crate::model::HostConfig) -> Result<Option<&str>, EngineError> {
+    match host.extra.get("PidMode").map(|m| m.as_str().unwrap_or("?")).unwrap_or("") {
+        "" | "host" => Ok(None),
+        m => match m.strip_prefix("container:") {
+            Some(name) if !name.is_empty() => Ok(Some(name)),
+            _ => Err(EngineError::InvalidArgument(format!("invalid PID mode: {m}"))),
+        },
+    }
+}
+
 pub fn links_of_record(rec: &ContainerRecord) -> Vec<(String, String)> {
     let links: Vec<String> =
         rec.host_config.extra.get("Links").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
