@@ -5,6 +5,7 @@
 mod config;
 mod docker;
 mod host;
+mod progress;
 mod shell;
 mod status;
 
@@ -420,11 +421,14 @@ async fn start(a: VmArgs) -> anyhow::Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log);
     host::detach(&mut cmd);
+    let progress = progress::BootProgress::new(home.join("vm").join("serial.log"));
     let mut child = cmd.spawn().context("starting the berth daemon")?;
     eprintln!("starting the VM (logs: berth logs)...");
+    let progress = progress.follow();
     let start = Instant::now();
     loop {
         if docker_answers(&sock).await {
+            progress.ready();
             println!("berth is running: export DOCKER_HOST={}", host::docker_host(&sock));
             announce_context(&home);
             return Ok(());
