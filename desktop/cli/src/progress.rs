@@ -3,6 +3,7 @@
 //! each is printed once, with the time since the command began, as it is reached. A first
 //! start formats the data disk, which the user sees named rather than as a longer silence.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
@@ -41,8 +42,12 @@ impl BootProgress {
         }
         // The guest's own lines come first, and the engine's log follows: its first lines
         // are enough.
-        let Ok(text) = std::fs::read(&self.log) else { return };
-        let text = String::from_utf8_lossy(&text[..text.len().min(64 << 10)]);
+        let mut head = Vec::new();
+        let read = std::fs::File::open(&self.log).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
+        if read.is_err() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&head);
         for i in reached(&text) {
             if !std::mem::replace(&mut self.told[i], true) {
                 eprintln!("  {:5.1} s  {}", self.began.elapsed().as_secs_f64(), STEPS[i].1);

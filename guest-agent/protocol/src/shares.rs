@@ -24,6 +24,11 @@ use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a change an older peer cannot read bumps it.
 pub const VERSION: u32 = 15;
+/// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
+pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
+/// The largest read or write in one call.
+pub const MAX_IO: usize = 1 << 20;
+
 /// Whether a listing of entries named `names` long takes one read of the guest's kernel:
 /// its smallest is a page (4 KiB), holding FUSE's `READDIRPLUS` entries of 152 bytes and the
 /// name, padded to 8, after "." and "..". A longer one is read on from an offset into the
@@ -41,10 +46,6 @@ pub fn fits_one_read(names: impl IntoIterator<Item = usize>) -> bool {
     true
 }
 
-/// The largest frame either side accepts (a write or a read of [`MAX_IO`] and its header).
-pub const MAX_FRAME: usize = MAX_IO + 64 * 1024;
-/// The largest read or write in one call.
-pub const MAX_IO: usize = 1 << 20;
 /// The size of a slot of the shared memory ([`Memory`]): one read or write of [`MAX_IO`]. The
 /// region's first slot holds its token; the others carry data.
 pub const SLOT: usize = MAX_IO;

@@ -552,14 +552,13 @@ impl Engine {
         Ok(())
     }
 
-    /// `HostConfig.Links` (`name[:alias]`): /etc/hosts lines and environment variables, as
-    /// dockerd makes them (`ALIAS_PORT_80_TCP_ADDR`, `ALIAS_ENV_X`, `ALIAS_NAME`, ...).
     /// The PID namespace `rec` starts in (`HostConfig.PidMode`): another container's must be
     /// running, as dockerd has it.
     fn pid_mode(&self, rec: &ContainerRecord) -> Result<PidMode, EngineError> {
-        let Some(name) = pid_mode_of(&rec.host_config)? else {
-            let host = rec.host_config.extra.get("PidMode").and_then(|m| m.as_str()) == Some("host");
-            return Ok(if host { PidMode::Host } else { PidMode::New });
+        let name = match pid_mode_of(&rec.host_config)? {
+            PidAsked::Own => return Ok(PidMode::New),
+            PidAsked::Host => return Ok(PidMode::Host),
+            PidAsked::Of(name) => name,
         };
         let other = self.container(name).map_err(|_| {
             EngineError::NotFound(format!(
@@ -572,6 +571,8 @@ impl Engine {
         Ok(PidMode::Join(other.state.pid))
     }
 
+    /// `HostConfig.Links` (`name[:alias]`): /etc/hosts lines and environment variables, as
+    /// dockerd makes them (`ALIAS_PORT_80_TCP_ADDR`, `ALIAS_ENV_X`, `ALIAS_NAME`, ...).
     fn links_of(&self, rec: &ContainerRecord) -> Result<(Vec<String>, Vec<String>), EngineError> {
         let (mut hosts, mut env) = (Vec::new(), Vec::new());
         for (name, alias) in links_of_record(rec) {
@@ -673,8 +674,7 @@ impl Engine {
         *ctr.pty.lock().expect("lock") = None;
         ctr.confinement.lock().expect("lock").take();
         let mut oom_killed = false;
-        let cgroup = ctr.cgroup.lock().expect("lock").take();
-        if let Some(cg) = cgroup {
+        if let Some(cg) = ctr.cgroup.lock().expect("lock").take() {
             oom_killed = cg.oom_kills() > 0;
             cg.remove();
         }
@@ -1136,8 +1136,6 @@ async fn next_exit(life: &mut tokio::sync::watch::Receiver<crate::engine::Lifecy
     }
 }
 
-/// A container's legacy links (`HostConfig.Links`, each `name[:alias]` as the client gave it,
-/// or dockerd's `/name:/container/alias`) as (linked container's name, alias) pairs.
 /// Kills what outlived a container's first process, as runc does: in a PID namespace of its
 /// own the kernel has done it, but in the engine's or another container's (`--pid`) its
 /// children and exec'd processes are still there, in its cgroup.
@@ -1156,18 +1154,28 @@ async fn kill_leftovers(ctr: &Ctr) {
     tracing::warn!(dir = %ctr.dir.display(), "processes of an ended container outlived SIGKILL");
 }
 
-/// `HostConfig.PidMode` checked as dockerd checks it: empty, `host` or `container:NAME`;
-/// the name of the container in the last case.
-fn pid_mode_of(host: &crate::model::HostConfig) -> Result<Option<&str>, EngineError> {
+/// The PID namespace a create asked for (`HostConfig.PidMode`).
+enum PidAsked<'a> {
+    Own,
+    Host,
+    /// That of the container so named.
+    Of(&'a str),
+}
+
+/// `HostConfig.PidMode` checked as dockerd checks it: empty, `host` or `container:NAME`.
+fn pid_mode_of(host: &crate::model::HostConfig) -> Result<PidAsked<'_>, EngineError> {
     match host.extra.get("PidMode").map(|m| m.as_str().unwrap_or("?")).unwrap_or("") {
-        "" | "host" => Ok(None),
+        "" => Ok(PidAsked::Own),
+        "host" => Ok(PidAsked::Host),
         m => match m.strip_prefix("container:") {
-            Some(name) if !name.is_empty() => Ok(Some(name)),
+            Some(name) if !name.is_empty() => Ok(PidAsked::Of(name)),
             _ => Err(EngineError::InvalidArgument(format!("invalid PID mode: {m}"))),
         },
     }
 }
 
+/// A container's legacy links (`HostConfig.Links`, each `name[:alias]` as the client gave it,
+/// or dockerd's `/name:/container/alias`) as (linked container's name, alias) pairs.
 pub fn links_of_record(rec: &ContainerRecord) -> Vec<(String, String)> {
     let links: Vec<String> =
         rec.host_config.extra.get("Links").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();

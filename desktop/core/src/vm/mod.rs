@@ -258,11 +258,11 @@ fn restrict(path: &Path) -> std::io::Result<()> {
 /// CPU model is not Intel's and lacks `constant_tsc` (QEMU's default model under TCG), and
 /// fell back to the HPET, each read of which is an exit to QEMU's device model: 11% of the
 /// guest's busy time in a file-heavy job. TCG's TSC is one counter for every vCPU (QEMU's
-/// `cpu_get_ticks`, monotonic under a lock); with KVM, kvm-clock still ranks above it. Not
-/// `acpi=noirq` or
-/// `pci=noacpi` (which skip the routing of each PCI device's legacy interrupt through ACPI's
-/// AML interpreter, 0.12 s a device): on Debian's cloud kernel, built without MP tables,
-/// either leaves the guest one CPU whatever `-smp` says.
+/// `cpu_get_ticks`, monotonic under a lock); with KVM, kvm-clock still ranks above it.
+///
+/// Not `acpi=noirq` or `pci=noacpi` (which skip the routing of each PCI device's legacy
+/// interrupt through ACPI's AML interpreter, 0.12 s a device): on Debian's cloud kernel,
+/// built without MP tables, either leaves the guest one CPU whatever `-smp` says.
 fn kernel_cmdline(arch: arch::GuestArch, guest_log: Option<&str>) -> String {
     let mut line = format!("console={} quiet panic=-1 cryptomgr.notests", arch.console());
     if arch == arch::GuestArch::Amd64 {
