@@ -10,10 +10,14 @@
 //!    the other architecture's emulator with binfmt_misc (`/usr/lib/binfmt.d`).
 //! 3. Bring up `lo` and `eth0` for QEMU's user networking (10.0.2.15/24 via 10.0.2.2, DNS
 //!    10.0.2.3; `berth.ip=`, `berth.gw=`, `berth.dns=` on the kernel command line override).
-//! 4. Mount the data disk (`berth.disk=`, default /dev/vda) at /var/lib/berth, formatting it
+//! 4. With `berth.hold` on the kernel command line, wait for the host's word on the
+//!    `berth.init` port ([`hold`]): the host snapshots the VM here, before any disk is
+//!    mounted, and later starts from that snapshot; its word sets the clock and reseeds the
+//!    random pool, which a restored guest needs.
+//! 5. Mount the data disk (`berth.disk=`, default /dev/vda) at /var/lib/berth, formatting it
 //!    ext4 first when it holds no file system; without a disk the engine runs on a tmpfs.
-//! 5. Start `berth-agent serve` on vsock and a unix socket, restart it if it dies.
-//! 6. On SIGTERM / SIGINT / SIGPWR: stop the engine (it stops the containers), sync, unmount,
+//! 6. Start `berth-agent serve` on vsock and a unix socket, restart it if it dies.
+//! 7. On SIGTERM / SIGINT / SIGPWR: stop the engine (it stops the containers), sync, unmount,
 //!    power off.
 //!
 //! Everything is logged on the console (the serial port the host keeps as the VM's log).
@@ -154,6 +158,120 @@ fn network(opts: &HashMap<String, String>) {
     let _ = fs::write("/etc/resolv.conf", format!("nameserver {}\n", parse("berth.dns", "10.0.2.3")));
     let _ = fs::write("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n");
     let _ = nix::unistd::sethostname("berth");
+}
+
+/// The virtio-serial port the host's word comes through when the guest holds (`berth.hold=1`).
+const HOLD_PORT: &str = "berth.init";
+
+/// The host's word to a held guest: `go <unix nanoseconds> <hex seed>`, the host's clock and
+/// at least 32 bytes from its random source.
+#[derive(Debug, PartialEq)]
+struct Go {
+    unix_nanos: i64,
+    seed: Vec<u8>,
+}
+
+fn parse_go(line: &str) -> Option<Go> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "go" {
+        return None;
+    }
+    let unix_nanos = words.next()?.parse().ok()?;
+    let hex = words.next()?;
+    if hex.len() < 64 || hex.len() % 2 != 0 || words.next().is_some() {
+        return None;
+    }
+    let seed: Option<Vec<u8>> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+    Some(Go { unix_nanos, seed: seed? })
+}
+
+// The kernel's ioctls for these (linux/random.h, linux/fs.h); libc does not name them.
+nix::ioctl_write_ptr_bad!(rnd_add_entropy, 0x4008_5203, libc::c_int);
+nix::ioctl_none_bad!(rnd_reseed_crng, 0x5207);
+nix::ioctl_none_bad!(blk_flush_buffers, 0x1261);
+
+/// Waits for the host's word on [`HOLD_PORT`], then sets the clock and reseeds the random
+/// pool from it. The host snapshots the VM while it waits here, before any disk is mounted,
+/// and starts later VMs from that snapshot (desktop/core/src/vm/snapshot.rs): every one of
+/// them wakes here with the snapshot's clock and random state, which the word replaces.
+/// What the kernel read of the data disk while probing it (its first blocks, for the
+/// partition table) is dropped too: the disk may have changed since the snapshot.
+fn hold(opts: &HashMap<String, String>) {
+    use std::io::Read;
+    let path = match crate::serial::find(HOLD_PORT) {
+        Ok(p) => p,
+        Err(e) => return log(&format!("not holding for the host: {e:#}")),
+    };
+    let mut port = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => return log(&format!("not holding for the host: {}: {e}", path.display())),
+    };
+    log("held for the host");
+    let mut line = Vec::new();
+    let mut buf = [0u8; 256];
+    let go = loop {
+        match port.read(&mut buf) {
+            // No host on the other end yet.
+            Ok(0) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log(&format!("reading {}: {e}; going on without the host's word", path.display()));
+                return;
+            }
+        }
+        if let Some(end) = line.iter().position(|b| *b == b'\n') {
+            let text = String::from_utf8_lossy(&line[..end]).into_owned();
+            match parse_go(&text) {
+                Some(go) => break go,
+                None => log(&format!("the host's word is not understood: {text:?}")),
+            }
+            line.drain(..=end);
+        }
+        if line.len() > 4096 {
+            line.clear();
+        }
+    };
+    if let Err(e) = crate::api::control::set_clock(go.unix_nanos) {
+        log(&format!("setting the clock: {e}"));
+    }
+    reseed(&go.seed);
+    let dev = opts.get("berth.disk").map(String::as_str).unwrap_or("/dev/vda");
+    if let Ok(disk) = fs::File::open(dev) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an ioctl without argument on a descriptor this function owns.
+        if let Err(e) = unsafe { blk_flush_buffers(disk.as_raw_fd()) } {
+            log(&format!("dropping {dev}'s cached blocks: {e}"));
+        }
+    }
+    log("the host said go");
+}
+
+/// Adds `seed` to the kernel's random pool, credited, and makes the kernel's generator reseed
+/// from the pool at once (a restored snapshot would otherwise repeat the snapshot's output).
+fn reseed(seed: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let Ok(random) = fs::File::open("/dev/urandom") else {
+        return log("no /dev/urandom to reseed");
+    };
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info: Vec<libc::c_int> = vec![(seed.len() * 8) as libc::c_int, seed.len() as libc::c_int];
+    info.extend(seed.chunks(4).map(|c| {
+        let mut w = [0u8; 4];
+        w[..c.len()].copy_from_slice(c);
+        libc::c_int::from_ne_bytes(w)
+    }));
+    // SAFETY: `info` is a rand_pool_info whose buffer holds `buf_size` bytes, alive for the
+    // call; both ioctls act on the descriptor this function owns.
+    unsafe {
+        if let Err(e) = rnd_add_entropy(random.as_raw_fd(), info.as_ptr()) {
+            log(&format!("adding the host's seed to the random pool: {e}"));
+        }
+        if let Err(e) = rnd_reseed_crng(random.as_raw_fd()) {
+            log(&format!("reseeding the random generator: {e}"));
+        }
+    }
 }
 
 /// Mounts the data disk at /var/lib/berth, formatting it on first use.
@@ -389,6 +507,9 @@ pub fn main() -> anyhow::Result<()> {
     load_modules(Path::new("/lib/modules/berth.modules"));
     register_emulators(Path::new("/usr/lib/binfmt.d"));
     network(&opts);
+    if opts.contains_key("berth.hold") {
+        hold(&opts);
+    }
     if let Err(e) = data_disk(&opts) {
         log(&format!("{e:#}"));
     }
@@ -462,6 +583,20 @@ mod tests {
         assert!(!is_power_press(&event(1, 116, 0)), "a release is not a press");
         assert!(!is_power_press(&event(0, 0, 0)), "a sync event");
         assert!(!is_power_press(&event(1, 30, 1)), "another key");
+    }
+
+    #[test]
+    fn the_hosts_word_is_read() {
+        let seed = "00ff".repeat(16);
+        let go = parse_go(&format!("go 1796700095000000123 {seed}")).unwrap();
+        assert_eq!(go.unix_nanos, 1_796_700_095_000_000_123);
+        assert_eq!(go.seed.len(), 32);
+        assert_eq!(&go.seed[..2], &[0x00, 0xff]);
+        assert_eq!(parse_go(&format!("go 1 {}", &seed[..62])), None, "a seed under 32 bytes");
+        assert_eq!(parse_go(&format!("go 1 {}zz", &seed[..62])), None, "not hex");
+        assert_eq!(parse_go(&format!("stop 1 {seed}")), None);
+        assert_eq!(parse_go(&format!("go x {seed}")), None);
+        assert_eq!(parse_go(&format!("go 1 {seed} more")), None);
     }
 
     #[test]

@@ -413,6 +413,11 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     let out = home.berth(&["start", "--memory", "1024"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(home.0.path().join("vm/accel-probe.json").exists() || !std::path::Path::new("/dev/kvm").exists());
+    // The same VM as the first start: restored from the snapshot that start saved, with the
+    // host's clock.
+    assert_eq!(home.status()["vm"]["boot"]["restored"], true, "{:#}", home.status());
+    assert!(home.0.path().join("vm/boot.snapshot").is_file());
+    clock_is_the_hosts(&home, &img);
     // The container with --restart always came back with the VM, and so did its port here.
     let served = || {
         let web = home.docker(&["port", "web", "80/tcp"]);
@@ -464,10 +469,37 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     wait_gone(qemu, "the crashed daemon's QEMU");
     assert_eq!(home.status()["state"], "stopped");
     home.start();
+    // 768 MiB now (the config file's), so the start before booted and saved a snapshot of its
+    // own; this one restored it.
+    assert_eq!(home.status()["vm"]["boot"]["restored"], true, "{:#}", home.status());
     let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/g"]);
     assert_eq!(String::from_utf8_lossy(&read.stdout), "synced\n", "{}", String::from_utf8_lossy(&read.stderr));
     let logs = home.docker(&["logs", "talker"]);
     assert_eq!(logs.stdout, b"one\n", "logs survive restarts: {logs:?}");
+
+    // A changed guest image makes the snapshot stale: the next start boots it (and saves a new
+    // snapshot), the one after restores that.
+    assert!(home.berth(&["stop"]).status.success());
+    let initrd = std::fs::File::options().append(true).open(home.0.path().join("image/initrd.img")).unwrap();
+    initrd.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
+    drop(initrd);
+    home.start();
+    assert_eq!(home.status()["vm"]["boot"]["restored"], false, "a stale snapshot was restored");
+    assert!(home.berth(&["stop"]).status.success());
+    home.start();
+    assert_eq!(home.status()["vm"]["boot"]["restored"], true, "{:#}", home.status());
+    clock_is_the_hosts(&home, &img);
+    let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f", "/d/g"]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\nsynced\n", "{}", String::from_utf8_lossy(&read.stderr));
+}
+
+/// A container's clock is within 3 s of this machine's (after a start restored from a
+/// snapshot saved minutes before).
+fn clock_is_the_hosts(home: &BerthHome, img: &str) {
+    let out = home.docker(&["run", "--rm", img, "date", "+%s"]);
+    let guest: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{out:?}"));
+    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((guest - host).abs() < 3.0, "the guest's clock is {guest}, this machine's {host}");
 }
 
 /// Bytes the data disk's qcow2 file takes on this machine.

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 /// The console lines that mark a step, and how the step is told, in the order they come.
-const STEPS: [(&str, &str); 4] = [
-    ("berth-init [", "the guest's kernel is up; its init is running"),
+/// A start restored from the boot snapshot has none of the lines before the hold (QEMU begins
+/// the log anew), so it shows the disk's mount first.
+const STEPS: [(&str, &str); 5] = [
+    ("] starting", "the guest's kernel is up; its init is running"),
+    ("] held for the host", "saving the guest as it is now, for faster starts"),
     ("formatting ", "formatting the data disk (first start)"),
     (" mounted at ", "the data disk is mounted"),
     ("engine started", "the engine started; waiting for its API"),
@@ -98,9 +101,13 @@ mod tests {
         let first = "berth-init [2.86] starting\nberth-init [3.10] formatting /dev/vda as ext4 (first boot)\n\
                      berth-init [5.2] data disk /dev/vda formatted and mounted at /var/lib/berth\n\
                      berth-init [5.3] engine started (pid 91)\n";
-        assert_eq!(reached(first), vec![0, 1, 2, 3]);
-        let warm = "berth-init [2.86] starting\nberth-init [4.56] data disk /dev/vda mounted at /var/lib/berth\n";
-        assert_eq!(reached(warm), vec![0, 2]);
+        assert_eq!(reached(first), vec![0, 2, 3, 4]);
+        let warm = "berth-init [2.86] starting\nberth-init [2.9] held for the host\nberth-init [4.1] the host said go\n\
+                    berth-init [4.56] data disk /dev/vda mounted at /var/lib/berth\n";
+        assert_eq!(reached(warm), vec![0, 1, 3]);
+        let restored =
+            "berth-init [2.9] the host said go\nberth-init [2.95] data disk /dev/vda mounted at /var/lib/berth\n";
+        assert_eq!(reached(restored), vec![3]);
         assert!(reached("[    0.000000] Linux version 6.1.0").is_empty());
     }
 }

@@ -67,12 +67,20 @@ fn health(engine: &Engine) -> Response {
 
 /// Sets the guest's clock to the host's (after boot, and after the host slept).
 fn set_time(unix_nanos: i64) -> Response {
+    match set_clock(unix_nanos) {
+        Ok(()) => Response::Ok,
+        Err(e) => Response::Error { message: format!("setting the clock: {e}") },
+    }
+}
+
+/// Sets the guest's wall clock to `unix_nanos`.
+pub fn set_clock(unix_nanos: i64) -> std::io::Result<()> {
     let ts =
         libc::timespec { tv_sec: unix_nanos.div_euclid(1_000_000_000), tv_nsec: unix_nanos.rem_euclid(1_000_000_000) };
     // SAFETY: clock_settime reads a timespec we own.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } == 0 {
-        Response::Ok
+        Ok(())
     } else {
-        Response::Error { message: format!("setting the clock: {}", std::io::Error::last_os_error()) }
+        Err(std::io::Error::last_os_error())
     }
 }

@@ -15,6 +15,7 @@ pub mod accel;
 pub mod arch;
 pub mod image;
 pub mod qmp;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,6 +44,8 @@ pub enum VmError {
     Boot(String),
     #[error(transparent)]
     Accel(#[from] accel::AccelError),
+    #[error("restoring the boot snapshot")]
+    Restore(#[source] snapshot::SnapshotError),
     #[error("VM I/O on {path}")]
     Io {
         path: PathBuf,
@@ -160,6 +163,12 @@ pub struct BootTimes {
     pub ready: f64,
     /// The guest's own uptime when init started (the kernel's part of the boot).
     pub kernel_uptime: Option<f64>,
+    /// When init held for the host (a boot that saves the boot snapshot there).
+    #[serde(default)]
+    pub held: Option<f64>,
+    /// Whether this start restored the boot snapshot rather than booting ([`snapshot`]).
+    #[serde(default)]
+    pub restored: bool,
 }
 
 impl BootTimes {
@@ -169,6 +178,9 @@ impl BootTimes {
             return;
         }
         let text = std::fs::read_to_string(serial).unwrap_or_default();
+        if self.held.is_none() && text.contains("] held for the host") {
+            self.held = Some(at);
+        }
         if self.console.is_none() && !text.is_empty() {
             self.console = Some(at);
         }
@@ -207,6 +219,8 @@ pub struct Machine {
     pub accel: accel::Chosen,
     /// When QEMU was started.
     pub started: std::time::SystemTime,
+    /// The connection that told the held guest to go on, kept until the guest has read it.
+    held_word: Option<crate::local::UnixClient>,
 }
 
 /// The last `n` lines of a log (the serial console's, for error messages).
@@ -400,8 +414,22 @@ fn spawn_tied(mut cmd: Command, what: &'static str, program: &Path) -> Result<Ch
 }
 
 impl Machine {
-    /// Boots the VM and waits until the agent answers.
+    /// Starts the VM, from its boot snapshot when it has a usable one, and waits until the
+    /// agent answers. A snapshot that does not restore is removed and the VM boots instead.
     pub async fn start(cfg: &MachineConfig) -> Result<Machine, VmError> {
+        match Machine::boot(cfg, true).await {
+            Err(VmError::Restore(e)) => {
+                tracing::warn!(error = %error_chain(&e), "the boot snapshot did not restore: removed; booting instead");
+                snapshot::remove(&cfg.dir);
+                Machine::boot(cfg, false).await
+            }
+            r => r,
+        }
+    }
+
+    /// Boots the VM, or restores its snapshot when `may_restore` and there is a usable one, and
+    /// waits until the agent answers.
+    async fn boot(cfg: &MachineConfig, may_restore: bool) -> Result<Machine, VmError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| VmError::Io { path, source }
@@ -443,6 +471,14 @@ impl Machine {
             let _ = std::fs::remove_file(f);
         }
         let mem = format!("{}M", cfg.memory_mib);
+        let snapshots = snapshot::usable_for(cfg.transport, &cfg.hostfwd, &cfg.qemu_args);
+        let init_port = cfg.dir.join(snapshot::INIT_PORT);
+        let _ = std::fs::remove_file(&init_port);
+        let mut cmdline = kernel_cmdline(cfg.arch, std::env::var("BERTH_GUEST_LOG").ok().as_deref());
+        if snapshots {
+            // Init holds before mounting the data disk until the host's word ([`snapshot`]).
+            cmdline += " berth.hold=1";
+        }
         let mut qemu = Command::new(&qemu_path);
         qemu.args(["-accel", chosen.accel.name(), "-m", &mem, "-smp", &cfg.cpus.to_string()])
             .args(cfg.arch.machine_args(chosen.accel))
@@ -454,7 +490,7 @@ impl Machine {
             .arg("-initrd")
             .arg(cfg.image.join("initrd.img"))
             .arg("-append")
-            .arg(kernel_cmdline(cfg.arch, std::env::var("BERTH_GUEST_LOG").ok().as_deref()))
+            .arg(&cmdline)
             .arg("-netdev")
             .arg(cfg.hostfwd.iter().fold("user,id=n0".to_string(), |n, f| format!("{n},hostfwd={f}")))
             .args(["-device", "virtio-net-pci,netdev=n0"])
@@ -505,9 +541,24 @@ impl Machine {
                     m.path().display(),
                     crate::forward::files::memory::SIZE
                 ))
-                .args(["-device", "ivshmem-plain,memdev=berthshm"]);
+                // `master=on`: QEMU migrates (snapshots) a VM with it only so.
+                .args(["-device", "ivshmem-plain,memdev=berthshm,master=on"]);
         }
         qemu.args(&cfg.qemu_args);
+        if snapshots {
+            qemu.arg("-chardev")
+                .arg(format!("socket,id=berthinit,path={},server=on,wait=off", init_port.display()))
+                .args(["-device", "virtserialport,bus=vser.0,chardev=berthinit,name=berth.init"]);
+        }
+        // The key is taken from every argument so far: a snapshot restores only into the same VM.
+        let key = snapshots.then(|| {
+            let args: Vec<std::ffi::OsString> = qemu.as_std().get_args().map(ToOwned::to_owned).collect();
+            snapshot::key(&qemu_path, &args, &[cfg.image.join("vmlinuz"), cfg.image.join("initrd.img")], &disk)
+        });
+        let restoring = key.as_deref().filter(|_| may_restore).and_then(|k| snapshot::find(&cfg.dir, k));
+        if restoring.is_some() {
+            qemu.args(["-incoming", "defer"]);
+        }
         let qemu = spawn_tied(qemu, "QEMU", &qemu_path)?;
         let started = std::time::SystemTime::now();
         let mut m = Machine {
@@ -522,13 +573,38 @@ impl Machine {
             qmp,
             accel: chosen,
             started,
+            held_word: None,
         };
         let start = Instant::now();
-        let mut private = [false, false];
+        if let Some(file) = &restoring {
+            while !m.qmp.exists() {
+                if let Ok(Some(st)) = m.qemu.try_wait() {
+                    let why = format!("QEMU exited ({st}) before its monitor was up");
+                    return Err(VmError::Restore(snapshot::SnapshotError::Migration(why)));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            snapshot::restore(&m.qmp, &cfg.dir, file).await.map_err(VmError::Restore)?;
+            if let Some(memory) = &m.shared_memory {
+                memory.stamp();
+            }
+            m.held_word = Some(snapshot::go(&init_port).await.map_err(|source| {
+                VmError::Restore(snapshot::SnapshotError::Io {
+                    what: "word to the guest",
+                    path: init_port.clone(),
+                    source,
+                })
+            })?);
+            m.boot.restored = true;
+            tracing::info!(secs = start.elapsed().as_secs_f64(), "the boot snapshot is restored");
+        }
+        // A boot that holds: the snapshot is saved when init says it holds, then the guest goes.
+        let mut holding = snapshots && restoring.is_none();
+        let mut private = [false, false, !snapshots];
         let mut last_error;
         loop {
             // QEMU makes its sockets with the process umask; only the user may drive the VM.
-            for (done, path) in private.iter_mut().zip([&m.qmp, &m.port]) {
+            for (done, path) in private.iter_mut().zip([&m.qmp, &m.port, &init_port]) {
                 if !*done && path.exists() {
                     restrict(path).map_err(io(path))?;
                     *done = true;
@@ -536,6 +612,51 @@ impl Machine {
             }
             let now = start.elapsed().as_secs_f64();
             m.boot.observe(&m.serial, now);
+            if holding && m.boot.engine.is_some() {
+                // An init that does not hold (a guest image from before it did).
+                tracing::warn!("the guest did not hold for a boot snapshot: none is saved");
+                holding = false;
+            }
+            if holding && m.boot.held.is_some() {
+                holding = false;
+                let saving = Instant::now();
+                match snapshot::save(&m.qmp, &cfg.dir, key.as_deref().unwrap_or_default()).await {
+                    Ok(bytes) => tracing::info!(
+                        mib = bytes >> 20,
+                        secs = saving.elapsed().as_secs_f64(),
+                        "boot snapshot saved: the next starts restore it"
+                    ),
+                    Err(e) => tracing::warn!(error = %error_chain(&e), "the boot snapshot was not saved"),
+                }
+                match snapshot::go(&init_port).await {
+                    Ok(s) => m.held_word = Some(s),
+                    Err(e) => {
+                        return Err(VmError::Boot(format!(
+                            "the guest holds for the host's word, which could not be given ({}): {e}",
+                            init_port.display()
+                        )));
+                    }
+                }
+            }
+            if holding {
+                // Nothing answers before the guest is let go.
+                if let Ok(Some(st)) = m.qemu.try_wait() {
+                    return Err(VmError::Boot(format!(
+                        "QEMU exited ({st}) before the guest held for the host; serial log tail:\n{}",
+                        tail(&m.serial, 20)
+                    )));
+                }
+                if start.elapsed() > cfg.boot_timeout {
+                    return Err(VmError::Boot(format!(
+                        "the guest did not reach its init within {} s (accelerator {}); serial log tail:\n{}",
+                        cfg.boot_timeout.as_secs(),
+                        m.accel.accel,
+                        tail(&m.serial, 20)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             // A serial session waits for the agent rather than failing, so each try is bounded.
             let health = crate::control::request_via(m.transport.as_ref(), &berth_protocol::Request::Health);
             match tokio::time::timeout(Duration::from_secs(2), health).await {

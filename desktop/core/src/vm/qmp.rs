@@ -111,6 +111,34 @@ impl Qmp {
         })
     }
 
+    /// `stop`: the vCPUs stop.
+    pub async fn stop(&self) -> Result<(), QmpError> {
+        self.execute(qapi::qmp::stop {}).await.map(|_| ())
+    }
+
+    /// `cont`: the vCPUs run again.
+    pub async fn cont(&self) -> Result<(), QmpError> {
+        self.execute(qapi::qmp::cont {}).await.map(|_| ())
+    }
+
+    /// `migrate` to `uri` (`unix:PATH`); the migration runs on in QEMU.
+    pub async fn migrate_to(&self, uri: &str) -> Result<(), QmpError> {
+        let m = qapi::qmp::migrate { uri: Some(uri.to_owned()), channels: None, detach: None, resume: None };
+        self.execute(m).await.map(|_| ())
+    }
+
+    /// `migrate-incoming` from `uri`, into a QEMU started with `-incoming defer`.
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+        let m = qapi::qmp::migrate_incoming { uri: Some(uri.to_owned()), channels: None, exit_on_error: None };
+        self.execute(m).await.map(|_| ())
+    }
+
+    /// The outgoing migration's status (`completed`, `failed`, `active`, ...).
+    pub async fn migration_status(&self) -> Result<String, QmpError> {
+        let info = self.execute(qapi::qmp::query_migrate {}).await?;
+        Ok(info.status.map(|s| s.name().to_owned()).unwrap_or_else(|| "none".into()))
+    }
+
     /// `system_powerdown`: presses the ACPI power button; the guest decides what to do.
     pub async fn powerdown(&self) -> Result<(), QmpError> {
         self.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())

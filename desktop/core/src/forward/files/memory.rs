@@ -45,9 +45,16 @@ impl Memory {
             h.write_usize(i);
             half.copy_from_slice(&h.finish().to_le_bytes());
         }
+        let memory = Memory { map, token, path: path.to_owned() };
+        memory.stamp();
+        Ok(memory)
+    }
+
+    /// Writes the token at the region's start (again: a restored boot snapshot brings the
+    /// region's contents as they were when it was saved).
+    pub fn stamp(&self) {
         // SAFETY: the mapping is SIZE bytes, more than the token's 16.
-        unsafe { std::ptr::copy_nonoverlapping(token.as_ptr(), map.as_mut_ptr(), token.len()) };
-        Ok(Memory { map, token, path: path.to_owned() })
+        unsafe { std::ptr::copy_nonoverlapping(self.token.as_ptr(), self.map.as_mut_ptr(), self.token.len()) };
     }
 
     /// Where it is, for QEMU.
