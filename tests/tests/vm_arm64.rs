@@ -3,7 +3,7 @@
 //! arm64 cloud kernel and the cross-built agent (`./dev agent-arm64`), a pull of a
 //! multi-platform image picking its `linux/arm64` variant, the container running on the
 //! aarch64 kernel, `--platform linux/amd64` running through QEMU's user-mode emulator, and a
-//! volume kept across a restart of the VM.
+//! volume kept across a restart of the VM, and a start restored from the boot snapshot.
 //!
 //! Its own test binary, so that cargo runs it alone, not beside the x86-64 VMs of `vm.rs`.
 
@@ -79,6 +79,16 @@ fn the_arm64_guest_boots_under_tcg_runs_arm64_images_and_keeps_a_volume() {
         get()
     );
     eprintln!("arm64 guest under TCG: second start booted in {:.1} s", home.status()["vm"]["boot"]["ready"]);
+    let stop = home.berth(&["stop"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    // The third as the first: restored from the boot snapshot the first start saved.
+    let third = home.berth(&["start", "--arch", "arm64", "--memory", "1024"]);
+    assert!(third.status.success(), "the third start: {}", text(&third));
+    let status = home.status();
+    assert_eq!(status["vm"]["boot"]["restored"], true, "{status:#}");
+    eprintln!("arm64 guest under TCG: restored in {:.1} s", status["vm"]["boot"]["ready"]);
+    let kept = home.docker(&["run", "--rm", "-v", "kept:/d", img, "cat", "/d/f"]);
+    assert_eq!(String::from_utf8_lossy(&kept.stdout), "kept\n", "{}", text(&kept));
     let stop = home.berth(&["stop"]);
     assert!(stop.status.success(), "{}", text(&stop));
 
