@@ -642,13 +642,15 @@ impl Machine {
                 // Nothing answers before the guest is let go.
                 if let Ok(Some(st)) = m.qemu.try_wait() {
                     return Err(VmError::Boot(format!(
-                        "QEMU exited ({st}) before the guest held for the host; serial log tail:\n{}",
+                        "QEMU exited ({st}) before the agent answered (the guest did not reach its hold); \
+                         serial log tail:\n{}",
                         tail(&m.serial, 20)
                     )));
                 }
                 if start.elapsed() > cfg.boot_timeout {
                     return Err(VmError::Boot(format!(
-                        "the guest did not reach its init within {} s (accelerator {}); serial log tail:\n{}",
+                        "the guest did not answer within {} s (accelerator {}; it did not reach its hold); \
+                         serial log tail:\n{}",
                         cfg.boot_timeout.as_secs(),
                         m.accel.accel,
                         tail(&m.serial, 20)
