@@ -181,9 +181,7 @@ fn parse_go(line: &str) -> Option<Go> {
     if hex.len() < 64 || hex.len() % 2 != 0 || words.next().is_some() {
         return None;
     }
-    let seed: Option<Vec<u8>> =
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
-    Some(Go { unix_nanos, seed: seed? })
+    Some(Go { unix_nanos, seed: ::hex::decode(hex).ok()? })
 }
 
 // The kernel's ioctls for these (linux/random.h, linux/fs.h); libc does not name them.
@@ -237,7 +235,7 @@ fn hold(opts: &HashMap<String, String>) {
         log(&format!("setting the clock: {e}"));
     }
     reseed(&go.seed);
-    let dev = opts.get("berth.disk").map(String::as_str).unwrap_or("/dev/vda");
+    let dev = data_device(opts);
     if let Ok(disk) = fs::File::open(dev) {
         use std::os::fd::AsRawFd;
         // SAFETY: an ioctl without argument on a descriptor this function owns.
@@ -274,9 +272,14 @@ fn reseed(seed: &[u8]) {
     }
 }
 
+/// The data disk's device: `berth.disk=` on the kernel command line, else the first virtio disk.
+fn data_device(opts: &HashMap<String, String>) -> &str {
+    opts.get("berth.disk").map(String::as_str).unwrap_or("/dev/vda")
+}
+
 /// Mounts the data disk at /var/lib/berth, formatting it on first use.
 fn data_disk(opts: &HashMap<String, String>) -> anyhow::Result<()> {
-    let dev = opts.get("berth.disk").cloned().unwrap_or_else(|| "/dev/vda".into());
+    let dev = data_device(opts).to_owned();
     fs::create_dir_all(DATA)?;
     let start = Instant::now();
     while !Path::new(&dev).exists() {

@@ -491,6 +491,19 @@ fn berth_start_serves_the_docker_cli_from_the_vm() {
     clock_is_the_hosts(&home, &img);
     let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f", "/d/g"]);
     assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\nsynced\n", "{}", String::from_utf8_lossy(&read.stderr));
+
+    // A snapshot cut in half (its key still matching) does not restore: the start says so in
+    // its log, boots instead, and the data is all there.
+    assert!(home.berth(&["stop"]).status.success());
+    let snap = home.0.path().join("vm/boot.snapshot");
+    let len = std::fs::metadata(&snap).unwrap().len();
+    std::fs::File::options().write(true).open(&snap).unwrap().set_len(len / 2).unwrap();
+    home.start();
+    assert_eq!(home.status()["vm"]["boot"]["restored"], false, "a broken snapshot was taken for restored");
+    let log = std::fs::read_to_string(home.0.path().join("daemon.log")).unwrap();
+    assert!(log.contains("the boot snapshot did not restore"), "{log}");
+    let read = home.docker(&["run", "--rm", "-v", "kept:/d", &img, "cat", "/d/f", "/d/g"]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\nsynced\n", "{}", String::from_utf8_lossy(&read.stderr));
 }
 
 /// A container's clock is within 3 s of this machine's (after a start restored from a

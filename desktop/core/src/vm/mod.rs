@@ -219,7 +219,8 @@ pub struct Machine {
     pub accel: accel::Chosen,
     /// When QEMU was started.
     pub started: std::time::SystemTime,
-    /// The connection that told the held guest to go on, kept until the guest has read it.
+    /// The connection that told the held guest to go on, kept open for the VM's life: closed at
+    /// once, it could be gone before QEMU handed the word to the guest.
     held_word: Option<crate::local::UnixClient>,
 }
 
@@ -640,37 +641,21 @@ impl Machine {
             }
             if holding {
                 // Nothing answers before the guest is let go.
-                if let Ok(Some(st)) = m.qemu.try_wait() {
-                    return Err(VmError::Boot(format!(
-                        "QEMU exited ({st}) before the agent answered (the guest did not reach its hold); \
-                         serial log tail:\n{}",
-                        tail(&m.serial, 20)
-                    )));
+                last_error = "the guest has not reached its hold before the data disk".into();
+            } else {
+                // A serial session waits for the agent rather than failing, so each try is bounded.
+                let health = crate::control::request_via(m.transport.as_ref(), &berth_protocol::Request::Health);
+                match tokio::time::timeout(Duration::from_secs(2), health).await {
+                    Ok(Ok(_)) => {
+                        m.boot.ready = start.elapsed().as_secs_f64();
+                        tracing::info!(transport = %m.transport.kind(), boot = ?m.boot, "the guest's agent answers");
+                        return Ok(m);
+                    }
+                    Ok(Err(e)) => last_error = error_chain(&e),
+                    Err(_) => last_error = "no answer in 2 s".into(),
                 }
-                if start.elapsed() > cfg.boot_timeout {
-                    return Err(VmError::Boot(format!(
-                        "the guest did not answer within {} s (accelerator {}; it did not reach its hold); \
-                         serial log tail:\n{}",
-                        cfg.boot_timeout.as_secs(),
-                        m.accel.accel,
-                        tail(&m.serial, 20)
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
+                tracing::debug!(secs = now, error = %last_error, "the agent does not answer yet");
             }
-            // A serial session waits for the agent rather than failing, so each try is bounded.
-            let health = crate::control::request_via(m.transport.as_ref(), &berth_protocol::Request::Health);
-            match tokio::time::timeout(Duration::from_secs(2), health).await {
-                Ok(Ok(_)) => {
-                    m.boot.ready = start.elapsed().as_secs_f64();
-                    tracing::info!(transport = %m.transport.kind(), boot = ?m.boot, "the guest's agent answers");
-                    return Ok(m);
-                }
-                Ok(Err(e)) => last_error = error_chain(&e),
-                Err(_) => last_error = "no answer in 2 s".into(),
-            }
-            tracing::debug!(secs = now, error = %last_error, "the agent does not answer yet");
             // The serial log says the engine runs, yet the transport does not reach it: fall
             // back to the virtio-serial port every VM has, rather than fail the start.
             if m.transport.kind() != transport::Kind::Serial

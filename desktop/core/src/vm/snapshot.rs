@@ -1,7 +1,7 @@
 //! The boot snapshot: a VM's state saved once, at the point where the guest's kernel and init
 //! are up and no disk is mounted (init holds there, `berth.hold=1`), and every later start
 //! restored from it instead of booting. Measured under TCG here (docs/architecture.md, "Start
-//! time"): a restore to an answering agent takes about half a second where a boot takes four.
+//! time"): a restore to an answering agent takes 0.65 s (median) where a boot takes 3.4 s.
 //!
 //! - **Saved** on a start that finds no usable snapshot: when init says it holds, QMP `stop`,
 //!   then `migrate` to a unix socket the daemon listens on and copies into `boot.snapshot`
@@ -59,6 +59,12 @@ pub enum SnapshotError {
     },
     #[error("QEMU's migration {0}")]
     Migration(String),
+}
+
+/// Names `what` of the snapshot at `path` in an I/O error.
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Io { what, path, source }
 }
 
 /// Whether a VM with this transport, these port forwards and extra arguments can have a
@@ -131,20 +137,16 @@ pub async fn save(qmp_path: &Path, dir: &Path, key: &str) -> Result<u64, Snapsho
 async fn save_stopped(qmp: &Qmp, dir: &Path, key: &str) -> Result<u64, SnapshotError> {
     remove(dir);
     let stream = dir.join(STREAM);
-    let io = |what, path: &Path| {
-        let path = path.to_owned();
-        move |source| SnapshotError::Io { what, path, source }
-    };
     let _ = std::fs::remove_file(&stream);
-    let mut listener = crate::local::Listener::bind(&stream).await.map_err(io("socket", &stream))?;
+    let mut listener = crate::local::Listener::bind(&stream).await.map_err(io_error("socket", &stream))?;
     qmp.migrate_to(&format!("unix:{}", stream.display())).await?;
-    let from = listener.accept().await.map_err(io("socket", &stream))?;
+    let from = listener.accept().await.map_err(io_error("socket", &stream))?;
     let _ = std::fs::remove_file(&stream);
     let part = dir.join(format!("{FILE}.part"));
-    let mut file = tokio::fs::File::create(&part).await.map_err(io("file", &part))?;
+    let mut file = tokio::fs::File::create(&part).await.map_err(io_error("file", &part))?;
     let mut from = tokio::io::BufReader::with_capacity(COPY_BUFFER, from);
-    let size = tokio::io::copy_buf(&mut from, &mut file).await.map_err(io("file", &part))?;
-    file.sync_all().await.map_err(io("file", &part))?;
+    let size = tokio::io::copy_buf(&mut from, &mut file).await.map_err(io_error("file", &part))?;
+    file.sync_all().await.map_err(io_error("file", &part))?;
     drop(file);
     // QEMU may close the stream a moment before it calls the migration done.
     let mut status = qmp.migration_status().await?;
@@ -159,10 +161,10 @@ async fn save_stopped(qmp: &Qmp, dir: &Path, key: &str) -> Result<u64, SnapshotE
         return Err(SnapshotError::Migration(format!("ended {status}")));
     }
     let file = dir.join(FILE);
-    std::fs::rename(&part, &file).map_err(io("file", &file))?;
+    std::fs::rename(&part, &file).map_err(io_error("file", &file))?;
     // The key last: a snapshot without its key is never used.
     let key_path = dir.join(KEY);
-    std::fs::write(&key_path, key).map_err(io("key", &key_path))?;
+    std::fs::write(&key_path, key).map_err(io_error("key", &key_path))?;
     Ok(size)
 }
 
@@ -178,17 +180,13 @@ pub async fn restore(qmp_path: &Path, dir: &Path, snapshot: &Path) -> Result<(),
 }
 
 async fn restore_into(qmp: &Qmp, dir: &Path, snapshot: &Path) -> Result<(), SnapshotError> {
-    let io = |what, path: &Path| {
-        let path = path.to_owned();
-        move |source| SnapshotError::Io { what, path, source }
-    };
     let stream = dir.join(STREAM);
     let _ = std::fs::remove_file(&stream);
     qmp.migrate_incoming(&format!("unix:{}", stream.display())).await?;
-    let mut to = crate::local::connect_unix(&stream).await.map_err(io("socket", &stream))?;
-    let file = tokio::fs::File::open(snapshot).await.map_err(io("file", snapshot))?;
+    let mut to = crate::local::connect_unix(&stream).await.map_err(io_error("socket", &stream))?;
+    let file = tokio::fs::File::open(snapshot).await.map_err(io_error("file", snapshot))?;
     let mut file = tokio::io::BufReader::with_capacity(COPY_BUFFER, file);
-    tokio::io::copy_buf(&mut file, &mut to).await.map_err(io("socket", &stream))?;
+    tokio::io::copy_buf(&mut file, &mut to).await.map_err(io_error("socket", &stream))?;
     let _ = to.shutdown().await;
     let _ = std::fs::remove_file(&stream);
     let start = Instant::now();
